@@ -1,0 +1,153 @@
+"""Create the seed's four environments, the groups that work them and the scheduled checks.
+
+Idempotent: what exists is left exactly as it is, so an operator's changes survive a rerun.
+"""
+
+from django.conf import settings
+from django.contrib.auth.models import Group, Permission
+from django.core.management.base import BaseCommand
+from django.db import transaction
+from django_q.models import Schedule
+
+from opsweb.models import Environment
+
+GROUP_PERMISSIONS = {
+    "deployers": [
+        "request_deploy",
+        "request_promotion",
+        "view_environment",
+        "view_imageversion",
+        "view_run",
+        "view_runevent",
+        "view_approval",
+        "view_signoff",
+        "view_auditentry",
+    ],
+    "staging approvers": [
+        "request_promotion",
+        "sign_off_uat",
+        "mark_bad",
+        "resume_auto_deploy",
+        "view_environment",
+        "view_imageversion",
+        "view_run",
+        "view_runevent",
+        "view_approval",
+        "view_signoff",
+        "view_auditentry",
+    ],
+    "production approvers": [
+        "request_promotion",
+        "sign_off_uat",
+        "mark_bad",
+        "resume_auto_deploy",
+        "freeze_environment",
+        "cancel_run",
+        "view_environment",
+        "view_imageversion",
+        "view_run",
+        "view_runevent",
+        "view_approval",
+        "view_signoff",
+        "view_auditentry",
+    ],
+    "ci": [
+        "add_imageversion",
+        "request_deploy",
+        "request_promotion",
+        "view_environment",
+        "view_imageversion",
+        "view_run",
+        "view_runevent",
+        "view_approval",
+    ],
+}
+
+# (slug, name, upstream slug, approver group, fields) in flow order.
+ENVIRONMENTS = [
+    ("local", "Local Development", None, "deployers", {"required_approvals": 0}),
+    (
+        "dev",
+        "AWS Dev",
+        None,
+        "deployers",
+        {"required_approvals": 0, "auto_deploy_branch": "develop"},
+    ),
+    ("staging", "AWS Staging", "dev", "staging approvers", {"required_approvals": 1}),
+    (
+        "production",
+        "AWS Production",
+        "staging",
+        "production approvers",
+        {"required_approvals": 2, "requires_uat_signoff": True, "allow_self_approval": False},
+    ),
+]
+
+SCHEDULES = [
+    ("opsweb: reconcile runs", "opsweb.tasks.reconcile", Schedule.MINUTES, 1),
+    ("opsweb: check drift", "opsweb.tasks.check_drift", Schedule.MINUTES, 5),
+]
+
+
+class Command(BaseCommand):
+    help = (
+        "Create the four environments of the flow, their groups and scheduled checks (idempotent)."
+    )
+
+    @transaction.atomic
+    def handle(self, *args, **options):
+        created = []
+        groups = {}
+        for name, codenames in GROUP_PERMISSIONS.items():
+            group, new = Group.objects.get_or_create(name=name)
+            groups[name] = group
+            if new:
+                group.permissions.set(
+                    Permission.objects.filter(
+                        content_type__app_label="opsweb", codename__in=codenames
+                    )
+                )
+                created.append(f"group {name!r}")
+
+        state_dir = str(settings.OPSWEB["LOCAL_STATE_DIR"])
+        repository = str(settings.BASE_DIR / "var" / "demo-app")
+        by_slug = {}
+        for position, (slug, name, upstream, group, fields) in enumerate(ENVIRONMENTS):
+            existing = Environment.objects.filter(slug=slug).first()
+            if existing:
+                by_slug[slug] = existing
+                continue
+            by_slug[slug] = Environment.objects.create(
+                slug=slug,
+                name=name,
+                position=position * 10,
+                upstream=by_slug.get(upstream),
+                approver_group=groups[group],
+                backend="local",
+                backend_settings={
+                    "repository": repository,
+                    "port": 8101 + position,
+                    "state_dir": state_dir,
+                },
+                health_check_url=f"http://127.0.0.1:{8101 + position}/healthz",
+                **fields,
+            )
+            created.append(f"environment {name!r}")
+
+        for name, func, schedule_type, minutes in SCHEDULES:
+            _, new = Schedule.objects.get_or_create(
+                name=name,
+                defaults={
+                    "func": func,
+                    "schedule_type": schedule_type,
+                    "minutes": minutes,
+                    "repeats": -1,
+                },
+            )
+            if new:
+                created.append(f"schedule {name!r}")
+
+        if created:
+            self.stdout.write("Created " + ", ".join(created) + ".")
+        else:
+            self.stdout.write("Nothing to do: everything already exists.")

@@ -1,0 +1,499 @@
+"""The release domain: environments, image versions, runs and the record of every decision.
+
+Models hold one-row invariants (a valid digest, a terminal run stays terminal, an approval is
+never edited). Everything that spans rows or has side effects lives in ``opsweb.services``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from orchestration.base import BACKEND_CHOICES, SettingsError, backend_class
+
+DIGEST_RE = r"^sha256:[0-9a-f]{64}$"
+# Full 40-hex commit ids only: a short sha is ambiguous over time, and CI always has the full one.
+GIT_SHA_RE = r"^[0-9a-f]{40}$"
+# Docker's tag grammar: up to 128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'.
+TAG_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+# Docker's repository grammar (lowercase path components, optional registry host and port).
+REPOSITORY_RE = (
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
+)
+
+validate_digest = RegexValidator(
+    DIGEST_RE, "A digest is 'sha256:' followed by 64 lowercase hex characters.", "invalid_digest"
+)
+validate_git_sha = RegexValidator(
+    GIT_SHA_RE, "A git sha is the full 40-character lowercase hex commit id.", "invalid_git_sha"
+)
+validate_tag = RegexValidator(
+    TAG_RE,
+    "A tag is 1–128 letters, digits, '_', '.' or '-', not starting with '.' or '-'.",
+    "invalid_tag",
+)
+validate_repository = RegexValidator(
+    REPOSITORY_RE,
+    "A repository is a lowercase image name such as 'registry.example.com/team/app'.",
+    "invalid_repository",
+)
+
+
+class ImmutableQuerySet(models.QuerySet):
+    """Refuses bulk update and delete: the rows it holds are a record, not state."""
+
+    def update(self, **kwargs):
+        raise PermissionError(f"{self.model._meta.verbose_name_plural} cannot be changed.")
+
+    def delete(self):
+        raise PermissionError(f"{self.model._meta.verbose_name_plural} cannot be deleted.")
+
+
+class ImmutableModel(models.Model):
+    """A row written once and never edited or deleted, superusers included."""
+
+    objects = ImmutableQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise PermissionError(f"A {self._meta.verbose_name} cannot be changed once recorded.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise PermissionError(f"A {self._meta.verbose_name} cannot be deleted.")
+
+
+class Environment(models.Model):
+    """A place the application runs, in promotion order: Local → AWS Dev → Staging → Production.
+
+    ``upstream`` is the environment a version is promoted from; Local and Dev have none (Dev's
+    source is the ``auto_deploy_branch``). ``current_image`` is what the backend last switched
+    to, set only by services when a run reaches the backend.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    slug = models.SlugField(max_length=50, unique=True)
+    position = models.PositiveSmallIntegerField(unique=True, help_text="Order in the flow.")
+    upstream = models.OneToOneField(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="downstream",
+        help_text="The environment versions are promoted from.",
+    )
+    backend = models.CharField(max_length=20, choices=BACKEND_CHOICES, default="local")
+    backend_settings = models.JSONField(default=dict, blank=True)
+    auto_deploy_branch = models.CharField(
+        max_length=200, blank=True, help_text="Deploy every version CI registers on this branch."
+    )
+    auto_deploy_paused = models.BooleanField(default=False)
+    paused_reason = models.CharField(max_length=300, blank=True)
+    required_approvals = models.PositiveSmallIntegerField(default=0)
+    approver_group = models.ForeignKey(
+        Group, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    allow_self_approval = models.BooleanField(default=True)
+    requires_uat_signoff = models.BooleanField(
+        default=False, help_text="Promotion here needs a UAT sign-off in the upstream environment."
+    )
+    health_check_url = models.URLField(blank=True)
+    health_check_window_seconds = models.PositiveIntegerField(
+        default=30, help_text="How long to keep retrying the health check after a deploy."
+    )
+    auto_rollback = models.BooleanField(
+        default=True, help_text="Roll back by itself when a deploy fails its health check."
+    )
+    rto_seconds = models.PositiveIntegerField(
+        default=300, help_text="Recovery time objective for a rollback."
+    )
+    soak_seconds = models.PositiveIntegerField(
+        default=0, help_text="How long a version must have run here before it can move on."
+    )
+    is_frozen = models.BooleanField(
+        default=False, help_text="A frozen environment takes rollbacks only."
+    )
+    current_image = models.ForeignKey(
+        "ImageVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    current_since = models.DateTimeField(null=True, blank=True)
+    drift = models.CharField(max_length=500, blank=True)
+    drift_checked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["position"]
+        permissions = [
+            ("resume_auto_deploy", "Can resume auto-deploy"),
+            ("freeze_environment", "Can freeze and unfreeze an environment"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(upstream=models.F("id")), name="environment_not_own_upstream"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self):
+        try:
+            self.backend_settings = backend_class(self.backend).validate_settings(
+                self.backend_settings or {}
+            )
+        except SettingsError as exc:
+            raise ValidationError(
+                {"backend_settings": [f"{k}: {v}" for k, v in exc.errors.items()]}
+            ) from None
+        if self.requires_uat_signoff and not self.upstream_id:
+            raise ValidationError(
+                {"requires_uat_signoff": "A UAT sign-off needs an upstream environment."}
+            )
+        if self.required_approvals and not self.approver_group_id:
+            raise ValidationError(
+                {"approver_group": "Set the group whose members approve runs here."}
+            )
+
+    @property
+    def accepts_direct_deploys(self) -> bool:
+        """Local and Dev take chosen versions; the rest only take promotions."""
+        return self.upstream_id is None
+
+
+class ImageVersion(models.Model):
+    """One built image of the application: immutable by digest, identified by tag for people.
+
+    A version marked bad can no longer be deployed or promoted anywhere.
+    """
+
+    repository = models.CharField(max_length=255, validators=[validate_repository])
+    tag = models.CharField(max_length=128, validators=[validate_tag])
+    digest = models.CharField(max_length=71, validators=[validate_digest])
+    git_sha = models.CharField(max_length=40, blank=True, validators=[validate_git_sha])
+    branch = models.CharField(max_length=255, blank=True)
+    commit_message = models.TextField(blank=True)
+    committed_at = models.DateTimeField(null=True, blank=True)
+    build_url = models.URLField(blank=True, max_length=500)
+    registered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    registered_at = models.DateTimeField(default=timezone.now)
+    is_bad = models.BooleanField(default=False)
+    bad_reason = models.TextField(blank=True)
+    marked_bad_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    marked_bad_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-registered_at", "-id"]
+        permissions = [("mark_bad", "Can mark an image version bad")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["repository", "digest"],
+                name="unique_digest_per_repository",
+                violation_error_message="This repository already has a version with that digest.",
+            ),
+            models.UniqueConstraint(
+                fields=["repository", "tag"],
+                name="unique_tag_per_repository",
+                violation_error_message="This repository already has a version with that tag; "
+                "tags are immutable.",
+            ),
+            models.CheckConstraint(
+                condition=Q(digest__regex=DIGEST_RE),
+                name="digest_is_sha256",
+                violation_error_message=validate_digest.message,
+            ),
+            models.CheckConstraint(
+                condition=Q(git_sha="") | Q(git_sha__regex=GIT_SHA_RE),
+                name="git_sha_is_full_hex",
+                violation_error_message=validate_git_sha.message,
+            ),
+        ]
+        indexes = [models.Index(fields=["git_sha"])]
+
+    def __str__(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+    @property
+    def short_digest(self) -> str:
+        return self.digest.removeprefix("sha256:")[:12]
+
+    @property
+    def short_sha(self) -> str:
+        return self.git_sha[:7]
+
+
+class RunKind(models.TextChoices):
+    DEPLOY = "deploy", "Deploy"
+    PROMOTION = "promotion", "Promotion"
+    ROLLBACK = "rollback", "Rollback"
+
+
+class RunStatus(models.TextChoices):
+    PENDING = "pending", "Pending approval"
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    REJECTED = "rejected", "Rejected"
+    CANCELLED = "cancelled", "Cancelled"
+    EXPIRED = "expired", "Expired"
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        RunStatus.SUCCEEDED,
+        RunStatus.FAILED,
+        RunStatus.REJECTED,
+        RunStatus.CANCELLED,
+        RunStatus.EXPIRED,
+    }
+)
+ACTIVE_STATUSES = frozenset({RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING})
+ALLOWED_TRANSITIONS = {
+    RunStatus.PENDING: {
+        RunStatus.QUEUED,
+        RunStatus.REJECTED,
+        RunStatus.CANCELLED,
+        RunStatus.EXPIRED,
+    },
+    RunStatus.QUEUED: {RunStatus.RUNNING, RunStatus.CANCELLED, RunStatus.FAILED},
+    RunStatus.RUNNING: {RunStatus.SUCCEEDED, RunStatus.FAILED},
+}
+
+
+class RollbackReason(models.TextChoices):
+    """The seed's trigger conditions for a rollback."""
+
+    CRITICAL_ERRORS = "critical_errors", "Critical errors"
+    PERFORMANCE_DEGRADATION = "performance_degradation", "Performance degradation"
+    SECURITY_VULNERABILITY = "security_vulnerability", "Security vulnerability"
+    OTHER = "other", "Other"
+
+
+class Run(models.Model):
+    """One deploy, promotion or rollback of one image version into one environment.
+
+    Statuses: pending → queued → running → succeeded | failed; also rejected, cancelled and
+    expired. A terminal run never changes status again. At most one run per environment is
+    running, which the database guarantees with a partial unique index.
+    """
+
+    kind = models.CharField(max_length=20, choices=RunKind.choices)
+    environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="runs")
+    source_environment = models.ForeignKey(
+        Environment, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    image = models.ForeignKey(ImageVersion, on_delete=models.PROTECT, related_name="runs")
+    replaces = models.ForeignKey(
+        ImageVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Empty when opsweb itself started the run (an automatic rollback).",
+    )
+    reason = models.CharField(max_length=30, choices=RollbackReason.choices, blank=True)
+    note = models.TextField(blank=True)
+    triggered_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.PENDING)
+    step = models.CharField(max_length=200, blank=True)
+    required_approvals = models.PositiveSmallIntegerField(
+        default=0, validators=[MinValueValidator(0)]
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    task_id = models.CharField(max_length=64, blank=True)
+    backend_ref = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        permissions = [
+            ("request_deploy", "Can deploy a chosen version to Local or Dev"),
+            ("request_promotion", "Can request a promotion"),
+            ("cancel_run", "Can cancel any pending or queued run"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["environment"],
+                condition=Q(status="running"),
+                name="one_running_run_per_environment",
+                violation_error_message="Another run is already in progress in this environment.",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=[s.value for s in RunStatus]),
+                name="run_status_valid",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["environment", "status"]),
+            models.Index(fields=["status", "heartbeat_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.get_kind_display()} {self.image} → {self.environment}"
+
+    def save(self, *args, **kwargs):
+        old = getattr(self, "_loaded_status", None)
+        if old is not None and old != self.status:
+            check_transition(old, self.status)
+        super().save(*args, **kwargs)
+        self._loaded_status = self.status
+
+    @classmethod
+    def from_db(cls, db, field_names, values, *args, **kwargs):
+        instance = super().from_db(db, field_names, values, *args, **kwargs)
+        instance._loaded_status = instance.__dict__.get("status")
+        return instance
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+    @property
+    def restore_seconds(self) -> float | None:
+        """For a rollback: from the click to the previous version healthy again."""
+        if self.kind == RunKind.ROLLBACK and self.status == RunStatus.SUCCEEDED:
+            return (self.finished_at - self.created_at).total_seconds()
+        return None
+
+
+def check_transition(old: str, new: str) -> None:
+    """Raise ValidationError unless a run may go from status ``old`` to ``new``."""
+    if old in TERMINAL_STATUSES:
+        raise ValidationError(
+            f"This run is already {RunStatus(old).label.lower()}; a finished run cannot change."
+        )
+    if new not in ALLOWED_TRANSITIONS.get(old, set()):
+        raise ValidationError(
+            f"A run cannot go from {RunStatus(old).label.lower()} to {RunStatus(new).label.lower()}."
+        )
+
+
+class RunEvent(ImmutableModel):
+    """One line of a run's live log: what happened, when, and how long the step took."""
+
+    class Level(models.TextChoices):
+        INFO = "info", "Info"
+        WARNING = "warning", "Warning"
+        ERROR = "error", "Error"
+
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="events")
+    created_at = models.DateTimeField(default=timezone.now)
+    level = models.CharField(max_length=10, choices=Level.choices, default=Level.INFO)
+    message = models.TextField()
+    duration_seconds = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return self.message[:80]
+
+
+class Approval(ImmutableModel):
+    """One approver's decision on one run, bound to the digest they saw. Never edited."""
+
+    class Decision(models.TextChoices):
+        APPROVE = "approve", "Approved"
+        REJECT = "reject", "Rejected"
+
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="approvals")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    decision = models.CharField(max_length=10, choices=Decision.choices)
+    comment = models.TextField(blank=True)
+    digest = models.CharField(max_length=71, validators=[validate_digest])
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "user"],
+                name="one_decision_per_user_per_run",
+                violation_error_message="You have already decided on this run.",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.get_decision_display().lower()} run #{self.run_id}"
+
+
+class Signoff(ImmutableModel):
+    """ "UAT passed for image X in environment Y": what Production promotion waits for."""
+
+    environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="signoffs")
+    image = models.ForeignKey(ImageVersion, on_delete=models.PROTECT, related_name="signoffs")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        permissions = [("sign_off_uat", "Can record a UAT sign-off")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["environment", "image", "user"],
+                name="one_signoff_per_user",
+                violation_error_message="You have already signed off this version here.",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"UAT passed: {self.image} in {self.environment}"
+
+
+class AuditEntry(ImmutableModel):
+    """Who did what, when: every state change a person, CI or opsweb itself makes."""
+
+    created_at = models.DateTimeField(default=timezone.now)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    action = models.CharField(max_length=50)
+    environment = models.ForeignKey(
+        Environment, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    image = models.ForeignKey(
+        ImageVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    message = models.TextField()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return self.message[:80]

@@ -1,0 +1,123 @@
+"""django-q2 entry points. A task takes an id, calls services and the orchestration engine,
+and records the result; it never changes a status itself.
+
+Delivery is at least once: ``execute_run`` claims work with a conditional UPDATE, so a second
+delivery of the same task finds nothing to claim and does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+
+from opsweb import services
+from opsweb.models import Environment, Run, RunEvent, RunKind
+from orchestration.base import DeployError, DeployRequest, get_backend
+from orchestration.health import verify_health
+
+log = logging.getLogger(__name__)
+
+
+def execute_run(run_id: int) -> str:
+    """Run the environment's queue, starting with ``run_id``'s environment head."""
+    environment_id = Run.objects.filter(pk=run_id).values_list("environment_id", flat=True).first()
+    if environment_id is None:
+        return f"run {run_id} does not exist"
+    done = []
+    while (run := services.claim_next_run(environment_id=environment_id)) is not None:
+        _execute(run)
+        done.append(run.pk)
+    return f"executed runs {done}" if done else "nothing to claim"
+
+
+def _execute(run: Run) -> None:
+    environment = run.environment
+
+    def progress(message: str, seconds: float | None = None) -> None:
+        services.record_progress(run_id=run.pk, message=message, seconds=seconds)
+
+    try:
+        backend = get_backend(environment.backend, environment.backend_settings)
+        request = DeployRequest(
+            environment=environment.slug,
+            settings=backend.settings,
+            repository=run.image.repository,
+            tag=run.image.tag,
+            digest=run.image.digest,
+            git_sha=run.image.git_sha,
+            is_rollback=run.kind == RunKind.ROLLBACK,
+            run_id=run.pk,
+            previous_ref=services.previous_ref(run),
+        )
+        progress(f"Deploying {services.describe(run.image)} with the {backend.label} backend")
+        started = time.monotonic()
+        result = backend.deploy(request, progress)
+        services.record_switch(
+            run_id=run.pk,
+            backend_ref=dict(result.ref),
+            message=f"Backend finished in {time.monotonic() - started:.1f}s: {result.message}",
+        )
+    except DeployError as exc:
+        services.finish_run(run_id=run.pk, succeeded=False, error=str(exc))
+        return
+    except Exception as exc:  # a bug or an outage: the run must still end, with the traceback
+        log.exception("run %s crashed", run.pk)
+        services.record_progress(
+            run_id=run.pk, message=traceback.format_exc(), level=RunEvent.Level.ERROR
+        )
+        services.finish_run(run_id=run.pk, succeeded=False, error=f"Unexpected error: {exc}")
+        return
+
+    if environment.health_check_url:
+        started = time.monotonic()
+        health = verify_health(
+            environment.health_check_url,
+            window=environment.health_check_window_seconds,
+            interval=1.0,
+            progress=progress,
+        )
+        elapsed = time.monotonic() - started
+        if not health.healthy:
+            services.finish_run(
+                run_id=run.pk,
+                succeeded=False,
+                health_failed=True,
+                error=(
+                    f"Health check of {environment.health_check_url} failed after "
+                    f"{health.attempts} attempts in {elapsed:.0f}s: {health.detail}"
+                ),
+            )
+            return
+        progress(f"Healthy: {environment.health_check_url} answered {health.detail[:80]}", elapsed)
+    services.finish_run(run_id=run.pk, succeeded=True)
+
+
+def reconcile() -> dict:
+    """Scheduled every minute: expire stale approvals, end runs whose worker died, and restart
+    queues nobody is working on. No environment stays blocked."""
+    expired = services.expire_pending_runs()
+    lost = services.fail_lost_runs()
+    restarted = []
+    for environment_id in services.stalled_environments():
+        head = Run.objects.filter(environment_id=environment_id, status="queued").first()
+        if head:
+            services.enqueue(head.pk)
+            restarted.append(environment_id)
+    return {"expired": expired, "lost": lost, "restarted": restarted}
+
+
+def check_drift() -> dict:
+    """Scheduled: compare what each environment's backend runs with what opsweb deployed."""
+    found = {}
+    for environment in Environment.objects.select_related("current_image"):
+        try:
+            backend = get_backend(environment.backend, environment.backend_settings)
+            running = backend.running_version(environment.slug)
+        except DeployError as exc:
+            log.warning("drift check of %s failed: %s", environment, exc)
+            continue
+        drift = services.record_drift(environment=environment, running=running)
+        if drift:
+            found[environment.slug] = drift
+    return found

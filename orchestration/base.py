@@ -1,0 +1,111 @@
+"""The contract between opsweb and whatever changes what is running.
+
+Backends get plain values (``DeployRequest``), return a ``DeployResult`` and raise
+``DeployError`` with a sentence a person can act on. They know nothing of Django models.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+# A backend reports progress through this: (message, seconds the step took or None).
+# opsweb records each call as a RunEvent and treats it as a heartbeat.
+Progress = Callable[[str, float | None], None]
+
+
+def no_progress(message: str, seconds: float | None = None) -> None:
+    """Progress sink for callers that do not record steps."""
+
+
+class DeployError(Exception):
+    """A deploy could not be done; the message says what went wrong and what to look at."""
+
+
+class SettingsError(DeployError):
+    """An environment's backend settings are invalid: ``errors`` maps field → message."""
+
+    def __init__(self, errors: Mapping[str, str]):
+        self.errors = dict(errors)
+        super().__init__("; ".join(f"{k}: {v}" for k, v in self.errors.items()))
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """What to deploy where. ``previous_ref`` is the backend reference recorded when the target
+    version was last deployed (a rollback reuses it: the pid state, the task-definition ARN)."""
+
+    environment: str
+    settings: Mapping[str, Any]
+    repository: str
+    tag: str
+    digest: str
+    git_sha: str = ""
+    is_rollback: bool = False
+    run_id: int | None = None
+    previous_ref: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    """What the backend did: a reference to record on the run (pid, task-definition ARN)."""
+
+    ref: Mapping[str, Any]
+    message: str = ""
+
+
+class DeployBackend(abc.ABC):
+    """One way of running the application. Subclasses register themselves by ``name``."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]
+
+    def __init__(self, settings: Mapping[str, Any]):
+        self.settings = self.validate_settings(settings)
+
+    @classmethod
+    @abc.abstractmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """Return normalised settings or raise SettingsError naming each bad field."""
+
+    @abc.abstractmethod
+    def deploy(self, request: DeployRequest, progress: Progress = no_progress) -> DeployResult:
+        """Make ``request``'s version the one running; raise DeployError if it cannot."""
+
+    def running_version(self, environment: str) -> str | None:
+        """The image digest the target runs now, if the backend can tell (drift checks)."""
+        return None
+
+
+# Backends are chosen by name. Each is imported only when first used, so that boto3 is
+# loaded by the processes that deploy to ECS and by nothing else.
+BACKENDS: dict[str, tuple[str, str]] = {
+    "local": ("orchestration.local", "Local process"),
+    "ecs": ("orchestration.ecs", "AWS ECS"),
+}
+REGISTRY: dict[str, type[DeployBackend]] = {}
+
+
+def register(cls: type[DeployBackend]) -> type[DeployBackend]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def backend_class(name: str) -> type[DeployBackend]:
+    if name not in REGISTRY and name in BACKENDS:
+        importlib.import_module(BACKENDS[name][0])
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(BACKENDS))
+        raise DeployError(f"Unknown backend {name!r}; known backends: {known}.") from None
+
+
+def get_backend(name: str, settings: Mapping[str, Any]) -> DeployBackend:
+    return backend_class(name)(settings)
+
+
+BACKEND_CHOICES = [(name, label) for name, (_, label) in BACKENDS.items()]

@@ -1,0 +1,351 @@
+"""LocalProcessBackend: the seed's local strategy, "stop the running Python process and restart
+with a previous version of the code".
+
+It exports the version's git commit from a repository into ``<state_dir>/versions/<sha>``,
+starts the configured command there with PORT, APP_VERSION and ROLLBACK set, stops the process
+it replaces (TERM, wait, KILL) and waits until the new one listens. The pid and what it runs are
+kept in ``<state_dir>/<environment>.json`` so that an opsweb restart neither loses the process
+nor starts a second one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from orchestration.base import (
+    DeployBackend,
+    DeployError,
+    DeployRequest,
+    DeployResult,
+    Progress,
+    SettingsError,
+    no_progress,
+    register,
+)
+
+DEFAULT_COMMAND = ["python", "main_orchestrator.py"]
+
+
+@register
+class LocalProcessBackend(DeployBackend):
+    name = "local"
+    label = "Local process"
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+        errors: dict[str, str] = {}
+        repository = str(settings.get("repository", "")).strip()
+        if not repository:
+            errors["repository"] = "Give the path of the git repository holding the app's code."
+        command = settings.get("command", DEFAULT_COMMAND)
+        if isinstance(command, str):
+            command = shlex.split(command)
+        if not command or not all(isinstance(part, str) and part for part in command):
+            errors["command"] = (
+                "Give the command as a list of arguments, e.g. ['python', 'app.py']."
+            )
+        port = settings.get("port")
+        try:
+            port = int(port)
+            if not 1024 <= port <= 65535:
+                raise ValueError
+        except (TypeError, ValueError):
+            errors["port"] = "Give a port number between 1024 and 65535."
+        host = str(settings.get("host", "127.0.0.1"))
+        try:
+            start_timeout = float(settings.get("start_timeout", 15))
+            stop_timeout = float(settings.get("stop_timeout", 10))
+        except (TypeError, ValueError):
+            errors["start_timeout"] = "Timeouts are numbers of seconds."
+            start_timeout = stop_timeout = 0
+        state_dir = str(settings.get("state_dir", "")).strip()
+        if not state_dir:
+            errors["state_dir"] = "Give a directory where versions, pid files and logs are kept."
+        if errors:
+            raise SettingsError(errors)
+        return {
+            "repository": repository,
+            "command": list(command),
+            "port": port,
+            "host": host,
+            "start_timeout": start_timeout,
+            "stop_timeout": stop_timeout,
+            "state_dir": state_dir,
+        }
+
+    # -- paths and state -------------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.settings["state_dir"])
+
+    def _state_file(self, environment: str) -> Path:
+        return self.state_dir / f"{environment}.json"
+
+    def read_state(self, environment: str) -> dict[str, Any]:
+        try:
+            return json.loads(self._state_file(environment).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def _write_state(self, environment: str, state: dict[str, Any]) -> None:
+        path = self._state_file(environment)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(path)  # atomic: a crash leaves the old state or the new, never half
+
+    @contextlib.contextmanager
+    def _locked(self, environment: str):
+        # One deploy per environment at a time, even across processes.
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / f"{environment}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def running_version(self, environment: str = "") -> str | None:
+        state = self.read_state(environment)
+        if state and process_alive(state.get("pid"), state.get("started")):
+            return state.get("digest")
+        return None
+
+    # -- deploy ----------------------------------------------------------------------------
+
+    def deploy(self, request: DeployRequest, progress: Progress = no_progress) -> DeployResult:
+        if not request.git_sha:
+            raise DeployError(
+                f"{request.repository}:{request.tag} has no git sha; the local backend runs "
+                f"the code of a commit."
+            )
+        with self._locked(request.environment):
+            t = time.monotonic()
+            workdir = self._export(request.git_sha)
+            progress(f"Exported commit {request.git_sha[:7]} to {workdir}", time.monotonic() - t)
+
+            state = self.read_state(request.environment)
+            t = time.monotonic()
+            if state and process_alive(state.get("pid"), state.get("started")):
+                stopped = stop_process(state["pid"], self.settings["stop_timeout"])
+                progress(
+                    f"Stopped {state.get('tag', 'previous version')} (pid {state['pid']}, "
+                    f"{stopped})",
+                    time.monotonic() - t,
+                )
+            self._write_state(request.environment, {})
+
+            port, host = self.settings["port"], self.settings["host"]
+            if port_in_use(host, port):
+                raise DeployError(
+                    f"Port {port} on {host} is in use by a process opsweb did not start; "
+                    f"stop it or give this environment another port."
+                )
+            t = time.monotonic()
+            pid, started, log_path = self._start(request, workdir)
+            self._write_state(
+                request.environment,
+                {
+                    "pid": pid,
+                    "started": started,
+                    "tag": request.tag,
+                    "digest": request.digest,
+                    "git_sha": request.git_sha,
+                    "port": port,
+                    "log": str(log_path),
+                    "workdir": str(workdir),
+                },
+            )
+            self._wait_until_listening(pid, started, host, port, log_path)
+            progress(
+                f"Started {request.tag} as pid {pid}, listening on {host}:{port}",
+                time.monotonic() - t,
+            )
+            return DeployResult(
+                ref={"pid": pid, "port": port, "log": str(log_path)},
+                message=f"{request.tag} runs as pid {pid} on port {port}",
+            )
+
+    def _export(self, git_sha: str) -> Path:
+        repository = Path(self.settings["repository"])
+        if not (repository / ".git").exists() and not (repository / "HEAD").exists():
+            raise DeployError(
+                f"No git repository at {repository}; check this environment's settings."
+            )
+        check = git(repository, "cat-file", "-e", f"{git_sha}^{{commit}}")
+        if check.returncode != 0:
+            raise DeployError(f"Commit {git_sha} is not in the repository at {repository}.")
+        target = self.state_dir / "versions" / git_sha
+        if (target / ".opsweb-complete").exists():
+            return target
+        archive = subprocess.run(
+            ["git", "-C", str(repository), "archive", "--format=tar", git_sha],
+            capture_output=True,
+            check=False,
+        )
+        if archive.returncode != 0:
+            raise DeployError(
+                f"git archive of {git_sha} failed: {archive.stderr.decode(errors='replace')}"
+            )
+        target.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(target, filter="data")
+        (target / ".opsweb-complete").touch()
+        return target
+
+    def _start(self, request: DeployRequest, workdir: Path) -> tuple[int, float, Path]:
+        command = list(self.settings["command"])
+        if command[0] == "python":
+            command[0] = sys.executable  # the interpreter opsweb runs on, not whatever is on PATH
+        logs = self.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{request.environment}-{request.tag}-{int(time.time())}.log"
+        child_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", str(workdir)),
+            "PORT": str(self.settings["port"]),
+            "HOST": self.settings["host"],
+            "APP_VERSION": request.tag,
+            "APP_DIGEST": request.digest,
+            "ROLLBACK": "1" if request.is_rollback else "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+        with open(log_path, "wb") as log:
+            try:
+                process = subprocess.Popen(
+                    command,
+                    cwd=workdir,
+                    env=child_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    # Its own session: it outlives the worker that started it and an opsweb
+                    # restart, and Ctrl-C in `make run` does not reach it.
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise DeployError(f"Could not start {shlex.join(command)}: {exc}") from None
+        return process.pid, process_start_time(process.pid), log_path
+
+    def _wait_until_listening(
+        self, pid: int, started: float | None, host: str, port: int, log_path: Path
+    ) -> None:
+        deadline = time.monotonic() + self.settings["start_timeout"]
+        while time.monotonic() < deadline:
+            if not process_alive(pid, started):
+                raise DeployError(
+                    f"The command exited at once ({exit_description(pid)}). Last output:\n"
+                    f"{tail(log_path)}"
+                )
+            if port_in_use(host, port):
+                return
+            time.sleep(0.1)
+        stop_process(pid, self.settings["stop_timeout"])
+        raise DeployError(
+            f"The process did not listen on {host}:{port} within "
+            f"{self.settings['start_timeout']:g}s. Last output:\n{tail(log_path)}"
+        )
+
+    def stop(self, environment: str) -> None:
+        """Stop what runs in ``environment`` (used by tests and the demo's reset)."""
+        with self._locked(environment):
+            state = self.read_state(environment)
+            if state and process_alive(state.get("pid"), state.get("started")):
+                stop_process(state["pid"], self.settings["stop_timeout"])
+            self._write_state(environment, {})
+
+
+def git(repository: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["git", "-C", str(repository), *args], capture_output=True, text=True, check=False
+    )
+
+
+def process_start_time(pid: int) -> float | None:
+    """The process's start time in clock ticks since boot: tells a pid from a reused one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return float(stat.rsplit(")", 1)[1].split()[19])
+
+
+def process_alive(pid: int | None, started: float | None = None) -> bool:
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in {"Z", "X"}:  # exited, waiting to be reaped
+        return False
+    return started is None or float(fields[19]) == started
+
+
+def stop_process(pid: int, timeout: float) -> str:
+    """TERM the process group, wait up to ``timeout`` seconds, then KILL it."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return "already gone"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not process_alive(pid):
+            return "stopped with TERM"
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    for _ in range(100):
+        _reap(pid)
+        if not process_alive(pid):
+            break
+        time.sleep(0.05)
+    return f"killed after {timeout:g}s"
+
+
+def _reap(pid: int) -> None:
+    # Only our own children can be reaped; others are reaped by init.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def exit_description(pid: int) -> str:
+    try:
+        _, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return "exit status unknown"
+    if os.WIFEXITED(status):
+        return f"exit code {os.WEXITSTATUS(status)}"
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return "exit status unknown"
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no output)"
+    return "\n".join(text.splitlines()[-lines:]) or "(no output)"
