@@ -58,8 +58,15 @@ def succeed_in(environment: Environment, image: ImageVersion, **fields) -> Run:
     """Record that ``image`` was deployed successfully to ``environment`` (history setup)."""
     now = timezone.now()
     run = Run.objects.create(
-        kind="deploy", environment=environment, image=image, status=RunStatus.SUCCEEDED,
-        created_at=now, queued_at=now, started_at=now, finished_at=now, **fields,
+        kind="deploy",
+        environment=environment,
+        image=image,
+        status=RunStatus.SUCCEEDED,
+        created_at=now,
+        queued_at=now,
+        started_at=now,
+        finished_at=now,
+        **fields,
     )
     Environment.objects.filter(pk=environment.pk).update(current_image=image, current_since=now)
     environment.refresh_from_db()

@@ -1,0 +1,141 @@
+"""LocalProcessBackend against real processes and a real git repository."""
+
+import json
+import socket
+import urllib.request
+
+import pytest
+
+from opsweb.sample_app import Release, create_repository, digest_for
+from orchestration.base import DeployError, DeployRequest, SettingsError
+from orchestration.local import LocalProcessBackend, process_alive
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(port: int, path: str = "/") -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        return json.loads(response.read())
+
+
+RELEASES = [
+    Release("1.0.0", "first"),
+    Release("1.1.0", "second"),
+    Release("2.0.0", "crashes at start", crashes=True),
+]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sample-repo")
+    return path, create_repository(path, RELEASES)
+
+
+@pytest.fixture
+def backend(repo, tmp_path):
+    path, _ = repo
+    settings = {
+        "repository": str(path),
+        "port": free_port(),
+        "state_dir": str(tmp_path),
+        "start_timeout": 10,
+        "stop_timeout": 3,
+    }
+    backend = LocalProcessBackend(settings)
+    yield backend
+    backend.stop("test")
+
+
+def request(repo, tag, **kwargs):
+    _, shas = repo
+    return DeployRequest(
+        environment="test",
+        settings={},
+        repository="sample",
+        tag=tag,
+        digest=digest_for(shas[tag]),
+        git_sha=shas[tag],
+        **kwargs,
+    )
+
+
+def test_local_deploy_starts_the_version_with_its_environment(backend, repo):
+    events = []
+    result = backend.deploy(request(repo, "1.0.0"), lambda m, s=None: events.append(m))
+    body = get_json(backend.settings["port"])
+    assert body["version"] == "1.0.0" and body["rollback"] is False
+    assert body["pid"] == result.ref["pid"]
+    assert any("Exported commit" in e for e in events) and any("Started 1.0.0" in e for e in events)
+
+
+def test_local_upgrade_stops_the_old_process_and_rollback_sets_rollback(backend, repo):
+    first = backend.deploy(request(repo, "1.0.0")).ref["pid"]
+    second = backend.deploy(request(repo, "1.1.0")).ref["pid"]
+    assert not process_alive(first)
+    assert get_json(backend.settings["port"])["version"] == "1.1.0"
+    third = backend.deploy(request(repo, "1.0.0", is_rollback=True)).ref["pid"]
+    assert not process_alive(second)
+    body = get_json(backend.settings["port"])
+    assert (body["version"], body["rollback"], body["pid"]) == ("1.0.0", True, third)
+
+
+def test_local_state_survives_an_opsweb_restart_without_duplicating(backend, repo):
+    first = backend.deploy(request(repo, "1.0.0")).ref["pid"]
+    restarted = LocalProcessBackend(backend.settings)  # a new opsweb process reads the state
+    assert restarted.running_version("test") == digest_for(repo[1]["1.0.0"])
+    second = restarted.deploy(request(repo, "1.1.0")).ref["pid"]
+    assert not process_alive(first) and process_alive(second)
+    assert get_json(backend.settings["port"])["pid"] == second
+
+
+def test_local_command_that_exits_at_once_is_reported_with_its_output(backend, repo):
+    with pytest.raises(DeployError) as exc:
+        backend.deploy(request(repo, "2.0.0"))
+    message = str(exc.value)
+    assert "exited at once" in message and "exit code 3" in message
+    assert "missing configuration" in message  # the process's last output lines
+    assert backend.running_version("test") is None
+
+
+def test_local_port_in_use_by_a_stranger_is_refused(backend, repo):
+    with socket.socket() as stranger:
+        stranger.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        stranger.bind(("127.0.0.1", backend.settings["port"]))
+        stranger.listen()
+        with pytest.raises(DeployError, match="in use by a process opsweb did not start"):
+            backend.deploy(request(repo, "1.0.0"))
+
+
+def test_local_unknown_commit_is_refused(backend, repo):
+    bad = DeployRequest(
+        environment="test",
+        settings={},
+        repository="sample",
+        tag="9.9.9",
+        digest=digest_for("x"),
+        git_sha="f" * 40,
+    )
+    with pytest.raises(DeployError, match=f"Commit {'f' * 40} is not in the repository"):
+        backend.deploy(bad)
+
+
+def test_local_missing_repository_is_refused(tmp_path, repo):
+    backend = LocalProcessBackend(
+        {
+            "repository": str(tmp_path / "nope"),
+            "port": free_port(),
+            "state_dir": str(tmp_path / "state"),
+        }
+    )
+    with pytest.raises(DeployError, match="No git repository at"):
+        backend.deploy(request(repo, "1.0.0"))
+
+
+def test_local_settings_name_each_bad_field():
+    with pytest.raises(SettingsError) as exc:
+        LocalProcessBackend({"port": 80, "command": []})
+    assert set(exc.value.errors) == {"repository", "port", "command", "state_dir"}
