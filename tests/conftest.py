@@ -108,3 +108,78 @@ def ci_user(flow):
 @pytest.fixture
 def outsider(flow):
     return make_user("mallory")
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def sample_repo(tmp_path_factory):
+    """The demo's sample service in a git repository: tag → commit sha."""
+    from opsweb.sample_app import create_repository
+
+    path = tmp_path_factory.mktemp("sample-app")
+    return path, create_repository(path)
+
+
+@pytest.fixture
+def local_flow(flow, sample_repo, tmp_path):
+    """The four environments on the local backend, each on a free port, with the sample
+    service's releases registered. Processes are stopped afterwards."""
+    from opsweb.sample_app import digest_for
+    from orchestration.local import LocalProcessBackend
+
+    repo, shas = sample_repo
+    for env in flow.values():
+        port = free_port()
+        env.backend_settings = {
+            "repository": str(repo),
+            "port": port,
+            "state_dir": str(tmp_path / "state"),
+            "start_timeout": 10,
+            "stop_timeout": 3,
+        }
+        env.health_check_url = f"http://127.0.0.1:{port}/healthz"
+        env.health_check_window_seconds = 3
+        env.full_clean()
+        env.save()
+    images = {
+        tag: ImageVersion.objects.create(
+            repository="example/sample",
+            tag=tag,
+            git_sha=sha,
+            digest=digest_for(sha),
+            branch="develop",
+            commit_message=f"Release {tag}",
+        )
+        for tag, sha in shas.items()
+    }
+    yield flow, images
+    for env in flow.values():
+        LocalProcessBackend(env.backend_settings).stop(env.slug)
+
+
+@pytest.fixture
+def sync_tasks(monkeypatch):
+    """django-q2 executes tasks in-process at enqueue time (it reads Q_CLUSTER once)."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", True)
+
+
+def get_json(url: str) -> dict:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (test URL)
+        return json.loads(response.read())

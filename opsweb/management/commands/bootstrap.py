@@ -147,6 +147,8 @@ class Command(BaseCommand):
             if new:
                 created.append(f"schedule {name!r}")
 
+        if options["verbosity"] == 0:
+            return
         if created:
             self.stdout.write("Created " + ", ".join(created) + ".")
         else:

@@ -1,0 +1,183 @@
+"""Load the demo a newcomer clicks through: a sample service, its releases, the four
+environments on the local backend, and the people who work them.
+
+Idempotent: a second run changes nothing, except restarting a deployed sample process that is
+no longer running (after a reboot, or `demo --stop`). Refuses to run with DEBUG off.
+"""
+
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from opsweb import services, tasks
+from opsweb.management.commands.local_admin import remember_password
+from opsweb.models import Environment, ImageVersion, RunStatus
+from opsweb.sample_app import DEMO_RELEASES, Release, create_repository, digest_for
+from orchestration.base import DeployError, DeployRequest, get_backend
+
+REPOSITORY = "example/sample"
+RELEASES = [
+    *DEMO_RELEASES[:3],
+    Release("1.2.1", "Work in progress on a laptop"),
+    DEMO_RELEASES[3],
+]
+PEOPLE = {
+    "alice": ["deployers"],
+    "bob": ["staging approvers", "production approvers"],
+    "carol": ["staging approvers", "production approvers"],
+    "ci": ["ci"],
+}
+
+
+class Command(BaseCommand):
+    help = "Load demo data and start the sample service in all four environments (DEBUG only)."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--base-port",
+            type=int,
+            default=8101,
+            help="Local, Dev, Staging and Production listen on this port and the "
+            "next three (default 8101).",
+        )
+        parser.add_argument(
+            "--stop",
+            action="store_true",
+            help="Stop the sample processes the demo started, and nothing else.",
+        )
+
+    def handle(self, *args, base_port, stop, **options):
+        if not settings.DEBUG:
+            raise CommandError(
+                "The demo creates users with printed passwords; it runs only with DEBUG on."
+            )
+        if not 1024 <= base_port <= 65532:
+            raise CommandError(f"--base-port {base_port} is outside 1024–65532.")
+        call_command("bootstrap", verbosity=0)
+        environments = list(Environment.objects.order_by("position")[:4])
+        if stop:
+            for env in environments:
+                if env.backend == "local":
+                    get_backend("local", env.backend_settings).stop(env.slug)
+            self.stdout.write("Stopped the demo's sample processes.")
+            return
+
+        repo_dir = settings.BASE_DIR / "var" / "demo-app"
+        shas = create_repository(repo_dir, RELEASES)
+        self._configure(environments, repo_dir, base_port)
+        users = self._people()
+        images = self._images(shas, users["ci"])
+        if not Environment.objects.filter(current_image__isnull=False).exists():
+            self._history(environments, images, users)
+        else:
+            self._restart(environments)
+        self._print(environments, users)
+
+    def _configure(self, environments, repo_dir, base_port):
+        for offset, env in enumerate(environments):
+            port = base_port + offset
+            env.backend = "local"
+            env.backend_settings = {
+                "repository": str(repo_dir),
+                "port": port,
+                "state_dir": str(settings.OPSWEB["LOCAL_STATE_DIR"]),
+            }
+            env.health_check_url = f"http://127.0.0.1:{port}/healthz"
+            env.health_check_window_seconds = 8
+            env.full_clean()
+            env.save()
+
+    def _people(self):
+        users = {}
+        for username, groups in PEOPLE.items():
+            user, created = User.objects.get_or_create(
+                username=username, defaults={"is_staff": True}
+            )
+            if created:
+                user.set_password(remember_password(username))
+                user.save()
+                user.groups.set(Group.objects.filter(name__in=groups))
+            users[username] = user
+        return users
+
+    def _images(self, shas, ci):
+        images = {}
+        for release in RELEASES:
+            sha = shas[release.tag]
+            image = ImageVersion.objects.filter(repository=REPOSITORY, tag=release.tag).first()
+            if image is None:
+                image = ImageVersion.objects.create(
+                    repository=REPOSITORY,
+                    tag=release.tag,
+                    digest=digest_for(sha),
+                    git_sha=sha,
+                    branch="main" if release.tag == "1.2.1" else "develop",
+                    commit_message=release.message,
+                    registered_by=ci,
+                )
+            images[release.tag] = image
+        return images
+
+    def _history(self, environments, images, users):
+        """Walk the real flow so that each environment has history to roll back to."""
+        local, dev, staging, production = environments
+        alice, bob, carol, ci = users["alice"], users["bob"], users["carol"], users["ci"]
+
+        def execute(run):
+            tasks.execute_run(run.pk)
+            run.refresh_from_db()
+            if run.status != RunStatus.SUCCEEDED:
+                raise CommandError(f"Demo run #{run.pk} {run.status}: {run.error}")
+            self.stdout.write(f"  {run.environment}: {run.image.tag}")
+
+        self.stdout.write("Deploying the sample service through the flow:")
+        for tag in ("1.0.0", "1.1.0"):
+            execute(services.request_deploy(user=ci, environment=dev, image=images[tag]))
+            run = services.request_promotion(user=alice, target=staging, image=images[tag])
+            execute(services.approve_run(user=bob, run=run, comment="Looks good in Dev"))
+            services.sign_off_uat(
+                user=carol, environment=staging, image=images[tag], note="UAT passed"
+            )
+            if tag == "1.0.0":
+                run = services.request_promotion(user=alice, target=production, image=images[tag])
+                services.approve_run(user=bob, run=run)
+                execute(services.approve_run(user=carol, run=run))
+        execute(services.request_deploy(user=ci, environment=dev, image=images["1.2.0"]))
+        execute(services.request_deploy(user=alice, environment=local, image=images["1.2.1"]))
+
+    def _restart(self, environments):
+        for env in environments:
+            image = env.current_image
+            if image is None or env.backend != "local":
+                continue
+            backend = get_backend("local", env.backend_settings)
+            if backend.running_version(env.slug) == image.digest:
+                continue
+            try:
+                backend.deploy(
+                    DeployRequest(
+                        environment=env.slug,
+                        settings=backend.settings,
+                        repository=image.repository,
+                        tag=image.tag,
+                        digest=image.digest,
+                        git_sha=image.git_sha,
+                    )
+                )
+                self.stdout.write(f"Restarted {image.tag} in {env}.")
+            except DeployError as exc:
+                self.stderr.write(f"Could not restart {image.tag} in {env}: {exc}")
+
+    def _print(self, environments, users):
+        self.stdout.write("Demo ready. Environments (sample service):")
+        for env in Environment.objects.filter(pk__in=[e.pk for e in environments]):
+            tag = env.current_image.tag if env.current_image else "nothing"
+            self.stdout.write(
+                f"  {env.name:<18} {tag:<7} {env.health_check_url.removesuffix('/healthz')}/"
+            )
+        self.stdout.write("Demo users (log in at /admin/):")
+        for username, groups in PEOPLE.items():
+            self.stdout.write(
+                f"  {username:<6} {remember_password(username):<18} {', '.join(groups)}"
+            )

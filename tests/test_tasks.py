@@ -1,0 +1,226 @@
+"""Runs executed by opsweb.tasks on the local backend: real processes, real health checks."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from opsweb import services, tasks
+from opsweb.models import Environment, Run, RunKind, RunStatus
+from tests.conftest import get_json, make_image, succeed_in
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def service_url(env: Environment) -> str:
+    return env.health_check_url.removesuffix("healthz")
+
+
+def deploy(user, env, image) -> Run:
+    run = services.request_deploy(user=user, environment=env, image=image)
+    tasks.execute_run(run.pk)
+    run.refresh_from_db()
+    return run
+
+
+def test_execute_run_deploys_and_records_each_step(local_flow, alice):
+    flow, images = local_flow
+    run = deploy(alice, flow["dev"], images["1.0.0"])
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert get_json(service_url(flow["dev"]))["version"] == "1.0.0"
+    messages = list(run.events.values_list("message", flat=True))
+    for expected in (
+        "asked to deploy",
+        "Claimed by a worker",
+        "Exported commit",
+        "Started 1.0.0",
+        "Healthy",
+        "Succeeded",
+    ):
+        assert any(expected in m for m in messages), (expected, messages)
+    assert run.events.exclude(duration_seconds=None).exists()
+    flow["dev"].refresh_from_db()
+    assert flow["dev"].current_image == images["1.0.0"]
+    assert run.backend_ref["pid"] == get_json(service_url(flow["dev"]))["pid"]
+
+
+def test_execute_run_delivered_twice_deploys_once(local_flow, alice):
+    flow, images = local_flow
+    run = deploy(alice, flow["dev"], images["1.0.0"])
+    pid = get_json(service_url(flow["dev"]))["pid"]
+    assert tasks.execute_run(run.pk) == "nothing to claim"
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    assert run.events.filter(message="Claimed by a worker").count() == 1
+    assert get_json(service_url(flow["dev"]))["pid"] == pid  # not restarted
+
+
+def test_failed_health_check_rolls_back_by_itself(local_flow, alice):
+    flow, images = local_flow
+    dev = flow["dev"]
+    assert deploy(alice, dev, images["1.2.0"]).status == RunStatus.SUCCEEDED
+    broken = deploy(alice, dev, images["1.3.0"])
+
+    assert broken.status == RunStatus.FAILED
+    assert "Health check of" in broken.error and "HTTP 500" in broken.error
+    rollback = Run.objects.get(triggered_by=broken)
+    assert (rollback.kind, rollback.status, rollback.image.tag) == (
+        RunKind.ROLLBACK,
+        RunStatus.SUCCEEDED,
+        "1.2.0",
+    )
+    assert rollback.requested_by is None and rollback.reason == "critical_errors"
+    body = get_json(service_url(dev))
+    assert (body["version"], body["rollback"]) == ("1.2.0", True)
+    dev.refresh_from_db()
+    images["1.3.0"].refresh_from_db()
+    assert dev.current_image.tag == "1.2.0" and images["1.3.0"].is_bad
+    assert dev.auto_deploy_paused
+    assert rollback.events.filter(message__contains="RTO target").exists()
+
+
+def test_manual_rollback_restores_the_previous_version(local_flow, alice):
+    flow, images = local_flow
+    local = flow["local"]
+    deploy(alice, local, images["1.0.0"])
+    deploy(alice, local, images["1.1.0"])
+    run = services.roll_back(user=alice, environment=local, reason="performance_degradation")
+    tasks.execute_run(run.pk)
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    assert get_json(service_url(local))["version"] == "1.0.0"
+
+
+def test_broken_backend_settings_fail_the_run_with_a_message(local_flow, alice):
+    flow, images = local_flow
+    dev = flow["dev"]
+    Environment.objects.filter(pk=dev.pk).update(
+        backend_settings={**dev.backend_settings, "repository": "/nonexistent/repo"}
+    )
+    run = deploy(alice, dev, images["1.0.0"])
+    assert run.status == RunStatus.FAILED
+    assert "No git repository at /nonexistent/repo" in run.error
+    assert Run.objects.filter(kind=RunKind.ROLLBACK).count() == 0
+
+
+def test_queued_runs_in_one_environment_run_one_after_another(local_flow, alice):
+    flow, images = local_flow
+    first = services.request_deploy(user=alice, environment=flow["dev"], image=images["1.0.0"])
+    second = services.request_deploy(user=alice, environment=flow["dev"], image=images["1.1.0"])
+    tasks.execute_run(second.pk)  # whichever task arrives, the queue runs in order
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.status == second.status == RunStatus.SUCCEEDED
+    assert first.finished_at <= second.started_at
+    assert get_json(service_url(flow["dev"]))["version"] == "1.1.0"
+
+
+def test_reconcile_fails_runs_whose_worker_died_and_frees_the_environment(
+    local_flow, alice, sync_tasks
+):
+    flow, images = local_flow
+    dev = flow["dev"]
+    lost = Run.objects.create(
+        kind="deploy",
+        environment=dev,
+        image=images["1.0.0"],
+        status=RunStatus.RUNNING,
+        step="Exported commit",
+        heartbeat_at=timezone.now() - timedelta(minutes=10),
+        queued_at=timezone.now() - timedelta(minutes=11),
+    )
+    waiting = Run.objects.create(
+        kind="deploy",
+        environment=dev,
+        image=images["1.1.0"],
+        status=RunStatus.QUEUED,
+        queued_at=timezone.now() - timedelta(minutes=5),
+    )
+
+    result = tasks.reconcile()
+
+    lost.refresh_from_db()
+    waiting.refresh_from_db()
+    assert result["lost"] == [lost.pk]
+    assert lost.status == RunStatus.FAILED and lost.error.startswith("Worker lost")
+    assert "Exported commit" in lost.error
+    assert waiting.status == RunStatus.SUCCEEDED  # the queue moved on
+    assert get_json(service_url(dev))["version"] == "1.1.0"
+
+
+def test_reconcile_expires_stale_approvals(flow, alice):
+    image = make_image()
+    succeed_in(flow["dev"], image)
+    run = services.request_promotion(user=alice, target=flow["staging"])
+    Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(days=8))
+    assert tasks.reconcile()["expired"] == 1
+    run.refresh_from_db()
+    assert run.status == RunStatus.EXPIRED
+
+
+def test_check_drift_reports_a_process_that_died(local_flow, alice):
+    flow, images = local_flow
+    local = flow["local"]
+    run = deploy(alice, local, images["1.0.0"])
+    os.kill(run.backend_ref["pid"], signal.SIGKILL)
+    time.sleep(0.2)
+    found = tasks.check_drift()
+    local.refresh_from_db()
+    assert "service runs nothing, opsweb last deployed 1.0.0" in local.drift
+    assert local.slug in found
+
+
+def database_url() -> str:
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{s['NAME']}"
+    return f"postgres://{s['USER']}:{s['PASSWORD'] or ''}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+
+
+def test_a_worker_killed_mid_run_is_reconciled(local_flow, alice):
+    """A real django-q2 cluster starts the run, is killed with SIGKILL, and the reconciler
+    ends the run so the environment is not blocked."""
+    flow, images = local_flow
+    dev = flow["dev"]
+    # A command that never listens keeps the worker inside the deploy step.
+    Environment.objects.filter(pk=dev.pk).update(
+        backend_settings={
+            **dev.backend_settings,
+            "command": ["python", "-c", "import time; time.sleep(60)"],
+            "start_timeout": 60,
+        }
+    )
+    run = services.request_deploy(user=alice, environment=dev, image=images["1.0.0"])
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "qcluster"],
+        cwd=settings.BASE_DIR,
+        env={**os.environ, "DATABASE_URL": database_url(), "Q_WORKERS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            run.refresh_from_db()
+            if run.events.filter(message__startswith="Exported commit").exists():
+                break
+            time.sleep(0.2)
+        assert run.status == RunStatus.RUNNING, "the worker never started the run"
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    assert tasks.reconcile()["lost"] == []  # heartbeat still fresh: not yet declared lost
+    stale = timezone.now() + timedelta(seconds=settings.OPSWEB["HEARTBEAT_STALE_SECONDS"] + 1)
+    assert services.fail_lost_runs(now=stale) == [run.pk]
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED and "Worker lost" in run.error
+    assert services.claim_next_run(environment_id=dev.pk) is None  # nothing queued, not blocked
+    assert not Run.objects.filter(environment=dev, status=RunStatus.RUNNING).exists()
