@@ -5,6 +5,7 @@ turns on the production profile, which refuses to start without SECRET_KEY, ALLO
 DATABASE_URL.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -99,8 +100,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
-    # A file, not :memory:, so that worker processes started by tests see the same database.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test_opsweb.sqlite3")}
+    # A file, not :memory:, so that worker processes started by tests see the same database;
+    # one per test session, so that two suites running at once do not share it.
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(BASE_DIR / "var" / f"test_opsweb_{os.getpid()}.sqlite3")
+    }
 else:
     # Keep connections: the django-q2 cluster polls the ORM broker every second.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)

@@ -1,0 +1,28 @@
+"""Deploy a chosen version to an environment that takes direct deploys (Local, AWS Dev).
+
+manage.py deploy dev example/app:1.4.2 --as ci --wait
+"""
+
+from opsweb import services
+from opsweb.cli import IMAGE_HELP, OpswebCommand, Outcome, find_environment, find_image
+
+
+class Command(OpswebCommand):
+    help = "Deploy a chosen image version to Local or AWS Dev (others take promotions)."
+    waits = True
+
+    def add_command_arguments(self, parser):
+        parser.add_argument("environment", metavar="ENV", help="Slug or name, e.g. dev.")
+        parser.add_argument("image", metavar="IMAGE", help=IMAGE_HELP)
+        parser.add_argument("--note", default="", help="Why, for the record.")
+
+    def act(self, user, options):
+        environment = find_environment(options["environment"])
+        image = find_image(options["image"])
+        run = services.request_deploy(
+            user=user, environment=environment, image=image, note=options["note"]
+        )
+        return Outcome(
+            f"Requested run #{run.pk}: deploy {services.describe(image)} to {environment}.",
+            runs=[run],
+        )

@@ -1,0 +1,85 @@
+"""The flow at a glance: what each environment runs, since when and by whom, what waits.
+
+manage.py environments [--json]
+"""
+
+from opsweb import services
+from opsweb.cli import OpswebCommand, Outcome, image_payload, iso, require_perm, when
+from opsweb.models import Environment, Run, RunStatus
+
+WAITING = [RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING]
+COLUMNS = ["ENVIRONMENT", "VERSION", "DEPLOYED", "BY", "PENDING", "FLAGS", "DRIFT"]
+
+
+class Command(OpswebCommand):
+    help = (
+        "List the environments: current version (tag, digest, git sha), deployed when and by "
+        "whom, pending runs, paused and frozen flags, drift."
+    )
+
+    def act(self, user, options):
+        require_perm(user, "view_environment", "view environments")
+        environments = Environment.objects.select_related("current_image", "upstream")
+        rows = [environment_row(environment) for environment in environments]
+        lines = [COLUMNS] + [
+            table_cells(environment, row)
+            for environment, row in zip(environments, rows, strict=True)
+        ]
+        return Outcome(table(lines), data={"environments": rows})
+
+
+def deployed_by(environment: Environment) -> Run | None:
+    """The run that put the current version in place."""
+    if environment.current_image_id is None:
+        return None
+    return (
+        Run.objects.filter(environment=environment, image_id=environment.current_image_id)
+        .exclude(started_at=None)
+        .select_related("requested_by")
+        .order_by("-started_at", "-id")
+        .first()
+    )
+
+
+def environment_row(environment: Environment) -> dict:
+    run = deployed_by(environment)
+    waiting = Run.objects.filter(environment=environment, status__in=WAITING).order_by("id")
+    return {
+        "slug": environment.slug,
+        "name": environment.name,
+        "upstream": environment.upstream.slug if environment.upstream else None,
+        "current": image_payload(environment.current_image),
+        "deployed_at": iso(environment.current_since),
+        "deployed_by": services.user_label(run.requested_by) if run else None,
+        "deployed_by_run": run.pk if run else None,
+        "pending_runs": [{"id": r.pk, "kind": r.kind, "status": r.status} for r in waiting],
+        "auto_deploy_branch": environment.auto_deploy_branch,
+        "auto_deploy_paused": environment.auto_deploy_paused,
+        "paused_reason": environment.paused_reason,
+        "frozen": environment.is_frozen,
+        "drift": environment.drift,
+        "drift_checked_at": iso(environment.drift_checked_at),
+    }
+
+
+def table_cells(environment: Environment, row: dict) -> list[str]:
+    image = environment.current_image
+    version = f"{image.tag} {image.short_digest} {image.short_sha or '-'}" if image else "-"
+    flags = [("paused", row["auto_deploy_paused"]), ("frozen", row["frozen"])]
+    return [
+        environment.name,
+        version,
+        when(environment.current_since),
+        row["deployed_by"] or "-",
+        ", ".join(f"#{r['id']} {r['status']}" for r in row["pending_runs"]) or "-",
+        ",".join(name for name, on in flags if on) or "-",
+        row["drift"] or "-",
+    ]
+
+
+def table(lines: list[list[str]]) -> str:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )

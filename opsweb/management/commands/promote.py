@@ -1,0 +1,39 @@
+"""Promote a version one step along the flow (AWS Dev → Staging → Production).
+
+manage.py promote staging production --image example/app:1.4.2 --as alice
+"""
+
+from opsweb import services
+from opsweb.cli import IMAGE_HELP, OpswebCommand, Outcome, find_environment, find_image
+
+
+class Command(OpswebCommand):
+    help = (
+        "Promote a version from SOURCE to TARGET, one step along the flow; by default what "
+        "runs in SOURCE now. The run waits for TARGET's approvals."
+    )
+    waits = True
+
+    def add_command_arguments(self, parser):
+        parser.add_argument("source", metavar="SOURCE", help="Slug or name, e.g. staging.")
+        parser.add_argument("target", metavar="TARGET", help="Slug or name, e.g. production.")
+        parser.add_argument("--image", default="", help=IMAGE_HELP + " Default: what SOURCE runs.")
+        parser.add_argument("--note", default="", help="Why, for the approvers.")
+
+    def act(self, user, options):
+        source = find_environment(options["source"])
+        target = find_environment(options["target"])
+        image = find_image(options["image"]) if options["image"] else None
+        run = services.request_promotion(
+            user=user, target=target, source=source, image=image, note=options["note"]
+        )
+        waiting = (
+            f" It waits for {run.required_approvals} approval(s) from {target.approver_group}."
+            if run.required_approvals
+            else ""
+        )
+        return Outcome(
+            f"Requested run #{run.pk}: promote {services.describe(run.image)} from {source} to "
+            f"{target}.{waiting}",
+            runs=[run],
+        )

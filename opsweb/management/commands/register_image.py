@@ -1,0 +1,204 @@
+"""Record an image CI built; if an environment auto-deploys its branch, queue the deploy.
+
+    manage.py register_image --repository R --tag T --digest sha256:… [--branch develop] --wait
+
+Idempotent by digest: the same repository and digest again is exit 0 with the existing
+version (and, with --wait, follows its auto-deploy). A tag already pointing at another digest
+is refused: tags are immutable.
+"""
+
+import os
+
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
+
+from opsweb import services
+from opsweb.cli import (
+    DIGEST,
+    OpswebCommand,
+    Outcome,
+    check_one_line,
+    image_payload,
+    parse_iso_datetime,
+    refused,
+)
+from opsweb.models import (
+    Environment,
+    Run,
+    RunKind,
+    validate_git_sha,
+    validate_repository,
+    validate_tag,
+)
+
+
+class Command(OpswebCommand):
+    help = (
+        "Record a built image (idempotent by digest) and queue its deploy to every environment "
+        "that auto-deploys its branch and is not paused."
+    )
+    waits = True
+
+    def add_command_arguments(self, parser):
+        parser.add_argument("--repository", required=True, help="e.g. 1234.dkr.ecr…/app")
+        parser.add_argument("--tag", required=True)
+        parser.add_argument(
+            "--digest", default="", help="sha256:<64 hex>; with --resolve, checked against ECR."
+        )
+        parser.add_argument("--git-sha", default="", help="The full 40-hex commit id.")
+        parser.add_argument("--branch", default="", help="e.g. develop (auto-deploys AWS Dev).")
+        parser.add_argument("--commit-message", default="")
+        parser.add_argument("--committed-at", default="", metavar="ISO8601")
+        parser.add_argument("--build-url", default="")
+        parser.add_argument(
+            "--resolve",
+            action="store_true",
+            help="Look the tag up in ECR: fill in the digest, or check that --digest matches.",
+        )
+        parser.add_argument(
+            "--region",
+            default="",
+            help="AWS region for --resolve (default: $AWS_REGION or $AWS_DEFAULT_REGION).",
+        )
+
+    def act(self, user, options):
+        fields = registration_fields(options)
+        if options["resolve"]:
+            fields["digest"] = resolve(fields, options["region"])
+        elif not fields["digest"]:
+            raise refused("Give --digest sha256:…, or --resolve to look the tag up in ECR.")
+        registration = services.register_image(user=user, **fields)
+        image = registration.image
+        runs = auto_deploy_runs(image)
+        message = registration.message
+        if registration.created and not runs:
+            message += " " + nothing_deployed(image.branch)
+        elif not registration.created and runs:
+            message += " Its auto-deploy: " + ", ".join(
+                f"run #{run.pk} ({run.get_status_display().lower()})" for run in runs
+            )
+        return Outcome(
+            message,
+            data={
+                "created": registration.created,
+                "image": image_payload(image),
+                "auto_deploy": auto_deploy_status(image, runs),
+            },
+            runs=runs,
+        )
+
+
+def registration_fields(options) -> dict:
+    """The options as services.register_image takes them, each checked here first so that a
+    refusal names the option and the value (the services check them all again)."""
+    fields = {
+        "repository": options["repository"],
+        "tag": options["tag"],
+        "digest": options["digest"],
+        "git_sha": options["git_sha"],
+        "branch": options["branch"],
+        "build_url": options["build_url"],
+    }
+    for name, value in fields.items():
+        check_one_line("--" + name.replace("_", "-"), value)
+    check(validate_repository, "--repository", fields["repository"])
+    check(validate_tag, "--tag", fields["tag"])
+    digest = fields["digest"]
+    if digest and not DIGEST.fullmatch(digest):
+        hex_part = digest.removeprefix("sha256:")
+        length = f" ({len(hex_part)} after 'sha256:')" if digest.startswith("sha256:") else ""
+        raise refused(
+            f"--digest {digest!r} is not a digest: it is 'sha256:' followed by 64 lowercase hex "
+            f"characters{length}."
+        )
+    if fields["git_sha"]:
+        check(
+            validate_git_sha,
+            "--git-sha",
+            fields["git_sha"],
+            f" ({len(fields['git_sha'])} characters)",
+        )
+    if fields["build_url"]:
+        check(URLValidator(), "--build-url", fields["build_url"])
+    fields["commit_message"] = options["commit_message"]
+    fields["committed_at"] = parse_iso_datetime("--committed-at", options["committed_at"])
+    return fields
+
+
+def check(validator, option: str, value: str, detail: str = "") -> None:
+    try:
+        validator(value)
+    except ValidationError as exc:
+        raise refused(f"{option} {value!r} is refused: {' '.join(exc.messages)}{detail}") from None
+
+
+def resolve(fields: dict, region: str) -> str:
+    """The digest ECR has for the tag; if --digest was given too, they must match."""
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", "")
+    if not region:
+        raise refused("--resolve needs an AWS region: pass --region or set AWS_REGION.")
+    name = f"{fields['repository']}:{fields['tag']}"
+    try:
+        # Imported here: boto3 is loaded only by the commands that talk to AWS.
+        from orchestration.ecs import resolve_digest
+
+        found = resolve_digest(
+            repository=fields["repository"], tag=fields["tag"], region=region, endpoint_url=None
+        )
+    except Exception as exc:  # the boundary with AWS: any failure is a refusal, not a traceback
+        raise refused(f"Could not look up {name} in ECR ({region}): {exc}") from None
+    if not (isinstance(found, str) and DIGEST.fullmatch(found)):
+        raise refused(f"ECR did not return a digest for {name} (got {found!r}).")
+    if fields["digest"] and fields["digest"] != found:
+        raise refused(
+            f"--digest {fields['digest']} does not match {found}, the digest ECR has for {name}."
+        )
+    return found
+
+
+def auto_deploy_runs(image) -> list[Run]:
+    """The newest deploy of ``image`` into each environment that auto-deploys its branch."""
+    if not image.branch:
+        return []
+    latest: dict[int, Run] = {}
+    runs = (
+        Run.objects.filter(
+            image=image, kind=RunKind.DEPLOY, environment__auto_deploy_branch=image.branch
+        )
+        .select_related("environment", "image")
+        .order_by("-created_at", "-id")
+    )
+    for run in runs:
+        latest.setdefault(run.environment_id, run)
+    return list(latest.values())
+
+
+def nothing_deployed(branch: str) -> str:
+    if not branch:
+        return "Nothing deployed: no --branch given."
+    if not Environment.objects.filter(auto_deploy_branch=branch).exists():
+        return f"Nothing deployed: no environment auto-deploys branch {branch!r}."
+    return "Nothing deployed."
+
+
+def auto_deploy_status(image, runs: list[Run]) -> list[dict]:
+    by_environment = {run.environment_id: run for run in runs}
+    status = []
+    if not image.branch:
+        return status
+    for environment in Environment.objects.filter(auto_deploy_branch=image.branch):
+        run = by_environment.get(environment.pk)
+        skipped = ""
+        if run is None and environment.auto_deploy_paused:
+            skipped = f"auto-deploy is paused ({environment.paused_reason or 'no reason given'})"
+        elif run is None and environment.is_frozen:
+            skipped = "frozen"
+        status.append(
+            {
+                "environment": environment.slug,
+                "run": run.pk if run else None,
+                "paused": environment.auto_deploy_paused,
+                "skipped": skipped,
+            }
+        )
+    return status

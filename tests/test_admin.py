@@ -1,0 +1,217 @@
+"""Admin buttons through the Django test client: what each user sees, what a POST does,
+permission and CSRF refusals, and query counts that do not grow with history."""
+
+import re
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from opsweb import services
+from opsweb.models import Approval, AuditEntry, ImageVersion, Run, RunEvent, RunStatus, Signoff
+from tests.conftest import make_image, make_user, succeed_in
+
+pytestmark = pytest.mark.django_db
+
+
+def login(user) -> Client:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    return client
+
+
+def post_form(client: Client, url: str, data: dict):
+    """GET the confirmation page, then POST it with its CSRF token, as a browser does."""
+    page = client.get(url)
+    assert page.status_code == 200, page.status_code
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    return client.post(url, {**data, "csrfmiddlewaretoken": token}, follow=True)
+
+
+def messages_of(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+@pytest.fixture
+def pending(flow, alice):
+    """A promotion of 2.0.0 to Staging awaiting one approval."""
+    v1, v2 = make_image("1.0.0"), make_image("2.0.0")
+    succeed_in(flow["staging"], v1)
+    succeed_in(flow["dev"], v1)
+    succeed_in(flow["dev"], v2)
+    return services.request_promotion(user=alice, target=flow["staging"])
+
+
+def run_page(run):
+    return reverse("admin:opsweb_run_change", args=[run.pk])
+
+
+def test_approver_sees_approve_and_requester_does_not(pending, alice, bob):
+    assert "Approve</a>" in login(bob).get(run_page(pending)).text
+    page = login(alice).get(run_page(pending)).text
+    assert "Approve</a>" not in page and "Cancel</a>" in page
+    assert "Approvals: 0 of 1" in page and "asked to promote" in page
+
+
+def test_approve_confirmation_says_exactly_what_will_happen(pending, bob):
+    page = login(bob).get(reverse("admin:opsweb_run_approve", args=[pending.pk])).text
+    assert "AWS Staging" in page
+    assert "1.0.0 (" + pending.replaces.digest in page and "2.0.0 (" + pending.image.digest in page
+    assert "0 of 1" in page and "Release 2.0.0" in page  # the commit message it carries
+
+
+def test_approve_posts_with_csrf_and_queues_the_run(pending, bob):
+    response = post_form(
+        login(bob), reverse("admin:opsweb_run_approve", args=[pending.pk]), {"comment": "ship it"}
+    )
+    pending.refresh_from_db()
+    assert pending.status == RunStatus.QUEUED
+    assert any("1 of 1, now queued" in m for m in messages_of(response))
+    approval = Approval.objects.get(run=pending)
+    assert (approval.user.username, approval.comment) == ("bob", "ship it")
+
+
+def test_post_without_csrf_token_is_refused_and_changes_nothing(pending, bob):
+    response = login(bob).post(reverse("admin:opsweb_run_approve", args=[pending.pk]), {})
+    assert response.status_code == 403
+    assert Approval.objects.count() == 0
+
+
+def test_crafted_post_by_a_user_without_permission_gets_403(pending, outsider, alice):
+    for user in (outsider, alice):  # not an approver; the requester
+        client = Client()  # no CSRF enforcement: the permission check alone must refuse
+        client.force_login(user)
+        response = client.post(reverse("admin:opsweb_run_approve", args=[pending.pk]), {})
+        assert response.status_code == 403
+    pending.refresh_from_db()
+    assert pending.status == RunStatus.PENDING and Approval.objects.count() == 0
+
+
+def test_rule_refusal_shows_as_an_admin_error_message(flow, bob, carol):
+    requester = make_user("root", "production approvers", is_superuser=True)
+    image = make_image()
+    succeed_in(flow["staging"], image)
+    services.sign_off_uat(user=bob, environment=flow["staging"], image=image)
+    run = services.request_promotion(user=requester, target=flow["production"], image=image)
+    response = post_form(login(requester), reverse("admin:opsweb_run_approve", args=[run.pk]), {})
+    assert any("needs approvals from other people" in m for m in messages_of(response))
+    assert Approval.objects.count() == 0
+
+
+def test_reject_needs_a_comment(pending, bob):
+    url = reverse("admin:opsweb_run_reject", args=[pending.pk])
+    response = post_form(login(bob), url, {"comment": ""})
+    assert "This field is required" in response.text
+    pending.refresh_from_db()
+    assert pending.status == RunStatus.PENDING
+    post_form(login(bob), url, {"comment": "tests are red"})
+    pending.refresh_from_db()
+    assert pending.status == RunStatus.REJECTED
+
+
+def test_promote_button_requests_a_promotion(flow, alice, bob):
+    v1 = make_image("1.0.0")
+    succeed_in(flow["staging"], v1)
+    services.sign_off_uat(user=bob, environment=flow["staging"], image=v1)
+    staging_url = reverse("admin:opsweb_environment_change", args=[flow["staging"].pk])
+    assert "Promote to AWS Production" in login(alice).get(staging_url).text
+    url = reverse("admin:opsweb_environment_promote", args=[flow["staging"].pk])
+    page = login(alice).get(url).text
+    assert "2 from production approvers, not including you" in page
+    response = post_form(login(alice), url, {"image": v1.pk, "note": "weekly release"})
+    run = Run.objects.get(environment=flow["production"])
+    assert run.status == RunStatus.PENDING and run.note == "weekly release"
+    assert response.redirect_chain[-1][0] == run_page(run)
+
+
+def test_rollback_button_rolls_back_in_one_click(flow, bob, alice):
+    prod = flow["production"]
+    old, new = make_image("1.0.0"), make_image("2.0.0")
+    succeed_in(prod, old)
+    succeed_in(prod, new)
+    url = reverse("admin:opsweb_environment_rollback", args=[prod.pk])
+    assert login(alice).get(url).status_code == 403
+    page = login(bob).get(url).text
+    assert "2.0.0 (" in page and "will be marked bad" in page and "1.0.0 (" in page
+    post_form(login(bob), url, {"reason": "security_vulnerability", "note": "CVE-2026-1"})
+    run = Run.objects.get(kind="rollback")
+    assert (run.image, run.status, run.requested_by) == (old, RunStatus.QUEUED, bob)
+    new.refresh_from_db()
+    assert new.is_bad
+
+
+def test_mark_bad_and_uat_buttons(flow, bob, alice):
+    image = make_image()
+    succeed_in(flow["staging"], image)
+    assert (
+        login(alice).get(reverse("admin:opsweb_imageversion_mark_bad", args=[image.pk])).status_code
+        == 403
+    )
+    post_form(
+        login(bob),
+        reverse("admin:opsweb_environment_signoff", args=[flow["staging"].pk]),
+        {"comment": "UAT ok"},
+    )
+    assert Signoff.objects.get().user == bob
+    post_form(
+        login(bob),
+        reverse("admin:opsweb_imageversion_mark_bad", args=[image.pk]),
+        {"reason": "data loss"},
+    )
+    image.refresh_from_db()
+    assert image.is_bad and image.bad_reason == "data loss"
+
+
+@pytest.mark.parametrize("model", [Approval, Signoff, RunEvent, AuditEntry])
+def test_records_cannot_be_added_changed_or_deleted_by_a_superuser(pending, bob, model):
+    services.approve_run(user=bob, run=pending)
+    image = ImageVersion.objects.first()
+    Signoff.objects.create(environment=pending.environment, image=image, user=bob)
+    root = make_user("root", is_superuser=True)
+    client = login(root)
+    obj = model.objects.first()
+    name = f"admin:opsweb_{model._meta.model_name}"
+    assert client.get(reverse(f"{name}_delete", args=[obj.pk])).status_code == 403
+    assert client.get(reverse(f"{name}_add")).status_code == 403
+    change = client.get(reverse(f"{name}_change", args=[obj.pk]))
+    assert change.status_code == 200 and 'name="_save"' not in change.text
+    assert client.post(reverse(f"{name}_change", args=[obj.pk]), {}).status_code == 403
+    assert model.objects.filter(pk=obj.pk).exists()
+
+
+def test_image_search_finds_a_digest_prefix_without_sha256(flow):
+    image = make_image("7.7.7")
+    root = make_user("root", is_superuser=True)
+    prefix = image.digest.removeprefix("sha256:")[:10]
+    page = login(root).get(reverse("admin:opsweb_imageversion_changelist"), {"q": prefix}).text
+    assert "7.7.7" in page
+
+
+def history(flow, n):
+    user = make_user(f"u{n}", "staging approvers")
+    for i in range(n):
+        image = make_image()
+        run = succeed_in(flow["dev"], image)
+        RunEvent.objects.create(run=run, message=f"event {i}")
+        Approval.objects.create(run=run, user=user, decision="approve", digest=image.digest)
+        AuditEntry.objects.create(actor=user, action="x", message=f"m{i}", run=run)
+
+
+@pytest.mark.parametrize(
+    "model", ["environment", "run", "imageversion", "approval", "runevent", "auditentry", "signoff"]
+)
+def test_changelist_query_count_does_not_grow_with_history(flow, model):
+    client = login(make_user("root", is_superuser=True))
+    url = reverse(f"admin:opsweb_{model}_changelist")
+
+    def queries():
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get(url).status_code == 200
+        return len(ctx)
+
+    history(flow, 3)
+    few = queries()
+    history(flow, 30)
+    assert queries() == few
