@@ -617,27 +617,42 @@ class RunAdmin(ConfirmMixin, ReadOnlyAdmin):
     list_select_related = ["environment", "image", "requested_by"]
     search_fields = ["image__tag", "image__git_sha", "note"]
     date_hierarchy = "created_at"
-    fields = [
-        "kind",
-        "status",
-        "step",
-        "environment",
-        "source_environment",
-        "image",
-        "replaces",
-        "requested_by",
-        "reason",
-        "note",
-        "triggered_by",
-        "required_approvals",
-        "created_at",
-        "queued_at",
-        "started_at",
-        "finished_at",
-        "heartbeat_at",
-        "task_id",
-        "backend_ref",
-        "error",
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "kind",
+                    "status",
+                    "environment",
+                    "image",
+                    "replaces",
+                    "requested_by",
+                    "reason",
+                    "note",
+                    "error",
+                ]
+            },
+        ),
+        (
+            "Details",
+            {
+                "classes": ["collapse"],
+                "fields": [
+                    "step",
+                    "source_environment",
+                    "triggered_by",
+                    "required_approvals",
+                    "created_at",
+                    "queued_at",
+                    "started_at",
+                    "finished_at",
+                    "heartbeat_at",
+                    "task_id",
+                    "backend_ref",
+                ],
+            },
+        ),
     ]
 
     def get_queryset(self, request):

@@ -9,12 +9,11 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from opsweb import services, tasks
 from opsweb.models import Environment, Run, RunKind, RunStatus
-from tests.conftest import get_json, make_image, succeed_in
+from tests.conftest import database_url, get_json, make_image, succeed_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -175,13 +174,6 @@ def test_check_drift_reports_a_process_that_died(local_flow, alice):
     local.refresh_from_db()
     assert "service runs nothing, opsweb last deployed 1.0.0" in local.drift
     assert local.slug in found
-
-
-def database_url() -> str:
-    s = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{s['NAME']}"
-    return f"postgres://{s['USER']}:{s['PASSWORD'] or ''}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
 
 
 def test_a_worker_killed_mid_run_is_reconciled(local_flow, alice):

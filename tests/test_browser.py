@@ -1,0 +1,80 @@
+"""One real browser: an approver logs in, approves a pending promotion and watches it succeed.
+
+Debian's Chromium driven by Playwright (never a downloaded browser); a real django-q2 worker
+deploys the sample service as a real local process.
+"""
+
+import os
+import shutil
+
+import pytest
+
+from opsweb import services
+from opsweb.models import Run, RunStatus
+from tests.conftest import get_json, succeed_in
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def browser():
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("OPSWEB_REQUIRE_BROWSER"):
+            pytest.fail(f"Chromium is required here but {CHROMIUM} does not exist.")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    # Playwright's sync API runs an event loop in this thread; the ORM calls around it are
+    # ordinary blocking calls made by the test, not from a coroutine.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield browser
+        browser.close()
+    os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+
+
+def test_approver_approves_a_pending_promotion_and_sees_it_succeed(
+    browser, live_server, local_flow, alice, bob, worker
+):
+    flow, images = local_flow
+    staging = flow["staging"]
+    succeed_in(flow["dev"], images["1.1.0"])
+    run = services.request_promotion(user=alice, target=staging)
+    assert run.status == RunStatus.PENDING
+
+    page = browser.new_page()
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("#id_username", "bob")
+    page.fill("#id_password", "pw-bob")
+    page.click("input[type=submit]")
+    page.goto(f"{live_server.url}/admin/opsweb/run/{run.pk}/change/")
+    assert "Approvals: 0 of 1" in page.inner_text("#approvals")
+    page.click("text=Approve")
+    assert "1.1.0" in page.inner_text("table.confirm-summary")
+    page.fill("#id_comment", "Dev looks good")
+    page.click("input[name=confirm]")
+
+    assert "now queued" in page.inner_text("ul.messagelist")
+    # The run page refreshes itself while the worker deploys.
+    page.wait_for_selector("#run-status.run-status-succeeded", timeout=45_000)
+    assert "Healthy" in page.inner_text("#events")
+    page.screenshot(path=str(os.path.join(os.environ.get("TMPDIR", "/tmp"), "opsweb-run.png")))
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    assert Run.objects.get(pk=run.pk).approvals.get().user == bob
+    body = get_json(staging.health_check_url.removesuffix("healthz"))
+    assert body["version"] == "1.1.0"
