@@ -20,11 +20,17 @@ def test_bootstrap_creates_the_seed_flow_in_order():
     bootstrap()
     envs = list(Environment.objects.all())
     assert [e.name for e in envs] == [
-        "Local Development", "AWS Dev", "AWS Staging", "AWS Production",
+        "Local Development",
+        "AWS Dev",
+        "AWS Staging",
+        "AWS Production",
     ]
     local, dev, staging, production = envs
     assert (local.upstream, dev.upstream, staging.upstream, production.upstream) == (
-        None, None, dev, staging,
+        None,
+        None,
+        dev,
+        staging,
     )
     assert dev.auto_deploy_branch == "develop"
     assert [e.required_approvals for e in envs] == [0, 0, 1, 2]
@@ -32,7 +38,10 @@ def test_bootstrap_creates_the_seed_flow_in_order():
     assert staging.approver_group.name == "staging approvers"
     assert production.approver_group.name == "production approvers"
     assert set(Group.objects.values_list("name", flat=True)) == {
-        "deployers", "staging approvers", "production approvers", "ci",
+        "deployers",
+        "staging approvers",
+        "production approvers",
+        "ci",
     }
     assert Schedule.objects.filter(func="opsweb.tasks.reconcile").exists()
 

@@ -19,7 +19,11 @@ def run_django(env_overrides, *args):
     env.update({"DJANGO_ENV": "production", **env_overrides})
     return subprocess.run(
         [sys.executable, "manage.py", *args],
-        cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=120,
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
