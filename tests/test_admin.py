@@ -215,3 +215,32 @@ def test_changelist_query_count_does_not_grow_with_history(flow, model):
     few = queries()
     history(flow, 30)
     assert queries() == few
+
+
+def test_index_shows_the_pipeline_with_drift_and_waiting_runs(pending, bob):
+    from opsweb.models import Environment
+
+    Environment.objects.filter(slug="dev").update(
+        drift="service runs nothing, opsweb last deployed 2.0.0"
+    )
+    page = login(bob).get(reverse("admin:index")).text
+    assert "Pipeline" in page and "AWS Production" in page
+    assert "DRIFT:</strong> service runs nothing" in page
+    assert f"#{pending.pk}</a></td><td>2.0.0 → AWS Staging</td><td>0 of 1" in page
+
+
+def test_index_query_count_does_not_grow_with_history(flow, alice):
+    client = login(make_user("root", is_superuser=True))
+
+    def queries():
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get(reverse("admin:index")).status_code == 200
+        return len(ctx)
+
+    history(flow, 2)
+    few = queries()
+    history(flow, 20)
+    for _ in range(5):
+        image = make_image()
+        succeed_in(flow["dev"], image)
+    assert queries() == few
