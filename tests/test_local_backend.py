@@ -1,25 +1,18 @@
 """LocalProcessBackend against real processes and a real git repository."""
 
-import json
 import socket
-import urllib.request
 
 import pytest
 
 from opsweb.sample_app import Release, create_repository, digest_for
 from orchestration.base import DeployError, DeployRequest, SettingsError
 from orchestration.local import LocalProcessBackend, process_alive
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import free_port
+from tests.conftest import get_json as get_url_json
 
 
 def get_json(port: int, path: str = "/") -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-        return json.loads(response.read())
+    return get_url_json(f"http://127.0.0.1:{port}{path}")
 
 
 RELEASES = [
