@@ -35,6 +35,10 @@ def _execute(run: Run) -> None:
     environment = run.environment
 
     def progress(message: str, seconds: float | None = None) -> None:
+        # An empty message is a heartbeat only: backends polling a rollout call it often.
+        if not message:
+            services.heartbeat(run_id=run.pk)
+            return
         services.record_progress(run_id=run.pk, message=message, seconds=seconds)
 
     try:

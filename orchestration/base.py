@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 # A backend reports progress through this: (message, seconds the step took or None).
-# opsweb records each call as a RunEvent and treats it as a heartbeat.
+# opsweb records each call as a RunEvent and treats it as a heartbeat; an empty message is a
+# heartbeat only.
 Progress = Callable[[str, float | None], None]
 
 
