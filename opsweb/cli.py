@@ -27,7 +27,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
-from django.db import IntegrityError
+from django.db import IntegrityError, InterfaceError, OperationalError, close_old_connections
 
 from opsweb import services
 from opsweb.models import (
@@ -89,6 +89,13 @@ class OpswebCommand(BaseCommand):
             # From a shell argparse exits 2 by itself; through call_command Django would raise
             # CommandError with returncode 1, which a caller would read as "the run failed".
             parser.error = _usage_error
+        # How messages name each input: --option, or the metavar of a positional argument.
+        self.input_names = {
+            action.dest: min(action.option_strings, key=len)
+            if action.option_strings
+            else (action.metavar or action.dest.upper())
+            for action in parser._actions
+        }
         return parser
 
     def add_arguments(self, parser):
@@ -131,9 +138,9 @@ class OpswebCommand(BaseCommand):
 
     def handle(self, *args, **options):
         self.as_json = bool(options.get("as_json"))
-        self.verbosity = int(options.get("verbosity", 1))
+        self.verbosity = options.get("verbosity", 1)
         try:
-            check_text(options)
+            check_text(options, getattr(self, "input_names", {}))
             user = find_user(options.get("as_user") or os.environ.get("OPSWEB_USER", ""))
             wait = bool(options.get("wait"))
             timeout = parse_timeout(options.get("timeout")) if wait else None
@@ -169,9 +176,14 @@ class OpswebCommand(BaseCommand):
         deadline = time.monotonic() + timeout
         seen: dict[int, int] = {}
         while True:
-            for run in runs:
-                run.refresh_from_db()
-                self.stream_events(run, seen)
+            try:
+                for run in runs:
+                    run.refresh_from_db()
+                    self.stream_events(run, seen)
+            except (OperationalError, InterfaceError) as exc:
+                # A long wait can outlive a database failover: reconnect at the next poll.
+                self.stderr.write(f"Database unavailable while waiting ({exc}); retrying.")
+                close_old_connections()
             if all(run.is_terminal for run in runs):
                 return ending(runs)
             if time.monotonic() >= deadline:
@@ -188,7 +200,7 @@ class OpswebCommand(BaseCommand):
         events = run.events.filter(pk__gt=seen.get(run.pk, 0)).order_by("id")
         for event in events:
             seen[run.pk] = event.pk
-            if self.verbosity:
+            if self.verbosity != 0:
                 self.stderr.write(
                     f"run #{run.pk} {event.created_at:%H:%M:%S} {event.level}: {event.message}",
                     style_func=lambda text: text,
@@ -232,18 +244,19 @@ def problem_sentence(run: Run) -> str:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def check_text(options: dict[str, Any]) -> None:
+def check_text(options: dict[str, Any], names: dict[str, str]) -> None:
     """Refuse text no database stores faithfully: NUL characters and unencodable surrogates
     (argv that was not UTF-8)."""
-    for name, value in options.items():
+    for dest, value in options.items():
         if not isinstance(value, str):
             continue
+        name = names.get(dest, "--" + dest.replace("_", "-"))
         if "\x00" in value:
-            raise refused(f"{option_name(name)} contains a NUL character; remove it.")
+            raise refused(f"{name} contains a NUL character; remove it.")
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise refused(f"{option_name(name)} {value!r} is not valid UTF-8 text.") from None
+            raise refused(f"{name} {value!r} is not valid UTF-8 text.") from None
 
 
 def check_one_line(option: str, value: str) -> None:
@@ -252,10 +265,6 @@ def check_one_line(option: str, value: str) -> None:
             f"{option} {value!r} contains a control character such as a newline; "
             f"give it on one line."
         )
-
-
-def option_name(dest: str) -> str:
-    return {"as_user": "--as", "as_json": "--json"}.get(dest, "--" + dest.replace("_", "-"))
 
 
 def parse_timeout(value: Any) -> float:

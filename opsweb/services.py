@@ -798,9 +798,10 @@ def record_switch(*, run_id: int, backend_ref: dict, message: str = "") -> None:
 
 @transaction.atomic
 def finish_run(
-    *, run_id: int, succeeded: bool, error: str = "", health_failed: bool = False
+    *, run_id: int, succeeded: bool, error: str = "", environment_broken: bool = False
 ) -> Run:
-    """End a running run. A failed health check with auto_rollback on starts a rollback."""
+    """End a running run. ``environment_broken`` (a failed health check, or a version that did
+    not start after the previous one was stopped) starts a rollback where auto_rollback is on."""
     now = timezone.now()
     status = RunStatus.SUCCEEDED if succeeded else RunStatus.FAILED
     updated = Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(
@@ -838,14 +839,14 @@ def finish_run(
         image=run.image,
         run=run,
     )
-    if health_failed and environment.auto_rollback and run.kind != RunKind.ROLLBACK:
+    if environment_broken and environment.auto_rollback and run.kind != RunKind.ROLLBACK:
         try:
             with transaction.atomic():
                 rollback = roll_back(
                     user=None,
                     environment=environment,
                     reason=RollbackReason.CRITICAL_ERRORS,
-                    note=f"Health check failed after run #{run.pk}",
+                    note=f"Run #{run.pk} failed: {error[:200]}",
                     triggered_by=run,
                 )
             _event(

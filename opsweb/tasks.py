@@ -63,7 +63,13 @@ def _execute(run: Run) -> None:
             message=f"Backend finished in {time.monotonic() - started:.1f}s: {result.message}",
         )
     except DeployError as exc:
-        services.finish_run(run_id=run.pk, succeeded=False, error=str(exc))
+        if exc.previous_stopped:
+            # What ran before is gone and this version did not come up: the environment now
+            # "runs" the failed version, and a rollback (if on) restores the previous one.
+            services.record_switch(run_id=run.pk, backend_ref={})
+        services.finish_run(
+            run_id=run.pk, succeeded=False, error=str(exc), environment_broken=exc.previous_stopped
+        )
         return
     except Exception as exc:  # a bug or an outage: the run must still end, with the traceback
         log.exception("run %s crashed", run.pk)
@@ -86,7 +92,7 @@ def _execute(run: Run) -> None:
             services.finish_run(
                 run_id=run.pk,
                 succeeded=False,
-                health_failed=True,
+                environment_broken=True,
                 error=(
                     f"Health check of {environment.health_check_url} failed after "
                     f"{health.attempts} attempts in {elapsed:.0f}s: {health.detail}"

@@ -23,7 +23,16 @@ def no_progress(message: str, seconds: float | None = None) -> None:
 
 
 class DeployError(Exception):
-    """A deploy could not be done; the message says what went wrong and what to look at."""
+    """A deploy could not be done; the message says what went wrong and what to look at.
+
+    ``previous_stopped`` says the previous version no longer runs (the local backend stops it
+    before starting the new one), so opsweb treats the failure like a failed health check:
+    with auto-rollback on, it restores the previous stable version.
+    """
+
+    def __init__(self, message: str, *, previous_stopped: bool = False):
+        super().__init__(message)
+        self.previous_stopped = previous_stopped
 
 
 class SettingsError(DeployError):

@@ -147,16 +147,23 @@ class LocalProcessBackend(DeployBackend):
                     f"{stopped})",
                     time.monotonic() - t,
                 )
+                stopped_previous = True
+            else:
+                stopped_previous = False
             self._write_state(request.environment, {})
 
             port, host = self.settings["port"], self.settings["host"]
             if port_in_use(host, port):
                 raise DeployError(
                     f"Port {port} on {host} is in use by a process opsweb did not start; "
-                    f"stop it or give this environment another port."
+                    f"stop it or give this environment another port.",
+                    previous_stopped=stopped_previous,
                 )
             t = time.monotonic()
-            pid, started, log_path = self._start(request, workdir)
+            try:
+                pid, started, log_path = self._start(request, workdir)
+            except DeployError as exc:
+                raise DeployError(str(exc), previous_stopped=stopped_previous) from None
             self._write_state(
                 request.environment,
                 {
@@ -170,7 +177,10 @@ class LocalProcessBackend(DeployBackend):
                     "workdir": str(workdir),
                 },
             )
-            self._wait_until_listening(pid, started, host, port, log_path)
+            try:
+                self._wait_until_listening(pid, started, host, port, log_path)
+            except DeployError as exc:
+                raise DeployError(str(exc), previous_stopped=stopped_previous) from None
             progress(
                 f"Started {request.tag} as pid {pid}, listening on {host}:{port}",
                 time.monotonic() - t,

@@ -126,10 +126,11 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def sample_repo(tmp_path_factory):
     """The demo's sample service in a git repository: tag → commit sha."""
-    from opsweb.sample_app import create_repository
+    from opsweb.sample_app import DEMO_RELEASES, Release, create_repository
 
     path = tmp_path_factory.mktemp("sample-app")
-    return path, create_repository(path)
+    crashing = Release("2.0.0", "Needs a setting nobody set (exits at start)", crashes=True)
+    return path, create_repository(path, [*DEMO_RELEASES, crashing])
 
 
 @pytest.fixture

@@ -85,6 +85,20 @@ def test_failed_health_check_rolls_back_by_itself(local_flow, alice):
     assert rollback.events.filter(message__contains="RTO target").exists()
 
 
+def test_version_that_does_not_start_is_rolled_back_by_itself(local_flow, alice):
+    flow, images = local_flow
+    dev = flow["dev"]
+    deploy(alice, dev, images["1.1.0"])
+    broken = deploy(alice, dev, images["2.0.0"])
+    assert broken.status == RunStatus.FAILED
+    assert (
+        "exited at once (exit code 3)" in broken.error and "missing configuration" in broken.error
+    )
+    rollback = Run.objects.get(triggered_by=broken)
+    assert (rollback.status, rollback.image.tag) == (RunStatus.SUCCEEDED, "1.1.0")
+    assert get_json(service_url(dev))["version"] == "1.1.0"
+
+
 def test_manual_rollback_restores_the_previous_version(local_flow, alice):
     flow, images = local_flow
     local = flow["local"]

@@ -3,6 +3,8 @@
 Idempotent: what exists is left exactly as it is, so an operator's changes survive a rerun.
 """
 
+from pathlib import Path
+
 from django.conf import settings
 from django.contrib.auth.models import Group, Permission
 from django.core.management.base import BaseCommand
@@ -110,7 +112,7 @@ class Command(BaseCommand):
                 created.append(f"group {name!r}")
 
         state_dir = str(settings.OPSWEB["LOCAL_STATE_DIR"])
-        repository = str(settings.BASE_DIR / "var" / "demo-app")
+        repository = str(Path(state_dir) / "demo-app")
         by_slug = {}
         for position, (slug, name, upstream, group, fields) in enumerate(ENVIRONMENTS):
             existing = Environment.objects.filter(slug=slug).first()

@@ -5,6 +5,8 @@ Idempotent: a second run changes nothing, except restarting a deployed sample pr
 no longer running (after a reboot, or `demo --stop`). Refuses to run with DEBUG off.
 """
 
+from pathlib import Path
+
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.core.management import call_command
@@ -63,7 +65,7 @@ class Command(BaseCommand):
             self.stdout.write("Stopped the demo's sample processes.")
             return
 
-        repo_dir = settings.BASE_DIR / "var" / "demo-app"
+        repo_dir = Path(settings.OPSWEB["LOCAL_STATE_DIR"]) / "demo-app"
         shas = create_repository(repo_dir, RELEASES)
         self._configure(environments, repo_dir, base_port)
         users = self._people()
