@@ -18,15 +18,16 @@ from django.utils import timezone
 
 from orchestration.base import BACKEND_CHOICES, SettingsError, backend_class
 
-DIGEST_RE = r"^sha256:[0-9a-f]{64}$"
+DIGEST_RE = r"^sha256:[0-9a-f]{64}\Z"
+# \Z, not $: $ also matches before a trailing newline.
 # Full 40-hex commit ids only: a short sha is ambiguous over time, and CI always has the full one.
-GIT_SHA_RE = r"^[0-9a-f]{40}$"
+GIT_SHA_RE = r"^[0-9a-f]{40}\Z"
 # Docker's tag grammar: up to 128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'.
-TAG_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+TAG_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z"
 # Docker's repository grammar (lowercase path components, optional registry host and port).
 REPOSITORY_RE = (
     r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*\Z"
 )
 
 validate_digest = RegexValidator(

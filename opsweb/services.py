@@ -646,7 +646,18 @@ def register_image(
         image.full_clean()
     except ValidationError as exc:
         raise ReleaseError(_validation_sentence(exc)) from None
-    image.save()
+    try:
+        with transaction.atomic():
+            image.save()
+    except IntegrityError:
+        # A concurrent registration of the same digest won the race: same answer as a rerun.
+        existing = ImageVersion.objects.filter(repository=repository, digest=digest).first()
+        if existing and existing.tag == tag:
+            return Registration(existing, False, None, f"{existing} is already registered.")
+        raise ReleaseError(
+            f"{repository}:{tag} was registered by someone else at the same moment; "
+            f"run the command again."
+        ) from None
     _audit(
         user,
         "register_image",

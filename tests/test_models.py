@@ -217,3 +217,12 @@ def test_environment_backend_settings_are_validated(flow):
 def test_user_fixture_personas_exist(alice, bob):
     assert make_user("zed").groups.count() == 0
     assert alice.groups.get().name == "deployers"
+
+
+@pytest.mark.parametrize("field", ["digest", "git_sha", "tag", "repository"])
+def test_image_fields_with_a_trailing_newline_are_refused(field):
+    fields = image_fields()
+    fields[field] += "\n"
+    with pytest.raises(ValidationError) as exc:
+        ImageVersion(**fields).full_clean()
+    assert field in exc.value.message_dict

@@ -30,6 +30,7 @@ from opsweb.models import (
     validate_repository,
     validate_tag,
 )
+from orchestration.base import DeployError
 
 
 class Command(OpswebCommand):
@@ -135,7 +136,7 @@ def check(validator, option: str, value: str, detail: str = "") -> None:
 def resolve(fields: dict, region: str) -> str:
     """The digest ECR has for the tag; if --digest was given too, they must match."""
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", "")
-    if not region:
+    if not region and ".dkr.ecr." not in fields["repository"]:  # an ECR host names its region
         raise refused("--resolve needs an AWS region: pass --region or set AWS_REGION.")
     name = f"{fields['repository']}:{fields['tag']}"
     try:
@@ -145,8 +146,8 @@ def resolve(fields: dict, region: str) -> str:
         found = resolve_digest(
             repository=fields["repository"], tag=fields["tag"], region=region, endpoint_url=None
         )
-    except Exception as exc:  # the boundary with AWS: any failure is a refusal, not a traceback
-        raise refused(f"Could not look up {name} in ECR ({region}): {exc}") from None
+    except DeployError as exc:  # orchestration's one error type, with ECR's reason
+        raise refused(f"Could not look up {name} in ECR: {exc}") from None
     if not (isinstance(found, str) and DIGEST.fullmatch(found)):
         raise refused(f"ECR did not return a digest for {name} (got {found!r}).")
     if fields["digest"] and fields["digest"] != found:
