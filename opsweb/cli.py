@@ -50,7 +50,7 @@ LAST_EVENTS = 10
 MAX_ID_DIGITS = 18
 ENDED_BADLY = TERMINAL_STATUSES - {RunStatus.SUCCEEDED}
 
-# The models' validators use `$`, which also accepts a trailing newline; lookups match whole.
+# Lookups match the whole string (fullmatch), never a prefix.
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 IMAGE_HELP = "An image id, repo:tag, repo@sha256:…, or a tag unique across repositories."
