@@ -1,0 +1,24 @@
+terraform {
+  required_version = ">= 1.11"
+
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = "~> 6.0"
+    }
+    random = {
+      source  = "hashicorp/random"
+      version = "~> 3.7"
+    }
+  }
+
+  # State in S3 with S3-native locking (a lock file next to the state, Terraform >= 1.10).
+  # The bucket is created once, before any root: see infrastructure/README.md.
+  backend "s3" {
+    bucket       = "opsweb-terraform-state"
+    key          = "envs/production/terraform.tfstate"
+    region       = "eu-west-1"
+    encrypt      = true
+    use_lockfile = true
+  }
+}
