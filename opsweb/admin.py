@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, redirect
@@ -80,6 +81,12 @@ def can_decide(user, run: Run) -> bool:
     return run.status == RunStatus.PENDING and services.is_approver(user, run.environment)
 
 
+def is_run_approver(user, run: Run) -> bool:
+    """Guards the approve/reject pages: a run that left `pending` meanwhile gets the service's
+    explanation, not a bare 403."""
+    return services.is_approver(user, run.environment)
+
+
 def can_cancel(user, run: Run) -> bool:
     return run.status in (RunStatus.PENDING, RunStatus.QUEUED) and services.can_cancel(user, run)
 
@@ -104,6 +111,13 @@ class RequiredCommentForm(forms.Form):
 class RollbackForm(forms.Form):
     reason = forms.ChoiceField(choices=RollbackReason.choices)
     note = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+    # What the confirmation page showed: the rollback happens only if it is still true.
+    expected_current = forms.ModelChoiceField(
+        ImageVersion.objects.all(), widget=forms.HiddenInput, required=False
+    )
+    expected_target = forms.ModelChoiceField(
+        ImageVersion.objects.all(), widget=forms.HiddenInput, required=False
+    )
 
 
 class MarkBadForm(forms.Form):
@@ -265,6 +279,17 @@ class EnvironmentAdmin(ConfirmMixin, admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # runs and approvals refer to it; history must stay whole
 
+    def save_model(self, request, obj, form, change):
+        # Approval rules and backends are configuration, not state, but who changed them and
+        # when belongs in the audit trail with everything else.
+        super().save_model(request, obj, form, change)
+        changed = ", ".join(f"{name}={form.cleaned_data.get(name)!r}" for name in form.changed_data)
+        services.record_configuration(
+            user=request.user,
+            environment=obj,
+            message=f"{'Changed' if change else 'Created'} {obj}: {changed or 'no fields'}",
+        )
+
     @admin.display(description="Current version", ordering="current_image__tag")
     def current_version(self, env):
         image = env.current_image
@@ -308,7 +333,9 @@ class EnvironmentAdmin(ConfirmMixin, admin.ModelAdmin):
         ]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        env = get_object_or_404(Environment.objects.select_related("downstream"), pk=object_id)
+        env = self.get_object(request, unquote(object_id))
+        if env is None:  # the stock view says "doesn't exist" and redirects
+            return super().change_view(request, object_id, form_url, extra_context)
         user = request.user
         buttons = []
         if can_promote(user, env):
@@ -422,7 +449,12 @@ class EnvironmentAdmin(ConfirmMixin, admin.ModelAdmin):
 
         def perform(data):
             run = services.roll_back(
-                user=request.user, environment=env, reason=data["reason"], note=data["note"]
+                user=request.user,
+                environment=env,
+                reason=data["reason"],
+                note=data["note"],
+                expected_current=data["expected_current"],
+                expected_target=data["expected_target"],
             )
             return f"Rollback run #{run.pk} queued.", run_url(run)
 
@@ -431,7 +463,13 @@ class EnvironmentAdmin(ConfirmMixin, admin.ModelAdmin):
             obj=env,
             title=f"Roll back {env}",
             lines=lines,
-            form=RollbackForm(request.POST or None),
+            form=RollbackForm(
+                request.POST or None,
+                initial={
+                    "expected_current": env.current_image_id,
+                    "expected_target": target.pk if target else None,
+                },
+            ),
             perform=perform,
             back=reverse("admin:opsweb_environment_change", args=[env.pk]),
         )
@@ -555,7 +593,9 @@ class ImageVersionAdmin(ConfirmMixin, ReadOnlyAdmin):
         ]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        image = get_object_or_404(ImageVersion, pk=object_id)
+        image = self.get_object(request, unquote(object_id))
+        if image is None:
+            return super().change_view(request, object_id, form_url, extra_context)
         buttons = []
         if can_mark_bad(request.user, image):
             buttons.append(
@@ -682,7 +722,9 @@ class RunAdmin(ConfirmMixin, ReadOnlyAdmin):
         ]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        run = get_object_or_404(Run.objects.select_related("environment", "image"), pk=object_id)
+        run = self.get_object(request, unquote(object_id))
+        if run is None:
+            return super().change_view(request, object_id, form_url, extra_context)
         buttons = []
         if can_decide(request.user, run):
             buttons += [
@@ -721,7 +763,7 @@ class RunAdmin(ConfirmMixin, ReadOnlyAdmin):
 
     def approve_view(self, request, pk):
         run = self._run(pk)
-        self.guard(can_decide(request.user, run))
+        self.guard(is_run_approver(request.user, run))
 
         def perform(data):
             done = services.approve_run(user=request.user, run=run, comment=data["comment"])
@@ -743,7 +785,7 @@ class RunAdmin(ConfirmMixin, ReadOnlyAdmin):
 
     def reject_view(self, request, pk):
         run = self._run(pk)
-        self.guard(can_decide(request.user, run))
+        self.guard(is_run_approver(request.user, run))
 
         def perform(data):
             services.reject_run(user=request.user, run=run, comment=data["comment"])

@@ -77,9 +77,24 @@ def previous_stable_version(
     return candidates.first()
 
 
+def counting_approvals(run: Run):
+    """Approvals that count now: for the digest the run will deploy, by active members of the
+    approver group, and not by the requester where self-approval is off. Someone who left the
+    group or was deactivated since approving no longer counts."""
+    environment = run.environment
+    approvals = run.approvals.filter(
+        decision=Approval.Decision.APPROVE,
+        digest=run.image.digest,
+        user__is_active=True,
+        user__groups=environment.approver_group_id,
+    )
+    if not environment.allow_self_approval and run.requested_by_id:
+        approvals = approvals.exclude(user_id=run.requested_by_id)
+    return approvals
+
+
 def approvals_count(run: Run) -> int:
-    """Approvals that count: given for the digest the run will deploy."""
-    return run.approvals.filter(decision=Approval.Decision.APPROVE, digest=run.image.digest).count()
+    return counting_approvals(run).count()
 
 
 def describe(image: ImageVersion | None) -> str:
@@ -163,6 +178,21 @@ def _check_succeeded_in(source: Environment, image: ImageVersion, now: datetime)
             raise ReleaseError(
                 f"{image.tag} must run in {source} until {ready:%Y-%m-%d %H:%M} UTC "
                 f"(soak time {source.soak_seconds}s) before it can be promoted."
+            )
+        replaced = (
+            Run.objects.filter(
+                environment=source,
+                status__in=[RunStatus.SUCCEEDED, RunStatus.FAILED],
+                finished_at__gt=success.finished_at,
+                finished_at__lt=ready,
+            )
+            .exclude(image=image)
+            .exists()
+        )
+        if replaced:
+            raise ReleaseError(
+                f"{image.tag} was replaced in {source} before its soak time "
+                f"({source.soak_seconds}s) ended; deploy it there again and let it soak."
             )
 
 
@@ -487,8 +517,13 @@ def roll_back(
     reason: str,
     note: str = "",
     triggered_by: Run | None = None,
+    expected_current: ImageVersion | None = None,
+    expected_target: ImageVersion | None = None,
 ) -> Run:
     """Redeploy the previous stable version, ahead of queued promotions.
+
+    ``expected_current`` / ``expected_target`` are what the person saw on the confirmation
+    page; if either changed since (someone else rolled back first), nothing happens.
 
     One click by an approver of the environment (recorded as the approval); ``user=None`` is
     opsweb itself after a failed health check. Marks the replaced version bad and pauses
@@ -518,11 +553,30 @@ def roll_back(
         raise ReleaseError(
             f"A rollback of {environment} is already under way (run #{under_way.pk})."
         )
+    deploying = (
+        Run.objects.filter(environment=environment, status=RunStatus.RUNNING)
+        .exclude(kind=RunKind.ROLLBACK)
+        .select_related("image")
+        .first()
+    )
+    if deploying:
+        # Until it switches, what would be marked bad and what would be restored are not known.
+        raise ReleaseError(
+            f"Run #{deploying.pk} is deploying {deploying.image.tag} to {environment} right now; "
+            f"roll back when it has finished (a failed health check rolls back by itself)."
+        )
     target = previous_stable_version(environment, exclude=current)
     if target is None:
         raise ReleaseError(
             f"No earlier version succeeded in {environment} and is not bad, so there is "
             f"nothing to roll back to."
+        )
+    if (expected_current and expected_current.pk != current.pk) or (
+        expected_target and expected_target.pk != target.pk
+    ):
+        raise ReleaseError(
+            f"{environment} changed since you looked: it now runs {describe(current)} and would "
+            f"roll back to {describe(target)}. Review the rollback again before confirming."
         )
     label = RollbackReason(reason).label
     _mark_bad(current, user=user, reason=f"Rolled back in {environment}: {label}. {note}".strip())
@@ -593,6 +647,11 @@ def set_frozen(*, user, environment: Environment, frozen: bool, reason: str = ""
         environment=environment,
     )
     return environment
+
+
+def record_configuration(*, user, environment: Environment, message: str) -> None:
+    """An environment's settings were edited in the admin (who, when, which fields)."""
+    _audit(user, "configure_environment", message, environment=environment)
 
 
 @dataclass
@@ -763,6 +822,14 @@ def _refusal_at_start(run: Run) -> str:
         return f"Not started: {run.image} was marked bad ({run.image.bad_reason})."
     if run.environment.is_frozen and run.kind != RunKind.ROLLBACK:
         return f"Not started: {run.environment} is frozen (rollbacks only)."
+    if run.kind != RunKind.ROLLBACK and run.required_approvals:
+        have = approvals_count(run)
+        if have < run.required_approvals:
+            return (
+                f"Not started: only {have} of {run.required_approvals} approvals still count "
+                f"(an approver left {run.environment.approver_group} or was deactivated); "
+                f"request it again."
+            )
     return ""
 
 
@@ -772,11 +839,11 @@ def record_progress(
     """A step of a running run: a RunEvent, and a heartbeat that tells the reconciler the
     worker is alive."""
     now = timezone.now()
-    Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(
-        heartbeat_at=now, step=message[:200]
-    )
     RunEvent.objects.create(
         run_id=run_id, message=message, level=level, duration_seconds=seconds, created_at=now
+    )
+    Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(
+        heartbeat_at=now, step=message[:200]
     )
 
 
@@ -796,15 +863,25 @@ def previous_ref(run: Run) -> dict:
 
 
 @transaction.atomic
-def record_switch(*, run_id: int, backend_ref: dict, message: str = "") -> None:
-    """The backend now runs this run's version (healthy or not): the environment shows it."""
-    run = Run.objects.select_related("environment").get(pk=run_id)
+def record_switch(*, run_id: int, backend_ref: dict, message: str = "") -> bool:
+    """The backend now runs this run's version (healthy or not): the environment shows it.
+
+    Only while the run is still running: a worker that was declared lost and wakes up late
+    must not overwrite what a later run deployed.
+    """
+    run = Run.objects.select_for_update().get(pk=run_id)
+    if run.status != RunStatus.RUNNING:
+        _event(
+            run, "Ignored a late result: this run had already ended", level=RunEvent.Level.WARNING
+        )
+        return False
     Run.objects.filter(pk=run_id).update(backend_ref=backend_ref)
     Environment.objects.filter(pk=run.environment_id).update(
         current_image=run.image_id, current_since=timezone.now(), drift=""
     )
     if message:
         record_progress(run_id=run_id, message=message)
+    return True
 
 
 @transaction.atomic

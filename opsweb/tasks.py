@@ -42,26 +42,7 @@ def _execute(run: Run) -> None:
         services.record_progress(run_id=run.pk, message=message, seconds=seconds)
 
     try:
-        backend = get_backend(environment.backend, environment.backend_settings)
-        request = DeployRequest(
-            environment=environment.slug,
-            settings=backend.settings,
-            repository=run.image.repository,
-            tag=run.image.tag,
-            digest=run.image.digest,
-            git_sha=run.image.git_sha,
-            is_rollback=run.kind == RunKind.ROLLBACK,
-            run_id=run.pk,
-            previous_ref=services.previous_ref(run),
-        )
-        progress(f"Deploying {services.describe(run.image)} with the {backend.label} backend")
-        started = time.monotonic()
-        result = backend.deploy(request, progress)
-        services.record_switch(
-            run_id=run.pk,
-            backend_ref=dict(result.ref),
-            message=f"Backend finished in {time.monotonic() - started:.1f}s: {result.message}",
-        )
+        switched = _deploy(run, progress)
     except DeployError as exc:
         if exc.previous_stopped:
             # What ran before is gone and this version did not come up: the environment now
@@ -72,35 +53,76 @@ def _execute(run: Run) -> None:
         )
         return
     except Exception as exc:  # a bug or an outage: the run must still end, with the traceback
-        log.exception("run %s crashed", run.pk)
-        services.record_progress(
-            run_id=run.pk, message=traceback.format_exc(), level=RunEvent.Level.ERROR
-        )
-        services.finish_run(run_id=run.pk, succeeded=False, error=f"Unexpected error: {exc}")
+        _crashed(run, exc, environment_broken=False)
         return
+    if not switched:
+        return  # the run was ended while the backend worked (declared lost); nothing to add
+    try:
+        healthy, error = _verify(environment, progress)
+    except Exception as exc:  # after the switch: treat it as a broken environment
+        _crashed(run, exc, environment_broken=True)
+        return
+    services.finish_run(
+        run_id=run.pk, succeeded=healthy, error=error, environment_broken=not healthy
+    )
 
-    if environment.health_check_url:
-        started = time.monotonic()
-        health = verify_health(
-            environment.health_check_url,
-            window=environment.health_check_window_seconds,
-            interval=1.0,
-            progress=progress,
+
+def _deploy(run: Run, progress) -> bool:
+    environment = run.environment
+    backend = get_backend(environment.backend, environment.backend_settings)
+    request = DeployRequest(
+        environment=environment.slug,
+        settings=backend.settings,
+        repository=run.image.repository,
+        tag=run.image.tag,
+        digest=run.image.digest,
+        git_sha=run.image.git_sha,
+        is_rollback=run.kind == RunKind.ROLLBACK,
+        run_id=run.pk,
+        previous_ref=services.previous_ref(run),
+    )
+    progress(f"Deploying {services.describe(run.image)} with the {backend.label} backend")
+    started = time.monotonic()
+    result = backend.deploy(request, progress)
+    return services.record_switch(
+        run_id=run.pk,
+        backend_ref=dict(result.ref),
+        message=f"Backend finished in {time.monotonic() - started:.1f}s: {result.message}",
+    )
+
+
+def _verify(environment: Environment, progress) -> tuple[bool, str]:
+    """HTTP health check after the switch; (healthy, error)."""
+    if not environment.health_check_url:
+        return True, ""
+    started = time.monotonic()
+    health = verify_health(
+        environment.health_check_url,
+        window=environment.health_check_window_seconds,
+        interval=1.0,
+        progress=progress,
+    )
+    elapsed = time.monotonic() - started
+    if not health.healthy:
+        return False, (
+            f"Health check of {environment.health_check_url} failed after "
+            f"{health.attempts} attempts in {elapsed:.0f}s: {health.detail}"
         )
-        elapsed = time.monotonic() - started
-        if not health.healthy:
-            services.finish_run(
-                run_id=run.pk,
-                succeeded=False,
-                environment_broken=True,
-                error=(
-                    f"Health check of {environment.health_check_url} failed after "
-                    f"{health.attempts} attempts in {elapsed:.0f}s: {health.detail}"
-                ),
-            )
-            return
-        progress(f"Healthy: {environment.health_check_url} answered {health.detail[:80]}", elapsed)
-    services.finish_run(run_id=run.pk, succeeded=True)
+    progress(f"Healthy: {environment.health_check_url} answered {health.detail[:80]}", elapsed)
+    return True, ""
+
+
+def _crashed(run: Run, exc: Exception, *, environment_broken: bool) -> None:
+    log.exception("run %s crashed", run.pk)
+    services.record_progress(
+        run_id=run.pk, message=traceback.format_exc(), level=RunEvent.Level.ERROR
+    )
+    services.finish_run(
+        run_id=run.pk,
+        succeeded=False,
+        error=f"Unexpected error: {exc!r}",
+        environment_broken=environment_broken,
+    )
 
 
 def reconcile() -> dict:

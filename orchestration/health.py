@@ -31,6 +31,8 @@ def check_once(url: str, timeout: float = 3.0) -> tuple[bool, str]:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         return False, f"no answer ({reason})"
+    except Exception as exc:  # a malformed reply or URL is an unhealthy answer, not a crash
+        return False, f"unusable answer ({exc.__class__.__name__}: {exc})"
 
 
 def verify_health(

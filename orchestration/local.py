@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import io
 import json
+import math
 import os
 import shlex
 import signal
@@ -47,6 +48,8 @@ class LocalProcessBackend(DeployBackend):
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(settings, Mapping):
+            raise SettingsError({"settings": 'Give an object of settings, e.g. {"port": 8101}.'})
         errors: dict[str, str] = {}
         repository = str(settings.get("repository", "")).strip()
         if not repository:
@@ -66,12 +69,8 @@ class LocalProcessBackend(DeployBackend):
         except (TypeError, ValueError):
             errors["port"] = "Give a port number between 1024 and 65535."
         host = str(settings.get("host", "127.0.0.1"))
-        try:
-            start_timeout = float(settings.get("start_timeout", 15))
-            stop_timeout = float(settings.get("stop_timeout", 10))
-        except (TypeError, ValueError):
-            errors["start_timeout"] = "Timeouts are numbers of seconds."
-            start_timeout = stop_timeout = 0
+        start_timeout = _seconds(settings, "start_timeout", 15, errors)
+        stop_timeout = _seconds(settings, "stop_timeout", 10, errors)
         state_dir = str(settings.get("state_dir", "")).strip()
         if not state_dir:
             errors["state_dir"] = "Give a directory where versions, pid files and logs are kept."
@@ -141,7 +140,9 @@ class LocalProcessBackend(DeployBackend):
             state = self.read_state(request.environment)
             t = time.monotonic()
             if state and process_alive(state.get("pid"), state.get("started")):
-                stopped = stop_process(state["pid"], self.settings["stop_timeout"])
+                stopped = stop_process(
+                    state["pid"], self.settings["stop_timeout"], Heartbeat(progress)
+                )
                 progress(
                     f"Stopped {state.get('tag', 'previous version')} (pid {state['pid']}, "
                     f"{stopped})",
@@ -178,7 +179,7 @@ class LocalProcessBackend(DeployBackend):
                 },
             )
             try:
-                self._wait_until_listening(pid, started, host, port, log_path)
+                self._wait_until_listening(pid, started, host, port, log_path, Heartbeat(progress))
             except DeployError as exc:
                 raise DeployError(str(exc), previous_stopped=stopped_previous) from None
             progress(
@@ -252,10 +253,11 @@ class LocalProcessBackend(DeployBackend):
         return process.pid, process_start_time(process.pid), log_path
 
     def _wait_until_listening(
-        self, pid: int, started: float | None, host: str, port: int, log_path: Path
+        self, pid: int, started: float | None, host: str, port: int, log_path: Path, beat
     ) -> None:
         deadline = time.monotonic() + self.settings["start_timeout"]
         while time.monotonic() < deadline:
+            beat()
             if not process_alive(pid, started):
                 raise DeployError(
                     f"The command exited at once ({exit_description(pid)}). Last output:\n"
@@ -277,6 +279,32 @@ class LocalProcessBackend(DeployBackend):
             if state and process_alive(state.get("pid"), state.get("started")):
                 stop_process(state["pid"], self.settings["stop_timeout"])
             self._write_state(environment, {})
+
+
+# Waits longer than this would outlast the reconciler's patience with a silent worker.
+MAX_WAIT_SECONDS = 60
+
+
+def _seconds(settings: Mapping[str, Any], key: str, default: float, errors: dict) -> float:
+    try:
+        value = float(settings.get(key, default))
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0 < value <= MAX_WAIT_SECONDS:  # also refuses nan and inf
+        errors[key] = f"Give a number of seconds between 0 and {MAX_WAIT_SECONDS}."
+    return value
+
+
+class Heartbeat:
+    """Tells opsweb the worker is alive while it waits, without logging every poll."""
+
+    def __init__(self, progress: Progress, every: float = 5.0):
+        self.progress, self.every, self.last = progress, every, time.monotonic()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.last >= self.every:
+            self.progress("", None)
+            self.last = time.monotonic()
 
 
 def git(repository: Path, *args: str) -> subprocess.CompletedProcess:
@@ -307,7 +335,7 @@ def process_alive(pid: int | None, started: float | None = None) -> bool:
     return started is None or float(fields[19]) == started
 
 
-def stop_process(pid: int, timeout: float) -> str:
+def stop_process(pid: int, timeout: float, beat=lambda: None) -> str:
     """TERM the process group, wait up to ``timeout`` seconds, then KILL it."""
     try:
         os.killpg(pid, signal.SIGTERM)
@@ -315,6 +343,7 @@ def stop_process(pid: int, timeout: float) -> str:
         return "already gone"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        beat()
         _reap(pid)
         if not process_alive(pid):
             return "stopped with TERM"

@@ -244,3 +244,58 @@ def test_index_query_count_does_not_grow_with_history(flow, alice):
         image = make_image()
         succeed_in(flow["dev"], image)
     assert queries() == few
+
+
+def test_a_malformed_object_id_is_not_a_server_error(flow):
+    client = login(make_user("root", is_superuser=True))
+    for model in ("environment", "run", "imageversion"):
+        response = client.get(f"/admin/opsweb/{model}/abc/change/")
+        assert response.status_code == 302  # the stock "doesn't exist" redirect
+
+
+def test_environment_edits_are_validated_and_audited(flow):
+    from opsweb.models import Environment
+
+    root = make_user("root", is_superuser=True)
+    client = Client()
+    client.force_login(root)
+    env = flow["production"]
+    url = reverse("admin:opsweb_environment_change", args=[env.pk])
+    data = {
+        "name": env.name,
+        "slug": env.slug,
+        "position": env.position,
+        "upstream": env.upstream_id,
+        "required_approvals": 1,
+        "approver_group": env.approver_group_id,
+        "requires_uat_signoff": "on",
+        "backend": "local",
+        "backend_settings": '{"port": 8104, "repository": "/r", "state_dir": "/s", '
+        '"start_timeout": "nan"}',
+        "auto_deploy_branch": "",
+        "health_check_url": "",
+        "health_check_window_seconds": 30,
+        "auto_rollback": "on",
+        "rto_seconds": 300,
+        "soak_seconds": 0,
+    }
+    response = client.post(url, data)
+    assert response.status_code == 200 and "start_timeout" in response.text
+    assert Environment.objects.get(pk=env.pk).required_approvals == 2
+    data["backend_settings"] = "[1, 2]"
+    assert "Give an object of settings" in client.post(url, data).text
+    data["backend_settings"] = '{"port": 8104, "repository": "/r", "state_dir": "/s"}'
+    assert client.post(url, data).status_code == 302
+    assert Environment.objects.get(pk=env.pk).required_approvals == 1
+    entry = AuditEntry.objects.get(action="configure_environment")
+    assert entry.actor == root and "required_approvals=1" in entry.message
+
+
+def test_approving_a_run_that_was_queued_meanwhile_explains_why(pending, bob):
+    url = reverse("admin:opsweb_run_approve", args=[pending.pk])
+    client = login(bob)
+    page = client.get(url)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    services.approve_run(user=make_user("erin", "staging approvers"), run=pending)
+    response = client.post(url, {"csrfmiddlewaretoken": token}, follow=True)
+    assert any("is queued; only runs awaiting approval" in m for m in messages_of(response))

@@ -424,3 +424,111 @@ def test_register_image_is_idempotent_and_tags_are_immutable(flow, ci_user):
 def test_register_image_with_a_bad_digest_is_refused(flow, ci_user):
     with pytest.raises(ReleaseError, match="64 lowercase hex"):
         register(ci_user, digest="sha256:abc")
+
+
+# -- regressions found in review ------------------------------------------------------------
+
+
+def test_approvals_stop_counting_when_the_approver_leaves_the_group(
+    flow, staged, alice, bob, carol
+):
+    from django.contrib.auth.models import Group
+
+    run = promote_to_production(flow, staged[1], alice, bob)
+    services.approve_run(user=bob, run=run)
+    bob.groups.remove(Group.objects.get(name="production approvers"))
+    run = services.approve_run(user=carol, run=run)
+    assert services.approvals_count(run) == 1 and run.status == RunStatus.PENDING
+
+
+def test_approvals_stop_counting_when_the_approver_is_deactivated(flow, staged, alice, bob, carol):
+    run = promote_to_production(flow, staged[1], alice, bob)
+    services.approve_run(user=bob, run=run)
+    bob.is_active = False
+    bob.save()
+    assert services.approve_run(user=carol, run=run).status == RunStatus.PENDING
+
+
+def test_a_queued_run_whose_approvals_no_longer_count_does_not_start(
+    flow, staged, alice, bob, carol
+):
+    run = promote_to_production(flow, staged[1], alice, bob)
+    services.approve_run(user=bob, run=run)
+    services.approve_run(user=carol, run=run)
+    carol.is_active = False
+    carol.save()
+    assert services.claim_next_run(environment_id=flow["production"].pk) is None
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED and "only 1 of 2 approvals still count" in run.error
+
+
+def test_self_approval_given_while_allowed_stops_counting_when_turned_off(flow, staged, bob):
+    requester = make_user("erin", "staging approvers")
+    make_user("frank", "staging approvers")
+    Environment.objects.filter(slug="staging").update(required_approvals=2)
+    run = services.request_promotion(user=requester, target=flow["staging"])
+    services.approve_run(user=requester, run=run)
+    Environment.objects.filter(slug="staging").update(allow_self_approval=False)
+    run = services.approve_run(user=bob, run=run)
+    assert services.approvals_count(run) == 1 and run.status == RunStatus.PENDING
+
+
+def test_a_late_result_from_a_worker_declared_lost_is_ignored(flow, alice):
+    dev = flow["dev"]
+    lost_image, later_image = make_image("1.0.0"), make_image("2.0.0")
+    lost = services.request_deploy(user=alice, environment=dev, image=lost_image)
+    services.claim_next_run(environment_id=dev.pk)
+    assert services.fail_lost_runs(now=timezone.now() + timedelta(hours=1)) == [lost.pk]
+    later = services.request_deploy(user=alice, environment=dev, image=later_image)
+    services.claim_next_run(environment_id=dev.pk)
+    assert services.record_switch(run_id=later.pk, backend_ref={"pid": 2})
+    services.finish_run(run_id=later.pk, succeeded=True)
+
+    assert services.record_switch(run_id=lost.pk, backend_ref={"pid": 1}) is False
+    dev.refresh_from_db()
+    assert dev.current_image == later_image
+    lost.refresh_from_db()
+    assert lost.backend_ref == {} and lost.status == RunStatus.FAILED
+
+
+def test_roll_back_refuses_when_what_the_approver_saw_changed(flow, bob):
+    prod = flow["production"]
+    v1, v2, v3 = make_image("1.0.0"), make_image("1.1.0"), make_image("1.2.0")
+    for image in (v1, v2, v3):
+        succeed_in(prod, image)
+    seen_current, seen_target = v3, v2
+    first = services.roll_back(user=bob, environment=prod, reason="critical_errors")
+    succeed_in(prod, first.image)  # the first click's rollback to 1.1.0 finished
+    Run.objects.filter(pk=first.pk).update(status=RunStatus.SUCCEEDED)
+    with pytest.raises(ReleaseError, match="changed since you looked: it now runs 1.1.0"):
+        services.roll_back(
+            user=bob,
+            environment=prod,
+            reason="critical_errors",
+            expected_current=seen_current,
+            expected_target=seen_target,
+        )
+    v2.refresh_from_db()
+    assert not v2.is_bad
+
+
+def test_roll_back_waits_for_a_deploy_in_progress(flow, staged, alice):
+    dev = flow["dev"]
+    services.request_deploy(user=alice, environment=dev, image=make_image("3.0.0"))
+    services.claim_next_run(environment_id=dev.pk)
+    with pytest.raises(ReleaseError, match="is deploying 3.0.0 to AWS Dev right now"):
+        services.roll_back(user=alice, environment=dev, reason="other")
+    assert not staged[1].__class__.objects.get(pk=staged[1].pk).is_bad
+
+
+def test_soak_needs_the_version_to_have_stayed_in_the_source(flow, alice):
+    dev = flow["dev"]
+    Environment.objects.filter(pk=dev.pk).update(soak_seconds=3600)
+    early = timezone.now() - timedelta(hours=3)
+    a, b = make_image("1.0.0"), make_image("1.1.0")
+    succeed_in(dev, a)
+    succeed_in(dev, b)
+    Run.objects.filter(image=a).update(finished_at=early)
+    Run.objects.filter(image=b).update(finished_at=early + timedelta(minutes=1))
+    with pytest.raises(ReleaseError, match="1.0.0 was replaced in AWS Dev before its soak time"):
+        services.request_promotion(user=alice, target=flow["staging"], image=a)

@@ -230,3 +230,37 @@ def test_a_worker_killed_mid_run_is_reconciled(local_flow, alice):
     assert run.status == RunStatus.FAILED and "Worker lost" in run.error
     assert services.claim_next_run(environment_id=dev.pk) is None  # nothing queued, not blocked
     assert not Run.objects.filter(environment=dev, status=RunStatus.RUNNING).exists()
+
+
+def test_a_garbled_health_answer_fails_the_run_and_rolls_back(local_flow, alice):
+    import socket
+    import threading
+
+    flow, images = local_flow
+    dev = flow["dev"]
+    deploy(alice, dev, images["1.0.0"])
+    garbage = socket.socket()
+    garbage.bind(("127.0.0.1", 0))
+    garbage.listen()
+
+    def answer_garbage():
+        while True:
+            try:
+                conn, _ = garbage.accept()
+            except OSError:
+                return
+            conn.recv(1024)
+            conn.sendall(b"this is not HTTP\r\n\r\n")
+            conn.close()
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    url = f"http://127.0.0.1:{garbage.getsockname()[1]}/healthz"
+    Environment.objects.filter(pk=dev.pk).update(
+        health_check_url=url, health_check_window_seconds=1
+    )
+    try:
+        broken = deploy(alice, dev, images["1.1.0"])
+    finally:
+        garbage.close()
+    assert broken.status == RunStatus.FAILED and "unusable answer" in broken.error
+    assert Run.objects.filter(triggered_by=broken, kind=RunKind.ROLLBACK).exists()
