@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.lock pyproject.toml | cksum | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The demo's sample service listens on this port and the next three (Local, Dev, Staging, Production).
+DEMO_BASE_PORT ?= 8101
 
 .PHONY: run test venv lint check clean
 
@@ -22,10 +24,11 @@ venv: $(STAMP)
 run: venv
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py bootstrap
-	$(PY) manage.py demo
+	$(PY) manage.py demo --base-port $(DEMO_BASE_PORT)
 	$(PY) manage.py local_admin
 	@echo "opsweb: http://$(HOST):$(PORT)/admin/  (Ctrl-C stops the web server and the worker)"
-	@trap 'kill 0' EXIT; $(PY) manage.py qcluster & $(PY) manage.py runserver $(HOST):$(PORT)
+	@$(PY) manage.py qcluster & q=$$!; trap 'kill -TERM $$q 2>/dev/null; wait $$q' EXIT; \
+	  $(PY) manage.py runserver $(HOST):$(PORT)
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)

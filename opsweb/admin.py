@@ -54,7 +54,11 @@ def can_deploy(user, env: Environment) -> bool:
 
 
 def can_roll_back(user, env: Environment) -> bool:
-    return env.current_image_id is not None and services.is_approver(user, env)
+    return (
+        env.current_image_id is not None
+        and services.is_approver(user, env)
+        and services.previous_stable_version(env, exclude=env.current_image) is not None
+    )
 
 
 def can_resume(user, env: Environment) -> bool:
@@ -78,7 +82,11 @@ def can_freeze(user, env: Environment) -> bool:
 
 
 def can_decide(user, run: Run) -> bool:
-    return run.status == RunStatus.PENDING and services.is_approver(user, run.environment)
+    return (
+        run.status == RunStatus.PENDING
+        and services.is_approver(user, run.environment)
+        and not run.approvals.filter(user=user).exists()
+    )
 
 
 def is_run_approver(user, run: Run) -> bool:
@@ -165,9 +173,11 @@ class ConfirmMixin:
         }
         return TemplateResponse(request, "admin/opsweb/confirm.html", context)
 
-    def guard(self, allowed: bool) -> None:
+    def guard(self, allowed: bool, reason: str) -> None:
+        """403 with a sentence: the page the button leads to is not for this user (or no
+        longer applies: a stale tab)."""
         if not allowed:
-            raise PermissionDenied("You may not do this.")
+            raise PermissionDenied(reason)
 
 
 def run_url(run: Run) -> str:
@@ -367,27 +377,44 @@ class EnvironmentAdmin(ConfirmMixin, admin.ModelAdmin):
 
     def promote_view(self, request, pk):
         env = self._env(pk)
-        self.guard(can_promote(request.user, env))
+        self.guard(
+            can_promote(request.user, env),
+            f"You may not request promotions from {env}, or nothing comes after it.",
+        )
         target = env.downstream
+        # Bad versions stay in the list, labelled, so that choosing one gets the reason.
         images = ImageVersion.objects.filter(
-            runs__environment=env, runs__status=RunStatus.SUCCEEDED, is_bad=False
+            runs__environment=env, runs__status=RunStatus.SUCCEEDED
         ).distinct()
         form = ImageChoiceForm(request.POST or None, images=images, initial_image=env.current_image)
         chosen = env.current_image
         if form.is_bound and form.is_valid():
             chosen = form.cleaned_data["image"]
+        to = version_line(chosen) + " (the version chosen below; by default what runs now)"
+        if chosen is not None and chosen.is_bad:
+            to = f"{version_line(chosen)} — MARKED BAD ({chosen.bad_reason}): it cannot be promoted"
         lines = [
             ("Environment", f"{target} (promoted from {env})"),
             ("From", version_line(target.current_image)),
-            ("To", version_line(chosen)),
+            ("To", to),
             (
                 "Approvals needed",
                 f"{target.required_approvals} from {target.approver_group}"
                 + ("" if target.allow_self_approval else ", not including you"),
             ),
         ]
-        if target.requires_uat_signoff:
-            lines.append(("UAT sign-off", f"required in {env}"))
+        if target.requires_uat_signoff and chosen is not None:
+            signers = ", ".join(
+                str(so.user) for so in Signoff.objects.filter(environment=env, image=chosen)
+            )
+            lines.append(
+                (
+                    "UAT sign-off",
+                    f"given in {env} by {signers}"
+                    if signers
+                    else f"MISSING: {chosen.tag} needs a UAT sign-off in {env} first",
+                )
+            )
 
         def perform(data):
             run = services.request_promotion(
@@ -408,13 +435,21 @@ class EnvironmentAdmin(ConfirmMixin, admin.ModelAdmin):
 
     def deploy_view(self, request, pk):
         env = self._env(pk)
-        self.guard(can_deploy(request.user, env))
+        self.guard(
+            can_deploy(request.user, env),
+            f"{env} takes promotions only, or you may not deploy to it.",
+        )
         images = ImageVersion.objects.filter(is_bad=False)
         form = ImageChoiceForm(request.POST or None, images=images)
         lines = [
             ("Environment", str(env)),
             ("From", version_line(env.current_image)),
-            ("Approvals needed", str(env.required_approvals)),
+            ("To", "the version you choose below"),
+            (
+                "Approvals needed",
+                str(env.required_approvals)
+                + (" (it starts at once)" if not env.required_approvals else ""),
+            ),
         ]
 
         def perform(data):
@@ -435,7 +470,11 @@ class EnvironmentAdmin(ConfirmMixin, admin.ModelAdmin):
 
     def rollback_view(self, request, pk):
         env = self._env(pk)
-        self.guard(can_roll_back(request.user, env))
+        self.guard(
+            can_roll_back(request.user, env),
+            f"Only members of {env.approver_group} roll back {env}, and only when an earlier "
+            f"stable version exists.",
+        )
         target = services.previous_stable_version(env, exclude=env.current_image)
         lines = [
             ("Environment", str(env)),
@@ -476,7 +515,10 @@ class EnvironmentAdmin(ConfirmMixin, admin.ModelAdmin):
 
     def resume_view(self, request, pk):
         env = self._env(pk)
-        self.guard(can_resume(request.user, env))
+        self.guard(
+            can_resume(request.user, env),
+            f"Auto-deploy is not paused in {env}, or you may not resume it.",
+        )
         lines = [
             ("Environment", str(env)),
             ("Paused because", env.paused_reason or "—"),
@@ -501,7 +543,10 @@ class EnvironmentAdmin(ConfirmMixin, admin.ModelAdmin):
 
     def signoff_view(self, request, pk):
         env = self._env(pk)
-        self.guard(can_sign_off(request.user, env))
+        self.guard(
+            can_sign_off(request.user, env),
+            f"You may not record UAT sign-offs, or {env} has no UAT step.",
+        )
         image = env.current_image
         lines = [
             ("Environment", str(env)),
@@ -529,7 +574,7 @@ class EnvironmentAdmin(ConfirmMixin, admin.ModelAdmin):
 
     def freeze_view(self, request, pk):
         env = self._env(pk)
-        self.guard(can_freeze(request.user, env))
+        self.guard(can_freeze(request.user, env), "You may not freeze or unfreeze environments.")
         freeze = not env.is_frozen
         lines = [
             ("Environment", str(env)),
@@ -562,13 +607,13 @@ class EnvironmentAdmin(ConfirmMixin, admin.ModelAdmin):
 class ImageVersionAdmin(ConfirmMixin, ReadOnlyAdmin):
     list_display = [
         "tag",
-        "repository",
+        "is_bad",
         "short_digest",
         "short_sha",
         "branch",
+        "repository",
         "registered_at",
         "registered_by",
-        "is_bad",
     ]
     list_filter = ["is_bad", "branch", "repository"]
     list_select_related = ["registered_by"]
@@ -611,7 +656,10 @@ class ImageVersionAdmin(ConfirmMixin, ReadOnlyAdmin):
 
     def mark_bad_view(self, request, pk):
         image = get_object_or_404(ImageVersion, pk=pk)
-        self.guard(can_mark_bad(request.user, image))
+        self.guard(
+            can_mark_bad(request.user, image),
+            f"{image} is already marked bad, or you may not mark versions bad.",
+        )
         waiting = image.runs.filter(status__in=[RunStatus.PENDING, RunStatus.QUEUED]).count()
         lines = [
             ("Version", version_line(image)),
@@ -763,7 +811,11 @@ class RunAdmin(ConfirmMixin, ReadOnlyAdmin):
 
     def approve_view(self, request, pk):
         run = self._run(pk)
-        self.guard(is_run_approver(request.user, run))
+        self.guard(
+            is_run_approver(request.user, run),
+            f"Only members of {run.environment.approver_group} decide on runs in "
+            f"{run.environment}.",
+        )
 
         def perform(data):
             done = services.approve_run(user=request.user, run=run, comment=data["comment"])
@@ -785,7 +837,11 @@ class RunAdmin(ConfirmMixin, ReadOnlyAdmin):
 
     def reject_view(self, request, pk):
         run = self._run(pk)
-        self.guard(is_run_approver(request.user, run))
+        self.guard(
+            is_run_approver(request.user, run),
+            f"Only members of {run.environment.approver_group} decide on runs in "
+            f"{run.environment}.",
+        )
 
         def perform(data):
             services.reject_run(user=request.user, run=run, comment=data["comment"])
@@ -803,7 +859,11 @@ class RunAdmin(ConfirmMixin, ReadOnlyAdmin):
 
     def cancel_view(self, request, pk):
         run = self._run(pk)
-        self.guard(can_cancel(request.user, run))
+        self.guard(
+            can_cancel(request.user, run),
+            f"Run #{run.pk} is {run.get_status_display().lower()}; only a pending or queued run "
+            f"can be cancelled, by its requester or an approver.",
+        )
 
         def perform(data):
             services.cancel_run(user=request.user, run=run, comment=data["comment"])

@@ -593,6 +593,16 @@ def roll_back(
         note=note,
         triggered_by=triggered_by,
     )
+    _event(
+        run,
+        f"Marked {current.tag} bad"
+        + (
+            f"; auto-deploy of {environment.auto_deploy_branch} paused"
+            if environment.auto_deploy_branch
+            else ""
+        ),
+        level=RunEvent.Level.WARNING,
+    )
     if user is not None:
         Approval.objects.create(
             run=run,

@@ -299,3 +299,16 @@ def test_approving_a_run_that_was_queued_meanwhile_explains_why(pending, bob):
     services.approve_run(user=make_user("erin", "staging approvers"), run=pending)
     response = client.post(url, {"csrfmiddlewaretoken": token}, follow=True)
     assert any("is queued; only runs awaiting approval" in m for m in messages_of(response))
+
+
+def test_a_refused_page_says_why(pending, alice):
+    page = login(alice).get(reverse("admin:opsweb_run_approve", args=[pending.pk]))
+    assert page.status_code == 403
+    assert "Only members of staging approvers decide on runs in AWS Staging." in page.text
+
+
+def test_buttons_that_cannot_succeed_are_not_shown(pending, bob):
+    services.approve_run(user=make_user("erin", "staging approvers"), run=pending)
+    assert "Approve</a>" not in login(bob).get(run_page(pending)).text  # run is queued now
+    env_page = reverse("admin:opsweb_environment_change", args=[pending.environment.pk])
+    assert "Roll back</a>" not in login(bob).get(env_page).text  # nothing earlier in Staging
