@@ -141,6 +141,7 @@ class ImageChoiceForm(forms.Form):
         self.fields["image"].queryset = images
         self.fields["image"].label_from_instance = lambda i: (
             f"{i.tag}  {i.short_digest}  "
+            + ("[BAD] " if i.is_bad else "")
             + (i.commit_message.splitlines()[0][:60] if i.commit_message else "")
         )
         if initial_image is not None:

@@ -312,3 +312,17 @@ def test_buttons_that_cannot_succeed_are_not_shown(pending, bob):
     assert "Approve</a>" not in login(bob).get(run_page(pending)).text  # run is queued now
     env_page = reverse("admin:opsweb_environment_change", args=[pending.environment.pk])
     assert "Roll back</a>" not in login(bob).get(env_page).text  # nothing earlier in Staging
+
+
+def test_promote_page_shows_a_bad_version_and_the_missing_signoff(flow, alice, bob):
+    image = make_image("4.0.0")
+    succeed_in(flow["staging"], image)
+    services.mark_bad(user=bob, image=image, reason="corrupts carts")
+    page = (
+        login(alice)
+        .get(reverse("admin:opsweb_environment_promote", args=[flow["staging"].pk]))
+        .text
+    )
+    assert "MARKED BAD (corrupts carts): it cannot be promoted" in page
+    assert "[BAD] Release 4.0.0" in page
+    assert "MISSING: 4.0.0 needs a UAT sign-off in AWS Staging first" in page
