@@ -4,7 +4,8 @@ terraform cannot run here (no binary, no AWS), so `terraform validate` is approx
 (declared variables, module arguments, outputs and locals) and the rules of the release process
 are asserted on the parsed configuration: every ECS service rolls a failed deployment back,
 images are pinned by digest, secrets never sit in a container's plain environment, opsweb's task
-role may do only what deploying needs, the production database is protected, and every root
+role may do only what deploying needs, GitHub's deploy role only what deploy.yml does and only
+for the develop branch, the production database is protected, and every root
 keeps its state in S3 with locking. checkov (.ci/infra-checks) covers the generic AWS rules.
 """
 
@@ -413,6 +414,185 @@ def test_production_opsweb_manages_every_environment_and_the_app_registry():
     assert roles == {"${var.name}-task", "${var.name}-execution"}
 
 
+# ---- GitHub Actions deploy role (.github/workflows/deploy.yml) --------------------------------
+
+WORKFLOW = INFRA.parent / ".github" / "workflows" / "deploy.yml"
+OIDC = "token.actions.githubusercontent.com"
+# Every AWS call deploy.yml makes, and the actions it needs: log in to ECR, push the image, read
+# its digest, run opsweb's web task (which passes opsweb's roles to ECS), wait for it, print its
+# log and read its exit code.
+WORKFLOW_CALLS = {
+    "amazon-ecr-login": {"ecr:GetAuthorizationToken"},
+    "docker push": {
+        "ecr:BatchCheckLayerAvailability",
+        "ecr:InitiateLayerUpload",
+        "ecr:UploadLayerPart",
+        "ecr:CompleteLayerUpload",
+        "ecr:PutImage",
+        "ecr:BatchGetImage",
+    },
+    "aws ecr describe-images": {"ecr:DescribeImages"},
+    "aws ecs run-task": {"ecs:RunTask", "iam:PassRole"},
+    "aws ecs wait tasks-stopped": {"ecs:DescribeTasks"},
+    "aws ecs describe-tasks": {"ecs:DescribeTasks"},
+    "aws logs get-log-events": {"logs:GetLogEvents"},
+}
+
+
+def github_deploy() -> dict:
+    return load(MODULES["github_deploy"])
+
+
+def github_deploy_document(name: str) -> list[dict]:
+    return statements(typed(github_deploy(), "data", "aws_iam_policy_document")[name])
+
+
+def github_deploy_statement(action: str) -> dict:
+    (found,) = [s for s in github_deploy_document("deploy") if action in as_list(s["actions"])]
+    return found
+
+
+def regex_of(validation: dict) -> re.Pattern:
+    """The pattern of a validation written `can(regex("...", value))`."""
+    (pattern,) = re.findall(r'regex\("(.+?)",\s*[\w.]+\)', validation["condition"])
+    return re.compile(pattern.replace("\\\\", "\\"))
+
+
+def test_the_workflow_makes_only_the_aws_calls_the_deploy_role_is_built_for():
+    text = WORKFLOW.read_text()
+    assert re.search(r"(?m)^on:\n  push:\n    branches: \[develop\]$", text)
+    assert "role-to-assume: ${{ vars.AWS_ROLE_ARN }}" in text
+    for call in WORKFLOW_CALLS:
+        assert call in text, call
+    # A new AWS call in deploy.yml must be added above, and to the role, deliberately.
+    code = re.sub(r"(?m)^\s*#.*$", "", text)
+    calls = set(re.findall(r"\baws \w+ (?:wait )?[a-z][a-z-]*", code))
+    assert calls == {c for c in WORKFLOW_CALLS if c.startswith("aws ")}, calls
+
+
+def test_github_deploy_role_trusts_only_the_develop_branch_of_the_configured_repository():
+    config = github_deploy()
+    (role,) = typed(config, "resource", "aws_iam_role").values()
+    assert role["assume_role_policy"] == "${data.aws_iam_policy_document.trust.json}"
+    (statement,) = github_deploy_document("trust")
+    assert statement.get("effect", "Allow") == "Allow"
+    assert as_list(statement["actions"]) == ["sts:AssumeRoleWithWebIdentity"]
+    (principal,) = statement["principals"]
+    assert principal["type"] == "Federated"
+    assert principal["identifiers"] == ["${local.oidc_provider_arn}"]
+    found = conditions(statement)
+    assert set(found) == {f"{OIDC}:aud", f"{OIDC}:sub"}
+    assert found[f"{OIDC}:aud"]["test"] == "StringEquals"
+    assert found[f"{OIDC}:aud"]["values"] == ["sts.amazonaws.com"]
+    sub = found[f"{OIDC}:sub"]
+    assert sub["test"] == "StringEquals"  # an exact subject: no pattern matching at all
+    (subject,) = [resolve(config, value) for value in as_list(sub["values"])]
+    match = re.fullmatch(r"repo:(?P<repository>[^:]+):ref:refs/heads/develop", subject)
+    assert match, subject
+    assert match["repository"] == "${var.github_org}/${var.github_repo}"
+    assert "*" not in subject and "?" not in subject
+    # The repository is configured, and its parts cannot smuggle in a wildcard or a separator.
+    variables = named(config, "variable")
+    for name in ("github_org", "github_repo"):
+        assert "default" not in variables[name], name
+        (validation,) = variables[name]["validation"]
+        pattern = regex_of(validation)
+        assert pattern.search("opsweb"), name
+        for bad in ("*", "ops*", "a/b", "a:b", "?", ""):
+            assert not pattern.search(bad), (name, bad)
+    production = named(load(ROOTS["production"]), "module")["github_deploy"]
+    assert production["github_org"] == "${var.github_org}"
+    assert production["github_repo"] == "${var.github_repo}"
+
+
+def test_github_oidc_provider_is_created_once_or_looked_up():
+    config = github_deploy()
+    (provider,) = typed(config, "resource", "aws_iam_openid_connect_provider").values()
+    (existing,) = typed(config, "data", "aws_iam_openid_connect_provider").values()
+    assert provider["url"] == existing["url"] == f"https://{OIDC}"
+    assert provider["client_id_list"] == ["sts.amazonaws.com"]
+    assert provider["count"] == "${var.create_oidc_provider ? 1 : 0}"
+    assert existing["count"] == "${var.create_oidc_provider ? 0 : 1}"
+    arn = local_values(config)["oidc_provider_arn"]
+    assert "aws_iam_openid_connect_provider.github[0].arn" in arn
+    assert "data.aws_iam_openid_connect_provider.github[0].arn" in arn
+
+
+def test_github_deploy_role_may_do_only_what_the_workflow_does():
+    config = github_deploy()
+    document = github_deploy_document("deploy")
+    granted = [action for s in document for action in as_list(s["actions"])]
+    assert not any("*" in action for action in granted), granted
+    assert set(granted) == set().union(*WORKFLOW_CALLS.values())
+    for statement in document:
+        assert statement.get("effect", "Allow") == "Allow"
+        assert "not_actions" not in statement and "not_resources" not in statement
+        if "*" in as_list(statement["resources"]):
+            assert as_list(statement["actions"]) == ["ecr:GetAuthorizationToken"]
+    # The role's only policy is that document.
+    (policy,) = typed(config, "resource", "aws_iam_role_policy").values()
+    assert policy["policy"] == "${data.aws_iam_policy_document.deploy.json}"
+    assert policy["role"] == "${aws_iam_role.this.id}"
+    assert not typed(config, "resource", "aws_iam_role_policy_attachment")
+    ecr = github_deploy_statement("ecr:PutImage")
+    assert ecr["resources"] == ["${var.repository_arn}"]
+    assert github_deploy_statement("ecs:DescribeTasks")["resources"] == ["${local.cluster_tasks}"]
+    cluster_tasks = local_values(config)["cluster_tasks"]
+    assert cluster_tasks == '${replace(var.cluster_arn, ":cluster/", ":task/")}/*'
+    logs = github_deploy_statement("logs:GetLogEvents")
+    assert logs["resources"] == ["${var.log_group_arn}:log-stream:*"]
+    production = named(load(ROOTS["production"]), "module")["github_deploy"]
+    assert production["source"] == "../../modules/github_deploy"
+    assert production["repository_arn"] == "${module.ecr_app.repository_arn}"
+    assert production["log_group_arn"] == "${module.opsweb.log_group_arn}"
+    outputs = named(load(ROOTS["production"]), "output")
+    assert outputs["github_deploy_role_arn"]["value"] == "${module.github_deploy.role_arn}"
+
+
+def test_github_deploy_runs_only_opsweb_web_family_in_its_cluster():
+    config = github_deploy()
+    statement = github_deploy_statement("ecs:RunTask")
+    assert as_list(statement["actions"]) == ["ecs:RunTask"]
+    assert statement["resources"] == ["${local.web_family_arn}"]
+    family = local_values(config)["web_family_arn"]
+    assert family == "${local.ecs_arn}:task-definition/${var.task_definition_family}:*"
+    cluster = conditions(statement)["ecs:cluster"]
+    assert cluster["test"] == "ArnEquals"
+    assert cluster["values"] == ["${var.cluster_arn}"]
+    (validation,) = named(config, "variable")["task_definition_family"]["validation"]
+    pattern = regex_of(validation)
+    assert pattern.search("opsweb-web")
+    assert not any(pattern.search(bad) for bad in ("*", "opsweb-*", "opsweb-web:3", ""))
+    production = named(load(ROOTS["production"]), "module")["github_deploy"]
+    assert production["task_definition_family"] == "${module.opsweb.web_task_definition_family}"
+    assert production["cluster_arn"] == "${aws_ecs_cluster.this.arn}"
+    opsweb = named(load(MODULES["opsweb"]), "output")
+    assert opsweb["web_task_definition_family"]["value"] == "${aws_ecs_task_definition.web.family}"
+
+
+def test_github_deploy_passes_only_opsweb_roles_and_only_to_ecs_tasks():
+    config = github_deploy()
+    statement = github_deploy_statement("iam:PassRole")
+    assert as_list(statement["actions"]) == ["iam:PassRole"]
+    assert statement["resources"] == "${var.passable_role_arns}"
+    passed_to = conditions(statement)["iam:PassedToService"]
+    assert passed_to["test"] == "StringEquals"
+    assert passed_to["values"] == ["ecs-tasks.amazonaws.com"]
+    (validation,) = named(config, "variable")["passable_role_arns"]["validation"]
+    pattern = regex_of(validation)
+    assert pattern.search("arn:aws:iam::123456789012:role/opsweb-task")
+    for bad in ("*", "arn:aws:iam::123456789012:role/*", "arn:aws:iam::123456789012:role/ops*"):
+        assert not pattern.search(bad), bad
+    production = named(load(ROOTS["production"]), "module")["github_deploy"]
+    assert production["passable_role_arns"] == [
+        "${module.opsweb.task_role_arn}",
+        "${module.opsweb.execution_role_arn}",
+    ]
+    opsweb = named(load(MODULES["opsweb"]), "output")
+    assert opsweb["task_role_arn"]["value"] == "${aws_iam_role.task.arn}"
+    assert opsweb["execution_role_arn"]["value"] == "${aws_iam_role.execution.arn}"
+
+
 # ---- database and state --------------------------------------------------------------------
 
 
@@ -494,7 +674,7 @@ def test_every_module_is_used_by_a_root():
         for directory in ROOTS.values()
         for call in named(load(directory), "module").values()
     }
-    assert used == set(MODULES) == {"app_environment", "opsweb", "ecr"}
+    assert used == set(MODULES) == {"app_environment", "opsweb", "ecr", "github_deploy"}
 
 
 def test_log_groups_are_kept_a_year_and_encrypted():

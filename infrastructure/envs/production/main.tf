@@ -82,6 +82,22 @@ module "opsweb" {
   deployable_repository_arns = [module.ecr_app.repository_arn]
 }
 
+# ---- the GitHub Actions deploy role (.github/workflows/deploy.yml) ---------------------------
+
+module "github_deploy" {
+  source = "../../modules/github_deploy"
+
+  create_oidc_provider = var.create_github_oidc_provider
+  github_org           = var.github_org
+  github_repo          = var.github_repo
+
+  repository_arn         = module.ecr_app.repository_arn
+  cluster_arn            = aws_ecs_cluster.this.arn
+  task_definition_family = module.opsweb.web_task_definition_family
+  passable_role_arns     = [module.opsweb.task_role_arn, module.opsweb.execution_role_arn]
+  log_group_arn          = module.opsweb.log_group_arn
+}
+
 # ---- the application's production environment ----------------------------------------------
 
 module "app" {

@@ -49,3 +49,8 @@ output "health_check_url" {
   description = "URL opsweb checks after a deployment."
   value       = "https://${var.app_host_name}/healthz"
 }
+
+output "github_deploy_role_arn" {
+  description = "Role .github/workflows/deploy.yml assumes: the repository variable AWS_ROLE_ARN."
+  value       = module.github_deploy.role_arn
+}

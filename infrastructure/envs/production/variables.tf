@@ -48,3 +48,19 @@ variable "opsweb_image_digest" {
   description = "Digest of the opsweb image to run (sha256:...). Changing it redeploys opsweb; the circuit breaker rolls a failed one back."
   type        = string
 }
+
+variable "github_org" {
+  description = "GitHub owner of the repository whose deploy workflow assumes the deploy role."
+  type        = string
+}
+
+variable "github_repo" {
+  description = "That repository's name; only its develop branch may assume the deploy role."
+  type        = string
+}
+
+variable "create_github_oidc_provider" {
+  description = "Create the account's GitHub OIDC provider; false if it already exists (one per account)."
+  type        = bool
+  default     = true
+}

@@ -45,3 +45,18 @@ output "log_group_name" {
   description = "CloudWatch log group of both services (stream prefixes web/ and worker/)."
   value       = aws_cloudwatch_log_group.this.name
 }
+
+output "web_task_definition_family" {
+  description = "Family of the web task definition (one-off tasks run any revision of it)."
+  value       = aws_ecs_task_definition.web.family
+}
+
+output "execution_role_arn" {
+  description = "Execution role of both services (ECS pulls the image, writes logs, reads secrets)."
+  value       = aws_iam_role.execution.arn
+}
+
+output "log_group_arn" {
+  description = "ARN of the log group of both services, without the trailing \":*\"."
+  value       = aws_cloudwatch_log_group.this.arn
+}
