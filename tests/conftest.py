@@ -4,8 +4,15 @@
 and the tests marked `postgres` (row locks, races) run too.
 """
 
+import contextlib
 import hashlib
 import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group, User
@@ -188,36 +195,61 @@ def get_json(url: str) -> dict:
 
 def database_url() -> str:
     """The test database as a DATABASE_URL, for processes the tests start (workers, commands)."""
+    from urllib.parse import quote
+
     from django.db import connection
 
-    s = connection.settings_dict
+    db = connection.settings_dict
     if connection.vendor == "sqlite":
-        return f"sqlite:///{s['NAME']}"
-    return f"postgres://{s['USER']}:{s['PASSWORD'] or ''}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+        return f"sqlite:///{Path(db['NAME']).resolve()}"
+    credentials = quote(db["USER"] or "", safe="")
+    if db["PASSWORD"]:
+        credentials += ":" + quote(db["PASSWORD"], safe="")
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    return (
+        f"postgres://{credentials}@{db['HOST'] or 'localhost'}{port}/{quote(db['NAME'], safe='')}"
+    )
+
+
+def start_worker(log_path: Path, **env) -> subprocess.Popen:
+    """A real django-q2 cluster (`manage.py qcluster`) on the test database."""
+    from django.conf import settings
+
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=settings.BASE_DIR,
+            env={**os.environ, "DATABASE_URL": database_url(), "Q_WORKERS": "1", **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_worker(process: subprocess.Popen) -> None:
+    # SIGTERM to the main process: it stops its own workers in about a second (sent to the
+    # whole process group, the cluster takes over 20 s).
+    process.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(15)
+    # Its children (and their database connections) may outlive it by a moment.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 @pytest.fixture
-def worker(transactional_db):
-    """A real django-q2 cluster (`manage.py qcluster`) working on the test database."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from django.conf import settings
-
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "qcluster"],
-        cwd=settings.BASE_DIR,
-        env={**os.environ, "DATABASE_URL": database_url(), "Q_WORKERS": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    yield process
-    process.send_signal(signal.SIGTERM)  # the cluster stops its own workers (about 1 s)
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+def worker(transactional_db, tmp_path):
+    """A real worker for the test; yields the path of its log, for failure messages."""
+    log_path = tmp_path / "qcluster.log"
+    process = start_worker(log_path)
+    yield log_path
+    stop_worker(process)

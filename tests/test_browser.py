@@ -8,6 +8,7 @@ import os
 import shutil
 
 import pytest
+from django.db import connections
 
 from opsweb import services
 from opsweb.models import Run, RunStatus
@@ -78,3 +79,6 @@ def test_approver_approves_a_pending_promotion_and_sees_it_succeed(
     assert Run.objects.get(pk=run.pk).approvals.get().user == bob
     body = get_json(staging.health_check_url.removesuffix("healthz"))
     assert body["version"] == "1.1.0"
+    # ORM calls made while Playwright's loop runs use connections of their own context; close
+    # them here, or the test database cannot be dropped at the end of the session.
+    connections.close_all()

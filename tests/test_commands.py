@@ -4,7 +4,6 @@ real django-q2 worker deploying the sample service on the local backend."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -676,33 +675,9 @@ def sample_args(shas: dict, tag: str, *extra: str) -> list[str]:
     ]
 
 
-@pytest.fixture
-def qcluster(transactional_db, tmp_path):
-    """A real django-q2 cluster on the test database, its output kept for failure messages.
-    SIGTERM goes to the cluster's main process, which stops its workers in about a second
-    (sent to the whole process group it takes over 20 s)."""
-    log_path = tmp_path / "qcluster.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
-            cwd=ROOT,
-            env=subprocess_env(Q_WORKERS="1"),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    yield log_path
-    process.send_signal(signal.SIGTERM)  # the cluster stops its workers itself (under 1 s)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
 @pytest.mark.django_db(transaction=True)
 def test_register_image_on_develop_is_deployed_to_aws_dev_by_a_worker(
-    flow, ci_user, alice, sample_in, qcluster
+    flow, ci_user, alice, sample_in, worker
 ):
     configure, shas = sample_in
     port = configure(flow["dev"])
@@ -713,7 +688,7 @@ def test_register_image_on_develop_is_deployed_to_aws_dev_by_a_worker(
         "--timeout",
         "60",
     )
-    assert result.returncode == 0, result.stderr + qcluster.read_text()
+    assert result.returncode == 0, result.stderr + worker.read_text()
     data = json.loads(result.stdout)
     assert data["run"]["status"] == "succeeded" and data["run"]["environment"] == "dev"
     assert "Claimed by a worker" in result.stderr  # the run's log, followed on stderr
@@ -722,13 +697,13 @@ def test_register_image_on_develop_is_deployed_to_aws_dev_by_a_worker(
     code, out, err = run_command(
         *sample_args(shas, "1.1.0", "--branch", "develop", "--as", "ci", "--wait")
     )
-    assert code == 0, err + qcluster.read_text()
+    assert code == 0, err + worker.read_text()
     assert get_json(f"http://127.0.0.1:{port}/")["version"] == "1.1.0"
 
     code, out, err = run_command(
         "rollback", "dev", "--reason", "critical_errors", "--as", "alice", "--wait", "--json"
     )
-    assert code == 0, err + qcluster.read_text()
+    assert code == 0, err + worker.read_text()
     assert json.loads(out)["run"]["status"] == "succeeded"
     body = get_json(f"http://127.0.0.1:{port}/")
     assert (body["version"], body["rollback"]) == ("1.0.0", True)

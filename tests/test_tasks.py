@@ -2,8 +2,6 @@
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import timedelta
 
@@ -13,7 +11,7 @@ from django.utils import timezone
 
 from opsweb import services, tasks
 from opsweb.models import Environment, Run, RunKind, RunStatus
-from tests.conftest import database_url, get_json, make_image, succeed_in
+from tests.conftest import get_json, make_image, start_worker, succeed_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -190,7 +188,7 @@ def test_check_drift_reports_a_process_that_died(local_flow, alice):
     assert local.slug in found
 
 
-def test_a_worker_killed_mid_run_is_reconciled(local_flow, alice):
+def test_a_worker_killed_mid_run_is_reconciled(local_flow, alice, tmp_path):
     """A real django-q2 cluster starts the run, is killed with SIGKILL, and the reconciler
     ends the run so the environment is not blocked."""
     flow, images = local_flow
@@ -204,14 +202,7 @@ def test_a_worker_killed_mid_run_is_reconciled(local_flow, alice):
         }
     )
     run = services.request_deploy(user=alice, environment=dev, image=images["1.0.0"])
-    worker = subprocess.Popen(
-        [sys.executable, "manage.py", "qcluster"],
-        cwd=settings.BASE_DIR,
-        env={**os.environ, "DATABASE_URL": database_url(), "Q_WORKERS": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    worker = start_worker(tmp_path / "qcluster.log")
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

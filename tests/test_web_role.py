@@ -16,17 +16,16 @@ import os
 import re
 import runpy
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from unittest import mock
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
-from django.db import connection
+
+from tests.conftest import database_url, free_port
 
 # The servers use the suite's test database, which pytest-django creates only for a session
 # with database tests; transactional, so that no open transaction here blocks their writes.
@@ -38,27 +37,6 @@ ENTRYPOINT = str(BASE_DIR / "docker-entrypoint.sh")
 # traffic goes to it (every request below connects to 127.0.0.1).
 TASK_ADDRESS = "10.20.30.40"
 START_TIMEOUT = 60
-
-
-def suite_database_url() -> str:
-    """DATABASE_URL for the suite's test database, which pytest-django has created by now."""
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{Path(db['NAME']).resolve()}"
-    if connection.vendor == "postgresql":
-        credentials = quote(db["USER"] or "", safe="")
-        if db["PASSWORD"]:
-            credentials += ":" + quote(db["PASSWORD"], safe="")
-        host = db["HOST"] or "localhost"
-        port = f":{db['PORT']}" if db["PORT"] else ""
-        return f"postgres://{credentials}@{host}{port}/{quote(db['NAME'], safe='')}"
-    pytest.skip(f"no DATABASE_URL form for the {connection.vendor} test database")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +54,7 @@ def production_env(django_db_setup, tmp_path_factory):
         DJANGO_ENV="production",
         SECRET_KEY="test-web-role-" + "k" * 50,
         ALLOWED_HOSTS="127.0.0.1,localhost",
-        DATABASE_URL=suite_database_url(),
+        DATABASE_URL=database_url(),
         STATIC_ROOT=str(tmp_path_factory.mktemp("staticfiles")),
         PYTHONUNBUFFERED="1",
         Q_WORKERS="1",
