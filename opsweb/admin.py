@@ -748,7 +748,7 @@ class RunAdmin(ConfirmMixin, ReadOnlyAdmin):
         return (
             super()
             .get_queryset(request)
-            .annotate(approvals_given=Count("approvals", filter=Q(approvals__decision="approve")))
+            .annotate(approvals_given=services.counting_approvals_annotation())
         )
 
     @admin.display(description="Image", ordering="image__tag")

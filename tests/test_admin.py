@@ -326,3 +326,20 @@ def test_promote_page_shows_a_bad_version_and_the_missing_signoff(flow, alice, b
     assert "MARKED BAD (corrupts carts): it cannot be promoted" in page
     assert "[BAD] Release 4.0.0" in page
     assert "MISSING: 4.0.0 needs a UAT sign-off in AWS Staging first" in page
+
+
+def test_run_list_counts_the_same_approvals_as_the_rules(flow, alice, bob, carol):
+    from django.contrib.auth.models import Group
+
+    image = make_image()
+    succeed_in(flow["staging"], image)
+    services.sign_off_uat(user=bob, environment=flow["staging"], image=image)
+    run = services.request_promotion(user=alice, target=flow["production"], image=image)
+    services.approve_run(user=bob, run=run)
+    services.approve_run(user=carol, run=run)  # queued with 2 of 2
+    bob.groups.remove(Group.objects.get(name="production approvers"))  # bob's stops counting
+    page = login(make_user("root", is_superuser=True)).get(
+        reverse("admin:opsweb_run_changelist")
+    ).text
+    assert services.approvals_count(run) == 1
+    assert "1 of 2" in page and "2 of 2" not in page

@@ -3,6 +3,7 @@
 from django import template
 from django.db.models import Count, Q
 
+from opsweb import services
 from opsweb.models import Environment, Run, RunStatus
 
 register = template.Library()
@@ -25,5 +26,5 @@ def pipeline(context):
         "environments": [(env, running.get(env.pk)) for env in environments],
         "awaiting": Run.objects.filter(status=RunStatus.PENDING)
         .select_related("environment", "image", "requested_by")
-        .annotate(given=Count("approvals", filter=Q(approvals__decision="approve")))[:10],
+        .annotate(given=services.counting_approvals_annotation())[:10],
     }
