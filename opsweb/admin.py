@@ -294,7 +294,9 @@ class EnvironmentAdmin(ConfirmMixin, admin.ModelAdmin):
         # Approval rules and backends are configuration, not state, but who changed them and
         # when belongs in the audit trail with everything else.
         super().save_model(request, obj, form, change)
-        changed = ", ".join(f"{name}={form.cleaned_data.get(name)!r}" for name in form.changed_data)
+        if change and not form.changed_data:
+            return
+        changed = ", ".join(f"{name}={getattr(obj, name)!r}" for name in form.changed_data)
         services.record_configuration(
             user=request.user,
             environment=obj,
@@ -473,7 +475,7 @@ class EnvironmentAdmin(ConfirmMixin, admin.ModelAdmin):
         env = self._env(pk)
         self.guard(
             can_roll_back(request.user, env),
-            f"Only members of {env.approver_group} roll back {env}, and only when an earlier "
+            f"Only members of {env.approver_group or 'its approver group'} roll back {env}, and only when an earlier "
             f"stable version exists.",
         )
         target = services.previous_stable_version(env, exclude=env.current_image)
@@ -814,7 +816,7 @@ class RunAdmin(ConfirmMixin, ReadOnlyAdmin):
         run = self._run(pk)
         self.guard(
             is_run_approver(request.user, run),
-            f"Only members of {run.environment.approver_group} decide on runs in "
+            f"Only members of {run.environment.approver_group or 'its approver group'} decide on runs in "
             f"{run.environment}.",
         )
 
@@ -840,7 +842,7 @@ class RunAdmin(ConfirmMixin, ReadOnlyAdmin):
         run = self._run(pk)
         self.guard(
             is_run_approver(request.user, run),
-            f"Only members of {run.environment.approver_group} decide on runs in "
+            f"Only members of {run.environment.approver_group or 'its approver group'} decide on runs in "
             f"{run.environment}.",
         )
 

@@ -324,6 +324,9 @@ class Run(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    switched_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the backend started running this version."
+    )
     task_id = models.CharField(max_length=64, blank=True)
     backend_ref = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)

@@ -194,12 +194,13 @@ def _check_succeeded_in(source: Environment, image: ImageVersion, now: datetime)
                 f"{image.tag} must run in {source} until {ready:%Y-%m-%d %H:%M} UTC "
                 f"(soak time {source.soak_seconds}s) before it can be promoted."
             )
+        # Only runs that switched what runs count: a run refused at start, or one that
+        # failed before touching the backend, left this version running.
         replaced = (
             Run.objects.filter(
                 environment=source,
-                status__in=[RunStatus.SUCCEEDED, RunStatus.FAILED],
-                finished_at__gt=success.finished_at,
-                finished_at__lt=ready,
+                switched_at__gt=success.finished_at,
+                switched_at__lt=ready,
             )
             .exclude(image=image)
             .exists()
@@ -900,9 +901,10 @@ def record_switch(*, run_id: int, backend_ref: dict, message: str = "") -> bool:
             run, "Ignored a late result: this run had already ended", level=RunEvent.Level.WARNING
         )
         return False
-    Run.objects.filter(pk=run_id).update(backend_ref=backend_ref)
+    now = timezone.now()
+    Run.objects.filter(pk=run_id).update(backend_ref=backend_ref, switched_at=now)
     Environment.objects.filter(pk=run.environment_id).update(
-        current_image=run.image_id, current_since=timezone.now(), drift=""
+        current_image=run.image_id, current_since=now, drift=""
     )
     if message:
         record_progress(run_id=run_id, message=message)

@@ -338,8 +338,8 @@ def test_run_list_counts_the_same_approvals_as_the_rules(flow, alice, bob, carol
     services.approve_run(user=bob, run=run)
     services.approve_run(user=carol, run=run)  # queued with 2 of 2
     bob.groups.remove(Group.objects.get(name="production approvers"))  # bob's stops counting
-    page = login(make_user("root", is_superuser=True)).get(
-        reverse("admin:opsweb_run_changelist")
-    ).text
+    page = (
+        login(make_user("root", is_superuser=True)).get(reverse("admin:opsweb_run_changelist")).text
+    )
     assert services.approvals_count(run) == 1
     assert "1 of 2" in page and "2 of 2" not in page

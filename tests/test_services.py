@@ -528,7 +528,27 @@ def test_soak_needs_the_version_to_have_stayed_in_the_source(flow, alice):
     a, b = make_image("1.0.0"), make_image("1.1.0")
     succeed_in(dev, a)
     succeed_in(dev, b)
-    Run.objects.filter(image=a).update(finished_at=early)
-    Run.objects.filter(image=b).update(finished_at=early + timedelta(minutes=1))
+    Run.objects.filter(image=a).update(finished_at=early, switched_at=early)
+    Run.objects.filter(image=b).update(
+        finished_at=early + timedelta(minutes=1), switched_at=early + timedelta(minutes=1)
+    )
     with pytest.raises(ReleaseError, match="1.0.0 was replaced in AWS Dev before its soak time"):
         services.request_promotion(user=alice, target=flow["staging"], image=a)
+
+
+def test_soak_ignores_runs_that_failed_without_switching(flow, alice):
+    dev = flow["dev"]
+    Environment.objects.filter(pk=dev.pk).update(soak_seconds=3600)
+    early = timezone.now() - timedelta(hours=3)
+    a = make_image("1.0.0")
+    succeed_in(dev, a)
+    Run.objects.filter(image=a).update(finished_at=early, switched_at=early)
+    Run.objects.create(
+        kind="deploy",
+        environment=dev,
+        image=make_image("1.1.0"),
+        status=RunStatus.FAILED,
+        finished_at=early + timedelta(minutes=1),
+        error="refused at start",
+    )
+    assert services.request_promotion(user=alice, target=flow["staging"]).image == a
