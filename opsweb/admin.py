@@ -232,7 +232,6 @@ class EnvironmentAdmin(ConfirmMixin, admin.ModelAdmin):
     ]
     prepopulated_fields = {"slug": ["name"]}
     fieldsets = [
-        (None, {"fields": ["name", "slug", "position", "upstream"]}),
         (
             "Now",
             {
@@ -247,6 +246,7 @@ class EnvironmentAdmin(ConfirmMixin, admin.ModelAdmin):
                 ]
             },
         ),
+        ("Place in the flow", {"fields": ["name", "slug", "position", "upstream"]}),
         (
             "Approvals",
             {
