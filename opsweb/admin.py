@@ -802,7 +802,7 @@ class RunAdmin(ConfirmMixin, ReadOnlyAdmin):
             ("To", version_line(run.image)),
             (
                 "Requested by",
-                f"{services.user_label(run.requested_by)} at {run.created_at:%Y-%m-%d %H:%M} UTC",
+                f"{services.actor_name(run.requested_by)} at {run.created_at:%Y-%m-%d %H:%M} UTC",
             ),
             ("Approvals", f"{services.approvals_count(run)} of {run.required_approvals}"),
         ]

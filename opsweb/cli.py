@@ -434,7 +434,7 @@ def run_payload(run: Run, *, events: int = LAST_EVENTS) -> dict[str, Any]:
         "source_environment": run.source_environment.slug if run.source_environment else None,
         "image": image_payload(run.image),
         "replaces": image_payload(run.replaces),
-        "requested_by": services.user_label(run.requested_by),
+        "requested_by": services.actor_name(run.requested_by),
         "reason": run.reason,
         "note": run.note,
         "required_approvals": run.required_approvals,
@@ -469,7 +469,7 @@ def run_lines(run: Run, *, events: int = 0) -> list[str]:
         f"{run.environment}: {run.get_status_display().lower()}"
         + (f" ({run.step})" if run.step and run.step != run.status else "")
     ]
-    timings = [f"requested by {services.user_label(run.requested_by)} at {when(run.created_at)}"]
+    timings = [f"requested by {services.actor_name(run.requested_by)} at {when(run.created_at)}"]
     if run.started_at:
         timings.append(f"started {when(run.started_at)}")
     if run.finished_at:

@@ -50,7 +50,7 @@ def environment_row(environment: Environment) -> dict:
         "upstream": environment.upstream.slug if environment.upstream else None,
         "current": image_payload(environment.current_image),
         "deployed_at": iso(environment.current_since),
-        "deployed_by": services.user_label(run.requested_by) if run else None,
+        "deployed_by": services.actor_name(run.requested_by) if run else None,
         "deployed_by_run": run.pk if run else None,
         "pending_runs": [{"id": r.pk, "kind": r.kind, "status": r.status} for r in waiting],
         "auto_deploy_branch": environment.auto_deploy_branch,

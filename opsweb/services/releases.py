@@ -1,26 +1,17 @@
-"""Every state change in opsweb. Admin buttons, management commands and tasks call these and
-nothing else changes a run's status.
-
-Functions take keyword-only arguments and ``user=``; they are atomic and raise ``ReleaseError``
-(or ``NotAllowed`` for a missing permission) with a sentence a person can act on.
-"""
+"""Requests and decisions: deploy, promote, approve, reject, cancel, sign off, mark bad, roll
+back, resume, freeze, register. Each checks the rules of DESIGN.md and records who and when."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Case, Count, Exists, F, IntegerField, Max, OuterRef, Q, Value, When
 from django.utils import timezone
 
 from opsweb.models import (
     Approval,
-    AuditEntry,
     Environment,
     ImageVersion,
     RollbackReason,
@@ -30,135 +21,20 @@ from opsweb.models import (
     RunStatus,
     Signoff,
 )
-
-log = logging.getLogger(__name__)
-
-
-class ReleaseError(Exception):
-    """A rule said no. The message is a sentence a person can act on."""
-
-
-class NotAllowed(ReleaseError):
-    """The user lacks the permission or group membership the action needs."""
-
-
-# -- reading --------------------------------------------------------------------------------
-
-
-def is_approver(user, environment: Environment) -> bool:
-    """Members of the environment's approver group approve, reject and roll back there.
-    Superusers are not approvers by default: approval is a named person's decision."""
-    if not (user and user.is_active and environment.approver_group_id):
-        return False
-    return user.groups.filter(pk=environment.approver_group_id).exists()
-
-
-def last_success(environment: Environment, image: ImageVersion) -> Run | None:
-    return (
-        Run.objects.filter(environment=environment, image=image, status=RunStatus.SUCCEEDED)
-        .order_by("-finished_at")
-        .first()
-    )
-
-
-def previous_stable_version(
-    environment: Environment, *, exclude: ImageVersion | None = None
-) -> ImageVersion | None:
-    """The newest version that succeeded in ``environment`` and is not bad, other than
-    ``exclude`` (the version being rolled back)."""
-    succeeded_here = Q(runs__environment=environment, runs__status=RunStatus.SUCCEEDED)
-    candidates = (
-        ImageVersion.objects.filter(succeeded_here, is_bad=False)
-        .annotate(last_success=Max("runs__finished_at", filter=succeeded_here))
-        .order_by("-last_success", "-id")
-    )
-    if exclude is not None:
-        candidates = candidates.exclude(pk=exclude.pk)
-    return candidates.first()
-
-
-def counting_approvals(run: Run):
-    """Approvals that count now: for the digest the run will deploy, by active members of the
-    approver group, and not by the requester where self-approval is off. Someone who left the
-    group or was deactivated since approving no longer counts."""
-    environment = run.environment
-    approvals = run.approvals.filter(
-        decision=Approval.Decision.APPROVE,
-        digest=run.image.digest,
-        user__is_active=True,
-        user__groups=environment.approver_group_id,
-    )
-    if not environment.allow_self_approval and run.requested_by_id:
-        approvals = approvals.exclude(user_id=run.requested_by_id)
-    return approvals
-
-
-def approvals_count(run: Run) -> int:
-    return counting_approvals(run).count()
-
-
-def counting_approvals_annotation() -> Count:
-    """``counting_approvals`` as an annotation on Run querysets, for lists (one query)."""
-    return Count(
-        "approvals",
-        filter=Q(
-            approvals__decision=Approval.Decision.APPROVE,
-            approvals__digest=F("image__digest"),
-            approvals__user__is_active=True,
-            approvals__user__groups=F("environment__approver_group"),
-        )
-        & (Q(environment__allow_self_approval=True) | ~Q(approvals__user=F("requested_by"))),
-        distinct=True,
-    )
-
-
-def describe(image: ImageVersion | None) -> str:
-    if image is None:
-        return "nothing"
-    return f"{image.tag} ({image.short_digest})"
-
-
-# -- recording ------------------------------------------------------------------------------
-
-
-def _audit(actor, action: str, message: str, *, environment=None, image=None, run=None) -> None:
-    AuditEntry.objects.create(
-        actor=actor if actor and actor.is_authenticated else None,
-        action=action,
-        message=message,
-        environment=environment,
-        image=image,
-        run=run,
-    )
-    log.info("%s: %s", action, message)
-
-
-def _event(run: Run, message: str, *, level=RunEvent.Level.INFO, seconds=None) -> None:
-    RunEvent.objects.create(run=run, message=message, level=level, duration_seconds=seconds)
-
-
-def _who(user) -> str:
-    return user.get_username() if user else "opsweb"
-
-
-def _dispatch(run: Run) -> None:
-    """Hand the run to a worker once the transaction that queued it has committed."""
-    transaction.on_commit(lambda: enqueue(run.pk))
-
-
-def enqueue(run_id: int) -> None:
-    from django_q.tasks import async_task
-
-    task_id = async_task("opsweb.tasks.execute_run", run_id, task_name=f"run-{run_id}")
-    Run.objects.filter(pk=run_id, task_id="").update(task_id=task_id or "")
-
-
-# -- rules shared by several requests --------------------------------------------------------
-
-
-def _require_perm(user, perm: str, action: str) -> None:
-    if not (user and user.is_active and user.has_perm(f"opsweb.{perm}")):
-        raise NotAllowed(f"{_who(user)} is not allowed to {action}.")
+from opsweb.services.base import (
+    NotAllowed,
+    ReleaseError,
+    actor_name,
+    add_event,
+    approvals_count,
+    audit,
+    describe,
+    dispatch_on_commit,
+    is_approver,
+    last_success,
+    previous_stable_version,
+    require_perm,
+)
 
 
 def _check_can_deploy(environment: Environment, image: ImageVersion) -> None:
@@ -231,11 +107,11 @@ def _new_run(*, kind, environment, image, user, source=None, note="", reason="",
         queued_at=now if needs == 0 else None,
     )
     verb = {"deploy": "deploy", "promotion": "promote", "rollback": "roll back to"}[kind]
-    _event(run, f"{_who(user)} asked to {verb} {describe(image)} in {environment}")
+    add_event(run, f"{actor_name(user)} asked to {verb} {describe(image)} in {environment}")
     if needs:
-        _event(run, f"Waiting for {needs} approval(s) from {environment.approver_group}")
+        add_event(run, f"Waiting for {needs} approval(s) from {environment.approver_group}")
     else:
-        _dispatch(run)
+        dispatch_on_commit(run)
     return run
 
 
@@ -245,7 +121,7 @@ def _new_run(*, kind, environment, image, user, source=None, note="", reason="",
 @transaction.atomic
 def request_deploy(*, user, environment: Environment, image: ImageVersion, note: str = "") -> Run:
     """Deploy a chosen version into an environment that takes direct deploys (Local, Dev)."""
-    _require_perm(user, "request_deploy", f"deploy to {environment}")
+    require_perm(user, "request_deploy", f"deploy to {environment}")
     environment = Environment.objects.select_for_update().get(pk=environment.pk)
     if not environment.accepts_direct_deploys:
         raise ReleaseError(
@@ -254,7 +130,7 @@ def request_deploy(*, user, environment: Environment, image: ImageVersion, note:
         )
     _check_can_deploy(environment, image)
     run = _new_run(kind=RunKind.DEPLOY, environment=environment, image=image, user=user, note=note)
-    _audit(
+    audit(
         user,
         "request_deploy",
         f"Requested run #{run.pk}: deploy {describe(image)} to {environment}",
@@ -275,7 +151,7 @@ def request_promotion(
     note: str = "",
 ) -> Run:
     """Promote a version one step along the flow; by default what runs in the source now."""
-    _require_perm(user, "request_promotion", f"request promotions to {target}")
+    require_perm(user, "request_promotion", f"request promotions to {target}")
     target = Environment.objects.select_for_update().get(pk=target.pk)
     upstream = target.upstream
     if upstream is None:
@@ -310,7 +186,7 @@ def request_promotion(
         source=upstream,
         note=note,
     )
-    _audit(
+    audit(
         user,
         "request_promotion",
         f"Requested run #{run.pk}: promote {describe(image)} from {upstream} to {target}",
@@ -337,11 +213,11 @@ def _check_approver(user, run: Run) -> None:
     environment = run.environment
     if not is_approver(user, environment):
         raise NotAllowed(
-            f"{_who(user)} is not in {environment.approver_group or 'an approver group'}, "
+            f"{actor_name(user)} is not in {environment.approver_group or 'an approver group'}, "
             f"whose members approve runs in {environment}."
         )
     if run.approvals.filter(user=user).exists():
-        raise ReleaseError(f"{_who(user)} has already decided on run #{run.pk}.")
+        raise ReleaseError(f"{actor_name(user)} has already decided on run #{run.pk}.")
 
 
 @transaction.atomic
@@ -351,7 +227,7 @@ def approve_run(*, user, run: Run, comment: str = "") -> Run:
     _check_approver(user, run)
     if run.requested_by_id == user.pk and not run.environment.allow_self_approval:
         raise ReleaseError(
-            f"{_who(user)} requested run #{run.pk}; {run.environment} needs approvals from "
+            f"{actor_name(user)} requested run #{run.pk}; {run.environment} needs approvals from "
             f"other people."
         )
     if run.image.is_bad:
@@ -366,14 +242,14 @@ def approve_run(*, user, run: Run, comment: str = "") -> Run:
                 digest=run.image.digest,
             )
     except IntegrityError:
-        raise ReleaseError(f"{_who(user)} has already decided on run #{run.pk}.") from None
+        raise ReleaseError(f"{actor_name(user)} has already decided on run #{run.pk}.") from None
     have = approvals_count(run)
-    _event(
+    add_event(
         run,
-        f"Approved by {_who(user)} ({have} of {run.required_approvals})"
+        f"Approved by {actor_name(user)} ({have} of {run.required_approvals})"
         + (f": {comment}" if comment else ""),
     )
-    _audit(
+    audit(
         user,
         "approve_run",
         f"Approved run #{run.pk} ({have} of {run.required_approvals})",
@@ -387,8 +263,8 @@ def approve_run(*, user, run: Run, comment: str = "") -> Run:
             status=RunStatus.QUEUED, queued_at=now, step="approved, waiting for a worker"
         )
         if updated:
-            _event(run, "Fully approved; queued")
-            _dispatch(run)
+            add_event(run, "Fully approved; queued")
+            dispatch_on_commit(run)
     run.refresh_from_db()
     return run
 
@@ -410,8 +286,10 @@ def reject_run(*, user, run: Run, comment: str) -> Run:
     Run.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
         status=RunStatus.REJECTED, finished_at=timezone.now(), step="rejected"
     )
-    _event(run, f"Rejected by {_who(user)}: {comment.strip()}", level=RunEvent.Level.WARNING)
-    _audit(
+    add_event(
+        run, f"Rejected by {actor_name(user)}: {comment.strip()}", level=RunEvent.Level.WARNING
+    )
+    audit(
         user,
         "reject_run",
         f"Rejected run #{run.pk}: {comment.strip()}",
@@ -441,7 +319,7 @@ def cancel_run(*, user, run: Run, comment: str = "") -> Run:
     run = Run.objects.select_for_update().select_related("environment").get(pk=run.pk)
     if not can_cancel(user, run):
         raise NotAllowed(
-            f"{_who(user)} may not cancel run #{run.pk}: only its requester, an approver of "
+            f"{actor_name(user)} may not cancel run #{run.pk}: only its requester, an approver of "
             f"{run.environment} or a user with the cancel permission can."
         )
     if run.status == RunStatus.RUNNING:
@@ -454,12 +332,12 @@ def cancel_run(*, user, run: Run, comment: str = "") -> Run:
     Run.objects.filter(pk=run.pk, status=run.status).update(
         status=RunStatus.CANCELLED, finished_at=timezone.now(), step="cancelled"
     )
-    _event(
+    add_event(
         run,
-        f"Cancelled by {_who(user)}" + (f": {comment}" if comment else ""),
+        f"Cancelled by {actor_name(user)}" + (f": {comment}" if comment else ""),
         level=RunEvent.Level.WARNING,
     )
-    _audit(
+    audit(
         user,
         "cancel_run",
         f"Cancelled run #{run.pk}",
@@ -474,7 +352,7 @@ def cancel_run(*, user, run: Run, comment: str = "") -> Run:
 @transaction.atomic
 def sign_off_uat(*, user, environment: Environment, image: ImageVersion, note: str = "") -> Signoff:
     """Record that UAT passed for ``image`` in ``environment`` (Staging)."""
-    _require_perm(user, "sign_off_uat", "record UAT sign-offs")
+    require_perm(user, "sign_off_uat", "record UAT sign-offs")
     downstream = Environment.objects.filter(upstream=environment, requires_uat_signoff=True).first()
     if downstream is None:
         raise ReleaseError(f"No environment needs a UAT sign-off from {environment}.")
@@ -483,9 +361,11 @@ def sign_off_uat(*, user, environment: Environment, image: ImageVersion, note: s
     if last_success(environment, image) is None:
         raise ReleaseError(f"{image.tag} has not succeeded in {environment}; test it there first.")
     if Signoff.objects.filter(environment=environment, image=image, user=user).exists():
-        raise ReleaseError(f"{_who(user)} has already signed off {image.tag} in {environment}.")
+        raise ReleaseError(
+            f"{actor_name(user)} has already signed off {image.tag} in {environment}."
+        )
     signoff = Signoff.objects.create(environment=environment, image=image, user=user, note=note)
-    _audit(
+    audit(
         user,
         "sign_off_uat",
         f"UAT passed for {describe(image)} in {environment}",
@@ -508,14 +388,14 @@ def _mark_bad(image: ImageVersion, *, user, reason: str) -> None:
         Run.objects.filter(pk=run.pk, status=run.status).update(
             status=RunStatus.CANCELLED, finished_at=timezone.now(), step="cancelled"
         )
-        _event(run, f"Cancelled: {image.tag} was marked bad", level=RunEvent.Level.WARNING)
-    _audit(user, "mark_bad", f"Marked {image} bad: {reason}", image=image)
+        add_event(run, f"Cancelled: {image.tag} was marked bad", level=RunEvent.Level.WARNING)
+    audit(user, "mark_bad", f"Marked {image} bad: {reason}", image=image)
 
 
 @transaction.atomic
 def mark_bad(*, user, image: ImageVersion, reason: str) -> ImageVersion:
     """Mark a version bad: it can no longer be promoted, and its waiting runs are cancelled."""
-    _require_perm(user, "mark_bad", "mark versions bad")
+    require_perm(user, "mark_bad", "mark versions bad")
     if not reason or not reason.strip():
         raise ReleaseError("Say why this version is bad: a reason is required.")
     image = ImageVersion.objects.select_for_update().get(pk=image.pk)
@@ -547,7 +427,7 @@ def roll_back(
     """
     if user is not None and not is_approver(user, environment):
         raise NotAllowed(
-            f"{_who(user)} is not in {environment.approver_group or 'an approver group'}, "
+            f"{actor_name(user)} is not in {environment.approver_group or 'an approver group'}, "
             f"whose members roll back {environment}."
         )
     if reason not in RollbackReason.values:
@@ -609,7 +489,7 @@ def roll_back(
         note=note,
         triggered_by=triggered_by,
     )
-    _event(
+    add_event(
         run,
         f"Marked {current.tag} bad"
         + (
@@ -627,7 +507,7 @@ def roll_back(
             comment=note,
             digest=target.digest,
         )
-    _audit(
+    audit(
         user,
         "roll_back",
         f"Rollback run #{run.pk}: {environment} from {describe(current)} "
@@ -644,14 +524,14 @@ def resume_auto_deploy(*, user, environment: Environment) -> Environment:
     if not (
         is_approver(user, environment) or (user and user.has_perm("opsweb.resume_auto_deploy"))
     ):
-        raise NotAllowed(f"{_who(user)} may not resume auto-deploy in {environment}.")
+        raise NotAllowed(f"{actor_name(user)} may not resume auto-deploy in {environment}.")
     environment = Environment.objects.select_for_update().get(pk=environment.pk)
     if not environment.auto_deploy_paused:
         raise ReleaseError(f"Auto-deploy is not paused in {environment}.")
     environment.auto_deploy_paused = False
     environment.paused_reason = ""
     environment.save(update_fields=["auto_deploy_paused", "paused_reason"])
-    _audit(
+    audit(
         user, "resume_auto_deploy", f"Resumed auto-deploy in {environment}", environment=environment
     )
     return environment
@@ -659,14 +539,14 @@ def resume_auto_deploy(*, user, environment: Environment) -> Environment:
 
 @transaction.atomic
 def set_frozen(*, user, environment: Environment, frozen: bool, reason: str = "") -> Environment:
-    _require_perm(user, "freeze_environment", "freeze environments")
+    require_perm(user, "freeze_environment", "freeze environments")
     environment = Environment.objects.select_for_update().get(pk=environment.pk)
     if environment.is_frozen == frozen:
         raise ReleaseError(f"{environment} is already {'frozen' if frozen else 'not frozen'}.")
     environment.is_frozen = frozen
     environment.save(update_fields=["is_frozen"])
     verb = "Froze" if frozen else "Unfroze"
-    _audit(
+    audit(
         user,
         "set_frozen",
         f"{verb} {environment}" + (f": {reason}" if reason else ""),
@@ -677,7 +557,7 @@ def set_frozen(*, user, environment: Environment, frozen: bool, reason: str = ""
 
 def record_configuration(*, user, environment: Environment, message: str) -> None:
     """An environment's settings were edited in the admin (who, when, which fields)."""
-    _audit(user, "configure_environment", message, environment=environment)
+    audit(user, "configure_environment", message, environment=environment)
 
 
 @dataclass
@@ -702,7 +582,7 @@ def register_image(
     build_url: str = "",
 ) -> Registration:
     """Record a built image (idempotent by digest) and auto-deploy it where its branch says."""
-    _require_perm(user, "add_imageversion", "register images")
+    require_perm(user, "add_imageversion", "register images")
     existing = ImageVersion.objects.filter(repository=repository, digest=digest).first()
     if existing:
         if existing.tag != tag:
@@ -743,7 +623,7 @@ def register_image(
             f"{repository}:{tag} was registered by someone else at the same moment; "
             f"run the command again."
         ) from None
-    _audit(
+    audit(
         user,
         "register_image",
         f"Registered {describe(image)} from {branch or 'no branch'}",
@@ -769,7 +649,7 @@ def register_image(
                 user=user,
                 note=f"auto-deploy of branch {branch}",
             )
-            _audit(
+            audit(
                 user,
                 "auto_deploy",
                 f"Queued run #{run.pk}: auto-deploy {describe(image)} to {environment}",
@@ -791,270 +671,3 @@ def _validation_sentence(exc: ValidationError) -> str:
 
 
 # -- execution: called by opsweb.tasks ------------------------------------------------------
-
-QUEUE_ORDER = [
-    # Rollbacks go ahead of queued promotions.
-    Case(When(kind=RunKind.ROLLBACK, then=Value(0)), default=Value(1), output_field=IntegerField()),
-    "queued_at",
-    "id",
-]
-
-
-def claim_next_run(*, environment_id: int) -> Run | None:
-    """Claim the head of an environment's queue with a conditional UPDATE (queued → running).
-
-    Returns None when another run is in progress there or nothing is queued. Two workers racing
-    for one environment: the partial unique index lets exactly one UPDATE succeed.
-    """
-    while True:
-        head = (
-            Run.objects.filter(environment_id=environment_id, status=RunStatus.QUEUED)
-            .order_by(*QUEUE_ORDER)
-            .select_related("environment", "image")
-            .first()
-        )
-        if head is None:
-            return None
-        busy = Run.objects.filter(environment_id=environment_id, status=RunStatus.RUNNING)
-        refusal = _refusal_at_start(head)
-        now = timezone.now()
-        try:
-            with transaction.atomic():
-                if refusal:
-                    Run.objects.filter(pk=head.pk, status=RunStatus.QUEUED).update(
-                        status=RunStatus.FAILED, finished_at=now, error=refusal, step="refused"
-                    )
-                    _event(head, refusal, level=RunEvent.Level.ERROR)
-                    continue
-                claimed = (
-                    Run.objects.filter(pk=head.pk, status=RunStatus.QUEUED)
-                    .exclude(Exists(busy))
-                    .update(
-                        status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, step="starting"
-                    )
-                )
-        except IntegrityError:
-            return None  # another worker claimed a run in this environment first
-        if not claimed:
-            return None
-        head.refresh_from_db()
-        _event(head, "Claimed by a worker")
-        return head
-
-
-def _refusal_at_start(run: Run) -> str:
-    """Rules that may have changed between approval and start."""
-    if run.image.is_bad and run.kind != RunKind.ROLLBACK:
-        return f"Not started: {run.image} was marked bad ({run.image.bad_reason})."
-    if run.environment.is_frozen and run.kind != RunKind.ROLLBACK:
-        return f"Not started: {run.environment} is frozen (rollbacks only)."
-    if run.kind != RunKind.ROLLBACK and run.required_approvals:
-        have = approvals_count(run)
-        if have < run.required_approvals:
-            return (
-                f"Not started: only {have} of {run.required_approvals} approvals still count "
-                f"(an approver left {run.environment.approver_group} or was deactivated); "
-                f"request it again."
-            )
-    return ""
-
-
-def record_progress(
-    *, run_id: int, message: str, seconds: float | None = None, level: str = RunEvent.Level.INFO
-) -> None:
-    """A step of a running run: a RunEvent, and a heartbeat that tells the reconciler the
-    worker is alive."""
-    now = timezone.now()
-    RunEvent.objects.create(
-        run_id=run_id, message=message, level=level, duration_seconds=seconds, created_at=now
-    )
-    Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(
-        heartbeat_at=now, step=message[:200]
-    )
-
-
-def heartbeat(*, run_id: int) -> None:
-    Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(heartbeat_at=timezone.now())
-
-
-def previous_ref(run: Run) -> dict:
-    """The backend reference recorded when this run's version last succeeded here."""
-    earlier = (
-        Run.objects.filter(environment=run.environment, image=run.image, status=RunStatus.SUCCEEDED)
-        .exclude(backend_ref={})
-        .order_by("-finished_at")
-        .first()
-    )
-    return dict(earlier.backend_ref) if earlier else {}
-
-
-@transaction.atomic
-def record_switch(*, run_id: int, backend_ref: dict, message: str = "") -> bool:
-    """The backend now runs this run's version (healthy or not): the environment shows it.
-
-    Only while the run is still running: a worker that was declared lost and wakes up late
-    must not overwrite what a later run deployed.
-    """
-    run = Run.objects.select_for_update().get(pk=run_id)
-    if run.status != RunStatus.RUNNING:
-        _event(
-            run, "Ignored a late result: this run had already ended", level=RunEvent.Level.WARNING
-        )
-        return False
-    now = timezone.now()
-    Run.objects.filter(pk=run_id).update(backend_ref=backend_ref, switched_at=now)
-    Environment.objects.filter(pk=run.environment_id).update(
-        current_image=run.image_id, current_since=now, drift=""
-    )
-    if message:
-        record_progress(run_id=run_id, message=message)
-    return True
-
-
-@transaction.atomic
-def finish_run(
-    *, run_id: int, succeeded: bool, error: str = "", environment_broken: bool = False
-) -> Run:
-    """End a running run. ``environment_broken`` (a failed health check, or a version that did
-    not start after the previous one was stopped) starts a rollback where auto_rollback is on."""
-    now = timezone.now()
-    status = RunStatus.SUCCEEDED if succeeded else RunStatus.FAILED
-    updated = Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(
-        status=status, finished_at=now, error=error, step=status.label.lower()
-    )
-    run = Run.objects.select_related("environment", "image").get(pk=run_id)
-    if not updated:
-        return run  # already ended (e.g. the reconciler declared the worker lost)
-    environment = run.environment
-    if succeeded:
-        _event(
-            run,
-            f"Succeeded: {describe(run.image)} runs in {environment}",
-            seconds=run.duration.total_seconds(),
-        )
-        if run.kind == RunKind.ROLLBACK:
-            restored = run.restore_seconds
-            met = "met" if restored <= environment.rto_seconds else "MISSED"
-            _event(run, f"Restored in {restored:.0f}s; RTO target {environment.rto_seconds}s {met}")
-        _audit(
-            None,
-            "run_succeeded",
-            f"Run #{run.pk} succeeded",
-            environment=environment,
-            image=run.image,
-            run=run,
-        )
-        return run
-    _event(run, f"Failed: {error}", level=RunEvent.Level.ERROR)
-    _audit(
-        None,
-        "run_failed",
-        f"Run #{run.pk} failed: {error[:300]}",
-        environment=environment,
-        image=run.image,
-        run=run,
-    )
-    if environment_broken and environment.auto_rollback and run.kind != RunKind.ROLLBACK:
-        try:
-            with transaction.atomic():
-                rollback = roll_back(
-                    user=None,
-                    environment=environment,
-                    reason=RollbackReason.CRITICAL_ERRORS,
-                    note=f"Run #{run.pk} failed: {error[:200]}",
-                    triggered_by=run,
-                )
-            _event(
-                run,
-                f"Automatic rollback started as run #{rollback.pk}",
-                level=RunEvent.Level.WARNING,
-            )
-        except ReleaseError as exc:
-            _event(run, f"No automatic rollback: {exc}", level=RunEvent.Level.ERROR)
-    return run
-
-
-def expire_pending_runs(*, now: datetime | None = None) -> int:
-    """Pending runs older than the approval window expire."""
-    now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.OPSWEB["APPROVAL_WINDOW_SECONDS"])
-    expired = 0
-    for run in Run.objects.filter(status=RunStatus.PENDING, created_at__lt=cutoff):
-        with transaction.atomic():
-            if Run.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
-                status=RunStatus.EXPIRED, finished_at=now, step="expired"
-            ):
-                _event(
-                    run,
-                    "Expired: not approved within the approval window",
-                    level=RunEvent.Level.WARNING,
-                )
-                _audit(
-                    None,
-                    "expire_run",
-                    f"Run #{run.pk} expired",
-                    environment=run.environment,
-                    image=run.image,
-                    run=run,
-                )
-                expired += 1
-    return expired
-
-
-def fail_lost_runs(*, now: datetime | None = None) -> list[int]:
-    """Running runs with no heartbeat for a while lost their worker: end them so the
-    environment is not blocked."""
-    now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.OPSWEB["HEARTBEAT_STALE_SECONDS"])
-    lost = []
-    for run in Run.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff):
-        error = (
-            f"Worker lost: no heartbeat since {run.heartbeat_at:%H:%M:%S} UTC during "
-            f"'{run.step}'. Check what runs in {run.environment}; roll back or deploy again."
-        )
-        with transaction.atomic():
-            if Run.objects.filter(
-                pk=run.pk, status=RunStatus.RUNNING, heartbeat_at__lt=cutoff
-            ).update(status=RunStatus.FAILED, finished_at=now, error=error, step="worker lost"):
-                _event(run, error, level=RunEvent.Level.ERROR)
-                _audit(
-                    None,
-                    "worker_lost",
-                    f"Run #{run.pk}: {error}",
-                    environment=run.environment,
-                    image=run.image,
-                    run=run,
-                )
-                lost.append(run.pk)
-    return lost
-
-
-def stalled_environments(*, older_than: timedelta = timedelta(seconds=30)) -> list[int]:
-    """Environments with queued runs, nothing running, and no worker picking them up."""
-    cutoff = timezone.now() - older_than
-    running = Run.objects.filter(environment=OuterRef("environment"), status=RunStatus.RUNNING)
-    return list(
-        Run.objects.filter(status=RunStatus.QUEUED, queued_at__lt=cutoff)
-        .exclude(Exists(running))
-        .values_list("environment_id", flat=True)
-        .distinct()
-    )
-
-
-def record_drift(*, environment: Environment, running: str | None) -> str:
-    """Compare what the backend runs with what opsweb last deployed; store the mismatch."""
-    expected = environment.current_image
-    drift = ""
-    if expected is not None and running != expected.digest:
-        drift = (
-            f"service runs {running or 'nothing'}, opsweb last deployed "
-            f"{expected.tag} ({expected.digest})"
-        )
-    Environment.objects.filter(pk=environment.pk).update(
-        drift=drift, drift_checked_at=timezone.now()
-    )
-    return drift
-
-
-def user_label(user: AbstractBaseUser | None) -> str:
-    return _who(user)

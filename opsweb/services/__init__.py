@@ -1,0 +1,86 @@
+"""Every state change in opsweb. Admin buttons, management commands and tasks call these and
+nothing else changes a run's status.
+
+Functions take keyword-only arguments and ``user=``; they are atomic and raise ``ReleaseError``
+(or ``NotAllowed`` for a missing permission) with a sentence a person can act on.
+"""
+
+from opsweb.services.base import (
+    NotAllowed,
+    ReleaseError,
+    actor_name,
+    approvals_count,
+    counting_approvals,
+    counting_approvals_annotation,
+    describe,
+    enqueue,
+    is_approver,
+    last_success,
+    previous_stable_version,
+)
+from opsweb.services.execution import (
+    claim_next_run,
+    expire_pending_runs,
+    fail_lost_runs,
+    finish_run,
+    heartbeat,
+    previous_ref,
+    record_drift,
+    record_progress,
+    record_switch,
+    stalled_environments,
+)
+from opsweb.services.releases import (
+    Registration,
+    approve_run,
+    can_cancel,
+    cancel_run,
+    mark_bad,
+    record_configuration,
+    register_image,
+    reject_run,
+    request_deploy,
+    request_promotion,
+    resume_auto_deploy,
+    roll_back,
+    set_frozen,
+    sign_off_uat,
+)
+
+__all__ = [
+    "NotAllowed",
+    "ReleaseError",
+    "Registration",
+    "actor_name",
+    "approvals_count",
+    "approve_run",
+    "can_cancel",
+    "cancel_run",
+    "claim_next_run",
+    "counting_approvals",
+    "counting_approvals_annotation",
+    "describe",
+    "enqueue",
+    "expire_pending_runs",
+    "fail_lost_runs",
+    "finish_run",
+    "heartbeat",
+    "is_approver",
+    "last_success",
+    "mark_bad",
+    "previous_ref",
+    "previous_stable_version",
+    "record_configuration",
+    "record_drift",
+    "record_progress",
+    "record_switch",
+    "register_image",
+    "reject_run",
+    "request_deploy",
+    "request_promotion",
+    "resume_auto_deploy",
+    "roll_back",
+    "set_frozen",
+    "sign_off_uat",
+    "stalled_environments",
+]

@@ -1,0 +1,287 @@
+"""What workers call while a run executes: claim, progress, switch, finish; and the
+reconciler's sweeps (expiry, lost workers, stalled queues, drift)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Case, Exists, IntegerField, OuterRef, Value, When
+from django.utils import timezone
+
+from opsweb.models import (
+    Environment,
+    RollbackReason,
+    Run,
+    RunEvent,
+    RunKind,
+    RunStatus,
+)
+from opsweb.services.base import ReleaseError, add_event, approvals_count, audit, describe
+from opsweb.services.releases import roll_back
+
+QUEUE_ORDER = [
+    # Rollbacks go ahead of queued promotions.
+    Case(When(kind=RunKind.ROLLBACK, then=Value(0)), default=Value(1), output_field=IntegerField()),
+    "queued_at",
+    "id",
+]
+
+
+def claim_next_run(*, environment_id: int) -> Run | None:
+    """Claim the head of an environment's queue with a conditional UPDATE (queued → running).
+
+    Returns None when another run is in progress there or nothing is queued. Two workers racing
+    for one environment: the partial unique index lets exactly one UPDATE succeed.
+    """
+    while True:
+        head = (
+            Run.objects.filter(environment_id=environment_id, status=RunStatus.QUEUED)
+            .order_by(*QUEUE_ORDER)
+            .select_related("environment", "image")
+            .first()
+        )
+        if head is None:
+            return None
+        busy = Run.objects.filter(environment_id=environment_id, status=RunStatus.RUNNING)
+        refusal = _refusal_at_start(head)
+        now = timezone.now()
+        try:
+            with transaction.atomic():
+                if refusal:
+                    Run.objects.filter(pk=head.pk, status=RunStatus.QUEUED).update(
+                        status=RunStatus.FAILED, finished_at=now, error=refusal, step="refused"
+                    )
+                    add_event(head, refusal, level=RunEvent.Level.ERROR)
+                    continue
+                claimed = (
+                    Run.objects.filter(pk=head.pk, status=RunStatus.QUEUED)
+                    .exclude(Exists(busy))
+                    .update(
+                        status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, step="starting"
+                    )
+                )
+        except IntegrityError:
+            return None  # another worker claimed a run in this environment first
+        if not claimed:
+            return None
+        head.refresh_from_db()
+        add_event(head, "Claimed by a worker")
+        return head
+
+
+def _refusal_at_start(run: Run) -> str:
+    """Rules that may have changed between approval and start."""
+    if run.image.is_bad and run.kind != RunKind.ROLLBACK:
+        return f"Not started: {run.image} was marked bad ({run.image.bad_reason})."
+    if run.environment.is_frozen and run.kind != RunKind.ROLLBACK:
+        return f"Not started: {run.environment} is frozen (rollbacks only)."
+    if run.kind != RunKind.ROLLBACK and run.required_approvals:
+        have = approvals_count(run)
+        if have < run.required_approvals:
+            return (
+                f"Not started: only {have} of {run.required_approvals} approvals still count "
+                f"(an approver left {run.environment.approver_group} or was deactivated); "
+                f"request it again."
+            )
+    return ""
+
+
+def record_progress(
+    *, run_id: int, message: str, seconds: float | None = None, level: str = RunEvent.Level.INFO
+) -> None:
+    """A step of a running run: a RunEvent, and a heartbeat that tells the reconciler the
+    worker is alive."""
+    now = timezone.now()
+    RunEvent.objects.create(
+        run_id=run_id, message=message, level=level, duration_seconds=seconds, created_at=now
+    )
+    Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(
+        heartbeat_at=now, step=message[:200]
+    )
+
+
+def heartbeat(*, run_id: int) -> None:
+    Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(heartbeat_at=timezone.now())
+
+
+def previous_ref(run: Run) -> dict:
+    """The backend reference recorded when this run's version last succeeded here."""
+    earlier = (
+        Run.objects.filter(environment=run.environment, image=run.image, status=RunStatus.SUCCEEDED)
+        .exclude(backend_ref={})
+        .order_by("-finished_at")
+        .first()
+    )
+    return dict(earlier.backend_ref) if earlier else {}
+
+
+@transaction.atomic
+def record_switch(*, run_id: int, backend_ref: dict, message: str = "") -> bool:
+    """The backend now runs this run's version (healthy or not): the environment shows it.
+
+    Only while the run is still running: a worker that was declared lost and wakes up late
+    must not overwrite what a later run deployed.
+    """
+    run = Run.objects.select_for_update().get(pk=run_id)
+    if run.status != RunStatus.RUNNING:
+        add_event(
+            run, "Ignored a late result: this run had already ended", level=RunEvent.Level.WARNING
+        )
+        return False
+    now = timezone.now()
+    Run.objects.filter(pk=run_id).update(backend_ref=backend_ref, switched_at=now)
+    Environment.objects.filter(pk=run.environment_id).update(
+        current_image=run.image_id, current_since=now, drift=""
+    )
+    if message:
+        record_progress(run_id=run_id, message=message)
+    return True
+
+
+@transaction.atomic
+def finish_run(
+    *, run_id: int, succeeded: bool, error: str = "", environment_broken: bool = False
+) -> Run:
+    """End a running run. ``environment_broken`` (a failed health check, or a version that did
+    not start after the previous one was stopped) starts a rollback where auto_rollback is on."""
+    now = timezone.now()
+    status = RunStatus.SUCCEEDED if succeeded else RunStatus.FAILED
+    updated = Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(
+        status=status, finished_at=now, error=error, step=status.label.lower()
+    )
+    run = Run.objects.select_related("environment", "image").get(pk=run_id)
+    if not updated:
+        return run  # already ended (e.g. the reconciler declared the worker lost)
+    environment = run.environment
+    if succeeded:
+        add_event(
+            run,
+            f"Succeeded: {describe(run.image)} runs in {environment}",
+            seconds=run.duration.total_seconds(),
+        )
+        if run.kind == RunKind.ROLLBACK:
+            restored = run.restore_seconds
+            met = "met" if restored <= environment.rto_seconds else "MISSED"
+            add_event(
+                run, f"Restored in {restored:.0f}s; RTO target {environment.rto_seconds}s {met}"
+            )
+        audit(
+            None,
+            "run_succeeded",
+            f"Run #{run.pk} succeeded",
+            environment=environment,
+            image=run.image,
+            run=run,
+        )
+        return run
+    add_event(run, f"Failed: {error}", level=RunEvent.Level.ERROR)
+    audit(
+        None,
+        "run_failed",
+        f"Run #{run.pk} failed: {error[:300]}",
+        environment=environment,
+        image=run.image,
+        run=run,
+    )
+    if environment_broken and environment.auto_rollback and run.kind != RunKind.ROLLBACK:
+        try:
+            with transaction.atomic():
+                rollback = roll_back(
+                    user=None,
+                    environment=environment,
+                    reason=RollbackReason.CRITICAL_ERRORS,
+                    note=f"Run #{run.pk} failed: {error[:200]}",
+                    triggered_by=run,
+                )
+            add_event(
+                run,
+                f"Automatic rollback started as run #{rollback.pk}",
+                level=RunEvent.Level.WARNING,
+            )
+        except ReleaseError as exc:
+            add_event(run, f"No automatic rollback: {exc}", level=RunEvent.Level.ERROR)
+    return run
+
+
+def expire_pending_runs(*, now: datetime | None = None) -> int:
+    """Pending runs older than the approval window expire."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.OPSWEB["APPROVAL_WINDOW_SECONDS"])
+    expired = 0
+    for run in Run.objects.filter(status=RunStatus.PENDING, created_at__lt=cutoff):
+        with transaction.atomic():
+            if Run.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
+                status=RunStatus.EXPIRED, finished_at=now, step="expired"
+            ):
+                add_event(
+                    run,
+                    "Expired: not approved within the approval window",
+                    level=RunEvent.Level.WARNING,
+                )
+                audit(
+                    None,
+                    "expire_run",
+                    f"Run #{run.pk} expired",
+                    environment=run.environment,
+                    image=run.image,
+                    run=run,
+                )
+                expired += 1
+    return expired
+
+
+def fail_lost_runs(*, now: datetime | None = None) -> list[int]:
+    """Running runs with no heartbeat for a while lost their worker: end them so the
+    environment is not blocked."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.OPSWEB["HEARTBEAT_STALE_SECONDS"])
+    lost = []
+    for run in Run.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff):
+        error = (
+            f"Worker lost: no heartbeat since {run.heartbeat_at:%H:%M:%S} UTC during "
+            f"'{run.step}'. Check what runs in {run.environment}; roll back or deploy again."
+        )
+        with transaction.atomic():
+            if Run.objects.filter(
+                pk=run.pk, status=RunStatus.RUNNING, heartbeat_at__lt=cutoff
+            ).update(status=RunStatus.FAILED, finished_at=now, error=error, step="worker lost"):
+                add_event(run, error, level=RunEvent.Level.ERROR)
+                audit(
+                    None,
+                    "worker_lost",
+                    f"Run #{run.pk}: {error}",
+                    environment=run.environment,
+                    image=run.image,
+                    run=run,
+                )
+                lost.append(run.pk)
+    return lost
+
+
+def stalled_environments(*, older_than: timedelta = timedelta(seconds=30)) -> list[int]:
+    """Environments with queued runs, nothing running, and no worker picking them up."""
+    cutoff = timezone.now() - older_than
+    running = Run.objects.filter(environment=OuterRef("environment"), status=RunStatus.RUNNING)
+    return list(
+        Run.objects.filter(status=RunStatus.QUEUED, queued_at__lt=cutoff)
+        .exclude(Exists(running))
+        .values_list("environment_id", flat=True)
+        .distinct()
+    )
+
+
+def record_drift(*, environment: Environment, running: str | None) -> str:
+    """Compare what the backend runs with what opsweb last deployed; store the mismatch."""
+    expected = environment.current_image
+    drift = ""
+    if expected is not None and running != expected.digest:
+        drift = (
+            f"service runs {running or 'nothing'}, opsweb last deployed "
+            f"{expected.tag} ({expected.digest})"
+        )
+    Environment.objects.filter(pk=environment.pk).update(
+        drift=drift, drift_checked_at=timezone.now()
+    )
+    return drift
