@@ -37,6 +37,7 @@ from opsweb.models import (
     Run,
     RunStatus,
 )
+from opsweb.services.base import validation_sentence
 
 EXIT_DONE = 0
 EXIT_RUN_FAILED = 1
@@ -291,15 +292,6 @@ def parse_iso_datetime(option: str, value: str) -> datetime | None:
             f"{option} {value!r} is not an ISO 8601 date and time such as "
             f"2025-01-31T14:05:00+00:00 (`git log -1 --format=%cI` prints one)."
         ) from None
-
-
-def validation_sentence(exc: ValidationError) -> str:
-    if hasattr(exc, "error_dict"):
-        return " ".join(
-            f"{name}: {' '.join(str(m) for m in messages)}"
-            for name, messages in exc.message_dict.items()
-        )
-    return " ".join(exc.messages)
 
 
 # -- lookups --------------------------------------------------------------------------------

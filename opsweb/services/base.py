@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Count, F, Max, Q
 
@@ -109,12 +110,13 @@ def describe(image: ImageVersion | None) -> str:
 
 
 def audit(actor, action: str, message: str, *, environment=None, image=None, run=None) -> None:
+    """An audit entry; for a run, its environment and image are recorded with it."""
     AuditEntry.objects.create(
         actor=actor if actor and actor.is_authenticated else None,
         action=action,
         message=message,
-        environment=environment,
-        image=image,
+        environment_id=environment.pk if environment else run and run.environment_id,
+        image_id=image.pk if image else run and run.image_id,
         run=run,
     )
     log.info("%s: %s", action, message)
@@ -146,3 +148,13 @@ def enqueue(run_id: int) -> None:
 def require_perm(user, perm: str, action: str) -> None:
     if not (user and user.is_active and user.has_perm(f"opsweb.{perm}")):
         raise NotAllowed(f"{actor_name(user)} is not allowed to {action}.")
+
+
+def validation_sentence(exc: ValidationError) -> str:
+    """A ValidationError as one sentence naming each field."""
+    if hasattr(exc, "error_dict"):
+        return " ".join(
+            f"{field}: {' '.join(str(m) for m in messages)}"
+            for field, messages in exc.message_dict.items()
+        )
+    return " ".join(exc.messages)

@@ -171,8 +171,6 @@ def finish_run(
             None,
             "run_succeeded",
             f"Run #{run.pk} succeeded",
-            environment=environment,
-            image=run.image,
             run=run,
         )
         return run
@@ -181,8 +179,6 @@ def finish_run(
         None,
         "run_failed",
         f"Run #{run.pk} failed: {error[:300]}",
-        environment=environment,
-        image=run.image,
         run=run,
     )
     if environment_broken and environment.auto_rollback and run.kind != RunKind.ROLLBACK:
@@ -224,8 +220,6 @@ def expire_pending_runs(*, now: datetime | None = None) -> int:
                     None,
                     "expire_run",
                     f"Run #{run.pk} expired",
-                    environment=run.environment,
-                    image=run.image,
                     run=run,
                 )
                 expired += 1
@@ -252,8 +246,6 @@ def fail_lost_runs(*, now: datetime | None = None) -> list[int]:
                     None,
                     "worker_lost",
                     f"Run #{run.pk}: {error}",
-                    environment=run.environment,
-                    image=run.image,
                     run=run,
                 )
                 lost.append(run.pk)

@@ -34,6 +34,7 @@ from opsweb.services.base import (
     last_success,
     previous_stable_version,
     require_perm,
+    validation_sentence,
 )
 
 
@@ -253,8 +254,6 @@ def approve_run(*, user, run: Run, comment: str = "") -> Run:
         user,
         "approve_run",
         f"Approved run #{run.pk} ({have} of {run.required_approvals})",
-        environment=run.environment,
-        image=run.image,
         run=run,
     )
     if have >= run.required_approvals:
@@ -293,8 +292,6 @@ def reject_run(*, user, run: Run, comment: str) -> Run:
         user,
         "reject_run",
         f"Rejected run #{run.pk}: {comment.strip()}",
-        environment=run.environment,
-        image=run.image,
         run=run,
     )
     run.refresh_from_db()
@@ -341,8 +338,6 @@ def cancel_run(*, user, run: Run, comment: str = "") -> Run:
         user,
         "cancel_run",
         f"Cancelled run #{run.pk}",
-        environment=run.environment,
-        image=run.image,
         run=run,
     )
     run.refresh_from_db()
@@ -610,7 +605,7 @@ def register_image(
     try:
         image.full_clean()
     except ValidationError as exc:
-        raise ReleaseError(_validation_sentence(exc)) from None
+        raise ReleaseError(validation_sentence(exc)) from None
     try:
         with transaction.atomic():
             image.save()
@@ -659,15 +654,6 @@ def register_image(
             )
             message += f" Queued run #{run.pk} to deploy it to {environment}."
     return Registration(image, True, run, message)
-
-
-def _validation_sentence(exc: ValidationError) -> str:
-    if hasattr(exc, "error_dict"):
-        return " ".join(
-            f"{field}: {' '.join(str(m) for m in messages)}"
-            for field, messages in exc.message_dict.items()
-        )
-    return " ".join(exc.messages)
 
 
 # -- execution: called by opsweb.tasks ------------------------------------------------------
