@@ -83,6 +83,8 @@ class OpswebCommand(BaseCommand):
     requires_system_checks: list[str] = []
     # True when the action results in a run: adds --wait and --timeout and the "run" fields.
     waits = False
+    # Read-only commands run without --as (a log reader or a cron job need no identity).
+    read_only = False
 
     def create_parser(self, prog_name, subcommand, **kwargs):
         parser = super().create_parser(prog_name, subcommand, **kwargs)
@@ -142,7 +144,8 @@ class OpswebCommand(BaseCommand):
         self.verbosity = options.get("verbosity", 1)
         try:
             check_text(options, getattr(self, "input_names", {}))
-            user = find_user(options.get("as_user") or os.environ.get("OPSWEB_USER", ""))
+            username = options.get("as_user") or os.environ.get("OPSWEB_USER", "")
+            user = None if self.read_only and not username else find_user(username)
             wait = bool(options.get("wait"))
             timeout = parse_timeout(options.get("timeout")) if wait else None
             outcome = self._act(user, options)
@@ -310,8 +313,10 @@ def find_user(username: str):
 
 
 def require_perm(user, perm: str, action: str) -> None:
-    """For read-only commands; the services check the permissions of every change."""
-    if not user.has_perm(f"opsweb.{perm}"):
+    """For read-only commands given ``--as``; the services check the permissions of every
+    change. Without ``--as`` (``user`` None) a read-only command runs as the operator of this
+    shell, who can read the database anyway."""
+    if user is not None and not user.has_perm(f"opsweb.{perm}"):
         raise refused(f"{user.get_username()} is not allowed to {action}.")
 
 
@@ -425,11 +430,15 @@ def run_payload(run: Run, *, events: int = LAST_EVENTS) -> dict[str, Any]:
         "environment": run.environment.slug,
         "source_environment": run.source_environment.slug if run.source_environment else None,
         "image": image_payload(run.image),
-        "replaces": image_payload(run.replaces),
+        "replaces": image_payload(run.from_image),
+        "switched_at": iso(run.switched_at),
         "requested_by": services.actor_name(run.requested_by),
         "reason": run.reason,
         "note": run.note,
         "required_approvals": run.required_approvals,
+        "approvals_counting": services.approvals_count(run) if run.required_approvals else None,
+        "quorum_unreachable": services.unreachable_quorum(run) or None,
+        "triggered_by": run.triggered_by_id,
         "approvals": [
             {
                 "user": approval.user.get_username(),
@@ -469,16 +478,23 @@ def run_lines(run: Run, *, events: int = 0) -> list[str]:
     if run.duration:
         timings.append(f"took {run.duration.total_seconds():.1f}s")
     lines.append("  " + "; ".join(timings))
-    if run.required_approvals or run.approvals.exists():
-        decisions = [
-            f"{a.user.get_username()} {a.get_decision_display().lower()}"
-            + (f" ({a.comment})" if a.comment else "")
-            for a in run.approvals.select_related("user")
-        ]
+    decisions = [
+        f"{a.user.get_username()} {a.get_decision_display().lower()}"
+        + (f" ({a.comment})" if a.comment else "")
+        for a in run.approvals.select_related("user")
+    ]
+    if run.required_approvals:
         lines.append(
-            f"  approvals: {services.approvals_count(run)} of {run.required_approvals}"
+            f"  approvals: {services.approvals_text(run)}"
             + (": " + ", ".join(decisions) if decisions else "")
         )
+    elif run.kind == "rollback" and run.requested_by is None and run.triggered_by_id:
+        lines.append(f"  started by opsweb after run #{run.triggered_by_id} failed")
+    elif decisions:
+        lines.append("  no approvals needed; " + ", ".join(decisions))
+    unreachable = services.unreachable_quorum(run)
+    if unreachable:
+        lines.append(f"  warning: {unreachable}")
     if run.error:
         lines.append(f"  error: {run.error}")
     if events:

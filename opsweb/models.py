@@ -251,6 +251,7 @@ class RunStatus(models.TextChoices):
     REJECTED = "rejected", "Rejected"
     CANCELLED = "cancelled", "Cancelled"
     EXPIRED = "expired", "Expired"
+    SUPERSEDED = "superseded", "Superseded"
 
 
 TERMINAL_STATUSES = frozenset(
@@ -260,8 +261,21 @@ TERMINAL_STATUSES = frozenset(
         RunStatus.REJECTED,
         RunStatus.CANCELLED,
         RunStatus.EXPIRED,
+        RunStatus.SUPERSEDED,
     }
 )
+# How a status reads in a sentence: "Run #8 succeeded", "Run #9 is pending approval".
+STATUS_PHRASES = {
+    "pending": "is pending approval",
+    "queued": "is queued",
+    "running": "is running",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "rejected": "was rejected",
+    "cancelled": "was cancelled",
+    "expired": "expired",
+    "superseded": "was superseded",
+}
 ACTIVE_STATUSES = frozenset({RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING})
 ALLOWED_TRANSITIONS = {
     RunStatus.PENDING: {
@@ -269,8 +283,14 @@ ALLOWED_TRANSITIONS = {
         RunStatus.REJECTED,
         RunStatus.CANCELLED,
         RunStatus.EXPIRED,
+        RunStatus.SUPERSEDED,
     },
-    RunStatus.QUEUED: {RunStatus.RUNNING, RunStatus.CANCELLED, RunStatus.FAILED},
+    RunStatus.QUEUED: {
+        RunStatus.RUNNING,
+        RunStatus.CANCELLED,
+        RunStatus.FAILED,
+        RunStatus.SUPERSEDED,
+    },
     RunStatus.RUNNING: {RunStatus.SUCCEEDED, RunStatus.FAILED},
 }
 
@@ -287,8 +307,11 @@ class RollbackReason(models.TextChoices):
 class Run(models.Model):
     """One deploy, promotion or rollback of one image version into one environment.
 
-    Statuses: pending → queued → running → succeeded | failed; also rejected, cancelled and
-    expired. A terminal run never changes status again. At most one run per environment is
+    Statuses: pending → queued → running → succeeded | failed; also rejected, cancelled,
+    expired and superseded (the environment moved past its version before it started). A
+    terminal run never changes status again. ``replaces`` is what the environment ran when this
+    run switched versions (empty until then). A rollback with ``resolve_at_start`` was asked for
+    while another run was switching versions: what it restores is decided when it starts. At most one run per environment is
     running, which the database guarantees with a partial unique index.
     """
 
@@ -326,6 +349,11 @@ class Run(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     switched_at = models.DateTimeField(
         null=True, blank=True, help_text="When the backend started running this version."
+    )
+    resolve_at_start = models.BooleanField(
+        default=False,
+        help_text="A rollback asked for during another run's switch: its target is chosen "
+        "when it starts.",
     )
     task_id = models.CharField(max_length=64, blank=True)
     backend_ref = models.JSONField(default=dict, blank=True)
@@ -376,6 +404,23 @@ class Run(models.Model):
         return self.status in TERMINAL_STATUSES
 
     @property
+    def status_phrase(self) -> str:
+        """The status as a sentence reads it: "Run #8 succeeded", "Run #9 is queued"."""
+        return STATUS_PHRASES[self.status]
+
+    @property
+    def from_image(self):
+        """What this run replaces: recorded at the switch; until then what runs now."""
+        if self.switched_at is not None:
+            return self.replaces
+        return self.environment.current_image
+
+    @property
+    def is_automatic(self) -> bool:
+        """Started by opsweb itself (an automatic rollback), not by a person."""
+        return self.requested_by_id is None
+
+    @property
     def is_active(self) -> bool:
         return self.status in ACTIVE_STATUSES
 
@@ -396,9 +441,7 @@ class Run(models.Model):
 def check_transition(old: str, new: str) -> None:
     """Raise ValidationError unless a run may go from status ``old`` to ``new``."""
     if old in TERMINAL_STATUSES:
-        raise ValidationError(
-            f"This run is already {RunStatus(old).label.lower()}; a finished run cannot change."
-        )
+        raise ValidationError(f"This run {STATUS_PHRASES[old]}; a finished run cannot change.")
     if new not in ALLOWED_TRANSITIONS.get(old, set()):
         raise ValidationError(
             f"A run cannot go from {RunStatus(old).label.lower()} to {RunStatus(new).label.lower()}."

@@ -72,6 +72,7 @@ def succeed_in(environment: Environment, image: ImageVersion, **fields) -> Run:
         created_at=now,
         queued_at=now,
         started_at=now,
+        switched_at=now,
         finished_at=now,
         **fields,
     )

@@ -22,12 +22,22 @@ def login(user) -> Client:
     return client
 
 
-def post_form(client: Client, url: str, data: dict):
-    """GET the confirmation page, then POST it with its CSRF token, as a browser does."""
+def hidden_fields(html: str) -> dict[str, str]:
+    """The hidden inputs of the confirmation form: CSRF token, what the page showed (seen),
+    the chosen version."""
+    form = html[html.index('id="confirm-form"') :]
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form))
+
+
+def post_form(client: Client, url: str, data: dict, *, between=None):
+    """GET the confirmation page, then POST it with its hidden fields, as a browser does.
+    ``between`` runs after the GET and before the POST (someone else acting meanwhile)."""
     page = client.get(url)
     assert page.status_code == 200, page.status_code
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-    return client.post(url, {**data, "csrfmiddlewaretoken": token}, follow=True)
+    fields = hidden_fields(page.text)
+    if between is not None:
+        between()
+    return client.post(url, {**fields, **data}, follow=True)
 
 
 def messages_of(response) -> list[str]:
@@ -35,7 +45,7 @@ def messages_of(response) -> list[str]:
 
 
 @pytest.fixture
-def pending(flow, alice):
+def pending(flow, alice, bob):
     """A promotion of 2.0.0 to Staging awaiting one approval."""
     v1, v2 = make_image("1.0.0"), make_image("2.0.0")
     succeed_in(flow["staging"], v1)
@@ -58,7 +68,9 @@ def test_approver_sees_approve_and_requester_does_not(pending, alice, bob):
 def test_approve_confirmation_says_exactly_what_will_happen(pending, bob):
     page = login(bob).get(reverse("admin:opsweb_run_approve", args=[pending.pk])).text
     assert "AWS Staging" in page
-    assert "1.0.0 (" + pending.replaces.digest in page and "2.0.0 (" + pending.image.digest in page
+    assert (
+        "1.0.0 (" + pending.from_image.digest in page and "2.0.0 (" + pending.image.digest in page
+    )
     assert "0 of 1" in page and "Release 2.0.0" in page  # the commit message it carries
 
 
@@ -68,7 +80,7 @@ def test_approve_posts_with_csrf_and_queues_the_run(pending, bob):
     )
     pending.refresh_from_db()
     assert pending.status == RunStatus.QUEUED
-    assert any("1 of 1, now queued" in m for m in messages_of(response))
+    assert any("1 of 1 approvals; it is queued" in m for m in messages_of(response))
     approval = Approval.objects.get(run=pending)
     assert (approval.user.username, approval.comment) == ("bob", "ship it")
 
@@ -95,7 +107,12 @@ def test_rule_refusal_shows_as_an_admin_error_message(flow, bob, carol):
     succeed_in(flow["staging"], image)
     services.sign_off_uat(user=bob, environment=flow["staging"], image=image)
     run = services.request_promotion(user=requester, target=flow["production"], image=image)
-    response = post_form(login(requester), reverse("admin:opsweb_run_approve", args=[run.pk]), {})
+    url = reverse("admin:opsweb_run_approve", args=[run.pk])
+    client = login(requester)
+    page = client.get(url)
+    assert page.status_code == 200  # a rule, not a permission: the page says why
+    assert "needs approvals from other people" in page.text and "disabled" in page.text
+    response = client.post(url, hidden_fields(page.text), follow=True)
     assert any("needs approvals from other people" in m for m in messages_of(response))
     assert Approval.objects.count() == 0
 
@@ -111,7 +128,7 @@ def test_reject_needs_a_comment(pending, bob):
     assert pending.status == RunStatus.REJECTED
 
 
-def test_promote_button_requests_a_promotion(flow, alice, bob):
+def test_promote_button_requests_a_promotion(flow, alice, bob, carol):
     v1 = make_image("1.0.0")
     succeed_in(flow["staging"], v1)
     services.sign_off_uat(user=bob, environment=flow["staging"], image=v1)
@@ -120,7 +137,7 @@ def test_promote_button_requests_a_promotion(flow, alice, bob):
     url = reverse("admin:opsweb_environment_promote", args=[flow["staging"].pk])
     page = login(alice).get(url).text
     assert "2 from production approvers, not including you" in page
-    response = post_form(login(alice), url, {"image": v1.pk, "note": "weekly release"})
+    response = post_form(login(alice), url, {"note": "weekly release"})
     run = Run.objects.get(environment=flow["production"])
     assert run.status == RunStatus.PENDING and run.note == "weekly release"
     assert response.redirect_chain[-1][0] == run_page(run)
@@ -135,6 +152,7 @@ def test_rollback_button_rolls_back_in_one_click(flow, bob, alice):
     assert login(alice).get(url).status_code == 403
     page = login(bob).get(url).text
     assert "2.0.0 (" in page and "will be marked bad" in page and "1.0.0 (" in page
+    assert '<option value="" selected>' in page  # the reason is the person's to choose
     post_form(login(bob), url, {"reason": "security_vulnerability", "note": "CVE-2026-1"})
     run = Run.objects.get(kind="rollback")
     assert (run.image, run.status, run.requested_by) == (old, RunStatus.QUEUED, bob)
@@ -293,25 +311,33 @@ def test_environment_edits_are_validated_and_audited(flow):
 
 def test_approving_a_run_that_was_queued_meanwhile_explains_why(pending, bob):
     url = reverse("admin:opsweb_run_approve", args=[pending.pk])
-    client = login(bob)
-    page = client.get(url)
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-    services.approve_run(user=make_user("erin", "staging approvers"), run=pending)
-    response = client.post(url, {"csrfmiddlewaretoken": token}, follow=True)
-    assert any("is queued; only runs awaiting approval" in m for m in messages_of(response))
+    erin = make_user("erin", "staging approvers")
+    response = post_form(
+        login(bob), url, {}, between=lambda: services.approve_run(user=erin, run=pending)
+    )
+    assert any(
+        f"Run #{pending.pk} changed since you looked: status is now queued" in m
+        for m in messages_of(response)
+    ), messages_of(response)
+    assert not Approval.objects.filter(user=bob).exists()
 
 
 def test_a_refused_page_says_why(pending, alice):
     page = login(alice).get(reverse("admin:opsweb_run_approve", args=[pending.pk]))
     assert page.status_code == 403
-    assert "Only members of staging approvers decide on runs in AWS Staging." in page.text
+    assert "alice is not in staging approvers, whose members approve runs in AWS Staging." in (
+        page.text
+    )
 
 
-def test_buttons_that_cannot_succeed_are_not_shown(pending, bob):
+def test_buttons_that_cannot_succeed_are_disabled_with_the_reason(pending, bob):
     services.approve_run(user=make_user("erin", "staging approvers"), run=pending)
     assert "Approve</a>" not in login(bob).get(run_page(pending)).text  # run is queued now
     env_page = reverse("admin:opsweb_environment_change", args=[pending.environment.pk])
-    assert "Roll back</a>" not in login(bob).get(env_page).text  # nothing earlier in Staging
+    page = login(bob).get(env_page).text
+    assert "Roll back</a>" not in page  # nothing earlier in Staging: disabled, with why
+    assert 'aria-disabled="true" title="No earlier version than 1.0.0 succeeded' in page
+    assert re.search(r"<strong>Roll back</strong> is not available: .*No earlier version", page)
 
 
 def test_promote_page_shows_a_bad_version_and_the_missing_signoff(flow, alice, bob):
@@ -323,9 +349,10 @@ def test_promote_page_shows_a_bad_version_and_the_missing_signoff(flow, alice, b
         .get(reverse("admin:opsweb_environment_promote", args=[flow["staging"].pk]))
         .text
     )
-    assert "MARKED BAD (corrupts carts): it cannot be promoted" in page
-    assert "[BAD] Release 4.0.0" in page
-    assert "MISSING: 4.0.0 needs a UAT sign-off in AWS Staging first" in page
+    # Bad versions are neither preselected nor offered; the page says why nothing can go.
+    assert "Release 4.0.0" not in page.split('id="confirm-form"')[0].split("<select")[-1]
+    assert "example/app:4.0.0 is marked bad; choose another version to promote." in page
+    assert '<input type="submit" value="Confirm' in page and "disabled" in page
 
 
 def test_run_list_counts_the_same_approvals_as_the_rules(flow, alice, bob, carol):

@@ -68,7 +68,7 @@ def test_approver_approves_a_pending_promotion_and_sees_it_succeed(
     page.fill("#id_comment", "Dev looks good")
     page.click("input[name=confirm]")
 
-    assert "now queued" in page.inner_text("ul.messagelist")
+    assert "it is queued" in page.inner_text("ul.messagelist")
     # The run page refreshes itself while the worker deploys.
     page.wait_for_selector("#run-status.run-status-succeeded", timeout=45_000)
     assert "Healthy" in page.inner_text("#events")

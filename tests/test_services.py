@@ -6,7 +6,16 @@ import pytest
 from django.utils import timezone
 
 from opsweb import services
-from opsweb.models import Approval, AuditEntry, Environment, Run, RunKind, RunStatus, Signoff
+from opsweb.models import (
+    Approval,
+    AuditEntry,
+    Environment,
+    ImageVersion,
+    Run,
+    RunKind,
+    RunStatus,
+    Signoff,
+)
 from opsweb.services import NotAllowed, ReleaseError
 from tests.conftest import make_image, make_user, succeed_in
 
@@ -33,9 +42,9 @@ def promote_to_production(flow, image, alice, signer):
 # -- rule 1: one step along the flow --------------------------------------------------------
 
 
-def test_request_promotion_defaults_to_what_runs_in_the_source(flow, staged, alice):
+def test_request_promotion_defaults_to_what_runs_in_the_source(flow, staged, alice, bob):
     run = services.request_promotion(user=alice, target=flow["staging"])
-    assert (run.kind, run.image.tag, run.source_environment, run.replaces.tag) == (
+    assert (run.kind, run.image.tag, run.source_environment, run.from_image.tag) == (
         RunKind.PROMOTION,
         "2.0.0",
         flow["dev"],
@@ -94,7 +103,7 @@ def test_request_promotion_of_a_bad_version_is_refused(flow, staged, alice, bob)
         services.request_promotion(user=alice, target=flow["staging"])
 
 
-def test_request_promotion_waits_for_the_soak_time(flow, staged, alice):
+def test_request_promotion_waits_for_the_soak_time(flow, staged, alice, bob):
     Environment.objects.filter(pk=flow["dev"].pk).update(soak_seconds=3600)
     with pytest.raises(ReleaseError, match="soak time 3600s"):
         services.request_promotion(user=alice, target=flow["staging"])
@@ -102,21 +111,21 @@ def test_request_promotion_waits_for_the_soak_time(flow, staged, alice):
     assert services.request_promotion(user=alice, target=flow["staging"]).image == staged[1]
 
 
-def test_request_promotion_twice_is_refused_while_the_first_is_active(flow, staged, alice):
+def test_request_promotion_twice_is_refused_while_the_first_is_active(flow, staged, alice, bob):
     first = services.request_promotion(user=alice, target=flow["staging"])
     with pytest.raises(ReleaseError, match=f"already on its way to AWS Staging as run #{first.pk}"):
         services.request_promotion(user=alice, target=flow["staging"])
 
 
 def test_request_promotion_of_what_already_runs_is_refused(flow, staged, alice):
-    with pytest.raises(ReleaseError, match="1.0.0 is already running in AWS Staging"):
+    with pytest.raises(ReleaseError, match="1.0.0 already runs in AWS Staging"):
         services.request_promotion(user=alice, target=flow["staging"], image=staged[0])
 
 
 # -- rule 3: UAT sign-off for Production ----------------------------------------------------
 
 
-def test_production_promotion_needs_a_uat_signoff_in_staging(flow, staged, alice, bob):
+def test_production_promotion_needs_a_uat_signoff_in_staging(flow, staged, alice, bob, carol):
     succeed_in(flow["staging"], staged[1])
     with pytest.raises(ReleaseError, match="needs a UAT sign-off in AWS Staging"):
         services.request_promotion(user=alice, target=flow["production"])
@@ -157,7 +166,7 @@ def test_approve_by_distinct_approvers_reaches_the_quorum(flow, staged, alice, b
     ]
 
 
-def test_approve_twice_by_the_same_person_is_refused(flow, staged, alice, bob):
+def test_approve_twice_by_the_same_person_is_refused(flow, staged, alice, bob, carol):
     run = promote_to_production(flow, staged[1], alice, bob)
     services.approve_run(user=bob, run=run)
     with pytest.raises(ReleaseError, match="bob has already decided on run"):
@@ -165,13 +174,15 @@ def test_approve_twice_by_the_same_person_is_refused(flow, staged, alice, bob):
     assert Approval.objects.filter(run=run).count() == 1
 
 
-def test_approve_by_someone_outside_the_approver_group_is_refused(flow, staged, alice, outsider):
+def test_approve_by_someone_outside_the_approver_group_is_refused(
+    flow, staged, alice, outsider, carol
+):
     run = services.request_promotion(user=alice, target=flow["staging"])
     with pytest.raises(NotAllowed, match="not in staging approvers"):
         services.approve_run(user=outsider, run=run)
 
 
-def test_superuser_outside_the_group_cannot_approve(flow, staged, alice):
+def test_superuser_outside_the_group_cannot_approve(flow, staged, alice, carol):
     root = make_user("root", is_superuser=True)
     run = services.request_promotion(user=alice, target=flow["staging"])
     with pytest.raises(NotAllowed):
@@ -198,7 +209,7 @@ def test_one_reject_ends_the_run(flow, staged, alice, bob, carol):
     services.approve_run(user=bob, run=run)
     run = services.reject_run(user=carol, run=run, comment="error rate up in staging")
     assert run.status == RunStatus.REJECTED and run.finished_at is not None
-    with pytest.raises(ReleaseError, match="is rejected; only runs awaiting approval"):
+    with pytest.raises(ReleaseError, match="was rejected. Only runs awaiting approval"):
         services.approve_run(user=make_user("dave", "production approvers"), run=run)
 
 
@@ -221,7 +232,7 @@ def test_approvals_are_bound_to_the_digest(flow, staged, alice, bob, carol):
 def test_approve_a_finished_run_is_refused(flow, staged, alice, bob):
     run = services.request_promotion(user=alice, target=flow["staging"])
     services.cancel_run(user=alice, run=run)
-    with pytest.raises(ReleaseError, match="is cancelled"):
+    with pytest.raises(ReleaseError, match="was cancelled"):
         services.approve_run(user=bob, run=run)
 
 
@@ -236,7 +247,7 @@ def test_approve_after_the_version_was_marked_bad_is_refused(flow, staged, alice
 # -- rule 5: pending runs never block; queued runs start in order ----------------------------
 
 
-def test_pending_runs_do_not_block_other_runs(flow, staged, alice, bob):
+def test_pending_runs_do_not_block_other_runs(flow, staged, alice, bob, carol):
     promotion = promote_to_production(flow, staged[1], alice, bob)
     assert promotion.status == RunStatus.PENDING
     deploy = services.request_deploy(user=alice, environment=flow["dev"], image=make_image())
@@ -280,7 +291,7 @@ def test_roll_back_redeploys_the_previous_stable_version_first(flow, staged, ali
         queued_at=timezone.now(),
     )
     run = services.roll_back(user=bob, environment=prod, reason="critical_errors", note="500s")
-    assert (run.kind, run.image, run.replaces, run.status) == (
+    assert (run.kind, run.image, run.from_image, run.status) == (
         RunKind.ROLLBACK,
         staged[0],
         v2,
@@ -306,7 +317,7 @@ def test_roll_back_pauses_auto_deploy_until_resumed(flow, staged, alice):
 
 def test_roll_back_with_no_earlier_stable_version_is_refused(flow, bob):
     succeed_in(flow["staging"], make_image())
-    with pytest.raises(ReleaseError, match="No earlier version succeeded in AWS Staging"):
+    with pytest.raises(ReleaseError, match="No earlier version than .* succeeded in AWS Staging"):
         services.roll_back(user=bob, environment=flow["staging"], reason="other")
     assert Run.objects.filter(kind=RunKind.ROLLBACK).count() == 0
 
@@ -366,7 +377,7 @@ def test_cancel_by_requester_and_refusal_while_running(flow, alice, outsider):
         services.cancel_run(user=alice, run=run)
 
 
-def test_pending_runs_expire_after_the_approval_window(flow, staged, alice, settings):
+def test_pending_runs_expire_after_the_approval_window(flow, staged, alice, bob, settings):
     run = services.request_promotion(user=alice, target=flow["staging"])
     assert services.expire_pending_runs() == 0
     later = timezone.now() + timedelta(days=8)
@@ -492,33 +503,39 @@ def test_a_late_result_from_a_worker_declared_lost_is_ignored(flow, alice):
 
 
 def test_roll_back_refuses_when_what_the_approver_saw_changed(flow, bob):
+    from opsweb.services import facts
+
     prod = flow["production"]
     v1, v2, v3 = make_image("1.0.0"), make_image("1.1.0"), make_image("1.2.0")
     for image in (v1, v2, v3):
         succeed_in(prod, image)
-    seen_current, seen_target = v3, v2
+    seen = facts.rollback_facts(prod)  # the second approver's page: 1.2.0 → 1.1.0
     first = services.roll_back(user=bob, environment=prod, reason="critical_errors")
     succeed_in(prod, first.image)  # the first click's rollback to 1.1.0 finished
     Run.objects.filter(pk=first.pk).update(status=RunStatus.SUCCEEDED)
-    with pytest.raises(ReleaseError, match="changed since you looked: it now runs 1.1.0"):
-        services.roll_back(
-            user=bob,
-            environment=prod,
-            reason="critical_errors",
-            expected_current=seen_current,
-            expected_target=seen_target,
-        )
+    with pytest.raises(ReleaseError, match="changed since you looked: what it runs is now 1.1.0"):
+        services.roll_back(user=bob, environment=prod, reason="critical_errors", seen=seen)
     v2.refresh_from_db()
     assert not v2.is_bad
 
 
-def test_roll_back_waits_for_a_deploy_in_progress(flow, staged, alice):
+def test_roll_back_during_a_deploy_waits_for_it_and_resolves_its_target_then(flow, staged, alice):
     dev = flow["dev"]
-    services.request_deploy(user=alice, environment=dev, image=make_image("3.0.0"))
+    v3 = make_image("3.0.0")
+    deploy = services.request_deploy(user=alice, environment=dev, image=v3)
     services.claim_next_run(environment_id=dev.pk)
-    with pytest.raises(ReleaseError, match="is deploying 3.0.0 to AWS Dev right now"):
-        services.roll_back(user=alice, environment=dev, reason="other")
-    assert not staged[1].__class__.objects.get(pk=staged[1].pk).is_bad
+    rollback = services.roll_back(user=alice, environment=dev, reason="other")
+    assert rollback.status == RunStatus.QUEUED and rollback.resolve_at_start
+    assert not ImageVersion.objects.get(pk=staged[1].pk).is_bad  # nothing decided yet
+    services.record_switch(run_id=deploy.pk, backend_ref={})
+    services.finish_run(run_id=deploy.pk, succeeded=True)
+
+    started = services.claim_next_run(environment_id=dev.pk)
+    assert started == rollback
+    started.refresh_from_db()
+    # 3.0.0 ran when the rollback started: it is what is rolled back, to 2.0.0.
+    assert started.image == staged[1] and ImageVersion.objects.get(pk=v3.pk).is_bad
+    assert not ImageVersion.objects.get(pk=staged[1].pk).is_bad
 
 
 def test_soak_needs_the_version_to_have_stayed_in_the_source(flow, alice):
@@ -536,7 +553,7 @@ def test_soak_needs_the_version_to_have_stayed_in_the_source(flow, alice):
         services.request_promotion(user=alice, target=flow["staging"], image=a)
 
 
-def test_soak_ignores_runs_that_failed_without_switching(flow, alice):
+def test_soak_ignores_runs_that_failed_without_switching(flow, alice, bob):
     dev = flow["dev"]
     Environment.objects.filter(pk=dev.pk).update(soak_seconds=3600)
     early = timezone.now() - timedelta(hours=3)

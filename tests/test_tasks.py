@@ -166,7 +166,7 @@ def test_reconcile_fails_runs_whose_worker_died_and_frees_the_environment(
     assert get_json(service_url(dev))["version"] == "1.1.0"
 
 
-def test_reconcile_expires_stale_approvals(flow, alice):
+def test_reconcile_expires_stale_approvals(flow, alice, bob):
     image = make_image()
     succeed_in(flow["dev"], image)
     run = services.request_promotion(user=alice, target=flow["staging"])

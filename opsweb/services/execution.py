@@ -18,8 +18,17 @@ from opsweb.models import (
     RunKind,
     RunStatus,
 )
-from opsweb.services.base import ReleaseError, add_event, approvals_count, audit, describe
-from opsweb.services.releases import roll_back
+from opsweb.services.base import (
+    ReleaseError,
+    add_event,
+    approvals_count,
+    audit,
+    describe,
+    supersede,
+    superseded_reason,
+    transition,
+)
+from opsweb.services.releases import expire, resolve_rollback, roll_back
 
 QUEUE_ORDER = [
     # Rollbacks go ahead of queued promotions.
@@ -45,15 +54,17 @@ def claim_next_run(*, environment_id: int) -> Run | None:
         if head is None:
             return None
         busy = Run.objects.filter(environment_id=environment_id, status=RunStatus.RUNNING)
-        refusal = _refusal_at_start(head)
         now = timezone.now()
         try:
             with transaction.atomic():
+                superseded = superseded_reason(head)
+                if superseded:
+                    supersede(head, by=None, reason=f"Not started: {superseded}")
+                    continue
+                refusal = _refusal_at_start(head)
                 if refusal:
-                    Run.objects.filter(pk=head.pk, status=RunStatus.QUEUED).update(
-                        status=RunStatus.FAILED, finished_at=now, error=refusal, step="refused"
-                    )
-                    add_event(head, refusal, level=RunEvent.Level.ERROR)
+                    if transition(head, to=RunStatus.FAILED, error=refusal, step="refused"):
+                        add_event(head, refusal, level=RunEvent.Level.ERROR)
                     continue
                 claimed = (
                     Run.objects.filter(pk=head.pk, status=RunStatus.QUEUED)
@@ -62,6 +73,15 @@ def claim_next_run(*, environment_id: int) -> Run | None:
                         status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, step="starting"
                     )
                 )
+                if claimed and head.resolve_at_start:
+                    # Decided only now: the deploy it waited for has ended.
+                    refusal = resolve_rollback(head)
+                    if refusal:
+                        Run.objects.filter(pk=head.pk).update(
+                            status=RunStatus.FAILED, finished_at=now, error=refusal, step="refused"
+                        )
+                        add_event(head, refusal, level=RunEvent.Level.ERROR)
+                        continue
         except IntegrityError:
             return None  # another worker claimed a run in this environment first
         if not claimed:
@@ -124,14 +144,17 @@ def record_switch(*, run_id: int, backend_ref: dict, message: str = "") -> bool:
     Only while the run is still running: a worker that was declared lost and wakes up late
     must not overwrite what a later run deployed.
     """
-    run = Run.objects.select_for_update().get(pk=run_id)
+    run = Run.objects.select_for_update().select_related("environment").get(pk=run_id)
     if run.status != RunStatus.RUNNING:
         add_event(
             run, "Ignored a late result: this run had already ended", level=RunEvent.Level.WARNING
         )
         return False
     now = timezone.now()
-    Run.objects.filter(pk=run_id).update(backend_ref=backend_ref, switched_at=now)
+    # "From" is what ran at the switch, not what ran when the run was requested.
+    Run.objects.filter(pk=run_id).update(
+        backend_ref=backend_ref, switched_at=now, replaces=run.environment.current_image_id
+    )
     Environment.objects.filter(pk=run.environment_id).update(
         current_image=run.image_id, current_since=now, drift=""
     )
@@ -146,13 +169,10 @@ def finish_run(
 ) -> Run:
     """End a running run. ``environment_broken`` (a failed health check, or a version that did
     not start after the previous one was stopped) starts a rollback where auto_rollback is on."""
-    now = timezone.now()
     status = RunStatus.SUCCEEDED if succeeded else RunStatus.FAILED
-    updated = Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(
-        status=status, finished_at=now, error=error, step=status.label.lower()
-    )
     run = Run.objects.select_related("environment", "image").get(pk=run_id)
-    if not updated:
+    if run.status != RunStatus.RUNNING or not transition(run, to=status, error=error):
+        run.refresh_from_db()
         return run  # already ended (e.g. the reconciler declared the worker lost)
     environment = run.environment
     if succeeded:
@@ -167,12 +187,8 @@ def finish_run(
             add_event(
                 run, f"Restored in {restored:.0f}s; RTO target {environment.rto_seconds}s {met}"
             )
-        audit(
-            None,
-            "run_succeeded",
-            f"Run #{run.pk} succeeded",
-            run=run,
-        )
+        audit(None, "run_succeeded", f"Run #{run.pk} succeeded", run=run)
+        _supersede_waiting(run)
         return run
     add_event(run, f"Failed: {error}", level=RunEvent.Level.ERROR)
     audit(
@@ -201,28 +217,27 @@ def finish_run(
     return run
 
 
+def _supersede_waiting(done: Run) -> None:
+    """Runs waiting in ``done``'s environment for a version it has now moved past end as
+    superseded, naming ``done``."""
+    waiting = Run.objects.filter(
+        environment_id=done.environment_id, status__in=[RunStatus.PENDING, RunStatus.QUEUED]
+    ).select_related("environment__current_image", "image")
+    for run in waiting.exclude(kind=RunKind.ROLLBACK):
+        reason = superseded_reason(run)
+        if reason:
+            supersede(run, by=done, reason=f"Superseded by run #{done.pk}: {reason}")
+
+
 def expire_pending_runs(*, now: datetime | None = None) -> int:
-    """Pending runs older than the approval window expire."""
+    """Pending runs older than the approval window expire (scheduled; approvals also check the
+    window themselves when they arrive)."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.OPSWEB["APPROVAL_WINDOW_SECONDS"])
     expired = 0
     for run in Run.objects.filter(status=RunStatus.PENDING, created_at__lt=cutoff):
         with transaction.atomic():
-            if Run.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
-                status=RunStatus.EXPIRED, finished_at=now, step="expired"
-            ):
-                add_event(
-                    run,
-                    "Expired: not approved within the approval window",
-                    level=RunEvent.Level.WARNING,
-                )
-                audit(
-                    None,
-                    "expire_run",
-                    f"Run #{run.pk} expired",
-                    run=run,
-                )
-                expired += 1
+            expired += expire(run)
     return expired
 
 
@@ -241,6 +256,7 @@ def fail_lost_runs(*, now: datetime | None = None) -> list[int]:
             if Run.objects.filter(
                 pk=run.pk, status=RunStatus.RUNNING, heartbeat_at__lt=cutoff
             ).update(status=RunStatus.FAILED, finished_at=now, error=error, step="worker lost"):
+                # Conditional on the heartbeat too, so not through transition().
                 add_event(run, error, level=RunEvent.Level.ERROR)
                 audit(
                     None,

@@ -3,13 +3,14 @@ back, resume, freeze, register. Each checks the rules of DESIGN.md and records w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from opsweb import policy
 from opsweb.models import (
     Approval,
     Environment,
@@ -21,72 +22,27 @@ from opsweb.models import (
     RunStatus,
     Signoff,
 )
+from opsweb.services import facts
 from opsweb.services.base import (
-    NotAllowed,
     ReleaseError,
     actor_name,
     add_event,
+    approval_deadline,
     approvals_count,
     audit,
+    check_seen,
     describe,
     dispatch_on_commit,
-    is_approver,
-    last_success,
+    is_older,
     previous_stable_version,
     require_perm,
+    supersede,
+    superseded_reason,
+    transition,
     validation_sentence,
 )
 
-
-def _check_can_deploy(environment: Environment, image: ImageVersion) -> None:
-    if environment.is_frozen:
-        raise ReleaseError(f"{environment} is frozen: it accepts rollbacks only.")
-    if image.is_bad:
-        raise ReleaseError(
-            f"{image} is marked bad ({image.bad_reason or 'no reason given'}) and cannot be "
-            f"deployed anywhere."
-        )
-    if environment.current_image_id == image.pk:
-        raise ReleaseError(f"{image.tag} is already running in {environment}.")
-    active = Run.objects.filter(
-        environment=environment,
-        image=image,
-        status__in=[RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING],
-    ).first()
-    if active:
-        raise ReleaseError(
-            f"{image.tag} is already on its way to {environment} as run #{active.pk} "
-            f"({active.get_status_display().lower()})."
-        )
-
-
-def _check_succeeded_in(source: Environment, image: ImageVersion, now: datetime) -> None:
-    success = last_success(source, image)
-    if success is None:
-        raise ReleaseError(f"{image.tag} has not succeeded in {source} yet.")
-    if source.soak_seconds:
-        ready = success.finished_at + timedelta(seconds=source.soak_seconds)
-        if now < ready:
-            raise ReleaseError(
-                f"{image.tag} must run in {source} until {ready:%Y-%m-%d %H:%M} UTC "
-                f"(soak time {source.soak_seconds}s) before it can be promoted."
-            )
-        # Only runs that switched what runs count: a run refused at start, or one that
-        # failed before touching the backend, left this version running.
-        replaced = (
-            Run.objects.filter(
-                environment=source,
-                switched_at__gt=success.finished_at,
-                switched_at__lt=ready,
-            )
-            .exclude(image=image)
-            .exists()
-        )
-        if replaced:
-            raise ReleaseError(
-                f"{image.tag} was replaced in {source} before its soak time "
-                f"({source.soak_seconds}s) ended; deploy it there again and let it soak."
-            )
+Seen = dict[str, str] | None
 
 
 def _new_run(*, kind, environment, image, user, source=None, note="", reason="", triggered_by=None):
@@ -97,7 +53,6 @@ def _new_run(*, kind, environment, image, user, source=None, note="", reason="",
         environment=environment,
         source_environment=source,
         image=image,
-        replaces=environment.current_image,
         requested_by=user,
         note=note,
         reason=reason,
@@ -108,9 +63,20 @@ def _new_run(*, kind, environment, image, user, source=None, note="", reason="",
         queued_at=now if needs == 0 else None,
     )
     verb = {"deploy": "deploy", "promotion": "promote", "rollback": "roll back to"}[kind]
-    add_event(run, f"{actor_name(user)} asked to {verb} {describe(image)} in {environment}")
+    if user is None and triggered_by is not None:
+        add_event(
+            run,
+            f"opsweb started this rollback to {describe(image)} in {environment} after run "
+            f"#{triggered_by.pk} failed",
+        )
+    else:
+        add_event(run, f"{actor_name(user)} asked to {verb} {describe(image)} in {environment}")
     if needs:
-        add_event(run, f"Waiting for {needs} approval(s) from {environment.approver_group}")
+        add_event(
+            run,
+            f"Waiting for {needs} approval{'s' if needs > 1 else ''} from "
+            f"{environment.approver_group}",
+        )
     else:
         dispatch_on_commit(run)
     return run
@@ -120,26 +86,34 @@ def _new_run(*, kind, environment, image, user, source=None, note="", reason="",
 
 
 @transaction.atomic
-def request_deploy(*, user, environment: Environment, image: ImageVersion, note: str = "") -> Run:
-    """Deploy a chosen version into an environment that takes direct deploys (Local, Dev)."""
-    require_perm(user, "request_deploy", f"deploy to {environment}")
-    environment = Environment.objects.select_for_update().get(pk=environment.pk)
-    if not environment.accepts_direct_deploys:
-        raise ReleaseError(
-            f"{environment} takes promotions from {environment.upstream}, not direct deploys; "
-            f"promote the version from {environment.upstream}."
-        )
-    _check_can_deploy(environment, image)
+def request_deploy(
+    *, user, environment: Environment, image: ImageVersion, note: str = "", seen: Seen = None
+) -> Run:
+    """Deploy a chosen version into an environment that takes direct deploys (Local, Dev).
+
+    ``seen``: the facts the confirmation page showed (``facts.environment_facts``); if they
+    changed since, ReleaseError and nothing is written. Raises NotAllowed without the
+    ``request_deploy`` permission, ReleaseError for any rule (``policy.may_deploy``).
+    """
+    environment = _lock_environment(environment)
+    check_seen(seen, facts.environment_facts(environment), subject=environment, action="deploy")
+    policy.may_deploy(user, environment, image).enforce()
     run = _new_run(kind=RunKind.DEPLOY, environment=environment, image=image, user=user, note=note)
     audit(
         user,
         "request_deploy",
         f"Requested run #{run.pk}: deploy {describe(image)} to {environment}",
-        environment=environment,
-        image=image,
         run=run,
     )
     return run
+
+
+def _lock_environment(environment: Environment) -> Environment:
+    return (
+        Environment.objects.select_for_update()
+        .select_related("current_image", "upstream__current_image")
+        .get(pk=environment.pk)
+    )
 
 
 @transaction.atomic
@@ -150,35 +124,20 @@ def request_promotion(
     source: Environment | None = None,
     image: ImageVersion | None = None,
     note: str = "",
+    seen: Seen = None,
 ) -> Run:
-    """Promote a version one step along the flow; by default what runs in the source now."""
-    require_perm(user, "request_promotion", f"request promotions to {target}")
-    target = Environment.objects.select_for_update().get(pk=target.pk)
+    """Promote a version one step along the flow into ``target``; by default what its upstream
+    runs now. ``source``, when given, must be the upstream (rule 1). Raises NotAllowed or
+    ReleaseError (``policy.may_promote``); ``seen`` as in ``request_deploy``."""
+    target = _lock_environment(target)
     upstream = target.upstream
-    if upstream is None:
-        raise ReleaseError(
-            f"{target} is not promoted from another environment; deploy a version to it instead."
-        )
-    if source is not None and source.pk != upstream.pk:
+    if source is not None and upstream is not None and source.pk != upstream.pk:
         raise ReleaseError(
             f"{target} is promoted from {upstream}, not {source}; promote one step at a time."
         )
-    if image is None:
-        image = upstream.current_image
-        if image is None:
-            raise ReleaseError(
-                f"Nothing has been deployed to {upstream} yet, so nothing to promote."
-            )
-    now = timezone.now()
-    _check_succeeded_in(upstream, image, now)
-    if (
-        target.requires_uat_signoff
-        and not Signoff.objects.filter(environment=upstream, image=image).exists()
-    ):
-        raise ReleaseError(
-            f"{image.tag} needs a UAT sign-off in {upstream} before it can go to {target}."
-        )
-    _check_can_deploy(target, image)
+    image = image or (upstream.current_image if upstream else None)
+    check_seen(seen, facts.promotion_facts(target, image), subject=target, action="promotion")
+    policy.may_promote(user, target, image).enforce()
     run = _new_run(
         kind=RunKind.PROMOTION,
         environment=target,
@@ -191,48 +150,72 @@ def request_promotion(
         user,
         "request_promotion",
         f"Requested run #{run.pk}: promote {describe(image)} from {upstream} to {target}",
-        environment=target,
-        image=image,
         run=run,
     )
     return run
 
 
-def _lock_pending_run(run: Run) -> Run:
+def settle(run: Run) -> None:
+    """Apply the rules with a clock or a moving target to a waiting run now, whether or not the
+    reconciler has run: a pending run past its approval window expires; a pending or queued run
+    whose environment moved past its version is superseded. Commits on its own, so that a
+    decision refused because of it leaves the run ended."""
+    with transaction.atomic():
+        run = (
+            Run.objects.select_for_update()
+            .select_related("environment__current_image", "image")
+            .get(pk=run.pk)
+        )
+        if run.status == RunStatus.PENDING and timezone.now() >= approval_deadline(run):
+            expire(run)
+            return
+        if run.status in (RunStatus.PENDING, RunStatus.QUEUED):
+            reason = superseded_reason(run)
+            if reason:
+                supersede(run, by=None, reason=reason)
+
+
+def expire(run: Run) -> bool:
+    """End a pending run whose approval window has passed."""
+    if not transition(run, to=RunStatus.EXPIRED, step="expired"):
+        return False
+    add_event(
+        run,
+        f"Expired at {approval_deadline(run):%Y-%m-%d %H:%M:%S} UTC: not approved within the "
+        f"approval window",
+        level=RunEvent.Level.WARNING,
+    )
+    audit(None, "expire_run", f"Run #{run.pk} expired", run=run)
+    return True
+
+
+def _lock_run(run: Run) -> Run:
     # The row lock serialises approvers deciding at the same instant (PostgreSQL); SQLite
     # serialises writers with IMMEDIATE transactions.
-    run = Run.objects.select_for_update().select_related("environment", "image").get(pk=run.pk)
-    if run.status != RunStatus.PENDING:
-        raise ReleaseError(
-            f"Run #{run.pk} is {run.get_status_display().lower()}; only runs awaiting approval "
-            f"can be approved or rejected."
-        )
-    return run
+    return (
+        Run.objects.select_for_update()
+        .select_related("environment__current_image", "environment__approver_group", "image")
+        .get(pk=run.pk)
+    )
 
 
-def _check_approver(user, run: Run) -> None:
-    environment = run.environment
-    if not is_approver(user, environment):
-        raise NotAllowed(
-            f"{actor_name(user)} is not in {environment.approver_group or 'an approver group'}, "
-            f"whose members approve runs in {environment}."
-        )
-    if run.approvals.filter(user=user).exists():
-        raise ReleaseError(f"{actor_name(user)} has already decided on run #{run.pk}.")
+def approve_run(*, user, run: Run, comment: str = "", seen: Seen = None) -> Run:
+    """Record an approval; the run is queued when the quorum is reached.
+
+    A run past its approval window expires here and the approval is refused; one whose
+    environment moved past its version is superseded. ``seen``: ``facts.run_facts`` as the page
+    showed them. Raises NotAllowed (not an approver) or ReleaseError (``policy.may_approve``).
+    """
+    settle(run)
+    return _approve(user=user, run=run, comment=comment, seen=seen)
 
 
 @transaction.atomic
-def approve_run(*, user, run: Run, comment: str = "") -> Run:
-    """Record an approval; the run is queued when the quorum is reached."""
-    run = _lock_pending_run(run)
-    _check_approver(user, run)
-    if run.requested_by_id == user.pk and not run.environment.allow_self_approval:
-        raise ReleaseError(
-            f"{actor_name(user)} requested run #{run.pk}; {run.environment} needs approvals from "
-            f"other people."
-        )
-    if run.image.is_bad:
-        raise ReleaseError(f"{run.image} has been marked bad since this run was requested.")
+def _approve(*, user, run: Run, comment: str, seen: Seen) -> Run:
+    run = _lock_run(run)
+    check_seen(seen, facts.run_facts(run), subject=f"Run #{run.pk}", action="approval")
+    _refuse_ended(run)
+    policy.may_approve(user, run).enforce()
     try:
         with transaction.atomic():
             Approval.objects.create(
@@ -251,119 +234,99 @@ def approve_run(*, user, run: Run, comment: str = "") -> Run:
         + (f": {comment}" if comment else ""),
     )
     audit(
-        user,
-        "approve_run",
-        f"Approved run #{run.pk} ({have} of {run.required_approvals})",
-        run=run,
+        user, "approve_run", f"Approved run #{run.pk} ({have} of {run.required_approvals})", run=run
     )
-    if have >= run.required_approvals:
-        now = timezone.now()
-        updated = Run.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
-            status=RunStatus.QUEUED, queued_at=now, step="approved, waiting for a worker"
-        )
-        if updated:
-            add_event(run, "Fully approved; queued")
-            dispatch_on_commit(run)
+    if have >= run.required_approvals and transition(
+        run, to=RunStatus.QUEUED, queued_at=timezone.now(), step="approved, waiting for a worker"
+    ):
+        add_event(run, "Fully approved; queued")
+        dispatch_on_commit(run)
     run.refresh_from_db()
     return run
 
 
-@transaction.atomic
-def reject_run(*, user, run: Run, comment: str) -> Run:
-    """One reject ends the run. A comment saying why is required."""
+def _refuse_ended(run: Run) -> None:
+    """A run that ended (expired, superseded…) before the decision: say how, not just no."""
+    if run.status == RunStatus.PENDING:
+        return
+    detail = f": {run.error}" if run.error else ""
+    if run.status == RunStatus.EXPIRED:
+        detail = (
+            f" at {approval_deadline(run):%Y-%m-%d %H:%M:%S} UTC: it was not approved within "
+            f"the approval window; request it again"
+        )
+    raise ReleaseError(
+        f"Run #{run.pk} {run.status_phrase}{detail}. Only runs awaiting approval can be "
+        f"approved or rejected."
+    )
+
+
+def reject_run(*, user, run: Run, comment: str, seen: Seen = None) -> Run:
+    """One reject ends the run. A comment saying why is required. Raises as ``approve_run``."""
     if not comment or not comment.strip():
         raise ReleaseError("Say why you reject this run: a comment is required.")
-    run = _lock_pending_run(run)
-    _check_approver(user, run)
+    settle(run)
+    return _reject(user=user, run=run, comment=comment.strip(), seen=seen)
+
+
+@transaction.atomic
+def _reject(*, user, run: Run, comment: str, seen: Seen) -> Run:
+    run = _lock_run(run)
+    check_seen(seen, facts.run_facts(run), subject=f"Run #{run.pk}", action="rejection")
+    _refuse_ended(run)
+    policy.may_reject(user, run).enforce()
     Approval.objects.create(
         run=run,
         user=user,
         decision=Approval.Decision.REJECT,
-        comment=comment.strip(),
+        comment=comment,
         digest=run.image.digest,
     )
-    Run.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
-        status=RunStatus.REJECTED, finished_at=timezone.now(), step="rejected"
-    )
-    add_event(
-        run, f"Rejected by {actor_name(user)}: {comment.strip()}", level=RunEvent.Level.WARNING
-    )
-    audit(
-        user,
-        "reject_run",
-        f"Rejected run #{run.pk}: {comment.strip()}",
-        run=run,
-    )
+    transition(run, to=RunStatus.REJECTED, step="rejected")
+    add_event(run, f"Rejected by {actor_name(user)}: {comment}", level=RunEvent.Level.WARNING)
+    audit(user, "reject_run", f"Rejected run #{run.pk}: {comment}", run=run)
     run.refresh_from_db()
     return run
 
 
-def can_cancel(user, run: Run) -> bool:
-    return bool(
-        user
-        and user.is_active
-        and (
-            run.requested_by_id == user.pk
-            or user.has_perm("opsweb.cancel_run")
-            or is_approver(user, run.environment)
-        )
-    )
-
-
 @transaction.atomic
-def cancel_run(*, user, run: Run, comment: str = "") -> Run:
-    """Cancel a run that has not started. A running deploy is not stopped halfway."""
-    run = Run.objects.select_for_update().select_related("environment").get(pk=run.pk)
-    if not can_cancel(user, run):
-        raise NotAllowed(
-            f"{actor_name(user)} may not cancel run #{run.pk}: only its requester, an approver of "
-            f"{run.environment} or a user with the cancel permission can."
-        )
-    if run.status == RunStatus.RUNNING:
-        raise ReleaseError(
-            f"Run #{run.pk} is already running and is not stopped halfway; wait for it to "
-            f"finish, then roll back if needed."
-        )
-    if run.is_terminal:
-        raise ReleaseError(f"Run #{run.pk} is already {run.get_status_display().lower()}.")
-    Run.objects.filter(pk=run.pk, status=run.status).update(
-        status=RunStatus.CANCELLED, finished_at=timezone.now(), step="cancelled"
-    )
+def cancel_run(*, user, run: Run, comment: str = "", seen: Seen = None) -> Run:
+    """Cancel a run that has not started. A running deploy is not stopped halfway.
+    Raises NotAllowed or ReleaseError (``policy.may_cancel``)."""
+    run = _lock_run(run)
+    check_seen(seen, facts.run_facts(run), subject=f"Run #{run.pk}", action="cancellation")
+    policy.may_cancel(user, run).enforce()
+    transition(run, to=RunStatus.CANCELLED, step="cancelled")
     add_event(
         run,
         f"Cancelled by {actor_name(user)}" + (f": {comment}" if comment else ""),
         level=RunEvent.Level.WARNING,
     )
-    audit(
-        user,
-        "cancel_run",
-        f"Cancelled run #{run.pk}",
-        run=run,
-    )
+    audit(user, "cancel_run", f"Cancelled run #{run.pk}", run=run)
     run.refresh_from_db()
     return run
 
 
 @transaction.atomic
-def sign_off_uat(*, user, environment: Environment, image: ImageVersion, note: str = "") -> Signoff:
-    """Record that UAT passed for ``image`` in ``environment`` (Staging)."""
-    require_perm(user, "sign_off_uat", "record UAT sign-offs")
-    downstream = Environment.objects.filter(upstream=environment, requires_uat_signoff=True).first()
-    if downstream is None:
-        raise ReleaseError(f"No environment needs a UAT sign-off from {environment}.")
-    if image.is_bad:
-        raise ReleaseError(f"{image} is marked bad; it cannot pass UAT.")
-    if last_success(environment, image) is None:
-        raise ReleaseError(f"{image.tag} has not succeeded in {environment}; test it there first.")
-    if Signoff.objects.filter(environment=environment, image=image, user=user).exists():
-        raise ReleaseError(
-            f"{actor_name(user)} has already signed off {image.tag} in {environment}."
-        )
+def sign_off_uat(
+    *, user, environment: Environment, image: ImageVersion, note: str = "", seen: Seen = None
+) -> Signoff:
+    """Record that UAT passed for ``image`` in ``environment`` (Staging).
+
+    ``seen``: ``facts.signoff_facts`` as the page showed them; if what the environment runs
+    changed since, the sign-off is refused (it would be for a version nobody looked at).
+    Raises NotAllowed or ReleaseError (``policy.may_sign_off``)."""
+    environment = _lock_environment(environment)
+    image = ImageVersion.objects.get(pk=image.pk)
+    check_seen(
+        seen, facts.signoff_facts(environment, image), subject=environment, action="UAT sign-off"
+    )
+    policy.may_sign_off(user, environment, image).enforce()
     signoff = Signoff.objects.create(environment=environment, image=image, user=user, note=note)
     audit(
         user,
         "sign_off_uat",
-        f"UAT passed for {describe(image)} in {environment}",
+        f"UAT passed for {describe(image)} in {environment}" + (f": {note}" if note else ""),
         environment=environment,
         image=image,
     )
@@ -377,25 +340,23 @@ def _mark_bad(image: ImageVersion, *, user, reason: str) -> None:
         is_bad=True, bad_reason=reason, marked_bad_by=user, marked_bad_at=timezone.now()
     )
     image.refresh_from_db()
-    for run in Run.objects.filter(
-        image=image, status__in=[RunStatus.PENDING, RunStatus.QUEUED]
-    ).exclude(kind=RunKind.ROLLBACK):
-        Run.objects.filter(pk=run.pk, status=run.status).update(
-            status=RunStatus.CANCELLED, finished_at=timezone.now(), step="cancelled"
-        )
-        add_event(run, f"Cancelled: {image.tag} was marked bad", level=RunEvent.Level.WARNING)
+    waiting = Run.objects.filter(image=image, status__in=[RunStatus.PENDING, RunStatus.QUEUED])
+    for run in waiting.exclude(kind=RunKind.ROLLBACK).exclude(resolve_at_start=True):
+        if transition(run, to=RunStatus.CANCELLED, step="cancelled"):
+            add_event(run, f"Cancelled: {image.tag} was marked bad", level=RunEvent.Level.WARNING)
     audit(user, "mark_bad", f"Marked {image} bad: {reason}", image=image)
 
 
 @transaction.atomic
-def mark_bad(*, user, image: ImageVersion, reason: str) -> ImageVersion:
-    """Mark a version bad: it can no longer be promoted, and its waiting runs are cancelled."""
-    require_perm(user, "mark_bad", "mark versions bad")
+def mark_bad(*, user, image: ImageVersion, reason: str, seen: Seen = None) -> ImageVersion:
+    """Mark a version bad: it can no longer be promoted, and its waiting runs are cancelled.
+    Raises NotAllowed (no ``mark_bad`` permission) or ReleaseError (no reason, already bad,
+    or ``facts.image_facts`` changed since the page showed them)."""
     if not reason or not reason.strip():
         raise ReleaseError("Say why this version is bad: a reason is required.")
     image = ImageVersion.objects.select_for_update().get(pk=image.pk)
-    if image.is_bad:
-        raise ReleaseError(f"{image} is already marked bad.")
+    check_seen(seen, facts.image_facts(image), subject=str(image), action="mark bad")
+    policy.may_mark_bad(user, image).enforce()
     _mark_bad(image, user=user, reason=reason.strip())
     return image
 
@@ -408,73 +369,36 @@ def roll_back(
     reason: str,
     note: str = "",
     triggered_by: Run | None = None,
-    expected_current: ImageVersion | None = None,
-    expected_target: ImageVersion | None = None,
+    seen: Seen = None,
 ) -> Run:
     """Redeploy the previous stable version, ahead of queued promotions.
 
-    ``expected_current`` / ``expected_target`` are what the person saw on the confirmation
-    page; if either changed since (someone else rolled back first), nothing happens.
-
     One click by an approver of the environment (recorded as the approval); ``user=None`` is
-    opsweb itself after a failed health check. Marks the replaced version bad and pauses
-    auto-deploy until someone resumes it.
+    opsweb itself after a failed health check (``triggered_by`` is that run). Marks the
+    replaced version bad and pauses auto-deploy until someone resumes it. ``reason`` is one of
+    ``RollbackReason`` (the seed's trigger conditions).
+
+    While another run is switching versions, the rollback is accepted and queued; what it
+    marks bad and what it restores are decided when it starts (``Run.resolve_at_start``), since
+    neither is known until that run ends. ``seen``: ``facts.rollback_facts`` as the page showed
+    them; if someone else rolled back in between, nothing happens (no second step back).
+    Raises NotAllowed or ReleaseError (``policy.may_roll_back``).
     """
-    if user is not None and not is_approver(user, environment):
-        raise NotAllowed(
-            f"{actor_name(user)} is not in {environment.approver_group or 'an approver group'}, "
-            f"whose members roll back {environment}."
-        )
     if reason not in RollbackReason.values:
         raise ReleaseError(
             f"{reason!r} is not a rollback reason; use one of {', '.join(RollbackReason.values)}."
         )
-    environment = Environment.objects.select_for_update().get(pk=environment.pk)
+    environment = _lock_environment(environment)
+    check_seen(seen, facts.rollback_facts(environment), subject=environment, action="rollback")
+    policy.may_roll_back(user, environment).enforce()
     current = environment.current_image
-    if current is None:
-        raise ReleaseError(
-            f"Nothing is deployed in {environment}, so there is nothing to roll back."
-        )
-    under_way = Run.objects.filter(
-        environment=environment,
-        kind=RunKind.ROLLBACK,
-        status__in=[RunStatus.QUEUED, RunStatus.RUNNING],
-    ).first()
-    if under_way:
-        raise ReleaseError(
-            f"A rollback of {environment} is already under way (run #{under_way.pk})."
-        )
     deploying = (
         Run.objects.filter(environment=environment, status=RunStatus.RUNNING)
         .exclude(kind=RunKind.ROLLBACK)
         .select_related("image")
         .first()
     )
-    if deploying:
-        # Until it switches, what would be marked bad and what would be restored are not known.
-        raise ReleaseError(
-            f"Run #{deploying.pk} is deploying {deploying.image.tag} to {environment} right now; "
-            f"roll back when it has finished (a failed health check rolls back by itself)."
-        )
     target = previous_stable_version(environment, exclude=current)
-    if target is None:
-        raise ReleaseError(
-            f"No earlier version succeeded in {environment} and is not bad, so there is "
-            f"nothing to roll back to."
-        )
-    if (expected_current and expected_current.pk != current.pk) or (
-        expected_target and expected_target.pk != target.pk
-    ):
-        raise ReleaseError(
-            f"{environment} changed since you looked: it now runs {describe(current)} and would "
-            f"roll back to {describe(target)}. Review the rollback again before confirming."
-        )
-    label = RollbackReason(reason).label
-    _mark_bad(current, user=user, reason=f"Rolled back in {environment}: {label}. {note}".strip())
-    if environment.auto_deploy_branch and not environment.auto_deploy_paused:
-        environment.auto_deploy_paused = True
-        environment.paused_reason = f"Rolled back from {current.tag} ({label})"
-        environment.save(update_fields=["auto_deploy_paused", "paused_reason"])
     run = _new_run(
         kind=RunKind.ROLLBACK,
         environment=environment,
@@ -484,16 +408,17 @@ def roll_back(
         note=note,
         triggered_by=triggered_by,
     )
-    add_event(
-        run,
-        f"Marked {current.tag} bad"
-        + (
-            f"; auto-deploy of {environment.auto_deploy_branch} paused"
-            if environment.auto_deploy_branch
-            else ""
-        ),
-        level=RunEvent.Level.WARNING,
-    )
+    if deploying:
+        Run.objects.filter(pk=run.pk).update(resolve_at_start=True)
+        run.resolve_at_start = True
+        add_event(
+            run,
+            f"Run #{deploying.pk} is deploying {deploying.image.tag} right now: this rollback "
+            f"starts when it ends and restores the newest earlier stable version then.",
+            level=RunEvent.Level.WARNING,
+        )
+    else:
+        _take_back(run, environment, current, user=user)
     if user is not None:
         Approval.objects.create(
             run=run,
@@ -506,23 +431,59 @@ def roll_back(
         user,
         "roll_back",
         f"Rollback run #{run.pk}: {environment} from {describe(current)} "
-        f"to {describe(target)} ({label})",
-        environment=environment,
-        image=target,
+        f"to {describe(target)} ({RollbackReason(reason).label})"
+        + (" once the deploy in progress ends" if deploying else ""),
         run=run,
     )
     return run
 
 
+def _take_back(run: Run, environment: Environment, current: ImageVersion, *, user) -> None:
+    """Mark what a rollback replaces bad and pause auto-deploy (rule 6)."""
+    label = RollbackReason(run.reason).label
+    _mark_bad(
+        current, user=user, reason=f"Rolled back in {environment}: {label}. {run.note}".strip()
+    )
+    paused = bool(environment.auto_deploy_branch)
+    if paused and not environment.auto_deploy_paused:
+        Environment.objects.filter(pk=environment.pk).update(
+            auto_deploy_paused=True, paused_reason=f"Rolled back from {current.tag} ({label})"
+        )
+    add_event(
+        run,
+        f"Marked {current.tag} bad"
+        + (f"; auto-deploy of {environment.auto_deploy_branch} paused" if paused else ""),
+        level=RunEvent.Level.WARNING,
+    )
+
+
+def resolve_rollback(run: Run) -> str:
+    """For a rollback asked for while another run switched versions: decide now what it marks
+    bad and restores. Returns why it cannot go ahead, or ""."""
+    environment = Environment.objects.select_related("current_image").get(pk=run.environment_id)
+    current = environment.current_image
+    target = previous_stable_version(environment, exclude=current) if current else None
+    if target is None:
+        return (
+            f"Not started: nothing earlier than {describe(current)} succeeded in {environment} "
+            f"and is not bad, so there is nothing to roll back to."
+        )
+    Run.objects.filter(pk=run.pk).update(image=target, resolve_at_start=False)
+    run.image = target
+    add_event(
+        run, f"Resolved at start: rolling back from {describe(current)} to {describe(target)}"
+    )
+    _take_back(run, environment, current, user=run.requested_by)
+    return ""
+
+
 @transaction.atomic
-def resume_auto_deploy(*, user, environment: Environment) -> Environment:
-    if not (
-        is_approver(user, environment) or (user and user.has_perm("opsweb.resume_auto_deploy"))
-    ):
-        raise NotAllowed(f"{actor_name(user)} may not resume auto-deploy in {environment}.")
-    environment = Environment.objects.select_for_update().get(pk=environment.pk)
-    if not environment.auto_deploy_paused:
-        raise ReleaseError(f"Auto-deploy is not paused in {environment}.")
+def resume_auto_deploy(*, user, environment: Environment, seen: Seen = None) -> Environment:
+    """Resume auto-deploy after a rollback paused it. Raises NotAllowed (not an approver and no
+    ``resume_auto_deploy`` permission) or ReleaseError (not paused; changed since seen)."""
+    environment = _lock_environment(environment)
+    check_seen(seen, facts.environment_facts(environment), subject=environment, action="resume")
+    policy.may_resume(user, environment).enforce()
     environment.auto_deploy_paused = False
     environment.paused_reason = ""
     environment.save(update_fields=["auto_deploy_paused", "paused_reason"])
@@ -533,9 +494,19 @@ def resume_auto_deploy(*, user, environment: Environment) -> Environment:
 
 
 @transaction.atomic
-def set_frozen(*, user, environment: Environment, frozen: bool, reason: str = "") -> Environment:
-    require_perm(user, "freeze_environment", "freeze environments")
-    environment = Environment.objects.select_for_update().get(pk=environment.pk)
+def set_frozen(
+    *, user, environment: Environment, frozen: bool, reason: str = "", seen: Seen = None
+) -> Environment:
+    """Freeze (rollbacks only) or unfreeze an environment. Raises NotAllowed without the
+    ``freeze_environment`` permission, ReleaseError if it already is, or changed since seen."""
+    environment = _lock_environment(environment)
+    check_seen(
+        seen,
+        facts.environment_facts(environment),
+        subject=environment,
+        action="freeze" if frozen else "unfreeze",
+    )
+    policy.may_freeze(user, environment).enforce()
     if environment.is_frozen == frozen:
         raise ReleaseError(f"{environment} is already {'frozen' if frozen else 'not frozen'}.")
     environment.is_frozen = frozen
@@ -557,10 +528,15 @@ def record_configuration(*, user, environment: Environment, message: str) -> Non
 
 @dataclass
 class Registration:
+    """What ``register_image`` did: the version, whether it is new, the runs it queued and,
+    per environment that auto-deploys its branch but did not take it, why not."""
+
     image: ImageVersion
     created: bool
     run: Run | None
     message: str
+    runs: list[Run] = field(default_factory=list)
+    not_deployed: dict[str, str] = field(default_factory=dict)
 
 
 @transaction.atomic
@@ -576,7 +552,13 @@ def register_image(
     committed_at: datetime | None = None,
     build_url: str = "",
 ) -> Registration:
-    """Record a built image (idempotent by digest) and auto-deploy it where its branch says."""
+    """Record a built image (idempotent by digest) and auto-deploy it where its branch says.
+
+    Registering a known digest again deploys it where its branch auto-deploys and it never
+    ran; otherwise ``not_deployed`` says why not, per environment, so a CI retry is never
+    mistaken for a deploy. Raises NotAllowed without ``add_imageversion``, ReleaseError for an
+    invalid field or a tag that already names another digest (tags are immutable).
+    """
     require_perm(user, "add_imageversion", "register images")
     existing = ImageVersion.objects.filter(repository=repository, digest=digest).first()
     if existing:
@@ -584,7 +566,9 @@ def register_image(
             raise ReleaseError(
                 f"{repository}@{digest} is already registered as tag {existing.tag!r}, not {tag!r}."
             )
-        return Registration(existing, False, None, f"{existing} is already registered.")
+        return _auto_deploy(
+            Registration(existing, False, None, f"{existing} is already registered."), user, branch
+        )
     clash = ImageVersion.objects.filter(repository=repository, tag=tag).first()
     if clash:
         raise ReleaseError(
@@ -624,36 +608,61 @@ def register_image(
         f"Registered {describe(image)} from {branch or 'no branch'}",
         image=image,
     )
-    message = f"Registered {image}."
-    run = None
-    if branch:
-        for environment in Environment.objects.filter(auto_deploy_branch=branch):
-            if environment.auto_deploy_paused:
-                message += (
-                    f" Not deployed to {environment}: auto-deploy is paused "
-                    f"({environment.paused_reason or 'no reason given'})."
-                )
-                continue
-            if environment.is_frozen:
-                message += f" Not deployed to {environment}: it is frozen."
-                continue
-            run = _new_run(
-                kind=RunKind.DEPLOY,
-                environment=environment,
-                image=image,
-                user=user,
-                note=f"auto-deploy of branch {branch}",
-            )
-            audit(
-                user,
-                "auto_deploy",
-                f"Queued run #{run.pk}: auto-deploy {describe(image)} to {environment}",
-                environment=environment,
-                image=image,
-                run=run,
-            )
-            message += f" Queued run #{run.pk} to deploy it to {environment}."
-    return Registration(image, True, run, message)
+    return _auto_deploy(Registration(image, True, None, f"Registered {image}."), user, branch)
 
 
-# -- execution: called by opsweb.tasks ------------------------------------------------------
+def _auto_deploy(registration: Registration, user, branch: str) -> Registration:
+    image = registration.image
+    if not branch:
+        return registration
+    for environment in Environment.objects.select_for_update().filter(auto_deploy_branch=branch):
+        why_not = _auto_deploy_refusal(environment, image, branch)
+        if why_not:
+            registration.not_deployed[environment.slug] = why_not
+            registration.message += f" Not deployed to {environment}: {why_not}"
+            continue
+        run = _new_run(
+            kind=RunKind.DEPLOY,
+            environment=environment,
+            image=image,
+            user=user,
+            note=f"auto-deploy of branch {branch}",
+        )
+        audit(
+            user,
+            "auto_deploy",
+            f"Queued run #{run.pk}: auto-deploy {describe(image)} to {environment}",
+            run=run,
+        )
+        registration.runs.append(run)
+        registration.run = registration.run or run
+        registration.message += f" Queued run #{run.pk} to deploy it to {environment}."
+    return registration
+
+
+def _auto_deploy_refusal(environment: Environment, image: ImageVersion, branch: str) -> str:
+    """Why a version CI registered on ``branch`` does not deploy to ``environment``, or ""."""
+    if environment.auto_deploy_paused:
+        return f"auto-deploy is paused ({environment.paused_reason or 'no reason given'})."
+    if environment.is_frozen:
+        return "it is frozen."
+    current = environment.current_image
+    if image.is_bad:
+        return f"{image.tag} is marked bad ({image.bad_reason})."
+    if current is not None and current.pk == image.pk:
+        return f"{image.tag} already runs there."
+    active = Run.objects.filter(
+        environment=environment,
+        image=image,
+        status__in=[RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING],
+    ).first()
+    if active:
+        return f"{image.tag} is already on its way there as run #{active.pk}."
+    if Run.objects.filter(environment=environment, image=image).exclude(switched_at=None).exists():
+        return f"{image.tag} ran there before; redeploying an earlier version is a rollback."
+    if current is not None and current.branch == branch and is_older(image, current, environment):
+        return (
+            f"it runs {current.tag}, a newer commit of {branch}; an older commit never replaces "
+            f"a newer one by auto-deploy."
+        )
+    return ""

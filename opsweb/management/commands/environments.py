@@ -12,6 +12,7 @@ COLUMNS = ["ENVIRONMENT", "VERSION", "DEPLOYED", "BY", "PENDING", "FLAGS", "DRIF
 
 
 class Command(OpswebCommand):
+    read_only = True
     help = (
         "List the environments: current version (tag, digest, git sha), deployed when and by "
         "whom, pending runs, paused and frozen flags, drift."
@@ -57,6 +58,7 @@ def environment_row(environment: Environment) -> dict:
         "auto_deploy_paused": environment.auto_deploy_paused,
         "paused_reason": environment.paused_reason,
         "frozen": environment.is_frozen,
+        "runs_bad_version": bool(environment.current_image and environment.current_image.is_bad),
         "drift": environment.drift,
         "drift_checked_at": iso(environment.drift_checked_at),
     }
@@ -65,7 +67,11 @@ def environment_row(environment: Environment) -> dict:
 def table_cells(environment: Environment, row: dict) -> list[str]:
     image = environment.current_image
     version = f"{image.tag} {image.short_digest} {image.short_sha or '-'}" if image else "-"
-    flags = [("paused", row["auto_deploy_paused"]), ("frozen", row["frozen"])]
+    flags = [
+        ("BAD-VERSION", row["runs_bad_version"]),
+        ("paused", row["auto_deploy_paused"]),
+        ("frozen", row["frozen"]),
+    ]
     return [
         environment.name,
         version,

@@ -70,19 +70,27 @@ class Command(OpswebCommand):
             raise refused("Give --digest sha256:…, or --resolve to look the tag up in ECR.")
         registration = services.register_image(user=user, **fields)
         image = registration.image
-        runs = auto_deploy_runs(image)
+        runs = registration.runs
         message = registration.message
-        if registration.created and not runs:
-            message += " " + nothing_deployed(image.branch)
-        elif not registration.created and runs:
-            message += " Its auto-deploy: " + ", ".join(
-                f"run #{run.pk} ({run.get_status_display().lower()})" for run in runs
-            )
+        if not runs:
+            # A CI retry of a registration whose deploy is still on its way follows that run.
+            runs = [run for run in auto_deploy_runs(image) if not run.is_terminal]
+            if not registration.not_deployed:
+                message += " " + nothing_deployed(image.branch)
+            elif runs:
+                message += " Following its deploy already on its way: " + ", ".join(
+                    f"run #{run.pk}" for run in runs
+                )
+        for slug, why in registration.not_deployed.items():
+            # On stderr as well: a pipeline log shows why nothing was deployed.
+            self.stderr.write(f"Not deployed to {slug}: {why}")
         return Outcome(
             message,
             data={
                 "created": registration.created,
                 "image": image_payload(image),
+                "deployed": bool(registration.runs),
+                "not_deployed": registration.not_deployed,
                 "auto_deploy": auto_deploy_status(image, runs),
             },
             runs=runs,

@@ -21,6 +21,7 @@ class Command(OpswebCommand):
 
     def act(self, user, options):
         environment = find_environment(options["environment"])
+        current = environment.current_image
         run = services.roll_back(
             user=user, environment=environment, reason=options["reason"], note=options["note"]
         )
@@ -31,9 +32,16 @@ class Command(OpswebCommand):
             if environment.auto_deploy_paused
             else ""
         )
-        return Outcome(
-            f"Rolling back {environment} from {services.describe(run.replaces)} to "
-            f"{services.describe(run.image)}: run #{run.pk}; {services.describe(run.replaces)} "
-            f"is marked bad.{paused}",
-            runs=[run],
-        )
+        if run.resolve_at_start:
+            message = (
+                f"Rollback of {environment} queued as run #{run.pk}: a deploy is switching "
+                f"versions there now; when it ends, what runs then is marked bad and the newest "
+                f"earlier stable version is restored.{paused}"
+            )
+        else:
+            message = (
+                f"Rolling back {environment} from {services.describe(current)} to "
+                f"{services.describe(run.image)}: run #{run.pk}; {services.describe(current)} "
+                f"is marked bad.{paused}"
+            )
+        return Outcome(message, runs=[run])

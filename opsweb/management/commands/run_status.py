@@ -11,6 +11,7 @@ from opsweb.cli import OpswebCommand, Outcome, ending, find_run, require_perm, r
 class Command(OpswebCommand):
     help = "Show a run (status, step, timings, approvals, last events); --wait follows it."
     waits = True
+    read_only = True
 
     def add_command_arguments(self, parser):
         parser.add_argument("run", metavar="RUN", help="The run id.")

@@ -1,0 +1,273 @@
+"""Declared confirmation pages: what differs per button is declared, one view does the rest.
+
+Django's ``user_change_password`` shows the shape every confirmation repeats: fetch the object,
+check, show a form, call the logic, add a message, redirect. A ``Confirmation`` declares only
+what differs — the policy decision, the facts shown (sealed into the form and compared inside
+the service's transaction), the lines, the form and the one service it calls — and
+``ConfirmingAdmin`` serves every one of them at ``<pk>/<name>/`` and draws its button.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.http import urlencode
+
+from opsweb import services
+from opsweb.models import ImageVersion
+from opsweb.policy import Decision
+from opsweb.services import NotAllowed, ReleaseError
+
+
+class ConfirmForm(forms.Form):
+    """Every confirmation posts back the facts it showed, signed (``services.seal``)."""
+
+    seen = forms.CharField(widget=forms.HiddenInput)
+
+    def clean_seen(self):
+        facts = services.base.unseal(self.cleaned_data["seen"])
+        if facts is None:
+            raise forms.ValidationError("the page was altered or is from an older opsweb.")
+        return facts
+
+
+class CommentForm(ConfirmForm):
+    comment = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+
+
+class RequiredCommentForm(ConfirmForm):
+    comment = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), help_text="Say why; the requester sees it."
+    )
+
+
+@dataclass
+class Choice:
+    """An optional thing the person picks before confirming (the version to promote): offered
+    by a GET form, so that the summary always describes the choice being confirmed."""
+
+    name: str
+    label: str
+    options: list[tuple[str, str]]
+    selected: str
+
+
+class Confirmation:
+    """One button and its confirmation page. Subclasses set ``name`` and ``form_class`` and
+    implement ``decide``, ``facts``, ``lines`` and ``perform``; ``choose`` when the person picks
+    a version first."""
+
+    name: str = ""
+    form_class: type[ConfirmForm] = CommentForm
+
+    def label(self, obj) -> str:
+        raise NotImplementedError
+
+    def title(self, obj, chosen) -> str:
+        return self.label(obj)
+
+    def choose(self, obj, request) -> tuple[Choice | None, object]:
+        """What the person may pick on this page and what is picked now (from ``?image=``)."""
+        return None, None
+
+    def decide(self, user, obj, chosen) -> Decision:
+        raise NotImplementedError
+
+    def facts(self, obj, chosen) -> dict[str, str]:
+        raise NotImplementedError
+
+    def lines(self, obj, chosen) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+    def changes(self, obj, chosen) -> list[ImageVersion]:
+        return []
+
+    def perform(self, user, obj, chosen, data, seen) -> tuple[str, str]:
+        """Call the service; return (success message, where to go)."""
+        raise NotImplementedError
+
+
+@dataclass
+class Button:
+    url: str
+    label: str
+    enabled: bool
+    reason: str = ""
+
+
+class ConfirmingAdmin(admin.ModelAdmin):
+    """A ModelAdmin whose object pages carry ``confirmations``: buttons drawn from the policy
+    (enabled, or disabled with the reason) and one view serving every confirmation page."""
+
+    confirmations: list[Confirmation] = []
+
+    def get_urls(self):
+        info = self.model._meta.app_label, self.model._meta.model_name
+        own = [
+            path(
+                f"<path:object_id>/{c.name}/",
+                self.admin_site.admin_view(self.confirm_view),
+                {"confirmation": c},
+                name="{}_{}_{}".format(*info, c.name.replace("-", "_")),
+            )
+            for c in self.confirmations
+        ]
+        return own + super().get_urls()
+
+    def action_url(self, obj, confirmation: Confirmation) -> str:
+        info = self.model._meta.app_label, self.model._meta.model_name
+        return reverse(
+            "admin:{}_{}_{}".format(*info, confirmation.name.replace("-", "_")), args=[obj.pk]
+        )
+
+    def object_url(self, obj) -> str:
+        info = self.model._meta.app_label, self.model._meta.model_name
+        return reverse("admin:{}_{}_change".format(*info), args=[obj.pk])
+
+    def buttons(self, request, obj) -> list[Button]:
+        """Every action that exists for ``obj``: enabled, or disabled with the policy's reason."""
+        drawn = []
+        for confirmation in self.confirmations:
+            _, chosen = confirmation.choose(obj, None)
+            decision = confirmation.decide(request.user, obj, chosen)
+            if not decision.applicable:
+                continue
+            drawn.append(
+                Button(
+                    self.action_url(obj, confirmation),
+                    confirmation.label(obj),
+                    decision.allowed,
+                    decision.reason,
+                )
+            )
+        return drawn
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        obj = self.get_object(request, unquote(object_id))
+        if obj is not None:
+            buttons = self.buttons(request, obj)
+            extra_context = {
+                **(extra_context or {}),
+                "buttons": buttons,
+                "why_not": [b for b in buttons if not b.enabled],
+                **self.page_context(request, obj),
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def page_context(self, request, obj) -> dict:
+        """What an object's page shows besides its fields."""
+        return {}
+
+    def history_view(self, request, object_id, extra_context=None):
+        """ "History" shows the object's audit entries (who did what, when), not Django's
+        LogEntry, which opsweb does not write."""
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            return self._get_obj_does_not_exist_redirect(request, self.model._meta, object_id)
+        from opsweb.admin.records import audit_entries_for
+
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "object": obj,
+            "title": f"History: {obj}",
+            "entries": audit_entries_for(obj)[:200],
+        }
+        return TemplateResponse(request, "admin/opsweb/history.html", context)
+
+    def confirm_view(self, request, object_id, confirmation: Confirmation):
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            return self._get_obj_does_not_exist_redirect(request, self.model._meta, object_id)
+        choice, chosen = confirmation.choose(obj, request)
+        decision = confirmation.decide(request.user, obj, chosen)
+        if decision.forbidden:
+            raise PermissionDenied(decision.reason)
+        if not decision.applicable and request.method != "POST":
+            # On POST the service answers: it compares what the page showed first.
+            self.message_user(request, decision.reason, messages.ERROR)
+            return redirect(self.object_url(obj))
+        form = confirmation.form_class(request.POST if request.method == "POST" else None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                message, target = confirmation.perform(
+                    request.user, obj, chosen, data, data["seen"]
+                )
+            except NotAllowed as exc:
+                raise PermissionDenied(str(exc)) from None
+            except ReleaseError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                return redirect(self._again(request, obj, confirmation, choice))
+            self.message_user(request, message, messages.SUCCESS)
+            return redirect(target)
+        facts = confirmation.facts(obj, chosen)
+        if not form.is_bound:
+            form = confirmation.form_class(initial={"seen": services.base.seal(facts)})
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "object": obj,
+            "title": confirmation.title(obj, chosen),
+            "lines": confirmation.lines(obj, chosen),
+            "changes": confirmation.changes(obj, chosen),
+            "refusal": "" if decision.allowed else decision.reason,
+            "choice": choice,
+            "chosen_id": chosen.pk if isinstance(chosen, ImageVersion) else None,
+            "form": form,
+            "back": self.object_url(obj),
+        }
+        return TemplateResponse(request, "admin/opsweb/confirm.html", context)
+
+    def _again(self, request, obj, confirmation, choice) -> str:
+        url = self.action_url(obj, confirmation)
+        if choice is not None and choice.selected:
+            url += "?" + urlencode({choice.name: choice.selected})
+        return url
+
+
+# -- what the pages say about versions ---------------------------------------------------------
+
+
+def chosen_image(request, name: str, images) -> ImageVersion | None:
+    """The version picked with ``?image=<id>`` (or posted back), if it is one on offer."""
+    if request is None:
+        return None
+    raw = request.POST.get(name) or request.GET.get(name) or ""
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        return None
+    return images.filter(pk=int(raw)).first()
+
+
+def image_option(image: ImageVersion) -> tuple[str, str]:
+    first = image.commit_message.splitlines()[0][:60] if image.commit_message else ""
+    return str(image.pk), f"{image.tag}  {image.short_digest}  {first}".strip()
+
+
+def version_line(image: ImageVersion | None) -> str:
+    if image is None:
+        return "nothing"
+    first = image.commit_message.splitlines()[0] if image.commit_message else ""
+    bad = f" — MARKED BAD ({image.bad_reason})" if image.is_bad else ""
+    return f"{image.tag} ({image.digest}) {image.short_sha} {first}".strip() + bad
+
+
+def commits_between(old: ImageVersion | None, new: ImageVersion | None) -> list[ImageVersion]:
+    """The versions a promotion carries: registered after what runs now, up to the new one."""
+    if new is None:
+        return []
+    qs = ImageVersion.objects.filter(
+        repository=new.repository, registered_at__lte=new.registered_at
+    )
+    if old is not None:
+        if old.registered_at > new.registered_at:
+            return [new]  # going back in time: only the target is meaningful
+        qs = qs.filter(registered_at__gt=old.registered_at)
+    return list(qs.order_by("-registered_at")[:20])

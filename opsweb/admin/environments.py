@@ -1,0 +1,469 @@
+"""Environments: what runs where, and the buttons that change it (promote, deploy, roll back,
+resume auto-deploy, UAT sign-off, freeze)."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin
+from django.db.models import Count, Q
+from django.utils.html import format_html
+
+from opsweb import policy, services
+from opsweb.admin.confirm import (
+    Choice,
+    CommentForm,
+    Confirmation,
+    ConfirmForm,
+    ConfirmingAdmin,
+    chosen_image,
+    commits_between,
+    image_option,
+    version_line,
+)
+from opsweb.models import Environment, ImageVersion, RollbackReason, RunStatus, Signoff
+from opsweb.services import facts
+
+
+def run_url(run) -> str:
+    from django.urls import reverse
+
+    return reverse("admin:opsweb_run_change", args=[run.pk])
+
+
+def env_url(env) -> str:
+    from django.urls import reverse
+
+    return reverse("admin:opsweb_environment_change", args=[env.pk])
+
+
+class NoteForm(ConfirmForm):
+    note = forms.CharField(required=False)
+
+
+class RollbackForm(ConfirmForm):
+    # No default: the person says which of the seed's trigger conditions they saw.
+    reason = forms.ChoiceField(choices=[("", "— choose the reason —"), *RollbackReason.choices])
+    note = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+
+
+def _approvals_line(env: Environment) -> tuple[str, str]:
+    if not env.required_approvals:
+        return "Approvals needed", "none (it starts at once)"
+    return (
+        "Approvals needed",
+        f"{env.required_approvals} from {env.approver_group}"
+        + ("" if env.allow_self_approval else ", not including you"),
+    )
+
+
+class Promote(Confirmation):
+    """Shown on the source environment: promote what it runs (or a chosen earlier success)
+    one step along the flow."""
+
+    name = "promote"
+    form_class = NoteForm
+
+    def label(self, env):
+        return f"Promote to {env.downstream}"
+
+    def title(self, env, chosen):
+        return f"Promote {chosen.tag if chosen else 'a version'} from {env} to {env.downstream}"
+
+    def images(self, env):
+        # Bad versions are not offered: they cannot be promoted anywhere.
+        return (
+            ImageVersion.objects.filter(
+                runs__environment=env, runs__status=RunStatus.SUCCEEDED, is_bad=False
+            )
+            .distinct()
+            .order_by("-registered_at", "-id")
+        )
+
+    def choose(self, env, request):
+        if getattr(env, "downstream", None) is None:
+            return None, None
+        images = self.images(env)
+        chosen = chosen_image(request, "image", images)
+        if chosen is None and env.current_image and not env.current_image.is_bad:
+            chosen = env.current_image
+        options = [image_option(i) for i in images[:50]]
+        return Choice("image", "Version", options, str(chosen.pk) if chosen else ""), chosen
+
+    def decide(self, user, env, chosen):
+        target = getattr(env, "downstream", None)
+        if target is None:
+            return policy.not_applicable(f"Nothing comes after {env} in the flow.")
+        if chosen is None and env.current_image is not None:
+            return policy.refuse(
+                f"{env.current_image} is marked bad; choose another version to promote."
+            )
+        return policy.may_promote(user, target, chosen)
+
+    def facts(self, env, chosen):
+        return facts.promotion_facts(env.downstream, chosen)
+
+    def lines(self, env, chosen):
+        target = env.downstream
+        lines = [
+            ("Environment", f"{target} (promoted from {env})"),
+            ("From", version_line(target.current_image) + " (what it runs now)"),
+            ("To", version_line(chosen) if chosen else "choose a version above"),
+            _approvals_line(target),
+        ]
+        if target.requires_uat_signoff and chosen is not None:
+            signers = ", ".join(
+                so.user.get_username()
+                for so in Signoff.objects.filter(environment=env, image=chosen).select_related(
+                    "user"
+                )
+            )
+            lines.append(
+                (
+                    "UAT sign-off",
+                    f"given in {env} by {signers}"
+                    if signers
+                    else f"MISSING: {chosen.tag} needs a UAT sign-off in {env} first",
+                )
+            )
+        return lines
+
+    def changes(self, env, chosen):
+        return commits_between(env.downstream.current_image, chosen)
+
+    def perform(self, user, env, chosen, data, seen):
+        run = services.request_promotion(
+            user=user, target=env.downstream, source=env, image=chosen, note=data["note"], seen=seen
+        )
+        return f"Run #{run.pk} requested: it {run.status_phrase}.", run_url(run)
+
+
+class Deploy(Confirmation):
+    name = "deploy"
+    form_class = NoteForm
+
+    def label(self, env):
+        return "Deploy a version"
+
+    def title(self, env, chosen):
+        return f"Deploy {chosen.tag if chosen else 'a version'} to {env}"
+
+    def choose(self, env, request):
+        images = ImageVersion.objects.filter(is_bad=False).order_by("-registered_at", "-id")
+        if env.current_image_id:
+            images = images.exclude(pk=env.current_image_id)
+        chosen = chosen_image(request, "image", images)
+        options = [image_option(i) for i in images[:50]]
+        return Choice("image", "Version", options, str(chosen.pk) if chosen else ""), chosen
+
+    def decide(self, user, env, chosen):
+        return policy.may_deploy(user, env, chosen)
+
+    def facts(self, env, chosen):
+        return facts.environment_facts(env)
+
+    def lines(self, env, chosen):
+        return [
+            ("Environment", str(env)),
+            ("From", version_line(env.current_image) + " (what it runs now)"),
+            ("To", version_line(chosen) if chosen else "choose a version above"),
+            _approvals_line(env),
+        ]
+
+    def changes(self, env, chosen):
+        return commits_between(env.current_image, chosen)
+
+    def perform(self, user, env, chosen, data, seen):
+        if chosen is None:
+            raise services.ReleaseError("Choose the version to deploy first.")
+        run = services.request_deploy(
+            user=user, environment=env, image=chosen, note=data["note"], seen=seen
+        )
+        return f"Run #{run.pk} requested: it {run.status_phrase}.", run_url(run)
+
+
+class RollBack(Confirmation):
+    name = "rollback"
+    form_class = RollbackForm
+
+    def label(self, env):
+        return "Roll back"
+
+    def title(self, env, chosen):
+        return f"Roll back {env}"
+
+    def decide(self, user, env, chosen):
+        return policy.may_roll_back(user, env)
+
+    def facts(self, env, chosen):
+        return facts.rollback_facts(env)
+
+    def lines(self, env, chosen):
+        seen = facts.rollback_facts(env)
+        target = services.previous_stable_version(env, exclude=env.current_image)
+        lines = [
+            ("Environment", str(env)),
+            ("From", version_line(env.current_image) + " — will be marked bad"),
+            ("To", version_line(target) if target else "no earlier stable version"),
+            ("Approvals needed", "none: your click is the approval; it goes ahead of queued runs"),
+            ("RTO target", f"{env.rto_seconds} s"),
+        ]
+        if seen["deploy in progress"] != "none":
+            lines.append(
+                (
+                    "Deploy in progress",
+                    f"{seen['deploy in progress']} is switching versions: the rollback starts "
+                    f"when it ends and restores the newest earlier stable version then",
+                )
+            )
+        if env.auto_deploy_branch:
+            lines.append(("Auto-deploy", f"paused for {env.auto_deploy_branch} until resumed"))
+        return lines
+
+    def perform(self, user, env, chosen, data, seen):
+        run = services.roll_back(
+            user=user, environment=env, reason=data["reason"], note=data["note"], seen=seen
+        )
+        return f"Rollback run #{run.pk} queued.", run_url(run)
+
+
+class Resume(Confirmation):
+    name = "resume"
+    form_class = ConfirmForm
+
+    def label(self, env):
+        return "Resume auto-deploy"
+
+    def title(self, env, chosen):
+        return f"Resume auto-deploy in {env}"
+
+    def decide(self, user, env, chosen):
+        return policy.may_resume(user, env)
+
+    def facts(self, env, chosen):
+        return facts.environment_facts(env)
+
+    def lines(self, env, chosen):
+        return [
+            ("Environment", str(env)),
+            ("Paused because", env.paused_reason or "—"),
+            ("After this", f"versions CI registers on {env.auto_deploy_branch} deploy again"),
+        ]
+
+    def perform(self, user, env, chosen, data, seen):
+        services.resume_auto_deploy(user=user, environment=env, seen=seen)
+        return f"Auto-deploy resumed in {env}.", env_url(env)
+
+
+class SignOff(Confirmation):
+    name = "signoff"
+    form_class = CommentForm
+
+    def label(self, env):
+        image = env.current_image
+        return f"UAT passed for {image.tag}" if image else "UAT passed"
+
+    def title(self, env, chosen):
+        return f"UAT passed for {chosen.tag if chosen else 'nothing'} in {env}"
+
+    def choose(self, env, request):
+        # The version is the one the page showed, posted back; never what runs at POST time.
+        if request is not None and request.method == "POST":
+            return None, chosen_image(request, "image", ImageVersion.objects.all())
+        return None, env.current_image
+
+    def decide(self, user, env, chosen):
+        return policy.may_sign_off(user, env, chosen)
+
+    def facts(self, env, chosen):
+        return facts.signoff_facts(env, chosen) if chosen else {"what it runs": "nothing"}
+
+    def lines(self, env, chosen):
+        return [
+            ("Environment", str(env)),
+            ("Version", version_line(chosen)),
+            ("Unlocks", f"promotion of {chosen.tag if chosen else '—'} to {env.downstream}"),
+        ]
+
+    def perform(self, user, env, chosen, data, seen):
+        if chosen is None:
+            raise services.ReleaseError(f"Nothing runs in {env}, so there is nothing to sign off.")
+        services.sign_off_uat(
+            user=user, environment=env, image=chosen, note=data["comment"], seen=seen
+        )
+        return f"UAT sign-off recorded for {chosen.tag} in {env}.", env_url(env)
+
+
+class Freeze(Confirmation):
+    name = "freeze"
+    form_class = CommentForm
+
+    def label(self, env):
+        return "Unfreeze" if env.is_frozen else "Freeze"
+
+    def title(self, env, chosen):
+        return f"{self.label(env)} {env}"
+
+    def decide(self, user, env, chosen):
+        return policy.may_freeze(user, env)
+
+    def facts(self, env, chosen):
+        return facts.environment_facts(env)
+
+    def lines(self, env, chosen):
+        return [
+            ("Environment", str(env)),
+            ("After this", "runs start again" if env.is_frozen else "only rollbacks start here"),
+        ]
+
+    def perform(self, user, env, chosen, data, seen):
+        freeze = seen.get("frozen") != "yes"
+        services.set_frozen(
+            user=user, environment=env, frozen=freeze, reason=data["comment"], seen=seen
+        )
+        return f"{env} {'frozen' if freeze else 'unfrozen'}.", env_url(env)
+
+
+@admin.register(Environment)
+class EnvironmentAdmin(ConfirmingAdmin):
+    confirmations = [Promote(), Deploy(), RollBack(), Resume(), SignOff(), Freeze()]
+    list_display = [
+        "name",
+        "current_version",
+        "current_since",
+        "waiting_runs",
+        "upstream",
+        "approvals_needed",
+        "flags",
+        "backend",
+    ]
+    list_select_related = ["upstream", "current_image", "approver_group"]
+    ordering = ["position"]
+    readonly_fields = [
+        "current_image",
+        "current_since",
+        "auto_deploy_paused",
+        "paused_reason",
+        "is_frozen",
+        "drift",
+        "drift_checked_at",
+    ]
+    prepopulated_fields = {"slug": ["name"]}
+    fieldsets = [
+        (
+            "Now",
+            {
+                "fields": [
+                    "current_image",
+                    "current_since",
+                    "drift",
+                    "drift_checked_at",
+                    "auto_deploy_paused",
+                    "paused_reason",
+                    "is_frozen",
+                ]
+            },
+        ),
+        ("Place in the flow", {"fields": ["name", "slug", "position", "upstream"]}),
+        (
+            "Approvals",
+            {
+                "fields": [
+                    "required_approvals",
+                    "approver_group",
+                    "allow_self_approval",
+                    "requires_uat_signoff",
+                ]
+            },
+        ),
+        (
+            "Deploying",
+            {
+                "fields": [
+                    "backend",
+                    "backend_settings",
+                    "auto_deploy_branch",
+                    "health_check_url",
+                    "health_check_window_seconds",
+                    "auto_rollback",
+                    "rto_seconds",
+                    "soak_seconds",
+                ]
+            },
+        ),
+    ]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("downstream", "upstream__current_image", "current_image")
+            .annotate(
+                waiting=Count(
+                    "runs", filter=Q(runs__status__in=[RunStatus.PENDING, RunStatus.QUEUED])
+                )
+            )
+        )
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # runs and approvals refer to it; history must stay whole
+
+    def save_model(self, request, obj, form, change):
+        # Approval rules and backends are configuration, not state, but who changed them and
+        # when belongs in the audit trail with everything else.
+        super().save_model(request, obj, form, change)
+        if change and not form.changed_data:
+            return
+        changed = ", ".join(f"{name}={getattr(obj, name)!r}" for name in form.changed_data)
+        services.record_configuration(
+            user=request.user,
+            environment=obj,
+            message=f"{'Changed' if change else 'Created'} {obj}: {changed or 'no fields'}",
+        )
+
+    @admin.display(description="Current version", ordering="current_image__tag")
+    def current_version(self, env):
+        image = env.current_image
+        if image is None:
+            return "—"
+        bad = format_html(' <span class="opsweb-bad">BAD</span>') if image.is_bad else ""
+        return format_html(
+            "<strong>{}</strong> <code>{}</code> {}{}",
+            image.tag,
+            image.short_digest,
+            image.short_sha,
+            bad,
+        )
+
+    @admin.display(description="Waiting runs", ordering="waiting")
+    def waiting_runs(self, env):
+        return env.waiting
+
+    @admin.display(description="Approvals")
+    def approvals_needed(self, env):
+        return env.required_approvals
+
+    @admin.display(description="Flags")
+    def flags(self, env):
+        return ", ".join(environment_flags(env)) or "—"
+
+    def page_context(self, request, env):
+        return {
+            "recent_runs": env.runs.select_related("image", "requested_by")[:10],
+            "flags": environment_flags(env),
+        }
+
+
+def environment_flags(env: Environment) -> list[str]:
+    """What a person must notice about an environment, in words."""
+    flags = []
+    if env.current_image and env.current_image.is_bad:
+        flags.append(
+            f"runs a bad version ({env.current_image.tag}: {env.current_image.bad_reason})"
+        )
+    if env.is_frozen:
+        flags.append("frozen")
+    if env.auto_deploy_paused:
+        flags.append("auto-deploy paused")
+    if env.drift:
+        flags.append(f"DRIFT: {env.drift}")
+    return flags

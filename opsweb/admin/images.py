@@ -1,0 +1,87 @@
+"""Image versions: the list (bad ones in red), a version's page and Mark bad."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html
+
+from opsweb import policy, services
+from opsweb.admin.confirm import Confirmation, ConfirmForm, ConfirmingAdmin, version_line
+from opsweb.admin.records import ReadOnlyMixin
+from opsweb.models import Environment, ImageVersion
+from opsweb.services import facts
+
+
+class MarkBadForm(ConfirmForm):
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}))
+
+
+class MarkBad(Confirmation):
+    name = "mark-bad"
+    form_class = MarkBadForm
+
+    def label(self, image):
+        return "Mark bad"
+
+    def title(self, image, chosen):
+        return f"Mark {image} bad"
+
+    def decide(self, user, image, chosen):
+        return policy.may_mark_bad(user, image)
+
+    def facts(self, image, chosen):
+        return facts.image_facts(image)
+
+    def lines(self, image, chosen):
+        seen = facts.image_facts(image)
+        return [
+            ("Version", version_line(image)),
+            ("Runs now in", seen["where it runs"]),
+            ("After this", "it cannot be deployed or promoted anywhere"),
+            ("Waiting runs cancelled", seen["waiting runs"]),
+        ]
+
+    def perform(self, user, image, chosen, data, seen):
+        services.mark_bad(user=user, image=image, reason=data["reason"], seen=seen)
+        return f"{image} marked bad.", reverse("admin:opsweb_imageversion_change", args=[image.pk])
+
+
+@admin.register(ImageVersion)
+class ImageVersionAdmin(ReadOnlyMixin, ConfirmingAdmin):
+    confirmations = [MarkBad()]
+    list_display = [
+        "tag",
+        "bad",
+        "short_digest",
+        "short_sha",
+        "branch",
+        "repository",
+        "registered_at",
+        "registered_by",
+    ]
+    list_filter = ["is_bad", "branch", "repository"]
+    list_select_related = ["registered_by"]
+    search_fields = ["tag", "git_sha", "^digest", "commit_message"]
+
+    @admin.display(description="Bad", ordering="is_bad")
+    def bad(self, image):
+        # Not a boolean icon: a green tick for "bad" reads as "fine".
+        if not image.is_bad:
+            return "—"
+        return format_html('<span class="opsweb-bad" title="{}">BAD</span>', image.bad_reason)
+
+    def get_search_results(self, request, queryset, search_term):
+        queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        term = search_term.strip().lower()
+        if term and not term.startswith("sha256:") and all(c in "0123456789abcdef" for c in term):
+            # A digest prefix as people copy it, without "sha256:".
+            queryset |= self.model.objects.filter(digest__startswith=f"sha256:{term}")
+        return queryset, may_have_duplicates
+
+    def page_context(self, request, image):
+        return {
+            "runs_here": Environment.objects.filter(current_image=image),
+            "recent_runs": image.runs.select_related("environment", "requested_by")[:20],
+        }

@@ -1,0 +1,388 @@
+"""One answer to "may this user do this, and if not, why?".
+
+Each ``may_*`` function takes a user, the object and (where a rule has a clock) ``now``, and
+returns a ``Decision``: allowed, or refused with the one sentence that says why. Services call
+them inside their transaction, after taking their locks, and ``enforce()`` the answer; the admin
+calls the same functions to draw each button enabled, or disabled with the sentence beside it;
+the commands print the same sentence. One place per rule.
+
+A refusal is ``forbidden`` when it is a matter of permission or group membership (the admin
+answers 403, the services raise ``NotAllowed``); any other refusal is a rule (an error message,
+``ReleaseError``). ``applicable=False`` means the action does not exist for this object at all
+(Production has nothing to promote to), so no button is drawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.utils import timezone
+
+from opsweb.models import Environment, ImageVersion, Run, RunKind, RunStatus, Signoff
+from opsweb.services.base import (
+    NotAllowed,
+    ReleaseError,
+    actor_name,
+    approval_deadline,
+    is_approver,
+    is_older,
+    last_success,
+    previous_stable_version,
+    quorum_refusal,
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Allowed, or refused with ``reason`` (a sentence a person can act on)."""
+
+    allowed: bool
+    reason: str = ""
+    forbidden: bool = False
+    applicable: bool = True
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    def enforce(self) -> None:
+        """Raise NotAllowed (a permission matter) or ReleaseError (a rule) unless allowed."""
+        if self.allowed:
+            return
+        raise (NotAllowed if self.forbidden else ReleaseError)(self.reason)
+
+
+ALLOWED = Decision(True)
+
+
+def refuse(reason: str) -> Decision:
+    return Decision(False, reason)
+
+
+def forbid(reason: str) -> Decision:
+    return Decision(False, reason, forbidden=True)
+
+
+def not_applicable(reason: str) -> Decision:
+    return Decision(False, reason, applicable=False)
+
+
+def _has_perm(user, perm: str) -> bool:
+    return bool(user and user.is_active and user.has_perm(f"opsweb.{perm}"))
+
+
+def _first(*decisions) -> Decision:
+    """The first refusal among lazily computed decisions, or ALLOWED."""
+    for decide in decisions:
+        decision = decide()
+        if decision is not None and not decision.allowed:
+            return decision
+    return ALLOWED
+
+
+# -- the version a request would deploy ------------------------------------------------------
+
+
+def version_refusal(environment: Environment, image: ImageVersion) -> str:
+    """Why ``image`` cannot be asked for in ``environment`` now, or "" (bad, already there,
+    already on its way, or older than what runs there)."""
+    if image.is_bad:
+        return (
+            f"{image} is marked bad ({image.bad_reason or 'no reason given'}) and cannot be "
+            f"deployed anywhere."
+        )
+    current = environment.current_image
+    if current is not None and current.pk == image.pk:
+        return f"{image.tag} already runs in {environment}."
+    active = (
+        Run.objects.filter(
+            environment=environment,
+            image=image,
+            status__in=[RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING],
+        )
+        .order_by("id")
+        .first()
+    )
+    if active:
+        return (
+            f"{image.tag} is already on its way to {environment} as run #{active.pk} "
+            f"({active.get_status_display().lower()})."
+        )
+    if current is not None and is_older(image, current, environment):
+        return (
+            f"{image.tag} is older than {current.tag}, which {environment} runs; going back "
+            f"on purpose is what rollback is for."
+        )
+    return ""
+
+
+def soak_refusal(source: Environment, image: ImageVersion, now: datetime) -> str:
+    """Why ``image`` may not leave ``source`` yet: not succeeded there, still soaking, or
+    replaced before its soak time ended. "" when it may."""
+    success = last_success(source, image)
+    if success is None:
+        return f"{image.tag} has not succeeded in {source} yet."
+    if not source.soak_seconds:
+        return ""
+    ready = success.finished_at + timedelta(seconds=source.soak_seconds)
+    if now < ready:
+        return (
+            f"{image.tag} soaks in {source} until {ready:%Y-%m-%d %H:%M:%S} UTC (soak time "
+            f"{source.soak_seconds}s) before it can be promoted."
+        )
+    # Only runs that switched what runs count: a run refused at start, or one that failed
+    # before touching the backend, left this version running.
+    replaced = (
+        Run.objects.filter(
+            environment=source, switched_at__gt=success.finished_at, switched_at__lt=ready
+        )
+        .exclude(image=image)
+        .exists()
+    )
+    if replaced:
+        return (
+            f"{image.tag} was replaced in {source} before its soak time ({source.soak_seconds}s) "
+            f"ended; deploy it there again and let it soak."
+        )
+    return ""
+
+
+def promotion_candidate(target: Environment) -> ImageVersion | None:
+    """What a promotion to ``target`` takes by default: what its upstream runs, unless bad."""
+    upstream = target.upstream
+    if upstream is None or upstream.current_image is None:
+        return None
+    return upstream.current_image
+
+
+# -- environments ----------------------------------------------------------------------------
+
+
+def may_deploy(user, environment: Environment, image: ImageVersion | None = None) -> Decision:
+    """Deploy a chosen version to an environment that takes direct deploys (Local, Dev)."""
+    if not environment.accepts_direct_deploys:
+        return not_applicable(
+            f"{environment} takes promotions from {environment.upstream}, not direct deploys; "
+            f"promote the version from {environment.upstream}."
+        )
+    return _first(
+        lambda: (
+            None
+            if _has_perm(user, "request_deploy")
+            else forbid(f"{actor_name(user)} is not allowed to deploy to {environment}.")
+        ),
+        lambda: (
+            refuse(f"{environment} is frozen: it accepts rollbacks only.")
+            if environment.is_frozen
+            else None
+        ),
+        lambda: _quorum(environment, user),
+        lambda: _version(environment, image),
+    )
+
+
+def may_promote(
+    user,
+    target: Environment,
+    image: ImageVersion | None = None,
+    *,
+    now: datetime | None = None,
+) -> Decision:
+    """Promote ``image`` (default: what the upstream runs) one step along the flow into
+    ``target``. Rules 1–3 of docs/design.md, plus bad, already there, older, frozen and a
+    quorum that can be met."""
+    upstream = target.upstream
+    if upstream is None:
+        return not_applicable(
+            f"{target} is not promoted from another environment; deploy a version to it instead."
+        )
+    now = now or timezone.now()
+    image = image or upstream.current_image
+    return _first(
+        lambda: (
+            None
+            if _has_perm(user, "request_promotion")
+            else forbid(f"{actor_name(user)} is not allowed to request promotions to {target}.")
+        ),
+        lambda: (
+            refuse(f"Nothing has been deployed to {upstream} yet, so nothing to promote.")
+            if image is None
+            else None
+        ),
+        lambda: (
+            refuse(f"{target} is frozen: it accepts rollbacks only.") if target.is_frozen else None
+        ),
+        lambda: _version(target, image),
+        lambda: _text(soak_refusal(upstream, image, now)),
+        lambda: (
+            refuse(f"{image.tag} needs a UAT sign-off in {upstream} before it can go to {target}.")
+            if target.requires_uat_signoff
+            and not Signoff.objects.filter(environment=upstream, image=image).exists()
+            else None
+        ),
+        lambda: _quorum(target, user),
+    )
+
+
+def may_roll_back(user, environment: Environment) -> Decision:
+    """Roll back to the previous stable version: an approver of the environment (or opsweb
+    itself, ``user=None``), something earlier to go back to, no rollback already under way.
+    A deploy switching versions right now does not refuse it: the rollback waits for it."""
+    if user is not None and not is_approver(user, environment):
+        return forbid(
+            f"{actor_name(user)} is not in {environment.approver_group or 'an approver group'}, "
+            f"whose members roll back {environment}."
+        )
+    current = environment.current_image
+    if current is None:
+        return refuse(f"Nothing is deployed in {environment}, so there is nothing to roll back.")
+    under_way = (
+        Run.objects.filter(
+            environment=environment,
+            kind=RunKind.ROLLBACK,
+            status__in=[RunStatus.QUEUED, RunStatus.RUNNING],
+        )
+        .order_by("id")
+        .first()
+    )
+    if under_way:
+        return refuse(f"A rollback of {environment} is already under way (run #{under_way.pk}).")
+    if previous_stable_version(environment, exclude=current) is None:
+        return refuse(
+            f"No earlier version than {current.tag} succeeded in {environment} and is not bad, "
+            f"so there is nothing to roll back to."
+        )
+    return ALLOWED
+
+
+def may_resume(user, environment: Environment) -> Decision:
+    if not environment.auto_deploy_paused:
+        return not_applicable(f"Auto-deploy is not paused in {environment}.")
+    if is_approver(user, environment) or _has_perm(user, "resume_auto_deploy"):
+        return ALLOWED
+    return forbid(f"{actor_name(user)} may not resume auto-deploy in {environment}.")
+
+
+def may_sign_off(user, environment: Environment, image: ImageVersion | None = None) -> Decision:
+    """Record "UAT passed" for ``image`` (default: what runs) in ``environment`` (Staging)."""
+    downstream = getattr(environment, "downstream", None)
+    if downstream is None or not downstream.requires_uat_signoff:
+        return not_applicable(f"No environment needs a UAT sign-off from {environment}.")
+    if not _has_perm(user, "sign_off_uat"):
+        return forbid(f"{actor_name(user)} is not allowed to record UAT sign-offs.")
+    image = image or environment.current_image
+    if image is None:
+        return refuse(f"Nothing runs in {environment}, so there is nothing to sign off.")
+    if image.is_bad:
+        return refuse(f"{image} is marked bad; it cannot pass UAT.")
+    if last_success(environment, image) is None:
+        return refuse(f"{image.tag} has not succeeded in {environment}; test it there first.")
+    if Signoff.objects.filter(environment=environment, image=image, user=user).exists():
+        return refuse(f"{actor_name(user)} has already signed off {image.tag} in {environment}.")
+    return ALLOWED
+
+
+def may_freeze(user, environment: Environment) -> Decision:
+    if _has_perm(user, "freeze_environment"):
+        return ALLOWED
+    return forbid(f"{actor_name(user)} is not allowed to freeze or unfreeze environments.")
+
+
+# -- runs ------------------------------------------------------------------------------------
+
+
+def may_decide(user, run: Run, *, now: datetime | None = None) -> Decision:
+    """Approve or reject: a pending run, an approver of its environment who has not decided,
+    within the approval window."""
+    if run.status != RunStatus.PENDING:
+        return not_applicable(
+            f"Run #{run.pk} {run.status_phrase}; only runs awaiting approval can be approved or "
+            f"rejected."
+        )
+    environment = run.environment
+    if not is_approver(user, environment):
+        return forbid(
+            f"{actor_name(user)} is not in {environment.approver_group or 'an approver group'}, "
+            f"whose members approve runs in {environment}."
+        )
+    deadline = approval_deadline(run)
+    if (now or timezone.now()) >= deadline:
+        return refuse(
+            f"Run #{run.pk} expired at {deadline:%Y-%m-%d %H:%M:%S} UTC: it was not approved "
+            f"within the approval window; request it again."
+        )
+    if run.approvals.filter(user=user).exists():
+        return refuse(f"{actor_name(user)} has already decided on run #{run.pk}.")
+    return ALLOWED
+
+
+def may_approve(user, run: Run, *, now: datetime | None = None) -> Decision:
+    decision = may_decide(user, run, now=now)
+    if not decision:
+        return decision
+    if run.requested_by_id == user.pk and not run.environment.allow_self_approval:
+        return refuse(
+            f"{actor_name(user)} requested run #{run.pk}; {run.environment} needs approvals "
+            f"from other people."
+        )
+    if run.image.is_bad:
+        return refuse(f"{run.image} has been marked bad since this run was requested.")
+    return ALLOWED
+
+
+def may_reject(user, run: Run, *, now: datetime | None = None) -> Decision:
+    return may_decide(user, run, now=now)
+
+
+def may_cancel(user, run: Run) -> Decision:
+    """Cancel a run that has not started: its requester, an approver of its environment, or a
+    user with the cancel permission."""
+    if run.is_terminal:
+        return not_applicable(f"Run #{run.pk} {run.status_phrase}.")
+    if not (
+        user
+        and user.is_active
+        and (
+            run.requested_by_id == user.pk
+            or _has_perm(user, "cancel_run")
+            or is_approver(user, run.environment)
+        )
+    ):
+        return forbid(
+            f"{actor_name(user)} may not cancel run #{run.pk}: only its requester, an approver "
+            f"of {run.environment} or a user with the cancel permission can."
+        )
+    if run.status == RunStatus.RUNNING:
+        return refuse(
+            f"Run #{run.pk} is already running and is not stopped halfway; wait for it to "
+            f"finish, then roll back if needed."
+        )
+    return ALLOWED
+
+
+# -- versions --------------------------------------------------------------------------------
+
+
+def may_mark_bad(user, image: ImageVersion) -> Decision:
+    if not _has_perm(user, "mark_bad"):
+        return forbid(f"{actor_name(user)} is not allowed to mark versions bad.")
+    if image.is_bad:
+        return refuse(f"{image} is already marked bad.")
+    return ALLOWED
+
+
+# -- pieces ----------------------------------------------------------------------------------
+
+
+def _text(reason: str) -> Decision | None:
+    return refuse(reason) if reason else None
+
+
+def _quorum(environment: Environment, user) -> Decision | None:
+    return _text(quorum_refusal(environment, requester=user))
+
+
+def _version(environment: Environment, image: ImageVersion | None) -> Decision | None:
+    if image is None:
+        return None
+    return _text(version_refusal(environment, image))

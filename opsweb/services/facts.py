@@ -1,0 +1,76 @@
+"""The facts a confirmation page shows, as the services see them now.
+
+A page seals them (``base.seal``) into its form; the service recomputes them inside its
+transaction, after taking its locks, and refuses if any differ (``base.check_seen``). One
+function per kind of object, so the page and the service cannot disagree on what was shown.
+"""
+
+from __future__ import annotations
+
+from opsweb.models import Environment, ImageVersion, Run, RunStatus, Signoff
+from opsweb.services.base import approvals_count, describe, previous_stable_version
+
+
+def environment_facts(environment: Environment) -> dict[str, str]:
+    """What an environment runs and how it takes runs."""
+    return {
+        "what it runs": describe(environment.current_image),
+        "frozen": "yes" if environment.is_frozen else "no",
+        "auto-deploy": "paused" if environment.auto_deploy_paused else "on",
+        "approvals needed": str(environment.required_approvals),
+    }
+
+
+def promotion_facts(target: Environment, image: ImageVersion | None) -> dict[str, str]:
+    facts = environment_facts(target)
+    if image is not None:
+        facts["version marked bad"] = "yes" if image.is_bad else "no"
+        if target.requires_uat_signoff and target.upstream_id:
+            signed = Signoff.objects.filter(environment_id=target.upstream_id, image=image)
+            facts["UAT sign-off"] = "given" if signed.exists() else "missing"
+    return facts
+
+
+def rollback_facts(environment: Environment) -> dict[str, str]:
+    current = environment.current_image
+    target = previous_stable_version(environment, exclude=current) if current else None
+    deploying = (
+        Run.objects.filter(environment=environment, status=RunStatus.RUNNING)
+        .exclude(kind="rollback")
+        .first()
+    )
+    return {
+        "what it runs": describe(current),
+        "rollback target": describe(target),
+        "deploy in progress": f"run #{deploying.pk}" if deploying else "none",
+    }
+
+
+def signoff_facts(environment: Environment, image: ImageVersion) -> dict[str, str]:
+    return {
+        "what it runs": describe(environment.current_image),
+        "version marked bad": "yes" if image.is_bad else "no",
+    }
+
+
+def run_facts(run: Run) -> dict[str, str]:
+    """A run as an approver sees it: status, approvals so far, what it deploys over."""
+    return {
+        "status": run.get_status_display().lower(),
+        "approvals": f"{approvals_count(run)} of {run.required_approvals}",
+        "version": describe(run.image),
+        "what the environment runs": describe(run.environment.current_image),
+        "version marked bad": "yes" if run.image.is_bad else "no",
+    }
+
+
+def image_facts(image: ImageVersion) -> dict[str, str]:
+    waiting = image.runs.filter(status__in=[RunStatus.PENDING, RunStatus.QUEUED]).count()
+    return {
+        "marked bad": "yes" if image.is_bad else "no",
+        "where it runs": ", ".join(
+            Environment.objects.filter(current_image=image).values_list("name", flat=True)
+        )
+        or "nowhere",
+        "waiting runs": str(waiting),
+    }
