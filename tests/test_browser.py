@@ -82,3 +82,34 @@ def test_approver_approves_a_pending_promotion_and_sees_it_succeed(
     # ORM calls made while Playwright's loop runs use connections of their own context; close
     # them here, or the test database cannot be dropped at the end of the session.
     connections.close_all()
+
+
+def test_a_disabled_button_says_why_and_a_bad_version_is_flagged(
+    browser, live_server, flow, alice, bob
+):
+    from tests.conftest import make_image
+
+    staging = flow["staging"]
+    v1 = make_image("1.0.0")
+    succeed_in(staging, v1)
+    services.mark_bad(user=bob, image=v1, reason="CVE-2026-0001 in libfoo")
+
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("#id_username", "bob")
+    page.fill("#id_password", "pw-bob")
+    page.click("input[type=submit]")
+    shots = os.environ.get("TMPDIR", "/tmp")
+
+    assert "runs a bad version" in page.inner_text("#pipeline")
+    assert page.is_visible("#pipeline .opsweb-bad")
+    page.screenshot(path=os.path.join(shots, "opsweb-board-bad-version.png"), full_page=True)
+
+    page.goto(f"{live_server.url}/admin/opsweb/environment/{staging.pk}/change/")
+    disabled = page.locator(".object-tools .opsweb-disabled", has_text="Roll back")
+    assert disabled.is_visible() and disabled.get_attribute("aria-disabled") == "true"
+    assert "nothing to roll back to" in disabled.get_attribute("title")
+    assert "Roll back is not available: No earlier version" in page.inner_text("#why-not")
+    assert "runs a bad version (1.0.0: CVE-2026-0001 in libfoo)" in page.inner_text("#flags")
+    page.screenshot(path=os.path.join(shots, "opsweb-disabled-button.png"), full_page=True)
+    connections.close_all()

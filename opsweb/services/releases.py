@@ -249,7 +249,7 @@ def _refuse_ended(run: Run) -> None:
     """A run that ended (expired, superseded…) before the decision: say how, not just no."""
     if run.status == RunStatus.PENDING:
         return
-    detail = f": {run.error}" if run.error else ""
+    detail = f": {run.error.rstrip('.')}" if run.error else ""
     if run.status == RunStatus.EXPIRED:
         detail = (
             f" at {approval_deadline(run):%Y-%m-%d %H:%M:%S} UTC: it was not approved within "

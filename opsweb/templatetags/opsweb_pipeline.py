@@ -22,9 +22,12 @@ def pipeline(context):
         run.environment_id: run
         for run in Run.objects.filter(status=RunStatus.RUNNING).select_related("image")
     }
+    awaiting = list(
+        Run.objects.filter(status=RunStatus.PENDING)
+        .select_related("environment", "image", "requested_by")
+        .annotate(given=services.counting_approvals_annotation())[:10]
+    )
     return {
         "environments": [(env, running.get(env.pk)) for env in environments],
-        "awaiting": Run.objects.filter(status=RunStatus.PENDING)
-        .select_related("environment", "image", "requested_by")
-        .annotate(given=services.counting_approvals_annotation())[:10],
+        "awaiting": [(run, services.unreachable_quorum(run)) for run in awaiting],
     }

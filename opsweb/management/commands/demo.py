@@ -30,6 +30,8 @@ PEOPLE = {
     "carol": ["staging approvers", "production approvers"],
     "ci": ["ci"],
 }
+# Service accounts run management commands (--as ci) and never log into the web console.
+SERVICE_ACCOUNTS = {"ci"}
 
 
 class Command(BaseCommand):
@@ -93,11 +95,17 @@ class Command(BaseCommand):
     def _people(self):
         users = {}
         for username, groups in PEOPLE.items():
+            service = username in SERVICE_ACCOUNTS
             user, created = User.objects.get_or_create(
-                username=username, defaults={"is_staff": True}
+                username=username, defaults={"is_staff": not service}
             )
+            if service and (user.is_staff or user.has_usable_password()):
+                user.is_staff = False
+                user.set_unusable_password()
+                user.save()
             if created:
-                user.set_password(remember_password(username))
+                if not service:
+                    user.set_password(remember_password(username))
                 user.save()
                 user.groups.set(Group.objects.filter(name__in=groups))
             users[username] = user
@@ -180,6 +188,12 @@ class Command(BaseCommand):
             )
         self.stdout.write("Demo users (log in at /admin/):")
         for username, groups in PEOPLE.items():
+            if username in SERVICE_ACCOUNTS:
+                self.stdout.write(
+                    f"  {username:<6} {'(no password)':<18} service account: "
+                    f"manage.py commands only (--as {username})"
+                )
+                continue
             self.stdout.write(
                 f"  {username:<6} {remember_password(username):<18} {', '.join(groups)}"
             )

@@ -74,7 +74,8 @@ class Command(OpswebCommand):
         message = registration.message
         if not runs:
             # A CI retry of a registration whose deploy is still on its way follows that run.
-            runs = [run for run in auto_deploy_runs(image) if not run.is_terminal]
+            branch = fields["branch"] or image.branch
+            runs = [run for run in auto_deploy_runs(image, branch) if not run.is_terminal]
             if not registration.not_deployed:
                 message += " " + nothing_deployed(image.branch)
             elif runs:
@@ -165,15 +166,13 @@ def resolve(fields: dict, region: str) -> str:
     return found
 
 
-def auto_deploy_runs(image) -> list[Run]:
-    """The newest deploy of ``image`` into each environment that auto-deploys its branch."""
-    if not image.branch:
+def auto_deploy_runs(image, branch: str) -> list[Run]:
+    """The newest deploy of ``image`` into each environment that auto-deploys ``branch``."""
+    if not branch:
         return []
     latest: dict[int, Run] = {}
     runs = (
-        Run.objects.filter(
-            image=image, kind=RunKind.DEPLOY, environment__auto_deploy_branch=image.branch
-        )
+        Run.objects.filter(image=image, kind=RunKind.DEPLOY, environment__auto_deploy_branch=branch)
         .select_related("environment", "image")
         .order_by("-created_at", "-id")
     )

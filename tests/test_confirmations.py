@@ -1,0 +1,207 @@
+"""Every confirmation page is bound to what it showed: if the state changes between the GET
+and the POST, the service refuses with a sentence and writes nothing (opsweb.admin.confirm)."""
+
+import pytest
+from django.urls import reverse
+
+from opsweb import services
+from opsweb.models import Approval, AuditEntry, Environment, ImageVersion, Run, RunStatus, Signoff
+from tests.conftest import make_image, make_user, succeed_in
+from tests.test_admin import login, messages_of, post_form
+
+pytestmark = pytest.mark.django_db
+
+
+def env_action(env, name):
+    return reverse(f"admin:opsweb_environment_{name}", args=[env.pk])
+
+
+def run_action(run, name):
+    return reverse(f"admin:opsweb_run_{name}", args=[run.pk])
+
+
+@pytest.fixture
+def staged(flow, bob, carol):
+    """1.0.0 runs in Staging and Production; 2.0.0 succeeded in Dev."""
+    v1, v2 = make_image("1.0.0"), make_image("2.0.0")
+    for env in ("dev", "staging", "production"):
+        succeed_in(flow[env], v1)
+    succeed_in(flow["dev"], v2)
+    return v1, v2
+
+
+def refused(response, text):
+    return any(text in m for m in messages_of(response))
+
+
+def test_signoff_refused_when_staging_changed_since_the_page_was_shown(flow, staged, bob):
+    # The issue's example: the sign-off would have gone to a version nobody looked at.
+    v1, v2 = staged
+    staging = flow["staging"]
+    response = post_form(
+        login(bob),
+        env_action(staging, "signoff"),
+        {"comment": "UAT of 1.0.0 passed"},
+        between=lambda: succeed_in(staging, v2),
+    )
+    assert refused(response, "AWS Staging changed since you looked: what it runs is now 2.0.0")
+    assert Signoff.objects.count() == 0
+
+
+def test_signoff_records_the_version_the_page_showed(flow, staged, bob):
+    post_form(login(bob), env_action(flow["staging"], "signoff"), {"comment": "ok"})
+    assert Signoff.objects.get().image == staged[0]
+
+
+def test_promote_refused_when_the_target_changed(flow, staged, alice):
+    v1, v2 = staged
+    v3 = make_image("3.0.0")
+    response = post_form(
+        login(alice),
+        env_action(flow["dev"], "promote"),
+        {},
+        between=lambda: succeed_in(flow["staging"], v3),
+    )
+    assert refused(response, "AWS Staging changed since you looked")
+    assert not Run.objects.filter(kind="promotion").exists()
+
+
+def test_promote_summary_describes_the_version_chosen(flow, staged, alice):
+    v1, v2 = staged
+    v15 = make_image("1.5.0")
+    succeed_in(flow["dev"], v15)
+    succeed_in(flow["dev"], v2)  # Dev runs 2.0.0 again; 1.5.0 is an earlier success
+    url = env_action(flow["dev"], "promote") + f"?image={v15.pk}"
+    page = login(alice).get(url).text
+    to_line = page.split(">To</th><td>")[1].split("</td>")[0]
+    assert to_line.startswith("1.5.0 (") and "Promote 1.5.0 from AWS Dev" in page
+    post_form(login(alice), url, {"note": "the earlier one"})
+    assert Run.objects.get(kind="promotion").image == v15
+
+
+def test_deploy_refused_when_the_environment_changed(flow, staged, alice):
+    v3, v4 = make_image("3.0.0"), make_image("4.0.0")
+    response = post_form(
+        login(alice),
+        env_action(flow["dev"], "deploy") + f"?image={v4.pk}",
+        {},
+        between=lambda: succeed_in(flow["dev"], v3),
+    )
+    assert refused(response, "AWS Dev changed since you looked: what it runs is now 3.0.0")
+    assert not Run.objects.filter(image=v4).exists()
+
+
+def test_approve_refused_when_someone_else_approved_meanwhile(flow, staged, alice, bob, carol):
+    run = services.request_promotion(user=alice, target=flow["staging"])
+    response = post_form(
+        login(bob),
+        run_action(run, "approve"),
+        {},
+        between=lambda: services.approve_run(user=carol, run=run),
+    )
+    assert refused(response, f"Run #{run.pk} changed since you looked: status is now queued")
+    assert list(Approval.objects.values_list("user__username", flat=True)) == ["carol"]
+
+
+def test_reject_refused_when_the_run_was_cancelled_meanwhile(flow, staged, alice, bob):
+    run = services.request_promotion(user=alice, target=flow["staging"])
+    response = post_form(
+        login(bob),
+        run_action(run, "reject"),
+        {"comment": "no"},
+        between=lambda: services.cancel_run(user=alice, run=run),
+    )
+    assert refused(response, "status is now cancelled")
+    assert Approval.objects.count() == 0
+
+
+def test_cancel_refused_when_the_run_was_approved_meanwhile(flow, staged, alice, bob):
+    run = services.request_promotion(user=alice, target=flow["staging"])
+    response = post_form(
+        login(alice),
+        run_action(run, "cancel"),
+        {},
+        between=lambda: services.approve_run(user=bob, run=run),
+    )
+    assert refused(response, "changed since you looked: status is now queued")
+    run.refresh_from_db()
+    assert run.status == RunStatus.QUEUED
+
+
+def test_rollback_page_refused_when_someone_else_rolled_back(flow, staged, bob, carol):
+    prod = flow["production"]
+    v09 = make_image("0.9.0")
+    succeed_in(prod, v09)
+    succeed_in(prod, staged[0])
+
+    def carol_rolls_back():
+        run = services.roll_back(user=carol, environment=prod, reason="critical_errors")
+        succeed_in(prod, run.image)
+        Run.objects.filter(pk=run.pk).update(status=RunStatus.SUCCEEDED)
+
+    response = post_form(
+        login(bob),
+        env_action(prod, "rollback"),
+        {"reason": "critical_errors"},
+        between=carol_rolls_back,
+    )
+    assert refused(response, "AWS Production changed since you looked")
+    assert Run.objects.filter(kind="rollback").count() == 1
+
+
+def test_mark_bad_refused_when_the_version_went_live_meanwhile(flow, staged, bob):
+    v3 = make_image("3.0.0")
+    response = post_form(
+        login(bob),
+        reverse("admin:opsweb_imageversion_mark_bad", args=[v3.pk]),
+        {"reason": "crashes"},
+        between=lambda: succeed_in(flow["dev"], v3),
+    )
+    assert refused(response, "where it runs is now AWS Dev (you saw nowhere)")
+    assert not ImageVersion.objects.get(pk=v3.pk).is_bad
+
+
+def test_resume_refused_when_someone_else_resumed_and_paused_again(flow, staged, alice):
+    dev = flow["dev"]
+    Environment.objects.filter(pk=dev.pk).update(auto_deploy_paused=True, paused_reason="rb")
+
+    def meanwhile():
+        services.resume_auto_deploy(user=alice, environment=dev)
+        succeed_in(dev, make_image("3.0.0"))  # and a new version went out
+
+    response = post_form(login(alice), env_action(dev, "resume"), {}, between=meanwhile)
+    assert refused(response, "AWS Dev changed since you looked")
+    assert AuditEntry.objects.filter(action="resume_auto_deploy").count() == 1
+
+
+def test_freeze_refused_when_someone_else_froze_meanwhile(flow, staged, bob):
+    prod = flow["production"]
+    response = post_form(
+        login(bob),
+        env_action(prod, "freeze"),
+        {"comment": "release weekend"},
+        between=lambda: services.set_frozen(user=bob, environment=prod, frozen=True),
+    )
+    assert refused(response, "frozen is now yes (you saw no)")
+    assert AuditEntry.objects.filter(action="set_frozen").count() == 1
+
+
+def test_a_forged_or_missing_seen_field_changes_nothing(flow, staged, bob):
+    url = env_action(flow["staging"], "signoff")
+    client = login(bob)
+    page = client.get(url)
+    import re
+
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    response = client.post(url, {"csrfmiddlewaretoken": token, "seen": "{}"})
+    assert response.status_code == 200 and "The page is out of date" in response.text
+    assert Signoff.objects.count() == 0
+
+
+@pytest.mark.parametrize("name", ["promote", "rollback", "signoff", "freeze", "deploy"])
+def test_unknown_environment_in_a_custom_url_is_the_admins_does_not_exist(flow, bob, name):
+    root = make_user("root", is_superuser=True)
+    for bad in ("999999", "abc"):
+        response = login(root).get(f"/admin/opsweb/environment/{bad}/{name}/", follow=True)
+        assert response.status_code == 200
+        assert any("doesn’t exist" in m for m in messages_of(response))
