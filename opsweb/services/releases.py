@@ -1,5 +1,5 @@
 """Requests and decisions: deploy, promote, approve, reject, cancel, sign off, mark bad, roll
-back, resume, freeze, register. Each checks the rules of DESIGN.md and records who and when."""
+back, resume, freeze, register. Each checks the rules of docs/design.md and records who and when."""
 
 from __future__ import annotations
 
