@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect
@@ -21,6 +21,7 @@ from django.urls import path, reverse
 from django.utils.http import urlencode
 
 from opsweb import services
+from opsweb.admin.lists import OpswebAdmin
 from opsweb.models import ImageVersion
 from opsweb.policy import Decision
 from opsweb.services import NotAllowed, ReleaseError
@@ -102,7 +103,7 @@ class Button:
     reason: str = ""
 
 
-class ConfirmingAdmin(admin.ModelAdmin):
+class ConfirmingAdmin(OpswebAdmin):
     """A ModelAdmin whose object pages carry ``confirmations``: buttons drawn from the policy
     (enabled, or disabled with the reason) and one view serving every confirmation page."""
 

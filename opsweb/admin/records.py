@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from opsweb.admin.lists import OpswebAdmin
 from opsweb.models import Approval, AuditEntry, Environment, ImageVersion, Run, RunEvent, Signoff
 
 
@@ -21,7 +22,7 @@ class ReadOnlyMixin:
         return False
 
 
-class ReadOnlyAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class ReadOnlyAdmin(ReadOnlyMixin, OpswebAdmin):
     pass
 
 

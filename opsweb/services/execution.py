@@ -144,7 +144,7 @@ def record_switch(*, run_id: int, backend_ref: dict, message: str = "") -> bool:
     Only while the run is still running: a worker that was declared lost and wakes up late
     must not overwrite what a later run deployed.
     """
-    run = Run.objects.select_for_update().select_related("environment").get(pk=run_id)
+    run = Run.objects.select_for_update(of=("self",)).select_related("environment").get(pk=run_id)
     if run.status != RunStatus.RUNNING:
         add_event(
             run, "Ignored a late result: this run had already ended", level=RunEvent.Level.WARNING

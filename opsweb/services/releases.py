@@ -110,7 +110,7 @@ def request_deploy(
 
 def _lock_environment(environment: Environment) -> Environment:
     return (
-        Environment.objects.select_for_update()
+        Environment.objects.select_for_update(of=("self",))
         .select_related("current_image", "upstream__current_image")
         .get(pk=environment.pk)
     )
@@ -162,7 +162,7 @@ def settle(run: Run) -> None:
     decision refused because of it leaves the run ended."""
     with transaction.atomic():
         run = (
-            Run.objects.select_for_update()
+            Run.objects.select_for_update(of=("self",))
             .select_related("environment__current_image", "image")
             .get(pk=run.pk)
         )
@@ -193,7 +193,7 @@ def _lock_run(run: Run) -> Run:
     # The row lock serialises approvers deciding at the same instant (PostgreSQL); SQLite
     # serialises writers with IMMEDIATE transactions.
     return (
-        Run.objects.select_for_update()
+        Run.objects.select_for_update(of=("self",))
         .select_related("environment__current_image", "environment__approver_group", "image")
         .get(pk=run.pk)
     )
