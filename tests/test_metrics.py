@@ -266,3 +266,21 @@ def test_dora_page_other_environment_and_period(client, bob, flow):
     html = client.get("/admin/dora/?environment=staging&days=7").content.decode()
     assert "AWS Staging: the four keys" in html
     assert "1 successful deployments in 7 days" in html
+
+
+def test_demo_history_gives_the_dora_page_weeks_of_data(flow):
+    from django.contrib.auth.models import User
+
+    from opsweb.management.commands.demo import backdated_history
+
+    users = {name: User.objects.create(username=name) for name in ("ci", "bob", "carol")}
+    environments = list(flow.values())
+    inserted = backdated_history(environments, "a" * 40, users)
+    report = metrics.dora_report(flow["production"], days=90)
+    assert inserted > 50
+    assert report.deployments >= 10 and report.rollbacks >= 1
+    assert report.lead_time_median > 86400  # production gets a version days after its commit
+    assert 0 < report.change_failure_rate < 0.5
+    assert sum(1 for week in report.weeks if week.deployments) >= 8
+    dev = metrics.dora_report(flow["dev"], days=90)
+    assert dev.deployments > report.deployments and dev.lead_time_median < 3600
