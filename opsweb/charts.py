@@ -14,6 +14,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 WIDTH, HEIGHT = 560, 180
 LEFT, RIGHT, TOP, BOTTOM = 56, 12, 12, 28
+LABELS = 7  # at most this many axis labels, so that dates never overlap
 BAR = "#417690"  # the admin's own blue
 MARK = "#ba2121"  # the admin's error red, for p90 marks and the target line
 
@@ -56,7 +57,7 @@ def bar_chart(
     for index, point in enumerate(points):
         x = LEFT + index * step
         parts.append(bar(point, x, step, y, fmt))
-        if index % max(1, len(points) // 8) == 0:
+        if index % max(1, -(-len(points) // LABELS)) == 0:
             parts.append(
                 f'<text x="{x + step / 2:.1f}" y="{HEIGHT - 10}" font-size="10" '
                 f'text-anchor="middle" fill="#666">{escape(point.label)}</text>'
