@@ -2,7 +2,7 @@
 
 Every figure is computed in the database with aggregates and window functions; Python only
 reads the few rows that come back (one per week, or two per percentile). Units: seconds and
-UTC; weeks start on Monday 00:00 UTC (``TruncWeek``).
+UTC; weeks start on Monday 00:00 UTC.
 
 What is counted, for environment E and the period [since, until):
 
@@ -33,21 +33,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from django.db.models import (
     Count,
-    DateTimeField,
-    DurationField,
+    DateField,
     Exists,
-    ExpressionWrapper,
     F,
+    FloatField,
+    Func,
     OuterRef,
     Q,
     Value,
     Window,
 )
-from django.db.models.functions import Ceil, Coalesce, Floor, RowNumber, TruncWeek
+from django.db.models.functions import Ceil, Coalesce, Floor, RowNumber
 from django.utils import timezone
 
 from opsweb.models import Environment, Run, RunKind, RunStatus
@@ -71,9 +71,9 @@ RESTORE_BANDS = [("elite", HOUR), ("high", DAY), ("medium", WEEK)]
 
 @dataclass
 class Week:
-    """One Monday-to-Sunday bucket (UTC)."""
+    """One Monday-to-Sunday bucket (UTC), starting on ``start``."""
 
-    start: datetime
+    start: date
     deployments: int = 0
     changes: int = 0
     failures: int = 0
@@ -117,7 +117,7 @@ class Report:
         data["weeks"] = [
             {
                 **asdict(week),
-                "start": week.start.date().isoformat(),
+                "start": week.start.isoformat(),
                 "failure_rate": week.failure_rate,
             }
             for week in self.weeks
@@ -212,15 +212,44 @@ def ended_changes(runs, since: datetime, until: datetime):
     )
 
 
+class Seconds(Func):
+    """Seconds from the second datetime to the first, as a float, with the database's own
+    functions (Django's generic datetime subtraction calls Python per row on SQLite)."""
+
+    arity = 2
+    output_field = FloatField()
+    template = "EXTRACT(EPOCH FROM (%(expressions)s))"
+    arg_joiner = " - "
+
+    def as_sqlite(self, compiler, connection, **extra):
+        return self.as_sql(
+            compiler,
+            connection,
+            template="((julianday(%(expressions)s)) * 86400.0)",
+            arg_joiner=") - julianday(",
+            **extra,
+        )
+
+
+class WeekStart(Func):
+    """The Monday (UTC) of a datetime's week, as a date, with the database's own functions."""
+
+    arity = 1
+    output_field = DateField()
+    template = "CAST(date_trunc('week', %(expressions)s AT TIME ZONE 'UTC') AS date)"
+
+    def as_sqlite(self, compiler, connection, **extra):
+        # SQLite keeps datetimes as UTC text; 'weekday 1' moves forward to a Monday.
+        template = "date(%(expressions)s, '-6 days', 'weekday 1')"
+        return self.as_sql(compiler, connection, template=template, **extra)
+
+
 def lead_time():
-    return ExpressionWrapper(
-        F("finished_at") - Coalesce("image__committed_at", "image__registered_at"),
-        output_field=DurationField(),
-    )
+    return Seconds("finished_at", Coalesce("image__committed_at", "image__registered_at"))
 
 
 def restore_time():
-    return ExpressionWrapper(F("finished_at") - F("created_at"), output_field=DurationField())
+    return Seconds("finished_at", "created_at")
 
 
 def percentiles(runs, value, fractions, *, by=None) -> dict:
@@ -228,7 +257,7 @@ def percentiles(runs, value, fractions, *, by=None) -> dict:
     such as a week; None: one bucket for all), interpolated like ``percentile_cont``."""
     partition = [by] if by is not None else []
     ranked = runs.annotate(
-        bucket=by if by is not None else Value(None, output_field=DateTimeField()),
+        bucket=by if by is not None else Value(None, output_field=DateField()),
         value=value,
         rank=Window(RowNumber(), partition_by=partition, order_by=[value.asc(), F("id").asc()]),
         size=Window(Count("id"), partition_by=partition),
@@ -239,8 +268,8 @@ def percentiles(runs, value, fractions, *, by=None) -> dict:
         wanted |= Q(rank=Floor(position) + 1) | Q(rank=Ceil(position) + 1)
     rows = ranked.filter(wanted).values_list("bucket", "rank", "size", "value")
     found: dict = {}
-    for bucket, rank, size, duration in rows:  # at most 2 rows per fraction and bucket
-        found.setdefault(bucket, {"size": size})[rank] = duration.total_seconds()
+    for bucket, rank, size, seconds in rows:  # at most 2 rows per fraction and bucket
+        found.setdefault(bucket, {"size": size})[rank] = seconds
     return {
         bucket: {fraction: interpolate(ranks, fraction) for fraction in fractions}
         for bucket, ranks in found.items()
@@ -251,12 +280,13 @@ def interpolate(ranks: dict, fraction: float) -> float:
     position = (ranks["size"] - 1) * fraction
     low = ranks[math.floor(position) + 1]
     high = ranks.get(math.ceil(position) + 1, low)
-    return low + (high - low) * (position - math.floor(position))
+    # To the millisecond: SQLite's julianday() arithmetic is exact to ~0.1 ms only.
+    return round(low + (high - low) * (position - math.floor(position)), 3)
 
 
 def weekly(changes, deployments, restores, since: datetime, until: datetime) -> list[Week]:
     """One ``Week`` per week touching the period, oldest first, empty weeks included."""
-    week = TruncWeek("finished_at", tzinfo=UTC)
+    week = WeekStart("finished_at")
     counts = (
         changes.annotate(week=week)
         .values("week")
@@ -285,13 +315,12 @@ def weekly(changes, deployments, restores, since: datetime, until: datetime) -> 
     return [weeks[start] for start in sorted(weeks)]
 
 
-def week_starts(since: datetime, until: datetime) -> list[datetime]:
-    since = since.astimezone(UTC)
-    start = (since - timedelta(days=since.weekday())).replace(
-        hour=0, minute=0, second=0, microsecond=0
-    )
+def week_starts(since: datetime, until: datetime) -> list[date]:
+    """The Mondays (UTC) of the weeks touching [since, until)."""
+    since = since.astimezone(UTC).date()
+    start, end = since - timedelta(days=since.weekday()), until.astimezone(UTC).date()
     starts = []
-    while start < until:
+    while start <= end:
         starts.append(start)
         start += timedelta(days=7)
     return starts

@@ -353,6 +353,14 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["environment", "status"]),
             models.Index(fields=["status", "heartbeat_at"]),
+            # The DORA figures: runs of an environment by finish time, and "was this version
+            # rolled back here later?" for each of them.
+            models.Index(fields=["environment", "finished_at"], name="run_environment_finished"),
+            models.Index(
+                fields=["replaces", "environment", "created_at"],
+                condition=Q(kind="rollback"),
+                name="run_rollback_of_version",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -115,7 +115,7 @@ def test_dora_report_weeks_are_mondays_with_empty_weeks_kept(flow):
     history(production, make_image(), finished=NOW - timedelta(days=14), status=RunStatus.FAILED)
     report = metrics.dora_report(production, days=21, until=NOW)
     starts = [week.start for week in report.weeks]
-    assert all(start.weekday() == 0 and start.hour == 0 for start in starts)
+    assert all(start.weekday() == 0 for start in starts)
     assert starts == sorted(starts) and len(starts) == 4
     last, two_before = report.weeks[-1], report.weeks[-3]
     assert (last.deployments, last.lead_time_median) == (2, 36 * 3600)
