@@ -171,7 +171,7 @@ OPSWEB = {
 }
 
 # Notifications. Mail uses Django's mailers, configured from EMAIL_URL (django-environ syntax,
-# e.g. smtp+tls://user:password@smtp.example.com:587); without it mail is printed to the console.
+# e.g. smtp+tls://user:password@smtp.example.com:587); without it, locally, mail is printed.
 
 
 def mailer(url: str) -> dict:
@@ -191,7 +191,12 @@ def mailer(url: str) -> dict:
     return {"BACKEND": config["EMAIL_BACKEND"], "OPTIONS": options}
 
 
-MAILERS = {"default": mailer(env.str("EMAIL_URL", default="consolemail://"))}
+# Production without EMAIL_URL uses Django's own default, an SMTP server on localhost:25.
+MAILERS = {
+    "default": mailer(
+        env.str("EMAIL_URL", default="smtp://localhost:25" if PRODUCTION else "consolemail://")
+    )
+}
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="opsweb@localhost")
 # The console's address as people reach it: notifications link to run pages under it.
 OPSWEB_BASE_URL = env.str("OPSWEB_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
