@@ -267,6 +267,8 @@ def deliver(delivery_id: int) -> str:
     delivery = NotificationDelivery.objects.select_related("channel").filter(pk=delivery_id).first()
     if delivery is None or delivery.status not in {Status.PENDING, Status.RETRYING}:
         return "nothing to send"
+    if delivery.next_attempt_at and delivery.next_attempt_at > timezone.now():
+        return "not due yet"  # a second copy of the retry must not skip the backoff
     attempt = delivery.attempts + 1
     claimed = NotificationDelivery.objects.filter(
         pk=delivery.pk, attempts=delivery.attempts, status=delivery.status
@@ -280,6 +282,19 @@ def deliver(delivery_id: int) -> str:
     except Exception as exc:  # any failure is the delivery's, never the caller's
         return failed(delivery, attempt, f"{exc}"[:1000] or repr(exc))
     return record(delivery, Status.SENT, "")
+
+
+def retry_due(*, late: timedelta = timedelta(minutes=2)) -> list[int]:
+    """Queue deliveries whose turn passed more than ``late`` ago without a worker taking them
+    (the broker lost the task, or its retry schedule was deleted). For the reconciler."""
+    now = timezone.now()
+    stuck = NotificationDelivery.objects.filter(
+        Q(status=Status.RETRYING, next_attempt_at__lt=now - late)
+        | Q(status=Status.PENDING, attempts=0, created_at__lt=now - late)
+    ).values_list("pk", flat=True)
+    ids = list(stuck[:500])
+    enqueue_all(ids)
+    return ids
 
 
 def record(delivery: NotificationDelivery, status: str, error: str, **fields) -> str:

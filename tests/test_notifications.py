@@ -219,6 +219,8 @@ def test_failed_delivery_is_retried_with_backoff_then_sent(flow, receiver, commi
     assert timedelta(seconds=29) < delivery.next_attempt_at - before < timedelta(seconds=40)
     retry = Schedule.objects.get(name=f"notify-{delivery.pk}-2")
     assert retry.func == "opsweb.notifications.deliver" and retry.schedule_type == Schedule.ONCE
+    assert notifications.deliver(delivery.pk) == "not due yet"
+    NotificationDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
     assert notifications.deliver(delivery.pk) == "sent"
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts, delivery.last_error) == (Status.SENT, 2, "")
@@ -236,6 +238,7 @@ def test_unreachable_receiver_gives_up_after_the_last_attempt_and_the_run_still_
     committed(finish, run)
     delivery = NotificationDelivery.objects.get()
     for _ in range(notifications.MAX_ATTEMPTS - 1):
+        NotificationDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=None)
         notifications.deliver(delivery.pk)
     delivery.refresh_from_db()
     assert delivery.status == Status.FAILED and delivery.attempts == notifications.MAX_ATTEMPTS
@@ -342,3 +345,49 @@ def test_admin_deliveries_are_read_only_and_show_attempts_and_error(client, flow
     assert client.get("/admin/opsweb/notificationdelivery/add/").status_code == 403
     page = client.get(f"/admin/opsweb/notificationdelivery/{delivery.pk}/change/")
     assert page.status_code == 200 and b'name="_save"' not in page.content
+
+
+def test_retry_due_sends_deliveries_whose_retry_was_lost(flow, receiver, sync_tasks):
+    item = channel("slack", receiver.url)
+    long_ago = timezone.now() - timedelta(minutes=10)
+    lost = NotificationDelivery.objects.create(
+        channel=item,
+        event="run_failed",
+        payload={"title": "A run failed", "text": "lost", "url": "http://x/"},
+        status=Status.RETRYING,
+        attempts=1,
+        next_attempt_at=long_ago,
+    )
+    waiting = NotificationDelivery.objects.create(
+        channel=item,
+        event="run_failed",
+        status=Status.RETRYING,
+        attempts=1,
+        next_attempt_at=timezone.now() + timedelta(minutes=5),
+    )
+    assert notifications.retry_due() == [lost.pk]
+    lost.refresh_from_db()
+    waiting.refresh_from_db()
+    assert (lost.status, lost.attempts) == (Status.SENT, 2)
+    assert (waiting.status, waiting.attempts) == (Status.RETRYING, 1)
+    assert [json.loads(r["body"])["text"] for r in receiver.requests] == [
+        "*A run failed*\nlost\n<http://x/|Open opsweb>"
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_delivers_after_the_release_commits(flow, receiver, worker):
+    import time
+
+    channel("webhook", receiver.url, secret=SECRET, events=["run_succeeded"])
+    run = Run.objects.create(
+        kind="deploy", environment=flow["dev"], image=make_image(), status="queued"
+    )
+    finish(run)  # autocommit: each service commits, and only then is the delivery queued
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not receiver.requests:
+        time.sleep(0.2)
+    assert receiver.requests, worker.read_text()[-2000:]
+    delivery = NotificationDelivery.objects.get()
+    assert (delivery.status, delivery.attempts) == (Status.SENT, 1)
+    assert json.loads(receiver.requests[0]["body"])["run"]["id"] == run.pk
