@@ -570,6 +570,15 @@ class NotificationChannel(models.Model):
         return "••••" + (self.secret[-4:] if len(self.secret) >= 16 else "")
 
     @property
+    def masked_target(self) -> str:
+        """Addresses as they are; a webhook URL without its path, which often holds a token
+        (Slack's incoming-webhook URLs do)."""
+        if self.kind == self.Kind.EMAIL:
+            return self.target
+        scheme, _, rest = self.target.partition("://")
+        return f"{scheme}://{rest.split('/', 1)[0]}/…{self.target[-4:] if len(rest) > 24 else ''}"
+
+    @property
     def emails(self) -> list[str]:
         return [part.strip() for part in self.target.split(",") if part.strip()]
 

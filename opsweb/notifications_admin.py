@@ -37,7 +37,7 @@ class NotificationChannelAdmin(admin.ModelAdmin):
         "name",
         "environment",
         "kind",
-        "target",
+        "masked_target",
         "masked_secret",
         "event_list",
         "enabled",
@@ -48,6 +48,10 @@ class NotificationChannelAdmin(admin.ModelAdmin):
     def masked_secret(self, obj):
         return obj.masked_secret
 
+    @admin.display(description="target")
+    def masked_target(self, obj):
+        return obj.masked_target
+
     @admin.display(description="events")
     def event_list(self, obj):
         labels = dict(NotificationEvent.choices)
@@ -56,12 +60,13 @@ class NotificationChannelAdmin(admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         fields = list(super().get_fields(request, obj))
         if not self.has_change_permission(request, obj):
-            return [("masked_secret" if f == "secret" else f) for f in fields]
+            masked = {"secret": "masked_secret", "target": "masked_target"}
+            return [masked.get(f, f) for f in fields]
         return fields
 
     def get_readonly_fields(self, request, obj=None):
         if not self.has_change_permission(request, obj):
-            return ["masked_secret"]
+            return ["masked_secret", "masked_target"]
         return []
 
     def save_model(self, request, obj, form, change):

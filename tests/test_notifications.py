@@ -391,3 +391,31 @@ def test_a_real_worker_delivers_after_the_release_commits(flow, receiver, worker
     delivery = NotificationDelivery.objects.get()
     assert (delivery.status, delivery.attempts) == (Status.SENT, 1)
     assert json.loads(receiver.requests[0]["body"])["run"]["id"] == run.pk
+
+
+def test_admin_view_only_users_see_neither_the_secret_nor_the_webhook_path(client, flow):
+    from django.contrib.auth.models import Permission
+
+    token_url = "https://hooks.example.com/services/T000/B000/XXXXXXXXXXXXXXXXsecretpath"
+    slack = channel("slack", token_url)
+    hook = channel("webhook", "https://example.com/hook", secret=SECRET, name="signed")
+    viewer = make_user("viewer")
+    viewer.user_permissions.add(Permission.objects.get(codename="view_notificationchannel"))
+    client.force_login(viewer)
+    pages = [
+        client.get("/admin/opsweb/notificationchannel/"),
+        client.get(f"/admin/opsweb/notificationchannel/{slack.pk}/change/"),
+        client.get(f"/admin/opsweb/notificationchannel/{hook.pk}/change/"),
+    ]
+    for page in pages:
+        html = page.content.decode()
+        assert page.status_code == 200
+        assert "XXXXXXXX" not in html and SECRET not in html
+    assert "https://hooks.example.com/…path" in pages[0].content.decode()
+    response = client.post(
+        f"/admin/opsweb/notificationchannel/{hook.pk}/change/",
+        {"name": "x", "kind": "webhook", "target": "https://evil.example.com", "events": []},
+    )
+    assert response.status_code == 403
+    hook.refresh_from_db()
+    assert hook.target == "https://example.com/hook"
