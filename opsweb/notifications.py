@@ -275,6 +275,8 @@ def deliver(delivery_id: int) -> str:
     ).update(attempts=F("attempts") + 1, next_attempt_at=None)
     if not claimed:
         return "claimed by another worker"
+    if not delivery.channel.enabled:
+        return record(delivery, Status.SKIPPED, "The channel was disabled before sending.")
     if delivery.channel.kind == NotificationChannel.Kind.EMAIL and not delivery.recipients:
         return record(delivery, Status.SKIPPED, "Nobody to write to: no email address.")
     try:
