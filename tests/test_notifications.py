@@ -419,3 +419,12 @@ def test_admin_view_only_users_see_neither_the_secret_nor_the_webhook_path(clien
     assert response.status_code == 403
     hook.refresh_from_db()
     assert hook.target == "https://example.com/hook"
+
+
+def test_deliveries_of_a_channel_disabled_meanwhile_are_skipped(flow, receiver):
+    item = channel("slack", receiver.url)
+    delivery = NotificationDelivery.objects.create(channel=item, event="run_failed")
+    NotificationChannel.objects.filter(pk=item.pk).update(enabled=False)
+    assert notifications.deliver(delivery.pk).startswith("skipped")
+    delivery.refresh_from_db()
+    assert delivery.status == Status.SKIPPED and not receiver.requests
