@@ -170,6 +170,37 @@ OPSWEB = {
     "LOCAL_STATE_DIR": env.path("OPSWEB_LOCAL_STATE_DIR", default=BASE_DIR / "var" / "local"),
 }
 
+# Notifications. Mail uses Django's mailers, configured from EMAIL_URL (django-environ syntax,
+# e.g. smtp+tls://user:password@smtp.example.com:587); without it, locally, mail is printed.
+
+
+def mailer(url: str) -> dict:
+    """One entry of Django's MAILERS from an EMAIL_URL."""
+    config = environ.Env.email_url_config(url)
+    if config["EMAIL_BACKEND"] != "django.core.mail.backends.smtp.EmailBackend":
+        return {"BACKEND": config["EMAIL_BACKEND"]}
+    options = {
+        "host": config.get("EMAIL_HOST") or "localhost",
+        "port": config.get("EMAIL_PORT") or 25,
+        "username": config.get("EMAIL_HOST_USER") or "",
+        "password": config.get("EMAIL_HOST_PASSWORD") or "",
+        "use_tls": bool(config.get("EMAIL_USE_TLS")),
+        "use_ssl": bool(config.get("EMAIL_USE_SSL")),
+        "timeout": env.int("EMAIL_TIMEOUT", default=10),
+    }
+    return {"BACKEND": config["EMAIL_BACKEND"], "OPTIONS": options}
+
+
+# Production without EMAIL_URL uses Django's own default, an SMTP server on localhost:25.
+MAILERS = {
+    "default": mailer(
+        env.str("EMAIL_URL", default="smtp://localhost:25" if PRODUCTION else "consolemail://")
+    )
+}
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="opsweb@localhost")
+# The console's address as people reach it: notifications link to run pages under it.
+OPSWEB_BASE_URL = env.str("OPSWEB_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

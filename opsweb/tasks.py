@@ -126,8 +126,11 @@ def _crashed(run: Run, exc: Exception, *, environment_broken: bool) -> None:
 
 
 def reconcile() -> dict:
-    """Scheduled every minute: expire stale approvals, end runs whose worker died, and restart
-    queues nobody is working on. No environment stays blocked."""
+    """Scheduled every minute: expire stale approvals, end runs whose worker died, restart
+    queues nobody is working on, and requeue notifications whose retry was lost. No
+    environment stays blocked."""
+    from opsweb import notifications
+
     expired = services.expire_pending_runs()
     lost = services.fail_lost_runs()
     restarted = []
@@ -136,7 +139,8 @@ def reconcile() -> dict:
         if head:
             services.enqueue(head.pk)
             restarted.append(environment_id)
-    return {"expired": expired, "lost": lost, "restarted": restarted}
+    resent = notifications.retry_due()
+    return {"expired": expired, "lost": lost, "restarted": restarted, "notifications": resent}
 
 
 def check_drift() -> dict:

@@ -6,4 +6,4 @@
 - ``records``: read-only lists of run events, approvals, sign-offs and audit entries.
 """
 
-from opsweb.admin import environments, images, records, runs  # noqa: F401 (registers)
+from opsweb.admin import environments, images, notifications, records, runs  # noqa: F401

@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Case, Exists, IntegerField, OuterRef, Value, When
 from django.utils import timezone
 
+from opsweb import notifications
 from opsweb.models import (
     Environment,
     RollbackReason,
@@ -292,4 +293,6 @@ def record_drift(*, environment: Environment, running: str | None) -> str:
     Environment.objects.filter(pk=environment.pk).update(
         drift=drift, drift_checked_at=timezone.now()
     )
+    if drift and drift != environment.drift:  # newly found, not the same one every 5 minutes
+        notifications.drift_found(environment=environment, drift=drift)
     return drift

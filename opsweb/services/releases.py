@@ -446,9 +446,10 @@ def _take_back(run: Run, environment: Environment, current: ImageVersion, *, use
     )
     paused = bool(environment.auto_deploy_branch)
     if paused and not environment.auto_deploy_paused:
-        Environment.objects.filter(pk=environment.pk).update(
-            auto_deploy_paused=True, paused_reason=f"Rolled back from {current.tag} ({label})"
-        )
+        # save(), not update(): notifications listen for the flag being set.
+        environment.auto_deploy_paused = True
+        environment.paused_reason = f"Rolled back from {current.tag} ({label})"
+        environment.save(update_fields=["auto_deploy_paused", "paused_reason"])
     add_event(
         run,
         f"Marked {current.tag} bad"

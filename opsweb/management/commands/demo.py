@@ -5,20 +5,26 @@ Idempotent: a second run changes nothing, except restarting a deployed sample pr
 no longer running (after a reboot, or `demo --stop`). Refuses to run with DEBUG off.
 """
 
+import hashlib
+import random
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from opsweb import services, tasks
 from opsweb.management.commands.local_admin import remember_password
-from opsweb.models import Environment, ImageVersion, RunStatus
+from opsweb.models import Environment, ImageVersion, Run, RunKind, RunStatus
 from opsweb.sample_app import DEMO_RELEASES, Release, create_repository, digest_for
 from orchestration.base import DeployError, DeployRequest, get_backend
 
 REPOSITORY = "example/sample"
+HISTORY_REPOSITORY = "example/sample-history"
+HISTORY_WEEKS = 12
 RELEASES = [
     *DEMO_RELEASES[:3],
     Release("1.2.1", "Work in progress on a laptop"),
@@ -76,6 +82,9 @@ class Command(BaseCommand):
             self._history(environments, images, users)
         else:
             self._restart(environments)
+        if not ImageVersion.objects.filter(repository=HISTORY_REPOSITORY).exists():
+            backdated_history(environments, shas["1.0.0"], users)
+            self.stdout.write(f"Added {HISTORY_WEEKS} weeks of backdated history (DORA page).")
         self._print(environments, users)
 
     def _configure(self, environments, repo_dir, base_port):
@@ -197,3 +206,105 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"  {username:<6} {remember_password(username):<18} {', '.join(groups)}"
             )
+
+
+def backdated_history(environments, sha, users, *, weeks=HISTORY_WEEKS, seed=12) -> int:
+    """Insert finished runs of the past ``weeks`` weeks (before the live demo's own runs) so
+    that the DORA page has something to say: versions committed on working days, deployed to
+    Dev within the hour, some promoted to Staging and Production days later; a few fail and
+    a few are rolled back in minutes. History rows, not live runs: nothing is executed.
+
+    The versions are registered under HISTORY_REPOSITORY at the 1.0.0 commit, so that a
+    rollback that reaches that far back still starts a working sample service.
+    Returns the number of runs inserted."""
+    _local, dev, staging, production = environments
+    rng = random.Random(seed)  # noqa: S311 (the same history on every laptop, not a secret)
+    start = timezone.now() - timedelta(weeks=weeks)
+    runs = []
+    for day in range(weeks * 7 - 1):
+        moment = start + timedelta(days=day, hours=9 + rng.random() * 8)
+        if moment.weekday() >= 5 or rng.random() < 0.25:
+            continue  # weekends and quiet days
+        image = ImageVersion.objects.create(
+            repository=HISTORY_REPOSITORY,
+            tag=f"0.{day}.0",
+            digest="sha256:" + hashlib.sha256(f"history-{day}".encode()).hexdigest(),
+            git_sha=sha,
+            branch="develop",
+            commit_message=f"Change {day} (demo history)",
+            committed_at=moment,
+            registered_at=moment + timedelta(minutes=8),
+            registered_by=users["ci"],
+        )
+        finished = moment + timedelta(minutes=rng.uniform(12, 60))
+        runs.append(_history_run(dev, image, finished, rng, users["ci"], RunKind.DEPLOY, 0.06))
+        if runs[-1].status == RunStatus.FAILED or rng.random() < 0.4:
+            continue
+        finished += timedelta(hours=rng.uniform(3, 30))
+        runs.append(_history_run(staging, image, finished, rng, users["bob"], None, 0.04))
+        if runs[-1].status == RunStatus.FAILED or rng.random() < 0.35:
+            continue
+        finished += timedelta(hours=rng.uniform(18, 96))
+        runs.append(_history_run(production, image, finished, rng, users["carol"], None, 0.08))
+        previous = _last_success(runs, production, runs[-1])
+        if runs[-1].status == RunStatus.SUCCEEDED and previous and rng.random() < 0.15:
+            clicked = finished + timedelta(hours=rng.uniform(0.5, 6))
+            runs.append(
+                Run(
+                    kind=RunKind.ROLLBACK,
+                    environment=production,
+                    image=previous.image,
+                    replaces=image,
+                    requested_by=users["bob"],
+                    reason="critical_errors",
+                    note="Demo history (backdated)",
+                    status=RunStatus.SUCCEEDED,
+                    created_at=clicked,
+                    queued_at=clicked,
+                    started_at=clicked,
+                    switched_at=clicked + timedelta(seconds=40),
+                    finished_at=clicked + timedelta(seconds=rng.uniform(90, 420)),
+                )
+            )
+            image.is_bad, image.marked_bad_at = True, clicked
+            image.bad_reason = "Rolled back in AWS Production: Critical errors (demo history)"
+            image.save(update_fields=["is_bad", "marked_bad_at", "bad_reason"])
+    now = timezone.now()
+    runs = [run for run in runs if run.finished_at < now - timedelta(hours=1)]
+    Run.objects.bulk_create(runs)
+    return len(runs)
+
+
+def _history_run(environment, image, finished, rng, user, kind, failure_rate) -> Run:
+    failed = rng.random() < failure_rate
+    started = finished - timedelta(minutes=rng.uniform(2, 6))
+    return Run(
+        kind=kind or RunKind.PROMOTION,
+        environment=environment,
+        source_environment=environment.upstream,
+        image=image,
+        replaces=None,
+        requested_by=user,
+        note="Demo history (backdated)",
+        required_approvals=environment.required_approvals,
+        status=RunStatus.FAILED if failed else RunStatus.SUCCEEDED,
+        created_at=started - timedelta(minutes=rng.uniform(1, 120)),
+        queued_at=started,
+        started_at=started,
+        switched_at=started + timedelta(seconds=30),
+        finished_at=finished,
+        error="Health check failed (demo history)" if failed else "",
+    )
+
+
+def _last_success(runs, environment, before):
+    for run in reversed(runs):
+        if (
+            run is not before
+            and run.environment == environment
+            and run.status == RunStatus.SUCCEEDED
+            and run.kind != RunKind.ROLLBACK
+            and not run.image.is_bad
+        ):
+            return run
+    return None

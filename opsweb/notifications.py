@@ -1,0 +1,400 @@
+"""Notifications: what happened in the release flow, told to email, Slack or a signed webhook.
+
+Events come from the audit trail (``post_save`` of ``AuditEntry``: every state change writes
+one), from ``Environment`` saves that pause auto-deploy, and from ``drift_found`` (called by
+the drift check). ``notify`` writes one ``NotificationDelivery`` per matching channel in the
+same transaction as the change, and hands them to django-q2 only after it commits; the
+``deliver`` task sends, and on failure schedules itself again with backoff (30 s, 2 min,
+8 min, 32 min; five attempts in all). Nothing here ever raises into a release: a failure to
+record or send is logged and kept on the delivery row.
+
+Generic webhooks receive the JSON payload as the body, with these headers:
+
+* ``X-Opsweb-Event``: the event name, e.g. ``run_failed``;
+* ``X-Opsweb-Delivery``: the delivery id (the same on every retry);
+* ``X-Opsweb-Timestamp``: Unix seconds when this attempt was sent;
+* ``X-Opsweb-Signature``: ``sha256=`` + the hex HMAC-SHA256, keyed with the channel's secret,
+  of ``<timestamp>.<raw body>``. A receiver recomputes it over the raw bytes it received,
+  compares with ``hmac.compare_digest``, and refuses timestamps older than a few minutes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.mail import EmailMessage
+from django.db import transaction
+from django.db.models import F, Q
+from django.db.models.signals import post_save
+from django.dispatch import receiver
+from django.urls import reverse
+from django.utils import timezone
+
+from opsweb.models import (
+    AuditEntry,
+    Environment,
+    NotificationChannel,
+    NotificationDelivery,
+    NotificationEvent,
+    RollbackReason,
+    Run,
+    RunKind,
+    RunStatus,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+BACKOFF_SECONDS = 30  # then ×4 per attempt: 30 s, 2 min, 8 min, 32 min
+HTTP_TIMEOUT = 10
+SIGNATURE_HEADER = "X-Opsweb-Signature"
+TIMESTAMP_HEADER = "X-Opsweb-Timestamp"
+Status = NotificationDelivery.Status
+
+
+class DeliveryError(Exception):
+    """A channel did not take the message; the text says why."""
+
+
+# -- what happened --------------------------------------------------------------------------
+
+
+@receiver(post_save, sender=AuditEntry, dispatch_uid="opsweb.notifications.audit")
+def on_audit_entry(sender, instance: AuditEntry, created: bool, **kwargs) -> None:
+    if created:
+        safely(from_audit, instance)
+
+
+@receiver(post_save, sender=Environment, dispatch_uid="opsweb.notifications.environment")
+def on_environment_saved(sender, instance: Environment, update_fields=None, **kwargs) -> None:
+    # Only a save that sets the flag (as a rollback does), not every edit of a paused one.
+    if update_fields and "auto_deploy_paused" in update_fields and instance.auto_deploy_paused:
+        safely(
+            notify,
+            NotificationEvent.AUTO_DEPLOY_PAUSED,
+            environment=instance,
+            text=f"Auto-deploy of {instance.auto_deploy_branch or 'new versions'} is paused in "
+            f"{instance}: {instance.paused_reason or 'no reason given'}. Resume it in the "
+            f"console when the cause is fixed.",
+        )
+
+
+def drift_found(*, environment: Environment, drift: str) -> None:
+    """Called by the drift check when it finds a new mismatch in ``environment``."""
+    safely(
+        notify,
+        NotificationEvent.DRIFT_FOUND,
+        environment=environment,
+        text=f"Drift in {environment}: {drift}",
+    )
+
+
+def safely(function, *args, **kwargs) -> None:
+    """Run ``function`` in a savepoint; log and swallow any error, so that a notification
+    problem never fails or rolls back the release change that caused it."""
+    try:
+        with transaction.atomic():
+            function(*args, **kwargs)
+    except Exception:
+        log.exception("notification not recorded")
+
+
+def from_audit(entry: AuditEntry) -> None:
+    action = entry.action
+    if action == "mark_bad":
+        notify(
+            NotificationEvent.VERSION_MARKED_BAD, environment=entry.environment, text=entry.message
+        )
+        return
+    if entry.run_id is None:
+        return
+    run = Run.objects.select_related("environment", "image", "replaces", "requested_by").get(
+        pk=entry.run_id
+    )
+    if action in {"request_deploy", "request_promotion", "auto_deploy"}:
+        if run.status == RunStatus.PENDING:
+            notify(NotificationEvent.APPROVAL_NEEDED, run=run, text=approval_text(run))
+    elif action == "roll_back":
+        notify(NotificationEvent.ROLLBACK_STARTED, run=run, text=rollback_started_text(run, entry))
+    elif action in {"run_succeeded", "run_failed", "worker_lost"}:
+        finished(run)
+
+
+def finished(run: Run) -> None:
+    succeeded = run.status == RunStatus.SUCCEEDED
+    if run.kind == RunKind.ROLLBACK:
+        notify(NotificationEvent.ROLLBACK_FINISHED, run=run, text=rollback_finished_text(run))
+    elif succeeded:
+        text = f"Run #{run.pk} succeeded: {run.image.tag} runs in {run.environment}."
+        notify(NotificationEvent.RUN_SUCCEEDED, run=run, text=text)
+    else:
+        text = f"Run #{run.pk} ({run.image.tag}) failed in {run.environment}: {run.error[:300]}"
+        notify(NotificationEvent.RUN_FAILED, run=run, text=text)
+
+
+def approval_text(run: Run) -> str:
+    names = ", ".join(user.get_username() for user in approvers(run)) or "nobody yet"
+    return (
+        f"Run #{run.pk} waits for approval: {run.get_kind_display().lower()} of {run.image.tag} "
+        f"to {run.environment}, asked by {run.requested_by or 'opsweb'}. It needs "
+        f"{run.required_approvals} approval(s) from {run.environment.approver_group}: {names}."
+    )
+
+
+def rollback_started_text(run: Run, entry: AuditEntry) -> str:
+    by = entry.actor.get_username() if entry.actor else "opsweb (failed health check)"
+    reason = RollbackReason(run.reason).label if run.reason else "no reason"
+    if run.resolve_at_start:
+        was = "what runs when the deploy in progress ends"
+    else:
+        was = run.from_image.tag if run.from_image else "nothing"
+    return (
+        f"Rollback started in {run.environment} (run #{run.pk}) by {by}: from {was} to "
+        f"{run.image.tag}, {reason.lower()}. {run.note}".strip()
+    )
+
+
+def rollback_finished_text(run: Run) -> str:
+    rto = run.environment.rto_seconds
+    if run.status != RunStatus.SUCCEEDED:
+        return f"Rollback FAILED in {run.environment} (run #{run.pk}): {run.error[:300]}"
+    restored = run.restore_seconds
+    verdict = "met" if restored <= rto else "MISSED"
+    return (
+        f"Rollback finished in {run.environment} (run #{run.pk}): {run.image.tag} runs again. "
+        f"Restored in {restored:.0f}s; RTO target {rto}s {verdict}."
+    )
+
+
+def approvers(run: Run) -> list:
+    """Who may approve ``run``: active members of the approver group, never the requester."""
+    group_id = run.environment.approver_group_id
+    if group_id is None:
+        return []
+    from django.contrib.auth import get_user_model
+
+    people = get_user_model().objects.filter(groups=group_id, is_active=True)
+    if run.requested_by_id:
+        people = people.exclude(pk=run.requested_by_id)
+    return list(people.order_by("username"))
+
+
+# -- recording ------------------------------------------------------------------------------
+
+
+def notify(event: str, *, text: str, run: Run | None = None, environment=None) -> list:
+    """Record a delivery of ``event`` for every enabled channel of the environment (or of all
+    environments) that subscribed to it; send them once the transaction commits."""
+    environment = environment or (run.environment if run else None)
+    channels = NotificationChannel.objects.filter(enabled=True)
+    if environment is not None:
+        channels = channels.filter(Q(environment=environment) | Q(environment__isnull=True))
+    payload = build_payload(event, text=text, run=run, environment=environment)
+    deliveries = [
+        NotificationDelivery.objects.create(
+            channel=channel,
+            event=event,
+            run=run,
+            payload=payload,
+            recipients=recipients(channel, event, run),
+        )
+        for channel in channels
+        if event in channel.events
+    ]
+    ids = [delivery.pk for delivery in deliveries]
+    if ids:
+        transaction.on_commit(lambda: enqueue_all(ids))
+    return deliveries
+
+
+def build_payload(event: str, *, text: str, run: Run | None, environment) -> dict:
+    base = settings.OPSWEB_BASE_URL
+    payload = {
+        "event": event,
+        "title": NotificationEvent(event).label,
+        "text": text,
+        "environment": (
+            {"slug": environment.slug, "name": environment.name} if environment else None
+        ),
+        "url": f"{base}{reverse('admin:index')}",
+        "at": timezone.now().isoformat(),
+    }
+    if run is not None:
+        payload["url"] = f"{base}{reverse('admin:opsweb_run_change', args=[run.pk])}"
+        payload["run"] = {
+            "id": run.pk,
+            "kind": run.kind,
+            "status": run.status,
+            "image": {"tag": run.image.tag, "digest": run.image.digest},
+            "replaces": run.replaces.tag if run.replaces else None,
+            "restore_seconds": run.restore_seconds,
+            "rto_seconds": run.environment.rto_seconds,
+        }
+    return payload
+
+
+def recipients(channel: NotificationChannel, event: str, run: Run | None) -> list[str]:
+    if channel.kind != NotificationChannel.Kind.EMAIL:
+        return []
+    if event == NotificationEvent.APPROVAL_NEEDED and run is not None:
+        return [user.email for user in approvers(run) if user.email]
+    return channel.emails
+
+
+def enqueue_all(ids: list[int]) -> None:
+    from django_q.tasks import async_task
+
+    for delivery_id in ids:
+        try:
+            async_task(
+                "opsweb.notifications.deliver", delivery_id, task_name=f"notify-{delivery_id}"
+            )
+        except Exception:  # the broker is down: the row stays pending, visible in the admin
+            log.exception("notification %s not queued", delivery_id)
+
+
+# -- sending --------------------------------------------------------------------------------
+
+
+def deliver(delivery_id: int) -> str:
+    """django-q2 task: send one delivery once. Claims the attempt with a conditional UPDATE
+    (a second delivery of the same task finds it claimed and does nothing)."""
+    delivery = NotificationDelivery.objects.select_related("channel").filter(pk=delivery_id).first()
+    if delivery is None or delivery.status not in {Status.PENDING, Status.RETRYING}:
+        return "nothing to send"
+    if delivery.next_attempt_at and delivery.next_attempt_at > timezone.now():
+        return "not due yet"  # a second copy of the retry must not skip the backoff
+    attempt = delivery.attempts + 1
+    claimed = NotificationDelivery.objects.filter(
+        pk=delivery.pk, attempts=delivery.attempts, status=delivery.status
+    ).update(attempts=F("attempts") + 1, next_attempt_at=None)
+    if not claimed:
+        return "claimed by another worker"
+    if not delivery.channel.enabled:
+        return record(delivery, Status.SKIPPED, "The channel was disabled before sending.")
+    if delivery.channel.kind == NotificationChannel.Kind.EMAIL and not delivery.recipients:
+        return record(delivery, Status.SKIPPED, "Nobody to write to: no email address.")
+    try:
+        send(delivery)
+    except Exception as exc:  # any failure is the delivery's, never the caller's
+        return failed(delivery, attempt, f"{exc}"[:1000] or repr(exc))
+    return record(delivery, Status.SENT, "")
+
+
+def retry_due(*, late: timedelta = timedelta(minutes=2)) -> list[int]:
+    """Queue deliveries whose turn passed more than ``late`` ago without a worker taking them
+    (the broker lost the task, or its retry schedule was deleted). For the reconciler."""
+    now = timezone.now()
+    stuck = NotificationDelivery.objects.filter(
+        Q(status=Status.RETRYING, next_attempt_at__lt=now - late)
+        | Q(status=Status.PENDING, attempts=0, created_at__lt=now - late)
+    ).values_list("pk", flat=True)
+    ids = list(stuck[:500])
+    enqueue_all(ids)
+    return ids
+
+
+def record(delivery: NotificationDelivery, status: str, error: str, **fields) -> str:
+    NotificationDelivery.objects.filter(pk=delivery.pk).update(
+        status=status, last_error=error, updated_at=timezone.now(), **fields
+    )
+    return f"{status}: {error}" if error else status
+
+
+def failed(delivery: NotificationDelivery, attempt: int, error: str) -> str:
+    if attempt >= MAX_ATTEMPTS:
+        return record(delivery, Status.FAILED, f"Attempt {attempt} of {MAX_ATTEMPTS}: {error}")
+    when = timezone.now() + timedelta(seconds=BACKOFF_SECONDS * 4 ** (attempt - 1))
+    outcome = record(
+        delivery,
+        Status.RETRYING,
+        f"Attempt {attempt} of {MAX_ATTEMPTS}: {error}",
+        next_attempt_at=when,
+    )
+    try:
+        from django_q.models import Schedule
+        from django_q.tasks import schedule
+
+        schedule(
+            "opsweb.notifications.deliver",
+            delivery.pk,
+            name=f"notify-{delivery.pk}-{attempt + 1}",
+            schedule_type=Schedule.ONCE,
+            repeats=1,
+            next_run=when,
+        )
+    except Exception:
+        log.exception("retry of notification %s not scheduled", delivery.pk)
+    return outcome
+
+
+def send(delivery: NotificationDelivery) -> None:
+    channel = delivery.channel
+    if channel.kind == NotificationChannel.Kind.EMAIL:
+        send_email(delivery)
+    elif channel.kind == NotificationChannel.Kind.SLACK:
+        post(channel.target, slack_body(delivery.payload), {})
+    else:
+        send_webhook(delivery)
+
+
+def send_email(delivery: NotificationDelivery) -> None:
+    payload = delivery.payload
+    where = f" in {payload['environment']['name']}" if payload.get("environment") else ""
+    subject = f"[opsweb] {payload['title']}{where}"
+    body = f"{payload['text']}\n\n{payload['url']}\n"
+    EmailMessage(subject, body, None, delivery.recipients).send(fail_silently=False)
+
+
+def slack_body(payload: dict) -> bytes:
+    """An incoming-webhook message (Slack, Mattermost, Rocket.Chat): text with a link."""
+    label = f"Open run #{payload['run']['id']}" if payload.get("run") else "Open opsweb"
+    text = f"*{payload['title']}*\n{payload['text']}\n<{payload['url']}|{label}>"
+    return json.dumps({"text": text}).encode()
+
+
+def send_webhook(delivery: NotificationDelivery) -> None:
+    body = json.dumps(delivery.payload, sort_keys=True).encode()
+    timestamp = str(int(time.time()))
+    headers = {
+        "X-Opsweb-Event": delivery.event,
+        "X-Opsweb-Delivery": str(delivery.pk),
+        TIMESTAMP_HEADER: timestamp,
+        SIGNATURE_HEADER: sign(delivery.channel.secret, timestamp, body),
+    }
+    post(delivery.channel.target, body, headers)
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex>``: HMAC-SHA256 keyed with ``secret`` over ``<timestamp>.<body>``."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + digest.hexdigest()
+
+
+def post(url: str, body: bytes, headers: dict) -> None:
+    """POST JSON; raise DeliveryError unless the receiver answers 2xx within the timeout."""
+    if not url.lower().startswith(("http://", "https://")):
+        raise DeliveryError("The webhook URL is not http(s).")
+    request = urllib.request.Request(  # noqa: S310 (scheme checked above)
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "opsweb", **headers},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:  # noqa: S310
+            response.read(1024)
+    except urllib.error.HTTPError as exc:
+        raise DeliveryError(f"HTTP {exc.code} from the receiver: {exc.read(200)!r}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise DeliveryError(
+            f"Could not reach the receiver: {getattr(exc, 'reason', exc)}"
+        ) from None
