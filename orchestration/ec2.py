@@ -484,8 +484,17 @@ class Ec2Backend(DeployBackend):
         outcome; one that switched but did not turn healthy in the target group has failed."""
         target = image or "the previous container"
         progress(f"{label}: switching {', '.join(batch)} to {target}", None)
-        self._leave_target_group(batch, label, progress)
-        outcomes = self._run(batch, script, label, request, progress)
+        draining = self._leave_target_group(batch, label, progress)
+        if draining:
+            wait = self.settings["target_timeout"]
+            outcomes = [
+                Outcome(i, "Not switched", f"still {draining[i]} after {wait:g}s")
+                if i in draining
+                else Outcome(i, "Not switched", "its batch did not finish draining")
+                for i in batch
+            ]
+        else:
+            outcomes = self._run(batch, script, label, request, progress)
         done = [o.instance_id for o in outcomes if o.ok]
         if done:
             self._tag(done, image)
@@ -640,21 +649,24 @@ class Ec2Backend(DeployBackend):
 
     # -- the target group --------------------------------------------------------------------
 
-    def _leave_target_group(self, batch: list[str], label: str, progress: Progress) -> None:
+    def _leave_target_group(self, batch: list[str], label: str, progress: Progress) -> dict:
+        """Deregister ``batch`` and wait for draining; returns {id: state} of those still not
+        drained at target_timeout."""
         arn = self.settings["target_group_arn"]
-        if not arn or not batch:
-            return
-        targets = self._target_list(batch)
-        self._call("elbv2", "deregister_targets", TargetGroupArn=arn, Targets=targets)
+        if not arn:
+            return {}
+        # Deregistering a target the group does not hold is an error (InvalidTarget).
+        registered = [i for i, state in self._target_states(batch).items() if state != "unused"]
+        if not registered:
+            return {}
+        self._call(
+            "elbv2",
+            "deregister_targets",
+            TargetGroupArn=arn,
+            Targets=self._target_list(registered),
+        )
         progress(f"{label}: deregistered from the target group, draining", None)
-        left = self._wait_targets(batch, lambda state: state == "unused", "drain", progress)
-        if left:
-            raise DeployError(
-                f"{label}: {', '.join(f'{i} ({s})' for i, s in left.items())} did not finish "
-                f"draining from the target group within {self.settings['target_timeout']:g}s; "
-                f"no instance was switched in this batch. Check the target group's "
-                f"deregistration delay."
-            )
+        return self._wait_targets(batch, lambda state: state == "unused", "drain", progress)
 
     def _join_target_group(self, batch: list[str], label: str, progress: Progress) -> dict:
         """Register ``batch`` again and wait until healthy; returns {id: state} of those that
@@ -672,6 +684,21 @@ class Ec2Backend(DeployBackend):
     def _target_list(self, batch: Iterable[str]) -> list[dict[str, Any]]:
         return [{"Id": i, "Port": self.settings["port"]} for i in batch]
 
+    def _target_health(self, batch: list[str]) -> dict[str, dict[str, str]]:
+        """{instance id: its TargetHealth (State, Reason, Description)} in the target group; an
+        instance the group does not list is 'unused', as AWS calls an unregistered target."""
+        described = self._call(
+            "elbv2",
+            "describe_target_health",
+            TargetGroupArn=self.settings["target_group_arn"],
+            Targets=self._target_list(batch),
+        )["TargetHealthDescriptions"]
+        found = {d["Target"]["Id"]: d.get("TargetHealth", {}) for d in described}
+        return {i: found.get(i) or {"State": "unused"} for i in batch}
+
+    def _target_states(self, batch: list[str]) -> dict[str, str]:
+        return {i: h.get("State", "unused") for i, h in self._target_health(batch).items()}
+
     def _wait_targets(self, batch, done, purpose: str, progress: Progress) -> dict[str, str]:
         """Poll target health until ``done(state)`` holds for each of ``batch``; returns
         {instance id: 'state: reason'} for those still not done at target_timeout."""
@@ -679,23 +706,11 @@ class Ec2Backend(DeployBackend):
         deadline = started + self.settings["target_timeout"]
         reported_at = started
         while True:
-            health = self._call(
-                "elbv2",
-                "describe_target_health",
-                TargetGroupArn=self.settings["target_group_arn"],
-                Targets=self._target_list(batch),
-            )["TargetHealthDescriptions"]
-            states = {
-                d["Target"]["Id"]: d.get("TargetHealth", {})
-                for d in health
-                if d["Target"]["Id"] in batch
-            }
+            states = self._target_health(batch)
             left = {
-                i: " ".join(
-                    filter(None, [states.get(i, {}).get("State", "unknown"), _reason(states, i)])
-                )
-                for i in batch
-                if not done(states.get(i, {}).get("State", "unused"))
+                i: " ".join(filter(None, [health.get("State", "unused"), _reason(health)]))
+                for i, health in states.items()
+                if not done(health.get("State", "unused"))
             }
             now = time.monotonic()
             if not left or now >= deadline:
@@ -881,8 +896,7 @@ def _tag(instance: Mapping[str, Any], key: str) -> str:
     return next((t["Value"] for t in instance.get("Tags", []) if t["Key"] == key), "")
 
 
-def _reason(states: Mapping[str, Mapping[str, str]], instance_id: str) -> str:
-    health = states.get(instance_id, {})
+def _reason(health: Mapping[str, str]) -> str:
     reason = health.get("Reason", "")
     return f"({reason})" if reason else ""
 
