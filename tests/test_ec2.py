@@ -32,6 +32,7 @@ REGION = "eu-west-1"
 ACCOUNT = "123456789012"
 REPOSITORY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/team/app"
 GROUP = "app-dev"
+AMI = "ami-12c6146b"  # one of the images moto knows (listing them all is slow)
 
 
 def client(url: str, service: str):
@@ -46,7 +47,7 @@ def make_group(url: str, *, count: int = 3, name: str = GROUP) -> dict:
     subnet = ec2_client.create_subnet(
         VpcId=vpc, CidrBlock="10.0.1.0/24", AvailabilityZone=f"{REGION}a"
     )["Subnet"]["SubnetId"]
-    ami = ec2_client.describe_images()["Images"][0]["ImageId"]
+    ami = AMI
     ec2_client.create_launch_template(
         LaunchTemplateName=f"{name}-lt",
         LaunchTemplateData={"ImageId": ami, "InstanceType": "t3.micro"},
@@ -355,7 +356,7 @@ def test_deploy_switches_the_group_in_batches_by_digest(aws, flow, alice, ssm):
 
 def test_deploy_by_tag_switches_only_running_healthy_instances(aws):
     ec2_client = client(aws, "ec2")
-    ami = ec2_client.describe_images()["Images"][0]["ImageId"]
+    ami = AMI
 
     def launch(count, value):
         tags = [{"ResourceType": "instance", "Tags": [{"Key": "app", "Value": value}]}]
