@@ -137,11 +137,14 @@ class Instance:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a Run Command invocation ended on one instance; ``output`` is its last lines."""
+    """How switching one instance ended; ``output`` is its command's last lines. ``switched``
+    says the container now runs the new image (even if the target group then found it
+    unhealthy), so that a restore includes it."""
 
     instance_id: str
     status: str
     output: str = ""
+    switched: bool = False
 
     @property
     def ok(self) -> bool:
@@ -459,21 +462,28 @@ class Ec2Backend(DeployBackend):
         failed: list[Outcome] = []
         for number, batch in enumerate(batches, 1):
             label = f"Batch {number}/{len(batches)}"
-            outcomes = self._switch_batch(batch, script, image, label, request, progress)
-            switched += [o.instance_id for o in outcomes if o.ok]
+            try:
+                outcomes = self._switch_batch(batch, script, image, label, request, progress)
+            except DeployError as exc:  # AWS refused or failed a call halfway through a batch
+                self._stop_rollout(
+                    label, str(exc).rstrip("."), switched, previous, request, progress
+                )
+            switched += [o.instance_id for o in outcomes if o.switched]
             failed += [o for o in outcomes if not o.ok]
             if len(failed) > allowed:
-                self._stop_rollout(label, failed, switched, previous, request, progress)
+                failures = "; ".join(o.describe() for o in failed)
+                self._stop_rollout(label, failures, switched, previous, request, progress)
         self._publish(image, progress)
         tolerated = f"; {len(failed)} failed within max_errors: " if failed else ""
         return DeployResult(
             ref={
                 "image": image,
-                "instances": switched,
+                "instances": [i for i in switched if i not in {o.instance_id for o in failed}],
                 **_selector_ref(self.settings),
             },
             message=(
-                f"{len(switched)} instance(s) run {image} after {len(batches)} batch(es)"
+                f"{len(switched) - len(failed)} instance(s) run {image} after {len(batches)} "
+                f"batch(es)"
                 f"{tolerated}{'; '.join(o.describe() for o in failed)}"
             ),
         )
@@ -505,26 +515,31 @@ class Ec2Backend(DeployBackend):
                 progress(f"{outcome.instance_id}: switch failed, {outcome.describe()}", None)
         unhealthy = self._join_target_group(batch, label, progress)
         return [
-            Outcome(o.instance_id, "Unhealthy in the target group", unhealthy[o.instance_id])
+            Outcome(o.instance_id, "Unhealthy in the target group", unhealthy[o.instance_id], True)
             if o.ok and o.instance_id in unhealthy
             else o
             for o in outcomes
         ]
 
-    def _stop_rollout(self, label, failed, switched, previous, request, progress):
-        """A batch failed beyond max_errors: put the switched instances back on what they ran
-        before, then raise DeployError naming the failures (``previous_stopped`` when the
-        restore itself failed, so that opsweb treats the environment as broken)."""
-        failures = "; ".join(o.describe() for o in failed)
+    def _stop_rollout(self, label, failures: str, switched, previous, request, progress):
+        """A batch failed beyond max_errors (or an AWS call failed): put the switched instances
+        back on what they ran before, then raise DeployError naming the failures
+        (``previous_stopped`` when the restore failed too, so that opsweb treats the environment
+        as broken)."""
         progress(
             f"{label} failed: {failures}. Restoring {len(switched)} switched instance(s)", None
         )
-        restore_failed = self._restore(switched, previous, request, progress)
+        try:
+            restore_failed = "; ".join(
+                o.describe() for o in self._restore(switched, previous, request, progress)
+            )
+        except DeployError as exc:
+            restore_failed = str(exc).rstrip(".")
         if restore_failed:
             raise DeployError(
                 f"The rollout stopped at {label.lower()}: {failures}. Restoring the instances "
-                f"already switched failed too: {'; '.join(o.describe() for o in restore_failed)}."
-                f" Check those instances.",
+                f"already switched ({', '.join(switched)}) failed too: {restore_failed}. Check "
+                f"those instances.",
                 previous_stopped=True,
             )
         back = (
@@ -634,13 +649,14 @@ class Ec2Backend(DeployBackend):
         status = found.get("Status", "")
         if status not in COMMAND_DONE:
             return None
+        switched = status == "Success"
         output = last_lines(
             found.get("StandardOutputContent", ""), found.get("StandardErrorContent", "")
         )
         detail = found.get("StatusDetails", "")
         if detail and detail != status:
             status = f"{status} ({detail})"
-        return Outcome(instance_id, status, output)
+        return Outcome(instance_id, status, output, switched)
 
     def _cancel(self, command_id: str, instance_ids: list[str]) -> None:
         # Best effort: the instances' own executionTimeout stops the script anyway.

@@ -140,18 +140,42 @@ class Ssm:
     command on every instance), so the commands are recorded as they leave the client. moto
     cannot fail a command either (it runs none): GetCommandInvocation's answer for the
     instances in ``faults`` is rewritten after moto gave it. CancelCommand, which moto lacks,
-    is answered here and recorded in ``cancelled``."""
+    is answered here and recorded in ``cancelled``. ``refuse[n]`` = (code, message) makes the
+    n-th SendCommand (1-based) fail as AWS would, before it reaches moto."""
 
     def __init__(self):
         self.commands: list[dict] = []
         self.faults: dict[str, dict] = {}
         self.cancelled: list[dict] = []
+        self.refuse: dict[int, tuple[str, str]] = {}
+        # {instance: images the load balancer never finds healthy on it ("*": any image)}
+        self.unhealthy: dict[str, set[str]] = {}
+        self.sent_image: dict[str, str] = {}  # the image each instance was last switched to
+
+    def attach_elbv2(self, elbv2_client) -> None:
+        # moto reports every registered instance healthy at once; a real target group may not.
+        elbv2_client.meta.events.register(
+            "after-call.elastic-load-balancing-v2.DescribeTargetHealth", self._unhealthy
+        )
+
+    def _unhealthy(self, parsed, **kwargs):
+        for description in parsed.get("TargetHealthDescriptions", []):
+            instance = description["Target"]["Id"]
+            failing = self.unhealthy.get(instance, set())
+            registered = description["TargetHealth"]["State"] != "unused"
+            if registered and (self.sent_image.get(instance) in failing or "*" in failing):
+                description["TargetHealth"] = {
+                    "State": "unhealthy",
+                    "Reason": "Target.FailedHealthChecks",
+                    "Description": "Health checks failed",
+                }
 
     def attach(self, ssm_client) -> None:
         events = ssm_client.meta.events
         events.register("provide-client-params.ssm.SendCommand", self._sent)
         events.register("after-call.ssm.GetCommandInvocation", self._rewrite)
         events.register("before-call.ssm.CancelCommand", self._cancel)
+        events.register("before-call.ssm.SendCommand", self._refuse)
 
     def _sent(self, params, **kwargs):
         lines = params["Parameters"]["commands"]
@@ -159,6 +183,15 @@ class Ssm:
         self.commands.append(
             {"instances": list(params["InstanceIds"]), "vars": variables, "lines": lines}
         )
+        for instance in params["InstanceIds"]:
+            self.sent_image[instance] = variables.get("IMAGE", "the previous container")
+
+    def _refuse(self, **kwargs):
+        if len(self.commands) not in self.refuse:
+            return None
+        code, message = self.refuse[len(self.commands)]
+        error = {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {}}
+        return AWSResponse("", 400, {}, None), error
 
     def _rewrite(self, parsed, **kwargs):
         parsed.update(self.faults.get(parsed.get("InstanceId"), {}))
@@ -177,6 +210,8 @@ def ssm(aws, monkeypatch) -> Ssm:
         made = real(service, **kwargs)
         if service == "ssm":
             recorder.attach(made)
+        if service == "elbv2":
+            recorder.attach_elbv2(made)
         return made
 
     monkeypatch.setattr(ec2, "make_client", make_client)
@@ -490,6 +525,78 @@ def test_first_deploy_failing_restores_the_previous_container(aws, ssm):
     assert "IMAGE" not in restore["vars"]  # no recorded image: the stopped container comes back
     assert 'docker rename "$NAME-previous" "$NAME"' in restore["lines"]
     assert image_tags(aws, instances) == {i: "" for i in instances}
+
+
+def test_a_target_that_never_turns_healthy_fails_its_batch_and_is_restored(aws, ssm):
+    made = make_group(aws, count=2)
+    instances, arn = made["instances"], made["target_group_arn"]
+    backend = get_backend(
+        "ec2", settings_for(aws, target_group_arn=arn, batch_size=2, target_timeout=1)
+    )
+    sick = fake_digest("sick")
+    ssm.unhealthy[instances[1]] = {f"{REPOSITORY}@{sick}"}
+
+    with pytest.raises(DeployError) as caught:
+        backend.deploy(DeployRequest("dev", backend.settings, REPOSITORY, "1.0.0", sick))
+
+    assert str(caught.value) == (
+        f"The rollout stopped at batch 1/1: {instances[1]} Unhealthy in the target group: "
+        f"unhealthy (Target.FailedHealthChecks). {instances[0]}, {instances[1]} went back to "
+        f"the image they ran before."
+    )
+    restore = ssm.commands[-1]
+    assert restore["instances"] == instances
+    assert 'docker rename "$NAME-previous" "$NAME"' in restore["lines"]  # no image recorded
+    assert image_tags(aws, instances) == {i: "" for i in instances}
+
+
+def test_a_failed_restore_says_so_and_marks_the_environment_broken(aws, ssm):
+    made = make_group(aws, count=1)
+    (instance,), arn = made["instances"], made["target_group_arn"]
+    backend = get_backend("ec2", settings_for(aws, target_group_arn=arn, target_timeout=1))
+    ssm.unhealthy[instance] = {"*"}  # the instance itself is broken
+
+    with pytest.raises(DeployError) as caught:
+        backend.deploy(
+            DeployRequest("dev", backend.settings, REPOSITORY, "1.0.0", fake_digest("broken"))
+        )
+
+    unhealthy = f"{instance} Unhealthy in the target group: unhealthy (Target.FailedHealthChecks)"
+    assert str(caught.value) == (
+        f"The rollout stopped at batch 1/1: {unhealthy}. Restoring the instances already "
+        f"switched ({instance}) failed too: {unhealthy}. Check those instances."
+    )
+    assert caught.value.previous_stopped is True  # opsweb treats the environment as broken
+
+
+def test_an_aws_error_halfway_restores_what_was_switched(aws, ssm):
+    instances = make_group(aws, count=2)["instances"]
+    backend = get_backend("ec2", settings_for(aws))
+    before = fake_digest("before")
+    client(aws, "ec2").create_tags(
+        Resources=instances, Tags=[{"Key": "opsweb:image", "Value": f"{REPOSITORY}@{before}"}]
+    )
+    # What AWS answers for an instance whose SSM agent is not registered.
+    ssm.refuse[2] = ("InvalidInstanceId", "Instances not in a valid state for account")
+
+    with pytest.raises(DeployError) as caught:
+        backend.deploy(
+            DeployRequest("dev", backend.settings, REPOSITORY, "1.0.0", fake_digest("half"))
+        )
+
+    assert str(caught.value) == (
+        "The rollout stopped at batch 2/2: AWS ssm:SendCommand failed (InvalidInstanceId): "
+        f"Instances not in a valid state for account. {instances[0]} went back to the image "
+        f"they ran before."
+    )
+    assert caught.value.previous_stopped is False
+    assert [c["instances"] for c in ssm.commands] == [
+        [instances[0]],
+        [instances[1]],
+        [instances[0]],
+    ]
+    assert ssm.commands[-1]["vars"]["IMAGE"] == f"{REPOSITORY}@{before}"
+    assert image_tags(aws, instances) == {i: f"{REPOSITORY}@{before}" for i in instances}
 
 
 def test_failures_within_max_errors_finish_and_show_as_drift(aws, flow, alice, ssm):
