@@ -298,18 +298,14 @@ class Ec2Backend(DeployBackend):
     def _call(self, service: str, operation: str, **params) -> dict[str, Any]:
         try:
             return getattr(self.client(service), operation)(**params)
-        except ClientError as exc:
-            raise aws_error(exc, service=service, docs=DOCS) from exc
-        except BotoCoreError as exc:
+        except (ClientError, BotoCoreError) as exc:
             raise aws_error(exc, service=service, docs=DOCS) from exc
 
     def _pages(self, service: str, operation: str, key: str, **params) -> list[dict[str, Any]]:
         try:
             paginator = self.client(service).get_paginator(operation)
             return [item for page in paginator.paginate(**params) for item in page.get(key, [])]
-        except ClientError as exc:
-            raise aws_error(exc, service=service, docs=DOCS) from exc
-        except BotoCoreError as exc:
+        except (ClientError, BotoCoreError) as exc:
             raise aws_error(exc, service=service, docs=DOCS) from exc
 
     @property
@@ -437,7 +433,10 @@ class Ec2Backend(DeployBackend):
             return None
         if len(by_image) == 1:
             return next(iter(by_image))
-        return "; ".join(f"{image} on {', '.join(ids)}" for image, ids in sorted(by_image.items()))
+        # Environment.drift holds 500 characters: name a few instances per image, count the rest.
+        return "; ".join(
+            f"{image} on {_some(ids)}" for image, ids in sorted(by_image.items())[:3]
+        ) + (f"; {len(by_image) - 3} more images" if len(by_image) > 3 else "")
 
     # -- deploying ---------------------------------------------------------------------------
 
@@ -906,6 +905,12 @@ def allowed_errors(count: int, max_errors: str) -> int:
 def last_lines(*texts: str, count: int = OUTPUT_LINES) -> str:
     lines = [line.strip() for text in texts for line in (text or "").splitlines() if line.strip()]
     return " | ".join(lines[-count:])
+
+
+def _some(names: Sequence[str], count: int = 3) -> str:
+    """``a, b, c`` or ``a, b, c and 4 more``."""
+    more = f" and {len(names) - count} more" if len(names) > count else ""
+    return ", ".join(names[:count]) + more
 
 
 def _tag(instance: Mapping[str, Any], key: str) -> str:

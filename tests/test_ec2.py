@@ -687,6 +687,23 @@ def test_drift_names_the_instances_that_disagree(aws, flow, alice):
     assert dev.drift == found["dev"]
 
 
+def test_drift_of_many_instances_fits_the_environment(aws, flow, alice):
+    instances = make_group(aws, count=12)["instances"]
+    dev = use_ec2(flow["dev"], aws, batch_size="50%")
+    image = ecr_image("1.0.0")
+    assert deploy_through_opsweb(alice, dev, image).status == RunStatus.SUCCEEDED
+    for n, instance in enumerate(instances[:8]):  # eight hand-made hotfixes
+        tag = {"Key": "opsweb:image", "Value": f"{REPOSITORY}@{fake_digest(str(n))}"}
+        client(aws, "ec2").create_tags(Resources=[instance], Tags=[tag])
+
+    found = tasks.check_drift()["dev"]
+
+    dev.refresh_from_db()
+    assert dev.drift == found and len(found) <= 500
+    assert found.startswith("service runs sha256:")
+    assert "; 6 more images, opsweb last deployed 1.0.0" in found
+
+
 def test_unreachable_endpoint_fails_the_run_with_a_sentence(aws, flow, alice):
     closed = f"http://127.0.0.1:{free_port()}"
     dev = use_ec2(flow["dev"], closed, max_attempts=1)
