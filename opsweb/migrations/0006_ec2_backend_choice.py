@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('opsweb', '0003_run_switched_at'),
+        ('opsweb', '0005_notifications'),
     ]
 
     operations = [
