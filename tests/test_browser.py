@@ -6,6 +6,7 @@ deploys the sample service as a real local process.
 
 import os
 import shutil
+import time
 
 import pytest
 from django.db import connections
@@ -69,7 +70,15 @@ def test_approver_approves_a_pending_promotion_and_sees_it_succeed(
     page.click("input[name=confirm]")
 
     assert "it is queued" in page.inner_text("ul.messagelist")
-    # The run page refreshes itself while the worker deploys.
+    # The run page appends events as the worker deploys, without loading the page again: a
+    # marker set on this page survives while the event count grows.
+    before = int(page.inner_text("#event-count"))
+    page.evaluate("window.opswebMarker = 42")
+    deadline = time.monotonic() + 45
+    while int(page.inner_text("#event-count")) <= before and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    assert int(page.inner_text("#event-count")) > before
+    assert page.evaluate("window.opswebMarker") == 42  # the same page, not a reload
     page.wait_for_selector("#run-status.run-status-succeeded", timeout=45_000)
     assert "Healthy" in page.inner_text("#events")
     page.screenshot(path=str(os.path.join(os.environ.get("TMPDIR", "/tmp"), "opsweb-run.png")))
