@@ -181,7 +181,7 @@ def _arrow(target: Environment) -> Arrow:
     source = target.upstream
     image = source.current_image
     decision = policy.may_promote(None, target, image, check_permission=False)
-    sentence = f"{image.tag} can be promoted to {target}." if decision else decision.reason
+    sentence = f"Version {image.tag} can be promoted to {target}." if decision else decision.reason
     return Arrow(source, target, decision.allowed, sentence)
 
 

@@ -25,13 +25,13 @@ def test_arrows_say_what_can_move_next_or_why_not_yet(flow, alice, bob, carol):
     succeed_in(flow["dev"], v2)
     Environment.objects.filter(slug="dev").update(soak_seconds=3600)
     arrows = {a.target.slug: a for a in build_board(bob).arrows}
-    assert "2.0.0 soaks in AWS Dev until" in arrows["staging"].sentence
+    assert "Version 2.0.0 soaks in AWS Dev until" in arrows["staging"].sentence
     assert not arrows["staging"].allowed
-    assert arrows["production"].sentence == "1.0.0 already runs in AWS Production."
+    assert arrows["production"].sentence == "Version 1.0.0 already runs in AWS Production."
     Run.objects.filter(image=v2).update(finished_at=timezone.now() - timedelta(hours=2))
     arrows = {a.target.slug: a for a in build_board(bob).arrows}
     assert arrows["staging"].allowed and arrows["staging"].sentence == (
-        "2.0.0 can be promoted to AWS Staging."
+        "Version 2.0.0 can be promoted to AWS Staging."
     )
 
 
