@@ -122,3 +122,44 @@ def test_a_disabled_button_says_why_and_a_bad_version_is_flagged(
     assert "runs a bad version (1.0.0: CVE-2026-0001 in libfoo)" in page.inner_text("#flags")
     page.screenshot(path=os.path.join(shots, "opsweb-disabled-button.png"), full_page=True)
     connections.close_all()
+
+
+def test_pages_fit_1366_pixels_and_are_screenshotted(browser, live_server, flow, alice, bob, carol):
+    from tests.conftest import make_image
+
+    v1, v2 = make_image("1.0.0"), make_image("2.0.0")
+    for env in ("local", "dev", "staging", "production"):
+        succeed_in(flow[env], v1)
+    succeed_in(flow["dev"], v2)
+    succeed_in(flow["staging"], v2)
+    succeed_in(flow["production"], v2)
+    root_pw = "pw-root"
+    from django.contrib.auth.models import User
+
+    User.objects.create_superuser("root", password=root_pw)
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("#id_username", "root")
+    page.fill("#id_password", root_pw)
+    page.click("input[type=submit]")
+    shots = os.environ.get("TMPDIR", "/tmp")
+    last = Run.objects.order_by("-id").first()
+    pages = {
+        "board": "/admin/",
+        "run-list": "/admin/opsweb/run/",
+        "image-list": "/admin/opsweb/imageversion/",
+        "run": f"/admin/opsweb/run/{last.pk}/change/",
+    }
+    for name, path in pages.items():
+        page.goto(live_server.url + path)
+        # A table wider than the window, or than the box that holds it (the changelist
+        # scrolls sideways rather than overflow), pushes columns out of sight.
+        too_wide = page.evaluate(
+            "() => Array.from(document.querySelectorAll('table')).filter(t =>"
+            " t.getBoundingClientRect().right > window.innerWidth + 1"
+            " || t.parentElement.scrollWidth > t.parentElement.clientWidth + 1)"
+            ".map(t => t.id || t.className || 'table')"
+        )
+        assert too_wide == [], (name, too_wide)
+        page.screenshot(path=os.path.join(shots, f"opsweb-{name}-1366.png"), full_page=True)
+    connections.close_all()
