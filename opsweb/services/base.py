@@ -77,17 +77,8 @@ def previous_stable_version(
 def counting_approvals(run: Run):
     """Approvals that count now: for the digest the run will deploy, by active members of the
     approver group, and not by the requester where self-approval is off. Someone who left the
-    group or was deactivated since approving no longer counts."""
-    environment = run.environment
-    approvals = run.approvals.filter(
-        decision=Approval.Decision.APPROVE,
-        digest=run.image.digest,
-        user__is_active=True,
-        user__groups=environment.approver_group_id,
-    )
-    if not environment.allow_self_approval and run.requested_by_id:
-        approvals = approvals.exclude(user_id=run.requested_by_id)
-    return approvals
+    group or was deactivated since approving no longer counts (``_counting``)."""
+    return Approval.objects.filter(_counting(""), run=run)
 
 
 def approvals_count(run: Run) -> int:
@@ -158,19 +149,40 @@ def approvals_text(run: Run, given: int | None = None) -> str:
     return f"{given} of {run.required_approvals}"
 
 
-def counting_approvals_annotation() -> Count:
-    """``counting_approvals`` as an annotation on Run querysets, for lists (one query)."""
-    return Count(
-        "approvals",
-        filter=Q(
-            approvals__decision=Approval.Decision.APPROVE,
-            approvals__digest=F("image__digest"),
-            approvals__user__is_active=True,
-            approvals__user__groups=F("environment__approver_group"),
-        )
-        & (Q(environment__allow_self_approval=True) | ~Q(approvals__user=F("requested_by"))),
-        distinct=True,
+def _counting(prefix: str) -> Q:
+    """The one definition of an approval that counts, as a filter on Approval rows (prefix
+    "") or on Run rows (prefix "approvals__"): approve, for the run's digest, by an active
+    member of the approver group, not by the requester where self-approval is off."""
+    run = "" if prefix else "run__"
+    return Q(
+        **{
+            f"{prefix}decision": Approval.Decision.APPROVE,
+            f"{prefix}digest": F(f"{run}image__digest"),
+            f"{prefix}user__is_active": True,
+            f"{prefix}user__groups": F(f"{run}environment__approver_group"),
+        }
+    ) & (
+        Q(**{f"{run}environment__allow_self_approval": True})
+        | Q(**{f"{run}requested_by__isnull": True})
+        | ~Q(**{f"{prefix}user": F(f"{run}requested_by")})
     )
+
+
+def counting_approvals_annotation() -> Count:
+    """``counting_approvals`` as an annotation on Run querysets. Joins every approval of every
+    run in the queryset: use it on bounded sets (the board's active runs); lists use
+    ``approval_counts`` for the rows on the page."""
+    return Count("approvals", filter=_counting("approvals__"), distinct=True)
+
+
+def approval_counts(run_ids) -> dict[int, int]:
+    """How many approvals count for each of ``run_ids`` (one query over their approvals)."""
+    rows = (
+        Approval.objects.filter(_counting(""), run_id__in=list(run_ids))
+        .values("run_id")
+        .annotate(n=Count("user", distinct=True))
+    )
+    return {row["run_id"]: row["n"] for row in rows}
 
 
 def describe(image: ImageVersion | None) -> str:
