@@ -164,8 +164,14 @@ Q_CLUSTER = {
 OPSWEB = {
     # Pending runs older than this expire (rule: approvals do not wait forever).
     "APPROVAL_WINDOW_SECONDS": env.int("OPSWEB_APPROVAL_WINDOW_SECONDS", default=7 * 24 * 3600),
-    # A running run whose heartbeat is older than this has lost its worker.
-    "HEARTBEAT_STALE_SECONDS": env.int("OPSWEB_HEARTBEAT_STALE_SECONDS", default=120),
+    # A running run whose heartbeat is older than this has lost its worker. A working run beats
+    # from a background thread five times per window, whatever its step (manage.py worker).
+    "HEARTBEAT_STALE_SECONDS": env.int("OPSWEB_HEARTBEAT_STALE_SECONDS", default=15),
+    # How often `manage.py worker` looks for lost runs and stalled queues.
+    "RECONCILE_SECONDS": env.float("OPSWEB_RECONCILE_SECONDS", default=5.0),
+    # How long `manage.py worker` lets the running step finish after SIGTERM before it kills
+    # the cluster (the run is then recovered like a lost one). Keep it under ECS stopTimeout.
+    "WORKER_STOP_SECONDS": env.float("OPSWEB_WORKER_STOP_SECONDS", default=30.0),
     # Where the local process backend keeps exported versions, pid files and logs.
     "LOCAL_STATE_DIR": env.path("OPSWEB_LOCAL_STATE_DIR", default=BASE_DIR / "var" / "local"),
 }

@@ -26,7 +26,8 @@ def execute_run(run_id: int) -> str:
         return f"run {run_id} does not exist"
     done = []
     while (run := services.claim_next_run(environment_id=environment_id)) is not None:
-        _execute(run)
+        with services.heartbeating(run.pk):
+            _execute(run)
         done.append(run.pk)
     return f"executed runs {done}" if done else "nothing to claim"
 
@@ -126,10 +127,11 @@ def _crashed(run: Run, exc: Exception, *, environment_broken: bool) -> None:
 
 
 def reconcile() -> dict:
-    """Scheduled every minute: expire stale approvals, end runs whose worker died, and restart
-    queues nobody is working on. No environment stays blocked."""
+    """Expire stale approvals, recover runs whose worker died, and restart queues nobody is
+    working on, so that no environment stays blocked. ``manage.py worker`` calls it every
+    ``OPSWEB_RECONCILE_SECONDS``; a schedule also runs it every minute (plain ``qcluster``)."""
     expired = services.expire_pending_runs()
-    lost = services.fail_lost_runs()
+    lost = [recover_lost_run(run) for run in services.take_over_lost_runs()]
     restarted = []
     for environment_id in services.stalled_environments():
         head = Run.objects.filter(environment_id=environment_id, status="queued").first()
@@ -137,6 +139,44 @@ def reconcile() -> dict:
             services.enqueue(head.pk)
             restarted.append(environment_id)
     return {"expired": expired, "lost": lost, "restarted": restarted}
+
+
+def recover_lost_run(run: Run) -> int:
+    """Finish a run taken over from a dead worker like any other run: ask the backend what
+    runs and record it at once, verify health when the run switched, and end it (an unhealthy
+    deploy rolls back by itself where auto_rollback is on). Returns the run's id."""
+    environment = run.environment
+
+    def progress(message: str, seconds: float | None = None) -> None:
+        if message:
+            services.record_progress(run_id=run.pk, message=message, seconds=seconds)
+
+    with services.heartbeating(run.pk):
+        try:
+            backend = get_backend(environment.backend, environment.backend_settings)
+            running = backend.running_version(environment.slug)
+        except DeployError as exc:
+            services.finish_lost_run(
+                run_id=run.pk,
+                lost_step=run.step,
+                switched=False,
+                healthy=False,
+                detail=f"could not ask the backend what runs: {exc}",
+            )
+            return run.pk
+        switched = services.record_lost_state(run_id=run.pk, running=running)
+        healthy, detail = False, ""
+        if switched:
+            environment.refresh_from_db()
+            if environment.health_check_url:
+                healthy, detail = _verify(environment, progress)
+            else:
+                healthy = running == run.image.digest
+                detail = "" if healthy else f"the backend runs {running or 'nothing'}"
+    services.finish_lost_run(
+        run_id=run.pk, lost_step=run.step, switched=switched, healthy=healthy, detail=detail
+    )
+    return run.pk
 
 
 def check_drift() -> dict:
