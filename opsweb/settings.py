@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_q",
+    "axes",
     "opsweb",
 ]
 
@@ -69,6 +70,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns lockouts into a page
 ]
 
 ROOT_URLCONF = "opsweb.urls"
@@ -144,6 +146,19 @@ STORAGES = {
 
 LOGIN_URL = "admin:login"
 
+# Login throttling (django-axes, opsweb/login_throttle.py): failures count per username and
+# client address; the address comes from X-Forwarded-For only behind OPSWEB_TRUSTED_PROXIES.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("OPSWEB_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("OPSWEB_LOGIN_COOLOFF_MINUTES", default=15.0) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "opsweb.login_throttle.client_ip"
+AXES_LOCKOUT_CALLABLE = "opsweb.login_throttle.locked_out"
+
 # django-q2. The ORM broker needs no extra service. `retry` must exceed `timeout`, or a task
 # still running would be handed to a second worker. Runs are claimed with a conditional UPDATE,
 # so a redelivery after a worker died is harmless; the reconciler ends runs whose worker died.
@@ -174,6 +189,9 @@ OPSWEB = {
     "WORKER_STOP_SECONDS": env.float("OPSWEB_WORKER_STOP_SECONDS", default=30.0),
     # Where the local process backend keeps exported versions, pid files and logs.
     "LOCAL_STATE_DIR": env.path("OPSWEB_LOCAL_STATE_DIR", default=BASE_DIR / "var" / "local"),
+    # Proxies in front of opsweb that append to X-Forwarded-For (the AWS load balancer: 1).
+    "TRUSTED_PROXIES": env.int("OPSWEB_TRUSTED_PROXIES", default=0),
+    "LOGIN_COOLOFF_MINUTES": env.float("OPSWEB_LOGIN_COOLOFF_MINUTES", default=15.0),
 }
 
 LOGGING = {
@@ -182,7 +200,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["stderr"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "axes.apps": {"level": "WARNING"},  # its start-up banner in every command's output
+    },
 }
 
 if PRODUCTION:

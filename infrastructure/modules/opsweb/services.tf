@@ -12,6 +12,8 @@ locals {
     { name = "LOG_LEVEL", value = "INFO" },
     # The worker lets the running step finish this long after SIGTERM (under stopTimeout 120).
     { name = "OPSWEB_WORKER_STOP_SECONDS", value = "110" },
+    # The load balancer appends the client's address to X-Forwarded-For (login throttling).
+    { name = "OPSWEB_TRUSTED_PROXIES", value = "1" },
     { name = "AWS_DEFAULT_REGION", value = local.region },
   ]
   secrets = [
