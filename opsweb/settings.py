@@ -183,7 +183,7 @@ OPSWEB = {
     # from a background thread five times per window, whatever its step (manage.py worker).
     "HEARTBEAT_STALE_SECONDS": env.int("OPSWEB_HEARTBEAT_STALE_SECONDS", default=15),
     # How often `manage.py worker` looks for lost runs and stalled queues.
-    "RECONCILE_SECONDS": env.float("OPSWEB_RECONCILE_SECONDS", default=5.0),
+    "RECONCILE_SECONDS": env.float("OPSWEB_RECONCILE_SECONDS", default=3.0),
     # How long `manage.py worker` lets the running step finish after SIGTERM before it kills
     # the cluster (the run is then recovered like a lost one). Keep it under ECS stopTimeout.
     "WORKER_STOP_SECONDS": env.float("OPSWEB_WORKER_STOP_SECONDS", default=30.0),

@@ -92,14 +92,20 @@ def _deploy(run: Run, progress) -> bool:
     )
 
 
-def _verify(environment: Environment, progress) -> tuple[bool, str]:
-    """HTTP health check after the switch; (healthy, error)."""
+# Seconds of health checks for a run recovered from a lost worker (at most its own window).
+LOST_RUN_HEALTH_WINDOW = 3
+
+
+def _verify(environment: Environment, progress, window: float | None = None) -> tuple[bool, str]:
+    """HTTP health check after the switch, for the environment's window or at most ``window``
+    seconds; (healthy, error)."""
     if not environment.health_check_url:
         return True, ""
     started = time.monotonic()
+    limit = environment.health_check_window_seconds
     health = verify_health(
         environment.health_check_url,
-        window=environment.health_check_window_seconds,
+        window=min(limit, window) if window else limit,
         interval=1.0,
         progress=progress,
     )
@@ -166,13 +172,12 @@ def recover_lost_run(run: Run) -> int:
             return run.pk
         switched = services.record_lost_state(run_id=run.pk, running=running)
         healthy, detail = False, ""
-        if switched:
+        if switched and running != run.image.digest:
+            detail = f"the backend runs {running or 'nothing'}"  # no health check can pass
+        elif switched:
             environment.refresh_from_db()
-            if environment.health_check_url:
-                healthy, detail = _verify(environment, progress)
-            else:
-                healthy = running == run.image.digest
-                detail = "" if healthy else f"the backend runs {running or 'nothing'}"
+            # It has been up for a heartbeat window already: a short look, not a warm-up wait.
+            healthy, detail = _verify(environment, progress, window=LOST_RUN_HEALTH_WINDOW)
     services.finish_lost_run(
         run_id=run.pk, lost_step=run.step, switched=switched, healthy=healthy, detail=detail
     )

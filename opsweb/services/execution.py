@@ -144,6 +144,7 @@ def heartbeating(run_id: int):
                     heartbeat(run_id=run_id)
                 except DatabaseError as exc:  # e.g. PostgreSQL restarting: try again next beat
                     log.warning("heartbeat of run %s failed: %s", run_id, exc)
+                    connection.close()  # this thread's connection; the next beat reconnects
         finally:
             connections.close_all()
 
