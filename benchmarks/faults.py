@@ -465,8 +465,8 @@ def run_faults(args, scratch: Path, postgres: PrivatePostgres, database_url: str
     )
     total = sum(t.tried for t in tallies.values())
     passed = sum(t.correct for t in tallies.values())
-    print(f"faults: {passed} of {total} correct, recovery target {args.target:g}s: "
-          f"{'met' if ok else 'MISSED'}")  # fmt: skip
+    print(f"recovery target {args.target:g}s: {'met' if ok else 'MISSED'}")
+    print(f"faults: {passed} passed, {total - passed} failed")  # the closing line CI reads
     return 0 if ok else 1
 
 
