@@ -198,6 +198,16 @@ def wait_for_event(run: Run, prefix: str, timeout: float = 60) -> None:
     raise AssertionError(f"run #{run.pk} never logged {prefix!r}: {list(run.events.all())}")
 
 
+def wait_for_started_process(env: Environment, tag: str, timeout: float = 30) -> None:
+    """Until the local backend recorded the pid of the process it started for ``tag``."""
+    env.refresh_from_db()
+    backend = LocalProcessBackend(env.backend_settings)
+    deadline = time.monotonic() + timeout
+    while not (state := backend.read_state(env.slug)).get("pid") or state["tag"] != tag:
+        assert time.monotonic() < deadline, "the worker never started a process"
+        time.sleep(0.05)
+
+
 def kill_worker(worker) -> None:
     """SIGKILL the whole cluster, as an out-of-memory kill or a lost host would."""
     os.killpg(worker.pid, signal.SIGKILL)
@@ -236,7 +246,7 @@ def test_a_worker_killed_mid_run_is_reconciled(local_flow, alice, tmp_path, stal
     run = services.request_deploy(user=alice, environment=dev, image=images["1.0.0"])
     worker = start_worker(tmp_path / "qcluster.log")
     try:
-        wait_for_event(run, "Exported commit")
+        wait_for_started_process(dev, "1.0.0")
     finally:
         kill_worker(worker)
     run.refresh_from_db()
@@ -300,12 +310,8 @@ def test_a_worker_lost_while_the_new_version_starts_records_what_runs(
     )
     lost = services.request_deploy(user=alice, environment=dev, image=images["1.1.0"])
     worker = start_worker(tmp_path / "qcluster.log")
-    backend = LocalProcessBackend(dev.backend_settings)
     try:
-        wait_for_event(lost, "Stopped 1.0.0")
-        deadline = time.monotonic() + 10
-        while not backend.read_state(dev.slug).get("pid") and time.monotonic() < deadline:
-            time.sleep(0.05)  # until the new process was started
+        wait_for_started_process(dev, "1.1.0")
     finally:
         kill_worker(worker)
     queued = services.request_deploy(user=alice, environment=dev, image=images["1.2.0"])
