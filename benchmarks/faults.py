@@ -60,6 +60,13 @@ class Tally:
     recover: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
+    def trial(self, fault, *args) -> None:
+        """Run one trial; a trial that raises counts as incorrect, with the exception."""
+        try:
+            self.add(*fault(*args))
+        except Exception as exc:
+            self.add([f"the trial raised {exc!r}"], None)
+
     def add(self, problems: list[str], seconds: float | None) -> None:
         self.tried += 1
         self.correct += not problems
@@ -202,7 +209,7 @@ class Harness:
         auto-deploy left by earlier trials, so that every trial can use the same versions."""
         from opsweb.models import Environment, ImageVersion
 
-        ImageVersion.objects.filter(tag__in=GOOD).update(is_bad=False, bad_reason="")
+        ImageVersion.objects.filter(tag__in=[*GOOD, BROKEN]).update(is_bad=False, bad_reason="")
         Environment.objects.update(auto_deploy_paused=False, paused_reason="")
 
     def pick(self, *, besides=()) -> object:
@@ -444,14 +451,14 @@ def run_faults(args, scratch: Path, postgres: PrivatePostgres, database_url: str
         for step in KILL_STEPS:
             tally = tallies.setdefault(f"kill at {step}", Tally())
             for _ in range(args.n):
-                tally.add(*harness.kill_at(step))
+                tally.trial(harness.kill_at, step)
             report(f"kill at {step}", tally, args.target)
         tally = tallies.setdefault("final approvals raced", Tally())
         for i in range(args.races):
-            tally.add(*harness.race_final_approvals(i))
+            tally.trial(harness.race_final_approvals, i)
         report("final approvals raced", tally, args.target)
         tally = tallies.setdefault("PostgreSQL restarted", Tally())
-        tally.add(*harness.restart_postgres())
+        tally.trial(harness.restart_postgres)
         report("PostgreSQL restarted", tally, args.target)
     finally:
         worker.stop()
