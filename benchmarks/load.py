@@ -142,30 +142,35 @@ def run_load(args, scratch: Path, database_url: str) -> int:
         "OPSWEB_LOCAL_STATE_DIR": str(scratch / "local"),
         "DJANGO_SETTINGS_MODULE": "opsweb.settings",
         "DJANGO_ENV": "development",
-        "DEBUG": "false",
         "LOG_LEVEL": "WARNING",
         "HOST": "127.0.0.1",
         "PORT": str(port),
     }
     os.environ.update(env)
+    env["DEBUG"] = "false"  # the servers run as in production; this process loads the demo
     sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    try:
+        with open(os.devnull, "w") as quiet:
+            call_command("demo", base_port=args.base_port, stdout=quiet)
+        return serve_and_load(args, scratch, env)
+    finally:
+        with open(os.devnull, "w") as quiet:
+            call_command("demo", base_port=args.base_port, stop=True, stdout=quiet)
+
+
+def serve_and_load(args, scratch: Path, env: dict[str, str]) -> int:
     from django.contrib.auth.models import Group
     from django.contrib.auth.models import User as DjangoUser
-    from django.core.management import call_command
 
     from opsweb.models import Environment, Run
 
-    call_command("migrate", verbosity=0)
-    with open(os.devnull, "w") as quiet:
-        # The demo refuses to run with DEBUG off: load it with DEBUG on, serve with it off.
-        from django.conf import settings
-
-        settings.DEBUG = True
-        call_command("demo", base_port=args.base_port, stdout=quiet)
-        settings.DEBUG = False
+    port = int(env["PORT"])
     deployers = Group.objects.get(name="deployers")
     for i in range(args.users):
         user = DjangoUser.objects.create_user(f"load{i}", password=PASSWORD, is_staff=True)
@@ -221,8 +226,6 @@ def run_load(args, scratch: Path, database_url: str) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
         logs.close()
-        with open(os.devnull, "w") as quiet:
-            call_command("demo", base_port=args.base_port, stop=True, stdout=quiet)
 
     latencies = sorted(t for u in users for t in u.latencies)
     errors = [e for u in users for e in u.errors]
