@@ -13,9 +13,10 @@ DEMO_BASE_PORT ?= 8101
 $(STAMP): requirements-dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 12))' || \
 	  { echo "opsweb needs Python 3.12 or newer; '$(PYTHON)' is $$($(PYTHON) --version 2>&1). Set PYTHON=/path/to/python3.12."; exit 1; }
+	@echo "opsweb: installing Python packages into $(VENV) (the first time takes about 2 minutes)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-dev.lock
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements-dev.lock
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -27,7 +28,9 @@ run: venv
 	$(PY) manage.py demo --base-port $(DEMO_BASE_PORT)
 	$(PY) manage.py local_admin
 	@echo "opsweb: http://$(HOST):$(PORT)/admin/  (Ctrl-C stops the web server and the worker)"
-	@$(PY) manage.py qcluster & q=$$!; trap 'kill -TERM $$q 2>/dev/null; wait $$q' EXIT; \
+	@# `manage.py worker`: the django-q2 cluster, shielded from Ctrl-C's group-wide signal,
+	@# stopped through its main pid after the running step; it also recovers lost runs.
+	@$(PY) manage.py worker & q=$$!; trap 'kill -TERM $$q 2>/dev/null; wait $$q' EXIT; \
 	  $(PY) manage.py runserver $(HOST):$(PORT)
 
 test: venv

@@ -5,7 +5,9 @@
 #   healthcheck      the Dockerfile's HEALTHCHECK and the ECS container health check
 #   anything else    `python manage.py <args>`: migrate, register_image, createsuperuser, ...
 # Every role replaces this shell with `exec`, so SIGTERM from Docker or ECS reaches gunicorn or
-# the django-q2 cluster itself, and they stop gracefully.
+# `manage.py worker` itself, and they stop gracefully (the worker forwards it to the django-q2
+# cluster's main pid only, lets the running step finish for OPSWEB_WORKER_STOP_SECONDS, and
+# recovers lost runs every OPSWEB_RECONCILE_SECONDS while it runs).
 # tests/test_web_role.py starts `docker-entrypoint.sh web` and `worker` as they are.
 set -eu
 
@@ -19,12 +21,12 @@ case "$role" in
     exec gunicorn --config gunicorn.conf.py "$@"
     ;;
   worker)
-    exec python manage.py qcluster "$@"
+    exec python manage.py worker "$@"
     ;;
   healthcheck)
     # Only the web role serves HTTP; a worker container is healthy while its process runs
     # (a worker that stops heart-beating is found by opsweb's reconciler).
-    if tr '\0' ' ' </proc/1/cmdline 2>/dev/null | grep -q qcluster; then
+    if tr '\0' ' ' </proc/1/cmdline 2>/dev/null | grep -q -e 'manage.py worker' -e qcluster; then
       exit 0
     fi
     exec python - <<'PY'

@@ -6,5 +6,7 @@ class OpswebConfig(AppConfig):
     verbose_name = "Releases"
 
     def ready(self):
-        # Connects the notification signals and registers their admin pages.
-        from opsweb import notifications  # noqa: F401
+        # Connects the notification signals and the login-throttle audit hook.
+        from opsweb import login_throttle, notifications  # noqa: F401
+
+        login_throttle.connect()

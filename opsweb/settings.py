@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_q",
+    "axes",
     "opsweb",
 ]
 
@@ -69,6 +70,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns lockouts into a page
 ]
 
 ROOT_URLCONF = "opsweb.urls"
@@ -146,6 +148,19 @@ STORAGES = {
 
 LOGIN_URL = "admin:login"
 
+# Login throttling (django-axes, opsweb/login_throttle.py): failures count per username and
+# client address; the address comes from X-Forwarded-For only behind OPSWEB_TRUSTED_PROXIES.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("OPSWEB_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("OPSWEB_LOGIN_COOLOFF_MINUTES", default=15.0) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "opsweb.login_throttle.client_ip"
+AXES_LOCKOUT_CALLABLE = "opsweb.login_throttle.locked_out"
+
 # django-q2. The ORM broker needs no extra service. `retry` must exceed `timeout`, or a task
 # still running would be handed to a second worker. Runs are claimed with a conditional UPDATE,
 # so a redelivery after a worker died is harmless; the reconciler ends runs whose worker died.
@@ -166,10 +181,19 @@ Q_CLUSTER = {
 OPSWEB = {
     # Pending runs older than this expire (rule: approvals do not wait forever).
     "APPROVAL_WINDOW_SECONDS": env.int("OPSWEB_APPROVAL_WINDOW_SECONDS", default=7 * 24 * 3600),
-    # A running run whose heartbeat is older than this has lost its worker.
-    "HEARTBEAT_STALE_SECONDS": env.int("OPSWEB_HEARTBEAT_STALE_SECONDS", default=120),
+    # A running run whose heartbeat is older than this has lost its worker. A working run beats
+    # from a background thread five times per window, whatever its step (manage.py worker).
+    "HEARTBEAT_STALE_SECONDS": env.int("OPSWEB_HEARTBEAT_STALE_SECONDS", default=15),
+    # How often `manage.py worker` looks for lost runs and stalled queues.
+    "RECONCILE_SECONDS": env.float("OPSWEB_RECONCILE_SECONDS", default=3.0),
+    # How long `manage.py worker` lets the running step finish after SIGTERM before it kills
+    # the cluster (the run is then recovered like a lost one). Keep it under ECS stopTimeout.
+    "WORKER_STOP_SECONDS": env.float("OPSWEB_WORKER_STOP_SECONDS", default=30.0),
     # Where the local process backend keeps exported versions, pid files and logs.
     "LOCAL_STATE_DIR": env.path("OPSWEB_LOCAL_STATE_DIR", default=BASE_DIR / "var" / "local"),
+    # Proxies in front of opsweb that append to X-Forwarded-For (the AWS load balancer: 1).
+    "TRUSTED_PROXIES": env.int("OPSWEB_TRUSTED_PROXIES", default=0),
+    "LOGIN_COOLOFF_MINUTES": env.float("OPSWEB_LOGIN_COOLOFF_MINUTES", default=15.0),
 }
 
 # Notifications. Mail uses Django's mailers, configured from EMAIL_URL (django-environ syntax,
@@ -209,7 +233,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["stderr"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "axes.apps": {"level": "WARNING"},  # its start-up banner in every command's output
+    },
 }
 
 if PRODUCTION:

@@ -26,7 +26,8 @@ def execute_run(run_id: int) -> str:
         return f"run {run_id} does not exist"
     done = []
     while (run := services.claim_next_run(environment_id=environment_id)) is not None:
-        _execute(run)
+        with services.heartbeating(run.pk):
+            _execute(run)
         done.append(run.pk)
     return f"executed runs {done}" if done else "nothing to claim"
 
@@ -91,14 +92,20 @@ def _deploy(run: Run, progress) -> bool:
     )
 
 
-def _verify(environment: Environment, progress) -> tuple[bool, str]:
-    """HTTP health check after the switch; (healthy, error)."""
+# Seconds of health checks for a run recovered from a lost worker (at most its own window).
+LOST_RUN_HEALTH_WINDOW = 3
+
+
+def _verify(environment: Environment, progress, window: float | None = None) -> tuple[bool, str]:
+    """HTTP health check after the switch, for the environment's window or at most ``window``
+    seconds; (healthy, error)."""
     if not environment.health_check_url:
         return True, ""
     started = time.monotonic()
+    limit = environment.health_check_window_seconds
     health = verify_health(
         environment.health_check_url,
-        window=environment.health_check_window_seconds,
+        window=min(limit, window) if window else limit,
         interval=1.0,
         progress=progress,
     )
@@ -126,13 +133,14 @@ def _crashed(run: Run, exc: Exception, *, environment_broken: bool) -> None:
 
 
 def reconcile() -> dict:
-    """Scheduled every minute: expire stale approvals, end runs whose worker died, restart
-    queues nobody is working on, and requeue notifications whose retry was lost. No
-    environment stays blocked."""
+    """Expire stale approvals, recover runs whose worker died, restart queues nobody is
+    working on (so that no environment stays blocked), and requeue notifications whose retry
+    was lost. ``manage.py worker`` calls it every ``OPSWEB_RECONCILE_SECONDS``; a schedule
+    also runs it every minute (plain ``qcluster``)."""
     from opsweb import notifications
 
     expired = services.expire_pending_runs()
-    lost = services.fail_lost_runs()
+    lost = [recover_lost_run(run) for run in services.take_over_lost_runs()]
     restarted = []
     for environment_id in services.stalled_environments():
         head = Run.objects.filter(environment_id=environment_id, status="queued").first()
@@ -141,6 +149,43 @@ def reconcile() -> dict:
             restarted.append(environment_id)
     resent = notifications.retry_due()
     return {"expired": expired, "lost": lost, "restarted": restarted, "notifications": resent}
+
+
+def recover_lost_run(run: Run) -> int:
+    """Finish a run taken over from a dead worker like any other run: ask the backend what
+    runs and record it at once, verify health when the run switched, and end it (an unhealthy
+    deploy rolls back by itself where auto_rollback is on). Returns the run's id."""
+    environment = run.environment
+
+    def progress(message: str, seconds: float | None = None) -> None:
+        if message:
+            services.record_progress(run_id=run.pk, message=message, seconds=seconds)
+
+    with services.heartbeating(run.pk):
+        try:
+            backend = get_backend(environment.backend, environment.backend_settings)
+            running = backend.running_version(environment.slug)
+        except DeployError as exc:
+            services.finish_lost_run(
+                run_id=run.pk,
+                lost_step=run.step,
+                switched=False,
+                healthy=False,
+                detail=f"could not ask the backend what runs: {exc}",
+            )
+            return run.pk
+        switched = services.record_lost_state(run_id=run.pk, running=running)
+        healthy, detail = False, ""
+        if switched and running != run.image.digest:
+            detail = f"the backend runs {running or 'nothing'}"  # no health check can pass
+        elif switched:
+            environment.refresh_from_db()
+            # It has been up for a heartbeat window already: a short look, not a warm-up wait.
+            healthy, detail = _verify(environment, progress, window=LOST_RUN_HEALTH_WINDOW)
+    services.finish_lost_run(
+        run_id=run.pk, lost_step=run.step, switched=switched, healthy=healthy, detail=detail
+    )
+    return run.pk
 
 
 def check_drift() -> dict:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -108,21 +109,40 @@ class LocalProcessBackend(DeployBackend):
         tmp.replace(path)  # atomic: a crash leaves the old state or the new, never half
 
     @contextlib.contextmanager
-    def _locked(self, environment: str):
-        # One deploy per environment at a time, even across processes.
+    def _locked(self, environment: str, *, wait: bool = True):
+        """One deploy per environment at a time, even across processes; yields whether the
+        lock is held (``wait=False`` gives up at once while a deploy holds it). A killed
+        worker's lock is released by the kernel."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.state_dir / f"{environment}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                yield
+                fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def running_version(self, environment: str = "") -> str | None:
-        state = self.read_state(environment)
+        with self._locked(environment, wait=False) as held:
+            state = self._adopt(environment) if held else self.read_state(environment)
         if state and process_alive(state.get("pid"), state.get("started")):
             return state.get("digest")
         return None
+
+    def _adopt(self, environment: str) -> dict[str, Any]:
+        """The state, after adopting a process whose start was recorded but whose pid was not
+        (its worker was killed in between): found by the start id in its environment. Call with
+        the lock held."""
+        state = self.read_state(environment)
+        if not state.get("start_id") or state.get("pid"):
+            return state
+        pid = find_process_by_start_id(state["start_id"])
+        state = {**state, "pid": pid, "started": process_start_time(pid)} if pid else {}
+        self._write_state(environment, state)
+        return state
 
     # -- deploy ----------------------------------------------------------------------------
 
@@ -137,7 +157,7 @@ class LocalProcessBackend(DeployBackend):
             workdir = self._export(request.git_sha)
             progress(f"Exported commit {request.git_sha[:7]} to {workdir}", time.monotonic() - t)
 
-            state = self.read_state(request.environment)
+            state = self._adopt(request.environment)
             t = time.monotonic()
             if state and process_alive(state.get("pid"), state.get("started")):
                 stopped = stop_process(
@@ -161,23 +181,27 @@ class LocalProcessBackend(DeployBackend):
                     previous_stopped=stopped_previous,
                 )
             t = time.monotonic()
+            logs = self.state_dir / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            log_path = logs / f"{request.environment}-{request.tag}-{int(time.time())}.log"
+            starting = {
+                "start_id": uuid.uuid4().hex,
+                "tag": request.tag,
+                "digest": request.digest,
+                "git_sha": request.git_sha,
+                "port": port,
+                "log": str(log_path),
+                "workdir": str(workdir),
+            }
+            # Written before the start: a worker killed between the start and the next write
+            # leaves a process that its start id finds (``_adopt``), not a stranger on the port.
+            self._write_state(request.environment, starting)
             try:
-                pid, started, log_path = self._start(request, workdir)
+                pid, started = self._start(request, workdir, log_path, starting["start_id"])
             except DeployError as exc:
+                self._write_state(request.environment, {})
                 raise DeployError(str(exc), previous_stopped=stopped_previous) from None
-            self._write_state(
-                request.environment,
-                {
-                    "pid": pid,
-                    "started": started,
-                    "tag": request.tag,
-                    "digest": request.digest,
-                    "git_sha": request.git_sha,
-                    "port": port,
-                    "log": str(log_path),
-                    "workdir": str(workdir),
-                },
-            )
+            self._write_state(request.environment, {**starting, "pid": pid, "started": started})
             try:
                 self._wait_until_listening(pid, started, host, port, log_path, Heartbeat(progress))
             except DeployError as exc:
@@ -218,14 +242,14 @@ class LocalProcessBackend(DeployBackend):
         (target / ".opsweb-complete").touch()
         return target
 
-    def _start(self, request: DeployRequest, workdir: Path) -> tuple[int, float, Path]:
+    def _start(
+        self, request: DeployRequest, workdir: Path, log_path: Path, start_id: str
+    ) -> tuple[int, float | None]:
         command = list(self.settings["command"])
         if command[0] == "python":
             command[0] = sys.executable  # the interpreter opsweb runs on, not whatever is on PATH
-        logs = self.state_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        log_path = logs / f"{request.environment}-{request.tag}-{int(time.time())}.log"
         child_env = {
+            START_ID_VARIABLE: start_id,
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", str(workdir)),
             "PORT": str(self.settings["port"]),
@@ -250,7 +274,7 @@ class LocalProcessBackend(DeployBackend):
                 )
             except OSError as exc:
                 raise DeployError(f"Could not start {shlex.join(command)}: {exc}") from None
-        return process.pid, process_start_time(process.pid), log_path
+        return process.pid, process_start_time(process.pid)
 
     def _wait_until_listening(
         self, pid: int, started: float | None, host: str, port: int, log_path: Path, beat
@@ -275,7 +299,7 @@ class LocalProcessBackend(DeployBackend):
     def stop(self, environment: str) -> None:
         """Stop what runs in ``environment`` (used by tests and the demo's reset)."""
         with self._locked(environment):
-            state = self.read_state(environment)
+            state = self._adopt(environment)
             if state and process_alive(state.get("pid"), state.get("started")):
                 stop_process(state["pid"], self.settings["stop_timeout"])
             self._write_state(environment, {})
@@ -305,6 +329,25 @@ class Heartbeat:
         if time.monotonic() - self.last >= self.every:
             self.progress("", None)
             self.last = time.monotonic()
+
+
+# Set in each started process's environment; names it in /proc after its worker died.
+START_ID_VARIABLE = "OPSWEB_START_ID"
+
+
+def find_process_by_start_id(start_id: str) -> int | None:
+    """The pid of the process started with ``OPSWEB_START_ID=start_id``, if it still runs."""
+    needle = f"{START_ID_VARIABLE}={start_id}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue  # gone, or not ours to read
+        if needle in environ.split(b"\0") and process_alive(int(entry.name)):
+            return int(entry.name)
+    return None
 
 
 def git(repository: Path, *args: str) -> subprocess.CompletedProcess:

@@ -213,13 +213,14 @@ def database_url() -> str:
     )
 
 
-def start_worker(log_path: Path, **env) -> subprocess.Popen:
-    """A real django-q2 cluster (`manage.py qcluster`) on the test database."""
+def start_worker(log_path: Path, command: str = "qcluster", **env) -> subprocess.Popen:
+    """A real django-q2 cluster (`manage.py qcluster`, or `worker`: the cluster with its
+    reconciler) on the test database, in a process group of its own."""
     from django.conf import settings
 
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
+            [sys.executable, "manage.py", command],
             cwd=settings.BASE_DIR,
             env={**os.environ, "DATABASE_URL": database_url(), "Q_WORKERS": "1", **env},
             stdout=log,

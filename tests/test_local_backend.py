@@ -132,3 +132,25 @@ def test_local_settings_name_each_bad_field():
     with pytest.raises(SettingsError) as exc:
         LocalProcessBackend({"port": 80, "command": []})
     assert set(exc.value.errors) == {"repository", "port", "command", "state_dir"}
+
+
+def test_local_process_started_by_a_worker_killed_before_recording_it_is_adopted(backend, repo):
+    backend.deploy(request(repo, "1.0.0"))
+    orphan = get_json(backend.settings["port"])["pid"]
+    # What a worker killed between starting the process and writing its pid leaves behind:
+    # the record written before the start, and the process on the port.
+    state = backend.read_state("test")
+    del state["pid"], state["started"]
+    backend._write_state("test", state)
+
+    assert backend.running_version("test") == request(repo, "1.0.0").digest
+    assert backend.read_state("test")["pid"] == orphan
+    backend.deploy(request(repo, "1.1.0", is_rollback=True))
+    assert get_json(backend.settings["port"])["version"] == "1.1.0"
+    assert not process_alive(orphan)
+
+
+def test_local_start_record_without_a_process_is_cleared(backend, repo):
+    backend._write_state("test", {"start_id": "gone", "tag": "1.0.0", "digest": "sha256:x"})
+    assert backend.running_version("test") is None
+    assert backend.read_state("test") == {}

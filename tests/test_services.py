@@ -489,7 +489,9 @@ def test_a_late_result_from_a_worker_declared_lost_is_ignored(flow, alice):
     lost_image, later_image = make_image("1.0.0"), make_image("2.0.0")
     lost = services.request_deploy(user=alice, environment=dev, image=lost_image)
     services.claim_next_run(environment_id=dev.pk)
-    assert services.fail_lost_runs(now=timezone.now() + timedelta(hours=1)) == [lost.pk]
+    taken = services.take_over_lost_runs(now=timezone.now() + timedelta(hours=1))
+    assert [run.pk for run in taken] == [lost.pk]
+    services.finish_lost_run(run_id=lost.pk, lost_step="starting", switched=False, healthy=False)
     later = services.request_deploy(user=alice, environment=dev, image=later_image)
     services.claim_next_run(environment_id=dev.pk)
     assert services.record_switch(run_id=later.pk, backend_ref={"pid": 2})

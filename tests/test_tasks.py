@@ -2,15 +2,16 @@
 
 import os
 import signal
+import sys
 import time
 from datetime import timedelta
 
 import pytest
-from django.conf import settings
 from django.utils import timezone
 
 from opsweb import services, tasks
 from opsweb.models import Environment, Run, RunKind, RunStatus
+from orchestration.local import LocalProcessBackend
 from tests.conftest import get_json, make_image, start_worker, succeed_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -188,7 +189,48 @@ def test_check_drift_reports_a_process_that_died(local_flow, alice):
     assert local.slug in found
 
 
-def test_a_worker_killed_mid_run_is_reconciled(local_flow, alice, tmp_path):
+def wait_for_event(run: Run, prefix: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if run.events.filter(message__startswith=prefix).exists():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"run #{run.pk} never logged {prefix!r}: {list(run.events.all())}")
+
+
+def wait_for_started_process(env: Environment, tag: str, timeout: float = 30) -> None:
+    """Until the local backend recorded the pid of the process it started for ``tag``."""
+    env.refresh_from_db()
+    backend = LocalProcessBackend(env.backend_settings)
+    deadline = time.monotonic() + timeout
+    while not (state := backend.read_state(env.slug)).get("pid") or state["tag"] != tag:
+        assert time.monotonic() < deadline, "the worker never started a process"
+        time.sleep(0.05)
+
+
+def kill_worker(worker) -> None:
+    """SIGKILL the whole cluster, as an out-of-memory kill or a lost host would."""
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+
+
+@pytest.fixture
+def run_tasks_here(monkeypatch):
+    """Call to make django-q2 run tasks in this process from then on (see ``sync_tasks``)."""
+    from django_q.conf import Conf
+
+    return lambda on=True: monkeypatch.setattr(Conf, "SYNC", on)
+
+
+@pytest.fixture
+def stale_soon(settings):
+    """Heartbeats go stale after 1 s, so a killed worker's run is lost at once (the in-process
+    reconciler reads this; the killed worker used the defaults)."""
+    settings.OPSWEB = {**settings.OPSWEB, "HEARTBEAT_STALE_SECONDS": 1}
+    return 1.5
+
+
+def test_a_worker_killed_mid_run_is_reconciled(local_flow, alice, tmp_path, stale_soon):
     """A real django-q2 cluster starts the run, is killed with SIGKILL, and the reconciler
     ends the run so the environment is not blocked."""
     flow, images = local_flow
@@ -204,23 +246,123 @@ def test_a_worker_killed_mid_run_is_reconciled(local_flow, alice, tmp_path):
     run = services.request_deploy(user=alice, environment=dev, image=images["1.0.0"])
     worker = start_worker(tmp_path / "qcluster.log")
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            run.refresh_from_db()
-            if run.events.filter(message__startswith="Exported commit").exists():
-                break
-            time.sleep(0.2)
-        assert run.status == RunStatus.RUNNING, "the worker never started the run"
+        wait_for_started_process(dev, "1.0.0")
     finally:
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait()
-    assert tasks.reconcile()["lost"] == []  # heartbeat still fresh: not yet declared lost
-    stale = timezone.now() + timedelta(seconds=settings.OPSWEB["HEARTBEAT_STALE_SECONDS"] + 1)
-    assert services.fail_lost_runs(now=stale) == [run.pk]
+        kill_worker(worker)
     run.refresh_from_db()
-    assert run.status == RunStatus.FAILED and "Worker lost" in run.error
+    assert run.status == RunStatus.RUNNING, "the worker never started the run"
+    time.sleep(stale_soon)
+    assert tasks.reconcile()["lost"] == [run.pk]
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED and "Worker lost during" in run.error
+    assert "Health check of" in run.error  # what it started never answered
     assert services.claim_next_run(environment_id=dev.pk) is None  # nothing queued, not blocked
     assert not Run.objects.filter(environment=dev, status=RunStatus.RUNNING).exists()
+
+
+def test_a_worker_lost_during_the_health_check_rolls_back_the_failing_version(
+    local_flow, alice, tmp_path, stale_soon, run_tasks_here
+):
+    flow, images = local_flow
+    dev = flow["dev"]
+    assert deploy(alice, dev, images["1.2.0"]).status == RunStatus.SUCCEEDED
+    Environment.objects.filter(pk=dev.pk).update(health_check_window_seconds=60)
+    broken = services.request_deploy(user=alice, environment=dev, image=images["1.3.0"])
+    worker = start_worker(tmp_path / "qcluster.log")
+    try:
+        wait_for_event(broken, "Health check attempt")
+    finally:
+        kill_worker(worker)
+    assert get_json(service_url(dev))["version"] == "1.3.0"  # the failing version serves
+    time.sleep(stale_soon)
+    run_tasks_here()
+
+    tasks.reconcile()
+
+    broken.refresh_from_db()
+    assert broken.status == RunStatus.FAILED and "(after the switch)" in broken.error
+    assert "HTTP 500" in broken.error
+    rollback = Run.objects.get(triggered_by=broken)
+    assert (rollback.kind, rollback.status, rollback.image.tag) == (
+        RunKind.ROLLBACK,
+        RunStatus.SUCCEEDED,
+        "1.2.0",
+    )
+    assert get_json(service_url(dev))["version"] == "1.2.0"
+    dev.refresh_from_db()
+    images["1.3.0"].refresh_from_db()
+    assert dev.current_image.tag == "1.2.0" and images["1.3.0"].is_bad
+    assert dev.auto_deploy_paused
+
+
+def test_a_worker_lost_while_the_new_version_starts_records_what_runs(
+    local_flow, alice, tmp_path, stale_soon, run_tasks_here
+):
+    flow, images = local_flow
+    dev = flow["dev"]
+    assert deploy(alice, dev, images["1.0.0"]).status == RunStatus.SUCCEEDED
+    # The new version takes a few seconds to listen: the worker is killed while it waits.
+    Environment.objects.filter(pk=dev.pk).update(
+        backend_settings={
+            **dev.backend_settings,
+            "command": ["sh", "-c", f"sleep 3; exec {sys.executable} main_orchestrator.py"],
+        }
+    )
+    lost = services.request_deploy(user=alice, environment=dev, image=images["1.1.0"])
+    worker = start_worker(tmp_path / "qcluster.log")
+    try:
+        wait_for_started_process(dev, "1.1.0")
+    finally:
+        kill_worker(worker)
+    queued = services.request_deploy(user=alice, environment=dev, image=images["1.2.0"])
+    time.sleep(stale_soon + 3)  # the orphaned process comes up anyway
+    run_tasks_here()
+
+    tasks.reconcile()
+
+    lost.refresh_from_db()
+    assert lost.status == RunStatus.SUCCEEDED, lost.error
+    assert lost.events.filter(message__startswith="The backend runs " + images["1.1.0"].digest)
+    queued.refresh_from_db()
+    assert queued.status == RunStatus.SUCCEEDED, queued.error  # the queue moved on at once
+    assert get_json(service_url(dev))["version"] == "1.2.0"
+    assert services.claim_next_run(environment_id=dev.pk) is None
+
+
+def test_a_lost_rollback_is_started_again(local_flow, alice, run_tasks_here):
+    flow, images = local_flow
+    local = flow["local"]
+    for tag in ("1.1.0", "1.2.0"):
+        assert deploy(alice, local, images[tag]).status == RunStatus.SUCCEEDED
+    # Queued, not run: a worker claims it and dies.
+    rollback = services.roll_back(user=alice, environment=local, reason="critical_errors")
+    run_tasks_here()
+    assert services.claim_next_run(environment_id=local.pk).pk == rollback.pk
+    lost = services.take_over_lost_runs(now=timezone.now() + timedelta(minutes=1))
+
+    tasks.recover_lost_run(lost[0])
+
+    rollback.refresh_from_db()
+    assert rollback.status == RunStatus.FAILED and "(before the switch)" in rollback.error
+    retry = Run.objects.get(triggered_by=rollback)
+    assert (retry.kind, retry.status, retry.image.tag) == (
+        RunKind.ROLLBACK,
+        RunStatus.SUCCEEDED,
+        "1.1.0",
+    )
+    assert get_json(service_url(local))["version"] == "1.1.0"
+
+
+def test_a_long_silent_step_keeps_beating_and_is_not_declared_lost(local_flow, alice, settings):
+    settings.OPSWEB = {**settings.OPSWEB, "HEARTBEAT_STALE_SECONDS": 1}
+    flow, images = local_flow
+    run = services.request_deploy(user=alice, environment=flow["dev"], image=images["1.0.0"])
+    services.claim_next_run(environment_id=flow["dev"].pk)
+    with services.heartbeating(run.pk):
+        time.sleep(3)  # a step that reports nothing for three staleness windows
+        assert services.take_over_lost_runs() == []
+    time.sleep(1.5)  # its worker is gone: the beats stop
+    assert [lost.pk for lost in services.take_over_lost_runs()] == [run.pk]
 
 
 def test_a_garbled_health_answer_fails_the_run_and_rolls_back(local_flow, alice):

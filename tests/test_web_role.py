@@ -246,7 +246,8 @@ def test_gunicorn_logs_requests_to_stdout(web):
     assert "GET /healthz?from=access-log-test" in log.read_text()
 
 
-def test_worker_role_stops_gracefully_on_sigterm(production_env, tmp_path):
+@pytest.mark.parametrize("whole_group", [False, True], ids=["main pid", "process group"])
+def test_worker_role_stops_gracefully_on_sigterm(production_env, tmp_path, whole_group):
     log = tmp_path / "worker.log"
     process = start("worker", production_env, log)
     try:
@@ -257,8 +258,11 @@ def test_worker_role_stops_gracefully_on_sigterm(production_env, tmp_path):
             if time.monotonic() > deadline:
                 pytest.fail(f"the worker did not start in {START_TIMEOUT}s:\n{log.read_text()}")
             time.sleep(0.2)
-        # `exec` in the entrypoint: the process Docker or ECS signals is the cluster itself.
-        process.send_signal(signal.SIGTERM)
+        # `exec` in the entrypoint: the process Docker or ECS signals is `manage.py worker`.
+        if whole_group:
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0, log.read_text()
         assert "has stopped." in log.read_text()
     finally:
@@ -276,6 +280,6 @@ def test_the_dockerfile_starts_the_commands_tested_here():
     assert re.search(r"(?m)^USER 10001", dockerfile)  # not root
     entrypoint = Path(ENTRYPOINT).read_text()
     assert "exec gunicorn --config gunicorn.conf.py" in entrypoint
-    assert "exec python manage.py qcluster" in entrypoint
+    assert 'exec python manage.py worker "$@"' in entrypoint
     assert 'exec python manage.py "$role"' in entrypoint
     assert os.access(ENTRYPOINT, os.X_OK)

@@ -3,10 +3,13 @@ reconciler's sweeps (expiry, lost workers, stalled queues, drift)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, connections, transaction
 from django.db.models import Case, Exists, IntegerField, OuterRef, Value, When
 from django.utils import timezone
 
@@ -25,11 +28,14 @@ from opsweb.services.base import (
     approvals_count,
     audit,
     describe,
+    dispatch_on_commit,
     supersede,
     superseded_reason,
     transition,
 )
 from opsweb.services.releases import expire, resolve_rollback, roll_back
+
+log = logging.getLogger(__name__)
 
 QUEUE_ORDER = [
     # Rollbacks go ahead of queued promotions.
@@ -125,6 +131,45 @@ def record_progress(
 
 def heartbeat(*, run_id: int) -> None:
     Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(heartbeat_at=timezone.now())
+
+
+def heartbeat_seconds() -> float:
+    """How often a working run beats: five beats fit in the staleness window, so a few slow
+    database writes (a PostgreSQL restart) do not make a live worker look lost."""
+    return max(0.5, settings.OPSWEB["HEARTBEAT_STALE_SECONDS"] / 5)
+
+
+@contextlib.contextmanager
+def heartbeating(run_id: int):
+    """Beat for ``run_id`` from a background thread while the block runs, so that a long
+    healthy step (a slow ECS rollout, a big export) is never declared lost, however rarely the
+    backend reports progress. A dead worker stops beating with it.
+
+    Inside an open transaction (a test's) another connection could not see the run: no thread.
+    """
+    if connection.in_atomic_block:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(heartbeat_seconds()):
+                try:
+                    heartbeat(run_id=run_id)
+                except DatabaseError as exc:  # e.g. PostgreSQL restarting: try again next beat
+                    log.warning("heartbeat of run %s failed: %s", run_id, exc)
+                    connection.close()  # this thread's connection; the next beat reconnects
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-run-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def previous_ref(run: Run) -> dict:
@@ -242,34 +287,124 @@ def expire_pending_runs(*, now: datetime | None = None) -> int:
     return expired
 
 
-def fail_lost_runs(*, now: datetime | None = None) -> list[int]:
-    """Running runs with no heartbeat for a while lost their worker: end them so the
-    environment is not blocked."""
+def take_over_lost_runs(*, now: datetime | None = None) -> list[Run]:
+    """Running runs with no heartbeat for ``HEARTBEAT_STALE_SECONDS`` lost their worker.
+
+    Each is taken over with a conditional UPDATE that refreshes its heartbeat, so exactly one
+    reconciler recovers it (``tasks.recover_lost_run``); if that reconciler dies too, the
+    heartbeat goes stale again and another takes over. Returns the runs as they were found
+    (their ``step`` says where the worker was lost).
+    """
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.OPSWEB["HEARTBEAT_STALE_SECONDS"])
-    lost = []
-    for run in Run.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff):
-        error = (
-            f"Worker lost: no heartbeat since {run.heartbeat_at:%H:%M:%S} UTC during "
-            f"'{run.step}'. Check what runs in {run.environment}; roll back or deploy again."
-        )
+    taken = []
+    stale = Run.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff)
+    for run in stale.select_related("environment", "image"):
         with transaction.atomic():
-            if Run.objects.filter(
+            if not Run.objects.filter(
                 pk=run.pk, status=RunStatus.RUNNING, heartbeat_at__lt=cutoff
-            ).update(status=RunStatus.FAILED, finished_at=now, error=error, step="worker lost"):
-                # Conditional on the heartbeat too, so not through transition().
-                add_event(run, error, level=RunEvent.Level.ERROR)
-                audit(
-                    None,
-                    "worker_lost",
-                    f"Run #{run.pk}: {error}",
-                    run=run,
-                )
-                lost.append(run.pk)
-    return lost
+            ).update(heartbeat_at=now, step="worker lost: checking what runs"):
+                continue  # another reconciler took it, or the worker beat after all
+            message = (
+                f"Worker lost: no heartbeat since {run.heartbeat_at:%H:%M:%S} UTC during "
+                f"'{run.step}'. Checking what runs in {run.environment}."
+            )
+            add_event(run, message, level=RunEvent.Level.WARNING)
+            audit(None, "worker_lost", f"Run #{run.pk}: {message}", run=run)
+        taken.append(run)
+    return taken
 
 
-def stalled_environments(*, older_than: timedelta = timedelta(seconds=30)) -> list[int]:
+@transaction.atomic
+def record_lost_state(*, run_id: int, running: str | None) -> bool:
+    """Record what the backend runs after a run lost its worker; return whether the
+    environment now runs (or, broken, stands on) the run's version.
+
+    ``running`` is the digest the backend reports (None: nothing runs). The run switched when
+    its version runs, or when it had recorded the switch already; a deploy also counts as
+    switched once what ran before is gone (like a version that did not start, so that an
+    automatic rollback restores the previous one). A lost rollback switched only if its
+    target runs: otherwise it is retried. Anything else running is recorded as drift.
+    """
+    run = Run.objects.select_for_update().select_related("environment", "image").get(pk=run_id)
+    if run.status != RunStatus.RUNNING:
+        return False
+    current = run.environment.current_image
+    before = current.digest if current else None
+    switched = bool(run.switched_at) or running == run.image.digest
+    if not switched and run.kind != RunKind.ROLLBACK and running != before:
+        switched = True
+    if switched and not run.switched_at:
+        record_switch(run_id=run_id, backend_ref={})
+    environment = Environment.objects.select_related("current_image").get(pk=run.environment_id)
+    drift = record_drift(environment=environment, running=running)
+    add_event(
+        run,
+        f"The backend runs {running or 'nothing'}"
+        + (f"; drift recorded: {drift}" if drift else f" ({environment.current_image})"),
+        level=RunEvent.Level.WARNING if drift else RunEvent.Level.INFO,
+    )
+    return switched
+
+
+# A rollback whose worker was lost is retried as a new run, at most this many times in a row.
+LOST_ROLLBACK_RETRIES = 2
+
+
+@transaction.atomic
+def finish_lost_run(
+    *, run_id: int, lost_step: str, switched: bool, healthy: bool, detail: str = ""
+) -> Run:
+    """End a run taken over by ``take_over_lost_runs`` like any other run.
+
+    Switched and healthy: succeeded. Switched and unhealthy: failed with the environment
+    broken, so a deploy rolls back by itself where ``auto_rollback`` is on. Not switched: failed,
+    what ran before still runs. A lost rollback that did not end healthy is started again
+    (``LOST_ROLLBACK_RETRIES``). Then the environment's queue moves on at once.
+    """
+    if switched and healthy:
+        run = finish_run(run_id=run_id, succeeded=True)
+        add_event(run, f"Finished by the reconciler after the worker was lost during '{lost_step}'")
+    else:
+        where = "after the switch" if switched else "before the switch"
+        error = f"Worker lost during '{lost_step}' ({where})" + (f": {detail}" if detail else "")
+        run = finish_run(run_id=run_id, succeeded=False, error=error, environment_broken=switched)
+        if run.kind == RunKind.ROLLBACK:
+            _retry_lost_rollback(run)
+    head = (
+        Run.objects.filter(environment_id=run.environment_id, status=RunStatus.QUEUED)
+        .order_by(*QUEUE_ORDER)
+        .first()
+    )
+    if head:
+        dispatch_on_commit(head)
+    return run
+
+
+def _retry_lost_rollback(run: Run) -> None:
+    retries, earlier = 0, run.triggered_by
+    while (
+        earlier is not None and earlier.kind == RunKind.ROLLBACK and "Worker lost" in earlier.error
+    ):
+        retries, earlier = retries + 1, earlier.triggered_by
+    if retries >= LOST_ROLLBACK_RETRIES:
+        add_event(run, "Not retried again: roll back by hand", level=RunEvent.Level.ERROR)
+        return
+    try:
+        with transaction.atomic():
+            retry = roll_back(
+                user=None,
+                environment=run.environment,
+                reason=run.reason or RollbackReason.CRITICAL_ERRORS,
+                note=f"Retry of rollback run #{run.pk}, whose worker was lost",
+                triggered_by=run,
+            )
+        add_event(run, f"Rollback retried as run #{retry.pk}", level=RunEvent.Level.WARNING)
+    except ReleaseError as exc:
+        add_event(run, f"Rollback not retried: {exc}", level=RunEvent.Level.ERROR)
+
+
+def stalled_environments(*, older_than: timedelta = timedelta(seconds=10)) -> list[int]:
     """Environments with queued runs, nothing running, and no worker picking them up."""
     cutoff = timezone.now() - older_than
     running = Run.objects.filter(environment=OuterRef("environment"), status=RunStatus.RUNNING)

@@ -10,6 +10,10 @@ locals {
     { name = "CSRF_TRUSTED_ORIGINS", value = "https://${var.host_name}" },
     { name = "Q_WORKERS", value = tostring(var.q_workers) },
     { name = "LOG_LEVEL", value = "INFO" },
+    # The worker lets the running step finish this long after SIGTERM (under stopTimeout 120).
+    { name = "OPSWEB_WORKER_STOP_SECONDS", value = "110" },
+    # The load balancer appends the client's address to X-Forwarded-For (login throttling).
+    { name = "OPSWEB_TRUSTED_PROXIES", value = "1" },
     { name = "AWS_DEFAULT_REGION", value = local.region },
   ]
   secrets = [
@@ -52,8 +56,10 @@ locals {
     command                = ["worker"]
     essential              = true
     readonlyRootFilesystem = true
-    # The longest ECS allows: the cluster finishes the step in progress; a run cut off anyway
-    # is found by opsweb's reconciler and resumed or failed ("worker lost").
+    # The longest ECS allows: `manage.py worker` lets the step in progress finish for
+    # OPSWEB_WORKER_STOP_SECONDS (110), then kills the cluster itself; a run cut off is
+    # recovered by the reconciler of the next worker ("worker lost": what runs is recorded,
+    # health verified, an unhealthy deploy rolled back).
     stopTimeout = 120
     environment = local.environment
     secrets     = local.secrets

@@ -1,0 +1,496 @@
+"""Fault harness: kill workers, race approvals and restart PostgreSQL, then check that opsweb
+recovered by itself, correctly, within the target time.
+
+    .venv/bin/python benchmarks/faults.py            # long form: 5 kills per step, 50 races
+    .venv/bin/python benchmarks/faults.py --short    # .ci/run: 1 kill per step, 10 races
+
+Everything is real and on this machine only: a private PostgreSQL server (initdb in a scratch
+directory, on a free loopback port, so that restarting it disturbs nobody else), the demo's
+sample service as local processes on --base-port … +3, and `manage.py worker` with the default
+settings (heartbeat staleness, reconcile interval). Faults:
+
+* kill at <step>: SIGKILL the whole worker (cluster and supervisor) when the run reaches the
+  step, start a new worker at once (as ECS or a supervisor would), and queue a follow-up deploy.
+  Steps: export, old stopped, new started, health check (of 1.3.0, which fails it), and during
+  a rollback.
+* final approvals raced: two approvers approve a one-approval promotion at the same instant.
+* PostgreSQL restarted: mid-deploy, the database server restarts.
+
+A trial is correct when every run ended in one terminal state, none was claimed twice, what
+the backend runs is what opsweb shows (no drift) and answers its health check, the follow-up
+run succeeded, and a failing version was rolled back. Recovery is the time from the fault to
+the environment starting its next run. Exit status 0 when every trial was correct and recovered
+within --target seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GOOD = ["1.0.0", "1.1.0", "1.2.0", "1.2.1"]
+BROKEN = "1.3.0"
+KILL_STEPS = {
+    # fault name: (event prefix that marks the step, version to deploy)
+    "export": ("Deploying", None),
+    "old stopped": ("Stopped", None),
+    "new started": ("Started", None),
+    "health check": ("Health check attempt", BROKEN),
+    "during a rollback": ("Stopped", None),
+}
+
+
+@dataclass
+class Tally:
+    tried: int = 0
+    correct: int = 0
+    recover: list[float] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def trial(self, fault, *args) -> None:
+        """Run one trial; a trial that raises counts as incorrect, with the exception."""
+        try:
+            self.add(*fault(*args))
+        except Exception as exc:
+            self.add([f"the trial raised {exc!r}"], None)
+
+    def add(self, problems: list[str], seconds: float | None) -> None:
+        self.tried += 1
+        self.correct += not problems
+        self.problems += problems
+        if seconds is not None:
+            self.recover.append(seconds)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- a private PostgreSQL -------------------------------------------------------------------------
+
+
+class PrivatePostgres:
+    """initdb + pg_ctl in a scratch directory, trust auth, loopback only."""
+
+    def __init__(self, scratch: Path):
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        found = shutil.which("pg_ctl")
+        pg_ctl = bins[-1] if bins else (Path(found).resolve() if found else None)
+        if pg_ctl is None:
+            raise SystemExit(
+                "PostgreSQL's pg_ctl and initdb are needed (apt-get install postgresql)"
+            )
+        self.bin = pg_ctl.parent
+        self.data = scratch / "pgdata"
+        self.port = free_port()
+        self.log = scratch / "postgres.log"
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            os.chown(scratch, *_ids("postgres"))
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self.as_user, *args], check=True, stdout=subprocess.DEVNULL)
+
+    def start(self) -> str:
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust")
+        self._pg_ctl("start")
+        subprocess.run(
+            [str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U",
+             "postgres", "opsweb"],
+            check=True,
+        )  # fmt: skip
+        return f"postgres://postgres@127.0.0.1:{self.port}/opsweb"
+
+    def _pg_ctl(self, action: str) -> None:
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options,
+            "-w", "-m", "fast", action,
+        )  # fmt: skip
+
+    def restart(self) -> None:
+        self._pg_ctl("restart")
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._pg_ctl("stop")
+
+
+def _ids(user: str) -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
+
+
+# -- workers ------------------------------------------------------------------------------------
+
+
+class Worker:
+    """`manage.py worker` as deployed: the cluster in its own session under a supervisor."""
+
+    def __init__(self, scratch: Path, env: dict[str, str]):
+        self.scratch, self.env, self.count = scratch, env, 0
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.count += 1
+        with open(self.scratch / f"worker-{self.count}.log", "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "manage.py", "worker"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def kill(self) -> None:
+        """SIGKILL the cluster's process group first (killed alone, the supervisor would make
+        the cluster stop gracefully), then the supervisor."""
+        pid = self.process.pid
+        with contextlib.suppress(OSError):
+            for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(int(child), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+# -- the harness --------------------------------------------------------------------------------
+
+
+class Harness:
+    def __init__(self, worker: Worker, postgres: PrivatePostgres, target: float):
+        from django.contrib.auth.models import User
+
+        from opsweb.models import Environment
+
+        self.worker, self.postgres, self.target = worker, postgres, target
+        self.env = Environment.objects.get(slug="local")
+        self.staging = Environment.objects.get(slug="staging")
+        self.alice, self.bob, self.carol = (
+            User.objects.get(username=name) for name in ("alice", "bob", "carol")
+        )
+
+    # helpers
+
+    def image(self, tag: str):
+        from opsweb.models import ImageVersion
+
+        return ImageVersion.objects.get(tag=tag)
+
+    def reset_bad_marks(self) -> None:
+        """A harness shortcut, not something the app allows: forget "bad" marks and paused
+        auto-deploy left by earlier trials, so that every trial can use the same versions."""
+        from opsweb.models import Environment, ImageVersion
+
+        ImageVersion.objects.filter(tag__in=[*GOOD, BROKEN]).update(is_bad=False, bad_reason="")
+        Environment.objects.update(auto_deploy_paused=False, paused_reason="")
+
+    def pick(self, *, besides=()) -> object:
+        self.env.refresh_from_db()
+        current = self.env.current_image.tag if self.env.current_image else None
+        return self.image(next(t for t in GOOD if t != current and t not in besides))
+
+    def wait_quiet(self, environment, timeout: float = 120) -> bool:
+        from opsweb.models import Run, RunStatus
+
+        deadline = time.monotonic() + timeout
+        busy = [RunStatus.QUEUED, RunStatus.RUNNING]
+        while time.monotonic() < deadline:
+            if not Run.objects.filter(environment=environment, status__in=busy).exists():
+                return True
+            time.sleep(0.2)
+        return False
+
+    def wait_event(self, run, prefix: str, timeout: float = 60) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if run.events.filter(message__startswith=prefix).exists():
+                return True
+            run.refresh_from_db()
+            if run.is_terminal:
+                return False
+            time.sleep(0.01)
+        return False
+
+    def check(self, environment, since, expect_failed_version=None) -> list[str]:
+        """What a person would check after the fault; each problem as a sentence."""
+        from django.db.models import Count, Q
+
+        from opsweb.models import Run
+        from orchestration.base import get_backend
+        from orchestration.health import check_once
+
+        problems = []
+        environment.refresh_from_db()
+        runs = Run.objects.filter(environment=environment, created_at__gte=since).annotate(
+            claims=Count("events", filter=Q(events__message="Claimed by a worker"))
+        )
+        for run in runs:
+            if not run.is_terminal:
+                problems.append(f"run #{run.pk} still {run.status}")
+            if run.claims > 1:
+                problems.append(f"run #{run.pk} claimed {run.claims} times")
+        backend = get_backend(environment.backend, environment.backend_settings)
+        running = backend.running_version(environment.slug)
+        shown = environment.current_image
+        if shown is None or running != shown.digest:
+            problems.append(f"backend runs {running}, opsweb shows {shown}")
+        if environment.drift:
+            problems.append(f"drift: {environment.drift}")
+        healthy, detail = check_once(environment.health_check_url)
+        if not healthy:
+            problems.append(f"unhealthy: {detail}")
+        if expect_failed_version and shown and shown.tag == expect_failed_version:
+            problems.append(f"{expect_failed_version} still runs: not rolled back")
+        return problems
+
+    def next_start(self, environment, after, exclude) -> float | None:
+        from opsweb.models import Run
+
+        started = (
+            Run.objects.filter(environment=environment, started_at__gt=after)
+            .exclude(pk__in=exclude)
+            .order_by("started_at")
+            .values_list("started_at", flat=True)
+            .first()
+        )
+        return (started - after).total_seconds() if started else None
+
+    # faults
+
+    def kill_at(self, step: str) -> tuple[list[str], float | None]:
+        from django.utils import timezone
+
+        from opsweb import services
+
+        prefix, version = KILL_STEPS[step]
+        self.reset_bad_marks()
+        since = timezone.now()
+        if step == "during a rollback":
+            first = services.request_deploy(
+                user=self.alice, environment=self.env, image=self.pick()
+            )
+            self.wait_quiet(self.env)
+            first.refresh_from_db()
+            if first.status != "succeeded":
+                return [f"setup deploy #{first.pk} {first.status}: {first.error}"], None
+            run = services.roll_back(user=self.alice, environment=self.env, reason="other")
+        else:
+            image = self.image(version) if version else self.pick()
+            run = services.request_deploy(user=self.alice, environment=self.env, image=image)
+        if not self.wait_event(run, prefix):
+            run.refresh_from_db()
+            return [f"run #{run.pk} never reached '{prefix}' ({run.status}: {run.error})"], None
+        killed_at = timezone.now()
+        self.worker.kill()
+        self.worker.start()
+        run.refresh_from_db()
+        follow = services.request_deploy(
+            user=self.alice, environment=self.env, image=self.pick(besides=[run.image.tag])
+        )
+        if not self.wait_quiet(self.env):
+            return ["the environment did not settle within 120 s"], None
+        problems = self.check(self.env, since, BROKEN if version == BROKEN else None)
+        follow.refresh_from_db()
+        if follow.status != "succeeded":
+            problems.append(f"follow-up run #{follow.pk} {follow.status}: {follow.error}")
+        return problems, self.next_start(self.env, killed_at, exclude=[run.pk])
+
+    def race_final_approvals(self, i: int) -> tuple[list[str], float | None]:
+        from django.db import connection
+        from django.utils import timezone
+
+        from opsweb import services
+        from opsweb.models import RunStatus
+        from opsweb.services import ReleaseError
+
+        self.reset_bad_marks()
+        self.staging.refresh_from_db()
+        current = self.staging.current_image.tag if self.staging.current_image else None
+        image = self.image("1.0.0" if current != "1.0.0" else "1.2.0")
+        since = timezone.now()
+        run = services.request_promotion(user=self.alice, target=self.staging, image=image)
+        barrier = threading.Barrier(2)
+        outcomes = []
+
+        def approve(user) -> None:
+            try:
+                barrier.wait()
+                services.approve_run(user=user, run=run)
+                outcomes.append("approved")
+            except ReleaseError as exc:
+                outcomes.append(str(exc))
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=approve, args=(u,)) for u in (self.bob, self.carol)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if not self.wait_quiet(self.staging):
+            return ["staging did not settle within 120 s"], None
+        problems = self.check(self.staging, since)
+        run.refresh_from_db()
+        queued = run.events.filter(message="Fully approved; queued").count()
+        if queued != 1:
+            problems.append(f"run #{run.pk} queued {queued} times ({outcomes})")
+        if run.status != RunStatus.SUCCEEDED:
+            problems.append(f"run #{run.pk} {run.status}: {run.error}")
+        return problems, None
+
+    def restart_postgres(self) -> tuple[list[str], float | None]:
+        from django.db import connections
+        from django.utils import timezone
+
+        from opsweb import services
+
+        self.reset_bad_marks()
+        since = timezone.now()
+        run = services.request_deploy(user=self.alice, environment=self.env, image=self.pick())
+        if not self.wait_event(run, "Stopped"):
+            return [f"run #{run.pk} never reached 'Stopped'"], None
+        restarted_at = timezone.now()
+        self.postgres.restart()
+        connections.close_all()
+        run.refresh_from_db()
+        follow = services.request_deploy(
+            user=self.alice, environment=self.env, image=self.pick(besides=[run.image.tag])
+        )
+        if not self.wait_quiet(self.env):
+            return ["the environment did not settle within 120 s"], None
+        problems = self.check(self.env, since)
+        follow.refresh_from_db()
+        if follow.status != "succeeded":
+            problems.append(f"follow-up run #{follow.pk} {follow.status}: {follow.error}")
+        return problems, self.next_start(self.env, restarted_at, exclude=[run.pk])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=5, help="kills per step (default 5)")
+    parser.add_argument("--races", type=int, default=50, help="approval races (default 50)")
+    parser.add_argument("--short", action="store_true", help="1 kill per step, 10 races")
+    parser.add_argument("--base-port", type=int, default=8801)
+    parser.add_argument("--target", type=float, default=30.0, help="recovery target, seconds")
+    args = parser.parse_args()
+    if args.short:
+        args.n, args.races = 1, 10
+
+    scratch = Path(tempfile.mkdtemp(prefix="opsweb-faults-"))
+    postgres = PrivatePostgres(scratch)
+    try:
+        ok = run_faults(args, scratch, postgres, postgres.start()) == 0
+    finally:
+        postgres.stop()
+    if ok:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0 if ok else 1
+
+
+def run_faults(args, scratch: Path, postgres: PrivatePostgres, database_url: str) -> int:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "OPSWEB_LOCAL_STATE_DIR": str(scratch / "local"),
+        "DJANGO_SETTINGS_MODULE": "opsweb.settings",
+        "LOG_LEVEL": "WARNING",
+        "DJANGO_ENV": "development",
+    }
+    for name in ("OPSWEB_HEARTBEAT_STALE_SECONDS", "OPSWEB_RECONCILE_SECONDS", "Q_SYNC"):
+        env.pop(name, None)  # the defaults are what is measured
+    os.environ.clear()
+    os.environ.update(env)
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    with open(os.devnull, "w") as quiet:
+        call_command("demo", base_port=args.base_port, stdout=quiet)
+    worker = Worker(scratch, env)
+    worker.start()
+    harness = Harness(worker, postgres, args.target)
+    tallies: dict[str, Tally] = {}
+    print(
+        f"faults: heartbeat stale after {settings.OPSWEB['HEARTBEAT_STALE_SECONDS']}s, "
+        f"reconcile every {settings.OPSWEB['RECONCILE_SECONDS']:g}s; logs in {scratch}",
+        flush=True,
+    )
+    try:
+        for step in KILL_STEPS:
+            tally = tallies.setdefault(f"kill at {step}", Tally())
+            for _ in range(args.n):
+                tally.trial(harness.kill_at, step)
+            report(f"kill at {step}", tally, args.target)
+        tally = tallies.setdefault("final approvals raced", Tally())
+        for i in range(args.races):
+            tally.trial(harness.race_final_approvals, i)
+        report("final approvals raced", tally, args.target)
+        tally = tallies.setdefault("PostgreSQL restarted", Tally())
+        tally.trial(harness.restart_postgres)
+        report("PostgreSQL restarted", tally, args.target)
+    finally:
+        worker.stop()
+        with open(os.devnull, "w") as quiet:
+            call_command("demo", base_port=args.base_port, stop=True, stdout=quiet)
+        from django.db import connections
+
+        connections.close_all()
+    ok = all(
+        t.correct == t.tried and all(s <= args.target for s in t.recover) for t in tallies.values()
+    )
+    total = sum(t.tried for t in tallies.values())
+    passed = sum(t.correct for t in tallies.values())
+    print(f"recovery target {args.target:g}s: {'met' if ok else 'MISSED'}")
+    print(f"faults: {passed} passed, {total - passed} failed")  # the closing line CI reads
+    return 0 if ok else 1
+
+
+def report(name: str, tally: Tally, target: float) -> None:
+    if tally.recover:
+        seconds = (
+            f"recover median {statistics.median(tally.recover):5.1f}s  "
+            f"max {max(tally.recover):5.1f}s"
+        )
+        if max(tally.recover) > target:
+            seconds += f"  (over {target:g}s)"
+    else:
+        seconds = "recover -"
+    print(f"{name:28} tried {tally.tried:3}  correct {tally.correct:3}  {seconds}", flush=True)
+    for problem in tally.problems:
+        print(f"    {problem}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
