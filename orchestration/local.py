@@ -193,6 +193,9 @@ class LocalProcessBackend(DeployBackend):
             )
 
     def _export(self, git_sha: str) -> Path:
+        target = self.state_dir / "versions" / git_sha
+        if (target / ".opsweb-complete").exists():
+            return target  # exported before, so the commit exists: a rollback skips git
         repository = Path(self.settings["repository"])
         if not (repository / ".git").exists() and not (repository / "HEAD").exists():
             raise DeployError(
@@ -201,9 +204,6 @@ class LocalProcessBackend(DeployBackend):
         check = git(repository, "cat-file", "-e", f"{git_sha}^{{commit}}")
         if check.returncode != 0:
             raise DeployError(f"Commit {git_sha} is not in the repository at {repository}.")
-        target = self.state_dir / "versions" / git_sha
-        if (target / ".opsweb-complete").exists():
-            return target
         archive = subprocess.run(
             ["git", "-C", str(repository), "archive", "--format=tar", git_sha],
             capture_output=True,
