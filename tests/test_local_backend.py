@@ -1,12 +1,14 @@
 """LocalProcessBackend against real processes and a real git repository."""
 
 import socket
+import subprocess
+import sys
 
 import pytest
 
 from opsweb.sample_app import Release, create_repository, digest_for
 from orchestration.base import DeployError, DeployRequest, SettingsError
-from orchestration.local import LocalProcessBackend, process_alive
+from orchestration.local import LocalProcessBackend, process_alive, stop_process
 from tests.conftest import free_port
 from tests.conftest import get_json as get_url_json
 
@@ -132,3 +134,24 @@ def test_local_settings_name_each_bad_field():
     with pytest.raises(SettingsError) as exc:
         LocalProcessBackend({"port": 80, "command": []})
     assert set(exc.value.errors) == {"repository", "port", "command", "state_dir"}
+
+
+def test_stop_process_stops_a_process_another_process_started():
+    # After an opsweb restart the running version is nobody's child here: it cannot be waited
+    # for with waitpid, only watched (a pidfd on Linux, polls elsewhere).
+    launcher = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess; print(subprocess.Popen(['sleep', '60'], "
+            "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(launcher.stdout)
+    assert process_alive(pid)
+
+    assert stop_process(pid, timeout=10) == "stopped with TERM"
+    assert not process_alive(pid)
