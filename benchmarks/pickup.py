@@ -15,7 +15,7 @@ must be named ``opsweb_bench…`` and is dropped and created again. It starts a 
    ``approve_run`` call to the run's ``started_at`` (set by the worker's claim), -n times;
 4. rollback click → previous version healthy: AWS Dev runs 1.1.0, ``roll_back`` to 1.0.0; from
    the call until the sample service answers ``"version": "1.0.0"`` on its port (probed every
-   2 ms), --rollbacks times;
+   2 ms while nothing answers), --rollbacks times;
 5. the same restart by hand: TERM the 1.1.0 process this script started, wait for it, start
    1.0.0, probe until it answers, --rollbacks times.
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import random
@@ -261,8 +262,21 @@ def _rollbacks(flow, images, users, tries: int) -> tuple[list[float], list[float
         run = services.roll_back(user=users["alice"], environment=dev, reason="other")
         _probe(port, "1.0.0")
         through_worker.append(time.time() - start)
-        _finish(run)
+        _breakdown(_finish(run), start)
     return through_worker, [_restart_by_hand(dev, images) for _ in range(tries)]
+
+
+BREAKDOWN: dict[str, list[float]] = {"claimed": [], "stopping": [], "started": []}
+
+
+def _breakdown(run, click: float) -> None:
+    """When, after the click, the worker claimed the run, began to stop the old version and
+    started the new one (from the run and its events)."""
+    events = {e.message.split(" ")[0]: e for e in run.events.all()}
+    stopped, started = events["Stopped"], events["Started"]
+    BREAKDOWN["claimed"].append(run.started_at.timestamp() - click)
+    BREAKDOWN["stopping"].append(stopped.created_at.timestamp() - stopped.duration_seconds - click)
+    BREAKDOWN["started"].append(started.created_at.timestamp() - started.duration_seconds - click)
 
 
 def _restart_by_hand(dev, images) -> float:
@@ -296,15 +310,20 @@ def _restart_by_hand(dev, images) -> float:
 
 
 def _probe(port: int, version: str, timeout: float = 30) -> None:
-    """Return once http://127.0.0.1:port/ answers with ``version`` (probing every 2 ms)."""
+    """Return once http://127.0.0.1:port/ answers with ``version``: probes every 2 ms while
+    nothing answers, every 20 ms while another version does (so as not to load the machine
+    the worker shares while it is still on its way)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, ValueError):
+        pause = 0.002
+        # Refused, reset or cut short while the old version stops: not the answer yet.
+        with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
             url = f"http://127.0.0.1:{port}/"
             with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (local)
                 if json.loads(response.read()).get("version") == version:
                     return
-        time.sleep(0.002)
+                pause = 0.02
+        time.sleep(pause)
     raise RuntimeError(f"port {port} did not answer {version} within {timeout:g}s")
 
 
@@ -349,6 +368,13 @@ def _report(figures: dict, vendor: str, stock: bool) -> None:
     print(line("by hand: stop, start previous, healthy", figures["hand"]))
     ratio = statistics.median(figures["approval"]) / statistics.median(figures["bare"])
     print(f"approval → running / bare pickup: {ratio:.2f}×")
+    print(
+        "  of which (medians after the click): worker claimed "
+        + ", began to stop the old version ".join(
+            f"{statistics.median(BREAKDOWN[key]) * 1000:.0f} ms" for key in ("claimed", "stopping")
+        )
+        + f", started the new one {statistics.median(BREAKDOWN['started']) * 1000:.0f} ms"
+    )
     ratio = statistics.median(figures["rollback"]) / statistics.median(figures["hand"])
     print(f"rollback → healthy / by hand: {ratio:.2f}×  (goal ≤ 1.5×)")
 
