@@ -39,14 +39,17 @@ log = logging.getLogger(__name__)
 class WakingORM(ORM):
     """The ORM broker; ``dequeue`` waits up to ``poll`` seconds for a wake-up when empty."""
 
+    # After a failure to listen, try again this much later (and log once per try).
+    RETRY_WAITER_SECONDS = 30
+
     def __init__(self, list_key: str | None = None):
         super().__init__(list_key=list_key)
-        self._waiter = None
+        self._waiter, self._retry_at = None, 0.0
 
     def __setstate__(self, state):
         # The cluster pickles its broker into the pusher process; the waiter is made there.
         super().__setstate__(state)
-        self._waiter = None
+        self._waiter, self._retry_at = None, 0.0
 
     def enqueue(self, task):
         task_id = super().enqueue(task)
@@ -88,11 +91,13 @@ class WakingORM(ORM):
         return claimed
 
     def _get_waiter(self):
-        if self._waiter is None:
+        if self._waiter is None and time.monotonic() >= self._retry_at:
             try:
                 self._waiter = make_waiter(self.list_key or Conf.CLUSTER_NAME)
             except Exception:
                 log.warning("Could not listen for django-q2 wake-ups; polling", exc_info=True)
+            if self._waiter is None:  # failed, or no wake-up for this database
+                self._retry_at = time.monotonic() + self.RETRY_WAITER_SECONDS
         return self._waiter
 
     def close_waiter(self) -> None:

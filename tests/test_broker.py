@@ -3,6 +3,7 @@
 These run on SQLite and on PostgreSQL, each exercising that database's wake-up for real.
 """
 
+import shutil
 import threading
 import time
 
@@ -105,3 +106,17 @@ def test_wake_removes_sockets_of_pushers_that_died(waiter):
 
     assert not dead.path.exists()
     assert waiter.wait(10)  # the live pusher is still woken
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's wake-up is a local socket")
+def test_dequeue_still_delivers_when_it_cannot_listen():
+    directory = socket_dir(QUEUE)
+    shutil.rmtree(directory, ignore_errors=True)  # left by the tests above
+    directory.write_text("in the way")  # the socket directory cannot be made
+    broker = WakingORM(list_key=QUEUE)
+    try:
+        task_id = WakingORM(list_key=QUEUE).enqueue("payload")  # no pusher to wake: no error
+        assert broker.dequeue() == [(task_id, "payload")]
+        assert broker._waiter is None
+    finally:
+        directory.unlink()
