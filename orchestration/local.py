@@ -136,26 +136,43 @@ class LocalProcessBackend(DeployBackend):
         with self._locked(request.environment):
             t = time.monotonic()
             workdir = self._export(request.git_sha)
-            progress(f"Exported commit {request.git_sha[:7]} to {workdir}", time.monotonic() - t)
+            # Each log line is a database write: on the way to the new version they are written
+            # while the old process exits and the new one starts, instead of before.
+            lines = [(f"Exported commit {request.git_sha[:7]} to {workdir}", time.monotonic() - t)]
+
+            def write_lines() -> None:
+                while lines:
+                    progress(*lines.pop(0))
 
             state = self.read_state(request.environment)
             t = time.monotonic()
-            if state and process_alive(state.get("pid"), state.get("started")):
-                stopped = stop_process(
-                    state["pid"], self.settings["stop_timeout"], Heartbeat(progress)
+            stopped_previous = bool(state) and process_alive(state.get("pid"), state.get("started"))
+            if stopped_previous:
+                signalled = terminate(state["pid"])
+                try:
+                    write_lines()
+                finally:
+                    stopped = (
+                        wait_stopped(
+                            state["pid"], self.settings["stop_timeout"], Heartbeat(progress)
+                        )
+                        if signalled
+                        else "already gone"
+                    )
+                lines.append(
+                    (
+                        f"Stopped {state.get('tag', 'previous version')} (pid {state['pid']}, "
+                        f"{stopped})",
+                        time.monotonic() - t,
+                    )
                 )
-                progress(
-                    f"Stopped {state.get('tag', 'previous version')} (pid {state['pid']}, "
-                    f"{stopped})",
-                    time.monotonic() - t,
-                )
-                stopped_previous = True
             else:
-                stopped_previous = False
+                write_lines()
             self._write_state(request.environment, {})
 
             port, host = self.settings["port"], self.settings["host"]
             if port_in_use(host, port):
+                write_lines()
                 raise DeployError(
                     f"Port {port} on {host} is in use by a process opsweb did not start; "
                     f"stop it or give this environment another port.",
@@ -166,6 +183,8 @@ class LocalProcessBackend(DeployBackend):
                 pid, started, log_path = self._start(request, workdir)
             except DeployError as exc:
                 raise DeployError(str(exc), previous_stopped=stopped_previous) from None
+            finally:
+                write_lines()
             self._write_state(
                 request.environment,
                 {
@@ -341,10 +360,22 @@ def process_alive(pid: int | None, started: float | None = None) -> bool:
 
 def stop_process(pid: int, timeout: float, beat=lambda: None) -> str:
     """TERM the process group, wait up to ``timeout`` seconds, then KILL it."""
+    if not terminate(pid):
+        return "already gone"
+    return wait_stopped(pid, timeout, beat)
+
+
+def terminate(pid: int) -> bool:
+    """Send TERM to the process group; False if it is gone already."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
-        return "already gone"
+        return False
+    return True
+
+
+def wait_stopped(pid: int, timeout: float, beat=lambda: None) -> str:
+    """Wait up to ``timeout`` seconds for a TERMed process to exit, then KILL its group."""
     deadline = time.monotonic() + timeout
     with ExitWatch(pid) as watch:
         while time.monotonic() < deadline:
