@@ -260,18 +260,19 @@ def _rollbacks(flow, images, users, tries: int) -> tuple[list[float], list[float
         _pause()
         start = time.time()
         run = services.roll_back(user=users["alice"], environment=dev, reason="other")
+        BREAKDOWN["clicked"].append(time.time() - start)
         _probe(port, "1.0.0")
         through_worker.append(time.time() - start)
         _breakdown(_finish(run), start)
     return through_worker, [_restart_by_hand(dev, images) for _ in range(tries)]
 
 
-BREAKDOWN: dict[str, list[float]] = {"claimed": [], "stopping": [], "started": []}
+BREAKDOWN: dict[str, list[float]] = {"clicked": [], "claimed": [], "stopping": [], "started": []}
 
 
 def _breakdown(run, click: float) -> None:
     """When, after the click, the worker claimed the run, began to stop the old version and
-    started the new one (from the run and its events)."""
+    started the new one (from the run and its events); "clicked" is when roll_back returned."""
     events = {e.message.split(" ")[0]: e for e in run.events.all()}
     stopped, started = events["Stopped"], events["Started"]
     BREAKDOWN["claimed"].append(run.started_at.timestamp() - click)
@@ -368,12 +369,11 @@ def _report(figures: dict, vendor: str, stock: bool) -> None:
     print(line("by hand: stop, start previous, healthy", figures["hand"]))
     ratio = statistics.median(figures["approval"]) / statistics.median(figures["bare"])
     print(f"approval → running / bare pickup: {ratio:.2f}×")
+    after = {key: f"{statistics.median(values) * 1000:.0f} ms" for key, values in BREAKDOWN.items()}
     print(
-        "  of which (medians after the click): worker claimed "
-        + ", began to stop the old version ".join(
-            f"{statistics.median(BREAKDOWN[key]) * 1000:.0f} ms" for key in ("claimed", "stopping")
-        )
-        + f", started the new one {statistics.median(BREAKDOWN['started']) * 1000:.0f} ms"
+        f"  rollback, medians after the click: roll_back returned {after['clicked']}, worker "
+        f"claimed {after['claimed']}, began to stop the old version {after['stopping']}, "
+        f"started the new one {after['started']}"
     )
     ratio = statistics.median(figures["rollback"]) / statistics.median(figures["hand"])
     print(f"rollback → healthy / by hand: {ratio:.2f}×  (goal ≤ 1.5×)")
