@@ -73,12 +73,13 @@ def claim_next_run(*, environment_id: int) -> Run | None:
                     if transition(head, to=RunStatus.FAILED, error=refusal, step="refused"):
                         add_event(head, refusal, level=RunEvent.Level.ERROR)
                     continue
+                step = (
+                    f"deploying {head.image.tag} with the {head.environment.get_backend_display()}"
+                )
                 claimed = (
                     Run.objects.filter(pk=head.pk, status=RunStatus.QUEUED)
                     .exclude(Exists(busy))
-                    .update(
-                        status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, step="starting"
-                    )
+                    .update(status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, step=step)
                 )
                 if claimed and head.resolve_at_start:
                     # Decided only now: the deploy it waited for has ended.
@@ -89,12 +90,25 @@ def claim_next_run(*, environment_id: int) -> Run | None:
                         )
                         add_event(head, refusal, level=RunEvent.Level.ERROR)
                         continue
+                if claimed:
+                    # One write on the way to the backend, inside the claim: the time from the
+                    # click to the switch is what a rollback's time to restore is made of.
+                    add_event(
+                        head,
+                        f"Claimed by a worker: deploying {describe(head.image)} with the "
+                        f"{head.environment.get_backend_display()} backend",
+                    )
         except IntegrityError:
             return None  # another worker claimed a run in this environment first
         if not claimed:
             return None
-        head.refresh_from_db()
-        add_event(head, "Claimed by a worker")
+        head.status, head.started_at, head.heartbeat_at, head.step = (
+            RunStatus.RUNNING,
+            now,
+            now,
+            step,
+        )
+        head._loaded_status = RunStatus.RUNNING
         return head
 
 
