@@ -168,6 +168,8 @@ OPSWEB = {
     "HEARTBEAT_STALE_SECONDS": env.int("OPSWEB_HEARTBEAT_STALE_SECONDS", default=120),
     # Where the local process backend keeps exported versions, pid files and logs.
     "LOCAL_STATE_DIR": env.path("OPSWEB_LOCAL_STATE_DIR", default=BASE_DIR / "var" / "local"),
+    # An emergency override of a freeze needs this many approvals from "override approvers".
+    "OVERRIDE_APPROVALS": env.int("OPSWEB_OVERRIDE_APPROVALS", default=2),
 }
 
 # Notifications. Mail uses Django's mailers, configured from EMAIL_URL (django-environ syntax,

@@ -19,6 +19,7 @@ from opsweb.services.base import (
     is_approver,
     last_success,
     previous_stable_version,
+    quorum_progress,
     transition,
     unreachable_quorum,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "mark_bad",
     "previous_ref",
     "previous_stable_version",
+    "quorum_progress",
     "record_configuration",
     "record_drift",
     "record_progress",
