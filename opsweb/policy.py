@@ -33,6 +33,7 @@ from opsweb.services.base import (
     override_group,
     previous_stable_version,
     quorum_refusal,
+    rule_group_ids,
 )
 from opsweb.windows import freeze_status
 
@@ -306,7 +307,8 @@ def may_override(user, environment: Environment, *, now: datetime | None = None)
             f"{status.sentence} It accepts rollbacks only; an emergency override needs the "
             f"override permission, which {actor_name(user)} does not have."
         )
-    return _text(quorum_refusal(environment, requester=user, override=override_approvals()))
+    refusal = quorum_refusal(environment, requester=user, override=override_approvals())
+    return refuse(refusal) if refusal else ALLOWED
 
 
 def _freeze(user, environment: Environment, *, override: bool, now) -> Decision | None:
@@ -367,6 +369,15 @@ def may_approve(user, run: Run, *, now: datetime | None = None) -> Decision:
         return refuse(
             f"{actor_name(user)} requested run #{run.pk}; {run.environment} needs approvals "
             f"from other people."
+        )
+    if (
+        run.override_approvals
+        and run.requested_by_id == user.pk
+        and not user.groups.filter(pk__in=rule_group_ids(run.environment)).exists()
+    ):
+        return refuse(
+            f"{actor_name(user)} requested run #{run.pk}; its emergency override needs "
+            f"approvals from other people."
         )
     if run.image.is_bad:
         return refuse(f"{run.image} has been marked bad since this run was requested.")

@@ -332,7 +332,7 @@ def _shortfall(environment, rule: Rule, can: int, rules, other_than_you: bool) -
     who = "approver other than you" if other_than_you else "approver"
     needs = rule.count
     what = "an emergency override" if rule.override else str(environment)
-    source = "" if len(rules) == 1 else f" from {rule.label}"
+    source = "" if len(rules) == 1 or rule.override else f" from {rule.label}"
     return (
         f"{what} needs {needs} approval{'' if needs == 1 else 's'}{source}; only {can} "
         f"{who}{'' if can == 1 else 's'} in {rule.label} can give one. Ask an administrator to "
