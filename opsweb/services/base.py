@@ -329,14 +329,13 @@ def quorum_refusal(environment: Environment, *, requester, override: int = 0) ->
 
 
 def _shortfall(environment, rule: Rule, can: int, rules, other_than_you: bool) -> str:
-    who = "approver other than you" if other_than_you else "approver"
+    who = f"approver{'' if can == 1 else 's'}" + (" other than you" if other_than_you else "")
     needs = rule.count
     what = "an emergency override" if rule.override else str(environment)
     source = "" if len(rules) == 1 or rule.override else f" from {rule.label}"
     return (
-        f"{what} needs {needs} approval{'' if needs == 1 else 's'}{source}; only {can} "
-        f"{who}{'' if can == 1 else 's'} in {rule.label} can give one. Ask an administrator to "
-        f"add approvers first."
+        f"{what} needs {needs} approval{'' if needs == 1 else 's'}{source}; only {can} {who} "
+        f"in {rule.label} can give one. Ask an administrator to add approvers first."
     )
 
 
