@@ -201,8 +201,9 @@ def test_auto_deploy_during_a_freeze_is_recorded_not_deployed(flow, ci_user):
         branch="develop",
     )
     assert registration.created and registration.run is None
-    assert "AWS Dev is frozen until someone lifts the freeze (audit week)" in (
-        registration.not_deployed["dev"]
+    assert (
+        "AWS Dev is frozen until someone lifts the freeze (audit week)"
+        in (registration.not_deployed["dev"])
     )
     assert "Not deployed to AWS Dev" in registration.message
     assert not Run.objects.filter(environment=dev).exists()
@@ -265,9 +266,7 @@ def test_an_override_goes_during_the_freeze_with_its_approvals(flow, staged, bob
     run = services.approve_run(user=bob, run=run)
     run = services.approve_run(user=erin, run=run)
     assert run.status == RunStatus.PENDING
-    assert services.quorum_progress(run).text == (
-        "staging approvers 1/1 ✓, override approvers 1/2"
-    )
+    assert services.quorum_progress(run).text == ("staging approvers 1/1 ✓, override approvers 1/2")
     run = services.approve_run(user=frank, run=run)
     assert run.status == RunStatus.QUEUED
     assert services.claim_next_run(environment_id=staging.pk) == run  # not held
@@ -281,7 +280,9 @@ def test_an_override_when_nothing_is_frozen_is_refused(flow, staged, overriders)
         services.request_promotion(user=overriders[0], target=flow["staging"], override_reason="x")
 
 
-def test_the_promote_page_offers_the_override_only_to_those_who_may(flow, staged, alice, overriders):
+def test_the_promote_page_offers_the_override_only_to_those_who_may(
+    flow, staged, alice, overriders
+):
     dev = flow["dev"]
     freeze_now(flow["staging"], reason="release")
     url = reverse("admin:opsweb_environment_promote", args=[dev.pk])
