@@ -375,3 +375,43 @@ def test_the_environment_list_says_until_when_it_is_frozen(flow):
     # A daily window lasting 64 h overlaps the next occurrences: frozen for good, until lifted.
     page = login(root).get(reverse("admin:opsweb_environment_changelist")).text
     assert "frozen until" in page
+
+
+# -- the migration ----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_turns_a_frozen_flag_into_a_window_and_a_group_count_into_a_rule():
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("opsweb", "0005_notifications")]
+    after = [("opsweb", "0006_change_windows_and_approval_rules")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    apps = executor.loader.project_state(before).apps
+    group = apps.get_model("auth", "Group").objects.create(name="release managers")
+    Environment = apps.get_model("opsweb", "Environment")
+    Environment.objects.create(
+        name="Prod",
+        slug="prod",
+        position=1,
+        approver_group=group,
+        required_approvals=2,
+        is_frozen=True,
+    )
+    Environment.objects.create(name="Dev", slug="dev", position=0, approver_group=group)
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(after)
+    apps = executor.loader.project_state(after).apps
+    Rule = apps.get_model("opsweb", "ApprovalRule")
+    Window = apps.get_model("opsweb", "ChangeWindow")
+    assert list(Rule.objects.values_list("environment__slug", "group__name", "count")) == [
+        ("prod", "release managers", 2)
+    ]
+    window = Window.objects.get()
+    assert window.environment.slug == "prod" and window.kind == "deny" and window.ends_at is None
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
