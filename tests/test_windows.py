@@ -264,6 +264,8 @@ def test_an_override_goes_during_the_freeze_with_its_approvals(flow, staged, bob
     with pytest.raises(ReleaseError, match="ops requested run"):
         services.approve_run(user=ops, run=run)
     run = services.approve_run(user=bob, run=run)
+    page = login(erin).get(reverse("admin:opsweb_run_approve", args=[run.pk])).text
+    assert "Emergency override" in page and "goes during the freeze: CVE fix" in page
     run = services.approve_run(user=erin, run=run)
     assert run.status == RunStatus.PENDING
     assert services.quorum_progress(run).text == ("staging approvers 1/1 ✓, override approvers 1/2")

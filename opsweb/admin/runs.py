@@ -42,6 +42,14 @@ def run_lines(run: Run) -> list[tuple[str, str]]:
                 f"until {services.base.approval_deadline(run):%Y-%m-%d %H:%M:%S} UTC",
             )
         )
+    if run.freeze_override_reason:
+        lines.append(
+            (
+                "Emergency override",
+                f"goes during the freeze: {run.freeze_override_reason} "
+                f"({run.override_approvals} approvals from {services.base.OVERRIDE_GROUP})",
+            )
+        )
     return lines
 
 
