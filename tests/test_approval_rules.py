@@ -142,3 +142,20 @@ def test_a_pending_run_says_when_a_rule_can_no_longer_be_met(two_rules, alice, b
         f"Run #{run.pk} can no longer reach 2 approvals: at most 1 can still count. Cancel it "
         f"and ask again once qa and sre have enough active members."
     )
+
+
+def test_lists_show_rule_progress_from_their_annotations(two_rules, flow, alice, bob):
+    several = services.request_promotion(user=alice, target=two_rules)
+    services.approve_run(user=bob, run=several)
+    single = services.request_deploy(user=alice, environment=flow["dev"], image=make_image("9.1"))
+    rows = {
+        run.pk: services.approvals_text(run, run.given)
+        for run in Run.objects.annotate(
+            given=services.counting_approvals_annotation(),
+            rule_count=services.rule_count_annotation(),
+        ).select_related("environment", "image")
+    }
+    assert rows[several.pk] == "1 of 2 (qa 1/1 ✓, sre 0/1)"
+    assert rows[single.pk] == ""
+    page = login(bob).get(reverse("admin:opsweb_run_changelist")).text
+    assert "1 of 2 (qa 1/1 ✓, sre 0/1)" in page

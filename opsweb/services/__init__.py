@@ -20,6 +20,7 @@ from opsweb.services.base import (
     last_success,
     previous_stable_version,
     quorum_progress,
+    rule_count_annotation,
     transition,
     unreachable_quorum,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "previous_ref",
     "previous_stable_version",
     "quorum_progress",
+    "rule_count_annotation",
     "record_configuration",
     "record_drift",
     "record_progress",

@@ -15,7 +15,8 @@ from django.contrib.auth.models import Group
 from django.core import signing
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Count, F, Max, Q
+from django.db.models import Count, F, Max, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from opsweb.models import (
@@ -379,11 +380,27 @@ def approvals_text(run: Run, given: int | None = None) -> str:
     matching for single-rule runs."""
     if not run.required_approvals:
         return ""
-    if given is not None and not run.override_approvals and len(run.environment.rules) <= 1:
+    rules = getattr(run, "rule_count", None)
+    if rules is None and given is not None:
+        rules = ApprovalRule.objects.filter(environment_id=run.environment_id).count()
+    if given is not None and not run.override_approvals and rules <= 1:
         return f"{min(given, run.required_approvals)} of {run.required_approvals}"
     progress = quorum_progress(run)
     text = f"{progress.counted} of {progress.needed}"
     return text + (f" ({progress.text})" if len(progress.rules) > 1 else "")
+
+
+def rule_count_annotation() -> Subquery:
+    """How many approval rules the run's environment has, as an annotation named
+    ``rule_count`` on Run querysets: lets ``approvals_text(run, given)`` trust the list's
+    ``counting_approvals_annotation`` for single-rule runs without a query per row."""
+    rules = (
+        ApprovalRule.objects.filter(environment=OuterRef("environment"))
+        .values("environment")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    return Coalesce(Subquery(rules), 0)
 
 
 def counting_approvals_annotation() -> Count:
