@@ -60,10 +60,7 @@ def window_errors(window: ChangeWindow) -> dict[str, str]:
     if window.rrule and window.cron:
         errors["cron"] = "Give an RRULE or a cron expression, not both."
     elif window.rrule:
-        try:
-            rrulestr(window.rrule, dtstart=datetime(2000, 1, 1))
-        except (ValueError, TypeError) as exc:
-            errors["rrule"] = f"Not an RRULE: {exc}."
+        errors.update(_rrule_errors(window.rrule))
     elif window.cron and not croniter.is_valid(window.cron):
         errors["cron"] = (
             f"{window.cron!r} is not a cron expression (minute hour day month weekday)."
@@ -80,6 +77,19 @@ def window_errors(window: ChangeWindow) -> dict[str, str]:
     if window.kind == ChangeWindow.Kind.ALLOW and not window.is_recurring and not window.ends_at:
         errors["ends_at"] = "A one-off allow window needs an end."
     return errors
+
+
+def _rrule_errors(text: str) -> dict[str, str]:
+    upper = text.upper()
+    if "DTSTART" in upper:
+        return {"rrule": "Leave DTSTART out: the window's start anchors the recurrence."}
+    if "FREQ=SECONDLY" in upper or "FREQ=MINUTELY" in upper:
+        return {"rrule": "A window recurs at most hourly."}
+    try:
+        rrulestr(text, dtstart=datetime(2000, 1, 1))
+    except (ValueError, TypeError) as exc:
+        return {"rrule": f"Not an RRULE: {exc}."}
+    return {}
 
 
 # -- occurrences ------------------------------------------------------------------------------
@@ -108,6 +118,8 @@ def _starts_between(window: ChangeWindow, after: datetime, before: datetime) -> 
     if window.rrule:
         rule = rrulestr(window.rrule, dtstart=_anchor(window))
         starts = rule.between(after, before, inc=True)
+    elif max(after, _anchor(window)) > before:
+        return []  # croniter_range would walk backwards
     else:
         starts = list(croniter_range(max(after, _anchor(window)), before, window.cron))
     stop = _local(window, window.ends_at) if window.ends_at else None

@@ -123,6 +123,10 @@ def test_invalid_windows_are_refused_with_a_sentence_per_field(flow):
     errors = caught.value.message_dict
     assert "not a time zone name" in errors["time_zone"][0]
     assert errors["rrule"][0].startswith("Not an RRULE")
+    window = ChangeWindow(rrule="DTSTART:20260101T000000Z\nRRULE:FREQ=DAILY", duration_seconds=60)
+    with pytest.raises(Exception) as caught:
+        window.full_clean()
+    assert "Leave DTSTART out" in caught.value.message_dict["rrule"][0]
     window = ChangeWindow(cron="61 * * * *", duration_seconds=60)
     with pytest.raises(Exception) as caught:
         window.full_clean()
