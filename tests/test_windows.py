@@ -276,6 +276,8 @@ def test_an_override_goes_during_the_freeze_with_its_approvals(flow, staged, bob
     run = services.approve_run(user=frank, run=run)
     assert run.status == RunStatus.QUEUED
     assert services.claim_next_run(environment_id=staging.pk) == run  # not held
+    page = login(bob).get(reverse("admin:opsweb_run_change", args=[run.pk])).text
+    assert "Freeze override reason" in page and "CVE fix" in page
     entry = AuditEntry.objects.get(action="override_freeze")
     assert entry.actor == ops and "CVE fix" in entry.message and entry.run_id == run.pk
     assert run.events.filter(level=RunEvent.Level.WARNING, message__contains="CVE fix").exists()

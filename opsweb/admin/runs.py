@@ -146,6 +146,7 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
                     "requested_by",
                     "reason",
                     "note",
+                    "freeze_override_reason",
                     "error",
                 ]
             },
