@@ -159,3 +159,40 @@ def test_lists_show_rule_progress_from_their_annotations(two_rules, flow, alice,
     assert rows[single.pk] == ""
     page = login(bob).get(reverse("admin:opsweb_run_changelist")).text
     assert "1 of 2 (qa 1/1 ✓, sre 0/1)" in page
+
+
+def test_rules_are_edited_on_the_environment_page_and_audited(flow, bob):
+    from opsweb.models import AuditEntry
+    from tests.test_admin import inline_forms
+
+    root = make_user("root", is_superuser=True)
+    production = flow["production"]
+    url = reverse("admin:opsweb_environment_change", args=[production.pk])
+    data = {
+        "name": production.name,
+        "slug": production.slug,
+        "position": production.position,
+        "upstream": production.upstream_id,
+        "approver_group": production.approver_group_id,
+        "requires_uat_signoff": "on",
+        "backend": "local",
+        "backend_settings": '{"port": 8104, "repository": "/r", "state_dir": "/s"}',
+        "health_check_window_seconds": 30,
+        "auto_rollback": "on",
+        "rto_seconds": 300,
+        "soak_seconds": 0,
+        **inline_forms(production, **{"approval_rules-0-count": 3}),
+    }
+    client = login(root)
+    client.get(url)
+    token = client.cookies["csrftoken"].value
+    assert client.post(url, {**data, "csrfmiddlewaretoken": token}).status_code == 302
+    assert production.required_approvals == 3
+    entry = AuditEntry.objects.get(action="configure_environment", message__startswith="Changed in")
+    assert entry.actor == root
+    assert entry.message == "Changed in AWS Production: 3 from production approvers (count)"
+    # A view-only approver sees the rules but cannot change them.
+    assert (
+        "3 from production approvers"
+        in login(bob).get(reverse("admin:opsweb_environment_changelist")).text
+    )
