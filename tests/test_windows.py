@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from opsweb import services, tasks
-from opsweb.models import AuditEntry, ChangeWindow, Run, RunEvent, RunStatus
+from opsweb.models import AuditEntry, ChangeWindow, ImageVersion, Run, RunEvent, RunStatus
 from opsweb.services import ReleaseError
 from opsweb.windows import describe_window, freeze_status, next_occurrences
 from tests.conftest import fake_digest, fake_sha, make_image, make_user, succeed_in
@@ -211,6 +211,24 @@ def test_auto_deploy_during_a_freeze_is_recorded_not_deployed(flow, ci_user):
     )
     assert "Not deployed to AWS Dev" in registration.message
     assert not Run.objects.filter(environment=dev).exists()
+
+
+def test_register_image_says_a_frozen_environment_did_not_deploy(flow, ci_user):
+    import json
+
+    from tests.test_commands import register_args, run_command
+
+    freeze_now(flow["dev"], reason="audit week")
+    args = register_args("4.0.0", "--branch", "develop", "--json", "--author-email", "a@b.example")
+    code, out, err = run_command(*args)
+    data = json.loads(out)
+    assert code == 0 and data["deployed"] is False, err
+    assert data["not_deployed"]["dev"].startswith("AWS Dev is frozen until someone lifts")
+    assert "AWS Dev is frozen" in err
+    image = ImageVersion.objects.get(tag="4.0.0")
+    assert image.author_email == "a@b.example"
+    code, _, err = run_command(*register_args("4.0.1", "--author-email", "not an email"))
+    assert code == 2 and "--author-email" in err
 
 
 def test_freeze_and_unfreeze_by_hand_open_and_end_a_window(flow):
