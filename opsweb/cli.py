@@ -240,7 +240,7 @@ def ending(runs: list[Run]) -> tuple[int, str]:
 
 def problem_sentence(run: Run) -> str:
     detail = run.error or (run.events.order_by("-id").values_list("message", flat=True).first())
-    return f"Run #{run.pk} {run.get_status_display().lower()}" + (f": {detail}" if detail else ".")
+    return f"Run #{run.pk} {run.status_phrase}" + (f": {detail}" if detail else ".")
 
 
 # -- input ----------------------------------------------------------------------------------
@@ -317,7 +317,7 @@ def require_perm(user, perm: str, action: str) -> None:
     change. Without ``--as`` (``user`` None) a read-only command runs as the operator of this
     shell, who can read the database anyway."""
     if user is not None and not user.has_perm(f"opsweb.{perm}"):
-        raise refused(f"{user.get_username()} is not allowed to {action}.")
+        raise refused(f"User {user.get_username()} is not allowed to {action}.")
 
 
 def find_environment(value: str) -> Environment:

@@ -93,12 +93,12 @@ def version_refusal(environment: Environment, image: ImageVersion) -> str:
     already on its way, or older than what runs there)."""
     if image.is_bad:
         return (
-            f"{image} is marked bad ({image.bad_reason or 'no reason given'}) and cannot be "
+            f"Version {image} is marked bad ({image.bad_reason or 'no reason given'}) and cannot be "
             f"deployed anywhere."
         )
     current = environment.current_image
     if current is not None and current.pk == image.pk:
-        return f"{image.tag} already runs in {environment}."
+        return f"Version {image.tag} already runs in {environment}."
     active = (
         Run.objects.filter(
             environment=environment,
@@ -110,12 +110,12 @@ def version_refusal(environment: Environment, image: ImageVersion) -> str:
     )
     if active:
         return (
-            f"{image.tag} is already on its way to {environment} as run #{active.pk} "
+            f"Version {image.tag} is already on its way to {environment} as run #{active.pk} "
             f"({active.get_status_display().lower()})."
         )
     if current is not None and is_older(image, current, environment):
         return (
-            f"{image.tag} is older than {current.tag}, which {environment} runs; going back "
+            f"Version {image.tag} is older than {current.tag}, which {environment} runs; going back "
             f"on purpose is what rollback is for."
         )
     return ""
@@ -126,13 +126,13 @@ def soak_refusal(source: Environment, image: ImageVersion, now: datetime) -> str
     replaced before its soak time ended. "" when it may."""
     success = last_success(source, image)
     if success is None:
-        return f"{image.tag} has not succeeded in {source} yet."
+        return f"Version {image.tag} has not succeeded in {source} yet."
     if not source.soak_seconds:
         return ""
     ready = success.finished_at + timedelta(seconds=source.soak_seconds)
     if now < ready:
         return (
-            f"{image.tag} soaks in {source} until {ready:%Y-%m-%d %H:%M:%S} UTC (soak time "
+            f"Version {image.tag} soaks in {source} until {ready:%Y-%m-%d %H:%M:%S} UTC (soak time "
             f"{source.soak_seconds}s) before it can be promoted."
         )
     # Only runs that switched what runs count: a run refused at start, or one that failed
@@ -146,7 +146,7 @@ def soak_refusal(source: Environment, image: ImageVersion, now: datetime) -> str
     )
     if replaced:
         return (
-            f"{image.tag} was replaced in {source} before its soak time ({source.soak_seconds}s) "
+            f"Version {image.tag} was replaced in {source} before its soak time ({source.soak_seconds}s) "
             f"ended; deploy it there again and let it soak."
         )
     return ""
@@ -182,7 +182,7 @@ def may_deploy(
         lambda: (
             None
             if _has_perm(user, "request_deploy")
-            else forbid(f"{actor_name(user)} is not allowed to deploy to {environment}.")
+            else forbid(f"User {actor_name(user)} is not allowed to deploy to {environment}.")
         ),
         lambda: _freeze(user, environment, override=override, now=now),
         lambda: _quorum(environment, user),
@@ -197,10 +197,13 @@ def may_promote(
     *,
     override: bool = False,
     now: datetime | None = None,
+    check_permission: bool = True,
 ) -> Decision:
     """Promote ``image`` (default: what the upstream runs) one step along the flow into
     ``target``. Rules 1–3 of docs/design.md, plus bad, already there, older, a change window
-    (unless ``override``, see ``may_override``) and rules that can be met."""
+    (unless ``override``, see ``may_override``) and rules that can be met.
+    ``check_permission=False`` asks the rules only, whoever asks (the board's "what can move
+    next")."""
     upstream = target.upstream
     if upstream is None:
         return not_applicable(
@@ -211,8 +214,10 @@ def may_promote(
     return _first(
         lambda: (
             None
-            if _has_perm(user, "request_promotion")
-            else forbid(f"{actor_name(user)} is not allowed to request promotions to {target}.")
+            if not check_permission or _has_perm(user, "request_promotion")
+            else forbid(
+                f"User {actor_name(user)} is not allowed to request promotions to {target}."
+            )
         ),
         lambda: (
             refuse(f"Nothing has been deployed to {upstream} yet, so nothing to promote.")
@@ -223,12 +228,14 @@ def may_promote(
         lambda: _version(target, image),
         lambda: _text(soak_refusal(upstream, image, now)),
         lambda: (
-            refuse(f"{image.tag} needs a UAT sign-off in {upstream} before it can go to {target}.")
+            refuse(
+                f"Version {image.tag} needs a UAT sign-off in {upstream} before it can go to {target}."
+            )
             if target.requires_uat_signoff
             and not Signoff.objects.filter(environment=upstream, image=image).exists()
             else None
         ),
-        lambda: _quorum(target, user),
+        lambda: _quorum(target, user) if check_permission else None,
     )
 
 
@@ -238,7 +245,7 @@ def may_roll_back(user, environment: Environment) -> Decision:
     A deploy switching versions right now does not refuse it: the rollback waits for it."""
     if user is not None and not is_approver(user, environment):
         return forbid(
-            f"{actor_name(user)} is not in {environment.approver_group or 'an approver group'}, "
+            f"User {actor_name(user)} is not in {environment.approver_group or 'an approver group'}, "
             f"whose members roll back {environment}."
         )
     current = environment.current_image
@@ -268,7 +275,7 @@ def may_resume(user, environment: Environment) -> Decision:
         return not_applicable(f"Auto-deploy is not paused in {environment}.")
     if is_approver(user, environment) or _has_perm(user, "resume_auto_deploy"):
         return ALLOWED
-    return forbid(f"{actor_name(user)} may not resume auto-deploy in {environment}.")
+    return forbid(f"User {actor_name(user)} may not resume auto-deploy in {environment}.")
 
 
 def may_sign_off(user, environment: Environment, image: ImageVersion | None = None) -> Decision:
@@ -277,16 +284,20 @@ def may_sign_off(user, environment: Environment, image: ImageVersion | None = No
     if downstream is None or not downstream.requires_uat_signoff:
         return not_applicable(f"No environment needs a UAT sign-off from {environment}.")
     if not _has_perm(user, "sign_off_uat"):
-        return forbid(f"{actor_name(user)} is not allowed to record UAT sign-offs.")
+        return forbid(f"User {actor_name(user)} is not allowed to record UAT sign-offs.")
     image = image or environment.current_image
     if image is None:
         return refuse(f"Nothing runs in {environment}, so there is nothing to sign off.")
     if image.is_bad:
-        return refuse(f"{image} is marked bad; it cannot pass UAT.")
+        return refuse(f"Version {image} is marked bad; it cannot pass UAT.")
     if last_success(environment, image) is None:
-        return refuse(f"{image.tag} has not succeeded in {environment}; test it there first.")
+        return refuse(
+            f"Version {image.tag} has not succeeded in {environment}; test it there first."
+        )
     if Signoff.objects.filter(environment=environment, image=image, user=user).exists():
-        return refuse(f"{actor_name(user)} has already signed off {image.tag} in {environment}.")
+        return refuse(
+            f"User {actor_name(user)} has already signed off {image.tag} in {environment}."
+        )
     return ALLOWED
 
 
@@ -327,7 +338,7 @@ def _freeze(user, environment: Environment, *, override: bool, now) -> Decision 
 def may_freeze(user, environment: Environment) -> Decision:
     if _has_perm(user, "freeze_environment"):
         return ALLOWED
-    return forbid(f"{actor_name(user)} is not allowed to freeze or unfreeze environments.")
+    return forbid(f"User {actor_name(user)} is not allowed to freeze or unfreeze environments.")
 
 
 # -- runs ------------------------------------------------------------------------------------
@@ -347,8 +358,8 @@ def may_decide(user, run: Run, *, now: datetime | None = None) -> Decision:
             str(environment.approver_group or "an approver group")
         ]
         return forbid(
-            f"{actor_name(user)} is not in {' or '.join(groups)}, whose members approve runs "
-            f"in {environment}."
+            f"User {actor_name(user)} is not in {' or '.join(groups)}, whose members approve "
+            f"runs in {environment}."
         )
     deadline = approval_deadline(run)
     if (now or timezone.now()) >= deadline:
@@ -357,7 +368,7 @@ def may_decide(user, run: Run, *, now: datetime | None = None) -> Decision:
             f"within the approval window; request it again."
         )
     if run.approvals.filter(user=user).exists():
-        return refuse(f"{actor_name(user)} has already decided on run #{run.pk}.")
+        return refuse(f"User {actor_name(user)} has already decided on run #{run.pk}.")
     return ALLOWED
 
 
@@ -367,7 +378,7 @@ def may_approve(user, run: Run, *, now: datetime | None = None) -> Decision:
         return decision
     if run.requested_by_id == user.pk and not run.environment.allow_self_approval:
         return refuse(
-            f"{actor_name(user)} requested run #{run.pk}; {run.environment} needs approvals "
+            f"User {actor_name(user)} requested run #{run.pk}; {run.environment} needs approvals "
             f"from other people."
         )
     if (
@@ -376,11 +387,11 @@ def may_approve(user, run: Run, *, now: datetime | None = None) -> Decision:
         and not user.groups.filter(pk__in=rule_group_ids(run.environment)).exists()
     ):
         return refuse(
-            f"{actor_name(user)} requested run #{run.pk}; its emergency override needs "
+            f"User {actor_name(user)} requested run #{run.pk}; its emergency override needs "
             f"approvals from other people."
         )
     if run.image.is_bad:
-        return refuse(f"{run.image} has been marked bad since this run was requested.")
+        return refuse(f"Version {run.image} has been marked bad since this run was requested.")
     author = run.image.author_email
     if (
         run.environment.forbid_author_approval
@@ -389,8 +400,8 @@ def may_approve(user, run: Run, *, now: datetime | None = None) -> Decision:
         and user.email.lower() == author.lower()
     ):
         return refuse(
-            f"{actor_name(user)} wrote the commit of {run.image.tag}; {run.environment} needs "
-            f"approvals from people other than its author."
+            f"User {actor_name(user)} wrote the commit of {run.image.tag}; {run.environment} "
+            f"needs approvals from people other than its author."
         )
     return ALLOWED
 
@@ -420,7 +431,7 @@ def may_cancel(user, run: Run) -> Decision:
         )
     ):
         return forbid(
-            f"{actor_name(user)} may not cancel run #{run.pk}: only its requester, an approver "
+            f"User {actor_name(user)} may not cancel run #{run.pk}: only its requester, an approver "
             f"of {run.environment} or a user with the cancel permission can."
         )
     if run.status == RunStatus.RUNNING:
@@ -436,9 +447,9 @@ def may_cancel(user, run: Run) -> Decision:
 
 def may_mark_bad(user, image: ImageVersion) -> Decision:
     if not _has_perm(user, "mark_bad"):
-        return forbid(f"{actor_name(user)} is not allowed to mark versions bad.")
+        return forbid(f"User {actor_name(user)} is not allowed to mark versions bad.")
     if image.is_bad:
-        return refuse(f"{image} is already marked bad.")
+        return refuse(f"Version {image} is already marked bad.")
     return ALLOWED
 
 

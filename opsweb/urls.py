@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import path
 from django.views.generic import RedirectView
 
@@ -8,9 +9,15 @@ from opsweb.dora_views import dora_page
 admin.site.site_header = "opsweb release console"
 admin.site.site_title = "opsweb"
 admin.site.index_title = "Releases"
+# The board is the admin index itself: a "View site" link would only loop back to it.
+admin.site.site_url = None
+# Lists need the width at 1366 px (run list, version list); the breadcrumbs and the board lead
+# everywhere the navigation sidebar did.
+admin.site.enable_nav_sidebar = False
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
+    path("favicon.ico", RedirectView.as_view(url=static("opsweb/favicon.svg"), permanent=True)),
     path("admin/dora/", admin.site.admin_view(dora_page), name="dora"),
     path("admin/", admin.site.urls),
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),

@@ -91,10 +91,11 @@ class DeployBackend(abc.ABC):
 
 
 # Backends are chosen by name. Each is imported only when first used, so that boto3 is
-# loaded by the processes that deploy to ECS and by nothing else.
+# loaded by the processes that deploy to AWS and by nothing else.
 BACKENDS: dict[str, tuple[str, str]] = {
     "local": ("orchestration.local", "Local process"),
     "ecs": ("orchestration.ecs", "AWS ECS"),
+    "ec2": ("orchestration.ec2", "AWS EC2"),
 }
 REGISTRY: dict[str, type[DeployBackend]] = {}
 

@@ -548,8 +548,9 @@ def describe_principal(arn: str) -> str:
     return arn
 
 
-def aws_error(exc: Exception, *, service: str) -> AwsError:
-    """Turn a botocore failure into a sentence a person can act on."""
+def aws_error(exc: Exception, *, service: str, docs: str = "docs/ecs-backend.md") -> AwsError:
+    """Turn a botocore failure into a sentence a person can act on; ``docs`` is the page that
+    lists the IAM permissions the backend needs."""
     if isinstance(exc, NoCredentialsError):
         return AwsError(
             "No AWS credentials found: give opsweb's worker a task role on ECS, or set a profile "
@@ -570,12 +571,12 @@ def aws_error(exc: Exception, *, service: str) -> AwsError:
             return AwsError(
                 f"AWS denied {denied['action']}{on} to {describe_principal(denied['who'])} "
                 f"({denied['who']}). Allow {denied['action']} in that identity's IAM policy; "
-                f"docs/ecs-backend.md lists what opsweb needs. AWS said: {message}",
+                f"{docs} lists what opsweb needs. AWS said: {message}",
                 code,
             )
         return AwsError(
             f"AWS denied {service}:{operation} ({code}): {message}. Allow it in the IAM policy "
-            f"of the role opsweb runs as; docs/ecs-backend.md lists what opsweb needs.",
+            f"of the role opsweb runs as; {docs} lists what opsweb needs.",
             code,
         )
     if code in THROTTLING_CODES:

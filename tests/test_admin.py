@@ -243,8 +243,10 @@ def test_index_shows_the_pipeline_with_drift_and_waiting_runs(pending, bob):
     )
     page = login(bob).get(reverse("admin:index")).text
     assert "Pipeline" in page and "AWS Production" in page
-    assert "DRIFT:</strong> service runs nothing" in page
-    assert f"#{pending.pk}</a></td><td>2.0.0 → AWS Staging</td><td>0 of 1" in page
+    assert "drift: service runs nothing" in page
+    assert f"#{pending.pk} 2.0.0</a> waits: 0 of 1; may approve: bob" in page
+    waiting = page.split('id="waiting-for-you"')[1].split("</div>")[0]
+    assert f"#{pending.pk}</a>" in waiting  # bob may approve it: it waits for him
 
 
 def test_index_query_count_does_not_grow_with_history(flow, alice):

@@ -6,6 +6,7 @@ deploys the sample service as a real local process.
 
 import os
 import shutil
+import time
 
 import pytest
 from django.db import connections
@@ -69,7 +70,15 @@ def test_approver_approves_a_pending_promotion_and_sees_it_succeed(
     page.click("input[name=confirm]")
 
     assert "it is queued" in page.inner_text("ul.messagelist")
-    # The run page refreshes itself while the worker deploys.
+    # The run page appends events as the worker deploys, without loading the page again: a
+    # marker set on this page survives while the event count grows.
+    before = int(page.inner_text("#event-count"))
+    page.evaluate("window.opswebMarker = 42")
+    deadline = time.monotonic() + 45
+    while int(page.inner_text("#event-count")) <= before and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    assert int(page.inner_text("#event-count")) > before
+    assert page.evaluate("window.opswebMarker") == 42  # the same page, not a reload
     page.wait_for_selector("#run-status.run-status-succeeded", timeout=45_000)
     assert "Healthy" in page.inner_text("#events")
     page.screenshot(path=str(os.path.join(os.environ.get("TMPDIR", "/tmp"), "opsweb-run.png")))
@@ -112,4 +121,45 @@ def test_a_disabled_button_says_why_and_a_bad_version_is_flagged(
     assert "Roll back is not available: No earlier version" in page.inner_text("#why-not")
     assert "runs a bad version (1.0.0: CVE-2026-0001 in libfoo)" in page.inner_text("#flags")
     page.screenshot(path=os.path.join(shots, "opsweb-disabled-button.png"), full_page=True)
+    connections.close_all()
+
+
+def test_pages_fit_1366_pixels_and_are_screenshotted(browser, live_server, flow, alice, bob, carol):
+    from tests.conftest import make_image
+
+    v1, v2 = make_image("1.0.0"), make_image("2.0.0")
+    for env in ("local", "dev", "staging", "production"):
+        succeed_in(flow[env], v1)
+    succeed_in(flow["dev"], v2)
+    succeed_in(flow["staging"], v2)
+    succeed_in(flow["production"], v2)
+    root_pw = "pw-root"
+    from django.contrib.auth.models import User
+
+    User.objects.create_superuser("root", password=root_pw)
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("#id_username", "root")
+    page.fill("#id_password", root_pw)
+    page.click("input[type=submit]")
+    shots = os.environ.get("TMPDIR", "/tmp")
+    last = Run.objects.order_by("-id").first()
+    pages = {
+        "board": "/admin/",
+        "run-list": "/admin/opsweb/run/",
+        "image-list": "/admin/opsweb/imageversion/",
+        "run": f"/admin/opsweb/run/{last.pk}/change/",
+    }
+    for name, path in pages.items():
+        page.goto(live_server.url + path)
+        # A table wider than the window, or than the box that holds it (the changelist
+        # scrolls sideways rather than overflow), pushes columns out of sight.
+        too_wide = page.evaluate(
+            "() => Array.from(document.querySelectorAll('table')).filter(t =>"
+            " t.getBoundingClientRect().right > window.innerWidth + 1"
+            " || t.parentElement.scrollWidth > t.parentElement.clientWidth + 1)"
+            ".map(t => t.id || t.className || 'table')"
+        )
+        assert too_wide == [], (name, too_wide)
+        page.screenshot(path=os.path.join(shots, f"opsweb-{name}-1366.png"), full_page=True)
     connections.close_all()

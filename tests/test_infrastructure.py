@@ -16,9 +16,13 @@ from pathlib import Path
 import hcl2
 import pytest
 
+from orchestration.ec2 import SETTINGS_KEYS as EC2_SETTINGS
+
 INFRA = Path(__file__).resolve().parent.parent / "infrastructure"
 MODULES = {path.name: path for path in sorted((INFRA / "modules").iterdir()) if path.is_dir()}
 ROOTS = {name: INFRA / "envs" / name for name in ("dev", "staging", "production")}
+# Example roots: checked like the others, not part of the promotion flow.
+EXAMPLES = {"ec2": INFRA / "examples" / "ec2"}
 OPTIONS = hcl2.SerializationOptions(
     strip_string_quotes=True, explicit_blocks=False, with_comments=False
 )
@@ -80,6 +84,7 @@ def resolve(config: dict, value):
 def every_config():
     yield from ((f"modules/{n}", p) for n, p in MODULES.items())
     yield from ((f"envs/{n}", p) for n, p in ROOTS.items())
+    yield from ((f"examples/{n}", p) for n, p in EXAMPLES.items())
 
 
 def containers(config: dict, task_definition: dict) -> list[dict]:
@@ -196,7 +201,7 @@ def test_container_images_are_pinned_by_a_digest_variable():
     assert count >= 3, count
 
 
-@pytest.mark.parametrize("module", ["app_environment", "opsweb"])
+@pytest.mark.parametrize("module", ["app_environment", "opsweb", "ec2_environment"])
 def test_the_digest_variable_refuses_tags(module):
     variable = named(load(MODULES[module]), "variable")["image_digest"]
     assert "default" not in variable  # always chosen, never "latest" by omission
@@ -205,7 +210,7 @@ def test_the_digest_variable_refuses_tags(module):
 
 
 def test_roots_pass_digests_from_variables_never_tags():
-    for root, directory in ROOTS.items():
+    for root, directory in {**ROOTS, **EXAMPLES}.items():
         config = load(directory)
         for name, call in named(config, "module").items():
             for key in ("image_digest", "image_repository"):
@@ -303,6 +308,12 @@ DEPLOYER_ACTIONS = {
     "ecr:DescribeImageScanFindings",
 }
 # IAM accepts only "*" as the resource of these.
+# The only AWS managed policies attached anywhere: RDS enhanced monitoring, and SSM's core
+# policy on EC2 instances (how SSM Run Command reaches them).
+MANAGED_POLICIES = (
+    ":policy/service-role/AmazonRDSEnhancedMonitoringRole",
+    ":iam::aws:policy/AmazonSSMManagedInstanceCore",
+)
 UNSCOPABLE = {
     "ecs:DescribeTaskDefinition",
     "ecs:RegisterTaskDefinition",
@@ -337,9 +348,7 @@ def test_no_policy_anywhere_grants_wildcard_actions_or_unneeded_wildcard_resourc
             document = r"\$\{data\.aws_iam_policy_document\.\w+\.json\}"
             assert re.fullmatch(document, policy["policy"]), (label, name)
         for name, attachment in typed(config, "resource", "aws_iam_role_policy_attachment").items():
-            assert attachment["policy_arn"].endswith(
-                ":policy/service-role/AmazonRDSEnhancedMonitoringRole"
-            ), (label, name)
+            assert attachment["policy_arn"].endswith(MANAGED_POLICIES), (label, name)
         assert not typed(config, "resource", "aws_iam_policy"), label
     assert documents >= 6
 
@@ -619,15 +628,21 @@ def test_production_database_has_deletion_protection_and_multi_az():
     assert opsweb["multi_az"] is True
 
 
-@pytest.mark.parametrize("root", sorted(ROOTS))
+STATE_ROOTS = {
+    **{f"envs/{name}": path for name, path in ROOTS.items()},
+    **{f"examples/{name}": path for name, path in EXAMPLES.items()},
+}
+
+
+@pytest.mark.parametrize("root", sorted(STATE_ROOTS))
 def test_state_is_kept_in_s3_with_locking_and_encryption(root):
-    config = load(ROOTS[root])
+    config = load(STATE_ROOTS[root])
     (terraform,) = config["terraform"]
     (backend,) = terraform["backend"]
     assert list(backend) == ["s3"]
     s3 = backend["s3"]
     assert s3["bucket"] and s3["region"]
-    assert s3["key"] == f"envs/{root}/terraform.tfstate"
+    assert s3["key"] == f"{root}/terraform.tfstate"
     assert s3["encrypt"] is True
     assert s3.get("use_lockfile") is True or s3.get("dynamodb_table"), "no state locking"
 
@@ -671,10 +686,11 @@ def test_module_calls_match_the_modules(label, directory):
 def test_every_module_is_used_by_a_root():
     used = {
         Path(call["source"]).name
-        for directory in ROOTS.values()
+        for directory in [*ROOTS.values(), *EXAMPLES.values()]
         for call in named(load(directory), "module").values()
     }
-    assert used == set(MODULES) == {"app_environment", "opsweb", "ecr", "github_deploy"}
+    assert used == set(MODULES)
+    assert used == {"app_environment", "opsweb", "ecr", "github_deploy", "ec2_environment"}
 
 
 def test_log_groups_are_kept_a_year_and_encrypted():
@@ -683,3 +699,77 @@ def test_log_groups_are_kept_a_year_and_encrypted():
         for name, group in typed(config, "resource", "aws_cloudwatch_log_group").items():
             assert resolve(config, group["retention_in_days"]) >= 365, (label, name)
             assert group["kms_key_id"].startswith("${aws_kms_key."), (label, name)
+
+
+# ---- the EC2 environment (orchestration/ec2.py deploys to it) ---------------------------------
+
+
+def ec2_environment() -> dict:
+    return load(MODULES["ec2_environment"])
+
+
+def test_ec2_instances_boot_the_image_by_digest_with_imdsv2_and_encrypted_disks():
+    config = ec2_environment()
+    (template,) = typed(config, "resource", "aws_launch_template").values()
+    (metadata,) = template["metadata_options"]
+    assert metadata["http_tokens"] == "required"
+    assert metadata["http_put_response_hop_limit"] == 1  # containers cannot reach the role
+    (disk,) = template["block_device_mappings"]
+    assert disk["ebs"][0]["encrypted"] is True
+    assert template["user_data"] == "${base64encode(local.user_data)}"
+    # The image comes from the parameter opsweb keeps current, and must be pinned by digest.
+    (parameter,) = typed(config, "resource", "aws_ssm_parameter").values()
+    assert parameter["value"] == "${var.image_repository}@${var.image_digest}"
+    assert parameter["lifecycle"][0]["ignore_changes"] == ["value"]
+    user_data = local_values(config)["user_data"]
+    assert "aws ssm get-parameter" in user_data and "${aws_ssm_parameter.image.name}" in user_data
+    assert "${var.image_repository}@sha256:*) ;;" in user_data
+    assert 'docker pull "$IMAGE"' in user_data
+    assert "aws ecr get-login-password" in user_data
+    assert "Key=opsweb:image,Value=$IMAGE" in user_data  # what opsweb's drift check reads
+    assert "--name ${var.container_name} --restart unless-stopped" in user_data
+
+
+def test_ec2_instance_role_has_ssm_core_and_pulls_only_the_app_repository():
+    config = ec2_environment()
+    (attachment,) = typed(config, "resource", "aws_iam_role_policy_attachment").values()
+    assert attachment["policy_arn"].endswith(":iam::aws:policy/AmazonSSMManagedInstanceCore")
+    document = statements(typed(config, "data", "aws_iam_policy_document")["instance"])
+    by_sid = {s["sid"]: s for s in document}
+    assert as_list(by_sid["RegistryLogin"]["actions"]) == ["ecr:GetAuthorizationToken"]
+    pull = by_sid["PullTheApplicationImage"]
+    assert set(pull["actions"]) == {
+        "ecr:BatchCheckLayerAvailability",
+        "ecr:GetDownloadUrlForLayer",
+        "ecr:BatchGetImage",
+    }
+    assert pull["resources"] == ["${var.image_repository_arn}"]
+    assert by_sid["ReadTheImageToStart"]["resources"] == ["${aws_ssm_parameter.image.arn}"]
+    tagging = by_sid["TagInstancesWithTheirImage"]
+    assert as_list(tagging["actions"]) == ["ec2:CreateTags"]
+    found = conditions(tagging)
+    assert found["aws:TagKeys"]["values"] == ["opsweb:image"]
+    assert found["aws:ResourceTag/app-environment"]["values"] == ["${var.environment}"]
+    assert set(by_sid) == {
+        "RegistryLogin",
+        "PullTheApplicationImage",
+        "ReadTheImageToStart",
+        "TagInstancesWithTheirImage",
+    }
+
+
+def test_ec2_group_sits_behind_a_health_checked_target_group():
+    config = ec2_environment()
+    (group,) = typed(config, "resource", "aws_lb_target_group").values()
+    (check,) = group["health_check"]
+    assert resolve(config, check["path"]) == "/healthz"
+    assert check["matcher"] == "200"
+    assert group["target_type"] == "instance"
+    (asg,) = typed(config, "resource", "aws_autoscaling_group").values()
+    assert asg["target_group_arns"] == ["${aws_lb_target_group.this.arn}"]
+    assert asg["health_check_type"] == "ELB"
+    assert asg["launch_template"][0]["version"] == "${aws_launch_template.this.latest_version}"
+    # What opsweb's settings need is an output, so the environment can be configured from it.
+    settings = named(config, "output")["opsweb_settings"]["value"]
+    assert set(settings) <= EC2_SETTINGS
+    assert {"auto_scaling_group", "target_group_arn", "image_parameter"} <= set(settings)

@@ -149,7 +149,7 @@ class Promote(Confirmation):
             return policy.not_applicable(f"Nothing comes after {env} in the flow.")
         if chosen is None and env.current_image is not None:
             return policy.refuse(
-                f"{env.current_image} is marked bad; choose another version to promote."
+                f"Version {env.current_image} is marked bad; choose another version to promote."
             )
         return policy.may_promote(user, target, chosen, override=True)
 

@@ -57,7 +57,7 @@ class ImageVersionAdmin(ReadOnlyMixin, ConfirmingAdmin):
         "short_digest",
         "short_sha",
         "branch",
-        "repository",
+        "repository_name",
         "registered_at",
         "registered_by",
     ]
@@ -71,6 +71,13 @@ class ImageVersionAdmin(ReadOnlyMixin, ConfirmingAdmin):
         if not image.is_bad:
             return "—"
         return format_html('<span class="opsweb-bad" title="{}">BAD</span>', image.bad_reason)
+
+    @admin.display(description="Repository", ordering="repository")
+    def repository_name(self, image):
+        # An ECR URI is long: its last part names the image; the whole is in the tooltip.
+        return format_html(
+            '<span title="{}">{}</span>', image.repository, image.repository.rsplit("/", 1)[-1]
+        )
 
     def get_search_results(self, request, queryset, search_term):
         queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)

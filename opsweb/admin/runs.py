@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import reverse
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.http import JsonResponse
+from django.urls import path, reverse
 from django.utils.html import format_html
 
 from opsweb import policy, services
@@ -118,6 +121,7 @@ class Cancel(RunConfirmation):
 @admin.register(Run)
 class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
     confirmations = [Approve(), Reject(), Cancel()]
+    # Fits 1366 px beside the navigation: the step shows on the status badge's tooltip.
     list_display = [
         "id",
         "kind",
@@ -125,10 +129,9 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
         "image_tag",
         "status_badge",
         "approvals_so_far",
-        "step",
         "requested_by",
         "created_at",
-        "finished_at",
+        "took",
     ]
     list_filter = ["environment", "status", "kind"]
     list_select_related = ["environment", "image", "requested_by"]
@@ -188,22 +191,81 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
     @admin.display(description="Status", ordering="status")
     def status_badge(self, run):
         return format_html(
-            '<span class="opsweb-status opsweb-status-{}">{}</span>',
+            '<span class="opsweb-status opsweb-status-{}" title="{}">{}</span>',
             run.status,
+            run.step,
             run.get_status_display(),
         )
+
+    @admin.display(description="Took")
+    def took(self, run):
+        duration = run.duration
+        return f"{duration.total_seconds():.0f} s" if duration else "—"
 
     @admin.display(description="Approvals")
     def approvals_so_far(self, run):
         return services.approvals_text(run, run.approvals_given) or "—"
 
     def page_context(self, request, run):
+        approvals = list(run.approvals.select_related("user"))
+        may_still = []
+        if run.status == "pending":
+            decided = {a.user_id for a in approvals}
+            may_still = [
+                u.get_username()
+                for u in services.eligible_approvers(run.environment, requester=run.requested_by)
+                if u.pk not in decided
+            ]
         return {
             "run": run,
-            "approvals": run.approvals.select_related("user"),
+            "approvals": approvals,
             "approvals_text": services.approvals_text(run),
+            "may_still": may_still,
             "unreachable": services.unreachable_quorum(run),
             "deadline": services.base.approval_deadline(run) if run.required_approvals else None,
             "events": run.events.all(),
-            "refresh": run.status in ("queued", "running"),
+            "live": run.status in ("queued", "running"),
         }
+
+    def get_urls(self):
+        return [
+            path(
+                "<path:object_id>/live/",
+                self.admin_site.admin_view(self.live_view),
+                name="opsweb_run_live",
+            ),
+            *super().get_urls(),
+        ]
+
+    def live_view(self, request, object_id):
+        """The run's status and the events after ``?after=<event id>``, as JSON, for the run
+        page to append without reloading (polled every 1.5 s while the run is queued or
+        running; nothing polls a pending or finished run)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        run = self.get_object(request, unquote(object_id))
+        if run is None:
+            return JsonResponse({"error": "no such run"}, status=404)
+        after = request.GET.get("after", "0")
+        after = int(after) if after.isascii() and after.isdigit() and len(after) < 19 else 0
+        events = run.events.filter(pk__gt=after).order_by("id")[:500]
+        return JsonResponse(
+            {
+                "status": run.status,
+                "status_display": run.get_status_display(),
+                "step": run.step,
+                "active": run.status in ("queued", "running"),
+                "events": [
+                    {
+                        "id": e.pk,
+                        "at": f"{e.created_at:%Y-%m-%d %H:%M:%S} UTC",
+                        "level": e.level,
+                        "message": e.message,
+                        "took": None
+                        if e.duration_seconds is None
+                        else f"{e.duration_seconds:.1f} s",
+                    }
+                    for e in events
+                ],
+            }
+        )

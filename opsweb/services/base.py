@@ -597,7 +597,7 @@ def enqueue(run_id: int) -> None:
 
 def require_perm(user, perm: str, action: str) -> None:
     if not (user and user.is_active and user.has_perm(f"opsweb.{perm}")):
-        raise NotAllowed(f"{actor_name(user)} is not allowed to {action}.")
+        raise NotAllowed(f"User {actor_name(user)} is not allowed to {action}.")
 
 
 def validation_sentence(exc: ValidationError) -> str:

@@ -291,7 +291,9 @@ def _approve(*, user, run: Run, comment: str, seen: Seen) -> Run:
                 digest=run.image.digest,
             )
     except IntegrityError:
-        raise ReleaseError(f"{actor_name(user)} has already decided on run #{run.pk}.") from None
+        raise ReleaseError(
+            f"User {actor_name(user)} has already decided on run #{run.pk}."
+        ) from None
     progress = quorum_progress(run)
     have = f"{progress.counted} of {progress.needed}: {progress.text}"
     add_event(run, f"Approved by {actor_name(user)} ({have})" + (f": {comment}" if comment else ""))
@@ -656,7 +658,7 @@ def register_image(
     if existing:
         if existing.tag != tag:
             raise ReleaseError(
-                f"{repository}@{digest} is already registered as tag {existing.tag!r}, not {tag!r}."
+                f"Version {repository}@{digest} is already registered as tag {existing.tag!r}, not {tag!r}."
             )
         return _auto_deploy(
             Registration(existing, False, None, f"{existing} is already registered."), user, branch
@@ -664,7 +666,7 @@ def register_image(
     clash = ImageVersion.objects.filter(repository=repository, tag=tag).first()
     if clash:
         raise ReleaseError(
-            f"{repository}:{tag} is already registered with digest {clash.digest}; tags are "
+            f"Version {repository}:{tag} is already registered with digest {clash.digest}; tags are "
             f"immutable, build a new tag."
         )
     image = ImageVersion(
@@ -692,7 +694,7 @@ def register_image(
         if existing and existing.tag == tag:
             return Registration(existing, False, None, f"{existing} is already registered.")
         raise ReleaseError(
-            f"{repository}:{tag} was registered by someone else at the same moment; "
+            f"Version {repository}:{tag} was registered by someone else at the same moment; "
             f"run the command again."
         ) from None
     audit(
@@ -742,18 +744,20 @@ def _auto_deploy_refusal(environment: Environment, image: ImageVersion, branch: 
         return f"{status.sentence} The version is recorded, not deployed; deploy it by hand once the freeze ends."
     current = environment.current_image
     if image.is_bad:
-        return f"{image.tag} is marked bad ({image.bad_reason})."
+        return f"Version {image.tag} is marked bad ({image.bad_reason})."
     if current is not None and current.pk == image.pk:
-        return f"{image.tag} already runs there."
+        return f"Version {image.tag} already runs there."
     active = Run.objects.filter(
         environment=environment,
         image=image,
         status__in=[RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING],
     ).first()
     if active:
-        return f"{image.tag} is already on its way there as run #{active.pk}."
+        return f"Version {image.tag} is already on its way there as run #{active.pk}."
     if Run.objects.filter(environment=environment, image=image).exclude(switched_at=None).exists():
-        return f"{image.tag} ran there before; redeploying an earlier version is a rollback."
+        return (
+            f"Version {image.tag} ran there before; redeploying an earlier version is a rollback."
+        )
     if current is not None and current.branch == branch and is_older(image, current, environment):
         return (
             f"it runs {current.tag}, a newer commit of {branch}; an older commit never replaces "

@@ -1,0 +1,204 @@
+"""The pipeline board (the admin index): the flow drawn left to right, what each environment
+runs and how it is, what waits there, what can move next (or why not yet, from the same
+policy the services enforce), what waits for the person looking, and which version ran where.
+
+``build_board`` reads a constant number of queries however long the history grows: the
+environments, their running and waiting runs, the approvals of the waiting runs, one page of
+versions and the last run of each of those versions per environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.core.paginator import Paginator
+from django.db.models import Max, OuterRef, Subquery
+from django.utils import timezone
+
+from opsweb import policy, services
+from opsweb.models import Environment, ImageVersion, Run, RunStatus
+
+MATRIX_PAGE_SIZE = 10
+WAITING = [RunStatus.PENDING, RunStatus.QUEUED]
+
+
+@dataclass
+class Card:
+    """One environment on the board."""
+
+    environment: Environment
+    state: str  # healthy, deploying, failed, bad, drift, frozen, paused, empty
+    state_words: str
+    running: Run | None = None
+    last_run: Run | None = None
+    pending: list[tuple[Run, int, list[str], bool]] = field(default_factory=list)
+    queued: list[Run] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Arrow:
+    """Between two cards: what can move next, or why not yet."""
+
+    source: Environment
+    target: Environment
+    allowed: bool
+    sentence: str
+
+
+@dataclass
+class Board:
+    cards: list[Card]
+    arrows: list[Arrow]
+    waiting_for_you: list[tuple[Run, int]]
+    matrix_environments: list[Environment]
+    matrix: list[tuple[ImageVersion, list[Run | None]]]
+    page: object
+
+
+def build_board(user, *, page: int | str = 1, now: datetime | None = None) -> Board:
+    now = now or timezone.now()
+    environments = list(
+        Environment.objects.select_related(
+            "current_image", "upstream__current_image", "approver_group"
+        ).order_by("position")
+    )
+    active = list(
+        Run.objects.filter(status__in=[*WAITING, RunStatus.RUNNING])
+        .select_related("image", "requested_by", "environment__approver_group")
+        .annotate(given=services.counting_approvals_annotation())
+        .order_by("created_at", "id")
+    )
+    decided = _decided_by(active)
+    approvers = _approvers(environments)
+    last_runs = _last_finished(environments)
+    cards = [_card(env, active, decided, approvers, last_runs.get(env.pk)) for env in environments]
+    arrows = [_arrow(env) for env in environments if env.upstream_id]
+    waiting_for_you = [
+        (run, run.given)
+        for run in active
+        if run.status == RunStatus.PENDING
+        and user.pk in approvers.get(run.environment_id, set())
+        and user.pk not in decided.get(run.pk, set())
+        and policy.may_approve(user, run, now=now)
+    ]
+    matrix, page_obj = _matrix(environments, page)
+    return Board(cards, arrows, waiting_for_you, environments, matrix, page_obj)
+
+
+def _decided_by(runs: list[Run]) -> dict[int, set[int]]:
+    from opsweb.models import Approval
+
+    decided: dict[int, set[int]] = {}
+    pending_ids = [run.pk for run in runs if run.status == RunStatus.PENDING]
+    for run_id, user_id in Approval.objects.filter(run_id__in=pending_ids).values_list(
+        "run_id", "user_id"
+    ):
+        decided.setdefault(run_id, set()).add(user_id)
+    return decided
+
+
+def _approvers(environments) -> dict[int, dict[int, str]]:
+    """Active members of each environment's approver group (id → username), by environment
+    id, in one query."""
+    from django.contrib.auth import get_user_model
+
+    groups = {env.approver_group_id for env in environments if env.approver_group_id}
+    members: dict[int, dict[int, str]] = {}
+    rows = get_user_model().objects.filter(is_active=True, groups__in=groups)
+    for user_id, username, group_id in rows.values_list("id", "username", "groups"):
+        members.setdefault(group_id, {})[user_id] = username
+    return {env.pk: members.get(env.approver_group_id, {}) for env in environments}
+
+
+def _last_finished(environments) -> dict[int, Run]:
+    """The newest finished run per environment: ids from a correlated subquery per
+    environment (an index scan each), then the runs themselves."""
+    newest = (
+        Run.objects.filter(environment=OuterRef("pk"), finished_at__isnull=False)
+        .order_by("-finished_at", "-id")
+        .values("id")[:1]
+    )
+    ids = Environment.objects.filter(pk__in=[env.pk for env in environments]).annotate(
+        last=Subquery(newest)
+    )
+    run_ids = [row for row in ids.values_list("last", flat=True) if row]
+    runs = Run.objects.filter(pk__in=run_ids).select_related("image")
+    return {run.environment_id: run for run in runs}
+
+
+def _card(env, active, decided, approvers, last_run) -> Card:
+    here = [run for run in active if run.environment_id == env.pk]
+    running = next((run for run in here if run.status == RunStatus.RUNNING), None)
+    pending_runs = [run for run in here if run.status == RunStatus.PENDING]
+    eligible = approvers.get(env.pk, {})
+    pending = []
+    for run in pending_runs:
+        still = sorted(
+            name
+            for uid, name in eligible.items()
+            if uid not in decided.get(run.pk, set())
+            and (env.allow_self_approval or uid != run.requested_by_id)
+        )
+        # At most the approvals given plus everyone who may still give one can count.
+        unreachable = run.given + len(still) < run.required_approvals
+        pending.append((run, run.given, still, unreachable))
+    queued = [run for run in here if run.status == RunStatus.QUEUED]
+    state, words = _state(env, running, last_run)
+    flags = []
+    if env.is_frozen:
+        flags.append("frozen")
+    if env.auto_deploy_paused:
+        flags.append("auto-deploy paused")
+    if env.drift:
+        flags.append("drift")
+    if env.current_image and env.current_image.is_bad:
+        flags.append("runs a bad version")
+    return Card(env, state, words, running, last_run, pending, queued, flags)
+
+
+def _state(env, running, last_run) -> tuple[str, str]:
+    """The one state a person must see first, in colour and in words."""
+    if running is not None:
+        return "deploying", f"deploying {running.image.tag}: {running.step or 'starting'}"
+    if env.current_image and env.current_image.is_bad:
+        return "bad", f"runs a bad version ({env.current_image.tag})"
+    if env.drift:
+        return "drift", f"drift: {env.drift}"
+    if last_run is not None and last_run.status == RunStatus.FAILED:
+        return "failed", f"last run #{last_run.pk} failed"
+    if env.is_frozen:
+        return "frozen", "frozen: rollbacks only"
+    if env.auto_deploy_paused:
+        return "paused", "healthy; auto-deploy paused"
+    if env.current_image is None:
+        return "empty", "nothing deployed yet"
+    return "healthy", "healthy"
+
+
+def _arrow(target: Environment) -> Arrow:
+    source = target.upstream
+    image = source.current_image
+    decision = policy.may_promote(None, target, image, check_permission=False)
+    sentence = f"Version {image.tag} can be promoted to {target}." if decision else decision.reason
+    return Arrow(source, target, decision.allowed, sentence)
+
+
+def _matrix(environments, page):
+    versions = ImageVersion.objects.order_by("-registered_at", "-id")
+    paginator = Paginator(versions, MATRIX_PAGE_SIZE, allow_empty_first_page=True)
+    page_obj = paginator.get_page(page)
+    images = list(page_obj.object_list)
+    latest = (
+        Run.objects.filter(image__in=images)
+        .exclude(status__in=[*WAITING])
+        .values("image_id", "environment_id")
+        .annotate(last=Max("id"))
+    )
+    runs = {
+        (run.image_id, run.environment_id): run
+        for run in Run.objects.filter(pk__in=[row["last"] for row in latest])
+    }
+    rows = [(image, [runs.get((image.pk, env.pk)) for env in environments]) for image in images]
+    return rows, page_obj

@@ -1,0 +1,974 @@
+"""Ec2Backend: deploy an image by digest to the Docker container on each EC2 instance of an Auto
+Scaling group (or of a tag), in batches, through AWS Systems Manager Run Command.
+
+Each batch is taken out of the target group (when one is set), switched by an
+``AWS-RunShellScript`` command that pulls ``repository@sha256:…``, starts the new container,
+waits for its health check on the instance and only then stops the old one, and is put back.
+A batch that fails stops the rollout and puts the instances already switched back on the image
+they ran before. The image each instance runs is written to its ``opsweb:image`` tag, which is
+what drift checks read. Credentials come from the standard AWS chain, as for ECS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import shlex
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from orchestration.base import (
+    DeployBackend,
+    DeployError,
+    DeployRequest,
+    DeployResult,
+    Progress,
+    SettingsError,
+    no_progress,
+    register,
+)
+from orchestration.ecs import (
+    CREDENTIAL_KEYS,
+    DEFAULT_MAX_ATTEMPTS,
+    ECR_HOST_RE,
+    HEARTBEAT_SECONDS,
+    REGION_RE,
+    AwsError,
+    _number,
+    aws_error,
+    image_digest,
+    make_client,
+    pinned_image,
+)
+
+DOCS = "docs/ec2-backend.md"
+IMAGE_TAG = "opsweb:image"
+DEFAULT_PORT = 8000
+DEFAULT_HEALTH_PATH = "/healthz"
+DEFAULT_HEALTH_TIMEOUT = 120.0
+DEFAULT_COMMAND_TIMEOUT = 600.0
+DEFAULT_TARGET_TIMEOUT = 300.0
+DEFAULT_POLL_INTERVAL = 5.0
+OUTPUT_LINES = 5
+
+CONTAINER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+HEALTH_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+FILE_PATH_RE = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9._-]*)+$")
+PARAMETER_RE = re.compile(r"^/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+TAG_KEY_RE = re.compile(r"^[A-Za-z0-9 _.:/=+@-]{1,128}$")
+TAG_VALUE_RE = re.compile(r"^[A-Za-z0-9 _.:/=+@-]{1,256}$")
+GROUP_RE = re.compile(r"^[^:*?\s][^\s]{0,254}$")
+COUNT_RE = re.compile(r"^(?P<number>\d{1,4})(?P<percent>%?)$")
+TARGET_GROUP_RE = re.compile(
+    r"^arn:aws[a-z-]*:elasticloadbalancing:[a-z0-9-]+:\d{12}:targetgroup/[A-Za-z0-9-]{1,32}/"
+    r"[0-9a-f]{16}$"
+)
+# A Docker image repository: an optional registry host (and port), then lower-case path parts.
+REPOSITORY_RE = re.compile(
+    r"^(?:[A-Za-z0-9.-]+(?::\d{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
+)
+# The tag is only shown to the app as APP_VERSION; it is quoted anyway.
+APP_VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+COMMAND_DONE = {
+    "Success",
+    "Failed",
+    "TimedOut",
+    "Cancelled",
+    "Cancelling",
+    "Undeliverable",
+    "Terminated",
+    "DeliveryTimedOut",
+    "ExecutionTimedOut",
+    "InvalidPlatform",
+    "AccessDenied",
+}
+SETTINGS_KEYS = {
+    "region",
+    "auto_scaling_group",
+    "tag_key",
+    "tag_value",
+    "container_name",
+    "port",
+    "health_path",
+    "env_file",
+    "batch_size",
+    "max_errors",
+    "target_group_arn",
+    "image_parameter",
+    "health_timeout",
+    "command_timeout",
+    "target_timeout",
+    "poll_interval",
+    "endpoint_url",
+    "max_attempts",
+}
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One EC2 instance of the environment as opsweb sees it. ``lifecycle`` and ``health`` are the
+    Auto Scaling group's view (empty when instances are chosen by tag, where ``health`` is the
+    EC2 status checks' summary); ``image`` is the ``opsweb:image`` tag ("" when absent)."""
+
+    instance_id: str
+    state: str
+    lifecycle: str
+    health: str
+    image: str
+
+    @property
+    def in_service(self) -> bool:
+        return (
+            self.state == "running"
+            and self.lifecycle in ("", "InService")
+            and self.health in ("Healthy", "ok")
+        )
+
+    @property
+    def digest(self) -> str | None:
+        return image_digest(self.image)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How switching one instance ended; ``output`` is its command's last lines. ``switched``
+    says the container now runs the new image (even if the target group then found it
+    unhealthy), so that a restore includes it."""
+
+    instance_id: str
+    status: str
+    output: str = ""
+    switched: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "Success"
+
+    def describe(self) -> str:
+        said = f": {self.output}" if self.output else " (no output)"
+        return f"{self.instance_id} {self.status}{said}"
+
+
+@register
+class Ec2Backend(DeployBackend):
+    name = "ec2"
+    label = "AWS EC2"
+
+    def __init__(self, settings: Mapping[str, Any], *, clients: Mapping[str, Any] | None = None):
+        super().__init__(settings)
+        self._clients: dict[str, Any] = dict(clients or {})
+
+    # -- settings ----------------------------------------------------------------------------
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+        errors: dict[str, str] = {}
+        if CREDENTIAL_KEYS & {str(key).lower() for key in settings}:
+            errors["credentials"] = (
+                "Do not put AWS credentials in settings; opsweb takes them from the standard "
+                "AWS chain (the task role on ECS, a profile or environment variables locally)."
+            )
+        unknown = sorted(set(settings) - SETTINGS_KEYS - CREDENTIAL_KEYS)
+        if unknown:
+            errors["unknown"] = (
+                f"Unknown setting(s) {', '.join(map(repr, unknown))}; the EC2 backend takes "
+                f"{', '.join(sorted(SETTINGS_KEYS))}."
+            )
+        text = {key: str(settings.get(key) or "").strip() for key in SETTINGS_KEYS}
+        if not REGION_RE.match(text["region"]):
+            errors["region"] = "Give the AWS region the instances are in, such as 'eu-west-1'."
+        _check_selector(text, errors)
+        if not CONTAINER_NAME_RE.match(text["container_name"]):
+            errors["container_name"] = (
+                "Give the name of the app's Docker container on the instances (letters, digits, "
+                "'.', '-' and '_', at most 63)."
+            )
+        _pattern(
+            text,
+            "health_path",
+            HEALTH_PATH_RE,
+            "Give the path the container answers its health check on, such as '/healthz' "
+            "(letters, digits and . _ ~ / - only).",
+            errors,
+        )
+        _pattern(
+            text,
+            "env_file",
+            FILE_PATH_RE,
+            "Give the absolute path of the environment file on the instance, such as "
+            "'/etc/app/app.env', or leave it empty.",
+            errors,
+        )
+        _pattern(
+            text,
+            "target_group_arn",
+            TARGET_GROUP_RE,
+            "Give the ARN of an ELBv2 target group (arn:aws:elasticloadbalancing:…:targetgroup/"
+            "name/id), or leave it empty for instances behind no load balancer.",
+            errors,
+        )
+        _pattern(
+            text,
+            "image_parameter",
+            PARAMETER_RE,
+            "Give an SSM parameter name such as '/app/production/image', or leave it empty.",
+            errors,
+        )
+        if text["endpoint_url"] and not text["endpoint_url"].startswith(("http://", "https://")):
+            errors["endpoint_url"] = (
+                "Give an http(s) URL such as 'http://127.0.0.1:5000', or leave it empty for AWS "
+                "(or AWS_ENDPOINT_URL)."
+            )
+        batch_size = _count(settings, "batch_size", "1", low=1, errors=errors)
+        max_errors = _count(settings, "max_errors", "0", low=0, errors=errors)
+        seconds = "Give a number of seconds between {low:g} and {high:g}."
+        numbers = {
+            "port": _number(
+                settings,
+                "port",
+                DEFAULT_PORT,
+                (1, 65535),
+                "Give the TCP port the app listens on, {low:g}–{high:g}.",
+                errors,
+                whole=True,
+            ),
+            "health_timeout": _number(
+                settings, "health_timeout", DEFAULT_HEALTH_TIMEOUT, (1, 1800), seconds, errors
+            ),
+            "command_timeout": _number(
+                settings, "command_timeout", DEFAULT_COMMAND_TIMEOUT, (1, 3600), seconds, errors
+            ),
+            "target_timeout": _number(
+                settings, "target_timeout", DEFAULT_TARGET_TIMEOUT, (1, 3600), seconds, errors
+            ),
+            "poll_interval": _number(
+                settings, "poll_interval", DEFAULT_POLL_INTERVAL, (0.01, 60), seconds, errors
+            ),
+            "max_attempts": _number(
+                settings,
+                "max_attempts",
+                DEFAULT_MAX_ATTEMPTS,
+                (1, 20),
+                "Give a whole number of attempts between {low:g} and {high:g}.",
+                errors,
+                whole=True,
+            ),
+        }
+        if errors:
+            raise SettingsError(errors)
+        return {
+            "region": text["region"],
+            "auto_scaling_group": text["auto_scaling_group"],
+            "tag_key": text["tag_key"],
+            "tag_value": text["tag_value"],
+            "container_name": text["container_name"],
+            "port": int(numbers["port"]),
+            "health_path": text["health_path"] or DEFAULT_HEALTH_PATH,
+            "env_file": text["env_file"],
+            "batch_size": batch_size,
+            "max_errors": max_errors,
+            "target_group_arn": text["target_group_arn"],
+            "image_parameter": text["image_parameter"],
+            "health_timeout": numbers["health_timeout"],
+            "command_timeout": numbers["command_timeout"],
+            "target_timeout": numbers["target_timeout"],
+            "poll_interval": numbers["poll_interval"],
+            "endpoint_url": text["endpoint_url"],
+            "max_attempts": int(numbers["max_attempts"]),
+        }
+
+    # -- AWS calls ---------------------------------------------------------------------------
+
+    def client(self, service: str):
+        if service not in self._clients:
+            self._clients[service] = make_client(
+                service,
+                region=self.settings["region"],
+                endpoint_url=self.settings["endpoint_url"],
+                max_attempts=self.settings["max_attempts"],
+            )
+        return self._clients[service]
+
+    def _call(self, service: str, operation: str, **params) -> dict[str, Any]:
+        try:
+            return getattr(self.client(service), operation)(**params)
+        except (ClientError, BotoCoreError) as exc:
+            raise aws_error(exc, service=service, docs=DOCS) from exc
+
+    def _pages(self, service: str, operation: str, key: str, **params) -> list[dict[str, Any]]:
+        try:
+            paginator = self.client(service).get_paginator(operation)
+            return [item for page in paginator.paginate(**params) for item in page.get(key, [])]
+        except (ClientError, BotoCoreError) as exc:
+            raise aws_error(exc, service=service, docs=DOCS) from exc
+
+    @property
+    def _where(self) -> str:
+        s = self.settings
+        if s["auto_scaling_group"]:
+            return f"Auto Scaling group {s['auto_scaling_group']!r} in region {s['region']}"
+        return f"instances tagged {s['tag_key']}={s['tag_value']} in region {s['region']}"
+
+    # -- the instances -----------------------------------------------------------------------
+
+    def instances(self) -> list[Instance]:
+        """Every instance of the group (or carrying the tag) that is not terminated, in instance
+        id order, with its state, health and the image its ``opsweb:image`` tag names.
+
+        Raises DeployError when the Auto Scaling group does not exist or AWS refuses a call."""
+        s = self.settings
+        if s["auto_scaling_group"]:
+            groups = self._call(
+                "autoscaling",
+                "describe_auto_scaling_groups",
+                AutoScalingGroupNames=[s["auto_scaling_group"]],
+            )["AutoScalingGroups"]
+            if not groups:
+                raise DeployError(
+                    f"Auto Scaling group {s['auto_scaling_group']!r} not found in region "
+                    f"{s['region']}; check this environment's auto_scaling_group and region "
+                    f"settings and the AWS account opsweb runs as."
+                )
+            members = {
+                i["InstanceId"]: (i.get("LifecycleState", ""), i.get("HealthStatus", ""))
+                for i in groups[0].get("Instances", [])
+            }
+            if not members:
+                return []
+            described = self._pages(
+                "ec2", "describe_instances", "Reservations", InstanceIds=sorted(members)
+            )
+        else:
+            members = {}
+            described = self._pages(
+                "ec2",
+                "describe_instances",
+                "Reservations",
+                Filters=[{"Name": f"tag:{s['tag_key']}", "Values": [s["tag_value"]]}],
+            )
+        found = [i for r in described for i in r.get("Instances", [])]
+        found = [i for i in found if i["State"]["Name"] not in ("terminated", "shutting-down")]
+        checks = {} if members else self._status_checks([i["InstanceId"] for i in found])
+        return sorted(
+            (
+                Instance(
+                    instance_id=i["InstanceId"],
+                    state=i["State"]["Name"],
+                    lifecycle=members.get(i["InstanceId"], ("", ""))[0],
+                    health=members.get(i["InstanceId"], ("", ""))[1]
+                    or checks.get(i["InstanceId"], ""),
+                    image=_tag(i, IMAGE_TAG),
+                )
+                for i in found
+            ),
+            key=lambda instance: instance.instance_id,
+        )
+
+    def _status_checks(self, instance_ids: list[str]) -> dict[str, str]:
+        """EC2 status checks summarised per instance: 'ok' when both the instance and the system
+        checks pass, otherwise the worse of the two ('impaired', 'initializing', …)."""
+        if not instance_ids:
+            return {}
+        statuses = self._pages(
+            "ec2",
+            "describe_instance_status",
+            "InstanceStatuses",
+            InstanceIds=instance_ids,
+            IncludeAllInstances=True,
+        )
+        summary = {}
+        for status in statuses:
+            parts = {
+                status.get("InstanceStatus", {}).get("Status", "not-applicable"),
+                status.get("SystemStatus", {}).get("Status", "not-applicable"),
+            }
+            bad = sorted(parts - {"ok"})
+            summary[status["InstanceId"]] = bad[0] if bad else "ok"
+        return summary
+
+    def _targets(self) -> list[Instance]:
+        targets = [i for i in self.instances() if i.in_service]
+        if not targets:
+            raise DeployError(
+                f"No running, healthy instances in the {self._where}; start some (or fix their "
+                f"health) before deploying."
+            )
+        return targets
+
+    def describe_targets(self, environment: str = "") -> list[dict[str, Any]]:
+        """Plain data for the board, one dict per instance (terminated ones left out):
+        ``instance_id``, ``state`` (EC2), ``lifecycle`` and ``health`` (the group's view, or the
+        status checks), ``in_service`` (bool: a deploy would switch it), ``image`` and ``digest``
+        (from the ``opsweb:image`` tag; "" / None when absent). Raises DeployError if AWS cannot
+        be read."""
+        return [
+            {
+                "instance_id": i.instance_id,
+                "state": i.state,
+                "lifecycle": i.lifecycle,
+                "health": i.health,
+                "in_service": i.in_service,
+                "image": i.image,
+                "digest": i.digest,
+            }
+            for i in self.instances()
+        ]
+
+    def running_version(self, environment: str = "") -> str | None:
+        """The digest every in-service instance runs, from the ``opsweb:image`` tags; when they
+        disagree, a sentence naming which instance runs what (shown as drift). None when there
+        are no instances."""
+        targets = [i for i in self.instances() if i.in_service]
+        by_image: dict[str, list[str]] = {}
+        for instance in targets:
+            running = instance.digest or instance.image or f"no {IMAGE_TAG} tag"
+            by_image.setdefault(running, []).append(instance.instance_id)
+        if not by_image:
+            return None
+        if len(by_image) == 1:
+            return next(iter(by_image))
+        # Environment.drift holds 500 characters: name a few instances per image, count the rest.
+        return "; ".join(
+            f"{image} on {_some(ids)}" for image, ids in sorted(by_image.items())[:3]
+        ) + (f"; {len(by_image) - 3} more images" if len(by_image) > 3 else "")
+
+    # -- deploying ---------------------------------------------------------------------------
+
+    def deploy(self, request: DeployRequest, progress: Progress = no_progress) -> DeployResult:
+        image = instance_image(request.repository, request.digest)
+        version = request.tag if APP_VERSION_RE.match(request.tag or "") else ""
+        started = time.monotonic()
+        targets = self._targets()
+        batches = split_batches([t.instance_id for t in targets], self.settings["batch_size"])
+        allowed = allowed_errors(len(targets), self.settings["max_errors"])
+        progress(
+            f"{len(targets)} instance(s) in the {self._where}: "
+            f"{', '.join(t.instance_id for t in targets)}; {len(batches)} batch(es), "
+            f"{allowed} failure(s) allowed",
+            time.monotonic() - started,
+        )
+        script = switch_script(
+            self.settings, image=image, version=version, rollback=request.is_rollback
+        )
+        previous = {t.instance_id: t.image for t in targets}
+        switched: list[str] = []
+        failed: list[Outcome] = []
+        for number, batch in enumerate(batches, 1):
+            label = f"Batch {number}/{len(batches)}"
+            try:
+                outcomes = self._switch_batch(batch, script, image, label, request, progress)
+            except DeployError as exc:  # AWS refused or failed a call halfway through a batch
+                self._stop_rollout(
+                    label, str(exc).rstrip("."), switched, previous, request, progress
+                )
+            switched += [o.instance_id for o in outcomes if o.switched]
+            failed += [o for o in outcomes if not o.ok]
+            if len(failed) > allowed:
+                failures = "; ".join(o.describe() for o in failed)
+                self._stop_rollout(label, failures, switched, previous, request, progress)
+        self._publish(image, progress)
+        tolerated = f"; {len(failed)} failed within max_errors: " if failed else ""
+        return DeployResult(
+            ref={
+                "image": image,
+                "instances": [i for i in switched if i not in {o.instance_id for o in failed}],
+                **_selector_ref(self.settings),
+            },
+            message=(
+                f"{len(switched) - len(failed)} instance(s) run {image} after {len(batches)} "
+                f"batch(es)"
+                f"{tolerated}{'; '.join(o.describe() for o in failed)}"
+            ),
+        )
+
+    def _switch_batch(self, batch, script, image, label, request, progress) -> list[Outcome]:
+        """Take ``batch`` out of the target group, run ``script`` on it, tag the instances that
+        switched with ``image`` ("" removes the tag), put the batch back. Returns each instance's
+        outcome; one that switched but did not turn healthy in the target group has failed."""
+        target = image or "the previous container"
+        progress(f"{label}: switching {', '.join(batch)} to {target}", None)
+        draining = self._leave_target_group(batch, label, progress)
+        if draining:
+            wait = self.settings["target_timeout"]
+            outcomes = [
+                Outcome(i, "Not switched", f"still {draining[i]} after {wait:g}s")
+                if i in draining
+                else Outcome(i, "Not switched", "its batch did not finish draining")
+                for i in batch
+            ]
+        else:
+            outcomes = self._run(batch, script, label, request, progress)
+        done = [o.instance_id for o in outcomes if o.ok]
+        if done:
+            self._tag(done, image)
+        for outcome in outcomes:
+            if outcome.ok:
+                progress(f"{outcome.instance_id}: runs {target}", None)
+            else:
+                progress(f"{outcome.instance_id}: switch failed, {outcome.describe()}", None)
+        unhealthy = self._join_target_group(batch, label, progress)
+        return [
+            Outcome(o.instance_id, "Unhealthy in the target group", unhealthy[o.instance_id], True)
+            if o.ok and o.instance_id in unhealthy
+            else o
+            for o in outcomes
+        ]
+
+    def _stop_rollout(self, label, failures: str, switched, previous, request, progress):
+        """A batch failed beyond max_errors (or an AWS call failed): put the switched instances
+        back on what they ran before, then raise DeployError naming the failures
+        (``previous_stopped`` when the restore failed too, so that opsweb treats the environment
+        as broken)."""
+        progress(
+            f"{label} failed: {failures}. Restoring {len(switched)} switched instance(s)", None
+        )
+        try:
+            restore_failed = "; ".join(
+                o.describe() for o in self._restore(switched, previous, request, progress)
+            )
+        except DeployError as exc:
+            restore_failed = str(exc).rstrip(".")
+        if restore_failed:
+            raise DeployError(
+                f"The rollout stopped at {label.lower()}: {failures}. Restoring the instances "
+                f"already switched ({', '.join(switched)}) failed too: {restore_failed}. Check "
+                f"those instances.",
+                previous_stopped=True,
+            )
+        back = (
+            f" {', '.join(switched)} went back to the image they ran before."
+            if switched
+            else " No instance had been switched."
+        )
+        raise DeployError(f"The rollout stopped at {label.lower()}: {failures}.{back}")
+
+    def _restore(self, switched, previous, request, progress) -> list[Outcome]:
+        """Switch ``switched`` back to ``previous[id]`` (grouped by image); an instance whose
+        earlier image is unknown gets its stopped previous container back."""
+        groups: dict[str, list[str]] = {}
+        for instance_id in switched:
+            groups.setdefault(previous.get(instance_id, ""), []).append(instance_id)
+        failed: list[Outcome] = []
+        for image, instance_ids in groups.items():
+            if image and instance_image_or_none(image):
+                script = switch_script(self.settings, image=image, version="", rollback=True)
+            else:
+                image, script = "", revert_script(self.settings)
+            label = f"Restore to {image or 'the previous container'}"
+            outcomes = self._switch_batch(instance_ids, script, image, label, request, progress)
+            failed += [o for o in outcomes if not o.ok]
+            restored = len(instance_ids) - len([o for o in outcomes if not o.ok])
+            progress(f"{label}: {restored} of {len(instance_ids)} instance(s) restored", None)
+        return failed
+
+    def _publish(self, image: str, progress: Progress) -> None:
+        """Record the image where new instances read it at boot (the launch template's user data
+        reads ``image_parameter``), so that scale-out launches what opsweb deployed."""
+        name = self.settings["image_parameter"]
+        if not name:
+            return
+        self._call("ssm", "put_parameter", Name=name, Value=image, Type="String", Overwrite=True)
+        progress(f"SSM parameter {name} now names {image} for new instances", None)
+
+    def _tag(self, instance_ids: list[str], image: str) -> None:
+        if image:
+            tags = [{"Key": IMAGE_TAG, "Value": image}]
+            self._call("ec2", "create_tags", Resources=instance_ids, Tags=tags)
+        else:
+            self._call("ec2", "delete_tags", Resources=instance_ids, Tags=[{"Key": IMAGE_TAG}])
+
+    # -- Run Command -------------------------------------------------------------------------
+
+    def _run(self, instance_ids, script, label, request, progress) -> list[Outcome]:
+        """Send ``script`` to ``instance_ids`` with AWS-RunShellScript and wait for every
+        invocation to end (heartbeats meanwhile). Past ``command_timeout`` plus a grace period
+        the command is cancelled and the instances still running it count as timed out."""
+        timeout = self.settings["command_timeout"]
+        command = self._call(
+            "ssm",
+            "send_command",
+            InstanceIds=list(instance_ids),
+            DocumentName="AWS-RunShellScript",
+            Comment=f"opsweb {request.environment} run {request.run_id or '-'}"[:100],
+            TimeoutSeconds=max(30, int(timeout)),
+            Parameters={"commands": script, "executionTimeout": [str(int(timeout))]},
+        )["Command"]
+        command_id = command["CommandId"]
+        progress(f"{label}: sent Run Command {command_id} to {len(instance_ids)} instance(s)", None)
+        started = time.monotonic()
+        deadline = started + timeout + min(30.0, timeout)
+        pending = list(instance_ids)
+        outcomes: dict[str, Outcome] = {}
+        reported_at = started
+        while pending:
+            for instance_id in list(pending):
+                outcome = self._invocation(command_id, instance_id)
+                if outcome is not None:
+                    outcomes[instance_id] = outcome
+                    pending.remove(instance_id)
+            now = time.monotonic()
+            if not pending:
+                break
+            if now >= deadline:
+                self._cancel(command_id, pending)
+                for instance_id in pending:
+                    outcomes[instance_id] = Outcome(
+                        instance_id,
+                        "TimedOut",
+                        f"still running after {timeout:g}s; opsweb cancelled the command",
+                    )
+                break
+            if now - reported_at >= HEARTBEAT_SECONDS:
+                progress(f"{label}: waiting for {', '.join(pending)}", now - started)
+                reported_at = now
+            else:
+                progress("", None)  # a heartbeat only
+            time.sleep(min(self.settings["poll_interval"], max(deadline - now, 0)))
+        return [outcomes[i] for i in instance_ids]
+
+    def _invocation(self, command_id: str, instance_id: str) -> Outcome | None:
+        """The invocation's outcome once it has ended, None while it runs."""
+        try:
+            found = self.client("ssm").get_command_invocation(
+                CommandId=command_id, InstanceId=instance_id
+            )
+        except ClientError as exc:
+            # Just after SendCommand the invocation may not exist yet: not an outcome.
+            if exc.response.get("Error", {}).get("Code") == "InvocationDoesNotExist":
+                return None
+            raise aws_error(exc, service="ssm", docs=DOCS) from exc
+        except BotoCoreError as exc:
+            raise aws_error(exc, service="ssm", docs=DOCS) from exc
+        status = found.get("Status", "")
+        if status not in COMMAND_DONE:
+            return None
+        switched = status == "Success"
+        output = last_lines(
+            found.get("StandardOutputContent", ""), found.get("StandardErrorContent", "")
+        )
+        detail = found.get("StatusDetails", "")
+        if detail and detail != status:
+            status = f"{status} ({detail})"
+        return Outcome(instance_id, status, output, switched)
+
+    def _cancel(self, command_id: str, instance_ids: list[str]) -> None:
+        # Best effort: the instances' own executionTimeout stops the script anyway.
+        with contextlib.suppress(ClientError, BotoCoreError):
+            self.client("ssm").cancel_command(CommandId=command_id, InstanceIds=instance_ids)
+
+    # -- the target group --------------------------------------------------------------------
+
+    def _leave_target_group(self, batch: list[str], label: str, progress: Progress) -> dict:
+        """Deregister ``batch`` and wait for draining; returns {id: state} of those still not
+        drained at target_timeout."""
+        arn = self.settings["target_group_arn"]
+        if not arn:
+            return {}
+        # Deregistering a target the group does not hold is an error (InvalidTarget).
+        registered = [i for i, state in self._target_states(batch).items() if state != "unused"]
+        if not registered:
+            return {}
+        self._call(
+            "elbv2",
+            "deregister_targets",
+            TargetGroupArn=arn,
+            Targets=self._target_list(registered),
+        )
+        progress(f"{label}: deregistered from the target group, draining", None)
+        return self._wait_targets(batch, lambda state: state == "unused", "drain", progress)
+
+    def _join_target_group(self, batch: list[str], label: str, progress: Progress) -> dict:
+        """Register ``batch`` again and wait until healthy; returns {id: state} of those that
+        did not become healthy within target_timeout."""
+        arn = self.settings["target_group_arn"]
+        if not arn:
+            return {}
+        targets = self._target_list(batch)
+        self._call("elbv2", "register_targets", TargetGroupArn=arn, Targets=targets)
+        left = self._wait_targets(batch, lambda state: state == "healthy", "be healthy", progress)
+        if not left:
+            progress(f"{label}: healthy in the target group again", None)
+        return left
+
+    def _target_list(self, batch: Iterable[str]) -> list[dict[str, Any]]:
+        return [{"Id": i, "Port": self.settings["port"]} for i in batch]
+
+    def _target_health(self, batch: list[str]) -> dict[str, dict[str, str]]:
+        """{instance id: its TargetHealth (State, Reason, Description)} in the target group; an
+        instance the group does not list is 'unused', as AWS calls an unregistered target."""
+        described = self._call(
+            "elbv2",
+            "describe_target_health",
+            TargetGroupArn=self.settings["target_group_arn"],
+            Targets=self._target_list(batch),
+        )["TargetHealthDescriptions"]
+        found = {d["Target"]["Id"]: d.get("TargetHealth", {}) for d in described}
+        return {i: found.get(i) or {"State": "unused"} for i in batch}
+
+    def _target_states(self, batch: list[str]) -> dict[str, str]:
+        return {i: h.get("State", "unused") for i, h in self._target_health(batch).items()}
+
+    def _wait_targets(self, batch, done, purpose: str, progress: Progress) -> dict[str, str]:
+        """Poll target health until ``done(state)`` holds for each of ``batch``; returns
+        {instance id: 'state: reason'} for those still not done at target_timeout."""
+        started = time.monotonic()
+        deadline = started + self.settings["target_timeout"]
+        reported_at = started
+        while True:
+            states = self._target_health(batch)
+            left = {
+                i: " ".join(filter(None, [health.get("State", "unused"), _reason(health)]))
+                for i, health in states.items()
+                if not done(health.get("State", "unused"))
+            }
+            now = time.monotonic()
+            if not left or now >= deadline:
+                return left
+            if now - reported_at >= HEARTBEAT_SECONDS:
+                progress(f"Waiting for {', '.join(left)} to {purpose}", now - started)
+                reported_at = now
+            else:
+                progress("", None)
+            time.sleep(min(self.settings["poll_interval"], max(deadline - now, 0)))
+
+
+# -- the scripts run on the instances ---------------------------------------------------------
+
+HEALTH_FUNCTION = """\
+healthy() {
+  waited=0
+  while [ "$waited" -lt "$HEALTH_TIMEOUT" ]; do
+    if curl -fsS -o /dev/null --max-time 3 "http://127.0.0.1:$1$HEALTH_PATH"; then return 0; fi
+    sleep 2
+    waited=$((waited + 2))
+  done
+  return 1
+}"""
+
+SWITCH_BODY = """\
+if [ -n "$REGISTRY" ]; then
+  aws ecr get-login-password --region "$REGISTRY_REGION" \\
+    | docker login --username AWS --password-stdin "$REGISTRY" >/dev/null
+fi
+echo "opsweb: pulling $IMAGE"
+docker pull "$IMAGE" >/dev/null
+docker rm -f "$NAME-candidate" >/dev/null 2>&1 || true
+start "$NAME-candidate" "127.0.0.1::$PORT"
+CANDIDATE_PORT=$(docker port "$NAME-candidate" "$PORT/tcp" | head -n 1 | sed 's/.*://')
+if ! healthy "$CANDIDATE_PORT"; then
+  echo "opsweb: the new container failed $HEALTH_PATH for ${HEALTH_TIMEOUT}s; the old one still runs"
+  docker logs --tail 20 "$NAME-candidate" 2>&1 || true
+  docker rm -f "$NAME-candidate" >/dev/null
+  exit 1
+fi
+docker rm -f "$NAME-candidate" >/dev/null
+docker rm -f "$NAME-previous" >/dev/null 2>&1 || true
+if docker inspect "$NAME" >/dev/null 2>&1; then
+  docker stop "$NAME" >/dev/null
+  docker rename "$NAME" "$NAME-previous"
+fi
+start "$NAME" "$PORT:$PORT"
+if ! healthy "$PORT"; then
+  echo "opsweb: $IMAGE failed $HEALTH_PATH on port $PORT; restarting the previous container"
+  docker logs --tail 20 "$NAME" 2>&1 || true
+  docker rm -f "$NAME" >/dev/null
+  if docker inspect "$NAME-previous" >/dev/null 2>&1; then
+    docker rename "$NAME-previous" "$NAME"
+    docker start "$NAME" >/dev/null
+  fi
+  exit 1
+fi
+echo "opsweb: $NAME runs $IMAGE\""""
+
+REVERT_BODY = """\
+if ! docker inspect "$NAME-previous" >/dev/null 2>&1; then
+  echo "opsweb: no stopped container $NAME-previous to restore"
+  exit 1
+fi
+docker rm -f "$NAME" >/dev/null 2>&1 || true
+docker rename "$NAME-previous" "$NAME"
+docker start "$NAME" >/dev/null
+if ! healthy "$PORT"; then
+  echo "opsweb: the restored container failed $HEALTH_PATH on port $PORT"
+  docker logs --tail 20 "$NAME" 2>&1 || true
+  exit 1
+fi
+echo "opsweb: $NAME runs its previous container again\""""
+
+
+def _assignments(values: Mapping[str, Any]) -> list[str]:
+    """Shell variable assignments, every value quoted: nothing from a setting or a tag is ever
+    parsed by the shell."""
+    return [f"{name}={shlex.quote(str(value))}" for name, value in values.items()]
+
+
+def switch_script(
+    settings: Mapping[str, Any], *, image: str, version: str, rollback: bool
+) -> list[str]:
+    """The AWS-RunShellScript lines that make ``image`` (``repository@sha256:…``) the running
+    container: pull, start a candidate on a loopback port, wait for its health check, then stop
+    the old container and start the new one on ``port`` (the old one comes back if that fails).
+    ECR login uses the instance's role."""
+    repository = image.rpartition("@")[0]
+    registry, region = ecr_registry(repository, settings["region"])
+    env_file = ' --env-file "$ENV_FILE"' if settings["env_file"] else ""
+    start = (
+        "start() {\n"
+        f'  docker run -d --name "$1" --restart unless-stopped -p "$2"{env_file} \\\n'
+        '    -e PORT="$PORT" -e APP_VERSION="$APP_VERSION" -e ROLLBACK="$ROLLBACK" '
+        '"$IMAGE" >/dev/null\n'
+        "}"
+    )
+    values = {
+        **_script_values(settings),
+        "IMAGE": image,
+        "APP_VERSION": version,
+        "ROLLBACK": "true" if rollback else "false",
+        "ENV_FILE": settings["env_file"],
+        "REGISTRY": registry,
+        "REGISTRY_REGION": region,
+    }
+    text = "\n".join(["set -eu", *_assignments(values), HEALTH_FUNCTION, start, SWITCH_BODY])
+    return text.splitlines()
+
+
+def revert_script(settings: Mapping[str, Any]) -> list[str]:
+    """Lines that start the stopped ``<name>-previous`` container again in place of the new one:
+    the way back for an instance whose earlier image opsweb never recorded."""
+    text = "\n".join(
+        ["set -eu", *_assignments(_script_values(settings)), HEALTH_FUNCTION, REVERT_BODY]
+    )
+    return text.splitlines()
+
+
+def _script_values(settings: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "NAME": settings["container_name"],
+        "PORT": settings["port"],
+        "HEALTH_PATH": settings["health_path"],
+        "HEALTH_TIMEOUT": int(math.ceil(settings["health_timeout"])),
+    }
+
+
+# -- small pure helpers ------------------------------------------------------------------------
+
+
+def instance_image(repository: str, digest: str) -> str:
+    """``repository@sha256:…`` for the instances; DeployError for anything that is not a plain
+    image repository and a digest (never a tag)."""
+    if not REPOSITORY_RE.match(repository or ""):
+        raise DeployError(
+            f"{repository!r} is not a Docker image repository (such as "
+            f"'123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app'); opsweb will not send "
+            f"it to the instances."
+        )
+    return pinned_image(repository, digest)
+
+
+def instance_image_or_none(image: str) -> str | None:
+    repository, _, digest = image.rpartition("@")
+    try:
+        return instance_image(repository, digest)
+    except DeployError:
+        return None
+
+
+def ecr_registry(repository: str, region: str) -> tuple[str, str]:
+    """(registry host, its region) when ``repository`` is in ECR, else ("", "")."""
+    host = repository.split("/", 1)[0] if "/" in repository else ""
+    found = ECR_HOST_RE.match(host)
+    if not found:
+        return "", ""
+    return host, found["region"] or region
+
+
+def split_batches(instance_ids: Sequence[str], size: str) -> list[list[str]]:
+    """``instance_ids`` in batches of ``size`` ("2", or "25%" of them, at least one)."""
+    count = len(instance_ids)
+    per = max(1, math.ceil(count * int(size[:-1]) / 100)) if size.endswith("%") else int(size)
+    return [list(instance_ids[i : i + per]) for i in range(0, count, per)]
+
+
+def allowed_errors(count: int, max_errors: str) -> int:
+    """How many instances may fail ("1", or "10%" of ``count``, rounded down)."""
+    if max_errors.endswith("%"):
+        return count * int(max_errors[:-1]) // 100
+    return int(max_errors)
+
+
+def last_lines(*texts: str, count: int = OUTPUT_LINES) -> str:
+    lines = [line.strip() for text in texts for line in (text or "").splitlines() if line.strip()]
+    return " | ".join(lines[-count:])
+
+
+def _some(names: Sequence[str], count: int = 3) -> str:
+    """``a, b, c`` or ``a, b, c and 4 more``."""
+    more = f" and {len(names) - count} more" if len(names) > count else ""
+    return ", ".join(names[:count]) + more
+
+
+def _tag(instance: Mapping[str, Any], key: str) -> str:
+    return next((t["Value"] for t in instance.get("Tags", []) if t["Key"] == key), "")
+
+
+def _reason(health: Mapping[str, str]) -> str:
+    reason = health.get("Reason", "")
+    return f"({reason})" if reason else ""
+
+
+def _selector_ref(settings: Mapping[str, Any]) -> dict[str, str]:
+    if settings["auto_scaling_group"]:
+        return {"auto_scaling_group": settings["auto_scaling_group"]}
+    return {"tag": f"{settings['tag_key']}={settings['tag_value']}"}
+
+
+def _check_selector(text: Mapping[str, str], errors: dict[str, str]) -> None:
+    group, key, value = text["auto_scaling_group"], text["tag_key"], text["tag_value"]
+    if group and (key or value):
+        errors["auto_scaling_group"] = (
+            "Give either auto_scaling_group or tag_key and tag_value, not both."
+        )
+    elif group:
+        if not GROUP_RE.match(group):
+            errors["auto_scaling_group"] = (
+                "Give the Auto Scaling group's name (no spaces, at most 255 characters)."
+            )
+    elif not (key or value):
+        errors["auto_scaling_group"] = (
+            "Give the Auto Scaling group whose instances run the app, or tag_key and tag_value "
+            "that those instances carry."
+        )
+    else:
+        if not TAG_KEY_RE.match(key) or key.lower().startswith("aws:"):
+            errors["tag_key"] = "Give the tag key the instances carry (not 'aws:…')."
+        if not TAG_VALUE_RE.match(value):
+            errors["tag_value"] = "Give the tag value the instances carry."
+
+
+def _pattern(text, key, pattern, message, errors) -> None:
+    if text[key] and not pattern.match(text[key]):
+        errors[key] = message
+
+
+def _count(settings, key, default, *, low, errors) -> str:
+    """A whole number (at least ``low``) or a percentage 1–100, as a string such as "2" or
+    "25%"; records a message in ``errors`` otherwise."""
+    raw = str(settings.get(key) if settings.get(key) not in (None, "") else default).strip()
+    found = COUNT_RE.match(raw)
+    if found and found["percent"] and 1 <= int(found["number"]) <= 100:
+        return f"{int(found['number'])}%"
+    if found and not found["percent"] and int(found["number"]) >= low:
+        return str(int(found["number"]))
+    errors[key] = (
+        f"Give a whole number of instances (at least {low}) or a percentage such as '25%'."
+    )
+    return default
+
+
+__all__ = ["AwsError", "Ec2Backend", "Instance", "Outcome"]

@@ -1,0 +1,107 @@
+"""The board on the admin index (opsweb.board): cards, what can move next and why not yet,
+what waits for the person looking, the versions × environments matrix; constant queries."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from opsweb import services
+from opsweb.board import build_board
+from opsweb.models import Environment, Run, RunStatus
+from tests.conftest import make_image, succeed_in
+from tests.test_admin import login
+
+pytestmark = pytest.mark.django_db
+
+
+def test_arrows_say_what_can_move_next_or_why_not_yet(flow, alice, bob, carol):
+    v1, v2 = make_image("1.0.0"), make_image("2.0.0")
+    for env in ("dev", "staging", "production"):
+        succeed_in(flow[env], v1)
+    succeed_in(flow["dev"], v2)
+    Environment.objects.filter(slug="dev").update(soak_seconds=3600)
+    arrows = {a.target.slug: a for a in build_board(bob).arrows}
+    assert "Version 2.0.0 soaks in AWS Dev until" in arrows["staging"].sentence
+    assert not arrows["staging"].allowed
+    assert arrows["production"].sentence == "Version 1.0.0 already runs in AWS Production."
+    Run.objects.filter(image=v2).update(finished_at=timezone.now() - timedelta(hours=2))
+    arrows = {a.target.slug: a for a in build_board(bob).arrows}
+    assert arrows["staging"].allowed and arrows["staging"].sentence == (
+        "Version 2.0.0 can be promoted to AWS Staging."
+    )
+
+
+def test_cards_show_state_in_words_and_what_waits(flow, alice, bob, carol):
+    v1, v2 = make_image("1.0.0"), make_image("2.0.0")
+    succeed_in(flow["staging"], v1)
+    succeed_in(flow["dev"], v2)
+    run = services.request_promotion(user=alice, target=flow["staging"])
+    services.mark_bad(user=bob, image=v1, reason="CVE")
+    run.refresh_from_db()
+    cards = {c.environment.slug: c for c in build_board(bob).cards}
+    assert cards["staging"].state == "bad" and "runs a bad version" in cards["staging"].flags
+    assert cards["dev"].state == "healthy" and cards["local"].state == "empty"
+    page = login(bob).get(reverse("admin:index")).text
+    assert "opsweb-state-bad" in page and "runs a bad version (1.0.0)" in page
+
+
+def test_waiting_for_you_lists_only_runs_the_person_may_approve_now(flow, alice, bob, carol):
+    v1 = make_image("1.0.0")
+    succeed_in(flow["dev"], v1)
+    run = services.request_promotion(user=alice, target=flow["staging"])
+    assert [r.pk for r, _ in build_board(bob).waiting_for_you] == [run.pk]
+    assert build_board(alice).waiting_for_you == []  # not an approver of Staging
+    services.approve_run(user=bob, run=run)
+    assert build_board(carol).waiting_for_you == []  # queued now: nothing to approve
+
+
+def test_matrix_shows_which_version_ran_where(flow, alice):
+    v1, v2 = make_image("1.0.0"), make_image("2.0.0")
+    succeed_in(flow["dev"], v1)
+    succeed_in(flow["staging"], v1)
+    Run.objects.create(kind="deploy", environment=flow["dev"], image=v2, status=RunStatus.FAILED)
+    board = build_board(alice)
+    slugs = [env.slug for env in board.matrix_environments]
+    rows = {image.tag: dict(zip(slugs, cells, strict=True)) for image, cells in board.matrix}
+    assert rows["2.0.0"]["dev"].status == RunStatus.FAILED and rows["2.0.0"]["staging"] is None
+    assert rows["1.0.0"]["staging"].status == RunStatus.SUCCEEDED
+
+
+def history(flow, runs: int, prefix: str):
+    """Older finished runs of older versions: history that leaves what runs where alone."""
+    long_ago = timezone.now() - timedelta(days=30)
+    images = [make_image(f"{prefix}.{i}.0") for i in range(max(1, runs // 3))]
+    Run.objects.bulk_create(
+        Run(
+            kind="deploy",
+            environment=flow[["dev", "staging", "production"][i % 3]],
+            image=images[i % len(images)],
+            status=RunStatus.SUCCEEDED if i % 7 else RunStatus.FAILED,
+            created_at=long_ago,
+            finished_at=long_ago,
+        )
+        for i in range(runs)
+    )
+
+
+def test_board_query_count_does_not_grow_with_history(flow, alice, bob, carol):
+    def queries(user):
+        with CaptureQueriesContext(connection) as captured:
+            login(user).get(reverse("admin:index"))
+        return len(captured)
+
+    current = make_image("50.0.0")
+    for env in ("dev", "staging", "production"):
+        succeed_in(flow[env], current)
+    history(flow, 3, "7")
+    latest = make_image("99.0.0")
+    succeed_in(flow["dev"], latest)
+    run = services.request_promotion(user=alice, target=flow["staging"], image=latest)
+    assert run.status == RunStatus.PENDING  # one pending run on the board both times
+    small = queries(bob)
+    history(flow, 300, "8")
+    assert queries(bob) == small
