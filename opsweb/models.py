@@ -246,7 +246,19 @@ class ImageVersion(models.Model):
                 violation_error_message=validate_git_sha.message,
             ),
         ]
-        indexes = [models.Index(fields=["git_sha"])]
+        indexes = [
+            models.Index(fields=["git_sha"]),
+            models.Index(fields=["-registered_at", "-id"], name="image_newest_first"),
+            models.Index(fields=["tag"], name="image_tag"),
+            # Prefix search ("sha256:ab12…", a short commit) through an index on PostgreSQL,
+            # whose default collation cannot use a plain b-tree for LIKE 'x%'.
+            models.Index(
+                fields=["digest"], name="image_digest_prefix", opclasses=["varchar_pattern_ops"]
+            ),
+            models.Index(
+                fields=["git_sha"], name="image_git_sha_prefix", opclasses=["varchar_pattern_ops"]
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.repository}:{self.tag}"
@@ -414,6 +426,20 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["environment", "status"]),
             models.Index(fields=["status", "heartbeat_at"]),
+            # The run list: its default order, and that order within a status or an environment
+            # filter, read from an index instead of sorting the history.
+            models.Index(fields=["-created_at", "-id"], name="run_newest_first"),
+            models.Index(fields=["status", "-created_at", "-id"], name="run_status_newest"),
+            models.Index(
+                fields=["environment", "-created_at", "-id"], name="run_environment_newest"
+            ),
+            models.Index(fields=["image", "-created_at", "-id"], name="run_image_newest"),
+            # The board and the environment list: what waits or runs, never the whole history.
+            models.Index(
+                fields=["environment", "status"],
+                condition=Q(status__in=["pending", "queued", "running"]),
+                name="run_active_by_environment",
+            ),
             # The DORA figures: runs of an environment by finish time, and "was this version
             # rolled back here later?" for each of them.
             models.Index(fields=["environment", "finished_at"], name="run_environment_finished"),
@@ -505,6 +531,11 @@ class RunEvent(ImmutableModel):
 
     class Meta:
         ordering = ["created_at", "id"]
+        indexes = [
+            # A run's log in order, and the event list newest first.
+            models.Index(fields=["run", "created_at", "id"], name="runevent_run_order"),
+            models.Index(fields=["-created_at", "-id"], name="runevent_newest_first"),
+        ]
 
     def __str__(self) -> str:
         return self.message[:80]
@@ -582,6 +613,12 @@ class AuditEntry(ImmutableModel):
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "audit entries"
+        indexes = [
+            models.Index(fields=["-created_at", "-id"], name="audit_newest_first"),
+            models.Index(fields=["environment", "-created_at"], name="audit_environment_newest"),
+            models.Index(fields=["image", "-created_at"], name="audit_image_newest"),
+            models.Index(fields=["run", "-created_at"], name="audit_run_newest"),
+        ]
 
     def __str__(self) -> str:
         return self.message[:80]

@@ -1,5 +1,4 @@
 from django.contrib import admin
-from django.templatetags.static import static
 from django.urls import path
 from django.views.generic import RedirectView
 
@@ -17,7 +16,7 @@ admin.site.enable_nav_sidebar = False
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
-    path("favicon.ico", RedirectView.as_view(url=static("opsweb/favicon.svg"), permanent=True)),
+    path("favicon.ico", views.favicon),
     path("admin/dora/", admin.site.admin_view(dora_page), name="dora"),
     path("admin/", admin.site.urls),
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),

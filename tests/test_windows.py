@@ -411,8 +411,8 @@ def test_the_migration_turns_a_frozen_flag_into_a_window_and_a_group_count_into_
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
 
-    before = [("opsweb", "0006_ec2_backend_choice")]
-    after = [("opsweb", "0007_change_windows_and_approval_rules")]
+    before = [("opsweb", "0007_indexes_for_lists_at_scale")]
+    after = [("opsweb", "0008_change_windows_and_approval_rules")]
     executor = MigrationExecutor(connection)
     executor.migrate(before)
     apps = executor.loader.project_state(before).apps

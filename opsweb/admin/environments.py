@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin
-from django.db.models import Count, Q
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.html import format_html
 
@@ -28,6 +29,7 @@ from opsweb.models import (
     Environment,
     ImageVersion,
     RollbackReason,
+    Run,
     RunStatus,
     Signoff,
 )
@@ -573,8 +575,19 @@ class EnvironmentAdmin(ConfirmingAdmin):
             .get_queryset(request)
             .select_related("downstream", "upstream__current_image", "current_image")
             .annotate(
-                waiting=Count(
-                    "runs", filter=Q(runs__status__in=[RunStatus.PENDING, RunStatus.QUEUED])
+                # A subquery per environment over the active-runs index, not a join with the
+                # whole history.
+                waiting=Coalesce(
+                    Subquery(
+                        Run.objects.filter(
+                            environment=OuterRef("pk"),
+                            status__in=[RunStatus.PENDING, RunStatus.QUEUED],
+                        )
+                        .values("environment")
+                        .annotate(n=Count("id"))
+                        .values("n")
+                    ),
+                    0,
                 )
             )
         )

@@ -1,5 +1,5 @@
 """What every opsweb list shares: malformed query parameters are the admin's "invalid lookup"
-(a redirect to ?e=1), never a server error."""
+(a redirect to ?e=1), never a server error; and counts that stay cheap as history grows."""
 
 from __future__ import annotations
 
@@ -7,13 +7,55 @@ from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import EmptyResultSet, FullResultSet
-from django.db import DatabaseError
+from django.core.paginator import Paginator
+from django.db import DatabaseError, connections
+from django.utils.functional import cached_property
+
+# Above this many rows a list says "10,000+" instead of counting them all: an exact count of
+# a million-row filter reads a million index entries on every page view.
+COUNT_CAP = 10_000
+
+
+class CappedPaginator(Paginator):
+    """Counts at most ``COUNT_CAP + 1`` rows (``SELECT COUNT(*) FROM (… LIMIT 10001)``).
+
+    ``estimate`` is set when the count was capped: on PostgreSQL, for a list without filters,
+    the planner's row estimate for the table (``pg_class.reltuples``); otherwise None.
+    Pages past the cap are not reachable; narrow the list with a filter or a search.
+    """
+
+    capped = False
+    estimate: int | None = None
+
+    @cached_property
+    def count(self) -> int:
+        counted = self.object_list[: COUNT_CAP + 1].count()
+        if counted <= COUNT_CAP:
+            return counted
+        self.capped = True
+        self.estimate = planner_estimate(self.object_list)
+        return COUNT_CAP
+
+
+def planner_estimate(queryset) -> int | None:
+    """PostgreSQL's estimate of the table's rows when ``queryset`` has no filter."""
+    connection = connections[queryset.db]
+    if connection.vendor != "postgresql" or queryset.query.where:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+            [queryset.model._meta.db_table],
+        )
+        row = cursor.fetchone()
+    return int(row[0]) if row and row[0] and row[0] > COUNT_CAP else None
 
 
 class CheckedChangeList(ChangeList):
     """Compiles the filtered query once up front. Some lookups fail only when their SQL is
     built (``created_at__year=99999999999`` overflows in the year bounds), after the stock
-    ChangeList has stopped turning errors into IncorrectLookupParameters."""
+    ChangeList has stopped turning errors into IncorrectLookupParameters. Shows a capped
+    count as "10,000+" (or the planner's "about 1,000,000")."""
 
     def get_queryset(self, request, exclude_parameters=None):
         queryset = super().get_queryset(request, exclude_parameters)
@@ -32,8 +74,19 @@ class CheckedChangeList(ChangeList):
             super().get_results(request)
         except (OverflowError, DatabaseError) as exc:
             raise IncorrectLookupParameters(exc) from exc
+        paginator = self.paginator
+        if getattr(paginator, "capped", False):
+            self.result_count_display = (
+                f"about {paginator.estimate:,}" if paginator.estimate else f"{COUNT_CAP:,}+"
+            )
+        else:
+            self.result_count_display = f"{self.result_count:,}"
 
 
 class OpswebAdmin(admin.ModelAdmin):
+    paginator = CappedPaginator
+    # "N results (M total)" would count the whole table on every filtered page.
+    show_full_result_count = False
+
     def get_changelist(self, request, **kwargs):
         return CheckedChangeList

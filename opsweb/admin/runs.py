@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q
 from django.http import JsonResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -18,8 +19,9 @@ from opsweb.admin.confirm import (
     commits_between,
     version_line,
 )
+from opsweb.admin.lists import CheckedChangeList
 from opsweb.admin.records import ReadOnlyMixin
-from opsweb.models import Run
+from opsweb.models import ImageVersion, Run
 from opsweb.services import facts
 
 
@@ -54,6 +56,34 @@ def run_lines(run: Run) -> list[tuple[str, str]]:
             )
         )
     return lines
+
+
+def matching_images(term: str) -> list[int]:
+    """Ids of versions whose tag is ``term``, or whose commit or digest starts with it."""
+    term = term.lower().removeprefix("sha256:") if _is_hex(term) else term
+    query = Q(tag=term)
+    if _is_hex(term) and len(term) >= 4:
+        query |= Q(git_sha__startswith=term) | Q(digest__startswith=f"sha256:{term}")
+    return list(ImageVersion.objects.filter(query).values_list("pk", flat=True)[:200])
+
+
+def _is_hex(term: str) -> bool:
+    bare = term.lower().removeprefix("sha256:")
+    return bool(bare) and all(c in "0123456789abcdef" for c in bare)
+
+
+class RunChangeList(CheckedChangeList):
+    """The run list counts approvals for the rows on the page only (one query)."""
+
+    def get_results(self, request):
+        super().get_results(request)
+        rows = list(self.result_list)
+        counts = services.approval_counts(run.pk for run in rows if run.required_approvals)
+        rules = services.base.rule_counts({run.environment_id for run in rows})
+        for run in rows:
+            run.approvals_given = counts.get(run.pk, 0)
+            run.rule_count = rules.get(run.environment_id, 0)
+        self.result_list = rows
 
 
 class RunConfirmation(Confirmation):
@@ -135,7 +165,8 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
     ]
     list_filter = ["environment", "status", "kind"]
     list_select_related = ["environment", "image", "requested_by"]
-    search_fields = ["image__tag", "image__git_sha", "note"]
+    search_fields = ["image__tag"]  # see get_search_results: through the versions' indexes
+    search_help_text = "A tag, the start of a commit or digest, or #run id."
     fieldsets = [
         (
             None,
@@ -181,8 +212,21 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
             super()
             .get_queryset(request)
             .select_related("environment__current_image", "image", "replaces", "requested_by")
-            .annotate(approvals_given=services.counting_approvals_annotation())
         )
+
+    def get_changelist(self, request, **kwargs):
+        return RunChangeList
+
+    def get_search_results(self, request, queryset, search_term):
+        """Search by run id (``#12``), tag (exact), commit or digest prefix: the matching
+        versions are found through their indexes first, then their runs, so a search never
+        scans the run history."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        if term.startswith("#") and term[1:].isdigit() and len(term) < 19:
+            return queryset.filter(pk=int(term[1:])), False
+        return queryset.filter(image_id__in=matching_images(term)), False
 
     @admin.display(description="Image", ordering="image__tag")
     def image_tag(self, run):
@@ -204,7 +248,7 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
 
     @admin.display(description="Approvals")
     def approvals_so_far(self, run):
-        return services.approvals_text(run, run.approvals_given) or "—"
+        return services.approvals_text(run, getattr(run, "approvals_given", None)) or "—"
 
     def page_context(self, request, run):
         approvals = list(run.approvals.select_related("user"))

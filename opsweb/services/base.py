@@ -403,23 +403,54 @@ def rule_count_annotation() -> Subquery:
     return Coalesce(Subquery(rules), 0)
 
 
-def counting_approvals_annotation() -> Count:
-    """Approvals that may count, as an annotation on Run querysets, for lists (one query): for
-    the run's digest, by active members of a group one of its environment's rules names, not
-    by the requester where self-approval is off. Exact for single-rule environments; where
-    there are several rules it is an upper bound (one person counts toward one rule only), so
-    lists show ``quorum_progress`` for the rows on the page."""
-    return Count(
-        "approvals",
-        filter=Q(
-            approvals__decision=Approval.Decision.APPROVE,
-            approvals__digest=F("image__digest"),
-            approvals__user__is_active=True,
-            approvals__user__groups__approval_rules__environment=F("environment"),
-        )
-        & (Q(environment__allow_self_approval=True) | ~Q(approvals__user=F("requested_by"))),
-        distinct=True,
+def _counting(prefix: str) -> Q:
+    """The one definition of an approval that may count, as a filter on Approval rows (prefix
+    "") or on Run rows (prefix "approvals__"): approve, for the run's digest, by an active
+    member of a group one of the run's environment's rules names, not by the requester where
+    self-approval is off. Exact for single-rule environments; with several rules an upper
+    bound (one person counts toward one rule only: ``quorum_progress`` decides)."""
+    run = "" if prefix else "run__"
+    return Q(
+        **{
+            f"{prefix}decision": Approval.Decision.APPROVE,
+            f"{prefix}digest": F(f"{run}image__digest"),
+            f"{prefix}user__is_active": True,
+            f"{prefix}user__groups__approval_rules__environment": F(f"{run}environment"),
+        }
+    ) & (
+        Q(**{f"{run}environment__allow_self_approval": True})
+        | Q(**{f"{run}requested_by__isnull": True})
+        | ~Q(**{f"{prefix}user": F(f"{run}requested_by")})
     )
+
+
+def counting_approvals_annotation() -> Count:
+    """Approvals that may count (``_counting``) as an annotation on Run querysets. Joins every
+    approval of every run in the queryset: use it on bounded sets (the board's active runs);
+    lists use ``approval_counts`` for the rows on the page, and ``approvals_text`` turns either
+    into exact progress for runs with several rules."""
+    return Count("approvals", filter=_counting("approvals__"), distinct=True)
+
+
+def approval_counts(run_ids) -> dict[int, int]:
+    """How many approvals count for each of ``run_ids`` (one query over their approvals)."""
+    rows = (
+        Approval.objects.filter(_counting(""), run_id__in=list(run_ids))
+        .values("run_id")
+        .annotate(n=Count("user", distinct=True))
+    )
+    return {row["run_id"]: row["n"] for row in rows}
+
+
+def rule_counts(environment_ids) -> dict[int, int]:
+    """How many approval rules each environment has (one query): set as ``run.rule_count`` on
+    a page's rows so that ``approvals_text(run, given)`` needs no query for single-rule runs."""
+    rows = (
+        ApprovalRule.objects.filter(environment_id__in=list(environment_ids))
+        .values("environment_id")
+        .annotate(n=Count("id"))
+    )
+    return {row["environment_id"]: row["n"] for row in rows}
 
 
 def describe(image: ImageVersion | None) -> str:

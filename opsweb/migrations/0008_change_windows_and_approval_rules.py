@@ -34,7 +34,7 @@ def carry_over(apps, schema_editor):
 class Migration(migrations.Migration):
     dependencies = [
         ("auth", "0012_alter_user_first_name_max_length"),
-        ("opsweb", "0006_ec2_backend_choice"),
+        ("opsweb", "0007_indexes_for_lists_at_scale"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -1,0 +1,110 @@
+"""Lists that stay flat as history grows: approvals counted for the page's rows only, counts
+capped where exact ones would scan, search through the versions' indexes, the same number of
+queries at any size. (Times are in benchmarks/, never asserted here.)"""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from opsweb import services
+from opsweb.admin import lists
+from opsweb.models import Run, RunStatus
+from tests.conftest import make_image, make_user, succeed_in
+from tests.test_admin import login
+
+pytestmark = pytest.mark.django_db
+
+
+def history(flow, runs: int, prefix: str):
+    long_ago = timezone.now() - timedelta(days=30)
+    images = [make_image(f"{prefix}.{i}.0") for i in range(max(1, runs // 5))]
+    Run.objects.bulk_create(
+        Run(
+            kind="promotion",
+            environment=flow[["staging", "production"][i % 2]],
+            image=images[i % len(images)],
+            status=RunStatus.SUCCEEDED,
+            required_approvals=1 + i % 2,
+            created_at=long_ago + timedelta(seconds=i),
+            finished_at=long_ago + timedelta(seconds=i),
+        )
+        for i in range(runs)
+    )
+
+
+@pytest.fixture
+def root(flow):
+    return login(make_user("root", is_superuser=True))
+
+
+def count_queries(client, url):
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(url)
+    assert response.status_code == 200, url
+    return len(captured)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/opsweb/run/",
+        "/admin/opsweb/run/?status__exact=succeeded",
+        "/admin/opsweb/run/?q=1.0.0",
+        "/admin/opsweb/imageversion/",
+        "/admin/opsweb/environment/",
+        "/admin/opsweb/auditentry/",
+    ],
+)
+def test_lists_read_the_same_number_of_queries_at_any_size(flow, root, url):
+    history(flow, 5, "1")
+    count_queries(root, url)  # warms Django's content-type cache
+    small = count_queries(root, url)
+    history(flow, 400, "2")
+    assert count_queries(root, url) == small
+
+
+def test_run_page_reads_the_same_number_of_queries_at_any_size(flow, alice, bob, root):
+    v1 = make_image("1.0.0")
+    succeed_in(flow["dev"], v1)
+    run = services.request_promotion(user=alice, target=flow["staging"], image=v1)
+    url = reverse("admin:opsweb_run_change", args=[run.pk])
+    count_queries(root, url)  # warms Django's content-type cache
+    small = count_queries(root, url)
+    history(flow, 400, "3")
+    assert count_queries(root, url) == small
+
+
+def test_approval_counts_on_the_list_match_the_rules_for_the_rows_shown(flow, alice, bob, root):
+    v1 = make_image("1.0.0")
+    succeed_in(flow["dev"], v1)
+    run = services.request_promotion(user=alice, target=flow["staging"], image=v1)
+    page = root.get("/admin/opsweb/run/").text
+    assert "0 of 1" in page
+    services.approve_run(user=bob, run=run)
+    assert "1 of 1" in root.get("/admin/opsweb/run/").text
+
+
+def test_a_list_past_the_cap_says_so_instead_of_counting_everything(flow, root, monkeypatch):
+    monkeypatch.setattr(lists, "COUNT_CAP", 5)
+    history(flow, 8, "4")
+    page = root.get("/admin/opsweb/run/").text
+    if connection.vendor == "postgresql":
+        assert '<span id="result-count">' in page  # "about N" when statistics exist, else 5+
+    else:
+        assert '<span id="result-count">5+</span> runs' in page
+    history_small = root.get("/admin/opsweb/run/?environment__id__exact=999").text
+    assert '<span id="result-count">0</span> runs' in history_small
+
+
+def test_run_search_finds_tags_commits_digests_and_ids(flow, alice, root):
+    image = make_image("7.7.7")
+    run = succeed_in(flow["dev"], image)
+    other = succeed_in(flow["dev"], make_image("8.8.8"))
+    for term in ("7.7.7", image.git_sha[:8], image.digest[7:19], image.digest[:19], f"#{run.pk}"):
+        page = root.get("/admin/opsweb/run/", {"q": term}).text
+        assert f"/admin/opsweb/run/{run.pk}/change/" in page, term
+        assert f"/admin/opsweb/run/{other.pk}/change/" not in page, term
