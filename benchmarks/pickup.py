@@ -223,7 +223,11 @@ def _bare_pickup(timeout: float = 30) -> float:
 
 
 def _approvals(flow, images, users, tries: int) -> list[float]:
+    from django.utils import timezone
+
     from opsweb import services
+    from opsweb.models import ImageVersion, Run
+    from opsweb.sample_app import digest_for
 
     for tag in ("1.0.0", "1.1.0"):
         _finish(
@@ -231,7 +235,27 @@ def _approvals(flow, images, users, tries: int) -> list[float]:
         )
     latencies = []
     for i in range(tries):
-        image = images["1.0.0" if i % 2 else "1.1.0"]
+        # Each try promotes a newer version (opsweb refuses to promote an older one): the
+        # sample service's 1.0.0 or 1.1.0 code under a new tag, recorded as a success in Dev.
+        code = images["1.0.0" if i % 2 else "1.1.0"]
+        image = ImageVersion.objects.create(
+            repository="example/sample",
+            tag=f"2.0.{i}",
+            git_sha=code.git_sha,
+            digest=digest_for(f"{code.git_sha}-{i}"),
+            branch="develop",
+        )
+        now = timezone.now()
+        Run.objects.create(
+            kind="deploy",
+            environment=flow["dev"],
+            image=image,
+            status="succeeded",
+            created_at=now,
+            started_at=now,
+            switched_at=now,
+            finished_at=now,
+        )
         run = services.request_promotion(
             user=users["alice"], target=flow["staging"], source=flow["dev"], image=image
         )

@@ -15,7 +15,7 @@ from django.contrib.auth.models import Group
 from django.core import signing
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Count, F, Max, OuterRef, Q, Subquery
+from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -462,8 +462,9 @@ def describe(image: ImageVersion | None) -> str:
 def is_older(image: ImageVersion, than: ImageVersion | None, environment: Environment) -> bool:
     """Whether ``image`` is older than ``than`` (what ``environment`` runs).
 
-    The environment's own history decides first: a version that ran there before ``than``
-    took over is older. Otherwise the commit time decides, then the registration time
+    The environment's own history decides first: a version first deployed there before
+    ``than`` was first deployed there is older (so after a rollback from 1.1 to 1.0, 1.1 is
+    still the newer one). Otherwise the commit time decides, then the registration time
     (docs/design.md, "Older"). The same version is not older than itself.
     """
     if than is None or image.pk == than.pk:
@@ -472,7 +473,7 @@ def is_older(image: ImageVersion, than: ImageVersion | None, environment: Enviro
         Run.objects.filter(environment=environment, image__in=[image, than])
         .exclude(switched_at=None)
         .values_list("image_id")
-        .annotate(last=Max("switched_at"))
+        .annotate(first=Min("switched_at"))
     )
     if image.pk in switched and than.pk in switched:
         return switched[image.pk] < switched[than.pk]
