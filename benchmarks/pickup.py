@@ -223,6 +223,8 @@ def _bare_pickup(timeout: float = 30) -> float:
 
 
 def _approvals(flow, images, users, tries: int) -> list[float]:
+    from datetime import timedelta
+
     from django.utils import timezone
 
     from opsweb import services
@@ -245,7 +247,8 @@ def _approvals(flow, images, users, tries: int) -> list[float]:
             digest=digest_for(f"{code.git_sha}-{i}"),
             branch="develop",
         )
-        now = timezone.now()
+        # Back-dated, so that the rollbacks measured later still restore 1.0.0.
+        now = timezone.now() - timedelta(days=1)
         Run.objects.create(
             kind="deploy",
             environment=flow["dev"],
