@@ -192,16 +192,12 @@ class ConfirmingAdmin(OpswebAdmin):
         if obj is None:
             return self._get_obj_does_not_exist_redirect(request, self.model._meta, object_id)
         choice, chosen = confirmation.choose(obj, request)
-        decision = confirmation.decide(request.user, obj, chosen)
-        if decision.forbidden:
-            raise PermissionDenied(decision.reason)
-        if not decision.applicable and request.method != "POST":
-            # On POST the service answers: it compares what the page showed first.
-            self.message_user(request, decision.reason, messages.ERROR)
-            return redirect(self.object_url(obj))
         form_class = confirmation.form_for(obj)
         form = form_class(request.POST if request.method == "POST" else None)
         if request.method == "POST" and form.is_valid():
+            # The service decides alone: it checks the permission and the rules again, after
+            # comparing what the page showed; asking the policy here too would read the same
+            # rows twice.
             data = form.cleaned_data
             try:
                 message, target = confirmation.perform(
@@ -214,6 +210,12 @@ class ConfirmingAdmin(OpswebAdmin):
                 return redirect(self._again(request, obj, confirmation, choice))
             self.message_user(request, message, messages.SUCCESS)
             return redirect(target)
+        decision = confirmation.decide(request.user, obj, chosen)
+        if decision.forbidden:
+            raise PermissionDenied(decision.reason)
+        if not decision.applicable and not form.is_bound:
+            self.message_user(request, decision.reason, messages.ERROR)
+            return redirect(self.object_url(obj))
         facts = confirmation.facts(obj, chosen)
         if not form.is_bound:
             form = form_class(initial={"seen": services.base.seal(facts)})

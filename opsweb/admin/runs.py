@@ -113,8 +113,7 @@ class Approve(RunConfirmation):
     def perform(self, user, run, chosen, data, seen):
         done = services.approve_run(user=user, run=run, comment=data["comment"], seen=seen)
         return (
-            f"Approved run #{run.pk}: {services.approvals_text(done)} approvals; it "
-            f"{done.status_phrase}."
+            f"Approved run #{run.pk}: {done.approvals_summary} approvals; it {done.status_phrase}."
         ), run_url(run)
 
 

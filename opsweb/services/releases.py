@@ -303,7 +303,8 @@ def _approve(*, user, run: Run, comment: str, seen: Seen) -> Run:
     ):
         add_event(run, "Fully approved; queued")
         dispatch_on_commit(run)
-    run.refresh_from_db()
+    # transition() has set the new status on ``run``; what counts now, for the caller's message.
+    run.approvals_summary = f"{progress.counted} of {progress.needed}"
     return run
 
 
