@@ -194,6 +194,8 @@ OPSWEB = {
     # Proxies in front of opsweb that append to X-Forwarded-For (the AWS load balancer: 1).
     "TRUSTED_PROXIES": env.int("OPSWEB_TRUSTED_PROXIES", default=0),
     "LOGIN_COOLOFF_MINUTES": env.float("OPSWEB_LOGIN_COOLOFF_MINUTES", default=15.0),
+    # How often a bake reads its alarms (docs/signals.md).
+    "BAKE_POLL_SECONDS": env.float("OPSWEB_BAKE_POLL_SECONDS", default=5.0),
 }
 
 # Notifications. Mail uses Django's mailers, configured from EMAIL_URL (django-environ syntax,

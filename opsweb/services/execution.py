@@ -211,10 +211,16 @@ def record_switch(*, run_id: int, backend_ref: dict, message: str = "") -> bool:
 
 @transaction.atomic
 def finish_run(
-    *, run_id: int, succeeded: bool, error: str = "", environment_broken: bool = False
+    *,
+    run_id: int,
+    succeeded: bool,
+    error: str = "",
+    environment_broken: bool = False,
+    rollback_reason: str = RollbackReason.CRITICAL_ERRORS,
 ) -> Run:
-    """End a running run. ``environment_broken`` (a failed health check, or a version that did
-    not start after the previous one was stopped) starts a rollback where auto_rollback is on."""
+    """End a running run. ``environment_broken`` (a failed health check, an alarm in its bake,
+    or a version that did not start after the previous one was stopped) starts a rollback
+    where auto_rollback is on, for ``rollback_reason``."""
     status = RunStatus.SUCCEEDED if succeeded else RunStatus.FAILED
     run = Run.objects.select_related("environment", "image").get(pk=run_id)
     if run.status != RunStatus.RUNNING or not transition(run, to=status, error=error):
@@ -249,7 +255,7 @@ def finish_run(
                 rollback = roll_back(
                     user=None,
                     environment=environment,
-                    reason=RollbackReason.CRITICAL_ERRORS,
+                    reason=rollback_reason,
                     note=f"Run #{run.pk} failed: {error[:200]}",
                     triggered_by=run,
                 )
