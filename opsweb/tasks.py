@@ -392,9 +392,12 @@ def read_scan_findings(image_ids: list[int] | None = None) -> dict:
             log.warning("scan findings of %s: %s", image, exc)
             read[str(image)] = f"not read: {exc}"
             continue
-        decided = signals.record_scan(
+        signals.record_scan(
             image=image, status=scan.status, counts=scan.counts, top_ids=scan.top_ids
         )
         image.refresh_from_db()
-        read[str(image)] = "; ".join([image.scan_summary, *decided])
+        read[str(image)] = image.scan_summary
+    # Decided once every version is read: a rollback target's findings must be known first.
+    for sentence in signals.act_on_scans():
+        read.setdefault("decided", []).append(sentence)
     return read

@@ -81,12 +81,9 @@ def findings_sentence(image: ImageVersion, blocking: dict[str, int]) -> str:
 
 
 @transaction.atomic
-def record_scan(*, image: ImageVersion, status: str, counts: dict, top_ids: list) -> list[str]:
-    """Store a scan read on the version; when it is new or changed, an audit entry. Then, for
-    every environment running the version whose ``block_severity`` the findings reach: mark it
-    bad ('security vulnerability') and, where ``roll_back_on_vulnerability``, roll back to the
-    newest stable version without such findings; with none, raise the environment's
-    ``security_alert`` instead. Returns the sentences of what was decided."""
+def record_scan(*, image: ImageVersion, status: str, counts: dict, top_ids: list) -> bool:
+    """Store a scan read on the version; when it is new or changed, an audit entry. Returns
+    whether it changed. ``act_on_scans`` decides from what is stored."""
     image = ImageVersion.objects.select_for_update().get(pk=image.pk)
     changed = (image.scan_status, image.scan_counts, image.scan_top_ids) != (
         status,
@@ -103,8 +100,20 @@ def record_scan(*, image: ImageVersion, status: str, counts: dict, top_ids: list
             f"Scan of {image}: {image.scan_summary or status.lower()}",
             image=image,
         )
+    return changed
+
+
+@transaction.atomic
+def act_on_scans() -> list[str]:
+    """For every environment whose running version's findings reach its ``block_severity``:
+    mark the version bad ('security vulnerability') and, where ``roll_back_on_vulnerability``,
+    roll back to the newest stable version without such findings; with none, raise the
+    environment's ``security_alert`` instead (shown on the board, notified with the version
+    marked bad). An environment whose version is clean again loses its alert. Returns the
+    sentences of what was decided."""
     decided = []
-    for environment in Environment.objects.filter(current_image=image):
+    for environment in Environment.objects.select_for_update().exclude(current_image=None):
+        image = environment.current_image
         blocking = blocking_findings(environment, image)
         if blocking:
             decided.append(_vulnerable_runs(environment, image, blocking))
@@ -115,6 +124,16 @@ def record_scan(*, image: ImageVersion, status: str, counts: dict, top_ids: list
 
 def _vulnerable_runs(environment: Environment, image: ImageVersion, blocking: dict) -> str:
     found = findings_sentence(image, blocking)
+    if image.is_bad and environment.security_alert:
+        return f"{environment}: {environment.security_alert}"  # decided already; said once
+    under_way = (
+        rollback_waiting(environment.pk)
+        or Run.objects.filter(
+            environment=environment, kind=RunKind.ROLLBACK, status=RunStatus.RUNNING
+        ).first()
+    )
+    if under_way:
+        return f"{environment}: rollback run #{under_way.pk} is under way."
     if not image.is_bad:
         _mark_bad(image, user=None, reason=f"security vulnerability: {found}")
     if not environment.roll_back_on_vulnerability:
@@ -171,6 +190,7 @@ __all__ = [
     "ROLLBACK_REASONS",
     "blocking_findings",
     "findings_sentence",
+    "act_on_scans",
     "record_bake",
     "record_scan",
     "record_signal",
