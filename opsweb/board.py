@@ -155,6 +155,8 @@ def _card(env, active, decided, approvers, last_run) -> Card:
         flags.append("drift")
     if env.current_image and env.current_image.is_bad:
         flags.append("runs a bad version")
+    if env.security_alert:
+        flags.append("VULNERABLE: nothing safe to roll back to")
     return Card(env, state, words, running, last_run, pending, queued, flags)
 
 

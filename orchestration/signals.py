@@ -12,10 +12,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from orchestration.base import DeployError
-from orchestration.ecs import aws_error, make_client, split_ecr_repository
+
+# boto3 loads only when an AWS signal is read: a registration or a local bake does not pay
+# for it (tests/test_commands.py pins it).
 
 SEVERITIES = ["INFORMATIONAL", "LOW", "MEDIUM", "HIGH", "CRITICAL"]
 ALARM_KINDS = {
@@ -62,6 +62,10 @@ def read_alarms(
     nothing. The value is the newest datapoint in the state reason's data, when present."""
     if not names:
         return []
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from orchestration.ecs import aws_error, make_client
+
     client = client or make_client("cloudwatch", region=region, endpoint_url=endpoint_url)
     try:
         found = client.describe_alarms(AlarmNames=names)["MetricAlarms"]
@@ -122,6 +126,10 @@ def scan_findings(
     by severity and up to five CVE ids, worst first. A scan ECR has not made (or is still
     making) comes back with its status and no counts; a repository or image ECR lacks is a
     DeployError."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from orchestration.ecs import aws_error, make_client, split_ecr_repository
+
     registry, repo_region, name = split_ecr_repository(repository)
     client = client or make_client("ecr", region=repo_region or region, endpoint_url=endpoint_url)
     params = {"repositoryName": name, "imageId": {"imageDigest": digest}}

@@ -15,12 +15,15 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 from django.core.exceptions import ValidationError
+from django.db import connections
 
 from opsweb import policy, services, tasks
 from opsweb.models import AuditEntry, Environment, ImageVersion, Run, RunKind, RunStatus
 from opsweb.sample_app import Release, create_repository, digest_for
-from orchestration import signals as readers
-from tests.conftest import make_image, succeed_in
+from orchestration import ecs
+from tests.conftest import make_image, start_worker, stop_worker, succeed_in
+from tests.test_browser import browser  # noqa: F401 (the fixture)
+from tests.test_commands import run_command
 from tests.test_ecs import REGION, REPOSITORY, _Body, ecr_image, make_service, push, use_ecs
 
 
@@ -140,6 +143,15 @@ def test_bake_alarm_fails_the_run_and_rolls_back_for_its_kind(aws, flow, alice, 
     assert [a["state"] for a in run.signals["alarms"]] == ["OK", "ALARM"]
     rollback = Run.objects.get(triggered_by=run)
     assert (rollback.kind, rollback.reason) == (RunKind.ROLLBACK, "performance_degradation")
+    code, out, _ = run_command("run_status", str(run.pk), "--as", "alice", "--json")
+    payload = json.loads(out)
+    assert code == 1 and payload["runs"][0]["signals"]["alarms"][1] == {
+        "name": "app-latency",
+        "kind": "latency",
+        "state": "ALARM",
+        "value": 1234.5,
+        "reason": "p99 above 800 ms",
+    }
     tasks.execute_run(rollback.pk)
     rollback.refresh_from_db()
     dev.refresh_from_db()
@@ -269,7 +281,7 @@ def scans(monkeypatch):
     """ECR answers DescribeImageScanFindings with ``scans[digest]`` (moto reports none);
     every other call goes to moto."""
     answers: dict[str, dict] = {}
-    real = readers.make_client
+    real = ecs.make_client
 
     def make_client(service, **kwargs):
         client = real(service, **kwargs)
@@ -287,7 +299,7 @@ def scans(monkeypatch):
         client.meta.events.register("before-send.ecr", answer)
         return client
 
-    monkeypatch.setattr(readers, "make_client", make_client)
+    monkeypatch.setattr(ecs, "make_client", make_client)
     return answers
 
 
@@ -369,3 +381,52 @@ def test_no_rollback_to_something_equally_vulnerable(aws, flow, scans):
         "and the newest stable version 1.0.0 has 1 CRITICAL finding(s)"
     )
     assert "no rollback to something equally vulnerable" in dev.security_alert
+
+
+# -- the bake on the run page, in a real browser -----------------------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_run_page_shows_the_bake_and_its_alarms(
+    browser,  # noqa: F811 (the fixture imported above)
+    live_server,
+    local_flow,
+    alice,
+    tmp_path,
+):
+    flow, images = local_flow
+    local = flow["local"]
+    port = local.backend_settings["port"]
+    local.bake_seconds = 6
+    local.alarms = [
+        {
+            "name": "sample errors",
+            "url": f"http://127.0.0.1:{port}/metrics",
+            "field": "errors",
+            "threshold": 1000,
+        }
+    ]
+    local.full_clean()
+    local.save()
+    worker = start_worker(tmp_path / "qcluster.log", OPSWEB_BAKE_POLL_SECONDS="0.5")
+    try:
+        run = services.request_deploy(user=alice, environment=local, image=images["1.1.0"])
+        page = browser.new_page()
+        page.goto(f"{live_server.url}/admin/login/")
+        page.fill("#id_username", "alice")
+        page.fill("#id_password", "pw-alice")
+        page.click("input[type=submit]")
+        page.goto(f"{live_server.url}/admin/opsweb/run/{run.pk}/change/")
+        page.wait_for_selector("#run-step:has-text('baking:')", timeout=45_000)
+        assert "s left, 1 alarm OK" in page.inner_text("#run-step")
+        page.reload()
+        bake = page.inner_text("#bake")
+        assert "Bake: 6 s" in bake and "sample errors" in bake and "OK" in bake
+        page.screenshot(path=str(tmp_path / "opsweb-bake.png"))
+        page.wait_for_selector("#run-status.run-status-succeeded", timeout=45_000)
+        page.reload()
+        assert "Bake passed: 6s, 1 alarm OK" in page.inner_text("#bake")
+    finally:
+        stop_worker(worker)
+        connections.close_all()

@@ -110,6 +110,7 @@ class Promote(Confirmation):
             ("From", version_line(target.current_image) + " (what it runs now)"),
             ("To", version_line(chosen) if chosen else "choose a version above"),
             _approvals_line(target),
+            ("Image scan", scan_line(chosen, target)),
         ]
         if target.requires_uat_signoff and chosen is not None:
             signers = ", ".join(
@@ -168,6 +169,7 @@ class Deploy(Confirmation):
             ("From", version_line(env.current_image) + " (what it runs now)"),
             ("To", version_line(chosen) if chosen else "choose a version above"),
             _approvals_line(env),
+            ("Image scan", scan_line(chosen, None)),
         ]
 
     def changes(self, env, chosen):
@@ -180,6 +182,17 @@ class Deploy(Confirmation):
             user=user, environment=env, image=chosen, note=data["note"], seen=seen
         )
         return f"Run #{run.pk} requested: it {run.status_phrase}.", run_url(run)
+
+
+def scan_line(image, environment) -> str:
+    """The chosen version's scan findings and whether a promotion into ``environment`` (None:
+    not a promotion) refuses them."""
+    if image is None:
+        return "choose a version above"
+    if not image.scan_checked_at:
+        return "not read yet (ECR repositories are read at registration and every 30 minutes)"
+    refusal = policy.scan_refusal(environment, image) if environment else ""
+    return image.scan_summary + (f" — REFUSED: {refusal}" if refusal else "")
 
 
 class RollBack(Confirmation):
@@ -347,6 +360,7 @@ class EnvironmentAdmin(ConfirmingAdmin):
         "is_frozen",
         "drift",
         "drift_checked_at",
+        "security_alert",
     ]
     prepopulated_fields = {"slug": ["name"]}
     fieldsets = [
@@ -358,6 +372,7 @@ class EnvironmentAdmin(ConfirmingAdmin):
                     "current_since",
                     "drift",
                     "drift_checked_at",
+                    "security_alert",
                     "auto_deploy_paused",
                     "paused_reason",
                     "is_frozen",
@@ -388,6 +403,17 @@ class EnvironmentAdmin(ConfirmingAdmin):
                     "auto_rollback",
                     "rto_seconds",
                     "soak_seconds",
+                ]
+            },
+        ),
+        (
+            "Signals (docs/signals.md)",
+            {
+                "fields": [
+                    "bake_seconds",
+                    "alarms",
+                    "block_severity",
+                    "roll_back_on_vulnerability",
                 ]
             },
         ),
