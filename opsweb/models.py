@@ -199,6 +199,8 @@ class Environment(models.Model):
             raise ValidationError(
                 {"approver_group": "Set the group whose members approve runs here."}
             )
+        if self.alarms is None:  # an empty admin field
+            self.alarms = []
         problems = alarm_problems(self.alarms, self.backend)
         if problems:
             raise ValidationError({"alarms": problems})

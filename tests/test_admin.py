@@ -298,6 +298,7 @@ def test_environment_edits_are_validated_and_audited(flow):
         "auto_rollback": "on",
         "rto_seconds": 300,
         "soak_seconds": 0,
+        "bake_seconds": 0,
     }
     response = client.post(url, data)
     assert response.status_code == 200 and "start_timeout" in response.text

@@ -16,6 +16,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from django.core.exceptions import ValidationError
 from django.db import connections
+from django.urls import reverse
 
 from opsweb import policy, services, tasks
 from opsweb.models import AuditEntry, Environment, ImageVersion, Run, RunKind, RunStatus
@@ -308,7 +309,7 @@ def pushed(aws, tag: str) -> ImageVersion:
     return make_image(tag, repository=REPOSITORY, digest=digest)
 
 
-def test_scan_findings_are_read_and_refuse_promotion(aws, flow, alice, scans):
+def test_scan_findings_are_read_and_refuse_promotion(aws, flow, alice, client, scans):
     dev, staging = baking_ecs(aws, flow, []), flow["staging"]
     staging.block_severity = "CRITICAL"
     staging.save()
@@ -330,6 +331,11 @@ def test_scan_findings_are_read_and_refuse_promotion(aws, flow, alice, scans):
     assert AuditEntry.objects.filter(image=image, action="scan_findings").count() == 1
     tasks.read_scan_findings()  # the same findings again: no second entry
     assert AuditEntry.objects.filter(image=image, action="scan_findings").count() == 1
+    client.force_login(alice)
+    page = client.get(reverse("admin:opsweb_imageversion_change", args=[image.pk])).text
+    assert "CVE-2024-0001" in page
+    board = client.get(reverse("admin:index")).text
+    assert "scan: CRITICAL 1, HIGH 2" in board
 
 
 def test_scan_without_findings_in_moto_reads_as_none(aws, flow, scans):
@@ -363,7 +369,7 @@ def test_vulnerable_running_version_is_marked_bad_and_rolled_back(aws, flow, sca
     assert read["decided"] == [f"AWS Dev: rolling back from 1.1.0 ({found}) as run #{rollback.pk}."]
 
 
-def test_no_rollback_to_something_equally_vulnerable(aws, flow, scans):
+def test_no_rollback_to_something_equally_vulnerable(aws, flow, alice, client, scans):
     dev = baking_ecs(aws, flow, [])
     dev.block_severity, dev.roll_back_on_vulnerability = "CRITICAL", True
     dev.save()
@@ -381,6 +387,8 @@ def test_no_rollback_to_something_equally_vulnerable(aws, flow, scans):
         "and the newest stable version 1.0.0 has 1 CRITICAL finding(s)"
     )
     assert "no rollback to something equally vulnerable" in dev.security_alert
+    client.force_login(alice)
+    assert "VULNERABLE: nothing safe to roll back to" in client.get(reverse("admin:index")).text
 
 
 # -- the bake on the run page, in a real browser -----------------------------------------------
