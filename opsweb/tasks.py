@@ -160,7 +160,8 @@ def _bake(run: Run, environment: Environment) -> Bake:
             continue
         for before, now in zip(states, fresh, strict=False):
             if before.state != now.state:
-                signals.record_signal(run, now.sentence().capitalize(), warning=now.firing)
+                said = now.sentence()
+                signals.record_signal(run, said[0].upper() + said[1:], warning=now.firing)
         states = fresh
         firing = [s for s in states if s.firing]
         if firing:
