@@ -78,6 +78,15 @@ def deploy(user, environment, image) -> Run:
     return run
 
 
+def execute_in_thread(run_id: int) -> None:
+    """A worker's loop in a thread of the test, closing its own connection at the end (or
+    PostgreSQL keeps the test database in use)."""
+    try:
+        tasks.execute_run(run_id)
+    finally:
+        connections.close_all()
+
+
 def when_step(run: Run, prefix: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -130,7 +139,7 @@ def test_bake_alarm_fails_the_run_and_rolls_back_for_its_kind(aws, flow, alice, 
     assert policy.may_promote(None, flow["staging"], good, check_permission=False)
 
     run = services.request_deploy(user=alice, environment=dev, image=bad)
-    worker = threading.Thread(target=tasks.execute_run, args=(run.pk,))
+    worker = threading.Thread(target=execute_in_thread, args=(run.pk,))
     worker.start()
     try:
         when_step(run, "baking:")
@@ -197,7 +206,7 @@ def test_rollback_request_cuts_the_bake_short(aws, flow, alice, fast_bake):
     succeed_in(dev, good)
     image = ecr_image("1.1.0")
     run = services.request_deploy(user=alice, environment=dev, image=image)
-    worker = threading.Thread(target=tasks.execute_run, args=(run.pk,))
+    worker = threading.Thread(target=execute_in_thread, args=(run.pk,))
     worker.start()
     try:
         when_step(run, "baking:")
