@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from opsweb import policy, services
 from opsweb.models import Environment, ImageVersion, Run, RunStatus
+from opsweb.windows import freeze_status
 
 MATRIX_PAGE_SIZE = 10
 WAITING = [RunStatus.PENDING, RunStatus.QUEUED]
@@ -32,7 +33,9 @@ class Card:
     state_words: str
     running: Run | None = None
     last_run: Run | None = None
-    pending: list[tuple[Run, int, list[str], bool]] = field(default_factory=list)
+    pending: list[tuple[Run, str, list[str], bool]] = field(default_factory=list)
+    freeze: str = ""
+    instances: list[dict] = field(default_factory=list)
     queued: list[Run] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
 
@@ -73,10 +76,12 @@ def build_board(user, *, page: int | str = 1, now: datetime | None = None) -> Bo
     decided = _decided_by(active)
     approvers = _approvers(environments)
     last_runs = _last_finished(environments)
-    cards = [_card(env, active, decided, approvers, last_runs.get(env.pk)) for env in environments]
+    cards = [
+        _card(env, active, decided, approvers, last_runs.get(env.pk), now) for env in environments
+    ]
     arrows = [_arrow(env) for env in environments if env.upstream_id]
     waiting_for_you = [
-        (run, run.given)
+        (run, services.approvals_text(run))
         for run in active
         if run.status == RunStatus.PENDING
         and user.pk in approvers.get(run.environment_id, set())
@@ -100,16 +105,28 @@ def _decided_by(runs: list[Run]) -> dict[int, set[int]]:
 
 
 def _approvers(environments) -> dict[int, dict[int, str]]:
-    """Active members of each environment's approver group (id → username), by environment
-    id, in one query."""
+    """Active members of the groups each environment's approval rules name (id → username),
+    by environment id, in two queries."""
     from django.contrib.auth import get_user_model
 
-    groups = {env.approver_group_id for env in environments if env.approver_group_id}
+    from opsweb.models import ApprovalRule
+
+    rules: dict[int, set[int]] = {}
+    for env_id, group_id in ApprovalRule.objects.filter(environment__in=environments).values_list(
+        "environment_id", "group_id"
+    ):
+        rules.setdefault(env_id, set()).add(group_id)
+    groups = set().union(*rules.values()) if rules else set()
     members: dict[int, dict[int, str]] = {}
     rows = get_user_model().objects.filter(is_active=True, groups__in=groups)
     for user_id, username, group_id in rows.values_list("id", "username", "groups"):
         members.setdefault(group_id, {})[user_id] = username
-    return {env.pk: members.get(env.approver_group_id, {}) for env in environments}
+    return {
+        env.pk: {
+            uid: name for g in rules.get(env.pk, ()) for uid, name in members.get(g, {}).items()
+        }
+        for env in environments
+    }
 
 
 def _last_finished(environments) -> dict[int, Run]:
@@ -128,7 +145,7 @@ def _last_finished(environments) -> dict[int, Run]:
     return {run.environment_id: run for run in runs}
 
 
-def _card(env, active, decided, approvers, last_run) -> Card:
+def _card(env, active, decided, approvers, last_run, now) -> Card:
     here = [run for run in active if run.environment_id == env.pk]
     running = next((run for run in here if run.status == RunStatus.RUNNING), None)
     pending_runs = [run for run in here if run.status == RunStatus.PENDING]
@@ -141,13 +158,13 @@ def _card(env, active, decided, approvers, last_run) -> Card:
             if uid not in decided.get(run.pk, set())
             and (env.allow_self_approval or uid != run.requested_by_id)
         )
-        # At most the approvals given plus everyone who may still give one can count.
-        unreachable = run.given + len(still) < run.required_approvals
-        pending.append((run, run.given, still, unreachable))
+        unreachable = bool(services.unreachable_quorum(run))
+        pending.append((run, services.approvals_text(run), still, unreachable))
     queued = [run for run in here if run.status == RunStatus.QUEUED]
-    state, words = _state(env, running, last_run)
+    freeze = freeze_status(env, now)
+    state, words = _state(env, running, last_run, freeze)
     flags = []
-    if env.is_frozen:
+    if freeze.frozen:
         flags.append("frozen")
     if env.auto_deploy_paused:
         flags.append("auto-deploy paused")
@@ -157,10 +174,34 @@ def _card(env, active, decided, approvers, last_run) -> Card:
         flags.append("runs a bad version")
     if env.security_alert:
         flags.append("VULNERABLE: nothing safe to roll back to")
-    return Card(env, state, words, running, last_run, pending, queued, flags)
+    return Card(
+        env,
+        state,
+        words,
+        running=running,
+        last_run=last_run,
+        pending=pending,
+        queued=queued,
+        flags=flags,
+        freeze=freeze.sentence if freeze.frozen else "",
+        instances=_instances(env),
+    )
 
 
-def _state(env, running, last_run) -> tuple[str, str]:
+def _instances(env) -> list[dict]:
+    """An EC2 environment's instances and the digest each runs (the backend's own reading:
+    one AWS call, only for EC2 environments; a failure is shown, never raised)."""
+    if env.backend != "ec2":
+        return []
+    from orchestration.base import DeployError, get_backend
+
+    try:
+        return get_backend("ec2", env.backend_settings).describe_targets(env.slug)
+    except DeployError as exc:
+        return [{"instance_id": "?", "state": f"unreadable: {exc}"[:120], "digest": None}]
+
+
+def _state(env, running, last_run, freeze) -> tuple[str, str]:
     """The one state a person must see first, in colour and in words."""
     if running is not None:
         return "deploying", f"deploying {running.image.tag}: {running.step or 'starting'}"
@@ -170,8 +211,8 @@ def _state(env, running, last_run) -> tuple[str, str]:
         return "drift", f"drift: {env.drift}"
     if last_run is not None and last_run.status == RunStatus.FAILED:
         return "failed", f"last run #{last_run.pk} failed"
-    if env.is_frozen:
-        return "frozen", "frozen: rollbacks only"
+    if freeze.frozen:
+        return "frozen", freeze.sentence.replace(f"{env} is ", "")
     if env.auto_deploy_paused:
         return "paused", "healthy; auto-deploy paused"
     if env.current_image is None:

@@ -443,6 +443,8 @@ def run_payload(run: Run, *, events: int = LAST_EVENTS) -> dict[str, Any]:
         "note": run.note,
         "required_approvals": run.required_approvals,
         "approvals_counting": services.approvals_count(run) if run.required_approvals else None,
+        "approval_rules": services.quorum_progress(run).as_json(),
+        "freeze_override_reason": run.freeze_override_reason or None,
         "quorum_unreachable": services.unreachable_quorum(run) or None,
         "triggered_by": run.triggered_by_id,
         "approvals": [
@@ -499,6 +501,8 @@ def run_lines(run: Run, *, events: int = 0) -> list[str]:
         lines.append(f"  started by opsweb after run #{run.triggered_by_id} failed")
     elif decisions:
         lines.append("  no approvals needed; " + ", ".join(decisions))
+    if run.freeze_override_reason:
+        lines.append(f"  emergency override of the freeze: {run.freeze_override_reason}")
     unreachable = services.unreachable_quorum(run)
     if unreachable:
         lines.append(f"  warning: {unreachable}")

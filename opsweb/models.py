@@ -101,11 +101,20 @@ class Environment(models.Model):
     )
     auto_deploy_paused = models.BooleanField(default=False)
     paused_reason = models.CharField(max_length=300, blank=True)
-    required_approvals = models.PositiveSmallIntegerField(default=0)
     approver_group = models.ForeignKey(
-        Group, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        Group,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Its members roll back and cancel here. How many approvals a run needs, and "
+        "from whom, are the approval rules below.",
     )
     allow_self_approval = models.BooleanField(default=True)
+    forbid_author_approval = models.BooleanField(
+        default=False,
+        help_text="The author of a version's commit (matched by email) cannot approve it.",
+    )
     requires_uat_signoff = models.BooleanField(
         default=False, help_text="Promotion here needs a UAT sign-off in the upstream environment."
     )
@@ -121,9 +130,6 @@ class Environment(models.Model):
     )
     soak_seconds = models.PositiveIntegerField(
         default=0, help_text="How long a version must have run here before it can move on."
-    )
-    is_frozen = models.BooleanField(
-        default=False, help_text="A frozen environment takes rollbacks only."
     )
     current_image = models.ForeignKey(
         "ImageVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
@@ -195,10 +201,6 @@ class Environment(models.Model):
             raise ValidationError(
                 {"requires_uat_signoff": "A UAT sign-off needs an upstream environment."}
             )
-        if self.required_approvals and not self.approver_group_id:
-            raise ValidationError(
-                {"approver_group": "Set the group whose members approve runs here."}
-            )
         if self.alarms is None:  # an empty admin field
             self.alarms = []
         problems = alarm_problems(self.alarms, self.backend)
@@ -208,6 +210,25 @@ class Environment(models.Model):
             raise ValidationError(
                 {"bake_seconds": "Alarms are watched during the bake: set a bake time."}
             )
+
+    @property
+    def required_approvals(self) -> int:
+        """How many approvals a run here needs: the sum of its approval rules."""
+        return sum(rule.count for rule in self.rules)
+
+    @property
+    def rules(self) -> list[ApprovalRule]:
+        """Its approval rules, group names loaded (all must be met)."""
+        if self.pk is None:
+            return []
+        return list(self.approval_rules.select_related("group").order_by("id"))
+
+    @property
+    def is_frozen(self) -> bool:
+        """Whether a change window stops runs from starting here now (rollbacks still go)."""
+        from opsweb.windows import freeze_status
+
+        return freeze_status(self, timezone.now()).frozen
 
     @property
     def accepts_direct_deploys(self) -> bool:
@@ -259,6 +280,9 @@ class ImageVersion(models.Model):
     commit_message = models.TextField(blank=True)
     committed_at = models.DateTimeField(null=True, blank=True)
     build_url = models.URLField(blank=True, max_length=500)
+    author_email = models.EmailField(
+        blank=True, help_text="The commit's author, who cannot approve it where that is forbidden."
+    )
     registered_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -462,6 +486,14 @@ class Run(models.Model):
         help_text="A rollback asked for during another run's switch: its target is chosen "
         "when it starts.",
     )
+    freeze_override_reason = models.TextField(
+        blank=True,
+        help_text="An emergency override of a freeze: why. Empty for a run that waits for the "
+        "freeze to end.",
+    )
+    override_approvals = models.PositiveSmallIntegerField(
+        default=0, help_text="Approvals the override needs from the override approvers."
+    )
     task_id = models.CharField(max_length=64, blank=True)
     backend_ref = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
@@ -472,6 +504,7 @@ class Run(models.Model):
             ("request_deploy", "Can deploy a chosen version to Local or Dev"),
             ("request_promotion", "Can request a promotion"),
             ("cancel_run", "Can cancel any pending or queued run"),
+            ("override_freeze", "Can request an emergency override of a freeze"),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -684,6 +717,99 @@ class AuditEntry(ImmutableModel):
 
     def __str__(self) -> str:
         return self.message[:80]
+
+
+class ApprovalRule(models.Model):
+    """ "``count`` approvals from members of ``group``": one of an environment's rules, all of
+    which a run must meet. One person's approval counts toward one rule only."""
+
+    environment = models.ForeignKey(
+        Environment, on_delete=models.CASCADE, related_name="approval_rules"
+    )
+    group = models.ForeignKey(Group, on_delete=models.PROTECT, related_name="approval_rules")
+    count = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+
+    class Meta:
+        ordering = ["environment", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["environment", "group"],
+                name="one_rule_per_group_per_environment",
+                violation_error_message="This environment already has a rule for that group.",
+            ),
+            models.CheckConstraint(condition=Q(count__gte=1), name="approval_rule_count_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.count} from {self.group.name}"
+
+
+class ChangeWindow(models.Model):
+    """When runs may start: a ``deny`` window ("no deploys") or an ``allow`` window ("deploys only
+    Tue–Thu 10:00–16:00") for one environment, or for all when ``environment`` is empty.
+
+    One-off: ``starts_at`` → ``ends_at`` (no end: until lifted). Recurring: an RRULE
+    (``rrule``) or a cron expression (``cron``) giving the start of each occurrence on the wall
+    clock of ``time_zone``, each lasting ``duration_seconds`` of wall-clock time; ``starts_at``
+    anchors the recurrence and ``ends_at`` stops it. Rollbacks are never held by a window.
+    """
+
+    class Kind(models.TextChoices):
+        DENY = "deny", "Deny (no deploys)"
+        ALLOW = "allow", "Allow (deploys only then)"
+
+    environment = models.ForeignKey(
+        Environment,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="change_windows",
+        help_text="Empty: every environment.",
+    )
+    kind = models.CharField(max_length=5, choices=Kind.choices, default=Kind.DENY)
+    starts_at = models.DateTimeField(null=True, blank=True)
+    ends_at = models.DateTimeField(
+        null=True, blank=True, help_text="One-off: empty means until someone lifts it."
+    )
+    rrule = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Recurring: an RRULE, e.g. FREQ=WEEKLY;BYDAY=FR;BYHOUR=16;BYMINUTE=0.",
+    )
+    cron = models.CharField(
+        max_length=100, blank=True, help_text="Recurring: a cron expression, e.g. 0 16 * * 5."
+    )
+    duration_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Recurring: how long each occurrence lasts (wall clock)."
+    )
+    time_zone = models.CharField(
+        max_length=64, default="UTC", help_text="An IANA name, e.g. Europe/Berlin."
+    )
+    reason = models.CharField(max_length=300, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["environment", "id"]
+
+    def __str__(self) -> str:
+        from opsweb.windows import describe_window
+
+        where = self.environment or "all environments"
+        return f"{self.get_kind_display().split(' ')[0]} {where}: {describe_window(self)}"
+
+    @property
+    def is_recurring(self) -> bool:
+        return bool(self.rrule or self.cron)
+
+    def clean(self):
+        from opsweb.windows import window_errors
+
+        errors = window_errors(self)
+        if errors:
+            raise ValidationError(errors)
 
 
 class NotificationEvent(models.TextChoices):

@@ -141,11 +141,19 @@ def finished(run: Run) -> None:
 
 
 def approval_text(run: Run) -> str:
+    from opsweb.services.base import run_rules
+
     names = ", ".join(user.get_username() for user in approvers(run)) or "nobody yet"
+    wanted = " and ".join(f"{rule.count} from {rule.label}" for rule in run_rules(run))
+    override = (
+        f" Emergency override of the freeze: {run.freeze_override_reason}."
+        if run.freeze_override_reason
+        else ""
+    )
     return (
         f"Run #{run.pk} waits for approval: {run.get_kind_display().lower()} of {run.image.tag} "
         f"to {run.environment}, asked by {run.requested_by or 'opsweb'}. It needs "
-        f"{run.required_approvals} approval(s) from {run.environment.approver_group}: {names}."
+        f"{run.required_approvals} approval(s), {wanted}: {names}.{override}"
     )
 
 
@@ -175,13 +183,16 @@ def rollback_finished_text(run: Run) -> str:
 
 
 def approvers(run: Run) -> list:
-    """Who may approve ``run``: active members of the approver group, never the requester."""
-    group_id = run.environment.approver_group_id
-    if group_id is None:
-        return []
+    """Who may approve ``run``: active members of the groups its approval rules name (and the
+    override approvers for an emergency override), never the requester."""
     from django.contrib.auth import get_user_model
 
-    people = get_user_model().objects.filter(groups=group_id, is_active=True)
+    from opsweb.services.base import run_rules
+
+    groups = [rule.group_id for rule in run_rules(run) if rule.group_id]
+    if not groups:
+        return []
+    people = get_user_model().objects.filter(groups__in=groups, is_active=True).distinct()
     if run.requested_by_id:
         people = people.exclude(pk=run.requested_by_id)
     return list(people.order_by("username"))

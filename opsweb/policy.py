@@ -17,10 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.utils import timezone
 
 from opsweb.models import Environment, ImageVersion, Run, RunKind, RunStatus, Signoff
 from opsweb.services.base import (
+    OVERRIDE_GROUP,
     NotAllowed,
     ReleaseError,
     actor_name,
@@ -28,9 +30,12 @@ from opsweb.services.base import (
     is_approver,
     is_older,
     last_success,
+    override_group,
     previous_stable_version,
     quorum_refusal,
+    rule_group_ids,
 )
+from opsweb.windows import freeze_status
 from orchestration.signals import at_or_above
 
 
@@ -174,8 +179,16 @@ def promotion_candidate(target: Environment) -> ImageVersion | None:
 # -- environments ----------------------------------------------------------------------------
 
 
-def may_deploy(user, environment: Environment, image: ImageVersion | None = None) -> Decision:
-    """Deploy a chosen version to an environment that takes direct deploys (Local, Dev)."""
+def may_deploy(
+    user,
+    environment: Environment,
+    image: ImageVersion | None = None,
+    *,
+    override: bool = False,
+    now: datetime | None = None,
+) -> Decision:
+    """Deploy a chosen version to an environment that takes direct deploys (Local, Dev).
+    ``override``: with an emergency override of a freeze, if one applies (``may_override``)."""
     if not environment.accepts_direct_deploys:
         return not_applicable(
             f"{environment} takes promotions from {environment.upstream}, not direct deploys; "
@@ -187,11 +200,7 @@ def may_deploy(user, environment: Environment, image: ImageVersion | None = None
             if _has_perm(user, "request_deploy")
             else forbid(f"User {actor_name(user)} is not allowed to deploy to {environment}.")
         ),
-        lambda: (
-            refuse(f"{environment} is frozen: it accepts rollbacks only.")
-            if environment.is_frozen
-            else None
-        ),
+        lambda: _freeze(user, environment, override=override, now=now),
         lambda: _quorum(environment, user),
         lambda: _version(environment, image),
     )
@@ -202,13 +211,15 @@ def may_promote(
     target: Environment,
     image: ImageVersion | None = None,
     *,
+    override: bool = False,
     now: datetime | None = None,
     check_permission: bool = True,
 ) -> Decision:
     """Promote ``image`` (default: what the upstream runs) one step along the flow into
-    ``target``. Rules 1–3 of docs/design.md, plus bad, already there, older, frozen and a
-    quorum that can be met. ``check_permission=False`` asks the rules only, whoever asks
-    (the board's "what can move next")."""
+    ``target``. Rules 1–3 of docs/design.md, plus bad, already there, older, a change window
+    (unless ``override``, see ``may_override``) and rules that can be met.
+    ``check_permission=False`` asks the rules only, whoever asks (the board's "what can move
+    next")."""
     upstream = target.upstream
     if upstream is None:
         return not_applicable(
@@ -229,9 +240,7 @@ def may_promote(
             if image is None
             else None
         ),
-        lambda: (
-            refuse(f"{target} is frozen: it accepts rollbacks only.") if target.is_frozen else None
-        ),
+        lambda: _freeze(user, target, override=override, now=now),
         lambda: _version(target, image),
         lambda: _text(scan_refusal(target, image)),
         lambda: _text(soak_refusal(upstream, image, now)),
@@ -309,6 +318,40 @@ def may_sign_off(user, environment: Environment, image: ImageVersion | None = No
     return ALLOWED
 
 
+def override_approvals() -> int:
+    """How many override approvers an emergency override needs (OPSWEB_OVERRIDE_APPROVALS)."""
+    return settings.OPSWEB["OVERRIDE_APPROVALS"]
+
+
+def may_override(user, environment: Environment, *, now: datetime | None = None) -> Decision:
+    """Ask for a run to go during a freeze: a freeze applies, the user holds the
+    ``override_freeze`` permission, and enough override approvers other than them exist.
+    Refusals are rules, not 403s: the page says why the override is not possible."""
+    status = freeze_status(environment, now or timezone.now())
+    if not status.frozen:
+        return not_applicable(f"{environment} is not frozen; no override is needed.")
+    if not _has_perm(user, "override_freeze"):
+        return refuse(
+            f"{status.sentence} It accepts rollbacks only; an emergency override needs the "
+            f"override permission, which {actor_name(user)} does not have."
+        )
+    refusal = quorum_refusal(environment, requester=user, override=override_approvals())
+    return refuse(refusal) if refusal else ALLOWED
+
+
+def _freeze(user, environment: Environment, *, override: bool, now) -> Decision | None:
+    if not override:
+        status = freeze_status(environment, now or timezone.now())
+        if not status.frozen:
+            return None
+        return refuse(
+            f"{status.sentence} It accepts rollbacks only; an emergency override needs a reason "
+            f"and {override_approvals()} approvals from {OVERRIDE_GROUP}."
+        )
+    decision = may_override(user, environment, now=now)
+    return decision if decision.applicable else None
+
+
 def may_freeze(user, environment: Environment) -> Decision:
     if _has_perm(user, "freeze_environment"):
         return ALLOWED
@@ -327,10 +370,13 @@ def may_decide(user, run: Run, *, now: datetime | None = None) -> Decision:
             f"rejected."
         )
     environment = run.environment
-    if not is_approver(user, environment):
+    if not (is_approver(user, environment) or _overrides(user, run)):
+        groups = [rule.group.name for rule in environment.rules] or [
+            str(environment.approver_group or "an approver group")
+        ]
         return forbid(
-            f"User {actor_name(user)} is not in {environment.approver_group or 'an approver group'}, "
-            f"whose members approve runs in {environment}."
+            f"User {actor_name(user)} is not in {' or '.join(groups)}, whose members approve "
+            f"runs in {environment}."
         )
     deadline = approval_deadline(run)
     if (now or timezone.now()) >= deadline:
@@ -352,9 +398,35 @@ def may_approve(user, run: Run, *, now: datetime | None = None) -> Decision:
             f"User {actor_name(user)} requested run #{run.pk}; {run.environment} needs approvals "
             f"from other people."
         )
+    if (
+        run.override_approvals
+        and run.requested_by_id == user.pk
+        and not user.groups.filter(pk__in=rule_group_ids(run.environment)).exists()
+    ):
+        return refuse(
+            f"User {actor_name(user)} requested run #{run.pk}; its emergency override needs "
+            f"approvals from other people."
+        )
     if run.image.is_bad:
         return refuse(f"Version {run.image} has been marked bad since this run was requested.")
+    author = run.image.author_email
+    if (
+        run.environment.forbid_author_approval
+        and author
+        and user.email
+        and user.email.lower() == author.lower()
+    ):
+        return refuse(
+            f"User {actor_name(user)} wrote the commit of {run.image.tag}; {run.environment} "
+            f"needs approvals from people other than its author."
+        )
     return ALLOWED
+
+
+def _overrides(user, run: Run) -> bool:
+    """Whether ``user`` is an override approver of a run asking for an emergency override."""
+    group = override_group() if run.override_approvals else None
+    return bool(group and user.is_active and user.groups.filter(pk=group.pk).exists())
 
 
 def may_reject(user, run: Run, *, now: datetime | None = None) -> Decision:

@@ -167,6 +167,10 @@ AXES_LOCKOUT_CALLABLE = "opsweb.login_throttle.locked_out"
 Q_CLUSTER = {
     "name": "opsweb",
     "orm": "default",
+    # The ORM broker plus a wake-up on enqueue (LISTEN/NOTIFY on PostgreSQL, a local socket on
+    # SQLite): a queued run starts at once; `poll` is only the safety net when idle.
+    # Q_BROKER_CLASS= (empty) selects django-q2's plain ORM broker, e.g. to compare.
+    "broker_class": env.str("Q_BROKER_CLASS", default="opsweb.broker.WakingORM") or None,
     "workers": env.int("Q_WORKERS", default=2),
     "timeout": env.int("Q_TIMEOUT", default=1800),
     "retry": env.int("Q_RETRY", default=2100),
@@ -196,6 +200,8 @@ OPSWEB = {
     "LOGIN_COOLOFF_MINUTES": env.float("OPSWEB_LOGIN_COOLOFF_MINUTES", default=15.0),
     # How often a bake reads its alarms (docs/signals.md).
     "BAKE_POLL_SECONDS": env.float("OPSWEB_BAKE_POLL_SECONDS", default=5.0),
+    # An emergency override of a freeze needs this many approvals from "override approvers".
+    "OVERRIDE_APPROVALS": env.int("OPSWEB_OVERRIDE_APPROVALS", default=2),
 }
 
 # Notifications. Mail uses Django's mailers, configured from EMAIL_URL (django-environ syntax,

@@ -227,7 +227,6 @@ def _deploy(run: Run, progress) -> bool:
         run_id=run.pk,
         previous_ref=services.previous_ref(run),
     )
-    progress(f"Deploying {services.describe(run.image)} with the {backend.label} backend")
     started = time.monotonic()
     result = backend.deploy(request, progress)
     return services.record_switch(

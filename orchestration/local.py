@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import select
 import shlex
 import signal
 import socket
@@ -155,26 +156,43 @@ class LocalProcessBackend(DeployBackend):
         with self._locked(request.environment):
             t = time.monotonic()
             workdir = self._export(request.git_sha)
-            progress(f"Exported commit {request.git_sha[:7]} to {workdir}", time.monotonic() - t)
+            # Each log line is a database write: on the way to the new version they are written
+            # while the old process exits and the new one starts, instead of before.
+            lines = [(f"Exported commit {request.git_sha[:7]} to {workdir}", time.monotonic() - t)]
+
+            def write_lines() -> None:
+                while lines:
+                    progress(*lines.pop(0))
 
             state = self._adopt(request.environment)
             t = time.monotonic()
-            if state and process_alive(state.get("pid"), state.get("started")):
-                stopped = stop_process(
-                    state["pid"], self.settings["stop_timeout"], Heartbeat(progress)
+            stopped_previous = bool(state) and process_alive(state.get("pid"), state.get("started"))
+            if stopped_previous:
+                signalled = terminate(state["pid"])
+                try:
+                    write_lines()
+                finally:
+                    stopped = (
+                        wait_stopped(
+                            state["pid"], self.settings["stop_timeout"], Heartbeat(progress)
+                        )
+                        if signalled
+                        else "already gone"
+                    )
+                lines.append(
+                    (
+                        f"Stopped {state.get('tag', 'previous version')} (pid {state['pid']}, "
+                        f"{stopped})",
+                        time.monotonic() - t,
+                    )
                 )
-                progress(
-                    f"Stopped {state.get('tag', 'previous version')} (pid {state['pid']}, "
-                    f"{stopped})",
-                    time.monotonic() - t,
-                )
-                stopped_previous = True
             else:
-                stopped_previous = False
+                write_lines()
             self._write_state(request.environment, {})
 
             port, host = self.settings["port"], self.settings["host"]
             if port_in_use(host, port):
+                write_lines()
                 raise DeployError(
                     f"Port {port} on {host} is in use by a process opsweb did not start; "
                     f"stop it or give this environment another port.",
@@ -201,6 +219,8 @@ class LocalProcessBackend(DeployBackend):
             except DeployError as exc:
                 self._write_state(request.environment, {})
                 raise DeployError(str(exc), previous_stopped=stopped_previous) from None
+            finally:
+                write_lines()
             self._write_state(request.environment, {**starting, "pid": pid, "started": started})
             try:
                 self._wait_until_listening(pid, started, host, port, log_path, Heartbeat(progress))
@@ -216,6 +236,9 @@ class LocalProcessBackend(DeployBackend):
             )
 
     def _export(self, git_sha: str) -> Path:
+        target = self.state_dir / "versions" / git_sha
+        if (target / ".opsweb-complete").exists():
+            return target  # exported before, so the commit exists: a rollback skips git
         repository = Path(self.settings["repository"])
         if not (repository / ".git").exists() and not (repository / "HEAD").exists():
             raise DeployError(
@@ -224,9 +247,6 @@ class LocalProcessBackend(DeployBackend):
         check = git(repository, "cat-file", "-e", f"{git_sha}^{{commit}}")
         if check.returncode != 0:
             raise DeployError(f"Commit {git_sha} is not in the repository at {repository}.")
-        target = self.state_dir / "versions" / git_sha
-        if (target / ".opsweb-complete").exists():
-            return target
         archive = subprocess.run(
             ["git", "-C", str(repository), "archive", "--format=tar", git_sha],
             capture_output=True,
@@ -280,6 +300,7 @@ class LocalProcessBackend(DeployBackend):
         self, pid: int, started: float | None, host: str, port: int, log_path: Path, beat
     ) -> None:
         deadline = time.monotonic() + self.settings["start_timeout"]
+        delay = 0.005
         while time.monotonic() < deadline:
             beat()
             if not process_alive(pid, started):
@@ -289,7 +310,9 @@ class LocalProcessBackend(DeployBackend):
                 )
             if port_in_use(host, port):
                 return
-            time.sleep(0.1)
+            # Python apps listen after ~0.1 s: look often (a connect is cheap), backing off a little.
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
         stop_process(pid, self.settings["stop_timeout"])
         raise DeployError(
             f"The process did not listen on {host}:{port} within "
@@ -380,17 +403,31 @@ def process_alive(pid: int | None, started: float | None = None) -> bool:
 
 def stop_process(pid: int, timeout: float, beat=lambda: None) -> str:
     """TERM the process group, wait up to ``timeout`` seconds, then KILL it."""
+    if not terminate(pid):
+        return "already gone"
+    return wait_stopped(pid, timeout, beat)
+
+
+def terminate(pid: int) -> bool:
+    """Send TERM to the process group; False if it is gone already."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
-        return "already gone"
+        return False
+    return True
+
+
+def wait_stopped(pid: int, timeout: float, beat=lambda: None) -> str:
+    """Wait up to ``timeout`` seconds for a TERMed process to exit, then KILL its group."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        beat()
-        _reap(pid)
-        if not process_alive(pid):
-            return "stopped with TERM"
-        time.sleep(0.05)
+    with ExitWatch(pid) as watch:
+        while time.monotonic() < deadline:
+            beat()
+            _reap(pid)
+            if not process_alive(pid):
+                return "stopped with TERM"
+            # Woken the moment it exits where the OS can tell (Linux pidfd), else a short poll.
+            watch.wait(min(0.5, max(0.0, deadline - time.monotonic())))
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
     for _ in range(100):
@@ -399,6 +436,30 @@ def stop_process(pid: int, timeout: float, beat=lambda: None) -> str:
             break
         time.sleep(0.05)
     return f"killed after {timeout:g}s"
+
+
+class ExitWatch:
+    """Waits for any process (not only a child) to exit: a Linux pidfd where there is one,
+    otherwise polls that start at 5 ms and double up to 50 ms."""
+
+    def __init__(self, pid: int):
+        self.pid, self.fd, self.delay = pid, None, 0.005
+
+    def __enter__(self) -> ExitWatch:
+        with contextlib.suppress(AttributeError, OSError):  # not Linux ≥ 5.3, or gone already
+            self.fd = os.pidfd_open(self.pid)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+    def wait(self, timeout: float) -> None:
+        if self.fd is not None:
+            select.select([self.fd], [], [], timeout)
+            return
+        time.sleep(min(self.delay, timeout))
+        self.delay = min(self.delay * 2, 0.05)
 
 
 def _reap(pid: int) -> None:

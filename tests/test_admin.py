@@ -273,6 +273,25 @@ def test_a_malformed_object_id_is_not_a_server_error(flow):
         assert response.status_code == 302  # the stock "doesn't exist" redirect
 
 
+def inline_forms(env, **changes) -> dict:
+    """The environment page's inline formsets as posted: its rules as they are, no windows."""
+    rules = list(env.approval_rules.order_by("id"))
+    data = {
+        "approval_rules-TOTAL_FORMS": len(rules),
+        "approval_rules-INITIAL_FORMS": len(rules),
+        "change_windows-TOTAL_FORMS": 0,
+        "change_windows-INITIAL_FORMS": 0,
+    }
+    for i, rule in enumerate(rules):
+        data |= {
+            f"approval_rules-{i}-id": rule.pk,
+            f"approval_rules-{i}-environment": env.pk,
+            f"approval_rules-{i}-group": rule.group_id,
+            f"approval_rules-{i}-count": rule.count,
+        }
+    return data | changes
+
+
 def test_environment_edits_are_validated_and_audited(flow):
     from opsweb.models import Environment
 
@@ -286,8 +305,8 @@ def test_environment_edits_are_validated_and_audited(flow):
         "slug": env.slug,
         "position": env.position,
         "upstream": env.upstream_id,
-        "required_approvals": 1,
         "approver_group": env.approver_group_id,
+        "allow_self_approval": "",
         "requires_uat_signoff": "on",
         "backend": "local",
         "backend_settings": '{"port": 8104, "repository": "/r", "state_dir": "/s", '
@@ -299,17 +318,19 @@ def test_environment_edits_are_validated_and_audited(flow):
         "rto_seconds": 300,
         "soak_seconds": 0,
         "bake_seconds": 0,
+        **inline_forms(env),
     }
     response = client.post(url, data)
     assert response.status_code == 200 and "start_timeout" in response.text
-    assert Environment.objects.get(pk=env.pk).required_approvals == 2
+    assert Environment.objects.get(pk=env.pk).soak_seconds == 0
+    data["soak_seconds"] = 60
     data["backend_settings"] = "[1, 2]"
     assert "Give an object of settings" in client.post(url, data).text
     data["backend_settings"] = '{"port": 8104, "repository": "/r", "state_dir": "/s"}'
     assert client.post(url, data).status_code == 302
-    assert Environment.objects.get(pk=env.pk).required_approvals == 1
+    assert Environment.objects.get(pk=env.pk).soak_seconds == 60
     entry = AuditEntry.objects.get(action="configure_environment")
-    assert entry.actor == root and "required_approvals=1" in entry.message
+    assert entry.actor == root and "soak_seconds=60" in entry.message
 
 
 def test_approving_a_run_that_was_queued_meanwhile_explains_why(pending, bob):

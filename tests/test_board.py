@@ -105,3 +105,34 @@ def test_board_query_count_does_not_grow_with_history(flow, alice, bob, carol):
     small = queries(bob)
     history(flow, 300, "8")
     assert queries(bob) == small
+
+
+def test_a_frozen_environment_says_until_when_on_its_card(flow, bob):
+    v1 = make_image("1.0.0")
+    succeed_in(flow["production"], v1)
+    services.set_frozen(user=bob, environment=flow["production"], frozen=True, reason="audit")
+    cards = {c.environment.slug: c for c in build_board(bob).cards}
+    assert cards["production"].state == "frozen" and "frozen" in cards["production"].flags
+    assert "AWS Production is frozen" in cards["production"].freeze
+
+
+def test_pending_runs_name_who_may_still_approve_under_several_rules(flow, alice, bob, carol):
+    from django.contrib.auth.models import Group
+
+    from opsweb.models import ApprovalRule
+
+    production = flow["production"]
+    qa, sre = Group.objects.create(name="qa"), Group.objects.create(name="sre")
+    ApprovalRule.objects.filter(environment=production).delete()
+    ApprovalRule.objects.create(environment=production, group=qa, count=1)
+    ApprovalRule.objects.create(environment=production, group=sre, count=1)
+    bob.groups.add(qa)
+    carol.groups.add(qa, sre)
+    v1 = make_image("1.0.0")
+    succeed_in(flow["staging"], v1)
+    services.sign_off_uat(user=bob, environment=flow["staging"], image=v1)
+    run = services.request_promotion(user=alice, target=production, image=v1)
+    card = {c.environment.slug: c for c in build_board(bob).cards}["production"]
+    (pending_run, given, still, unreachable) = card.pending[0]
+    assert pending_run == run and still == ["bob", "carol"] and not unreachable
+    assert "0 of 2" in given

@@ -41,6 +41,7 @@ def test_bootstrap_creates_the_seed_flow_in_order():
         "deployers",
         "staging approvers",
         "production approvers",
+        "override approvers",
         "ci",
     }
     assert Schedule.objects.filter(func="opsweb.tasks.reconcile").exists()
@@ -49,8 +50,7 @@ def test_bootstrap_creates_the_seed_flow_in_order():
 def test_bootstrap_twice_changes_nothing_and_keeps_operator_changes():
     bootstrap()
     production = Environment.objects.get(slug="production")
-    production.required_approvals = 3
-    production.save()
+    production.approval_rules.update(count=3)
     Group.objects.get(name="ci").permissions.clear()
 
     out = bootstrap()

@@ -149,6 +149,7 @@ def test_pages_fit_1366_pixels_and_are_screenshotted(browser, live_server, flow,
         "run-list": "/admin/opsweb/run/",
         "image-list": "/admin/opsweb/imageversion/",
         "run": f"/admin/opsweb/run/{last.pk}/change/",
+        "dora": "/admin/dora/?environment=production&days=30",
     }
     for name, path in pages.items():
         page.goto(live_server.url + path)
@@ -162,4 +163,8 @@ def test_pages_fit_1366_pixels_and_are_screenshotted(browser, live_server, flow,
         )
         assert too_wide == [], (name, too_wide)
         page.screenshot(path=os.path.join(shots, f"opsweb-{name}-1366.png"), full_page=True)
+    # The DORA page draws its charts as SVG, served by the console itself (no CDN).
+    page.goto(live_server.url + pages["dora"])
+    assert page.locator("figure.dora-chart svg").count() >= 4
+    assert "Deployment frequency" in page.inner_text("body")
     connections.close_all()

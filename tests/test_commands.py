@@ -17,6 +17,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.utils import timezone
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,7 @@ from opsweb import services
 from opsweb.models import (
     Approval,
     AuditEntry,
+    ChangeWindow,
     Environment,
     ImageVersion,
     Run,
@@ -306,7 +308,7 @@ def test_run_status_wait_times_out_with_exit_3(world):
 
 
 def test_environments_lists_versions_flags_and_pending_runs(world):
-    Environment.objects.filter(slug="production").update(is_frozen=True)
+    ChangeWindow.objects.create(environment=world.prod_run.environment, starts_at=timezone.now())
     code, out, _ = run_command("environments", "--as", "ci")
     assert code == 0
     header, local, dev, staging, production = out.splitlines()

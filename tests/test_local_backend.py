@@ -1,12 +1,14 @@
 """LocalProcessBackend against real processes and a real git repository."""
 
 import socket
+import subprocess
+import sys
 
 import pytest
 
 from opsweb.sample_app import Release, create_repository, digest_for
 from orchestration.base import DeployError, DeployRequest, SettingsError
-from orchestration.local import LocalProcessBackend, process_alive
+from orchestration.local import LocalProcessBackend, process_alive, stop_process
 from tests.conftest import free_port
 from tests.conftest import get_json as get_url_json
 
@@ -154,3 +156,24 @@ def test_local_start_record_without_a_process_is_cleared(backend, repo):
     backend._write_state("test", {"start_id": "gone", "tag": "1.0.0", "digest": "sha256:x"})
     assert backend.running_version("test") is None
     assert backend.read_state("test") == {}
+
+
+def test_stop_process_stops_a_process_another_process_started():
+    # After an opsweb restart the running version is nobody's child here: it cannot be waited
+    # for with waitpid, only watched (a pidfd on Linux, polls elsewhere).
+    launcher = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess; print(subprocess.Popen(['sleep', '60'], "
+            "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(launcher.stdout)
+    assert process_alive(pid)
+
+    assert stop_process(pid, timeout=10) == "stopped with TERM"
+    assert not process_alive(pid)

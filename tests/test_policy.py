@@ -279,3 +279,14 @@ def test_transition_refuses_a_move_the_table_does_not_allow(flow, staged, alice,
     services.cancel_run(user=alice, run=run)
     assert services.transition(stale, to=RunStatus.EXPIRED) is False  # lost the race
     assert Run.objects.get(pk=run.pk).status == RunStatus.CANCELLED
+
+
+def test_older_is_decided_by_the_first_deploy_there_so_a_rollback_does_not_flip_it(flow):
+    from opsweb.services.base import is_older
+
+    dev = flow["dev"]
+    old, new = make_image("1.0.0"), make_image("1.1.0")
+    succeed_in(dev, old)
+    succeed_in(dev, new)
+    succeed_in(dev, old)  # rolled back: 1.0.0 runs again, but 1.1.0 is still the newer one
+    assert is_older(old, new, dev) and not is_older(new, old, dev)

@@ -8,6 +8,7 @@ from django.utils import timezone
 from opsweb import services
 from opsweb.models import (
     Approval,
+    ApprovalRule,
     AuditEntry,
     Environment,
     ImageVersion,
@@ -476,7 +477,7 @@ def test_a_queued_run_whose_approvals_no_longer_count_does_not_start(
 def test_self_approval_given_while_allowed_stops_counting_when_turned_off(flow, staged, bob):
     requester = make_user("erin", "staging approvers")
     make_user("frank", "staging approvers")
-    Environment.objects.filter(slug="staging").update(required_approvals=2)
+    ApprovalRule.objects.filter(environment__slug="staging").update(count=2)
     run = services.request_promotion(user=requester, target=flow["staging"])
     services.approve_run(user=requester, run=run)
     Environment.objects.filter(slug="staging").update(allow_self_approval=False)

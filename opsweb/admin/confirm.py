@@ -74,6 +74,10 @@ class Confirmation:
     def title(self, obj, chosen) -> str:
         return self.label(obj)
 
+    def form_for(self, obj) -> type[ConfirmForm]:
+        """The form for this object now (a promotion during a freeze offers the override)."""
+        return self.form_class
+
     def choose(self, obj, request) -> tuple[Choice | None, object]:
         """What the person may pick on this page and what is picked now (from ``?image=``)."""
         return None, None
@@ -195,7 +199,8 @@ class ConfirmingAdmin(OpswebAdmin):
             # On POST the service answers: it compares what the page showed first.
             self.message_user(request, decision.reason, messages.ERROR)
             return redirect(self.object_url(obj))
-        form = confirmation.form_class(request.POST if request.method == "POST" else None)
+        form_class = confirmation.form_for(obj)
+        form = form_class(request.POST if request.method == "POST" else None)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             try:
@@ -211,7 +216,7 @@ class ConfirmingAdmin(OpswebAdmin):
             return redirect(target)
         facts = confirmation.facts(obj, chosen)
         if not form.is_bound:
-            form = confirmation.form_class(initial={"seen": services.base.seal(facts)})
+            form = form_class(initial={"seen": services.base.seal(facts)})
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,

@@ -7,6 +7,7 @@ from django import forms
 from django.contrib import admin
 from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 from django.utils.html import format_html
 
 from opsweb import policy, services
@@ -21,8 +22,19 @@ from opsweb.admin.confirm import (
     image_option,
     version_line,
 )
-from opsweb.models import Environment, ImageVersion, RollbackReason, Run, RunStatus, Signoff
+from opsweb.admin.lists import OpswebAdmin
+from opsweb.models import (
+    ApprovalRule,
+    ChangeWindow,
+    Environment,
+    ImageVersion,
+    RollbackReason,
+    Run,
+    RunStatus,
+    Signoff,
+)
 from opsweb.services import facts
+from opsweb.windows import describe_window, freeze_status, next_occurrences, wall_text
 
 
 def run_url(run) -> str:
@@ -41,6 +53,43 @@ class NoteForm(ConfirmForm):
     note = forms.CharField(required=False)
 
 
+class OverrideForm(NoteForm):
+    """Promote or deploy while a freeze applies: only with an emergency override and a reason."""
+
+    override = forms.BooleanField(
+        required=False,
+        label="Emergency override",
+        help_text="Go during the freeze; it also needs the override approvers' approvals.",
+    )
+    override_reason = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 2}), label="Why it cannot wait"
+    )
+
+    def clean(self):
+        data = super().clean()
+        if data.get("override") and not (data.get("override_reason") or "").strip():
+            self.add_error("override_reason", "Say why this cannot wait for the freeze to end.")
+        return data
+
+
+def override_reason(data) -> str:
+    return data.get("override_reason", "").strip() if data.get("override") else ""
+
+
+def _freeze_lines(env: Environment) -> list[tuple[str, str]]:
+    status = freeze_status(env, timezone.now())
+    if not status.frozen:
+        return []
+    return [
+        ("Freeze", status.sentence),
+        (
+            "Emergency override",
+            f"tick it and say why: the run then also needs {policy.override_approvals()} "
+            f"approvals from {services.base.OVERRIDE_GROUP}, people other than you",
+        ),
+    ]
+
+
 class RollbackForm(ConfirmForm):
     # No default: the person says which of the seed's trigger conditions they saw.
     reason = forms.ChoiceField(choices=[("", "— choose the reason —"), *RollbackReason.choices])
@@ -48,11 +97,13 @@ class RollbackForm(ConfirmForm):
 
 
 def _approvals_line(env: Environment) -> tuple[str, str]:
-    if not env.required_approvals:
+    rules = env.rules
+    if not rules:
         return "Approvals needed", "none (it starts at once)"
     return (
         "Approvals needed",
-        f"{env.required_approvals} from {env.approver_group}"
+        " and ".join(f"{rule.count} from {rule.group}" for rule in rules)
+        + (", one rule per person" if len(rules) > 1 else "")
         + ("" if env.allow_self_approval else ", not including you"),
     )
 
@@ -63,6 +114,10 @@ class Promote(Confirmation):
 
     name = "promote"
     form_class = NoteForm
+
+    def form_for(self, env):
+        target = getattr(env, "downstream", None)
+        return OverrideForm if target and target.is_frozen else NoteForm
 
     def label(self, env):
         return f"Promote to {env.downstream}"
@@ -98,7 +153,7 @@ class Promote(Confirmation):
             return policy.refuse(
                 f"Version {env.current_image} is marked bad; choose another version to promote."
             )
-        return policy.may_promote(user, target, chosen)
+        return policy.may_promote(user, target, chosen, override=True)
 
     def facts(self, env, chosen):
         return facts.promotion_facts(env.downstream, chosen)
@@ -110,6 +165,7 @@ class Promote(Confirmation):
             ("From", version_line(target.current_image) + " (what it runs now)"),
             ("To", version_line(chosen) if chosen else "choose a version above"),
             _approvals_line(target),
+            *_freeze_lines(target),
             ("Image scan", scan_line(chosen, target)),
         ]
         if target.requires_uat_signoff and chosen is not None:
@@ -134,7 +190,13 @@ class Promote(Confirmation):
 
     def perform(self, user, env, chosen, data, seen):
         run = services.request_promotion(
-            user=user, target=env.downstream, source=env, image=chosen, note=data["note"], seen=seen
+            user=user,
+            target=env.downstream,
+            source=env,
+            image=chosen,
+            note=data["note"],
+            override_reason=override_reason(data),
+            seen=seen,
         )
         return f"Run #{run.pk} requested: it {run.status_phrase}.", run_url(run)
 
@@ -142,6 +204,9 @@ class Promote(Confirmation):
 class Deploy(Confirmation):
     name = "deploy"
     form_class = NoteForm
+
+    def form_for(self, env):
+        return OverrideForm if env.is_frozen else NoteForm
 
     def label(self, env):
         return "Deploy a version"
@@ -158,7 +223,7 @@ class Deploy(Confirmation):
         return Choice("image", "Version", options, str(chosen.pk) if chosen else ""), chosen
 
     def decide(self, user, env, chosen):
-        return policy.may_deploy(user, env, chosen)
+        return policy.may_deploy(user, env, chosen, override=True)
 
     def facts(self, env, chosen):
         return facts.environment_facts(env)
@@ -169,6 +234,7 @@ class Deploy(Confirmation):
             ("From", version_line(env.current_image) + " (what it runs now)"),
             ("To", version_line(chosen) if chosen else "choose a version above"),
             _approvals_line(env),
+            *_freeze_lines(env),
             ("Image scan", scan_line(chosen, None)),
         ]
 
@@ -179,7 +245,12 @@ class Deploy(Confirmation):
         if chosen is None:
             raise services.ReleaseError("Choose the version to deploy first.")
         run = services.request_deploy(
-            user=user, environment=env, image=chosen, note=data["note"], seen=seen
+            user=user,
+            environment=env,
+            image=chosen,
+            note=data["note"],
+            override_reason=override_reason(data),
+            seen=seen,
         )
         return f"Run #{run.pk} requested: it {run.status_phrase}.", run_url(run)
 
@@ -326,7 +397,12 @@ class Freeze(Confirmation):
     def lines(self, env, chosen):
         return [
             ("Environment", str(env)),
-            ("After this", "runs start again" if env.is_frozen else "only rollbacks start here"),
+            (
+                "After this",
+                "the freeze set by hand ends (windows on the environment page still apply)"
+                if env.is_frozen
+                else "only rollbacks start here until someone unfreezes it",
+            ),
         ]
 
     def perform(self, user, env, chosen, data, seen):
@@ -335,6 +411,103 @@ class Freeze(Confirmation):
             user=user, environment=env, frozen=freeze, reason=data["comment"], seen=seen
         )
         return f"{env} {'frozen' if freeze else 'unfrozen'}.", env_url(env)
+
+
+class ApprovalRuleInline(admin.TabularInline):
+    """ "N approvals from group G": all of an environment's rules must be met."""
+
+    model = ApprovalRule
+    extra = 0
+    fields = ["group", "count"]
+    verbose_name = "approval rule"
+
+
+class ChangeWindowForm(forms.ModelForm):
+    class Meta:
+        model = ChangeWindow
+        fields = [
+            "kind",
+            "starts_at",
+            "ends_at",
+            "rrule",
+            "cron",
+            "duration_seconds",
+            "time_zone",
+            "reason",
+        ]
+
+
+class ChangeWindowInline(admin.StackedInline):
+    """This environment's change windows (those for every environment are under *Change
+    windows*), each in plain words with its next occurrences."""
+
+    model = ChangeWindow
+    form = ChangeWindowForm
+    extra = 0
+    fields = [
+        "kind",
+        ("starts_at", "ends_at"),
+        ("rrule", "cron", "duration_seconds"),
+        "time_zone",
+        "reason",
+        "in_words",
+        "created_by",
+    ]
+    readonly_fields = ["in_words", "created_by"]
+
+    @admin.display(description="In words")
+    def in_words(self, window):
+        return window_text(window) if window.pk else "—"
+
+
+def window_text(window: ChangeWindow) -> str:
+    """ "every Friday 16:00 → Monday 08:00, Europe/Berlin; next: Fri 04 Dec 2026 16:00 …"."""
+    now = timezone.now()
+    upcoming = [
+        f"{wall_text(start, window.time_zone)}"
+        + (f" → {wall_text(end, window.time_zone)}" if end else "")
+        for start, end in next_occurrences(window, now)
+    ]
+    return describe_window(window) + (f"; next: {'; '.join(upcoming)}" if upcoming else "")
+
+
+@admin.register(ChangeWindow)
+class ChangeWindowAdmin(OpswebAdmin):
+    """All change windows, including those for every environment (no environment set)."""
+
+    form = ChangeWindowForm
+    fields = ["environment", *ChangeWindowForm.Meta.fields]
+    list_display = ["__str__", "kind", "environment", "next_occurrences", "reason", "created_by"]
+    list_select_related = ["environment", "created_by"]
+
+    @admin.display(description="Next occurrences")
+    def next_occurrences(self, window):
+        return window_text(window)
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+        services.base.audit(
+            request.user,
+            "configure_change_window",
+            f"{'Changed' if change else 'Added'} change window {obj}",
+            environment=obj.environment,
+        )
+
+    def delete_model(self, request, obj):
+        text, environment = str(obj), obj.environment
+        super().delete_model(request, obj)
+        services.base.audit(
+            request.user,
+            "configure_change_window",
+            f"Removed change window {text}",
+            environment=environment,
+        )
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            self.delete_model(request, obj)
 
 
 @admin.register(Environment)
@@ -350,6 +523,7 @@ class EnvironmentAdmin(ConfirmingAdmin):
         "flags",
         "backend",
     ]
+    inlines = [ApprovalRuleInline, ChangeWindowInline]
     list_select_related = ["upstream", "current_image", "approver_group"]
     ordering = ["position"]
     readonly_fields = [
@@ -357,7 +531,7 @@ class EnvironmentAdmin(ConfirmingAdmin):
         "current_since",
         "auto_deploy_paused",
         "paused_reason",
-        "is_frozen",
+        "freeze",
         "drift",
         "drift_checked_at",
         "security_alert",
@@ -375,7 +549,7 @@ class EnvironmentAdmin(ConfirmingAdmin):
                     "security_alert",
                     "auto_deploy_paused",
                     "paused_reason",
-                    "is_frozen",
+                    "freeze",
                 ]
             },
         ),
@@ -383,12 +557,14 @@ class EnvironmentAdmin(ConfirmingAdmin):
         (
             "Approvals",
             {
+                "description": "How many approvals a run needs, and from whom, are the approval "
+                "rules below: all must be met, and one person's approval counts toward one rule.",
                 "fields": [
-                    "required_approvals",
                     "approver_group",
                     "allow_self_approval",
+                    "forbid_author_approval",
                     "requires_uat_signoff",
-                ]
+                ],
             },
         ),
         (
@@ -476,9 +652,38 @@ class EnvironmentAdmin(ConfirmingAdmin):
     def waiting_runs(self, env):
         return env.waiting
 
+    def save_formset(self, request, form, formset, change):
+        # Rules and windows decide who approves and when runs start: every change is audited
+        # like the environment's own fields.
+        instances = formset.save(commit=False)
+        for instance in instances:
+            if isinstance(instance, ChangeWindow) and instance.pk is None:
+                instance.created_by = request.user
+        formset.save_m2m()
+        deleted = [str(obj) for obj in formset.deleted_objects]
+        for obj in formset.deleted_objects:
+            obj.delete()
+        for instance in instances:
+            instance.save()
+        env = form.instance
+        for obj in formset.new_objects:
+            self._record(request, env, f"Added to {env}: {obj}")
+        for obj, fields in formset.changed_objects:
+            self._record(request, env, f"Changed in {env}: {obj} ({', '.join(fields)})")
+        for text in deleted:
+            self._record(request, env, f"Removed from {env}: {text}")
+
+    def _record(self, request, env, message):
+        services.record_configuration(user=request.user, environment=env, message=message)
+
     @admin.display(description="Approvals")
     def approvals_needed(self, env):
-        return env.required_approvals
+        return " + ".join(str(rule) for rule in env.rules) or "none"
+
+    @admin.display(description="Freeze")
+    def freeze(self, env):
+        status = freeze_status(env, timezone.now())
+        return status.sentence if status.frozen else "not frozen: runs start when approved"
 
     @admin.display(description="Flags")
     def flags(self, env):
@@ -498,8 +703,13 @@ def environment_flags(env: Environment) -> list[str]:
         flags.append(
             f"runs a bad version ({env.current_image.tag}: {env.current_image.bad_reason})"
         )
-    if env.is_frozen:
-        flags.append("frozen")
+    status = freeze_status(env, timezone.now())
+    if status.frozen:
+        flags.append(
+            f"frozen until {wall_text(status.until, status.time_zone)}"
+            if status.until
+            else "frozen until lifted"
+        )
     if env.auto_deploy_paused:
         flags.append("auto-deploy paused")
     if env.drift:

@@ -29,26 +29,31 @@ class CappedPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        counted = self.object_list[: COUNT_CAP + 1].count()
+        counted, estimate = capped_count(self.object_list)
         if counted <= COUNT_CAP:
             return counted
         self.capped = True
-        self.estimate = planner_estimate(self.object_list)
+        self.estimate = estimate if estimate and estimate > COUNT_CAP else None
         return COUNT_CAP
 
 
-def planner_estimate(queryset) -> int | None:
-    """PostgreSQL's estimate of the table's rows when ``queryset`` has no filter."""
+def capped_count(queryset) -> tuple[int, int | None]:
+    """(rows up to ``COUNT_CAP + 1``, the planner's estimate of the table's rows or None), in
+    one query whatever the size: on PostgreSQL an unfiltered list reads ``pg_class.reltuples``
+    in the same statement as its capped count."""
     connection = connections[queryset.db]
+    capped = queryset[: COUNT_CAP + 1]
     if connection.vendor != "postgresql" or queryset.query.where:
-        return None
+        return capped.count(), None
+    sql, params = capped.values("pk").query.sql_with_params()
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-            [queryset.model._meta.db_table],
+            f"SELECT (SELECT COUNT(*) FROM ({sql}) AS capped), "  # noqa: S608 (Django's own SQL)
+            "(SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass)",
+            [*params, queryset.model._meta.db_table],
         )
-        row = cursor.fetchone()
-    return int(row[0]) if row and row[0] and row[0] > COUNT_CAP else None
+        counted, estimate = cursor.fetchone()
+    return counted, estimate
 
 
 class CheckedChangeList(ChangeList):

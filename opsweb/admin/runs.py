@@ -47,6 +47,14 @@ def run_lines(run: Run) -> list[tuple[str, str]]:
                 f"until {services.base.approval_deadline(run):%Y-%m-%d %H:%M:%S} UTC",
             )
         )
+    if run.freeze_override_reason:
+        lines.append(
+            (
+                "Emergency override",
+                f"goes during the freeze: {run.freeze_override_reason} "
+                f"({run.override_approvals} approvals from {services.base.OVERRIDE_GROUP})",
+            )
+        )
     return lines
 
 
@@ -71,8 +79,10 @@ class RunChangeList(CheckedChangeList):
         super().get_results(request)
         rows = list(self.result_list)
         counts = services.approval_counts(run.pk for run in rows if run.required_approvals)
+        rules = services.base.rule_counts({run.environment_id for run in rows})
         for run in rows:
             run.approvals_given = counts.get(run.pk, 0)
+            run.rule_count = rules.get(run.environment_id, 0)
         self.result_list = rows
 
 
@@ -170,6 +180,7 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
                     "requested_by",
                     "reason",
                     "note",
+                    "freeze_override_reason",
                     "error",
                 ]
             },

@@ -21,6 +21,8 @@ from opsweb.services.base import (
     is_approver,
     last_success,
     previous_stable_version,
+    quorum_progress,
+    rule_count_annotation,
     transition,
     unreachable_quorum,
 )
@@ -84,6 +86,8 @@ __all__ = [
     "mark_bad",
     "previous_ref",
     "previous_stable_version",
+    "quorum_progress",
+    "rule_count_annotation",
     "record_configuration",
     "record_drift",
     "record_lost_state",

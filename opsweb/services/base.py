@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core import signing
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Count, F, Max, Q
+from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from opsweb.models import (
     ALLOWED_TRANSITIONS,
     TERMINAL_STATUSES,
     Approval,
+    ApprovalRule,
     AuditEntry,
     Environment,
     ImageVersion,
@@ -43,11 +48,21 @@ class NotAllowed(ReleaseError):
 
 
 def is_approver(user, environment: Environment) -> bool:
-    """Members of the environment's approver group approve, reject and roll back there.
-    Superusers are not approvers by default: approval is a named person's decision."""
-    if not (user and user.is_active and environment.approver_group_id):
+    """Members of the environment's approver group, or of a group one of its approval rules
+    names, approve, reject and roll back there. Superusers are not approvers by default:
+    approval is a named person's decision."""
+    if not (user and user.is_active):
         return False
-    return user.groups.filter(pk=environment.approver_group_id).exists()
+    groups = rule_group_ids(environment)
+    if environment.approver_group_id:
+        groups.add(environment.approver_group_id)
+    return bool(groups) and user.groups.filter(pk__in=groups).exists()
+
+
+def rule_group_ids(environment: Environment) -> set[int]:
+    return set(
+        ApprovalRule.objects.filter(environment=environment).values_list("group_id", flat=True)
+    )
 
 
 def last_success(environment: Environment, image: ImageVersion) -> Run | None:
@@ -74,65 +89,283 @@ def previous_stable_version(
     return candidates.first()
 
 
+# -- quorums: rules, matching, progress ------------------------------------------------------
+
+OVERRIDE_GROUP = "override approvers"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """ "``count`` approvals from ``group``"; ``override`` rules (a freeze's emergency override)
+    never count the requester, whatever the environment's self-approval setting."""
+
+    label: str
+    group_id: int | None
+    count: int
+    override: bool = False
+
+
+@dataclass
+class RuleProgress:
+    rule: Rule
+    given: list[str] = dc_field(default_factory=list)
+    user_ids: list[int] = dc_field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return len(self.given) >= self.rule.count
+
+    @property
+    def text(self) -> str:
+        return f"{self.rule.label} {len(self.given)}/{self.rule.count}{' ✓' if self.done else ''}"
+
+
+@dataclass
+class QuorumProgress:
+    """Each rule's approvals after assigning approvers to rules (one person, one rule)."""
+
+    rules: list[RuleProgress]
+
+    @property
+    def met(self) -> bool:
+        return all(p.done for p in self.rules)
+
+    @property
+    def counted(self) -> int:
+        return sum(min(len(p.given), p.rule.count) for p in self.rules)
+
+    @property
+    def needed(self) -> int:
+        return sum(p.rule.count for p in self.rules)
+
+    @property
+    def text(self) -> str:
+        """ "QA 1/1 ✓, SRE 0/1"."""
+        return ", ".join(p.text for p in self.rules)
+
+    def as_json(self) -> list[dict]:
+        return [
+            {
+                "group": p.rule.label,
+                "needed": p.rule.count,
+                "given": len(p.given),
+                "approvers": p.given,
+                "met": p.done,
+                "override": p.rule.override,
+            }
+            for p in self.rules
+        ]
+
+
+def override_group() -> Group | None:
+    return Group.objects.filter(name=OVERRIDE_GROUP).first()
+
+
+def environment_rules(environment: Environment, *, override: int = 0) -> list[Rule]:
+    """The environment's approval rules, plus the override rule when ``override`` approvals are
+    needed for an emergency override of a freeze."""
+    rules = [Rule(r.group.name, r.group_id, r.count) for r in environment.rules]
+    if override:
+        group = override_group()
+        rules.append(
+            Rule(group.name if group else OVERRIDE_GROUP, group and group.pk, override, True)
+        )
+    return rules
+
+
+def run_rules(run: Run) -> list[Rule]:
+    """The rules a run must meet: its environment's (as they are now) and, for an emergency
+    override, the override rule. A rollback needs none."""
+    if run.kind == RunKind.ROLLBACK or not run.required_approvals:
+        return []
+    return environment_rules(run.environment, override=run.override_approvals)
+
+
+def match_approvers(candidates: dict[int, list[int]], capacities: list[int]) -> dict[int, int]:
+    """Assign people to rules so that as many approvals count as possible: a maximum bipartite
+    matching (Kuhn's augmenting paths) between people and the rules' slots, where
+    ``candidates`` maps a person to the rules (indices) they may count toward, in the order
+    they decided, and rule i has ``capacities[i]`` slots. Returns person → rule.
+
+    Sizes are a handful of people and rules, so the O(people × slots²) search is instant. One
+    person fills one slot at most: an approval counts toward one rule only."""
+    holder: dict[tuple[int, int], int] = {}  # (rule, slot) → person
+
+    def place(person: int, seen: set) -> bool:
+        for rule in candidates[person]:
+            for slot in range(capacities[rule]):
+                if (rule, slot) in seen:
+                    continue
+                seen.add((rule, slot))
+                other = holder.get((rule, slot))
+                if other is None or place(other, seen):
+                    holder[(rule, slot)] = person
+                    return True
+        return False
+
+    for person in candidates:
+        place(person, set())
+    return {person: rule for (rule, _slot), person in holder.items()}
+
+
+def _valid_approvals(run: Run):
+    """Approvals that may count for ``run``: approve decisions for the digest it deploys, by
+    active users; not the requester where self-approval is off; not the commit's author where
+    that is forbidden."""
+    environment = run.environment
+    approvals = run.approvals.filter(
+        decision=Approval.Decision.APPROVE, digest=run.image.digest, user__is_active=True
+    )
+    if not environment.allow_self_approval and run.requested_by_id:
+        approvals = approvals.exclude(user_id=run.requested_by_id)
+    if environment.forbid_author_approval and run.image.author_email:
+        approvals = approvals.exclude(user__email__iexact=run.image.author_email)
+    return approvals.select_related("user").order_by("created_at", "id")
+
+
+def _memberships(user_ids, group_ids) -> dict[int, set[int]]:
+    through = get_user_model().groups.through
+    found: dict[int, set[int]] = {}
+    for user_id, group_id in through.objects.filter(
+        user_id__in=list(user_ids), group_id__in=[g for g in group_ids if g]
+    ).values_list("user_id", "group_id"):
+        found.setdefault(user_id, set()).add(group_id)
+    return found
+
+
+def _candidates(rules: list[Rule], people, requester_id, groups) -> dict[int, list[int]]:
+    return {
+        person: [
+            i
+            for i, rule in enumerate(rules)
+            if rule.group_id in groups.get(person, ())
+            and not (rule.override and person == requester_id)
+        ]
+        for person in people
+    }
+
+
+def quorum_progress(run: Run) -> QuorumProgress:
+    """Each rule's progress for ``run`` now ("QA 1/1 ✓, SRE 0/1"), after assigning the
+    approvals that count to rules with ``match_approvers``. Someone who left a group or was
+    deactivated since approving no longer counts. A few queries per run: lists call it for the
+    rows on the page only."""
+    rules = run_rules(run)
+    if not rules:
+        return QuorumProgress([])
+    approvals = list(_valid_approvals(run))
+    names = {a.user_id: a.user.get_username() for a in approvals}
+    groups = _memberships(names, [r.group_id for r in rules])
+    assigned = match_approvers(
+        _candidates(rules, list(names), run.requested_by_id, groups), [r.count for r in rules]
+    )
+    progress = [RuleProgress(rule) for rule in rules]
+    for person in names:  # in the order they approved
+        if person in assigned:
+            progress[assigned[person]].given.append(names[person])
+            progress[assigned[person]].user_ids.append(person)
+    return QuorumProgress(progress)
+
+
 def counting_approvals(run: Run):
-    """Approvals that count now: for the digest the run will deploy, by active members of the
-    approver group, and not by the requester where self-approval is off. Someone who left the
-    group or was deactivated since approving no longer counts (``_counting``)."""
-    return Approval.objects.filter(_counting(""), run=run)
+    """Approvals that count now (those ``quorum_progress`` assigned to a rule)."""
+    counted = [i for p in quorum_progress(run).rules for i in p.user_ids]
+    return _valid_approvals(run).filter(user_id__in=counted)
 
 
 def approvals_count(run: Run) -> int:
-    return counting_approvals(run).count()
+    return quorum_progress(run).counted
 
 
 def eligible_approvers(environment: Environment, *, requester=None):
-    """Users whose approval can count in ``environment``: active members of its approver
-    group, without the requester where self-approval is off."""
-    if not environment.approver_group_id:
+    """Users whose approval can count in ``environment``: active members of a group one of its
+    rules names, without the requester where self-approval is off."""
+    groups = rule_group_ids(environment)
+    if not groups:
         return get_user_model().objects.none()
-    users = (
-        get_user_model()
-        .objects.filter(is_active=True, groups=environment.approver_group_id)
-        .distinct()
-    )
+    users = get_user_model().objects.filter(is_active=True, groups__in=groups).distinct()
     if requester is not None and not environment.allow_self_approval:
         users = users.exclude(pk=requester.pk)
     return users
 
 
-def quorum_refusal(environment: Environment, *, requester) -> str:
-    """Why a request by ``requester`` could never reach the environment's quorum, or ""."""
-    needs = environment.required_approvals
-    if not needs:
+def _reach(rules: list[Rule], people: list[int], requester_id, groups) -> int:
+    """How many of the rules' approvals ``people`` could give at most, one rule each."""
+    return len(
+        match_approvers(_candidates(rules, people, requester_id, groups), [r.count for r in rules])
+    )
+
+
+def quorum_refusal(environment: Environment, *, requester, override: int = 0) -> str:
+    """Why a request by ``requester`` could never meet the environment's rules (and, with
+    ``override`` approvals, the override rule), or "". Every rule is checked, then all of them
+    together, since one person counts toward one rule only."""
+    rules = environment_rules(environment, override=override)
+    if not rules:
         return ""
-    can = eligible_approvers(environment, requester=requester).count()
-    if can >= needs:
-        return ""
-    who = "approver other than you" if not environment.allow_self_approval else "approver"
+    users = get_user_model().objects.filter(
+        is_active=True, groups__in=[r.group_id for r in rules if r.group_id]
+    )
+    drop_requester = requester is not None and not environment.allow_self_approval
+    if drop_requester:
+        users = users.exclude(pk=requester.pk)
+    people = sorted(set(users.values_list("pk", flat=True)))
+    groups = _memberships(people, [r.group_id for r in rules])
+    requester_id = requester.pk if requester is not None else None
+    for rule in rules:
+        can = _reach([rule], people, requester_id, groups)
+        if can < rule.count:
+            return _shortfall(environment, rule, can, rules, drop_requester or rule.override)
+    total = sum(r.count for r in rules)
+    can = _reach(rules, people, requester_id, groups)
+    if can < total:
+        detail = " and ".join(f"{r.count} from {r.label}" for r in rules)
+        return (
+            f"{environment} needs {total} approvals from different people ({detail}); only "
+            f"{can} can be given{' by people other than you' if drop_requester else ''}, since "
+            f"one person's approval counts toward one rule only. Ask an administrator to add "
+            f"approvers first."
+        )
+    return ""
+
+
+def _shortfall(environment, rule: Rule, can: int, rules, other_than_you: bool) -> str:
+    who = f"approver{'' if can == 1 else 's'}" + (" other than you" if other_than_you else "")
+    needs = rule.count
+    what = "an emergency override" if rule.override else str(environment)
+    source = "" if len(rules) == 1 or rule.override else f" from {rule.label}"
     return (
-        f"{environment} needs {needs} approval{'' if needs == 1 else 's'}; only {can} "
-        f"{who}{'' if can == 1 else 's'} "
-        f"in {environment.approver_group or 'no approver group'} can give one. Ask an "
-        f"administrator to add approvers first."
+        f"{what} needs {needs} approval{'' if needs == 1 else 's'}{source}; only {can} {who} "
+        f"in {rule.label} can give one. Ask an administrator to add approvers first."
     )
 
 
 def unreachable_quorum(run: Run) -> str:
-    """For a pending run: why it can no longer reach its quorum (an approver left the group
-    or was deactivated), or ""."""
+    """For a pending run: why it can no longer meet its rules (an approver left a group or was
+    deactivated), or ""."""
     if run.status != RunStatus.PENDING or not run.required_approvals:
         return ""
-    decided = run.approvals.values("user_id")
-    undecided = eligible_approvers(run.environment, requester=run.requested_by).exclude(
-        pk__in=decided
+    rules = run_rules(run)
+    progress = quorum_progress(run)
+    decided = set(run.approvals.values_list("user_id", flat=True))
+    counted = {i for p in progress.rules for i in p.user_ids}
+    users = get_user_model().objects.filter(
+        is_active=True, groups__in=[r.group_id for r in rules if r.group_id]
     )
-    reachable = approvals_count(run) + undecided.count()
-    if reachable >= run.required_approvals:
+    if not run.environment.allow_self_approval and run.requested_by_id:
+        users = users.exclude(pk=run.requested_by_id)
+    if run.environment.forbid_author_approval and run.image.author_email:
+        users = users.exclude(email__iexact=run.image.author_email)
+    people = sorted(counted | (set(users.values_list("pk", flat=True)) - decided))
+    groups = _memberships(people, [r.group_id for r in rules])
+    reachable = _reach(rules, people, run.requested_by_id, groups)
+    if reachable >= progress.needed:
         return ""
     return (
-        f"Run #{run.pk} can no longer reach {run.required_approvals} approvals: at most "
+        f"Run #{run.pk} can no longer reach {progress.needed} approvals: at most "
         f"{reachable} can still count. Cancel it and ask again once "
-        f"{run.environment.approver_group} has enough active members."
+        f"{' and '.join(r.label for r in rules)} "
+        f"{'has' if len(rules) == 1 else 'have'} enough active members."
     )
 
 
@@ -142,24 +375,47 @@ def approval_deadline(run: Run) -> datetime:
 
 
 def approvals_text(run: Run, given: int | None = None) -> str:
-    """ "1 of 2 approvals", or "" for runs that need none (rollbacks, Local, Dev)."""
+    """ "1 of 2" — or, with several rules, "1 of 2 (QA 1/1 ✓, SRE 0/1)" — or "" for runs that
+    need none (rollbacks, Local, Dev). ``given`` (from the list annotation) skips the
+    matching for single-rule runs."""
     if not run.required_approvals:
         return ""
-    given = approvals_count(run) if given is None else given
-    return f"{given} of {run.required_approvals}"
+    rules = getattr(run, "rule_count", None)
+    if rules is None and given is not None:
+        rules = ApprovalRule.objects.filter(environment_id=run.environment_id).count()
+    if given is not None and not run.override_approvals and rules <= 1:
+        return f"{min(given, run.required_approvals)} of {run.required_approvals}"
+    progress = quorum_progress(run)
+    text = f"{progress.counted} of {progress.needed}"
+    return text + (f" ({progress.text})" if len(progress.rules) > 1 else "")
+
+
+def rule_count_annotation() -> Subquery:
+    """How many approval rules the run's environment has, as an annotation named
+    ``rule_count`` on Run querysets: lets ``approvals_text(run, given)`` trust the list's
+    ``counting_approvals_annotation`` for single-rule runs without a query per row."""
+    rules = (
+        ApprovalRule.objects.filter(environment=OuterRef("environment"))
+        .values("environment")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    return Coalesce(Subquery(rules), 0)
 
 
 def _counting(prefix: str) -> Q:
-    """The one definition of an approval that counts, as a filter on Approval rows (prefix
+    """The one definition of an approval that may count, as a filter on Approval rows (prefix
     "") or on Run rows (prefix "approvals__"): approve, for the run's digest, by an active
-    member of the approver group, not by the requester where self-approval is off."""
+    member of a group one of the run's environment's rules names, not by the requester where
+    self-approval is off. Exact for single-rule environments; with several rules an upper
+    bound (one person counts toward one rule only: ``quorum_progress`` decides)."""
     run = "" if prefix else "run__"
     return Q(
         **{
             f"{prefix}decision": Approval.Decision.APPROVE,
             f"{prefix}digest": F(f"{run}image__digest"),
             f"{prefix}user__is_active": True,
-            f"{prefix}user__groups": F(f"{run}environment__approver_group"),
+            f"{prefix}user__groups__approval_rules__environment": F(f"{run}environment"),
         }
     ) & (
         Q(**{f"{run}environment__allow_self_approval": True})
@@ -169,9 +425,10 @@ def _counting(prefix: str) -> Q:
 
 
 def counting_approvals_annotation() -> Count:
-    """``counting_approvals`` as an annotation on Run querysets. Joins every approval of every
-    run in the queryset: use it on bounded sets (the board's active runs); lists use
-    ``approval_counts`` for the rows on the page."""
+    """Approvals that may count (``_counting``) as an annotation on Run querysets. Joins every
+    approval of every run in the queryset: use it on bounded sets (the board's active runs);
+    lists use ``approval_counts`` for the rows on the page, and ``approvals_text`` turns either
+    into exact progress for runs with several rules."""
     return Count("approvals", filter=_counting("approvals__"), distinct=True)
 
 
@@ -185,6 +442,17 @@ def approval_counts(run_ids) -> dict[int, int]:
     return {row["run_id"]: row["n"] for row in rows}
 
 
+def rule_counts(environment_ids) -> dict[int, int]:
+    """How many approval rules each environment has (one query): set as ``run.rule_count`` on
+    a page's rows so that ``approvals_text(run, given)`` needs no query for single-rule runs."""
+    rows = (
+        ApprovalRule.objects.filter(environment_id__in=list(environment_ids))
+        .values("environment_id")
+        .annotate(n=Count("id"))
+    )
+    return {row["environment_id"]: row["n"] for row in rows}
+
+
 def describe(image: ImageVersion | None) -> str:
     if image is None:
         return "nothing"
@@ -194,8 +462,9 @@ def describe(image: ImageVersion | None) -> str:
 def is_older(image: ImageVersion, than: ImageVersion | None, environment: Environment) -> bool:
     """Whether ``image`` is older than ``than`` (what ``environment`` runs).
 
-    The environment's own history decides first: a version that ran there before ``than``
-    took over is older. Otherwise the commit time decides, then the registration time
+    The environment's own history decides first: a version first deployed there before
+    ``than`` was first deployed there is older (so after a rollback from 1.1 to 1.0, 1.1 is
+    still the newer one). Otherwise the commit time decides, then the registration time
     (docs/design.md, "Older"). The same version is not older than itself.
     """
     if than is None or image.pk == than.pk:
@@ -204,7 +473,7 @@ def is_older(image: ImageVersion, than: ImageVersion | None, environment: Enviro
         Run.objects.filter(environment=environment, image__in=[image, than])
         .exclude(switched_at=None)
         .values_list("image_id")
-        .annotate(last=Max("switched_at"))
+        .annotate(first=Min("switched_at"))
     )
     if image.pk in switched and than.pk in switched:
         return switched[image.pk] < switched[than.pk]

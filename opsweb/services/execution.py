@@ -25,15 +25,16 @@ from opsweb.models import (
 from opsweb.services.base import (
     ReleaseError,
     add_event,
-    approvals_count,
     audit,
     describe,
     dispatch_on_commit,
+    quorum_progress,
     supersede,
     superseded_reason,
     transition,
 )
 from opsweb.services.releases import expire, resolve_rollback, roll_back
+from opsweb.windows import freeze_status, wall_text
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,15 @@ def claim_next_run(*, environment_id: int) -> Run | None:
     """Claim the head of an environment's queue with a conditional UPDATE (queued → running).
 
     Returns None when another run is in progress there or nothing is queued. Two workers racing
-    for one environment: the partial unique index lets exactly one UPDATE succeed.
+    for one environment: the partial unique index lets exactly one UPDATE succeed. During a
+    freeze, runs other than rollbacks and emergency overrides stay queued, marked "held by the
+    freeze until …"; the reconciler restarts the queue once it ends.
     """
+    held: list[int] = []
     while True:
         head = (
             Run.objects.filter(environment_id=environment_id, status=RunStatus.QUEUED)
+            .exclude(pk__in=held)
             .order_by(*QUEUE_ORDER)
             .select_related("environment", "image")
             .first()
@@ -68,17 +73,21 @@ def claim_next_run(*, environment_id: int) -> Run | None:
                 if superseded:
                     supersede(head, by=None, reason=f"Not started: {superseded}")
                     continue
+                if hold(head, now):
+                    held.append(head.pk)
+                    continue
                 refusal = _refusal_at_start(head)
                 if refusal:
                     if transition(head, to=RunStatus.FAILED, error=refusal, step="refused"):
                         add_event(head, refusal, level=RunEvent.Level.ERROR)
                     continue
+                step = (
+                    f"deploying {head.image.tag} with the {head.environment.get_backend_display()}"
+                )
                 claimed = (
                     Run.objects.filter(pk=head.pk, status=RunStatus.QUEUED)
                     .exclude(Exists(busy))
-                    .update(
-                        status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, step="starting"
-                    )
+                    .update(status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, step=step)
                 )
                 if claimed and head.resolve_at_start:
                     # Decided only now: the deploy it waited for has ended.
@@ -89,27 +98,54 @@ def claim_next_run(*, environment_id: int) -> Run | None:
                         )
                         add_event(head, refusal, level=RunEvent.Level.ERROR)
                         continue
+                if claimed:
+                    # One write on the way to the backend, inside the claim: the time from the
+                    # click to the switch is what a rollback's time to restore is made of.
+                    add_event(
+                        head,
+                        f"Claimed by a worker: deploying {describe(head.image)} with the "
+                        f"{head.environment.get_backend_display()} backend",
+                    )
         except IntegrityError:
             return None  # another worker claimed a run in this environment first
         if not claimed:
             return None
-        head.refresh_from_db()
-        add_event(head, "Claimed by a worker")
+        head.status, head.started_at, head.heartbeat_at, head.step = (
+            RunStatus.RUNNING,
+            now,
+            now,
+            step,
+        )
+        head._loaded_status = RunStatus.RUNNING
         return head
+
+
+def hold(run: Run, now: datetime) -> bool:
+    """Whether a queued run must wait for a freeze to end: not a rollback, not an emergency
+    override, and a change window stops runs now. Marks its step "held by the freeze until …"
+    (and logs it once)."""
+    if run.kind == RunKind.ROLLBACK or run.freeze_override_reason:
+        return False
+    status = freeze_status(run.environment, now)
+    if not status.frozen:
+        return False
+    when = wall_text(status.until, status.time_zone) if status.until else "it is lifted"
+    step = f"held by the freeze until {when}"[:200]
+    if Run.objects.filter(pk=run.pk, status=RunStatus.QUEUED).exclude(step=step).update(step=step):
+        add_event(run, f"Held: {status.sentence} It starts when the freeze ends.")
+    return True
 
 
 def _refusal_at_start(run: Run) -> str:
     """Rules that may have changed between approval and start."""
     if run.image.is_bad and run.kind != RunKind.ROLLBACK:
         return f"Not started: {run.image} was marked bad ({run.image.bad_reason})."
-    if run.environment.is_frozen and run.kind != RunKind.ROLLBACK:
-        return f"Not started: {run.environment} is frozen (rollbacks only)."
     if run.kind != RunKind.ROLLBACK and run.required_approvals:
-        have = approvals_count(run)
-        if have < run.required_approvals:
+        progress = quorum_progress(run)
+        if not progress.met:
             return (
-                f"Not started: only {have} of {run.required_approvals} approvals still count "
-                f"(an approver left {run.environment.approver_group} or was deactivated); "
+                f"Not started: only {progress.counted} of {progress.needed} approvals still "
+                f"count ({progress.text}): an approver left a group or was deactivated; "
                 f"request it again."
             )
     return ""

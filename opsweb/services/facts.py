@@ -17,7 +17,7 @@ def environment_facts(environment: Environment) -> dict[str, str]:
         "what it runs": describe(environment.current_image),
         "frozen": "yes" if environment.is_frozen else "no",
         "auto-deploy": "paused" if environment.auto_deploy_paused else "on",
-        "approvals needed": str(environment.required_approvals),
+        "approvals needed": " + ".join(str(rule) for rule in environment.rules) or "none",
     }
 
 

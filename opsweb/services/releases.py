@@ -13,6 +13,7 @@ from django.utils import timezone
 from opsweb import policy
 from opsweb.models import (
     Approval,
+    ChangeWindow,
     Environment,
     ImageVersion,
     RollbackReason,
@@ -28,26 +29,41 @@ from opsweb.services.base import (
     actor_name,
     add_event,
     approval_deadline,
-    approvals_count,
     audit,
     check_seen,
     describe,
     dispatch_on_commit,
+    environment_rules,
     is_older,
     previous_stable_version,
+    quorum_progress,
     require_perm,
     supersede,
     superseded_reason,
     transition,
     validation_sentence,
 )
+from opsweb.windows import freeze_status, open_until
 
 Seen = dict[str, str] | None
 
 
-def _new_run(*, kind, environment, image, user, source=None, note="", reason="", triggered_by=None):
+def _new_run(
+    *,
+    kind,
+    environment,
+    image,
+    user,
+    source=None,
+    note="",
+    reason="",
+    triggered_by=None,
+    override_reason="",
+):
     now = timezone.now()
-    needs = environment.required_approvals if kind != RunKind.ROLLBACK else 0
+    override = policy.override_approvals() if override_reason else 0
+    rules = environment_rules(environment, override=override) if kind != RunKind.ROLLBACK else []
+    needs = sum(rule.count for rule in rules)
     run = Run.objects.create(
         kind=kind,
         environment=environment,
@@ -58,6 +74,8 @@ def _new_run(*, kind, environment, image, user, source=None, note="", reason="",
         reason=reason,
         triggered_by=triggered_by,
         required_approvals=needs,
+        freeze_override_reason=override_reason,
+        override_approvals=override,
         status=RunStatus.QUEUED if needs == 0 else RunStatus.PENDING,
         created_at=now,
         queued_at=now if needs == 0 else None,
@@ -71,12 +89,15 @@ def _new_run(*, kind, environment, image, user, source=None, note="", reason="",
         )
     else:
         add_event(run, f"{actor_name(user)} asked to {verb} {describe(image)} in {environment}")
-    if needs:
+    if override:
         add_event(
             run,
-            f"Waiting for {needs} approval{'s' if needs > 1 else ''} from "
-            f"{environment.approver_group}",
+            f"Emergency override of the freeze asked by {actor_name(user)}: {override_reason}",
+            level=RunEvent.Level.WARNING,
         )
+    if needs:
+        wanted = ", ".join(f"{rule.count} from {rule.label}" for rule in rules)
+        add_event(run, f"Waiting for {needs} approval{'s' if needs > 1 else ''}: {wanted}")
     else:
         dispatch_on_commit(run)
     return run
@@ -87,25 +108,64 @@ def _new_run(*, kind, environment, image, user, source=None, note="", reason="",
 
 @transaction.atomic
 def request_deploy(
-    *, user, environment: Environment, image: ImageVersion, note: str = "", seen: Seen = None
+    *,
+    user,
+    environment: Environment,
+    image: ImageVersion,
+    note: str = "",
+    override_reason: str = "",
+    seen: Seen = None,
 ) -> Run:
     """Deploy a chosen version into an environment that takes direct deploys (Local, Dev).
 
     ``seen``: the facts the confirmation page showed (``facts.environment_facts``); if they
-    changed since, ReleaseError and nothing is written. Raises NotAllowed without the
-    ``request_deploy`` permission, ReleaseError for any rule (``policy.may_deploy``).
+    changed since, ReleaseError and nothing is written. ``override_reason``: an emergency
+    override of the freeze that applies now (the run then also needs the override approvals).
+    Raises NotAllowed without the ``request_deploy`` permission, ReleaseError for any rule
+    (``policy.may_deploy``; an override when no freeze applies).
     """
     environment = _lock_environment(environment)
     check_seen(seen, facts.environment_facts(environment), subject=environment, action="deploy")
-    policy.may_deploy(user, environment, image).enforce()
-    run = _new_run(kind=RunKind.DEPLOY, environment=environment, image=image, user=user, note=note)
+    override_reason = _override_reason(environment, override_reason)
+    policy.may_deploy(user, environment, image, override=bool(override_reason)).enforce()
+    run = _new_run(
+        kind=RunKind.DEPLOY,
+        environment=environment,
+        image=image,
+        user=user,
+        note=note,
+        override_reason=override_reason,
+    )
     audit(
         user,
         "request_deploy",
         f"Requested run #{run.pk}: deploy {describe(image)} to {environment}",
         run=run,
     )
+    _audit_override(user, run)
     return run
+
+
+def _override_reason(environment: Environment, reason: str) -> str:
+    """The override's reason, stripped; refused when no freeze applies (nothing to override)."""
+    reason = (reason or "").strip()
+    if reason and not freeze_status(environment, timezone.now()).frozen:
+        raise ReleaseError(
+            f"{environment} is not frozen now: request it without an emergency override."
+        )
+    return reason
+
+
+def _audit_override(user, run: Run) -> None:
+    if run.freeze_override_reason:
+        audit(
+            user,
+            "override_freeze",
+            f"Run #{run.pk} asks to go during the freeze of {run.environment} by emergency "
+            f"override ({run.override_approvals} override approvals needed): "
+            f"{run.freeze_override_reason}",
+            run=run,
+        )
 
 
 def _lock_environment(environment: Environment) -> Environment:
@@ -124,11 +184,13 @@ def request_promotion(
     source: Environment | None = None,
     image: ImageVersion | None = None,
     note: str = "",
+    override_reason: str = "",
     seen: Seen = None,
 ) -> Run:
     """Promote a version one step along the flow into ``target``; by default what its upstream
     runs now. ``source``, when given, must be the upstream (rule 1). Raises NotAllowed or
-    ReleaseError (``policy.may_promote``); ``seen`` as in ``request_deploy``."""
+    ReleaseError (``policy.may_promote``); ``seen`` and ``override_reason`` as in
+    ``request_deploy``."""
     target = _lock_environment(target)
     upstream = target.upstream
     if source is not None and upstream is not None and source.pk != upstream.pk:
@@ -137,7 +199,8 @@ def request_promotion(
         )
     image = image or (upstream.current_image if upstream else None)
     check_seen(seen, facts.promotion_facts(target, image), subject=target, action="promotion")
-    policy.may_promote(user, target, image).enforce()
+    override_reason = _override_reason(target, override_reason)
+    policy.may_promote(user, target, image, override=bool(override_reason)).enforce()
     run = _new_run(
         kind=RunKind.PROMOTION,
         environment=target,
@@ -145,6 +208,7 @@ def request_promotion(
         user=user,
         source=upstream,
         note=note,
+        override_reason=override_reason,
     )
     audit(
         user,
@@ -152,6 +216,7 @@ def request_promotion(
         f"Requested run #{run.pk}: promote {describe(image)} from {upstream} to {target}",
         run=run,
     )
+    _audit_override(user, run)
     return run
 
 
@@ -229,16 +294,11 @@ def _approve(*, user, run: Run, comment: str, seen: Seen) -> Run:
         raise ReleaseError(
             f"User {actor_name(user)} has already decided on run #{run.pk}."
         ) from None
-    have = approvals_count(run)
-    add_event(
-        run,
-        f"Approved by {actor_name(user)} ({have} of {run.required_approvals})"
-        + (f": {comment}" if comment else ""),
-    )
-    audit(
-        user, "approve_run", f"Approved run #{run.pk} ({have} of {run.required_approvals})", run=run
-    )
-    if have >= run.required_approvals and transition(
+    progress = quorum_progress(run)
+    have = f"{progress.counted} of {progress.needed}: {progress.text}"
+    add_event(run, f"Approved by {actor_name(user)} ({have})" + (f": {comment}" if comment else ""))
+    audit(user, "approve_run", f"Approved run #{run.pk} ({have})", run=run)
+    if progress.met and transition(
         run, to=RunStatus.QUEUED, queued_at=timezone.now(), step="approved, waiting for a worker"
     ):
         add_event(run, "Fully approved; queued")
@@ -500,8 +560,11 @@ def resume_auto_deploy(*, user, environment: Environment, seen: Seen = None) -> 
 def set_frozen(
     *, user, environment: Environment, frozen: bool, reason: str = "", seen: Seen = None
 ) -> Environment:
-    """Freeze (rollbacks only) or unfreeze an environment. Raises NotAllowed without the
-    ``freeze_environment`` permission, ReleaseError if it already is, or changed since seen."""
+    """Freeze (rollbacks only) or unfreeze an environment by hand: freezing opens a one-off deny
+    window with no end; unfreezing ends the open-ended ones. A freeze by a recurring or dated
+    window is lifted by editing that window (or overridden in an emergency). Raises NotAllowed
+    without the ``freeze_environment`` permission, ReleaseError if there is nothing to do, or
+    if what the page showed changed since."""
     environment = _lock_environment(environment)
     check_seen(
         seen,
@@ -510,10 +573,37 @@ def set_frozen(
         action="freeze" if frozen else "unfreeze",
     )
     policy.may_freeze(user, environment).enforce()
-    if environment.is_frozen == frozen:
-        raise ReleaseError(f"{environment} is already {'frozen' if frozen else 'not frozen'}.")
-    environment.is_frozen = frozen
-    environment.save(update_fields=["is_frozen"])
+    now = timezone.now()
+    if frozen:
+        if environment.is_frozen:
+            raise ReleaseError(f"{environment} is already frozen.")
+        ChangeWindow.objects.create(
+            environment=environment,
+            kind=ChangeWindow.Kind.DENY,
+            starts_at=now,
+            reason=reason or f"frozen by {actor_name(user)}",
+            created_by=user,
+        )
+    else:
+        by_hand = [
+            window
+            for window in ChangeWindow.objects.filter(
+                environment=environment,
+                kind=ChangeWindow.Kind.DENY,
+                ends_at=None,
+                rrule="",
+                cron="",
+            )
+            if open_until(window, now)[0]
+        ]
+        if not by_hand:
+            status = freeze_status(environment, now)
+            raise ReleaseError(
+                f"{status.sentence} Edit its change windows to lift it."
+                if status.frozen
+                else f"{environment} is already not frozen."
+            )
+        ChangeWindow.objects.filter(pk__in=[w.pk for w in by_hand]).update(ends_at=now)
     verb = "Froze" if frozen else "Unfroze"
     audit(
         user,
@@ -554,6 +644,7 @@ def register_image(
     commit_message: str = "",
     committed_at: datetime | None = None,
     build_url: str = "",
+    author_email: str = "",
 ) -> Registration:
     """Record a built image (idempotent by digest) and auto-deploy it where its branch says.
 
@@ -587,6 +678,7 @@ def register_image(
         commit_message=commit_message,
         committed_at=committed_at,
         build_url=build_url,
+        author_email=author_email,
         registered_by=user,
     )
     try:
@@ -647,8 +739,9 @@ def _auto_deploy_refusal(environment: Environment, image: ImageVersion, branch: 
     """Why a version CI registered on ``branch`` does not deploy to ``environment``, or ""."""
     if environment.auto_deploy_paused:
         return f"auto-deploy is paused ({environment.paused_reason or 'no reason given'})."
-    if environment.is_frozen:
-        return "it is frozen."
+    status = freeze_status(environment, timezone.now())
+    if status.frozen:
+        return f"{status.sentence} The version is recorded, not deployed; deploy it by hand once the freeze ends."
     current = environment.current_image
     if image.is_bad:
         return f"Version {image.tag} is marked bad ({image.bad_reason})."

@@ -20,13 +20,13 @@ class Command(OpswebCommand):
         run = services.approve_run(
             user=user, run=find_run(options["run"]), comment=options["comment"]
         )
-        have = services.approvals_count(run)
+        have = services.approvals_text(run)
         state = (
             "fully approved and queued"
             if run.status == RunStatus.QUEUED
             else run.get_status_display().lower()
         )
         return Outcome(
-            f"Approved run #{run.pk} ({have} of {run.required_approvals}); it is {state}.",
+            f"Approved run #{run.pk} ({have}); it is {state}.",
             runs=[run],
         )

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django_q.models import Schedule
 
-from opsweb.models import Environment
+from opsweb.models import ApprovalRule, Environment
 
 GROUP_PERMISSIONS = {
     "deployers": [
@@ -45,12 +45,30 @@ GROUP_PERMISSIONS = {
         "resume_auto_deploy",
         "freeze_environment",
         "cancel_run",
+        "add_changewindow",
+        "change_changewindow",
+        "delete_changewindow",
+        "view_changewindow",
+        "view_approvalrule",
         "view_environment",
         "view_imageversion",
         "view_run",
         "view_runevent",
         "view_approval",
         "view_signoff",
+        "view_auditentry",
+    ],
+    # An emergency override of a freeze needs approvals from this group (and its members may
+    # ask for one).
+    "override approvers": [
+        "override_freeze",
+        "request_promotion",
+        "view_environment",
+        "view_imageversion",
+        "view_run",
+        "view_runevent",
+        "view_approval",
+        "view_changewindow",
         "view_auditentry",
     ],
     "ci": [
@@ -65,23 +83,18 @@ GROUP_PERMISSIONS = {
     ],
 }
 
-# (slug, name, upstream slug, approver group, fields) in flow order.
+# (slug, name, upstream slug, approver group, approvals needed from it, fields) in flow order.
 ENVIRONMENTS = [
-    ("local", "Local Development", None, "deployers", {"required_approvals": 0}),
-    (
-        "dev",
-        "AWS Dev",
-        None,
-        "deployers",
-        {"required_approvals": 0, "auto_deploy_branch": "develop"},
-    ),
-    ("staging", "AWS Staging", "dev", "staging approvers", {"required_approvals": 1}),
+    ("local", "Local Development", None, "deployers", 0, {}),
+    ("dev", "AWS Dev", None, "deployers", 0, {"auto_deploy_branch": "develop"}),
+    ("staging", "AWS Staging", "dev", "staging approvers", 1, {}),
     (
         "production",
         "AWS Production",
         "staging",
         "production approvers",
-        {"required_approvals": 2, "requires_uat_signoff": True, "allow_self_approval": False},
+        2,
+        {"requires_uat_signoff": True, "allow_self_approval": False},
     ),
 ]
 
@@ -115,7 +128,7 @@ class Command(BaseCommand):
         state_dir = str(settings.OPSWEB["LOCAL_STATE_DIR"])
         repository = str(Path(state_dir) / "demo-app")
         by_slug = {}
-        for position, (slug, name, upstream, group, fields) in enumerate(ENVIRONMENTS):
+        for position, (slug, name, upstream, group, needs, fields) in enumerate(ENVIRONMENTS):
             existing = Environment.objects.filter(slug=slug).first()
             if existing:
                 by_slug[slug] = existing
@@ -135,6 +148,10 @@ class Command(BaseCommand):
                 health_check_url=f"http://127.0.0.1:{8101 + position}/healthz",
                 **fields,
             )
+            if needs:
+                ApprovalRule.objects.create(
+                    environment=by_slug[slug], group=groups[group], count=needs
+                )
             created.append(f"environment {name!r}")
 
         for name, func, schedule_type, minutes in SCHEDULES:

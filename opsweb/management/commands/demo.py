@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from opsweb import services, tasks
 from opsweb.management.commands.local_admin import remember_password
-from opsweb.models import Environment, ImageVersion, Run, RunKind, RunStatus
+from opsweb.models import ApprovalRule, Environment, ImageVersion, Run, RunKind, RunStatus
 from opsweb.sample_app import DEMO_RELEASES, Release, create_repository, digest_for
 from orchestration.base import DeployError, DeployRequest, get_backend
 
@@ -32,10 +32,13 @@ RELEASES = [
 ]
 PEOPLE = {
     "alice": ["deployers"],
-    "bob": ["staging approvers", "production approvers"],
-    "carol": ["staging approvers", "production approvers"],
+    "bob": ["staging approvers", "production approvers", "qa", "override approvers"],
+    "carol": ["staging approvers", "production approvers", "qa", "sre", "override approvers"],
     "ci": ["ci"],
 }
+# The demo's Production needs 1 approval from QA and 1 from SRE (carol is in both: her approval
+# counts toward one of them only).
+PRODUCTION_RULES = [("qa", 1), ("sre", 1)]
 # Service accounts run management commands (--as ci) and never log into the web console.
 SERVICE_ACCOUNTS = {"ci"}
 
@@ -76,6 +79,7 @@ class Command(BaseCommand):
         repo_dir = Path(settings.OPSWEB["LOCAL_STATE_DIR"]) / "demo-app"
         shas = create_repository(repo_dir, RELEASES)
         self._configure(environments, repo_dir, base_port)
+        self._production_rules(environments[3])
         users = self._people()
         images = self._images(shas, users["ci"])
         if not Environment.objects.filter(current_image__isnull=False).exists():
@@ -100,6 +104,17 @@ class Command(BaseCommand):
             env.health_check_window_seconds = 8
             env.full_clean()
             env.save()
+
+    def _production_rules(self, production):
+        """Two rules instead of bootstrap's one, unless someone changed the rules already."""
+        groups = {name: Group.objects.get_or_create(name=name)[0] for name, _ in PRODUCTION_RULES}
+        Group.objects.get_or_create(name="override approvers")
+        rules = list(production.approval_rules.select_related("group"))
+        if [(r.group.name, r.count) for r in rules] != [("production approvers", 2)]:
+            return
+        production.approval_rules.all().delete()
+        for name, count in PRODUCTION_RULES:
+            ApprovalRule.objects.create(environment=production, group=groups[name], count=count)
 
     def _people(self):
         users = {}

@@ -15,12 +15,22 @@ class Command(OpswebCommand):
         parser.add_argument("environment", metavar="ENV", help="Slug or name, e.g. dev.")
         parser.add_argument("image", metavar="IMAGE", help=IMAGE_HELP)
         parser.add_argument("--note", default="", help="Why, for the record.")
+        parser.add_argument(
+            "--override-reason",
+            default="",
+            help="During a freeze: ask for an emergency override, saying why (it then also "
+            "needs the override approvers' approvals).",
+        )
 
     def act(self, user, options):
         environment = find_environment(options["environment"])
         image = find_image(options["image"])
         run = services.request_deploy(
-            user=user, environment=environment, image=image, note=options["note"]
+            user=user,
+            environment=environment,
+            image=image,
+            note=options["note"],
+            override_reason=options["override_reason"],
         )
         return Outcome(
             f"Requested run #{run.pk}: deploy {services.describe(image)} to {environment}.",

@@ -3,9 +3,12 @@
 manage.py environments [--json]
 """
 
+from django.utils import timezone
+
 from opsweb import services
 from opsweb.cli import OpswebCommand, Outcome, image_payload, iso, require_perm, when
 from opsweb.models import Environment, Run, RunStatus
+from opsweb.windows import freeze_status
 
 WAITING = [RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING]
 COLUMNS = ["ENVIRONMENT", "VERSION", "DEPLOYED", "BY", "PENDING", "FLAGS", "DRIFT"]
@@ -44,6 +47,7 @@ def deployed_by(environment: Environment) -> Run | None:
 
 def environment_row(environment: Environment) -> dict:
     run = deployed_by(environment)
+    freeze = freeze_status(environment, timezone.now())
     waiting = Run.objects.filter(environment=environment, status__in=WAITING).order_by("id")
     return {
         "slug": environment.slug,
@@ -57,7 +61,12 @@ def environment_row(environment: Environment) -> dict:
         "auto_deploy_branch": environment.auto_deploy_branch,
         "auto_deploy_paused": environment.auto_deploy_paused,
         "paused_reason": environment.paused_reason,
-        "frozen": environment.is_frozen,
+        "frozen": freeze.frozen,
+        "frozen_until": iso(freeze.until),
+        "freeze": freeze.sentence or None,
+        "approval_rules": [
+            {"group": rule.group.name, "count": rule.count} for rule in environment.rules
+        ],
         "runs_bad_version": bool(environment.current_image and environment.current_image.is_bad),
         "drift": environment.drift,
         "drift_checked_at": iso(environment.drift_checked_at),

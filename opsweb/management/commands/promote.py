@@ -19,16 +19,28 @@ class Command(OpswebCommand):
         parser.add_argument("target", metavar="TARGET", help="Slug or name, e.g. production.")
         parser.add_argument("--image", default="", help=IMAGE_HELP + " Default: what SOURCE runs.")
         parser.add_argument("--note", default="", help="Why, for the approvers.")
+        parser.add_argument(
+            "--override-reason",
+            default="",
+            help="During a freeze: ask for an emergency override, saying why (it then also "
+            "needs the override approvers' approvals).",
+        )
 
     def act(self, user, options):
         source = find_environment(options["source"])
         target = find_environment(options["target"])
         image = find_image(options["image"]) if options["image"] else None
         run = services.request_promotion(
-            user=user, target=target, source=source, image=image, note=options["note"]
+            user=user,
+            target=target,
+            source=source,
+            image=image,
+            note=options["note"],
+            override_reason=options["override_reason"],
         )
         waiting = (
-            f" It waits for {run.required_approvals} approval(s) from {target.approver_group}."
+            f" It waits for {run.required_approvals} approval(s): "
+            f"{services.quorum_progress(run).text}."
             if run.required_approvals
             else ""
         )

@@ -10,7 +10,8 @@ is refused: tags are immutable.
 import os
 
 from django.core.exceptions import ValidationError
-from django.core.validators import URLValidator
+from django.core.validators import URLValidator, validate_email
+from django.utils import timezone
 
 from opsweb import services
 from opsweb.cli import (
@@ -30,6 +31,7 @@ from opsweb.models import (
     validate_repository,
     validate_tag,
 )
+from opsweb.windows import freeze_status
 from orchestration.base import DeployError
 
 
@@ -51,6 +53,11 @@ class Command(OpswebCommand):
         parser.add_argument("--commit-message", default="")
         parser.add_argument("--committed-at", default="", metavar="ISO8601")
         parser.add_argument("--build-url", default="")
+        parser.add_argument(
+            "--author-email",
+            default="",
+            help="The commit author's email (where that person may not approve the version).",
+        )
         parser.add_argument(
             "--resolve",
             action="store_true",
@@ -108,6 +115,7 @@ def registration_fields(options) -> dict:
         "git_sha": options["git_sha"],
         "branch": options["branch"],
         "build_url": options["build_url"],
+        "author_email": options["author_email"],
     }
     for name, value in fields.items():
         check_one_line("--" + name.replace("_", "-"), value)
@@ -130,6 +138,8 @@ def registration_fields(options) -> dict:
         )
     if fields["build_url"]:
         check(URLValidator(), "--build-url", fields["build_url"])
+    if fields["author_email"]:
+        check(validate_email, "--author-email", fields["author_email"])
     fields["commit_message"] = options["commit_message"]
     fields["committed_at"] = parse_iso_datetime("--committed-at", options["committed_at"])
     return fields
@@ -199,8 +209,8 @@ def auto_deploy_status(image, runs: list[Run]) -> list[dict]:
         skipped = ""
         if run is None and environment.auto_deploy_paused:
             skipped = f"auto-deploy is paused ({environment.paused_reason or 'no reason given'})"
-        elif run is None and environment.is_frozen:
-            skipped = "frozen"
+        elif run is None and (freeze := freeze_status(environment, timezone.now())).frozen:
+            skipped = freeze.sentence
         status.append(
             {
                 "environment": environment.slug,

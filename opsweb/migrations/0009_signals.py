@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('opsweb', '0007_indexes_for_lists_at_scale'),
+        ('opsweb', '0008_change_windows_and_approval_rules'),
     ]
 
     operations = [

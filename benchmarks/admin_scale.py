@@ -1,0 +1,185 @@
+"""Admin pages at 100 runs against N runs (default a million): medians, spread, queries, ratio.
+
+    .venv/bin/python benchmarks/admin_scale.py [--runs 1000000] [--rounds 3] [--refill]
+        [--only "run list"] [--server postgres://postgres@127.0.0.1:5432]
+
+It builds two PostgreSQL databases with ``benchmarks/fill.py``, ``opsweb_bench_small`` (100
+runs) and ``opsweb_bench_large`` (--runs), and keeps them between invocations (a million runs
+take a few minutes to fill); --refill rebuilds both. Pages are requested in-process through
+Django's test client, DEBUG off, logged in as the superuser ``bench_admin``: one warm-up pass,
+then --rounds rounds, each timing every page on both databases (the order of the two sizes
+alternates per round). Each figure is the whole request (middleware, queries, template).
+
+It prints per page the median and spread (min–max) at each size, the number of SQL queries
+at each size and the ratio of the medians large/small. Exit code 1 if a page does not answer
+200. The PAGES table below is the one place to change which URLs are timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+# (label, URL). Placeholders are filled per database from its own rows by `placeholders()`:
+# {production} the AWS Production environment's id, {run} its newest succeeded run, {tag},
+# {digest} (the 12 hex characters the admin shows) and {commit} (40 hex) of a version in the
+# middle of the history.
+PAGES = [
+    ("run list", "/admin/opsweb/run/"),
+    ("run list, status", "/admin/opsweb/run/?status__exact=succeeded"),
+    ("run list, environment", "/admin/opsweb/run/?environment__id__exact={production}"),
+    ("run search, tag", "/admin/opsweb/run/?q={tag}"),
+    ("run search, digest prefix", "/admin/opsweb/run/?q={digest}"),
+    ("run search, commit", "/admin/opsweb/run/?q={commit}"),
+    ("admin index", "/admin/"),
+    ("environment list", "/admin/opsweb/environment/"),
+    ("run page", "/admin/opsweb/run/{run}/change/"),
+    ("environment page", "/admin/opsweb/environment/{production}/change/"),
+    ("image list", "/admin/opsweb/imageversion/"),
+]
+SMALL_RUNS = 100
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1_000_000, help="runs in the large database")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--refill", action="store_true", help="rebuild both databases")
+    parser.add_argument("--only", default="", help="time only pages whose label contains this")
+    parser.add_argument(
+        "--server",
+        default="postgres://postgres@127.0.0.1:5432",
+        help="the PostgreSQL server, without a database name",
+    )
+    parser.add_argument("--prefix", default="opsweb_bench", help="database name prefix")
+    args = parser.parse_args()
+
+    sizes = {"small": SMALL_RUNS, "large": args.runs}
+    names = {size: f"{args.prefix}_{size}" for size in sizes}
+    os.environ["DATABASE_URL"] = f"{args.server.rstrip('/')}/{names['small']}"
+    import fill
+
+    fill.setup_django()
+    from django.contrib.auth.models import User
+    from django.test import Client
+    from django.test.utils import setup_test_environment
+
+    setup_test_environment(debug=False)
+    for size, runs in sizes.items():
+        if args.refill or not _has_runs(names[size], runs):
+            print(f"filling {names[size]} with {runs:,} runs …", flush=True)
+            fill.recreate_database(names[size])
+            _use(names[size])
+            fill.fill(runs)
+
+    pages = [(label, url) for label, url in PAGES if args.only in label]
+    clients, urls = {}, {}
+    for size in sizes:
+        _use(names[size])
+        clients[size] = Client()
+        clients[size].force_login(User.objects.get(username="bench_admin"))
+        values = placeholders()
+        urls[size] = [url.format(**values) for _, url in pages]
+
+    times = {size: [[] for _ in pages] for size in sizes}
+    queries = {size: [0 for _ in pages] for size in sizes}
+    failures = []
+    for round_no in range(args.rounds + 1):  # round 0 warms caches and is not counted
+        order = list(sizes) if round_no % 2 else list(reversed(sizes))
+        for size in order:
+            _use(names[size])
+            for i, url in enumerate(urls[size]):
+                seconds, count, status = _time(clients[size], url)
+                if status != 200:
+                    failures.append(f"{size} {url}: HTTP {status}")
+                if round_no:
+                    times[size][i].append(seconds)
+                    queries[size][i] = count
+        print(f"round {round_no} done" + (" (warm-up)" if not round_no else ""), flush=True)
+
+    _report(pages, sizes, times, queries)
+    for failure in failures:
+        print(failure, file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _use(name: str) -> None:
+    """Point the default connection at database ``name`` (reconnects on the next query)."""
+    from django.db import connection
+
+    connection.close()
+    connection.settings_dict["NAME"] = name
+    connection.ensure_connection()
+
+
+def _has_runs(name: str, runs: int) -> bool:
+    import psycopg
+    from django.db import connection
+
+    params = connection.get_connection_params()
+    for key in ("cursor_factory", "context"):
+        params.pop(key, None)
+    try:
+        with psycopg.connect(**{**params, "dbname": name}) as conn:
+            return conn.execute("SELECT count(*) FROM opsweb_run").fetchone()[0] == runs
+    except psycopg.Error:
+        return False
+
+
+def placeholders() -> dict[str, object]:
+    from opsweb.models import Environment, ImageVersion, Run
+
+    production = Environment.objects.get(slug="production")
+    versions = ImageVersion.objects.order_by("id")
+    middle = versions[versions.count() // 2]
+    return {
+        "production": production.pk,
+        "run": Run.objects.filter(environment=production, status="succeeded")
+        .order_by("-created_at")
+        .values_list("pk", flat=True)
+        .first(),
+        "tag": middle.tag,
+        "digest": middle.short_digest,
+        "commit": middle.git_sha,
+    }
+
+
+def _time(client, url: str) -> tuple[float, int, int]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        start = time.perf_counter()
+        response = client.get(url)
+        seconds = time.perf_counter() - start
+    return seconds, len(captured), response.status_code
+
+
+def _report(pages, sizes, times, queries) -> None:
+    small, large = sizes
+    print(
+        f"\n{'page':28} {small + ' median':>13} {large + ' median':>13} "
+        f"{large + ' spread':>19} {'queries':>9} {'ratio':>8}"
+    )
+    for i, (label, _) in enumerate(pages):
+        s, big = statistics.median(times[small][i]), statistics.median(times[large][i])
+        spread = f"{min(times[large][i]) * 1000:.0f}–{max(times[large][i]) * 1000:.0f} ms"
+        print(
+            f"{label:28} {s * 1000:10.1f} ms {big * 1000:10.1f} ms {spread:>19} "
+            f"{queries[small][i]:>4}/{queries[large][i]:<4} {big / s:7.1f}×"
+        )
+    print(
+        f"\n{sizes[small]:,} vs {sizes[large]:,} runs; median of {len(times[small][0])} "
+        f"interleaved rounds; queries = SQL statements per request at each size."
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Fill a PostgreSQL database with N runs of realistic shape, in minutes (SQL set operations).
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/opsweb_bench \\
+        .venv/bin/python benchmarks/fill.py --runs 1000000 [--recreate]
+
+The shape is a team that auto-deploys every merge: runs spread evenly over the four
+bootstrapped environments (Local and Dev deploys, Staging and Production promotions, about 2%
+rollbacks), one every ~220 s so that a million runs span about seven years up to now; about
+90% succeeded, the rest failed, rejected, cancelled or expired, and the newest run of Staging
+and of Production pending. Two run events per run, one approval per Staging run and two per
+Production run (about 0.7 per run), one image version per 50 runs. Users: ``bench_admin``
+(superuser), ``bench_alice`` (deployer), ``bench_bob`` and ``bench_carol`` (approvers).
+
+PostgreSQL only: it uses ``generate_series`` and ``sha256()``, and a million-run SQLite file
+says little about the production database. It refuses a database that already has runs
+unless ``--recreate`` (drop and create the database named in DATABASE_URL first).
+
+``fill(runs)`` is the same thing for scripts that already called ``django.setup()`` (see
+``benchmarks/admin_scale.py``); ``recreate_database(name)`` drops and creates a database.
+"""
+
+# The SQL below is built from integers and the models' table names, never from input text.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# One run every SPACING seconds ending now: 1,000,000 runs ≈ 7 years.
+SPACING_SECONDS = 220
+RUNS_PER_VERSION = 50
+PASSWORD = "bench-password"  # noqa: S105 (a throwaway benchmark database on 127.0.0.1)
+
+
+def setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "opsweb.settings")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ["DEBUG"] = "0"
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+
+
+def recreate_database(name: str) -> None:
+    """Drop (if it exists) and create the PostgreSQL database ``name`` on the server that
+    DATABASE_URL points at, connecting to its ``postgres`` maintenance database."""
+    import psycopg
+    from django.db import connection
+
+    params = connection.get_connection_params()
+    params["dbname"] = "postgres"
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    with psycopg.connect(**params, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+
+
+def fill(runs: int, *, say=print) -> dict[str, int]:
+    """Migrate, bootstrap and insert ``runs`` runs (with events, approvals and versions) into
+    the default database, which must be PostgreSQL and hold no runs yet.
+
+    Returns the row counts per table. Raises ``ValueError`` for SQLite, a non-positive count
+    or a database that already has runs.
+    """
+    from django.core.management import call_command
+    from django.db import connection, transaction
+
+    from opsweb.models import Run
+
+    if connection.vendor != "postgresql":
+        raise ValueError("fill.py builds PostgreSQL databases only; set DATABASE_URL=postgres://…")
+    if runs < 1:
+        raise ValueError("Give a positive number of runs.")
+    t0 = time.monotonic()
+    call_command("migrate", verbosity=0)
+    call_command("bootstrap", verbosity=0)
+    if Run.objects.exists():
+        raise ValueError(
+            f"{connection.settings_dict['NAME']} already has runs; use --recreate or another "
+            f"database."
+        )
+    users = _users()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL synchronous_commit = off")
+        for label, sql in _statements(runs, users):
+            t = time.monotonic()
+            cursor.execute(sql)
+            say(f"  {label}: {cursor.rowcount:,} rows in {time.monotonic() - t:.1f}s")
+    with connection.cursor() as cursor:
+        t = time.monotonic()
+        cursor.execute("VACUUM ANALYZE")
+        say(f"  vacuum analyze in {time.monotonic() - t:.1f}s")
+    counts = _counts()
+    say(f"filled {connection.settings_dict['NAME']} in {time.monotonic() - t0:.0f}s: {counts}")
+    return counts
+
+
+def _users() -> dict[str, int]:
+    from django.contrib.auth.models import Group, User
+
+    made = {}
+    for name, groups, superuser in [
+        ("bench_admin", [], True),
+        ("bench_alice", ["deployers"], False),
+        ("bench_bob", ["staging approvers", "production approvers"], False),
+        ("bench_carol", ["staging approvers", "production approvers"], False),
+    ]:
+        user, created = User.objects.get_or_create(
+            username=name, defaults={"is_staff": True, "is_superuser": superuser}
+        )
+        if created:
+            user.set_password(PASSWORD)
+            user.save()
+            user.groups.set(Group.objects.filter(name__in=groups))
+        made[name] = user.pk
+    return made
+
+
+def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
+    from opsweb.models import Approval, Environment, ImageVersion, Run, RunEvent
+
+    versions = max(runs // RUNS_PER_VERSION, 5)
+    envs = list(Environment.objects.order_by("position").values_list("id", "upstream_id"))
+    if len(envs) != 4:
+        raise ValueError("Expected the four bootstrapped environments.")
+    # Environment by position (0 local, 1 dev, 2 staging, 3 production), as SQL CASE arms.
+    env_id = "CASE g % 4 " + " ".join(f"WHEN {i} THEN {e[0]}" for i, e in enumerate(envs)) + " END"
+    upstream = "CASE g % 4 " + " ".join(
+        f"WHEN {i} THEN {e[1] if e[1] else 'NULL'}" for i, e in enumerate(envs)
+    )
+    upstream += " END"
+    iv, run, event, approval = (
+        ImageVersion._meta.db_table,
+        Run._meta.db_table,
+        RunEvent._meta.db_table,
+        Approval._meta.db_table,
+    )
+    alice, bob, carol = users["bench_alice"], users["bench_bob"], users["bench_carol"]
+    # A fixed pseudo-random number 0..99 per run, the same on every fill.
+    dice = "((g::bigint * 7919) % 100)"
+    # Status: the newest Staging and Production runs are pending; otherwise by the dice.
+    status = f"""CASE
+        WHEN g > {runs} - 4 AND g % 4 IN (2, 3) THEN 'pending'
+        WHEN {dice} < 90 THEN 'succeeded'
+        WHEN {dice} < 95 THEN 'failed'
+        WHEN {dice} < 97 AND g % 4 IN (2, 3) THEN 'rejected'
+        WHEN {dice} < 98 THEN 'cancelled'
+        WHEN {dice} < 99 AND g % 4 IN (2, 3) THEN 'expired'
+        ELSE 'succeeded' END"""
+    kind = f"""CASE WHEN {dice} = 99 AND g > 4 THEN 'rollback'
+        WHEN g % 4 IN (2, 3) THEN 'promotion' ELSE 'deploy' END"""
+    first_version = f"(SELECT min(id) FROM {iv} WHERE repository = 'example/app')"
+    return [
+        (
+            "image versions",
+            f"""
+            INSERT INTO {iv} (repository, tag, digest, git_sha, branch, commit_message,
+                committed_at, build_url, registered_by_id, registered_at, is_bad, bad_reason)
+            SELECT 'example/app',
+                format('%s.%s.%s', 1 + g / 10000, (g / 100) % 100, g % 100),
+                'sha256:' || encode(sha256(('image ' || g)::bytea), 'hex'),
+                substr(encode(sha256(('commit ' || g)::bytea), 'hex'), 1, 40),
+                CASE WHEN g % 10 = 0 THEN 'main' ELSE 'develop' END,
+                'Merge pull request #' || g || ' from feature/change-' || g,
+                now() - make_interval(secs => ({versions} - g) * {SPACING_SECONDS * RUNS_PER_VERSION} + 600),
+                '', {alice},
+                now() - make_interval(secs => ({versions} - g) * {SPACING_SECONDS * RUNS_PER_VERSION} + 300),
+                g % 97 = 0, CASE WHEN g % 97 = 0 THEN 'error rate up' ELSE '' END
+            FROM generate_series(1, {versions}) AS g""",
+        ),
+        (
+            "runs",
+            f"""
+            INSERT INTO {run} (kind, environment_id, source_environment_id, image_id,
+                replaces_id, requested_by_id, reason, note, status, step, required_approvals,
+                created_at, queued_at, started_at, finished_at, heartbeat_at, switched_at,
+                task_id, backend_ref, error)
+            SELECT k, e, CASE WHEN k = 'promotion' THEN u END, img,
+                CASE WHEN k = 'rollback' AND img > {first_version} THEN img + 1 END,
+                CASE WHEN g % 4 < 2 THEN {alice} ELSE {bob} END,
+                CASE WHEN k = 'rollback' THEN 'critical_errors' ELSE '' END,
+                CASE WHEN k = 'rollback' THEN 'error rate up after deploy' ELSE '' END,
+                s, CASE WHEN s IN ('succeeded', 'failed') THEN 'Finished' ELSE '' END,
+                CASE WHEN k = 'rollback' THEN 0 ELSE GREATEST(g % 4 - 1, 0) END,
+                t,
+                CASE WHEN s IN ('succeeded', 'failed', 'cancelled') THEN t + interval '40 s' END,
+                CASE WHEN s IN ('succeeded', 'failed') THEN t + interval '41 s' END,
+                CASE WHEN s IN ('succeeded', 'failed') THEN t + interval '95 s' END,
+                CASE WHEN s IN ('succeeded', 'failed') THEN t + interval '95 s' END,
+                CASE WHEN s IN ('succeeded', 'failed') THEN t + interval '60 s' END,
+                CASE WHEN s IN ('succeeded', 'failed') THEN md5(g::text) ELSE '' END,
+                CASE WHEN s = 'succeeded' THEN jsonb_build_object('pid', 10000 + g % 50000)
+                     ELSE '{{}}'::jsonb END,
+                CASE WHEN s = 'failed' THEN 'Health check failed: /healthz answered 500'
+                     ELSE '' END
+            FROM (
+                SELECT g, {env_id} AS e, {upstream} AS u, {kind} AS k, {status} AS s,
+                    now() - make_interval(secs => ({runs} - g) * {SPACING_SECONDS}) AS t,
+                    {first_version} + GREATEST(
+                        LEAST((g - 1) / {RUNS_PER_VERSION}, {versions} - 1)
+                        - CASE WHEN {dice} = 99 AND g > 4 THEN 1 ELSE 0 END, 0) AS img
+                FROM generate_series(1, {runs}) AS g
+            ) AS shaped""",
+        ),
+        (
+            "run events",
+            f"""
+            INSERT INTO {event} (run_id, created_at, level, message, duration_seconds)
+            SELECT r.id, r.created_at + make_interval(secs => 40 + n * 20),
+                CASE WHEN n = 2 AND r.status = 'failed' THEN 'error' ELSE 'info' END,
+                CASE WHEN n = 1 THEN 'Exported commit and stopped the previous version'
+                     WHEN r.status = 'failed' THEN 'Health check failed: /healthz answered 500'
+                     ELSE 'Started, listening; health check passed' END,
+                n * 1.5
+            FROM {run} AS r CROSS JOIN generate_series(1, 2) AS n
+            WHERE r.status NOT IN ('pending', 'rejected', 'expired')
+               OR n = 1""",
+        ),
+        (
+            "approvals",
+            f"""
+            INSERT INTO {approval} (run_id, user_id, decision, comment, digest, created_at)
+            SELECT r.id, CASE WHEN n = 1 THEN {bob} ELSE {carol} END,
+                CASE WHEN r.status = 'rejected' THEN 'reject' ELSE 'approve' END,
+                CASE WHEN r.status = 'rejected' THEN 'error rate up in staging' ELSE '' END,
+                i.digest, r.created_at + make_interval(secs => 20 + n * 5)
+            FROM {run} AS r
+            JOIN {iv} AS i ON i.id = r.image_id
+            CROSS JOIN generate_series(1, 2) AS n
+            WHERE r.kind = 'promotion' AND r.status NOT IN ('pending', 'expired', 'cancelled')
+              AND n <= CASE WHEN r.status = 'rejected' THEN 1 ELSE r.required_approvals END""",
+        ),
+        (
+            "environments' current versions",
+            f"""
+            UPDATE {Environment._meta.db_table} AS e
+            SET current_image_id = last.image_id, current_since = last.finished_at
+            FROM (
+                SELECT DISTINCT ON (environment_id) environment_id, image_id, finished_at
+                FROM {run} WHERE status = 'succeeded'
+                ORDER BY environment_id, created_at DESC
+            ) AS last
+            WHERE last.environment_id = e.id""",
+        ),
+    ]
+
+
+def _counts() -> dict[str, int]:
+    from opsweb.models import Approval, ImageVersion, Run, RunEvent
+
+    return {
+        model._meta.model_name: model.objects.count()
+        for model in (Run, RunEvent, Approval, ImageVersion)
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1_000_000)
+    parser.add_argument(
+        "--recreate",
+        action="store_true",
+        help="drop and create the database named in DATABASE_URL first (its data is lost)",
+    )
+    args = parser.parse_args()
+    if not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
+        print("Set DATABASE_URL=postgres://… (fill.py builds PostgreSQL only).", file=sys.stderr)
+        return 2
+    setup_django()
+    from django.db import connection
+
+    if args.recreate:
+        recreate_database(connection.settings_dict["NAME"])
+        connection.close()
+    try:
+        fill(args.runs)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
