@@ -137,6 +137,7 @@ class Environment(models.Model):
     current_since = models.DateTimeField(null=True, blank=True)
     bake_seconds = models.PositiveIntegerField(
         default=0,
+        blank=True,  # empty in the admin means no bake (clean makes it 0)
         help_text="After the health check passes, keep watching the alarms this long before the "
         "run succeeds.",
     )
@@ -203,6 +204,8 @@ class Environment(models.Model):
             )
         if self.alarms is None:  # an empty admin field
             self.alarms = []
+        if self.bake_seconds is None:
+            self.bake_seconds = 0
         problems = alarm_problems(self.alarms, self.backend)
         if problems:
             raise ValidationError({"alarms": problems})

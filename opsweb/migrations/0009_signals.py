@@ -18,7 +18,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='environment',
             name='bake_seconds',
-            field=models.PositiveIntegerField(default=0, help_text='After the health check passes, keep watching the alarms this long before the run succeeds.'),
+            field=models.PositiveIntegerField(blank=True, default=0, help_text='After the health check passes, keep watching the alarms this long before the run succeeds.'),
         ),
         migrations.AddField(
             model_name='environment',
