@@ -327,9 +327,22 @@ def recover_lost_run(run: Run) -> int:
             # It has been up for a heartbeat window already: a short look, not a warm-up wait.
             healthy, detail = _verify(environment, progress, window=LOST_RUN_HEALTH_WINDOW)
     services.finish_lost_run(
-        run_id=run.pk, lost_step=run.step, switched=switched, healthy=healthy, detail=detail
+        run_id=run.pk,
+        lost_step=run.step,
+        switched=switched,
+        healthy=healthy,
+        detail=detail,
+        unbaked=_unbaked(run),
     )
     return run.pk
+
+
+def _unbaked(run: Run) -> bool:
+    """A deploy whose environment bakes and whose bake had not passed when its worker was
+    lost (a rollback is not baked)."""
+    run.refresh_from_db(fields=["signals"])
+    passed = str(run.signals.get("decision", "")).startswith("Bake passed")
+    return bool(run.environment.bake_seconds) and run.kind != RunKind.ROLLBACK and not passed
 
 
 def check_drift() -> dict:

@@ -10,6 +10,7 @@ else — the repository, the image, the alarms and their states — is moto's.
 import json
 import threading
 import time
+from datetime import timedelta
 
 import boto3
 import pytest
@@ -17,10 +18,12 @@ from botocore.awsrequest import AWSResponse
 from django.core.exceptions import ValidationError
 from django.db import connections
 from django.urls import reverse
+from django.utils import timezone
 
 from opsweb import policy, services, tasks
 from opsweb.models import AuditEntry, Environment, ImageVersion, Run, RunKind, RunStatus
 from opsweb.sample_app import Release, create_repository, digest_for
+from opsweb.services import signals
 from orchestration import ecs
 from tests.conftest import make_image, start_worker, stop_worker, succeed_in
 from tests.test_browser import browser  # noqa: F401 (the fixture)
@@ -269,6 +272,31 @@ def test_local_bake_fails_when_the_error_count_crosses_its_threshold(
     tasks.execute_run(rollback.pk)
     rollback.refresh_from_db()
     assert rollback.status == RunStatus.SUCCEEDED, rollback.error
+
+
+def test_a_run_lost_during_its_bake_fails_without_rollback(local_flow, alice, fast_bake):
+    flow, images = local_flow
+    local = flow["local"]
+    assert deploy(alice, local, images["1.1.0"]).status == RunStatus.SUCCEEDED
+    local.bake_seconds = 60
+    local.save()
+    run = services.request_deploy(user=alice, environment=local, image=images["1.2.0"])
+    # A worker claims it, switches, starts baking and dies.
+    claimed = services.claim_next_run(environment_id=local.pk)
+    assert tasks._deploy(claimed, lambda message, seconds=None: None)
+    signals.record_bake(run_id=run.pk, step="baking: 50 s left, no alarms to watch", signals={})
+    lost = services.take_over_lost_runs(now=timezone.now() + timedelta(minutes=1))
+
+    tasks.recover_lost_run(lost[0])
+
+    run.refresh_from_db()
+    local.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+    assert run.error.startswith(
+        "Worker lost during its bake ('baking: 50 s left, no alarms to watch'): the version runs"
+    )
+    assert local.current_image == images["1.2.0"]  # nothing showed it bad: no rollback
+    assert not Run.objects.filter(kind=RunKind.ROLLBACK).exists()
 
 
 # -- image scan findings ---------------------------------------------------------------------

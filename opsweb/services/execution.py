@@ -395,16 +395,30 @@ LOST_ROLLBACK_RETRIES = 2
 
 @transaction.atomic
 def finish_lost_run(
-    *, run_id: int, lost_step: str, switched: bool, healthy: bool, detail: str = ""
+    *,
+    run_id: int,
+    lost_step: str,
+    switched: bool,
+    healthy: bool,
+    detail: str = "",
+    unbaked: bool = False,
 ) -> Run:
     """End a run taken over by ``take_over_lost_runs`` like any other run.
 
-    Switched and healthy: succeeded. Switched and unhealthy: failed with the environment
+    Switched and healthy: succeeded, unless ``unbaked`` (its bake had not passed): then failed
+    without a rollback, like an alarm already firing at a bake's start (docs/signals.md). Switched and unhealthy: failed with the environment
     broken, so a deploy rolls back by itself where ``auto_rollback`` is on. Not switched: failed,
     what ran before still runs. A lost rollback that did not end healthy is started again
     (``LOST_ROLLBACK_RETRIES``). Then the environment's queue moves on at once.
     """
-    if switched and healthy:
+    if switched and healthy and unbaked:
+        run = finish_run(
+            run_id=run_id,
+            succeeded=False,
+            error=f"Worker lost during its bake ('{lost_step}'): the version runs and answers "
+            f"its health check but was not watched for its whole bake; deploy it again to bake.",
+        )
+    elif switched and healthy:
         run = finish_run(run_id=run_id, succeeded=True)
         add_event(run, f"Finished by the reconciler after the worker was lost during '{lost_step}'")
     else:
