@@ -172,6 +172,8 @@ def _card(env, active, decided, approvers, last_run, now) -> Card:
         flags.append("drift")
     if env.current_image and env.current_image.is_bad:
         flags.append("runs a bad version")
+    if env.security_alert:
+        flags.append("VULNERABLE: nothing safe to roll back to")
     return Card(
         env,
         state,

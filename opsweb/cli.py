@@ -416,6 +416,12 @@ def image_payload(image: ImageVersion | None) -> dict[str, Any] | None:
         "registered_at": iso(image.registered_at),
         "is_bad": image.is_bad,
         "bad_reason": image.bad_reason,
+        "scan": {
+            "checked_at": iso(image.scan_checked_at),
+            "status": image.scan_status,
+            "counts": image.scan_counts,
+            "top_ids": image.scan_top_ids,
+        },
     }
 
 
@@ -458,6 +464,7 @@ def run_payload(run: Run, *, events: int = LAST_EVENTS) -> dict[str, Any]:
         "duration_seconds": duration.total_seconds() if duration else None,
         "restore_seconds": run.restore_seconds,
         "error": run.error,
+        "signals": run.signals,
         "events": [
             {"at": iso(event.created_at), "level": event.level, "message": event.message}
             for event in last

@@ -135,6 +135,42 @@ class Environment(models.Model):
         "ImageVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     current_since = models.DateTimeField(null=True, blank=True)
+    bake_seconds = models.PositiveIntegerField(
+        default=0,
+        blank=True,  # empty in the admin means no bake (clean makes it 0)
+        help_text="After the health check passes, keep watching the alarms this long before the "
+        "run succeeds.",
+    )
+    alarms = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Watched during the bake. ECS/EC2: [{"name": "app-5xx", "kind": "errors"}] '
+        '(CloudWatch alarms). Local: [{"url": "http://127.0.0.1:8001/metrics", "field": '
+        '"errors", "threshold": 5, "kind": "errors"}]. Kinds: errors, latency, saturation.',
+    )
+    block_severity = models.CharField(
+        max_length=13,
+        choices=[
+            ("", "none"),
+            ("LOW", "LOW"),
+            ("MEDIUM", "MEDIUM"),
+            ("HIGH", "HIGH"),
+            ("CRITICAL", "CRITICAL"),
+        ],
+        blank=True,
+        help_text="Refuse versions whose image scan has findings at or above this severity.",
+    )
+    roll_back_on_vulnerability = models.BooleanField(
+        default=False,
+        help_text="When a re-read scan finds a blocking vulnerability in the running version, "
+        "roll back to the newest stable version without one.",
+    )
+    security_alert = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Set by opsweb: the running version has blocking findings and nothing safe "
+        "to roll back to.",
+    )
     drift = models.CharField(max_length=500, blank=True)
     drift_checked_at = models.DateTimeField(null=True, blank=True)
 
@@ -166,6 +202,17 @@ class Environment(models.Model):
             raise ValidationError(
                 {"requires_uat_signoff": "A UAT sign-off needs an upstream environment."}
             )
+        if self.alarms is None:  # an empty admin field
+            self.alarms = []
+        if self.bake_seconds is None:
+            self.bake_seconds = 0
+        problems = alarm_problems(self.alarms, self.backend)
+        if problems:
+            raise ValidationError({"alarms": problems})
+        if self.alarms and not self.bake_seconds:
+            raise ValidationError(
+                {"bake_seconds": "Alarms are watched during the bake: set a bake time."}
+            )
 
     @property
     def required_approvals(self) -> int:
@@ -190,6 +237,36 @@ class Environment(models.Model):
     def accepts_direct_deploys(self) -> bool:
         """Local and Dev take chosen versions; the rest only take promotions."""
         return self.upstream_id is None
+
+
+ALARM_KINDS = ("errors", "latency", "saturation")
+
+
+def alarm_problems(alarms, backend: str) -> list[str]:
+    """Sentences for each wrong entry of an environment's ``alarms``; [] when valid. The
+    local backend reads a number from an HTTP endpoint; ECS and EC2 name CloudWatch alarms."""
+    if not isinstance(alarms, list):
+        return ["Alarms are a JSON list of objects."]
+    problems = []
+    for i, alarm in enumerate(alarms, 1):
+        if not isinstance(alarm, dict):
+            problems.append(f"Alarm {i} is not an object.")
+            continue
+        if alarm.get("kind", "errors") not in ALARM_KINDS:
+            problems.append(f"Alarm {i}: kind is one of {', '.join(ALARM_KINDS)}.")
+        if backend == "local":
+            url = str(alarm.get("url", ""))
+            if not url.startswith(("http://", "https://")):
+                problems.append(f"Alarm {i}: url is the http(s) address of a JSON metric.")
+            if not alarm.get("field"):
+                problems.append(f"Alarm {i}: field names the number to read, e.g. 'errors'.")
+            try:
+                float(alarm.get("threshold"))
+            except (TypeError, ValueError):
+                problems.append(f"Alarm {i}: threshold is a number (above it is ALARM).")
+        elif not str(alarm.get("name", "")).strip():
+            problems.append(f"Alarm {i}: name is the CloudWatch alarm's name.")
+    return problems
 
 
 class ImageVersion(models.Model):
@@ -219,6 +296,10 @@ class ImageVersion(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     marked_bad_at = models.DateTimeField(null=True, blank=True)
+    scan_checked_at = models.DateTimeField(null=True, blank=True)
+    scan_status = models.CharField(max_length=40, blank=True)
+    scan_counts = models.JSONField(default=dict, blank=True)
+    scan_top_ids = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-registered_at", "-id"]
@@ -270,6 +351,18 @@ class ImageVersion(models.Model):
     @property
     def short_sha(self) -> str:
         return self.git_sha[:7]
+
+    @property
+    def scan_summary(self) -> str:
+        """'CRITICAL 1, HIGH 3 (CVE-2024-1, …)', 'no findings', or '' when never read."""
+        if not self.scan_checked_at:
+            return ""
+        if not self.scan_counts:
+            return "no findings" if self.scan_status == "COMPLETE" else self.scan_status.lower()
+        order = ["CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNDEFINED"]
+        counts = ", ".join(f"{s} {self.scan_counts[s]}" for s in order if self.scan_counts.get(s))
+        ids = ", ".join(self.scan_top_ids[:5])
+        return counts + (f" ({ids})" if ids else "")
 
 
 class RunKind(models.TextChoices):
@@ -385,6 +478,11 @@ class Run(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     switched_at = models.DateTimeField(
         null=True, blank=True, help_text="When the backend started running this version."
+    )
+    signals = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The bake as last read: its end, the alarms' states and the decision.",
     )
     resolve_at_start = models.BooleanField(
         default=False,

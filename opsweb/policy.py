@@ -36,6 +36,7 @@ from opsweb.services.base import (
     rule_group_ids,
 )
 from opsweb.windows import freeze_status
+from orchestration.signals import at_or_above
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,21 @@ def soak_refusal(source: Environment, image: ImageVersion, now: datetime) -> str
     return ""
 
 
+def scan_refusal(target: Environment, image: ImageVersion) -> str:
+    """Why ``image``'s scan findings keep it out of ``target`` (its ``block_severity``), or
+    "" (no such findings, or never scanned: docs/signals.md)."""
+    blocking = at_or_above(image.scan_counts or {}, target.block_severity)
+    if not blocking:
+        return ""
+    counts = ", ".join(f"{n} {severity}" for severity, n in blocking.items())
+    ids = ", ".join(image.scan_top_ids[:5])
+    return (
+        f"Version {image.tag} has {counts} finding(s) in its image scan"
+        + (f" ({ids})" if ids else "")
+        + f"; {target} refuses {target.block_severity} and above."
+    )
+
+
 def promotion_candidate(target: Environment) -> ImageVersion | None:
     """What a promotion to ``target`` takes by default: what its upstream runs, unless bad."""
     upstream = target.upstream
@@ -226,6 +242,7 @@ def may_promote(
         ),
         lambda: _freeze(user, target, override=override, now=now),
         lambda: _version(target, image),
+        lambda: _text(scan_refusal(target, image)),
         lambda: _text(soak_refusal(upstream, image, now)),
         lambda: (
             refuse(

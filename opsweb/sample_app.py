@@ -1,8 +1,10 @@
 """A small sample service in a throwaway git repository, for the demo and the tests.
 
 Each release is a commit tagged with its version. Its entry point ``main_orchestrator.py``
-serves ``/`` (JSON with its version) and ``/healthz``; a release built with ``healthy=False``
-answers its health check with 500, like a deploy that broke something.
+serves ``/`` (JSON with its version), ``/healthz`` and ``/metrics`` (``{"errors": N}``, the
+errors it has served since it started); a release built with ``healthy=False`` answers its
+health check with 500, like a deploy that broke something, and one built with
+``errors_per_second`` passes its health check but its error count climbs (a bake's alarm).
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import json
 import os
 import signal
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 VERSION = os.environ.get("APP_VERSION", "unknown")
 RELEASE = {release!r}
 HEALTHY = {healthy!r}
+ERRORS_PER_SECOND = {errors_per_second!r}
+STARTED = time.monotonic()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -29,6 +34,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/healthz":
             status = 200 if HEALTHY else 500
             body = {{"status": "ok" if HEALTHY else "broken", "version": VERSION}}
+        elif self.path == "/metrics":
+            status = 200
+            body = {{"errors": int((time.monotonic() - STARTED) * ERRORS_PER_SECOND)}}
         else:
             status = 200
             body = {{"service": "sample", "version": VERSION, "release": RELEASE,
@@ -67,6 +75,7 @@ class Release:
     message: str
     healthy: bool = True
     crashes: bool = False
+    errors_per_second: float = 0.0
 
 
 DEMO_RELEASES = [
@@ -114,7 +123,11 @@ def create_repository(path: Path, releases: list[Release] = DEMO_RELEASES) -> di
         source = (
             CRASHING_MAIN
             if release.crashes
-            else MAIN.format(release=release.tag, healthy=release.healthy)
+            else MAIN.format(
+                release=release.tag,
+                healthy=release.healthy,
+                errors_per_second=release.errors_per_second,
+            )
         )
         (path / "main_orchestrator.py").write_text(source)
         (path / "RELEASE").write_text(release.tag + "\n")

@@ -10,9 +10,14 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from dataclasses import dataclass
+
+from django.conf import settings
 
 from opsweb import services
-from opsweb.models import Environment, Run, RunEvent, RunKind
+from opsweb.models import Environment, ImageVersion, Run, RunEvent, RunKind
+from opsweb.services import signals
+from orchestration import signals as readers
 from orchestration.base import DeployError, DeployRequest, get_backend
 from orchestration.health import verify_health
 
@@ -63,8 +68,148 @@ def _execute(run: Run) -> None:
     except Exception as exc:  # after the switch: treat it as a broken environment
         _crashed(run, exc, environment_broken=True)
         return
+    if not healthy:
+        services.finish_run(run_id=run.pk, succeeded=False, error=error, environment_broken=True)
+        return
+    if run.kind == RunKind.ROLLBACK:
+        # A rollback restores a version that passed its bake here; it ends at its health check
+        # so that nothing delays the restore (and nothing rolls back a rollback).
+        services.finish_run(run_id=run.pk, succeeded=True)
+        return
+    try:
+        bake = _bake(run, environment)
+    except Exception as exc:  # a bug while watching: the version runs, nobody proved it fine
+        _crashed(run, exc, environment_broken=False)
+        return
     services.finish_run(
-        run_id=run.pk, succeeded=healthy, error=error, environment_broken=not healthy
+        run_id=run.pk,
+        succeeded=bake.ok,
+        error=bake.error,
+        environment_broken=bake.broken,
+        rollback_reason=bake.reason,
+    )
+
+
+@dataclass(frozen=True)
+class Bake:
+    """How a bake ended: ``broken`` starts a rollback (where auto_rollback is on) for
+    ``reason``."""
+
+    ok: bool
+    error: str = ""
+    broken: bool = False
+    reason: str = signals.ROLLBACK_REASONS["errors"]
+
+
+def read_alarms(environment: Environment) -> list[readers.AlarmState]:
+    """Every alarm of the environment as it reads now (DeployError when CloudWatch cannot
+    say): HTTP metrics for the local backend, CloudWatch alarms for ECS and EC2."""
+    if environment.backend == "local":
+        return [readers.read_http_metric(spec) for spec in environment.alarms]
+    options = environment.backend_settings
+    return readers.read_alarms(
+        [a["name"] for a in environment.alarms],
+        {a["name"]: a.get("kind", "errors") for a in environment.alarms},
+        region=options.get("region", ""),
+        endpoint_url=options.get("endpoint_url", ""),
+    )
+
+
+def _bake(run: Run, environment: Environment) -> Bake:
+    """Watch the environment's alarms for ``bake_seconds`` after a healthy switch, polling
+    every ``BAKE_POLL_SECONDS``. An alarm entering ALARM fails the run with its name, reason
+    and value, and breaks the environment (rollback for the alarm's kind). An alarm already in
+    ALARM at the start fails the run without a rollback (docs/design.md: opsweb cannot tell
+    whether the new version is fine, nor whether going back would help). A rollback asked for
+    during the bake cuts it short: the run fails, and the rollback starts at once."""
+    seconds = environment.bake_seconds
+    if not seconds:
+        return Bake(ok=True)
+    poll = settings.OPSWEB["BAKE_POLL_SECONDS"]
+    deadline = time.monotonic() + seconds
+    try:
+        states = read_alarms(environment)
+    except DeployError as exc:
+        error = f"Bake not started: could not read the alarms: {exc}"
+        signals.record_signal(run, error, warning=True)
+        return Bake(ok=False, error=error)
+    signals.record_signal(run, f"Bake started for {seconds}s: {_states_sentence(states)}")
+    firing = [s for s in states if s.firing]
+    if firing:
+        error = (
+            f"Bake refused: {'; '.join(s.sentence() for s in firing)} already when the bake "
+            f"started, so opsweb cannot tell whether {run.image.tag} is fine; no automatic "
+            f"rollback (going back is not known to help). Roll back or deploy again by hand."
+        )
+        _save(run, seconds, deadline, states, decision=error)
+        return Bake(ok=False, error=error)
+    while (left := deadline - time.monotonic()) > 0:
+        _save(run, seconds, deadline, states)
+        time.sleep(min(poll, left))
+        rollback = signals.rollback_waiting(environment.pk)
+        if rollback:
+            error = f"Bake cut short by rollback #{rollback.pk}"
+            _save(run, seconds, deadline, states, decision=error)
+            signals.record_signal(run, error, warning=True)
+            return Bake(ok=False, error=error)
+        try:
+            fresh = read_alarms(environment)
+        except DeployError as exc:
+            # One failed read is not an alarm: the next poll tries again; the record says so.
+            signals.record_signal(run, f"Could not read the alarms: {exc}", warning=True)
+            continue
+        for before, now in zip(states, fresh, strict=False):
+            if before.state != now.state:
+                said = now.sentence()
+                signals.record_signal(run, said[0].upper() + said[1:], warning=now.firing)
+        states = fresh
+        firing = [s for s in states if s.firing]
+        if firing:
+            alarm = firing[0]
+            error = f"Bake failed: {'; '.join(s.sentence() for s in firing)}"
+            _save(run, seconds, deadline, states, decision=error)
+            return Bake(
+                ok=False,
+                error=error,
+                broken=True,
+                reason=signals.ROLLBACK_REASONS.get(alarm.kind, signals.ROLLBACK_REASONS["errors"]),
+            )
+    decision = f"Bake passed: {seconds}s, {_states_sentence(states)}"
+    _save(run, seconds, 0, states, decision=decision)
+    signals.record_signal(run, decision)
+    return Bake(ok=True)
+
+
+def _states_sentence(states: list[readers.AlarmState]) -> str:
+    if not states:
+        return "no alarms to watch"
+    counts: dict[str, int] = {}
+    for state in states:
+        counts[state.state] = counts.get(state.state, 0) + 1
+    return ", ".join(f"{n} alarm{'s' if n > 1 else ''} {state}" for state, n in counts.items())
+
+
+def _save(run, seconds, deadline, states, *, decision: str = "") -> None:
+    left = max(0.0, deadline - time.monotonic()) if deadline else 0.0
+    step = decision or f"baking: {left:.0f} s left, {_states_sentence(states)}"
+    signals.record_bake(
+        run_id=run.pk,
+        step=step,
+        signals={
+            "bake_seconds": seconds,
+            "bake_left_seconds": round(left),
+            "alarms": [
+                {
+                    "name": s.name,
+                    "kind": s.kind,
+                    "state": s.state,
+                    "value": s.value,
+                    "reason": s.reason,
+                }
+                for s in states
+            ],
+            "decision": decision,
+        },
     )
 
 
@@ -182,9 +327,22 @@ def recover_lost_run(run: Run) -> int:
             # It has been up for a heartbeat window already: a short look, not a warm-up wait.
             healthy, detail = _verify(environment, progress, window=LOST_RUN_HEALTH_WINDOW)
     services.finish_lost_run(
-        run_id=run.pk, lost_step=run.step, switched=switched, healthy=healthy, detail=detail
+        run_id=run.pk,
+        lost_step=run.step,
+        switched=switched,
+        healthy=healthy,
+        detail=detail,
+        unbaked=_unbaked(run),
     )
     return run.pk
+
+
+def _unbaked(run: Run) -> bool:
+    """A deploy whose environment bakes and whose bake had not passed when its worker was
+    lost (a rollback is not baked)."""
+    run.refresh_from_db(fields=["signals"])
+    passed = str(run.signals.get("decision", "")).startswith("Bake passed")
+    return bool(run.environment.bake_seconds) and run.kind != RunKind.ROLLBACK and not passed
 
 
 def check_drift() -> dict:
@@ -201,3 +359,58 @@ def check_drift() -> dict:
         if drift:
             found[environment.slug] = drift
     return found
+
+
+def _aws_place(repository: str) -> tuple[str, str] | None:
+    """(region, endpoint_url) to read ``repository``'s scans with: its ECR host's region, or
+    the first ECS/EC2 environment's; None when the version is not in ECR or no environment
+    runs on AWS (nothing to ask)."""
+    from orchestration.ecs import split_ecr_repository
+
+    try:
+        registry, region, _ = split_ecr_repository(repository)
+    except DeployError:
+        return None  # another registry: it has no ECR scan
+    aws = Environment.objects.exclude(backend="local").order_by("position").first()
+    if aws is None:
+        return None
+    options = aws.backend_settings
+    return region or options.get("region", ""), options.get("endpoint_url", "")
+
+
+def read_scan_findings(image_ids: list[int] | None = None) -> dict:
+    """Scheduled (and at registration, for one version): read ECR's scan findings of every
+    live or promotable version (``services.signals.scan_targets``), store them, and act on
+    blocking ones (mark bad, roll back or raise the security alert). Returns
+    {version: summary or the error}."""
+    images = (
+        list(ImageVersion.objects.filter(pk__in=image_ids))
+        if image_ids is not None
+        else signals.scan_targets()
+    )
+    read = {}
+    for image in images:
+        place = _aws_place(image.repository)
+        if place is None:
+            continue
+        region, endpoint_url = place
+        try:
+            scan = readers.scan_findings(
+                repository=image.repository,
+                digest=image.digest,
+                region=region,
+                endpoint_url=endpoint_url,
+            )
+        except DeployError as exc:
+            log.warning("scan findings of %s: %s", image, exc)
+            read[str(image)] = f"not read: {exc}"
+            continue
+        signals.record_scan(
+            image=image, status=scan.status, counts=scan.counts, top_ids=scan.top_ids
+        )
+        image.refresh_from_db()
+        read[str(image)] = image.scan_summary
+    # Decided once every version is read: a rollback target's findings must be known first.
+    for sentence in signals.act_on_scans():
+        read.setdefault("decided", []).append(sentence)
+    return read

@@ -317,6 +317,7 @@ def test_environment_edits_are_validated_and_audited(flow):
         "auto_rollback": "on",
         "rto_seconds": 300,
         "soak_seconds": 0,
+        "bake_seconds": 0,
         **inline_forms(env),
     }
     response = client.post(url, data)

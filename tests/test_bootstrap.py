@@ -59,7 +59,7 @@ def test_bootstrap_twice_changes_nothing_and_keeps_operator_changes():
     assert Environment.objects.count() == 4
     assert Environment.objects.get(slug="production").required_approvals == 3
     assert Group.objects.get(name="ci").permissions.count() == 0
-    assert Schedule.objects.count() == 2
+    assert Schedule.objects.count() == 3
 
 
 def test_bootstrap_gives_groups_the_permissions_they_name():

@@ -166,6 +166,7 @@ class Promote(Confirmation):
             ("To", version_line(chosen) if chosen else "choose a version above"),
             _approvals_line(target),
             *_freeze_lines(target),
+            ("Image scan", scan_line(chosen, target)),
         ]
         if target.requires_uat_signoff and chosen is not None:
             signers = ", ".join(
@@ -234,6 +235,7 @@ class Deploy(Confirmation):
             ("To", version_line(chosen) if chosen else "choose a version above"),
             _approvals_line(env),
             *_freeze_lines(env),
+            ("Image scan", scan_line(chosen, None)),
         ]
 
     def changes(self, env, chosen):
@@ -251,6 +253,17 @@ class Deploy(Confirmation):
             seen=seen,
         )
         return f"Run #{run.pk} requested: it {run.status_phrase}.", run_url(run)
+
+
+def scan_line(image, environment) -> str:
+    """The chosen version's scan findings and whether a promotion into ``environment`` (None:
+    not a promotion) refuses them."""
+    if image is None:
+        return "choose a version above"
+    if not image.scan_checked_at:
+        return "not read yet (ECR repositories are read at registration and every 30 minutes)"
+    refusal = policy.scan_refusal(environment, image) if environment else ""
+    return image.scan_summary + (f" — REFUSED: {refusal}" if refusal else "")
 
 
 class RollBack(Confirmation):
@@ -521,6 +534,7 @@ class EnvironmentAdmin(ConfirmingAdmin):
         "freeze",
         "drift",
         "drift_checked_at",
+        "security_alert",
     ]
     prepopulated_fields = {"slug": ["name"]}
     fieldsets = [
@@ -532,6 +546,7 @@ class EnvironmentAdmin(ConfirmingAdmin):
                     "current_since",
                     "drift",
                     "drift_checked_at",
+                    "security_alert",
                     "auto_deploy_paused",
                     "paused_reason",
                     "freeze",
@@ -564,6 +579,17 @@ class EnvironmentAdmin(ConfirmingAdmin):
                     "auto_rollback",
                     "rto_seconds",
                     "soak_seconds",
+                ]
+            },
+        ),
+        (
+            "Signals (docs/signals.md)",
+            {
+                "fields": [
+                    "bake_seconds",
+                    "alarms",
+                    "block_severity",
+                    "roll_back_on_vulnerability",
                 ]
             },
         ),

@@ -5,6 +5,7 @@ Functions take keyword-only arguments and ``user=``; they are atomic and raise `
 (or ``NotAllowed`` for a missing permission) with a sentence a person can act on.
 """
 
+from opsweb.services import signals  # connects the scan-at-registration receiver
 from opsweb.services.base import (
     NotAllowed,
     ReleaseError,
@@ -100,6 +101,7 @@ __all__ = [
     "roll_back",
     "set_frozen",
     "settle",
+    "signals",
     "sign_off_uat",
     "stalled_environments",
     "take_over_lost_runs",

@@ -247,10 +247,16 @@ def record_switch(*, run_id: int, backend_ref: dict, message: str = "") -> bool:
 
 @transaction.atomic
 def finish_run(
-    *, run_id: int, succeeded: bool, error: str = "", environment_broken: bool = False
+    *,
+    run_id: int,
+    succeeded: bool,
+    error: str = "",
+    environment_broken: bool = False,
+    rollback_reason: str = RollbackReason.CRITICAL_ERRORS,
 ) -> Run:
-    """End a running run. ``environment_broken`` (a failed health check, or a version that did
-    not start after the previous one was stopped) starts a rollback where auto_rollback is on."""
+    """End a running run. ``environment_broken`` (a failed health check, an alarm in its bake,
+    or a version that did not start after the previous one was stopped) starts a rollback
+    where auto_rollback is on, for ``rollback_reason``."""
     status = RunStatus.SUCCEEDED if succeeded else RunStatus.FAILED
     run = Run.objects.select_related("environment", "image").get(pk=run_id)
     if run.status != RunStatus.RUNNING or not transition(run, to=status, error=error):
@@ -285,7 +291,7 @@ def finish_run(
                 rollback = roll_back(
                     user=None,
                     environment=environment,
-                    reason=RollbackReason.CRITICAL_ERRORS,
+                    reason=rollback_reason,
                     note=f"Run #{run.pk} failed: {error[:200]}",
                     triggered_by=run,
                 )
@@ -389,16 +395,30 @@ LOST_ROLLBACK_RETRIES = 2
 
 @transaction.atomic
 def finish_lost_run(
-    *, run_id: int, lost_step: str, switched: bool, healthy: bool, detail: str = ""
+    *,
+    run_id: int,
+    lost_step: str,
+    switched: bool,
+    healthy: bool,
+    detail: str = "",
+    unbaked: bool = False,
 ) -> Run:
     """End a run taken over by ``take_over_lost_runs`` like any other run.
 
-    Switched and healthy: succeeded. Switched and unhealthy: failed with the environment
+    Switched and healthy: succeeded, unless ``unbaked`` (its bake had not passed): then failed
+    without a rollback, like an alarm already firing at a bake's start (docs/signals.md). Switched and unhealthy: failed with the environment
     broken, so a deploy rolls back by itself where ``auto_rollback`` is on. Not switched: failed,
     what ran before still runs. A lost rollback that did not end healthy is started again
     (``LOST_ROLLBACK_RETRIES``). Then the environment's queue moves on at once.
     """
-    if switched and healthy:
+    if switched and healthy and unbaked:
+        run = finish_run(
+            run_id=run_id,
+            succeeded=False,
+            error=f"Worker lost during its bake ('{lost_step}'): the version runs and answers "
+            f"its health check but was not watched for its whole bake; deploy it again to bake.",
+        )
+    elif switched and healthy:
         run = finish_run(run_id=run_id, succeeded=True)
         add_event(run, f"Finished by the reconciler after the worker was lost during '{lost_step}'")
     else:

@@ -101,6 +101,7 @@ ENVIRONMENTS = [
 SCHEDULES = [
     ("opsweb: reconcile runs", "opsweb.tasks.reconcile", Schedule.MINUTES, 1),
     ("opsweb: check drift", "opsweb.tasks.check_drift", Schedule.MINUTES, 5),
+    ("opsweb: read image scan findings", "opsweb.tasks.read_scan_findings", Schedule.MINUTES, 30),
 ]
 
 

@@ -1,0 +1,199 @@
+"""Signals: the bake's alarm reads and image scan findings, recorded as run events and audit
+entries, and what opsweb decides from them (docs/design.md, "Signals")."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models.signals import post_save
+from django.dispatch import receiver
+from django.utils import timezone
+
+from opsweb.models import (
+    Environment,
+    ImageVersion,
+    RollbackReason,
+    Run,
+    RunEvent,
+    RunKind,
+    RunStatus,
+)
+from opsweb.services.base import ReleaseError, add_event, audit, previous_stable_version
+from opsweb.services.releases import _mark_bad, roll_back
+from orchestration.signals import at_or_above
+
+ROLLBACK_REASONS = {
+    "errors": RollbackReason.CRITICAL_ERRORS,
+    "latency": RollbackReason.PERFORMANCE_DEGRADATION,
+    "saturation": RollbackReason.PERFORMANCE_DEGRADATION,
+}
+
+
+@receiver(post_save, sender=ImageVersion)
+def scan_at_registration(sender, instance: ImageVersion, created: bool, **kwargs) -> None:
+    """A newly registered version's scan findings are read by a worker once it commits."""
+    if created and Environment.objects.exclude(backend="local").exists():
+        transaction.on_commit(lambda: _enqueue_scan(instance.pk))
+
+
+def _enqueue_scan(image_id: int) -> None:
+    from django_q.tasks import async_task
+
+    async_task("opsweb.tasks.read_scan_findings", [image_id], task_name=f"scan-{image_id}")
+
+
+def record_bake(*, run_id: int, step: str, signals: dict) -> None:
+    """The bake's state as last read (no event: the step and ``Run.signals`` change in place,
+    events record only what changed); a heartbeat too."""
+    Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(
+        step=step[:200], signals=signals, heartbeat_at=timezone.now()
+    )
+
+
+@transaction.atomic
+def record_signal(run: Run, message: str, *, warning: bool = False) -> None:
+    """A signal read that changed something, or a decision: a run event and an audit entry."""
+    level = RunEvent.Level.WARNING if warning else RunEvent.Level.INFO
+    add_event(run, message, level=level)
+    audit(None, "signal", f"Run #{run.pk}: {message}", run=run)
+
+
+def rollback_waiting(environment_id: int) -> Run | None:
+    """A rollback queued behind the run baking in this environment (it cuts the bake short)."""
+    return (
+        Run.objects.filter(
+            environment_id=environment_id, kind=RunKind.ROLLBACK, status=RunStatus.QUEUED
+        )
+        .order_by("id")
+        .first()
+    )
+
+
+def blocking_findings(environment: Environment, image: ImageVersion) -> dict[str, int]:
+    """The image's scan counts at or above the environment's ``block_severity`` ({} if none
+    or never scanned)."""
+    return at_or_above(image.scan_counts or {}, environment.block_severity)
+
+
+def findings_sentence(image: ImageVersion, blocking: dict[str, int]) -> str:
+    counts = ", ".join(f"{count} {severity}" for severity, count in blocking.items())
+    ids = ", ".join(image.scan_top_ids[:5])
+    return f"{counts} finding(s)" + (f" ({ids})" if ids else "")
+
+
+@transaction.atomic
+def record_scan(*, image: ImageVersion, status: str, counts: dict, top_ids: list) -> bool:
+    """Store a scan read on the version; when it is new or changed, an audit entry. Returns
+    whether it changed. ``act_on_scans`` decides from what is stored."""
+    image = ImageVersion.objects.select_for_update().get(pk=image.pk)
+    changed = (image.scan_status, image.scan_counts, image.scan_top_ids) != (
+        status,
+        counts,
+        top_ids,
+    )
+    image.scan_status, image.scan_counts, image.scan_top_ids = status, counts, top_ids
+    image.scan_checked_at = timezone.now()
+    image.save(update_fields=["scan_status", "scan_counts", "scan_top_ids", "scan_checked_at"])
+    if changed:
+        audit(
+            None,
+            "scan_findings",
+            f"Scan of {image}: {image.scan_summary or status.lower()}",
+            image=image,
+        )
+    return changed
+
+
+@transaction.atomic
+def act_on_scans() -> list[str]:
+    """For every environment whose running version's findings reach its ``block_severity``:
+    mark the version bad ('security vulnerability') and, where ``roll_back_on_vulnerability``,
+    roll back to the newest stable version without such findings; with none, raise the
+    environment's ``security_alert`` instead (shown on the board, notified with the version
+    marked bad). An environment whose version is clean again loses its alert. Returns the
+    sentences of what was decided."""
+    decided = []
+    for environment in Environment.objects.select_for_update().exclude(current_image=None):
+        image = environment.current_image
+        blocking = blocking_findings(environment, image)
+        if blocking:
+            decided.append(_vulnerable_runs(environment, image, blocking))
+        elif environment.security_alert:
+            Environment.objects.filter(pk=environment.pk).update(security_alert="")
+    return decided
+
+
+def _vulnerable_runs(environment: Environment, image: ImageVersion, blocking: dict) -> str:
+    found = findings_sentence(image, blocking)
+    if image.is_bad and environment.security_alert:
+        return f"{environment}: {environment.security_alert}"  # decided already; said once
+    under_way = (
+        rollback_waiting(environment.pk)
+        or Run.objects.filter(
+            environment=environment, kind=RunKind.ROLLBACK, status=RunStatus.RUNNING
+        ).first()
+    )
+    if under_way:
+        return f"{environment}: rollback run #{under_way.pk} is under way."
+    if not image.is_bad:
+        _mark_bad(image, user=None, reason=f"security vulnerability: {found}")
+    if not environment.roll_back_on_vulnerability:
+        return f"{environment}: marked {image.tag} bad ({found}); no automatic rollback here."
+    target = previous_stable_version(environment, exclude=image)
+    if target is not None and blocking_findings(environment, target):
+        target_found = findings_sentence(target, blocking_findings(environment, target))
+        return _alert(
+            environment,
+            f"{image.tag} runs with {found}, and the newest stable version {target.tag} has "
+            f"{target_found} too: no rollback to something equally vulnerable. Fix it forward.",
+        )
+    if target is None:
+        return _alert(
+            environment,
+            f"{image.tag} runs with {found}, and no earlier stable version exists to roll back "
+            f"to. Fix it forward.",
+        )
+    try:
+        with transaction.atomic():
+            run = roll_back(
+                user=None,
+                environment=environment,
+                reason=RollbackReason.SECURITY_VULNERABILITY,
+                note=f"Image scan of {image.tag}: {found}",
+            )
+    except ReleaseError as exc:
+        return _alert(environment, f"{image.tag} runs with {found}; no rollback: {exc}")
+    return f"{environment}: rolling back from {image.tag} ({found}) as run #{run.pk}."
+
+
+def _alert(environment: Environment, message: str) -> str:
+    Environment.objects.filter(pk=environment.pk).update(security_alert=message[:500])
+    audit(None, "security_alert", f"{environment}: {message}", environment=environment)
+    return f"{environment}: {message}"
+
+
+def scan_targets() -> list[ImageVersion]:
+    """Versions worth re-reading: what runs anywhere, and what could be promoted next (what
+    an upstream runs is already 'what runs'), plus the previous stable version of each
+    environment (a rollback target)."""
+    ids = set(
+        Environment.objects.exclude(current_image=None).values_list("current_image", flat=True)
+    )
+    for environment in Environment.objects.select_related("current_image"):
+        if environment.current_image:
+            earlier = previous_stable_version(environment, exclude=environment.current_image)
+            if earlier:
+                ids.add(earlier.pk)
+    return list(ImageVersion.objects.filter(pk__in=ids))
+
+
+__all__ = [
+    "ROLLBACK_REASONS",
+    "blocking_findings",
+    "findings_sentence",
+    "act_on_scans",
+    "record_bake",
+    "record_scan",
+    "record_signal",
+    "rollback_waiting",
+    "scan_targets",
+]
