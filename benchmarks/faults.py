@@ -43,9 +43,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = ["1.0.0", "1.1.0", "1.2.0", "1.2.1"]
 BROKEN = "1.3.0"
+
+
+def code(tag: str) -> str:
+    """The release a trial's version was built from: "1.2.0-r7" → "1.2.0"."""
+    return tag.split("-r")[0]
+
+
 KILL_STEPS = {
     # fault name: (event prefix that marks the step, version to deploy)
-    "export": ("Deploying", None),
+    "export": ("Claimed by a worker", None),
     "old stopped": ("Stopped", None),
     "new started": ("Started", None),
     "health check": ("Health check attempt", BROKEN),
@@ -200,9 +207,47 @@ class Harness:
     # helpers
 
     def image(self, tag: str):
-        from opsweb.models import ImageVersion
+        """A fresh version with ``tag``'s code: opsweb never deploys an older version over a
+        newer one (rollback is for going back), so each trial deploys a newer build of the
+        same few commits ("1.2.0-r7"), registered now."""
+        import uuid
 
-        return ImageVersion.objects.get(tag=tag)
+        from opsweb.models import ImageVersion
+        from opsweb.sample_app import digest_for
+
+        base = ImageVersion.objects.get(tag=tag)
+        self.copies = getattr(self, "copies", 0) + 1
+        return ImageVersion.objects.create(
+            repository=base.repository,
+            tag=f"{tag}-r{self.copies}",
+            git_sha=base.git_sha,
+            digest=digest_for(f"{base.git_sha}-{uuid.uuid4().hex}"),
+            branch=base.branch,
+            commit_message=base.commit_message,
+        )
+
+    def promotable(self, tag: str, source):
+        """A fresh version of ``tag`` recorded as a success in ``source`` (history, so that it
+        may be promoted; the race is about the approvals, not the deploy before them)."""
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        from opsweb.models import Run
+
+        image = self.image(tag)
+        at = timezone.now() - timedelta(minutes=1)
+        Run.objects.create(
+            kind="deploy",
+            environment=source,
+            image=image,
+            status="succeeded",
+            created_at=at,
+            started_at=at,
+            switched_at=at,
+            finished_at=at,
+        )
+        return image
 
     def reset_bad_marks(self) -> None:
         """A harness shortcut, not something the app allows: forget "bad" marks and paused
@@ -214,7 +259,8 @@ class Harness:
 
     def pick(self, *, besides=()) -> object:
         self.env.refresh_from_db()
-        current = self.env.current_image.tag if self.env.current_image else None
+        current = code(self.env.current_image.tag) if self.env.current_image else None
+        besides = {code(tag) for tag in besides}
         return self.image(next(t for t in GOOD if t != current and t not in besides))
 
     def wait_quiet(self, environment, timeout: float = 120) -> bool:
@@ -250,7 +296,7 @@ class Harness:
         problems = []
         environment.refresh_from_db()
         runs = Run.objects.filter(environment=environment, created_at__gte=since).annotate(
-            claims=Count("events", filter=Q(events__message="Claimed by a worker"))
+            claims=Count("events", filter=Q(events__message__startswith="Claimed by a worker"))
         )
         for run in runs:
             if not run.is_terminal:
@@ -267,7 +313,7 @@ class Harness:
         healthy, detail = check_once(environment.health_check_url)
         if not healthy:
             problems.append(f"unhealthy: {detail}")
-        if expect_failed_version and shown and shown.tag == expect_failed_version:
+        if expect_failed_version and shown and code(shown.tag) == expect_failed_version:
             problems.append(f"{expect_failed_version} still runs: not rolled back")
         return problems
 
@@ -333,8 +379,9 @@ class Harness:
 
         self.reset_bad_marks()
         self.staging.refresh_from_db()
-        current = self.staging.current_image.tag if self.staging.current_image else None
-        image = self.image("1.0.0" if current != "1.0.0" else "1.2.0")
+        current = code(self.staging.current_image.tag) if self.staging.current_image else None
+        source = self.staging.upstream
+        image = self.promotable("1.0.0" if current != "1.0.0" else "1.2.0", source)
         since = timezone.now()
         run = services.request_promotion(user=self.alice, target=self.staging, image=image)
         barrier = threading.Barrier(2)
