@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.cookiejar
+import itertools
 import os
 import re
 import shutil
@@ -85,22 +86,33 @@ class User(threading.Thread):
 
 def deploy_loop(until: float, report: list) -> None:
     """Keep Local Development deploying (a worker executes each run) until ``until``."""
+    import uuid
+
     from django.contrib.auth.models import User as DjangoUser
     from django.db import connection
 
     from opsweb import services
     from opsweb.models import Environment, ImageVersion
+    from opsweb.sample_app import digest_for
 
     alice = DjangoUser.objects.get(username="alice")
     local = Environment.objects.get(slug="local")
     tags = ["1.0.0", "1.1.0", "1.2.0", "1.2.1"]
     try:
-        while time.monotonic() < until:
-            local.refresh_from_db()
-            tag = next(t for t in tags if t != local.current_image.tag)
-            run = services.request_deploy(
-                user=alice, environment=local, image=ImageVersion.objects.get(tag=tag)
+        for n in itertools.count(1):
+            if time.monotonic() >= until:
+                break
+            # A fresh build of one of the sample's commits each time: opsweb does not deploy
+            # an older version over a newer one.
+            base = ImageVersion.objects.get(tag=tags[n % len(tags)])
+            image = ImageVersion.objects.create(
+                repository=base.repository,
+                tag=f"{base.tag}-load{n}-{uuid.uuid4().hex[:6]}",
+                git_sha=base.git_sha,
+                digest=digest_for(f"{base.git_sha}-{uuid.uuid4().hex}"),
+                branch=base.branch,
             )
+            run = services.request_deploy(user=alice, environment=local, image=image)
             while time.monotonic() < until + 60:
                 run.refresh_from_db()
                 if run.is_terminal:
