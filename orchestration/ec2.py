@@ -33,7 +33,6 @@ from orchestration.base import (
     register,
 )
 from orchestration.ecs import (
-    CREDENTIAL_KEYS,
     DEFAULT_MAX_ATTEMPTS,
     ECR_HOST_RE,
     HEARTBEAT_SECONDS,
@@ -41,6 +40,7 @@ from orchestration.ecs import (
     AwsError,
     _number,
     aws_error,
+    aws_settings_errors,
     image_digest,
     make_client,
     pinned_image,
@@ -168,18 +168,7 @@ class Ec2Backend(DeployBackend):
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
-        errors: dict[str, str] = {}
-        if CREDENTIAL_KEYS & {str(key).lower() for key in settings}:
-            errors["credentials"] = (
-                "Do not put AWS credentials in settings; opsweb takes them from the standard "
-                "AWS chain (the task role on ECS, a profile or environment variables locally)."
-            )
-        unknown = sorted(set(settings) - SETTINGS_KEYS - CREDENTIAL_KEYS)
-        if unknown:
-            errors["unknown"] = (
-                f"Unknown setting(s) {', '.join(map(repr, unknown))}; the EC2 backend takes "
-                f"{', '.join(sorted(SETTINGS_KEYS))}."
-            )
+        errors = aws_settings_errors(settings, SETTINGS_KEYS, "EC2")
         text = {key: str(settings.get(key) or "").strip() for key in SETTINGS_KEYS}
         if not REGION_RE.match(text["region"]):
             errors["region"] = "Give the AWS region the instances are in, such as 'eu-west-1'."

@@ -124,6 +124,24 @@ def make_client(
     return boto3.session.Session().client(service, endpoint_url=endpoint_url or None, config=config)
 
 
+def aws_settings_errors(settings: Mapping[str, Any], known: set[str], label: str) -> dict:
+    """What every AWS backend refuses in its settings, field → sentence: credentials written
+    into them (they come from the standard AWS chain) and keys it does not know."""
+    errors: dict[str, str] = {}
+    if CREDENTIAL_KEYS & {str(key).lower() for key in settings}:
+        errors["credentials"] = (
+            "Do not put AWS credentials in settings; opsweb takes them from the standard "
+            "AWS chain (the task role on ECS, a profile or environment variables locally)."
+        )
+    unknown = sorted(set(settings) - known - CREDENTIAL_KEYS)
+    if unknown:
+        errors["unknown"] = (
+            f"Unknown setting(s) {', '.join(map(repr, unknown))}; the {label} backend takes "
+            f"{', '.join(sorted(known))}."
+        )
+    return errors
+
+
 @register
 class EcsBackend(DeployBackend):
     name = "ecs"
@@ -135,18 +153,7 @@ class EcsBackend(DeployBackend):
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
-        errors: dict[str, str] = {}
-        if CREDENTIAL_KEYS & {str(key).lower() for key in settings}:
-            errors["credentials"] = (
-                "Do not put AWS credentials in settings; opsweb takes them from the standard "
-                "AWS chain (the task role on ECS, a profile or environment variables locally)."
-            )
-        unknown = sorted(set(settings) - SETTINGS_KEYS - CREDENTIAL_KEYS)
-        if unknown:
-            errors["unknown"] = (
-                f"Unknown setting(s) {', '.join(map(repr, unknown))}; the ECS backend takes "
-                f"{', '.join(sorted(SETTINGS_KEYS))}."
-            )
+        errors = aws_settings_errors(settings, SETTINGS_KEYS, "ECS")
         region = str(settings.get("region") or "").strip()
         if not REGION_RE.match(region):
             errors["region"] = "Give the AWS region the cluster is in, such as 'eu-west-1'."
