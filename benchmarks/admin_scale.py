@@ -137,7 +137,9 @@ def placeholders() -> dict[str, object]:
     from opsweb.models import Environment, ImageVersion, Run
 
     production = Environment.objects.get(slug="production")
-    versions = ImageVersion.objects.order_by("id")
+    # A version in the middle of the history that has runs at both sizes, so that a search
+    # renders a page of results on each (an empty page is no comparison).
+    versions = ImageVersion.objects.filter(runs__isnull=False).distinct().order_by("id")
     middle = versions[versions.count() // 2]
     return {
         "production": production.pk,
