@@ -108,3 +108,12 @@ def test_run_search_finds_tags_commits_digests_and_ids(flow, alice, root):
         page = root.get("/admin/opsweb/run/", {"q": term}).text
         assert f"/admin/opsweb/run/{run.pk}/change/" in page, term
         assert f"/admin/opsweb/run/{other.pk}/change/" not in page, term
+
+
+def test_version_list_filters_by_auto_deployed_branch_without_scanning_versions(flow, root):
+    make_image("1.0.0", branch="develop")
+    make_image("1.0.1", branch="feature/x")
+    develop = root.get("/admin/opsweb/imageversion/", {"branch": "develop"}).text
+    other = root.get("/admin/opsweb/imageversion/", {"branch": "__other__"}).text
+    assert ">1.0.0<" in develop and ">1.0.1<" not in develop
+    assert ">1.0.1<" in other and ">1.0.0<" not in other

@@ -48,6 +48,34 @@ class MarkBad(Confirmation):
         return f"{image} marked bad.", reverse("admin:opsweb_imageversion_change", args=[image.pk])
 
 
+class AutoDeployBranchFilter(admin.SimpleListFilter):
+    """Versions from a branch some environment auto-deploys (read from the environments, a
+    handful of rows), or from any other branch."""
+
+    title = "branch"
+    parameter_name = "branch"
+    OTHER = "__other__"
+
+    def lookups(self, request, model_admin):
+        branches = sorted(
+            set(
+                Environment.objects.exclude(auto_deploy_branch="").values_list(
+                    "auto_deploy_branch", flat=True
+                )
+            )
+        )
+        return [(b, b) for b in branches] + [(self.OTHER, "other branches")]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        if value == self.OTHER:
+            auto = Environment.objects.exclude(auto_deploy_branch="").values("auto_deploy_branch")
+            return queryset.exclude(branch__in=auto)
+        return queryset.filter(branch=value)
+
+
 @admin.register(ImageVersion)
 class ImageVersionAdmin(ReadOnlyMixin, ConfirmingAdmin):
     confirmations = [MarkBad()]
@@ -61,7 +89,9 @@ class ImageVersionAdmin(ReadOnlyMixin, ConfirmingAdmin):
         "registered_at",
         "registered_by",
     ]
-    list_filter = ["is_bad", "branch", "repository"]
+    # Not Django's all-values filters on branch and repository: each is a SELECT DISTINCT over
+    # every version on every page view.
+    list_filter = ["is_bad", AutoDeployBranchFilter]
     list_select_related = ["registered_by"]
     search_fields = ["tag", "git_sha", "^digest", "commit_message"]
 
