@@ -67,6 +67,21 @@ class DeliveryError(Exception):
 # -- what happened --------------------------------------------------------------------------
 
 
+# The audit actions that can notify someone (see from_audit).
+AUDIT_EVENTS = frozenset(
+    {
+        "mark_bad",
+        "request_deploy",
+        "request_promotion",
+        "auto_deploy",
+        "roll_back",
+        "run_succeeded",
+        "run_failed",
+        "worker_lost",
+    }
+)
+
+
 @receiver(post_save, sender=AuditEntry, dispatch_uid="opsweb.notifications.audit")
 def on_audit_entry(sender, instance: AuditEntry, created: bool, **kwargs) -> None:
     if created:
@@ -109,6 +124,8 @@ def safely(function, *args, **kwargs) -> None:
 
 def from_audit(entry: AuditEntry) -> None:
     action = entry.action
+    if action not in AUDIT_EVENTS or not NotificationChannel.objects.filter(enabled=True).exists():
+        return  # one cheap look before loading the run: most changes notify nobody
     if action == "mark_bad":
         notify(
             NotificationEvent.VERSION_MARKED_BAD, environment=entry.environment, text=entry.message

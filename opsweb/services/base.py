@@ -567,8 +567,9 @@ def unseal(token: str) -> dict[str, str] | None:
     return facts if isinstance(facts, dict) else None
 
 
-def check_seen(seen: Mapping[str, str] | None, now: Mapping[str, str], *, subject, action) -> None:
-    """Refuse when what the person saw (``seen``) differs from what is true ``now``.
+def check_seen(seen: Mapping[str, str] | None, now, *, subject, action) -> None:
+    """Refuse when what the person saw (``seen``) differs from what is true ``now`` (the facts,
+    or a function returning them: read only when there is something to compare).
 
     ``seen`` None means the caller showed nothing (a command line): nothing to compare.
     Raises ReleaseError naming each fact that changed: "AWS Staging changed since you looked:
@@ -576,6 +577,8 @@ def check_seen(seen: Mapping[str, str] | None, now: Mapping[str, str], *, subjec
     """
     if seen is None:
         return
+    if callable(now):
+        now = now()
     changed = [
         f"{label} is now {now[label] or 'nothing'} (you saw {seen.get(label) or 'nothing'})"
         for label in now

@@ -125,7 +125,9 @@ def request_deploy(
     (``policy.may_deploy``; an override when no freeze applies).
     """
     environment = _lock_environment(environment)
-    check_seen(seen, facts.environment_facts(environment), subject=environment, action="deploy")
+    check_seen(
+        seen, lambda: facts.environment_facts(environment), subject=environment, action="deploy"
+    )
     override_reason = _override_reason(environment, override_reason)
     policy.may_deploy(user, environment, image, override=bool(override_reason)).enforce()
     run = _new_run(
@@ -198,7 +200,9 @@ def request_promotion(
             f"{target} is promoted from {upstream}, not {source}; promote one step at a time."
         )
     image = image or (upstream.current_image if upstream else None)
-    check_seen(seen, facts.promotion_facts(target, image), subject=target, action="promotion")
+    check_seen(
+        seen, lambda: facts.promotion_facts(target, image), subject=target, action="promotion"
+    )
     override_reason = _override_reason(target, override_reason)
     policy.may_promote(user, target, image, override=bool(override_reason)).enforce()
     run = _new_run(
@@ -278,7 +282,7 @@ def approve_run(*, user, run: Run, comment: str = "", seen: Seen = None) -> Run:
 @transaction.atomic
 def _approve(*, user, run: Run, comment: str, seen: Seen) -> Run:
     run = _lock_run(run)
-    check_seen(seen, facts.run_facts(run), subject=f"Run #{run.pk}", action="approval")
+    check_seen(seen, lambda: facts.run_facts(run), subject=f"Run #{run.pk}", action="approval")
     _refuse_ended(run)
     policy.may_approve(user, run).enforce()
     try:
@@ -335,7 +339,7 @@ def reject_run(*, user, run: Run, comment: str, seen: Seen = None) -> Run:
 @transaction.atomic
 def _reject(*, user, run: Run, comment: str, seen: Seen) -> Run:
     run = _lock_run(run)
-    check_seen(seen, facts.run_facts(run), subject=f"Run #{run.pk}", action="rejection")
+    check_seen(seen, lambda: facts.run_facts(run), subject=f"Run #{run.pk}", action="rejection")
     _refuse_ended(run)
     policy.may_reject(user, run).enforce()
     Approval.objects.create(
@@ -357,7 +361,7 @@ def cancel_run(*, user, run: Run, comment: str = "", seen: Seen = None) -> Run:
     """Cancel a run that has not started. A running deploy is not stopped halfway.
     Raises NotAllowed or ReleaseError (``policy.may_cancel``)."""
     run = _lock_run(run)
-    check_seen(seen, facts.run_facts(run), subject=f"Run #{run.pk}", action="cancellation")
+    check_seen(seen, lambda: facts.run_facts(run), subject=f"Run #{run.pk}", action="cancellation")
     policy.may_cancel(user, run).enforce()
     transition(run, to=RunStatus.CANCELLED, step="cancelled")
     add_event(
@@ -382,7 +386,10 @@ def sign_off_uat(
     environment = _lock_environment(environment)
     image = ImageVersion.objects.get(pk=image.pk)
     check_seen(
-        seen, facts.signoff_facts(environment, image), subject=environment, action="UAT sign-off"
+        seen,
+        lambda: facts.signoff_facts(environment, image),
+        subject=environment,
+        action="UAT sign-off",
     )
     policy.may_sign_off(user, environment, image).enforce()
     signoff = Signoff.objects.create(environment=environment, image=image, user=user, note=note)
@@ -399,10 +406,16 @@ def sign_off_uat(
 def _mark_bad(image: ImageVersion, *, user, reason: str) -> None:
     if image.is_bad:
         return
+    now = timezone.now()
     ImageVersion.objects.filter(pk=image.pk).update(
-        is_bad=True, bad_reason=reason, marked_bad_by=user, marked_bad_at=timezone.now()
+        is_bad=True, bad_reason=reason, marked_bad_by=user, marked_bad_at=now
     )
-    image.refresh_from_db()
+    image.is_bad, image.bad_reason, image.marked_bad_by, image.marked_bad_at = (
+        True,
+        reason,
+        user,
+        now,
+    )
     waiting = Run.objects.filter(image=image, status__in=[RunStatus.PENDING, RunStatus.QUEUED])
     for run in waiting.exclude(kind=RunKind.ROLLBACK).exclude(resolve_at_start=True):
         if transition(run, to=RunStatus.CANCELLED, step="cancelled"):
@@ -418,7 +431,7 @@ def mark_bad(*, user, image: ImageVersion, reason: str, seen: Seen = None) -> Im
     if not reason or not reason.strip():
         raise ReleaseError("Say why this version is bad: a reason is required.")
     image = ImageVersion.objects.select_for_update().get(pk=image.pk)
-    check_seen(seen, facts.image_facts(image), subject=str(image), action="mark bad")
+    check_seen(seen, lambda: facts.image_facts(image), subject=str(image), action="mark bad")
     policy.may_mark_bad(user, image).enforce()
     _mark_bad(image, user=user, reason=reason.strip())
     return image
@@ -452,7 +465,9 @@ def roll_back(
             f"{reason!r} is not a rollback reason; use one of {', '.join(RollbackReason.values)}."
         )
     environment = _lock_environment(environment)
-    check_seen(seen, facts.rollback_facts(environment), subject=environment, action="rollback")
+    check_seen(
+        seen, lambda: facts.rollback_facts(environment), subject=environment, action="rollback"
+    )
     policy.may_roll_back(user, environment).enforce()
     current = environment.current_image
     deploying = (
@@ -546,7 +561,9 @@ def resume_auto_deploy(*, user, environment: Environment, seen: Seen = None) -> 
     """Resume auto-deploy after a rollback paused it. Raises NotAllowed (not an approver and no
     ``resume_auto_deploy`` permission) or ReleaseError (not paused; changed since seen)."""
     environment = _lock_environment(environment)
-    check_seen(seen, facts.environment_facts(environment), subject=environment, action="resume")
+    check_seen(
+        seen, lambda: facts.environment_facts(environment), subject=environment, action="resume"
+    )
     policy.may_resume(user, environment).enforce()
     environment.auto_deploy_paused = False
     environment.paused_reason = ""
@@ -569,7 +586,7 @@ def set_frozen(
     environment = _lock_environment(environment)
     check_seen(
         seen,
-        facts.environment_facts(environment),
+        lambda: facts.environment_facts(environment),
         subject=environment,
         action="freeze" if frozen else "unfreeze",
     )
