@@ -81,6 +81,14 @@ def claim_next_run(*, environment_id: int) -> Run | None:
                     if transition(head, to=RunStatus.FAILED, error=refusal, step="refused"):
                         add_event(head, refusal, level=RunEvent.Level.ERROR)
                     continue
+                resolving = head.resolve_at_start and not busy.exists()
+                if resolving:
+                    # Decided only now, still queued: the deploy it waited for has ended.
+                    refusal = resolve_rollback(head)
+                    if refusal:
+                        if transition(head, to=RunStatus.FAILED, error=refusal, step="refused"):
+                            add_event(head, refusal, level=RunEvent.Level.ERROR)
+                        continue
                 step = (
                     f"deploying {head.image.tag} with the {head.environment.get_backend_display()}"
                 )
@@ -89,15 +97,8 @@ def claim_next_run(*, environment_id: int) -> Run | None:
                     .exclude(Exists(busy))
                     .update(status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, step=step)
                 )
-                if claimed and head.resolve_at_start:
-                    # Decided only now: the deploy it waited for has ended.
-                    refusal = resolve_rollback(head)
-                    if refusal:
-                        Run.objects.filter(pk=head.pk).update(
-                            status=RunStatus.FAILED, finished_at=now, error=refusal, step="refused"
-                        )
-                        add_event(head, refusal, level=RunEvent.Level.ERROR)
-                        continue
+                if resolving and not claimed:
+                    transaction.set_rollback(True)  # another worker won: leave it undecided
                 if claimed:
                     # One write on the way to the backend, inside the claim: the time from the
                     # click to the switch is what a rollback's time to restore is made of.
