@@ -9,6 +9,7 @@ the service's transaction), the lines, the form and the one service it calls —
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 from django import forms
@@ -60,7 +61,7 @@ class Choice:
     selected: str
 
 
-class Confirmation:
+class Confirmation(abc.ABC):
     """One button and its confirmation page. Subclasses set ``name`` and ``form_class`` and
     implement ``decide``, ``facts``, ``lines`` and ``perform``; ``choose`` when the person picks
     a version first."""
@@ -68,8 +69,9 @@ class Confirmation:
     name: str = ""
     form_class: type[ConfirmForm] = CommentForm
 
+    @abc.abstractmethod
     def label(self, obj) -> str:
-        raise NotImplementedError
+        """The button's words."""
 
     def title(self, obj, chosen) -> str:
         return self.label(obj)
@@ -82,21 +84,24 @@ class Confirmation:
         """What the person may pick on this page and what is picked now (from ``?image=``)."""
         return None, None
 
+    @abc.abstractmethod
     def decide(self, user, obj, chosen) -> Decision:
-        raise NotImplementedError
+        """The policy's answer for this user, object and choice."""
 
+    @abc.abstractmethod
     def facts(self, obj, chosen) -> dict[str, str]:
-        raise NotImplementedError
+        """What the page shows, as ``services.facts`` reads it (sealed into the form)."""
 
+    @abc.abstractmethod
     def lines(self, obj, chosen) -> list[tuple[str, str]]:
-        raise NotImplementedError
+        """The summary's (label, value) rows."""
 
     def changes(self, obj, chosen) -> list[ImageVersion]:
         return []
 
+    @abc.abstractmethod
     def perform(self, user, obj, chosen, data, seen) -> tuple[str, str]:
         """Call the service; return (success message, where to go)."""
-        raise NotImplementedError
 
 
 @dataclass
