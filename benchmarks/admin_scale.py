@@ -11,8 +11,9 @@ then --rounds rounds, each timing every page on both databases (the order of the
 alternates per round). Each figure is the whole request (middleware, queries, template).
 
 It prints per page the median and spread (min–max) at each size, the number of SQL queries
-at each size and the ratio of the medians large/small. Exit code 1 if a page does not answer
-200. The PAGES table below is the one place to change which URLs are timed.
+at each size, the rows of the list each rendered and the ratio of the medians large/small.
+Exit code 1 if a page does not answer 200. The PAGES table below is the one place to change
+which URLs are timed.
 """
 
 from __future__ import annotations
@@ -90,13 +91,14 @@ def main() -> int:
 
     times = {size: [[] for _ in pages] for size in sizes}
     queries = {size: [0 for _ in pages] for size in sizes}
+    rows = {size: [None for _ in pages] for size in sizes}
     failures = []
     for round_no in range(args.rounds + 1):  # round 0 warms caches and is not counted
         order = list(sizes) if round_no % 2 else list(reversed(sizes))
         for size in order:
             _use(names[size])
             for i, url in enumerate(urls[size]):
-                seconds, count, status = _time(clients[size], url)
+                seconds, count, status, rows[size][i] = _time(clients[size], url)
                 if status != 200:
                     failures.append(f"{size} {url}: HTTP {status}")
                 if round_no:
@@ -104,7 +106,7 @@ def main() -> int:
                     queries[size][i] = count
         print(f"round {round_no} done" + (" (warm-up)" if not round_no else ""), flush=True)
 
-    _report(pages, sizes, times, queries)
+    _report(pages, sizes, times, queries, rows)
     for failure in failures:
         print(failure, file=sys.stderr)
     return 1 if failures else 0
@@ -153,7 +155,7 @@ def placeholders() -> dict[str, object]:
     }
 
 
-def _time(client, url: str) -> tuple[float, int, int]:
+def _time(client, url: str) -> tuple[float, int, int, int | None]:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -161,26 +163,43 @@ def _time(client, url: str) -> tuple[float, int, int]:
         start = time.perf_counter()
         response = client.get(url)
         seconds = time.perf_counter() - start
-    return seconds, len(captured), response.status_code
+    return seconds, len(captured), response.status_code, _rows(response)
 
 
-def _report(pages, sizes, times, queries) -> None:
+def _rows(response) -> int | None:
+    """Rows of the list the page rendered (None for a page that is not a list)."""
+    context = response.context
+    if context is None:
+        return None
+    try:
+        return len(context["cl"].result_list)
+    except KeyError:
+        return None
+
+
+def _report(pages, sizes, times, queries, rows) -> None:
     small, large = sizes
     print(
         f"\n{'page':28} {small + ' median':>13} {large + ' median':>13} "
-        f"{large + ' spread':>19} {'queries':>9} {'ratio':>8}"
+        f"{large + ' spread':>19} {'queries':>9} {'rows':>9} {'ratio':>8}"
     )
     for i, (label, _) in enumerate(pages):
         s, big = statistics.median(times[small][i]), statistics.median(times[large][i])
         spread = f"{min(times[large][i]) * 1000:.0f}–{max(times[large][i]) * 1000:.0f} ms"
         print(
             f"{label:28} {s * 1000:10.1f} ms {big * 1000:10.1f} ms {spread:>19} "
-            f"{queries[small][i]:>4}/{queries[large][i]:<4} {big / s:7.1f}×"
+            f"{queries[small][i]:>4}/{queries[large][i]:<4} "
+            f"{_shown(rows[small][i]):>4}/{_shown(rows[large][i]):<4} {big / s:7.1f}×"
         )
     print(
         f"\n{sizes[small]:,} vs {sizes[large]:,} runs; median of {len(times[small][0])} "
-        f"interleaved rounds; queries = SQL statements per request at each size."
+        f"interleaved rounds; queries = SQL statements per request at each size; rows = rows "
+        f"of the list rendered at each size (- for a page that is not a list)."
     )
+
+
+def _shown(rows: int | None) -> str:
+    return "-" if rows is None else str(rows)
 
 
 if __name__ == "__main__":

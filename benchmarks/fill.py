@@ -8,7 +8,8 @@ bootstrapped environments (Local and Dev deploys, Staging and Production promoti
 rollbacks), one every ~220 s so that a million runs span about seven years up to now; about
 90% succeeded, the rest failed, rejected, cancelled or expired, and the newest run of Staging
 and of Production pending. Two run events per run, one approval per Staging run and two per
-Production run (about 0.7 per run), one image version per 50 runs. Users: ``bench_admin``
+Production run (about 0.7 per run), one image version per 4 runs (each build through the
+four environments). Users: ``bench_admin``
 (superuser), ``bench_alice`` (deployer), ``bench_bob`` and ``bench_carol`` (approvers).
 
 PostgreSQL only: it uses ``generate_series`` and ``sha256()``, and a million-run SQLite file
@@ -34,7 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # One run every SPACING seconds ending now: 1,000,000 runs ≈ 7 years.
 SPACING_SECONDS = 220
-RUNS_PER_VERSION = 50
+# Every build goes Local → Dev → Staging → Production: one version per four runs (a million
+# runs make 250,000 versions, and a 100-run database fills a page of the version list).
+RUNS_PER_VERSION = 4
 PASSWORD = "bench-password"  # noqa: S105 (a throwaway benchmark database on 127.0.0.1)
 
 
@@ -144,6 +147,23 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
         Approval._meta.db_table,
     )
     alice, bob, carol = users["bench_alice"], users["bench_bob"], users["bench_carol"]
+    # Columns the statements below do not name get their model default, so that a field added
+    # later (NOT NULL, default in Python only) does not break the fill.
+    iv_cols, iv_vals = _defaults(
+        ImageVersion,
+        "repository tag digest git_sha branch commit_message committed_at build_url "
+        "registered_by registered_at is_bad bad_reason",
+    )
+    run_cols, run_vals = _defaults(
+        Run,
+        "kind environment source_environment image replaces requested_by reason note status "
+        "step required_approvals created_at queued_at started_at finished_at heartbeat_at "
+        "switched_at task_id backend_ref error",
+    )
+    event_cols, event_vals = _defaults(RunEvent, "run created_at level message duration_seconds")
+    approval_cols, approval_vals = _defaults(
+        Approval, "run user decision comment digest created_at"
+    )
     # A fixed pseudo-random number 0..99 per run, the same on every fill.
     dice = "((g::bigint * 7919) % 100)"
     # Status: the newest Staging and Production runs are pending; otherwise by the dice.
@@ -163,7 +183,7 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
             "image versions",
             f"""
             INSERT INTO {iv} (repository, tag, digest, git_sha, branch, commit_message,
-                committed_at, build_url, registered_by_id, registered_at, is_bad, bad_reason)
+                committed_at, build_url, registered_by_id, registered_at, is_bad, bad_reason{iv_cols})
             SELECT 'example/app',
                 format('%s.%s.%s', 1 + g / 10000, (g / 100) % 100, g % 100),
                 'sha256:' || encode(sha256(('image ' || g)::bytea), 'hex'),
@@ -173,7 +193,7 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
                 now() - make_interval(secs => ({versions} - g) * {SPACING_SECONDS * RUNS_PER_VERSION} + 600),
                 '', {alice},
                 now() - make_interval(secs => ({versions} - g) * {SPACING_SECONDS * RUNS_PER_VERSION} + 300),
-                g % 97 = 0, CASE WHEN g % 97 = 0 THEN 'error rate up' ELSE '' END
+                g % 97 = 0, CASE WHEN g % 97 = 0 THEN 'error rate up' ELSE '' END{iv_vals}
             FROM generate_series(1, {versions}) AS g""",
         ),
         (
@@ -182,7 +202,7 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
             INSERT INTO {run} (kind, environment_id, source_environment_id, image_id,
                 replaces_id, requested_by_id, reason, note, status, step, required_approvals,
                 created_at, queued_at, started_at, finished_at, heartbeat_at, switched_at,
-                task_id, backend_ref, error)
+                task_id, backend_ref, error{run_cols})
             SELECT k, e, CASE WHEN k = 'promotion' THEN u END, img,
                 CASE WHEN k = 'rollback' AND img > {first_version} THEN img + 1 END,
                 CASE WHEN g % 4 < 2 THEN {alice} ELSE {bob} END,
@@ -200,7 +220,7 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
                 CASE WHEN s = 'succeeded' THEN jsonb_build_object('pid', 10000 + g % 50000)
                      ELSE '{{}}'::jsonb END,
                 CASE WHEN s = 'failed' THEN 'Health check failed: /healthz answered 500'
-                     ELSE '' END
+                     ELSE '' END{run_vals}
             FROM (
                 SELECT g, {env_id} AS e, {upstream} AS u, {kind} AS k, {status} AS s,
                     now() - make_interval(secs => ({runs} - g) * {SPACING_SECONDS}) AS t,
@@ -213,13 +233,13 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
         (
             "run events",
             f"""
-            INSERT INTO {event} (run_id, created_at, level, message, duration_seconds)
+            INSERT INTO {event} (run_id, created_at, level, message, duration_seconds{event_cols})
             SELECT r.id, r.created_at + make_interval(secs => 40 + n * 20),
                 CASE WHEN n = 2 AND r.status = 'failed' THEN 'error' ELSE 'info' END,
                 CASE WHEN n = 1 THEN 'Exported commit and stopped the previous version'
                      WHEN r.status = 'failed' THEN 'Health check failed: /healthz answered 500'
                      ELSE 'Started, listening; health check passed' END,
-                n * 1.5
+                n * 1.5{event_vals}
             FROM {run} AS r CROSS JOIN generate_series(1, 2) AS n
             WHERE r.status NOT IN ('pending', 'rejected', 'expired')
                OR n = 1""",
@@ -227,11 +247,11 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
         (
             "approvals",
             f"""
-            INSERT INTO {approval} (run_id, user_id, decision, comment, digest, created_at)
+            INSERT INTO {approval} (run_id, user_id, decision, comment, digest, created_at{approval_cols})
             SELECT r.id, CASE WHEN n = 1 THEN {bob} ELSE {carol} END,
                 CASE WHEN r.status = 'rejected' THEN 'reject' ELSE 'approve' END,
                 CASE WHEN r.status = 'rejected' THEN 'error rate up in staging' ELSE '' END,
-                i.digest, r.created_at + make_interval(secs => 20 + n * 5)
+                i.digest, r.created_at + make_interval(secs => 20 + n * 5){approval_vals}
             FROM {run} AS r
             JOIN {iv} AS i ON i.id = r.image_id
             CROSS JOIN generate_series(1, 2) AS n
@@ -251,6 +271,29 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
             WHERE last.environment_id = e.id""",
         ),
     ]
+
+
+def _defaults(model, named: str) -> tuple[str, str]:
+    """The columns of ``model`` that are NOT NULL and not in the space-separated field names
+    ``named``, with their defaults ("" for text without one), as (", col, col", ", literal, literal") to append to an
+    INSERT's column list and SELECT list. Raises ``ValueError`` for a NOT NULL column with no
+    default (the fill must then name it)."""
+    from django.db import connection
+    from psycopg import sql
+
+    given = set(named.split())
+    columns, values = [], []
+    connection.ensure_connection()
+    for field in model._meta.concrete_fields:
+        if field.name in given or field.primary_key or field.null:
+            continue
+        default = field.get_default()  # "" for a text field without one
+        if default is None:
+            raise ValueError(f"fill.py does not fill {model.__name__}.{field.name}; name it.")
+        value = field.get_db_prep_save(default, connection)
+        columns.append(connection.ops.quote_name(field.column))
+        values.append(sql.Literal(value).as_string(connection.connection))
+    return "".join(f", {c}" for c in columns), "".join(f", {v}" for v in values)
 
 
 def _counts() -> dict[str, int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.core.paginator import Paginator
 from django.db.models import Max, OuterRef, Subquery
 from django.utils import timezone
 
@@ -21,6 +20,7 @@ from opsweb.models import Environment, ImageVersion, Run, RunStatus
 from opsweb.windows import freeze_status
 
 MATRIX_PAGE_SIZE = 10
+MATRIX_MAX_PAGE = 100_000  # a larger ?page= is read as this one (an OFFSET must fit a bigint)
 WAITING = [RunStatus.PENDING, RunStatus.QUEUED]
 
 
@@ -51,13 +51,38 @@ class Arrow:
 
 
 @dataclass
+class MatrixPage:
+    """One page of the versions × environments matrix. Read without counting the versions (a
+    count reads every one of them): ``has_next`` comes from reading one row more than shown."""
+
+    number: int
+    has_next: bool
+
+    @property
+    def has_previous(self) -> bool:
+        return self.number > 1
+
+    @property
+    def has_other_pages(self) -> bool:
+        return self.has_previous or self.has_next
+
+    @property
+    def previous_page_number(self) -> int:
+        return self.number - 1
+
+    @property
+    def next_page_number(self) -> int:
+        return self.number + 1
+
+
+@dataclass
 class Board:
     cards: list[Card]
     arrows: list[Arrow]
     waiting_for_you: list[tuple[Run, int]]
     matrix_environments: list[Environment]
     matrix: list[tuple[ImageVersion, list[Run | None]]]
-    page: object
+    page: MatrixPage
 
 
 def build_board(user, *, page: int | str = 1, now: datetime | None = None) -> Board:
@@ -228,11 +253,20 @@ def _arrow(target: Environment) -> Arrow:
     return Arrow(source, target, decision.allowed, sentence)
 
 
-def _matrix(environments, page):
+def _matrix(environments, page) -> tuple[list, MatrixPage]:
+    """The matrix rows of page ``page`` (a number; anything else, or a page past the end, is
+    the first page) and that page."""
     versions = ImageVersion.objects.order_by("-registered_at", "-id")
-    paginator = Paginator(versions, MATRIX_PAGE_SIZE, allow_empty_first_page=True)
-    page_obj = paginator.get_page(page)
-    images = list(page_obj.object_list)
+    try:
+        number = min(max(int(page), 1), MATRIX_MAX_PAGE)
+    except (TypeError, ValueError):
+        number = 1
+    start = (number - 1) * MATRIX_PAGE_SIZE
+    images = list(versions[start : start + MATRIX_PAGE_SIZE + 1])
+    if not images and number > 1:
+        number, images = 1, list(versions[: MATRIX_PAGE_SIZE + 1])
+    page_obj = MatrixPage(number, has_next=len(images) > MATRIX_PAGE_SIZE)
+    images = images[:MATRIX_PAGE_SIZE]
     latest = (
         Run.objects.filter(image__in=images)
         .exclude(status__in=[*WAITING])

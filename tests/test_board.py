@@ -1,6 +1,7 @@
 """The board on the admin index (opsweb.board): cards, what can move next and why not yet,
 what waits for the person looking, the versions × environments matrix; constant queries."""
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -136,3 +137,29 @@ def test_pending_runs_name_who_may_still_approve_under_several_rules(flow, alice
     (pending_run, given, still, unreachable) = card.pending[0]
     assert pending_run == run and still == ["bob", "carol"] and not unreachable
     assert "0 of 2" in given
+
+
+def test_matrix_pages_through_versions_newest_first_without_counting_them(flow, bob):
+    for i in range(23):
+        make_image(f"1.{i}.0", registered_at=timezone.now() - timedelta(minutes=100 - i))
+    client = login(bob)
+    index = reverse("admin:index")
+
+    def tags(page):
+        text = client.get(index, {"page": page}).text
+        matrix = text[text.index('id="matrix"') :]
+        return re.findall(r">(1\.\d+\.0)</a>", matrix), matrix
+
+    first, text = tags(1)
+    assert first == [f"1.{i}.0" for i in range(22, 12, -1)]
+    assert "older →" in text and "← newer" not in text
+    last, text = tags(3)
+    assert last == ["1.2.0", "1.1.0", "1.0.0"]
+    assert "← newer" in text and "older →" not in text and "page 3" in text
+    for odd in ("abc", "99", "1" + "0" * 30, "-4"):
+        assert tags(odd)[0] == first, odd
+    with CaptureQueriesContext(connection) as captured:
+        client.get(index, {"page": 2})
+    assert not [
+        q for q in captured if 'COUNT(*) AS "__count" FROM "opsweb_imageversion"' in q["sql"]
+    ]
