@@ -44,6 +44,9 @@ PAGES = [
     ("run page", "/admin/opsweb/run/{run}/change/"),
     ("environment page", "/admin/opsweb/environment/{production}/change/"),
     ("image list", "/admin/opsweb/imageversion/"),
+    ("audit list", "/admin/opsweb/auditentry/"),
+    ("audit list, action", "/admin/opsweb/auditentry/?action=approve_run"),
+    ("run list, a day", "/admin/opsweb/run/?created_at_from={day}&created_at_to={day}"),
 ]
 SMALL_RUNS = 100
 
@@ -152,6 +155,11 @@ def placeholders() -> dict[str, object]:
         "tag": middle.tag,
         "digest": middle.short_digest,
         "commit": middle.git_sha,
+        # A day in the history of both sizes (the small one spans the last ~6 hours).
+        "day": Run.objects.order_by("-created_at")
+        .values_list("created_at", flat=True)[99]
+        .date()
+        .isoformat(),
     }
 
 

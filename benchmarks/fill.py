@@ -9,8 +9,9 @@ rollbacks), one every ~220 s so that a million runs span about seven years up to
 90% succeeded, the rest failed, rejected, cancelled or expired, and the newest run of Staging
 and of Production pending. Two run events per run, one approval per Staging run and two per
 Production run (about 0.7 per run), one image version per 4 runs (each build through the
-four environments). Users: ``bench_admin``
-(superuser), ``bench_alice`` (deployer), ``bench_bob`` and ``bench_carol`` (approvers).
+four environments), an audit entry per request, decision and finished run (about 2.6 per
+run). Users: ``bench_admin`` (superuser), ``bench_alice`` (deployer), ``bench_bob`` and
+``bench_carol`` (approvers).
 
 PostgreSQL only: it uses ``generate_series`` and ``sha256()``, and a million-run SQLite file
 says little about the production database. It refuses a database that already has runs
@@ -128,7 +129,7 @@ def _users() -> dict[str, int]:
 
 
 def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
-    from opsweb.models import Approval, Environment, ImageVersion, Run, RunEvent
+    from opsweb.models import Approval, AuditEntry, Environment, ImageVersion, Run, RunEvent
 
     versions = max(runs // RUNS_PER_VERSION, 5)
     envs = list(Environment.objects.order_by("position").values_list("id", "upstream_id"))
@@ -164,6 +165,7 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
     approval_cols, approval_vals = _defaults(
         Approval, "run user decision comment digest created_at"
     )
+    audit = AuditEntry._meta.db_table
     # A fixed pseudo-random number 0..99 per run, the same on every fill.
     dice = "((g::bigint * 7919) % 100)"
     # Status: the newest Staging and Production runs are pending; otherwise by the dice.
@@ -259,6 +261,27 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
               AND n <= CASE WHEN r.status = 'rejected' THEN 1 ELSE r.required_approvals END""",
         ),
         (
+            "audit entries",
+            f"""
+            INSERT INTO {audit} (created_at, actor_id, action, environment_id, image_id, run_id,
+                message)
+            SELECT r.created_at, r.requested_by_id,
+                CASE r.kind WHEN 'deploy' THEN 'request_deploy'
+                     WHEN 'promotion' THEN 'request_promotion' ELSE 'roll_back' END,
+                r.environment_id, r.image_id, r.id, 'Requested run #' || r.id
+            FROM {run} AS r
+            UNION ALL
+            SELECT a.created_at, a.user_id,
+                CASE a.decision WHEN 'approve' THEN 'approve_run' ELSE 'reject_run' END,
+                r.environment_id, r.image_id, r.id, 'Decided on run #' || r.id
+            FROM {approval} AS a JOIN {run} AS r ON r.id = a.run_id
+            UNION ALL
+            SELECT r.finished_at, NULL,
+                CASE r.status WHEN 'succeeded' THEN 'run_succeeded' ELSE 'run_failed' END,
+                r.environment_id, r.image_id, r.id, 'Run #' || r.id || ' ' || r.status
+            FROM {run} AS r WHERE r.status IN ('succeeded', 'failed')""",
+        ),
+        (
             "environments' current versions",
             f"""
             UPDATE {Environment._meta.db_table} AS e
@@ -297,11 +320,11 @@ def _defaults(model, named: str) -> tuple[str, str]:
 
 
 def _counts() -> dict[str, int]:
-    from opsweb.models import Approval, ImageVersion, Run, RunEvent
+    from opsweb.models import Approval, AuditEntry, ImageVersion, Run, RunEvent
 
     return {
         model._meta.model_name: model.objects.count()
-        for model in (Run, RunEvent, Approval, ImageVersion)
+        for model in (Run, RunEvent, Approval, ImageVersion, AuditEntry)
     }
 
 

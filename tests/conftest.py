@@ -27,11 +27,13 @@ _counter = itertools.count(1)
 
 
 def pytest_collection_modifyitems(config, items):
-    # Decided here rather than per test: these only mean something with PostgreSQL row locks.
+    # Decided here rather than per test: these only mean something on PostgreSQL (row locks,
+    # races, and benchmarks/fill.py, which builds PostgreSQL databases only).
     if connection.vendor == "postgresql" or not any("postgres" in i.keywords for i in items):
         return
     skip = pytest.mark.skip(
-        reason="needs PostgreSQL (row locks and races); run with DATABASE_URL=postgres://…"
+        reason="needs PostgreSQL (row locks, races, the benchmark fill); "
+        "run with DATABASE_URL=postgres://…"
     )
     for item in items:
         if "postgres" in item.keywords:
@@ -66,16 +68,18 @@ def succeed_in(environment: Environment, image: ImageVersion, **fields) -> Run:
     """Record that ``image`` was deployed successfully to ``environment`` (history setup)."""
     now = timezone.now()
     run = Run.objects.create(
-        kind="deploy",
-        environment=environment,
-        image=image,
-        status=RunStatus.SUCCEEDED,
-        created_at=now,
-        queued_at=now,
-        started_at=now,
-        switched_at=now,
-        finished_at=now,
-        **fields,
+        **{
+            "kind": "deploy",
+            "environment": environment,
+            "image": image,
+            "status": RunStatus.SUCCEEDED,
+            "created_at": now,
+            "queued_at": now,
+            "started_at": now,
+            "switched_at": now,
+            "finished_at": now,
+            **fields,
+        }
     )
     Environment.objects.filter(pk=environment.pk).update(current_image=image, current_since=now)
     environment.refresh_from_db()

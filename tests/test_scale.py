@@ -157,3 +157,67 @@ def test_the_benchmark_fill_builds_a_history_the_admin_lists(client):
     response = client.get(reverse("admin:opsweb_run_changelist"))
     assert response.status_code == 200
     assert "120 runs" in response.text
+
+
+def test_run_list_filters_by_a_range_of_days_in_utc(flow, root):
+    now = timezone.now().replace(hour=12, minute=0, second=0, microsecond=0)
+    image = make_image("9.0.0")
+    runs = {}
+    for days_ago in (0, 1, 3, 10):
+        runs[days_ago] = succeed_in(flow["dev"], image, created_at=now - timedelta(days=days_ago))
+    day = (now - timedelta(days=3)).date()
+    rows = re.compile(r'<th class="field-id"><a href="/admin/opsweb/run/(\d+)/change/')
+
+    def shown(**params):
+        response = root.get("/admin/opsweb/run/", params, follow=True)
+        assert response.status_code == 200
+        return {int(pk) for pk in rows.findall(response.text)}, response
+
+    # One day, both ends included: runs requested on it and no other.
+    assert shown(created_at_from=day, created_at_to=day)[0] == {runs[3].pk}
+    assert shown(created_at_from=day)[0] == {runs[0].pk, runs[1].pk, runs[3].pk}
+    assert shown(created_at_to=day)[0] == {runs[3].pk, runs[10].pk}
+    # The preset "Last 7 days" is a link on the list, and the range keeps other filters.
+    page = root.get("/admin/opsweb/run/", {"environment__id__exact": flow["dev"].pk}).text
+    week = re.search(r'<a href="([^"]+)">Last 7 days</a>', page).group(1).replace("&amp;", "&")
+    assert f"environment__id__exact={flow['dev'].pk}" in week
+    assert {int(pk) for pk in rows.findall(root.get("/admin/opsweb/run/" + week).text)} == {
+        runs[0].pk,
+        runs[1].pk,
+        runs[3].pk,
+    }
+    # Mistakes say what is wrong and filter nothing.
+    everything = {run.pk for run in runs.values()}
+    bad, response = shown(created_at_from="31/12/2026")
+    assert bad == everything
+    assert "“31/12/2026” is not a date: “From” under date requested takes YYYY-MM-DD" in (
+        response.text
+    )
+    backwards, response = shown(created_at_from=day, created_at_to=day - timedelta(days=1))
+    assert backwards == everything
+    assert "range ends on" in response.text and "before it starts on" in response.text
+
+
+def test_lists_offer_no_facet_counts_that_would_count_the_whole_history(flow, root):
+    history(flow, 10, "6")
+    page = root.get("/admin/opsweb/run/").text
+    assert "Show counts" not in page
+    assert count_queries(root, "/admin/opsweb/run/?_facets=True") == count_queries(
+        root, "/admin/opsweb/run/"
+    )
+
+
+def test_audit_list_filters_by_the_actions_recorded_so_far(flow, root):
+    from opsweb.admin.records import recorded_actions
+    from opsweb.models import AuditEntry
+
+    AuditEntry.objects.bulk_create(
+        AuditEntry(action=action, message=f"{action} #{i}")
+        for i, action in enumerate(["mark_bad", "approve_run", "approve_run", "set_frozen"] * 3)
+    )
+    assert recorded_actions() == ["approve_run", "mark_bad", "set_frozen"]
+    page = root.get("/admin/opsweb/auditentry/").text
+    for action, words in [("approve_run", "approve run"), ("set_frozen", "set frozen")]:
+        assert f'<a href="?action={action}">{words}</a>' in page
+    approved = root.get("/admin/opsweb/auditentry/", {"action": "approve_run"}).text
+    assert approved.count("approve_run #") == 6 and "mark_bad #" not in approved

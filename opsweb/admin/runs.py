@@ -19,7 +19,7 @@ from opsweb.admin.confirm import (
     commits_between,
     version_line,
 )
-from opsweb.admin.lists import CheckedChangeList
+from opsweb.admin.lists import CheckedChangeList, DateRangeFilter
 from opsweb.admin.records import ReadOnlyMixin
 from opsweb.models import ImageVersion, Run
 from opsweb.services import facts
@@ -187,7 +187,12 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
         "created_at",
         "took",
     ]
-    list_filter = ["environment", "status", "kind"]
+    list_filter = [
+        "environment",
+        "status",
+        "kind",
+        DateRangeFilter.on("created_at", "date requested"),
+    ]
     list_select_related = ["environment", "image", "requested_by"]
     search_fields = ["image__tag"]  # see get_search_results: through the versions' indexes
     search_help_text = "A tag, the start of a commit or digest, or #run id."
