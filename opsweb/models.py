@@ -419,6 +419,7 @@ ALLOWED_TRANSITIONS = {
         RunStatus.CANCELLED,
         RunStatus.FAILED,
         RunStatus.SUPERSEDED,
+        RunStatus.EXPIRED,  # approved, then held by a freeze past the approval window
     },
     RunStatus.RUNNING: {RunStatus.SUCCEEDED, RunStatus.FAILED},
 }

@@ -153,10 +153,15 @@ def test_the_benchmark_fill_builds_a_history_the_admin_lists(client):
     counts = fill.fill(120, say=lambda *args: None)
     assert counts["run"] == 120 and counts["imageversion"] == 120 // fill.RUNS_PER_VERSION
     assert 120 < counts["runevent"] <= 240 and counts["approval"] > 0
-    client.login(username="bench_admin", password=fill.PASSWORD)
+    from django.contrib.auth.models import User
+
+    bench_admin = User.objects.get(username="bench_admin")
+    assert bench_admin.check_password(fill.PASSWORD) and bench_admin.is_superuser
+    client.force_login(bench_admin)
     response = client.get(reverse("admin:opsweb_run_changelist"))
     assert response.status_code == 200
-    assert "120 runs" in response.text
+    assert '<span id="result-count">120</span> runs' in response.text
+    assert response.text.count('<th class="field-id">') == 25
 
 
 def test_run_list_filters_by_a_range_of_days_in_utc(flow, root):

@@ -441,3 +441,37 @@ def test_the_migration_turns_a_frozen_flag_into_a_window_and_a_group_count_into_
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
     executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+def test_a_run_held_past_the_approval_window_expires_instead_of_starting(
+    flow, staged, alice, bob, settings
+):
+    staging = flow["staging"]
+    run = services.approve_run(user=bob, run=services.request_promotion(user=alice, target=staging))
+    window = freeze_now(staging)
+    assert services.claim_next_run(environment_id=staging.pk) is None
+    # A long freeze: the approval is now older than the approval window.
+    week = settings.OPSWEB["APPROVAL_WINDOW_SECONDS"]
+    Run.objects.filter(pk=run.pk).update(queued_at=timezone.now() - timedelta(seconds=week + 60))
+    ChangeWindow.objects.filter(pk=window.pk).update(ends_at=timezone.now())
+    assert services.claim_next_run(environment_id=staging.pk) is None
+    run.refresh_from_db()
+    assert run.status == RunStatus.EXPIRED and run.started_at is None
+    assert run.error.startswith("Expired without starting: approved at ")
+    assert "longer than the approval window (7 days); request it again" in run.error
+    assert run.events.filter(message=run.error).exists()
+    assert AuditEntry.objects.filter(action="expire_run", run=run).exists()
+
+
+def test_a_rollback_queued_as_long_still_goes(flow, staged, alice, bob, settings):
+    staging = flow["staging"]
+    old = staging.current_image
+    newer = make_image("9.9.9")
+    succeed_in(staging, newer)
+    rollback = services.roll_back(user=bob, environment=staging, reason="critical_errors")
+    week = settings.OPSWEB["APPROVAL_WINDOW_SECONDS"]
+    Run.objects.filter(pk=rollback.pk).update(
+        queued_at=timezone.now() - timedelta(seconds=week + 60)
+    )
+    claimed = services.claim_next_run(environment_id=staging.pk)
+    assert claimed is not None and claimed.pk == rollback.pk and claimed.image == old

@@ -33,7 +33,7 @@ from opsweb.services.base import (
     superseded_reason,
     transition,
 )
-from opsweb.services.releases import expire, resolve_rollback, roll_back
+from opsweb.services.releases import expire, expire_held, resolve_rollback, roll_back
 from opsweb.windows import freeze_status, wall_text
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ def claim_next_run(*, environment_id: int) -> Run | None:
     Returns None when another run is in progress there or nothing is queued. Two workers racing
     for one environment: the partial unique index lets exactly one UPDATE succeed. During a
     freeze, runs other than rollbacks and emergency overrides stay queued, marked "held by the
-    freeze until …"; the reconciler restarts the queue once it ends.
+    freeze until …"; the reconciler restarts the queue once it ends. A run approved longer ago
+    than the approval window expires here instead of starting (``expire_held``).
     """
     held: list[int] = []
     while True:
@@ -72,6 +73,8 @@ def claim_next_run(*, environment_id: int) -> Run | None:
                 superseded = superseded_reason(head)
                 if superseded:
                     supersede(head, by=None, reason=f"Not started: {superseded}")
+                    continue
+                if expire_held(head, now):
                     continue
                 if hold(head, now):
                     held.append(head.pk)

@@ -4,8 +4,9 @@ back, resume, freeze, register. Each checks the rules of docs/design.md and reco
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -255,6 +256,26 @@ def expire(run: Run) -> bool:
         level=RunEvent.Level.WARNING,
     )
     audit(None, "expire_run", f"Run #{run.pk} expired", run=run)
+    return True
+
+
+def expire_held(run: Run, now: datetime) -> bool:
+    """End a queued run (not a rollback) approved longer ago than the approval window
+    (``queued_at`` + OPSWEB_APPROVAL_WINDOW_SECONDS ≤ ``now``, UTC) instead of starting it:
+    held that long by a freeze, its approvals were a decision about then, not about the day the
+    freeze ends. True if it expired it; False for a run that may still go."""
+    window = timedelta(seconds=settings.OPSWEB["APPROVAL_WINDOW_SECONDS"])
+    if run.kind == RunKind.ROLLBACK or not run.queued_at or now < run.queued_at + window:
+        return False
+    reason = (
+        f"Expired without starting: approved at {run.queued_at:%Y-%m-%d %H:%M:%S} UTC and "
+        f"waiting longer than the approval window ({window.days} days); request it again if "
+        f"it should still go."
+    )
+    if not transition(run, to=RunStatus.EXPIRED, error=reason, step="expired"):
+        return False
+    add_event(run, reason, level=RunEvent.Level.WARNING)
+    audit(None, "expire_run", f"Run #{run.pk} expired: {reason}", run=run)
     return True
 
 
