@@ -44,6 +44,8 @@ PAGES = [
     ("run page", "/admin/opsweb/run/{run}/change/"),
     ("environment page", "/admin/opsweb/environment/{production}/change/"),
     ("image list", "/admin/opsweb/imageversion/"),
+    ("image search, tag start", "/admin/opsweb/imageversion/?q={tag_start}"),
+    ("approval list", "/admin/opsweb/approval/"),
     ("audit list", "/admin/opsweb/auditentry/"),
     ("audit list, action", "/admin/opsweb/auditentry/?action=approve_run"),
     ("run list, a day", "/admin/opsweb/run/?created_at_from={day}&created_at_to={day}"),
@@ -155,6 +157,7 @@ def placeholders() -> dict[str, object]:
         "tag": middle.tag,
         "digest": middle.short_digest,
         "commit": middle.git_sha,
+        "tag_start": middle.tag.rsplit(".", 1)[0] + ".",
         # A day in the history of both sizes (the small one spans the last ~6 hours).
         "day": Run.objects.order_by("-created_at")
         .values_list("created_at", flat=True)[99]

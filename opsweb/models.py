@@ -330,7 +330,10 @@ class ImageVersion(models.Model):
         indexes = [
             models.Index(fields=["git_sha"]),
             models.Index(fields=["-registered_at", "-id"], name="image_newest_first"),
-            models.Index(fields=["tag"], name="image_tag"),
+            # A tag or its start (also the equality a tag search needs).
+            models.Index(
+                fields=["tag"], name="image_tag_prefix", opclasses=["varchar_pattern_ops"]
+            ),
             # Prefix search ("sha256:ab12…", a short commit) through an index on PostgreSQL,
             # whose default collation cannot use a plain b-tree for LIKE 'x%'.
             models.Index(
@@ -656,6 +659,10 @@ class Approval(ImmutableModel):
 
     class Meta:
         ordering = ["created_at", "id"]
+        indexes = [
+            # The approval list, newest first (ApprovalAdmin.ordering).
+            models.Index(fields=["-created_at", "-id"], name="approval_newest_first"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["run", "user"],

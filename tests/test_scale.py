@@ -226,3 +226,41 @@ def test_audit_list_filters_by_the_actions_recorded_so_far(flow, root):
         assert f'<a href="?action={action}">{words}</a>' in page
     approved = root.get("/admin/opsweb/auditentry/", {"action": "approve_run"}).text
     assert approved.count("approve_run #") == 6 and "mark_bad #" not in approved
+
+
+def test_version_list_search_matches_tags_commits_and_digests_by_their_start(flow, root):
+    wanted = make_image("4.2.0")
+    patch = make_image("4.2.1")
+    other = make_image("5.0.0")
+    rows = re.compile(r'href="/admin/opsweb/imageversion/(\d+)/change/')
+
+    def found(term):
+        page = root.get("/admin/opsweb/imageversion/", {"q": term}).text
+        return {int(pk) for pk in rows.findall(page)}
+
+    assert found("4.2") == {wanted.pk, patch.pk}
+    assert found("4.2.0") == {wanted.pk}
+    assert found(wanted.git_sha[:7]) == {wanted.pk}
+    assert found(wanted.digest[7:19]) == {wanted.pk}
+    assert found(wanted.digest[:19]) == {wanted.pk}
+    assert found("6.") == set() and other.pk in found("5")
+
+
+def test_approval_list_shows_the_newest_decisions_first(flow, bob, carol, root):
+    from opsweb.models import Approval
+
+    history(flow, 2, "7")
+    first, second = Run.objects.order_by("created_at")
+    older, newer = (
+        Approval.objects.create(
+            run=run,
+            user=user,
+            decision="approve",
+            digest=run.image.digest,
+            created_at=timezone.now() - timedelta(minutes=minutes),
+        )
+        for run, user, minutes in ((second, bob, 30), (first, carol, 5))
+    )
+    page = root.get("/admin/opsweb/approval/").text
+    shown = [int(pk) for pk in re.findall(r'href="/admin/opsweb/approval/(\d+)/change/', page)]
+    assert shown == [newer.pk, older.pk]

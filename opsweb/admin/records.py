@@ -50,6 +50,7 @@ class RunEventAdmin(ReadOnlyAdmin):
 @admin.register(Approval)
 class ApprovalAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "run", "user", "decision", "comment", "digest"]
+    ordering = ["-created_at", "-id"]  # the newest decisions first, from their index
     list_filter = ["decision", "run__environment"]
     list_select_related = ["run__environment", "run__image", "user"]
 

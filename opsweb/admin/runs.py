@@ -5,7 +5,6 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q
 from django.http import JsonResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -19,6 +18,7 @@ from opsweb.admin.confirm import (
     commits_between,
     version_line,
 )
+from opsweb.admin.images import version_search
 from opsweb.admin.lists import CheckedChangeList, DateRangeFilter
 from opsweb.admin.records import ReadOnlyMixin
 from opsweb.models import ImageVersion, Run
@@ -59,17 +59,10 @@ def run_lines(run: Run) -> list[tuple[str, str]]:
 
 
 def matching_images(term: str) -> list[int]:
-    """Ids of versions whose tag is ``term``, or whose commit or digest starts with it."""
-    term = term.lower().removeprefix("sha256:") if _is_hex(term) else term
-    query = Q(tag=term)
-    if _is_hex(term) and len(term) >= 4:
-        query |= Q(git_sha__startswith=term) | Q(digest__startswith=f"sha256:{term}")
-    return list(ImageVersion.objects.filter(query).values_list("pk", flat=True)[:200])
-
-
-def _is_hex(term: str) -> bool:
-    bare = term.lower().removeprefix("sha256:")
-    return bool(bare) and all(c in "0123456789abcdef" for c in bare)
+    """Ids of up to 200 versions ``version_search(term)`` finds, newest first."""
+    return list(
+        ImageVersion.objects.filter(version_search(term)).values_list("pk", flat=True)[:200]
+    )
 
 
 class RunChangeList(CheckedChangeList):
