@@ -290,7 +290,7 @@ class ImageVersion(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     registered_at = models.DateTimeField(default=timezone.now)
-    is_bad = models.BooleanField(default=False)
+    is_bad = models.BooleanField("marked bad", default=False)
     bad_reason = models.TextField(blank=True)
     marked_bad_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
@@ -723,6 +723,8 @@ class AuditEntry(ImmutableModel):
             models.Index(fields=["-created_at", "-id"], name="audit_newest_first"),
             # The audit list's action filter: its choices by a skip scan, its rows in order.
             models.Index(fields=["action", "-created_at", "-id"], name="audit_action_newest"),
+            # The index page's "Your recent actions".
+            models.Index(fields=["actor", "-created_at", "-id"], name="audit_actor_newest"),
             models.Index(fields=["environment", "-created_at"], name="audit_environment_newest"),
             models.Index(fields=["image", "-created_at"], name="audit_image_newest"),
             models.Index(fields=["run", "-created_at"], name="audit_run_newest"),

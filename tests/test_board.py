@@ -163,3 +163,20 @@ def test_matrix_pages_through_versions_newest_first_without_counting_them(flow, 
     assert not [
         q for q in captured if 'COUNT(*) AS "__count" FROM "opsweb_imageversion"' in q["sql"]
     ]
+
+
+def test_index_lists_the_viewers_own_recent_actions(flow, alice, bob):
+    v1 = make_image("1.0.0")
+    succeed_in(flow["dev"], v1)
+    run = services.request_promotion(user=alice, target=flow["staging"], image=v1)
+    services.approve_run(user=bob, run=run, comment="fine")
+
+    def sidebar(user):
+        page = login(user).get(reverse("admin:index")).text
+        return page[page.index('id="recent-actions-module"') :]
+
+    mine = sidebar(bob)
+    assert "Your recent actions" in mine and f"Approved run #{run.pk}" in mine
+    assert f'href="/admin/opsweb/run/{run.pk}/change/"' in mine
+    assert f"Approved run #{run.pk}" not in sidebar(alice)
+    assert "None available" not in mine

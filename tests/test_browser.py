@@ -81,6 +81,10 @@ def test_approver_approves_a_pending_promotion_and_sees_it_succeed(
     assert page.evaluate("window.opswebMarker") == 42  # the same page, not a reload
     page.wait_for_selector("#run-status.run-status-succeeded", timeout=45_000)
     assert "Healthy" in page.inner_text("#events")
+    # The rest of the page follows: the Status field, and no Cancel left to click.
+    assert page.inner_text(".field-status .readonly") == "Succeeded"
+    assert page.locator(".object-tools a", has_text="Cancel").count() == 0
+    assert "ended" in page.get_attribute(".object-tools .opsweb-disabled", "title")
     page.screenshot(path=str(os.path.join(os.environ.get("TMPDIR", "/tmp"), "opsweb-run.png")))
 
     run.refresh_from_db()

@@ -7,7 +7,8 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from opsweb.models import Environment, ImageVersion, Run
+from opsweb import services
+from opsweb.models import AuditEntry, Environment, ImageVersion, Run
 from orchestration.local import LocalProcessBackend
 from tests.conftest import get_json
 
@@ -53,6 +54,16 @@ def test_demo_starts_four_environments_on_different_versions_and_is_idempotent(d
     assert [e.current_image.tag for e in Environment.objects.all()] == versions
     assert "alice" in out.getvalue() and "bob" in out.getvalue()
     counts = (ImageVersion.objects.count(), Run.objects.count())
+    # The backdated history reads like a real one: its promotions had their approvals, it has
+    # an audit trail, and it comes before today's runs.
+    history = Run.objects.filter(note="Demo history (backdated)")
+    promoted = history.filter(kind="promotion", status="succeeded")
+    assert promoted.exists()
+    assert all(services.quorum_progress(run).met for run in promoted)
+    assert AuditEntry.objects.filter(run__in=history, action="approve_run").exists()
+    assert AuditEntry.objects.filter(run__in=history, action="run_succeeded").exists()
+    today = Run.objects.exclude(note="Demo history (backdated)").order_by("pk").first()
+    assert not history.filter(pk__gt=today.pk).exists()
 
     call_command("demo", base_port=base, stdout=StringIO())
     assert (ImageVersion.objects.count(), Run.objects.count()) == counts

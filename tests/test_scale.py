@@ -201,6 +201,9 @@ def test_run_list_filters_by_a_range_of_days_in_utc(flow, root):
     backwards, response = shown(created_at_from=day, created_at_to=day - timedelta(days=1))
     assert backwards == everything
     assert "range ends on" in response.text and "before it starts on" in response.text
+    # The inputs show the range as typed, to be corrected rather than retyped.
+    assert f'name="created_at_from" value="{day}"' in response.text
+    assert f'name="created_at_to" value="{day - timedelta(days=1)}"' in response.text
 
 
 def test_lists_offer_no_facet_counts_that_would_count_the_whole_history(flow, root):

@@ -150,6 +150,9 @@ class DateRangeFilter(admin.ListFilter):
             for value in values
         ]
         self.start, self.end = self._dates(request)
+        # What the inputs show again: as typed, so a mistake can be corrected, not retyped.
+        self.start_text = self.used_parameters.get(self.start_name, "")
+        self.end_text = self.used_parameters.get(self.end_name, "")
 
     def _dates(self, request) -> tuple[date | None, date | None]:
         bounds = []

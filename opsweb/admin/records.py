@@ -98,7 +98,11 @@ def recorded_actions() -> list[str]:
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "actor", "action", "message"]
+    list_display = ["created_at", "actor", "action_words", "message"]
     list_filter = [ActionFilter, "environment", DateRangeFilter.on("created_at", "date")]
     list_select_related = ["actor"]
     search_fields = ["message"]
+
+    @admin.display(description="Action", ordering="action")
+    def action_words(self, entry):
+        return entry.action.replace("_", " ")

@@ -3,6 +3,7 @@
 from django import template
 
 from opsweb.board import build_board
+from opsweb.models import AuditEntry
 
 register = template.Library()
 
@@ -13,3 +14,17 @@ def pipeline(context):
     if not request.user.has_perm("opsweb.view_environment"):
         return {"board": None}
     return {"board": build_board(request.user, page=request.GET.get("page", 1)), "request": request}
+
+
+@register.inclusion_tag("admin/opsweb/my_actions.html", takes_context=True)
+def my_actions(context, count: int = 10):
+    """The viewer's newest ``count`` audit entries (what they approved, promoted, rolled
+    back…), for the index's sidebar: opsweb records actions in its audit trail, not in
+    Django's admin log, whose "Recent actions" would always read "None available"."""
+    request = context["request"]
+    entries = (
+        AuditEntry.objects.filter(actor=request.user)
+        .select_related("run", "image", "environment")
+        .order_by("-created_at", "-id")[:count]
+    )
+    return {"entries": list(entries)}

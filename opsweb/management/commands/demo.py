@@ -18,7 +18,16 @@ from django.utils import timezone
 
 from opsweb import services, tasks
 from opsweb.management.commands.local_admin import remember_password
-from opsweb.models import ApprovalRule, Environment, ImageVersion, Run, RunKind, RunStatus
+from opsweb.models import (
+    Approval,
+    ApprovalRule,
+    AuditEntry,
+    Environment,
+    ImageVersion,
+    Run,
+    RunKind,
+    RunStatus,
+)
 from opsweb.sample_app import DEMO_RELEASES, Release, create_repository, digest_for
 from orchestration.base import DeployError, DeployRequest, get_backend
 
@@ -82,13 +91,15 @@ class Command(BaseCommand):
         self._production_rules(environments[3])
         users = self._people()
         images = self._images(shas, users["ci"])
-        if not Environment.objects.filter(current_image__isnull=False).exists():
+        fresh = not Environment.objects.filter(current_image__isnull=False).exists()
+        if fresh and not ImageVersion.objects.filter(repository=HISTORY_REPOSITORY).exists():
+            # First, so that its runs, approvals and audit entries come before today's.
+            backdated_history(environments, shas["1.0.0"], users)
+            self.stdout.write(f"Added {HISTORY_WEEKS} weeks of backdated history (DORA page).")
+        if fresh:
             self._history(environments, images, users)
         else:
             self._restart(environments)
-        if not ImageVersion.objects.filter(repository=HISTORY_REPOSITORY).exists():
-            backdated_history(environments, shas["1.0.0"], users)
-            self.stdout.write(f"Added {HISTORY_WEEKS} weeks of backdated history (DORA page).")
         self._print(environments, users)
 
     def _configure(self, environments, repo_dir, base_port):
@@ -256,11 +267,12 @@ def backdated_history(environments, sha, users, *, weeks=HISTORY_WEEKS, seed=12)
         if runs[-1].status == RunStatus.FAILED or rng.random() < 0.4:
             continue
         finished += timedelta(hours=rng.uniform(3, 30))
-        runs.append(_history_run(staging, image, finished, rng, users["bob"], None, 0.04))
+        requester = users.get("alice") or users["ci"]
+        runs.append(_history_run(staging, image, finished, rng, requester, None, 0.04))
         if runs[-1].status == RunStatus.FAILED or rng.random() < 0.35:
             continue
         finished += timedelta(hours=rng.uniform(18, 96))
-        runs.append(_history_run(production, image, finished, rng, users["carol"], None, 0.08))
+        runs.append(_history_run(production, image, finished, rng, requester, None, 0.08))
         previous = _last_success(runs, production, runs[-1])
         if runs[-1].status == RunStatus.SUCCEEDED and previous and rng.random() < 0.15:
             clicked = finished + timedelta(hours=rng.uniform(0.5, 6))
@@ -286,8 +298,101 @@ def backdated_history(environments, sha, users, *, weeks=HISTORY_WEEKS, seed=12)
             image.save(update_fields=["is_bad", "marked_bad_at", "bad_reason"])
     now = timezone.now()
     runs = [run for run in runs if run.finished_at < now - timedelta(hours=1)]
+    _replacing(runs)
     Run.objects.bulk_create(runs)
+    _decisions_and_audit(runs, users)
     return len(runs)
+
+
+def _replacing(runs) -> None:
+    """Set what each history run switched away from: the environment's last success."""
+    current = {}
+    for run in sorted(runs, key=lambda r: r.finished_at):
+        if run.kind != RunKind.ROLLBACK:
+            run.replaces = current.get(run.environment_id)
+        if run.status == RunStatus.SUCCEEDED:
+            current[run.environment_id] = run.image
+
+
+def _decisions_and_audit(runs, users) -> None:
+    """The approvals the history's promotions had (a person per rule, never the requester)
+    and the audit trail a real history leaves: each request, decision, end and bad mark."""
+    approvers = {
+        env.pk: _history_approvers(env, users)
+        for env in {run.environment for run in runs if run.required_approvals}
+    }
+    approvals, entries = [], []
+    verbs = {RunKind.DEPLOY: "request_deploy", RunKind.PROMOTION: "request_promotion"}
+    for run in runs:
+        entries.append(
+            AuditEntry(
+                created_at=run.created_at,
+                actor=run.requested_by,
+                action=verbs.get(run.kind, "roll_back"),
+                run=run,
+                environment=run.environment,
+                image=run.image,
+                message=f"Requested run #{run.pk}: {run.get_kind_display().lower()} of "
+                f"{run.image.tag} to {run.environment} (demo history)",
+            )
+        )
+        for n, user in enumerate(approvers.get(run.environment_id, [])[: run.required_approvals]):
+            decided = run.created_at + (run.queued_at - run.created_at) * (n + 1) / 3
+            approvals.append(
+                Approval(
+                    run=run,
+                    user=user,
+                    decision=Approval.Decision.APPROVE,
+                    digest=run.image.digest,
+                    created_at=decided,
+                )
+            )
+            entries.append(
+                AuditEntry(
+                    created_at=decided,
+                    actor=user,
+                    action="approve_run",
+                    run=run,
+                    environment=run.environment,
+                    image=run.image,
+                    message=f"Approved run #{run.pk} (demo history)",
+                )
+            )
+        entries.append(
+            AuditEntry(
+                created_at=run.finished_at,
+                action=f"run_{run.status}",
+                run=run,
+                environment=run.environment,
+                image=run.image,
+                message=f"Run #{run.pk} {run.status} (demo history)",
+            )
+        )
+        if run.kind == RunKind.ROLLBACK and run.replaces and run.replaces.is_bad:
+            entries.append(
+                AuditEntry(
+                    created_at=run.created_at,
+                    actor=run.requested_by,
+                    action="mark_bad",
+                    image=run.replaces,
+                    message=f"Marked {run.replaces.tag} bad: {run.replaces.bad_reason}",
+                )
+            )
+    Approval.objects.bulk_create(approvals)
+    AuditEntry.objects.bulk_create(entries)
+
+
+def _history_approvers(environment, users) -> list:
+    """One member per approval rule of ``environment``, each rule a different person, none
+    of them the history's requester (alice, or ci where there is no alice)."""
+    requester = users.get("alice") or users["ci"]
+    chosen = []
+    for rule in environment.approval_rules.select_related("group"):
+        members = rule.group.user_set.exclude(pk=requester.pk).exclude(
+            pk__in=[u.pk for u in chosen]
+        )
+        chosen.extend(members.order_by("username")[: rule.count])
+    return chosen
 
 
 def _history_run(environment, image, finished, rng, user, kind, failure_rate) -> Run:

@@ -1,6 +1,8 @@
 // The run page while a run is queued or running: append new events and update the status
-// without reloading (what the reader opened stays open). Polls every 1.5 s; stops when the run
-// ends and says so (reloading would close what the reader opened).
+// (the badge and the Status field) without reloading (what the reader opened stays open).
+// Polls every 1.5 s; when the run ends it stops, says so, and turns the run's action buttons
+// (cancel, approve…) into disabled ones that say why (reloading would close what the reader
+// opened; the server refuses an action on an ended run anyway).
 (function () {
   "use strict";
   var root = document.getElementById("events");
@@ -10,6 +12,18 @@
   var status = document.getElementById("run-status");
   var step = document.getElementById("run-step");
   var counter = document.getElementById("event-count");
+  var field = document.querySelector(".field-status .readonly");
+  function retireActions() {
+    document.querySelectorAll(".object-tools a.opsweb-action").forEach(function (link) {
+      if (/\/history\/$/.test(link.getAttribute("href"))) { return; }
+      var span = document.createElement("span");
+      span.className = "opsweb-action opsweb-disabled";
+      span.setAttribute("aria-disabled", "true");
+      span.title = "This run has ended: reload the page for what can be done now.";
+      span.textContent = link.textContent;
+      link.replaceWith(span);
+    });
+  }
   function lastId() {
     var rows = tbody.querySelectorAll("tr[data-event]");
     return rows.length ? rows[rows.length - 1].dataset.event : "0";
@@ -45,12 +59,14 @@
           badge.className = "opsweb-status opsweb-status-" + data.status;
           badge.textContent = data.status_display;
         }
+        if (field) { field.textContent = data.status_display; }
         if (step) { step.textContent = data.active && data.step ? " — " + data.step : ""; }
         if (data.active) { window.setTimeout(poll, 1500); return; }
         var current = tbody.querySelector("tr.in-progress");
         if (current) { current.classList.remove("in-progress"); }
         var ended = document.getElementById("run-ended");
         if (ended) { ended.hidden = false; }
+        retireActions();
       })
       .catch(function () { window.setTimeout(poll, 5000); });
   }
