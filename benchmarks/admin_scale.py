@@ -145,9 +145,15 @@ def placeholders() -> dict[str, object]:
 
     production = Environment.objects.get(slug="production")
     # A version in the middle of the history that has runs at both sizes, so that a search
-    # renders a page of results on each (an empty page is no comparison).
+    # renders a page of results on each (an empty page is no comparison), and whose tag is the
+    # start of no other tag (a tag search also matches tags that start with it: "1.2.3" finds
+    # "1.2.30"), so that both sizes find one version's runs.
     versions = ImageVersion.objects.filter(runs__isnull=False).distinct().order_by("id")
     middle = versions[versions.count() // 2]
+    for later in versions.filter(id__gte=middle.id)[:50]:
+        if not ImageVersion.objects.filter(tag__startswith=later.tag).exclude(pk=later.pk).exists():
+            middle = later
+            break
     return {
         "production": production.pk,
         "run": Run.objects.filter(environment=production, status="succeeded")

@@ -186,7 +186,7 @@ class DateRangeFilter(admin.ListFilter):
     def queryset(self, request, queryset):
         if self.start:
             queryset = queryset.filter(**{f"{self.field}__gte": _midnight(self.start)})
-        if self.end:
+        if self.end and self.end < date.max:  # the day after 9999-12-31 does not exist
             queryset = queryset.filter(
                 **{f"{self.field}__lt": _midnight(self.end + timedelta(days=1))}
             )
