@@ -394,3 +394,22 @@ def test_run_list_counts_the_same_approvals_as_the_rules(flow, alice, bob, carol
     )
     assert services.approvals_count(run) == 1
     assert "1 of 2" in page and "2 of 2" not in page
+
+
+def test_promote_page_offers_no_version_older_than_what_the_target_runs(flow, alice):
+    old, current, new = make_image("1.0.0"), make_image("2.0.0"), make_image("3.0.0")
+    for image in (old, current, new):
+        succeed_in(flow["dev"], image)
+    succeed_in(flow["staging"], old)
+    succeed_in(flow["staging"], current)
+    url = reverse("admin:opsweb_environment_promote", args=[flow["dev"].pk])
+    page = login(alice).get(url).text
+    picker = page[page.index('id="choose"') : page.index("</form>", page.index('id="choose"'))]
+    assert f'value="{new.pk}"' in picker and f'value="{old.pk}"' not in picker
+    assert (
+        "1 version older than what AWS Staging runs (2.0.0) is not offered: going back is a "
+        "rollback." in picker
+    )
+    # Asked for by its id anyway, it is refused with the reason, as the service would.
+    refused = login(alice).get(url, {"image": old.pk}).text
+    assert "older" in refused[refused.index('id="refusal"') :][:400]

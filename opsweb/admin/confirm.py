@@ -59,6 +59,7 @@ class Choice:
     label: str
     options: list[tuple[str, str]]
     selected: str
+    note: str = ""  # under the picker: what is not offered, and why
 
 
 class Confirmation(abc.ABC):

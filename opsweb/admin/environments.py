@@ -108,6 +108,23 @@ def _approvals_line(env: Environment) -> tuple[str, str]:
     )
 
 
+def offered(images, chosen, target) -> Choice:
+    """The version picker of a promote or deploy page: the newest 50 of ``images``, less those
+    older than what ``target`` runs (they would be refused: going back is a rollback), with a
+    note saying so. ``chosen`` stays selected even if older, so that its refusal is shown."""
+    newest = list(images[:50])
+    older = services.base.older_than(newest, target.current_image, target)
+    options = [image_option(i) for i in newest if i.pk not in older or i == chosen]
+    note = ""
+    if older:
+        note = (
+            f"{len(older)} version{'' if len(older) == 1 else 's'} older than what {target} "
+            f"runs ({target.current_image.tag}) {'is' if len(older) == 1 else 'are'} not "
+            f"offered: going back is a rollback."
+        )
+    return Choice("image", "Version", options, str(chosen.pk) if chosen else "", note)
+
+
 class Promote(Confirmation):
     """Shown on the source environment: promote what it runs (or a chosen earlier success)
     one step along the flow."""
@@ -142,8 +159,7 @@ class Promote(Confirmation):
         chosen = chosen_image(request, "image", images)
         if chosen is None and env.current_image and not env.current_image.is_bad:
             chosen = env.current_image
-        options = [image_option(i) for i in images[:50]]
-        return Choice("image", "Version", options, str(chosen.pk) if chosen else ""), chosen
+        return offered(images, chosen, env.downstream), chosen
 
     def decide(self, user, env, chosen):
         target = getattr(env, "downstream", None)
@@ -219,8 +235,7 @@ class Deploy(Confirmation):
         if env.current_image_id:
             images = images.exclude(pk=env.current_image_id)
         chosen = chosen_image(request, "image", images)
-        options = [image_option(i) for i in images[:50]]
-        return Choice("image", "Version", options, str(chosen.pk) if chosen else ""), chosen
+        return offered(images, chosen, env), chosen
 
     def decide(self, user, env, chosen):
         return policy.may_deploy(user, env, chosen, override=True)

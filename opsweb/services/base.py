@@ -474,19 +474,37 @@ def is_older(image: ImageVersion, than: ImageVersion | None, environment: Enviro
     still the newer one). Otherwise the commit time decides, then the registration time
     (docs/design.md, "Older"). The same version is not older than itself.
     """
-    if than is None or image.pk == than.pk:
-        return False
+    return image.pk in older_than([image], than, environment)
+
+
+def older_than(
+    images: list[ImageVersion], than: ImageVersion | None, environment: Environment
+) -> set[int]:
+    """The ids of those of ``images`` older than ``than`` in ``environment`` by the rule of
+    ``is_older``, in one query whatever their number (for a page that offers versions).
+    Empty when ``than`` is None."""
+    if than is None:
+        return set()
     switched = dict(
-        Run.objects.filter(environment=environment, image__in=[image, than])
+        Run.objects.filter(environment=environment, image__in=[*images, than])
         .exclude(switched_at=None)
         .values_list("image_id")
         .annotate(first=Min("switched_at"))
+        .order_by()
     )
-    if image.pk in switched and than.pk in switched:
-        return switched[image.pk] < switched[than.pk]
-    if image.committed_at and than.committed_at:
-        return image.committed_at < than.committed_at
-    return (image.registered_at, image.pk) < (than.registered_at, than.pk)
+    older = set()
+    for image in images:
+        if image.pk == than.pk:
+            continue
+        if image.pk in switched and than.pk in switched:
+            older_one = switched[image.pk] < switched[than.pk]
+        elif image.committed_at and than.committed_at:
+            older_one = image.committed_at < than.committed_at
+        else:
+            older_one = (image.registered_at, image.pk) < (than.registered_at, than.pk)
+        if older_one:
+            older.add(image.pk)
+    return older
 
 
 def who_deployed(environment: Environment, image: ImageVersion | None) -> Run | None:
