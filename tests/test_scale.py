@@ -126,7 +126,12 @@ def test_history_lists_show_25_rows_a_page_and_rows_keep_the_filters(flow, root)
         f"/admin/opsweb/run/{run_id}/change/"
         f"?_changelist_filters=environment__id__exact%3D{production}"
     )
-    assert root.get(link).status_code == 200
+    run_page = root.get(link)
+    assert run_page.status_code == 200
+    # The breadcrumbs lead back to the filtered list, as the Close button does.
+    assert f'<a href="/admin/opsweb/run/?environment__id__exact={production}">Runs</a>' in (
+        run_page.text
+    )
     unfiltered = rows.findall(root.get("/admin/opsweb/run/").text)
     assert len(unfiltered) == 25 and "?" not in unfiltered[0]
 
