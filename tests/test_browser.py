@@ -172,3 +172,54 @@ def test_pages_fit_1366_pixels_and_are_screenshotted(browser, live_server, flow,
     assert page.locator("figure.dora-chart svg").count() >= 4
     assert "Deployment frequency" in page.inner_text("body")
     connections.close_all()
+
+
+def test_run_list_narrows_to_a_range_of_days_from_the_sidebar(browser, live_server, flow, alice):
+    from datetime import timedelta
+
+    from django.contrib.auth.models import User
+    from django.utils import timezone
+
+    from tests.conftest import make_image
+
+    image = make_image("4.0.0")
+    noon = timezone.now().replace(hour=12, minute=0, second=0, microsecond=0)
+    runs = {
+        (env, days): succeed_in(flow[env], image, created_at=noon - timedelta(days=days))
+        for env in ("dev", "staging")
+        for days in (2, 5, 9)
+    }
+    User.objects.create_superuser("root", password="pw-root")
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("#id_username", "root")
+    page.fill("#id_password", "pw-root")
+    page.click("input[type=submit]")
+    page.goto(f"{live_server.url}/admin/opsweb/run/?environment__id__exact={flow['dev'].pk}")
+
+    def day(days):
+        return (noon - timedelta(days=days)).date().isoformat()
+
+    # The two date inputs in the sidebar: the range narrows the list and keeps its filter.
+    page.fill("input[name=created_at_from]", day(6))
+    page.fill("input[name=created_at_to]", day(2))
+    page.click(".opsweb-date-range input[type=submit]")
+    shown = {
+        int(a.split("/")[-3])
+        for a in page.eval_on_selector_all(
+            "th.field-id a", "links => links.map(a => a.getAttribute('href').split('?')[0])"
+        )
+    }
+    assert shown == {runs[("dev", 2)].pk, runs[("dev", 5)].pk}
+    assert f"environment__id__exact={flow['dev'].pk}" in page.url
+    # A range that ends before it starts says so, and the inputs keep what was typed.
+    page.fill("input[name=created_at_from]", day(2))
+    page.fill("input[name=created_at_to]", day(6))
+    page.click(".opsweb-date-range input[type=submit]")
+    assert "before it starts" in page.inner_text("ul.messagelist")
+    assert page.input_value("input[name=created_at_from]") == day(2)
+    page.screenshot(
+        path=os.path.join(os.environ.get("TMPDIR", "/tmp"), "opsweb-date-range.png"),
+        full_page=True,
+    )
+    connections.close_all()
