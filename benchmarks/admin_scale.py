@@ -48,6 +48,8 @@ PAGES = [
     ("approval list", "/admin/opsweb/approval/"),
     ("audit list", "/admin/opsweb/auditentry/"),
     ("audit list, action", "/admin/opsweb/auditentry/?action=approve_run"),
+    ("audit search, run", "/admin/opsweb/auditentry/?q=run+%23{run}"),
+    ("run event search, no match", "/admin/opsweb/runevent/?q=nowhere"),
     ("run list, a day", "/admin/opsweb/run/?created_at_from={day}&created_at_to={day}"),
 ]
 SMALL_RUNS = 100

@@ -274,3 +274,24 @@ def test_approval_list_shows_the_newest_decisions_first(flow, bob, carol, root):
     page = root.get("/admin/opsweb/approval/").text
     shown = [int(pk) for pk in re.findall(r'href="/admin/opsweb/approval/(\d+)/change/', page)]
     assert shown == [newer.pk, older.pk]
+
+
+@pytest.mark.postgres
+def test_message_search_has_trigram_indexes_on_postgresql(flow, root):
+    """Audit and run-event search (``icontains`` on the message) is served by trigram indexes
+    on PostgreSQL (migration 0013) instead of reading every message."""
+    from opsweb.models import AuditEntry
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexname FROM pg_indexes WHERE indexname IN "
+            "('audit_message_trgm', 'runevent_message_trgm') ORDER BY indexname"
+        )
+        assert [row[0] for row in cursor.fetchall()] == [
+            "audit_message_trgm",
+            "runevent_message_trgm",
+        ]
+    AuditEntry.objects.create(action="mark_bad", message="Marked 1.0.0 bad: Zebra crossing")
+    AuditEntry.objects.create(action="mark_bad", message="Marked 1.0.1 bad: nothing")
+    page = root.get("/admin/opsweb/auditentry/", {"q": "zebra CROSS"}).text
+    assert "Zebra crossing" in page and "bad: nothing" not in page
