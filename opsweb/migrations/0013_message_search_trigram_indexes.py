@@ -36,8 +36,8 @@ def create(apps, schema_editor):
         except DatabaseError as exc:
             log.warning(
                 "pg_trgm could not be created (%s): message search stays a table scan. "
-                "Ask the database owner to run CREATE EXTENSION pg_trgm, then migrate "
-                "opsweb 0012 and 0013 again.",
+                "Ask the database owner to run CREATE EXTENSION pg_trgm, then run "
+                "`manage.py migrate opsweb 0012` and `manage.py migrate` to build the indexes.",
                 exc,
             )
             return
