@@ -28,11 +28,11 @@ _counter = itertools.count(1)
 
 def pytest_collection_modifyitems(config, items):
     # Decided here rather than per test: these only mean something on PostgreSQL (row locks,
-    # races, and benchmarks/fill.py, which builds PostgreSQL databases only).
+    # races, trigram indexes, and benchmarks/fill.py, which builds PostgreSQL databases only).
     if connection.vendor == "postgresql" or not any("postgres" in i.keywords for i in items):
         return
     skip = pytest.mark.skip(
-        reason="needs PostgreSQL (row locks, races, the benchmark fill); "
+        reason="needs PostgreSQL (row locks, races, the benchmark fill, trigram indexes); "
         "run with DATABASE_URL=postgres://…"
     )
     for item in items:
