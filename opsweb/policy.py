@@ -27,6 +27,7 @@ from opsweb.services.base import (
     ReleaseError,
     actor_name,
     approval_deadline,
+    has_decided,
     is_approver,
     is_older,
     last_success,
@@ -384,7 +385,7 @@ def may_decide(user, run: Run, *, now: datetime | None = None) -> Decision:
             f"Run #{run.pk} expired at {deadline:%Y-%m-%d %H:%M:%S} UTC: it was not approved "
             f"within the approval window; request it again."
         )
-    if run.approvals.filter(user=user).exists():
+    if has_decided(user, run):
         return refuse(f"User {actor_name(user)} has already decided on run #{run.pk}.")
     return ALLOWED
 

@@ -295,3 +295,19 @@ def test_message_search_has_trigram_indexes_on_postgresql(flow, root):
     AuditEntry.objects.create(action="mark_bad", message="Marked 1.0.1 bad: nothing")
     page = root.get("/admin/opsweb/auditentry/", {"q": "zebra CROSS"}).text
     assert "Zebra crossing" in page and "bad: nothing" not in page
+
+
+@pytest.mark.parametrize("page", ["change", "approve"])
+def test_a_pending_run_page_reads_no_row_twice(flow, alice, bob, page):
+    v1 = make_image("1.0.0")
+    succeed_in(flow["dev"], v1)
+    run = services.request_promotion(user=alice, target=flow["staging"], image=v1)
+    client = login(bob)
+    url = reverse(f"admin:opsweb_run_{page}", args=[run.pk])
+    client.get(url)  # warms Django's content-type cache
+    with CaptureQueriesContext(connection) as captured:
+        assert client.get(url).status_code == 200
+    statements = [q["sql"] for q in captured]
+    repeated = {sql for sql in statements if statements.count(sql) > 1}
+    assert not repeated, repeated
+    assert len(statements) <= {"change": 16, "approve": 11}[page]

@@ -119,6 +119,16 @@ class ConfirmingAdmin(OpswebAdmin):
 
     confirmations: list[Confirmation] = []
 
+    def get_object(self, request, object_id, from_field=None):
+        """The object, read once per GET: the buttons and Django's own change view both ask."""
+        if request.method != "GET":
+            return super().get_object(request, object_id, from_field)
+        read = request.__dict__.setdefault("_opsweb_objects", {})
+        key = (self.model, object_id, from_field)
+        if key not in read:
+            read[key] = super().get_object(request, object_id, from_field)
+        return read[key]
+
     def get_urls(self):
         info = self.model._meta.app_label, self.model._meta.model_name
         own = [
@@ -161,6 +171,15 @@ class ConfirmingAdmin(OpswebAdmin):
         return drawn
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        if request.method != "GET":
+            return self._change_view(request, object_id, form_url, extra_context)
+        # A page that changes nothing reads each rule, membership and quorum once, however
+        # many buttons and lines ask about them.
+        with services.base.one_reading():
+            response = self._change_view(request, object_id, form_url, extra_context)
+            return response.render() if hasattr(response, "render") else response
+
+    def _change_view(self, request, object_id, form_url="", extra_context=None):
         obj = self.get_object(request, unquote(object_id))
         if obj is not None:
             buttons = self.buttons(request, obj)
@@ -194,6 +213,13 @@ class ConfirmingAdmin(OpswebAdmin):
         return TemplateResponse(request, "admin/opsweb/history.html", context)
 
     def confirm_view(self, request, object_id, confirmation: Confirmation):
+        if request.method == "POST":
+            return self._confirm_view(request, object_id, confirmation)
+        with services.base.one_reading():  # the page only shows; the POST reads afresh
+            response = self._confirm_view(request, object_id, confirmation)
+            return response.render() if hasattr(response, "render") else response
+
+    def _confirm_view(self, request, object_id, confirmation: Confirmation):
         obj = self.get_object(request, unquote(object_id))
         if obj is None:
             return self._get_obj_does_not_exist_redirect(request, self.model._meta, object_id)

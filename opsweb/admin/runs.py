@@ -226,7 +226,14 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
         return (
             super()
             .get_queryset(request)
-            .select_related("environment__current_image", "image", "replaces", "requested_by")
+            .select_related(
+                "environment__current_image",
+                "image",
+                "replaces",
+                "requested_by",
+                "source_environment",
+                "triggered_by",
+            )
         )
 
     def get_changelist(self, request, **kwargs):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from datetime import datetime, timedelta
@@ -47,6 +49,37 @@ class NotAllowed(ReleaseError):
 # -- reading --------------------------------------------------------------------------------
 
 
+# -- reading a page once ----------------------------------------------------------------------
+
+_page_reads: ContextVar[dict | None] = ContextVar("opsweb_page_reads", default=None)
+
+
+@contextmanager
+def one_reading():
+    """Within it, what a page asks several times — an environment's approval rules, whether a
+    person approves there or has decided on a run, a run's quorum — is read from the database
+    once. For pages that change nothing (GETs): a decision that writes reads afresh, outside
+    it. Nested uses share the outer memo."""
+    if _page_reads.get() is not None:
+        yield
+        return
+    token = _page_reads.set({})
+    try:
+        yield
+    finally:
+        _page_reads.reset(token)
+
+
+def _once(key: tuple, read):
+    """``read()``, or within ``one_reading`` the value it gave for ``key`` before."""
+    memo = _page_reads.get()
+    if memo is None:
+        return read()
+    if key not in memo:
+        memo[key] = read()
+    return memo[key]
+
+
 def is_approver(user, environment: Environment) -> bool:
     """Members of the environment's approver group, or of a group one of its approval rules
     names, approve, reject and roll back there. Superusers are not approvers by default:
@@ -56,13 +89,28 @@ def is_approver(user, environment: Environment) -> bool:
     groups = rule_group_ids(environment)
     if environment.approver_group_id:
         groups.add(environment.approver_group_id)
-    return bool(groups) and user.groups.filter(pk__in=groups).exists()
+    return bool(groups) and _once(
+        ("member", user.pk, frozenset(groups)),
+        lambda: user.groups.filter(pk__in=groups).exists(),
+    )
 
 
 def rule_group_ids(environment: Environment) -> set[int]:
     return set(
-        ApprovalRule.objects.filter(environment=environment).values_list("group_id", flat=True)
+        _once(
+            ("rule_group_ids", environment.pk),
+            lambda: list(
+                ApprovalRule.objects.filter(environment=environment).values_list(
+                    "group_id", flat=True
+                )
+            ),
+        )
     )
+
+
+def has_decided(user, run: Run) -> bool:
+    """Whether ``user`` has approved or rejected ``run``."""
+    return _once(("decided", run.pk, user.pk), lambda: run.approvals.filter(user=user).exists())
 
 
 def last_success(environment: Environment, image: ImageVersion) -> Run | None:
@@ -164,7 +212,10 @@ def override_group() -> Group | None:
 def environment_rules(environment: Environment, *, override: int = 0) -> list[Rule]:
     """The environment's approval rules, plus the override rule when ``override`` approvals are
     needed for an emergency override of a freeze."""
-    rules = [Rule(r.group.name, r.group_id, r.count) for r in environment.rules]
+    rules = [
+        Rule(r.group.name, r.group_id, r.count)
+        for r in _once(("rules", environment.pk), lambda: environment.rules)
+    ]
     if override:
         group = override_group()
         rules.append(
@@ -250,6 +301,10 @@ def quorum_progress(run: Run) -> QuorumProgress:
     approvals that count to rules with ``match_approvers``. Someone who left a group or was
     deactivated since approving no longer counts. A few queries per run: lists call it for the
     rows on the page only."""
+    return _once(("quorum", run.pk), lambda: _quorum_progress(run))
+
+
+def _quorum_progress(run: Run) -> QuorumProgress:
     rules = run_rules(run)
     if not rules:
         return QuorumProgress([])
