@@ -475,3 +475,20 @@ def test_a_rollback_queued_as_long_still_goes(flow, staged, alice, bob, settings
     )
     claimed = services.claim_next_run(environment_id=staging.pk)
     assert claimed is not None and claimed.pk == rollback.pk and claimed.image == old
+
+
+def test_a_held_deploy_that_needed_no_approval_says_queued_and_the_window_in_hours(
+    flow, ci_user, settings
+):
+    settings.OPSWEB = {**settings.OPSWEB, "APPROVAL_WINDOW_SECONDS": 36 * 3600}
+    dev = flow["dev"]
+    image = make_image("7.0.0")
+    run = services.request_deploy(user=ci_user, environment=dev, image=image)
+    assert run.status == RunStatus.QUEUED and not run.required_approvals
+    freeze_now(dev)
+    Run.objects.filter(pk=run.pk).update(queued_at=timezone.now() - timedelta(hours=37))
+    assert services.claim_next_run(environment_id=dev.pk) is None
+    run.refresh_from_db()
+    assert run.status == RunStatus.EXPIRED
+    assert run.error.startswith("Expired without starting: queued at ")
+    assert "(36 hours)" in run.error

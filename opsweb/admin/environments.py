@@ -109,18 +109,20 @@ def _approvals_line(env: Environment) -> tuple[str, str]:
 
 
 def offered(images, chosen, target) -> Choice:
-    """The version picker of a promote or deploy page: the newest 50 of ``images``, less those
+    """The version picker of a promote or deploy page: the newest 50 of ``images`` that are not
     older than what ``target`` runs (they would be refused: going back is a rollback), with a
-    note saying so. ``chosen`` stays selected even if older, so that its refusal is shown."""
-    newest = list(images[:50])
+    note saying how many of the newest 100 were left out. ``chosen`` stays on offer even if
+    older, so that its refusal is shown."""
+    newest = list(images[:100])
     older = services.base.older_than(newest, target.current_image, target)
-    options = [image_option(i) for i in newest if i.pk not in older or i == chosen]
+    options = [image_option(i) for i in newest if i.pk not in older or i == chosen][:50]
+    left_out = len(older - {chosen.pk if chosen else None})
     note = ""
-    if older:
+    if left_out:
         note = (
-            f"{len(older)} version{'' if len(older) == 1 else 's'} older than what {target} "
-            f"runs ({target.current_image.tag}) {'is' if len(older) == 1 else 'are'} not "
-            f"offered: going back is a rollback."
+            f"{left_out} version{'' if left_out == 1 else 's'} older than what {target} runs "
+            f"({target.current_image.tag}) {'is' if left_out == 1 else 'are'} not offered: "
+            f"going back is a rollback."
         )
     return Choice("image", "Version", options, str(chosen.pk) if chosen else "", note)
 

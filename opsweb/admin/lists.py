@@ -207,7 +207,8 @@ class DateRangeFilter(admin.ListFilter):
                     {self.start_name: start.isoformat(), self.end_name: end.isoformat()}
                     if start
                     else {},
-                    remove=[self.start_name, self.end_name, "p"] if not start else ["p"],
+                    # (the list's own query string never carries the page number)
+                    remove=[] if start else [self.start_name, self.end_name],
                 ),
                 "display": label,
             }

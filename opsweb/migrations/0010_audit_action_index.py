@@ -3,8 +3,12 @@
 from django.conf import settings
 from django.db import migrations, models
 
+from opsweb.migration_operations import AddIndexConcurrently
+
 
 class Migration(migrations.Migration):
+    # Indexes over the history are built CONCURRENTLY on PostgreSQL: writes go on meanwhile.
+    atomic = False
 
     dependencies = [
         ('opsweb', '0009_signals'),
@@ -12,7 +16,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='auditentry',
             index=models.Index(fields=['action', '-created_at', '-id'], name='audit_action_newest'),
         ),

@@ -3,8 +3,12 @@
 from django.conf import settings
 from django.db import migrations, models
 
+from opsweb.migration_operations import AddIndexConcurrently, RemoveIndexConcurrently
+
 
 class Migration(migrations.Migration):
+    # Indexes over the history are built CONCURRENTLY on PostgreSQL: writes go on meanwhile.
+    atomic = False
 
     dependencies = [
         ('opsweb', '0010_audit_action_index'),
@@ -12,16 +16,17 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.RemoveIndex(
-            model_name='imageversion',
-            name='image_tag',
-        ),
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='approval',
             index=models.Index(fields=['-created_at', '-id'], name='approval_newest_first'),
         ),
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='imageversion',
             index=models.Index(fields=['tag'], name='image_tag_prefix', opclasses=['varchar_pattern_ops']),
+        ),
+        # Dropped once its replacement (which also serves equality) exists.
+        RemoveIndexConcurrently(
+            model_name='imageversion',
+            name='image_tag',
         ),
     ]

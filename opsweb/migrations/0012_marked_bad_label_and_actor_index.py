@@ -3,8 +3,12 @@
 from django.conf import settings
 from django.db import migrations, models
 
+from opsweb.migration_operations import AddIndexConcurrently
+
 
 class Migration(migrations.Migration):
+    # Indexes over the history are built CONCURRENTLY on PostgreSQL: writes go on meanwhile.
+    atomic = False
 
     dependencies = [
         ('opsweb', '0011_search_and_approval_indexes'),
@@ -17,7 +21,7 @@ class Migration(migrations.Migration):
             name='is_bad',
             field=models.BooleanField(default=False, verbose_name='marked bad'),
         ),
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='auditentry',
             index=models.Index(fields=['actor', '-created_at', '-id'], name='audit_actor_newest'),
         ),

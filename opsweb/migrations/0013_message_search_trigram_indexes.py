@@ -8,8 +8,9 @@ trigrams (``pg_trgm``) answers the same query in well under a millisecond for a 
 walk the newest-first index hoping for 25 early matches (1.7 s for a term found nowhere).
 
 PostgreSQL only, and optional: ``pg_trgm`` is a trusted extension (PostgreSQL 13+: a user who
-may create objects in the database may create it). Where it cannot be created the migration
-says so and leaves search as it was, slower but correct. Indexes are built CONCURRENTLY so
+may create objects in the database may create it). Where it cannot be created, or an index
+cannot be built, the migration says so and leaves search as it was, slower but correct; an
+invalid index left by an interrupted build is dropped and built again. Indexes are built CONCURRENTLY so
 that a deploy does not block writes to the audit trail while they build (hence atomic =
 False).
 """
@@ -42,10 +43,31 @@ def create(apps, schema_editor):
             )
             return
         for name, table in INDEXES:
+            # A build interrupted earlier leaves an invalid index of that name, which IF NOT
+            # EXISTS would keep: drop it and build again.
             cursor.execute(
-                f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} "
-                f"USING gin (UPPER(message) gin_trgm_ops)"
+                "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.relname = %s",
+                [name],
             )
+            row = cursor.fetchone()
+            if row and row[0]:
+                cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+            try:
+                cursor.execute(
+                    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} "
+                    f"USING gin (UPPER(message) gin_trgm_ops)"
+                )
+            except DatabaseError as exc:
+                cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+                log.warning(
+                    "%s could not be built (%s): message search on %s stays a table scan. "
+                    "Run `manage.py migrate opsweb 0012` and `manage.py migrate` to try again.",
+                    name,
+                    exc,
+                    table,
+                )
+                continue
             cursor.execute(f"ANALYZE {table}")
 
 

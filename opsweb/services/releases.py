@@ -267,10 +267,12 @@ def expire_held(run: Run, now: datetime) -> bool:
     window = timedelta(seconds=settings.OPSWEB["APPROVAL_WINDOW_SECONDS"])
     if run.kind == RunKind.ROLLBACK or not run.queued_at or now < run.queued_at + window:
         return False
+    hours = window.total_seconds() / 3600
+    span = f"{hours / 24:g} days" if hours >= 48 else f"{hours:g} hours"
     reason = (
-        f"Expired without starting: approved at {run.queued_at:%Y-%m-%d %H:%M:%S} UTC and "
-        f"waiting longer than the approval window ({window.days} days); request it again if "
-        f"it should still go."
+        f"Expired without starting: {'approved' if run.required_approvals else 'queued'} at "
+        f"{run.queued_at:%Y-%m-%d %H:%M:%S} UTC and waiting longer than the approval window "
+        f"({span}); request it again if it should still go."
     )
     if not transition(run, to=RunStatus.EXPIRED, error=reason, step="expired"):
         return False
