@@ -311,3 +311,14 @@ def test_a_pending_run_page_reads_no_row_twice(flow, alice, bob, page):
     repeated = {sql for sql in statements if statements.count(sql) > 1}
     assert not repeated, repeated
     assert len(statements) <= {"change": 16, "approve": 11}[page]
+
+
+def test_the_rollback_click_reads_the_previous_stable_version_once(flow, bob):
+    v1, v2 = make_image("1.0.0"), make_image("2.0.0")
+    succeed_in(flow["staging"], v1)
+    succeed_in(flow["staging"], v2)
+    with CaptureQueriesContext(connection) as captured:
+        run = services.roll_back(user=bob, environment=flow["staging"], reason="critical_errors")
+    assert run.image == v1
+    lookups = [q["sql"] for q in captured if 'MAX("opsweb_run"."finished_at")' in q["sql"]]
+    assert len(lookups) == 1, lookups

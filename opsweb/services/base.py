@@ -125,7 +125,14 @@ def previous_stable_version(
     environment: Environment, *, exclude: ImageVersion | None = None
 ) -> ImageVersion | None:
     """The newest version that succeeded in ``environment`` and is not bad, other than
-    ``exclude`` (the version being rolled back)."""
+    ``exclude`` (the version being rolled back). Read once within ``one_reading``."""
+    return _once(
+        ("previous_stable", environment.pk, exclude.pk if exclude else None),
+        lambda: _previous_stable_version(environment, exclude),
+    )
+
+
+def _previous_stable_version(environment: Environment, exclude: ImageVersion | None):
     succeeded_here = Q(runs__environment=environment, runs__status=RunStatus.SUCCEEDED)
     candidates = (
         ImageVersion.objects.filter(succeeded_here, is_bad=False)
