@@ -10,6 +10,7 @@ the service's transaction), the lines, the form and the one service it calls —
 from __future__ import annotations
 
 import abc
+import functools
 from dataclasses import dataclass
 
 from django import forms
@@ -113,6 +114,22 @@ class Button:
     reason: str = ""
 
 
+def shown_once(view):
+    """For a GET, run the admin ``view`` and render its page inside
+    ``services.base.one_reading()``: a page that changes nothing reads each rule, membership
+    and quorum once, however many buttons and lines ask. Any other method reads afresh."""
+
+    @functools.wraps(view)
+    def wrapper(self, request, *args, **kwargs):
+        if request.method != "GET":
+            return view(self, request, *args, **kwargs)
+        with services.base.one_reading():
+            response = view(self, request, *args, **kwargs)
+            return response.render() if hasattr(response, "render") else response
+
+    return wrapper
+
+
 class ConfirmingAdmin(OpswebAdmin):
     """A ModelAdmin whose object pages carry ``confirmations``: buttons drawn from the policy
     (enabled, or disabled with the reason) and one view serving every confirmation page."""
@@ -170,16 +187,8 @@ class ConfirmingAdmin(OpswebAdmin):
             )
         return drawn
 
+    @shown_once
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        if request.method != "GET":
-            return self._change_view(request, object_id, form_url, extra_context)
-        # A page that changes nothing reads each rule, membership and quorum once, however
-        # many buttons and lines ask about them.
-        with services.base.one_reading():
-            response = self._change_view(request, object_id, form_url, extra_context)
-            return response.render() if hasattr(response, "render") else response
-
-    def _change_view(self, request, object_id, form_url="", extra_context=None):
         obj = self.get_object(request, unquote(object_id))
         if obj is not None:
             buttons = self.buttons(request, obj)
@@ -212,14 +221,8 @@ class ConfirmingAdmin(OpswebAdmin):
         }
         return TemplateResponse(request, "admin/opsweb/history.html", context)
 
+    @shown_once
     def confirm_view(self, request, object_id, confirmation: Confirmation):
-        if request.method == "POST":
-            return self._confirm_view(request, object_id, confirmation)
-        with services.base.one_reading():  # the page only shows; the POST reads afresh
-            response = self._confirm_view(request, object_id, confirmation)
-            return response.render() if hasattr(response, "render") else response
-
-    def _confirm_view(self, request, object_id, confirmation: Confirmation):
         obj = self.get_object(request, unquote(object_id))
         if obj is None:
             return self._get_obj_does_not_exist_redirect(request, self.model._meta, object_id)
