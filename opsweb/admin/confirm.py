@@ -217,8 +217,11 @@ class ConfirmingAdmin(OpswebAdmin):
 
     def history_view(self, request, object_id, extra_context=None):
         """ "History" shows the object's audit entries (who did what, when), not Django's
-        LogEntry, which opsweb does not write. 403 unless the user may view the object."""
+        LogEntry, which opsweb does not write. 403 unless the user may view the object and
+        the audit trail."""
         self.may_view(request)
+        if not request.user.has_perm("opsweb.view_auditentry"):
+            raise PermissionDenied(NOT_VIEWABLE.format("the audit trail"))
         obj = self.get_object(request, unquote(object_id))
         if obj is None:
             return self._get_obj_does_not_exist_redirect(request, self.model._meta, object_id)
