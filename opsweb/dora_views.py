@@ -1,5 +1,5 @@
 """The DORA page at /admin/dora/: the four keys for one environment and period, with weekly
-charts drawn as server-rendered SVG. Read-only; needs the permission to view runs."""
+charts drawn as server-rendered SVG. Read-only; needs the permissions to view runs and environments."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from opsweb.models import Environment
 def dora_page(request):
     """GET ``environment`` (slug, default production) and ``days`` (7, 30, 90 or 365).
     Bad values show the default with a message saying what was wrong."""
-    if not request.user.has_perm("opsweb.view_run"):
+    # It names the environments and counts their runs.
+    if not request.user.has_perms(["opsweb.view_run", "opsweb.view_environment"]):
         raise PermissionDenied
     environments = list(Environment.objects.all())
     environment = chosen_environment(request, environments)

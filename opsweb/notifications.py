@@ -312,8 +312,13 @@ def deliver(delivery_id: int) -> str:
         return record(delivery, Status.SKIPPED, "Nobody to write to: no email address.")
     try:
         send(delivery)
+    except DeliveryError as exc:
+        return failed(delivery, attempt, str(exc))
     except Exception as exc:  # any failure is the delivery's, never the caller's
-        return failed(delivery, attempt, f"{exc}"[:1000] or repr(exc))
+        # Stored and shown is a fixed sentence: an exception's text can quote the target URL
+        # (a Slack token), a recipient or what a server answered. The detail goes to the log.
+        log.warning("notification %s failed", delivery.pk, exc_info=True)
+        return failed(delivery, attempt, f"Sending failed ({type(exc).__name__}); see the log.")
     return record(delivery, Status.SENT, "")
 
 
@@ -421,8 +426,18 @@ def post(url: str, body: bytes, headers: dict) -> None:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:  # noqa: S310
             response.read(1024)
     except urllib.error.HTTPError as exc:
-        raise DeliveryError(f"HTTP {exc.code} from the receiver: {exc.read(200)!r}") from None
+        # Only the status: a receiver's body can echo the request, its headers or a token.
+        raise DeliveryError(f"HTTP {exc.code} from the receiver.") from None
     except (urllib.error.URLError, OSError) as exc:
+        # The reason is logged, not stored: it can repeat the URL, whose path holds a token.
+        reason = getattr(exc, "reason", exc)
+        log.warning("notification POST failed: %s", reason)
+        # The operating system's own words ("Connection refused", "timed out") say nothing secret.
+        words = reason.strerror if isinstance(reason, OSError) and reason.strerror else ""
+        if isinstance(reason, TimeoutError):
+            words = "timed out"
         raise DeliveryError(
-            f"Could not reach the receiver: {getattr(exc, 'reason', exc)}"
+            f"Could not reach the receiver ({words.lower()})."
+            if words
+            else "Could not reach the receiver."
         ) from None

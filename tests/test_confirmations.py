@@ -205,3 +205,19 @@ def test_unknown_environment_in_a_custom_url_is_the_admins_does_not_exist(flow, 
         response = login(root).get(f"/admin/opsweb/environment/{bad}/{name}/", follow=True)
         assert response.status_code == 200
         assert any("doesn’t exist" in m for m in messages_of(response))
+
+
+def test_approve_page_says_nothing_about_a_run_to_someone_who_may_not_view_runs(flow, staged):
+    """The approve page used to answer "Run #N succeeded; only runs awaiting approval…" to
+    anyone: a run's status could be read by id. Now permission comes first, and an unknown id
+    and a forbidden one get the same 403."""
+    v1, _ = staged
+    finished = Run.objects.filter(environment=flow["production"], image=v1).get()
+    client = login(make_user("mallory"))
+    seen = client.get(run_action(finished, "approve"), follow=True)
+    unknown = client.get(reverse("admin:opsweb_run_approve", args=[finished.pk + 1000]))
+    assert seen.status_code == unknown.status_code == 403
+    for response in (seen, unknown):
+        text = response.content.decode()
+        assert "You may not view runs." in text
+        assert "succeeded" not in text and f"#{finished.pk}" not in text

@@ -62,6 +62,7 @@ class Receiver:
 
     def __init__(self):
         self.requests, self.statuses = [], []
+        self.answer = b"ok"  # the body of every answer
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -70,7 +71,7 @@ class Receiver:
                 receiver.requests.append({"path": self.path, "headers": self.headers, "body": body})
                 self.send_response(receiver.statuses.pop(0) if receiver.statuses else 200)
                 self.end_headers()
-                self.wfile.write(b"ok")
+                self.wfile.write(receiver.answer)
 
             def log_message(self, *args):
                 pass
@@ -428,3 +429,64 @@ def test_deliveries_of_a_channel_disabled_meanwhile_are_skipped(flow, receiver):
     assert notifications.deliver(delivery.pk).startswith("skipped")
     delivery.refresh_from_db()
     assert delivery.status == Status.SKIPPED and not receiver.requests
+
+
+def test_a_receivers_answer_is_neither_stored_nor_shown(flow, receiver, committed, client):
+    """A failing receiver can echo what it was sent (a signature, a token) or its own secrets:
+    the delivery keeps the status code and a fixed sentence."""
+    receiver.statuses = [500]
+    receiver.answer = f"bad signature; expected key {SECRET}".encode()
+    channel("webhook", receiver.url, secret=SECRET, events=["run_succeeded"])
+    run = Run.objects.create(
+        kind="deploy", environment=flow["dev"], image=make_image(), status="queued"
+    )
+    committed(finish, run)
+    delivery = NotificationDelivery.objects.get()
+    assert delivery.last_error == "Attempt 1 of 5: HTTP 500 from the receiver."
+    client.force_login(make_user("root", is_superuser=True))
+    for url in (
+        "/admin/opsweb/notificationdelivery/",
+        f"/admin/opsweb/notificationdelivery/{delivery.pk}/change/",
+    ):
+        page = client.get(url).content.decode()
+        assert "HTTP 500 from the receiver." in page
+        assert SECRET not in page and "bad signature" not in page
+
+
+def test_an_error_that_quotes_the_target_url_is_not_stored(flow, committed):
+    # http.client refuses a URL with a space, quoting its path (here a Slack token) in the
+    # exception: what is stored names the kind of error only.
+    NotificationChannel.objects.create(
+        name="chat",
+        kind="slack",
+        target="http://127.0.0.1:1/services/T0/B0/tok en-zq",
+        events=["run_succeeded"],
+    )
+    run = Run.objects.create(
+        kind="deploy", environment=flow["dev"], image=make_image(), status="queued"
+    )
+    committed(finish, run)
+    delivery = NotificationDelivery.objects.get()
+    assert delivery.status == Status.RETRYING
+    assert delivery.last_error == "Attempt 1 of 5: Sending failed (InvalidURL); see the log."
+
+
+def test_stored_receiver_answers_are_scrubbed_by_the_migration():
+    from importlib import import_module
+
+    scrubbed = import_module("opsweb.migrations.0014_leaks_scrub_delivery_errors").scrubbed
+    assert scrubbed("Attempt 2 of 5: HTTP 401 from the receiver: b'token=abc'") == (
+        "Attempt 2 of 5: HTTP 401 from the receiver."
+    )
+    assert scrubbed("Could not reach the receiver: <urlopen error x>") == (
+        "Could not reach the receiver."
+    )
+    assert scrubbed("Attempt 1 of 5: URL can't contain control characters. '/T0/tok en'") == (
+        "Attempt 1 of 5: Sending failed; the detail was removed (it could repeat a secret)."
+    )
+    for kept in (
+        "",
+        "Nobody to write to: no email address.",
+        "Attempt 5 of 5: HTTP 503 from the receiver.",
+    ):
+        assert scrubbed(kept) == kept

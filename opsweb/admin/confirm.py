@@ -130,6 +130,9 @@ def shown_once(view):
     return wrapper
 
 
+NOT_VIEWABLE = "You may not view {}."
+
+
 class ConfirmingAdmin(OpswebAdmin):
     """A ModelAdmin whose object pages carry ``confirmations``: buttons drawn from the policy
     (enabled, or disabled with the reason) and one view serving every confirmation page."""
@@ -187,8 +190,16 @@ class ConfirmingAdmin(OpswebAdmin):
             )
         return drawn
 
+    def may_view(self, request) -> None:
+        """Raise PermissionDenied unless the user may view this model's objects. Asked before
+        the object is read, so that an id nobody may see and an id that does not exist get the
+        same 403, and no page, button or error says anything about the object first."""
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied(NOT_VIEWABLE.format(self.model._meta.verbose_name_plural))
+
     @shown_once
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        self.may_view(request)
         obj = self.get_object(request, unquote(object_id))
         if obj is not None:
             buttons = self.buttons(request, obj)
@@ -206,7 +217,11 @@ class ConfirmingAdmin(OpswebAdmin):
 
     def history_view(self, request, object_id, extra_context=None):
         """ "History" shows the object's audit entries (who did what, when), not Django's
-        LogEntry, which opsweb does not write."""
+        LogEntry, which opsweb does not write. 403 unless the user may view the object and
+        the audit trail."""
+        self.may_view(request)
+        if not request.user.has_perm("opsweb.view_auditentry"):
+            raise PermissionDenied(NOT_VIEWABLE.format("the audit trail"))
         obj = self.get_object(request, unquote(object_id))
         if obj is None:
             return self._get_obj_does_not_exist_redirect(request, self.model._meta, object_id)
@@ -223,6 +238,7 @@ class ConfirmingAdmin(OpswebAdmin):
 
     @shown_once
     def confirm_view(self, request, object_id, confirmation: Confirmation):
+        self.may_view(request)
         obj = self.get_object(request, unquote(object_id))
         if obj is None:
             return self._get_obj_does_not_exist_redirect(request, self.model._meta, object_id)

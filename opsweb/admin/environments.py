@@ -9,6 +9,7 @@ from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 from opsweb import policy, services
 from opsweb.admin.confirm import (
@@ -35,6 +36,9 @@ from opsweb.models import (
 )
 from opsweb.services import facts
 from opsweb.windows import describe_window, freeze_status, next_occurrences, wall_text
+
+# A constant: format_html() without arguments is refused by Django 6.1 (a 500 on the list).
+BAD_BADGE = mark_safe(' <span class="opsweb-bad">BAD</span>')  # noqa: S308
 
 
 def run_url(run) -> str:
@@ -656,13 +660,12 @@ class EnvironmentAdmin(ConfirmingAdmin):
         image = env.current_image
         if image is None:
             return "—"
-        bad = format_html(' <span class="opsweb-bad">BAD</span>') if image.is_bad else ""
         return format_html(
             "<strong>{}</strong> <code>{}</code> {}{}",
             image.tag,
             image.short_digest,
             image.short_sha,
-            bad,
+            BAD_BADGE if image.is_bad else "",
         )
 
     @admin.display(description="Waiting runs", ordering="waiting")

@@ -1,17 +1,22 @@
-"""What every opsweb list shares: malformed query parameters are the admin's "invalid lookup"
-(a redirect to ?e=1), never a server error; and counts that stay cheap as history grows."""
+"""What every opsweb list shares: it filters only by the filters it shows (any other lookup is
+a 400, so no hidden field or secret can be guessed through the query string); malformed query
+parameters are the admin's "invalid lookup" (a redirect to ?e=1), never a server error; and
+counts that stay cheap as history grows."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 
 from django.contrib import admin, messages
+from django.contrib.admin.exceptions import DisallowedModelAdminLookup
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.contrib.admin.utils import quote
+from django.contrib.admin.utils import get_fields_from_path, quote
 from django.contrib.admin.views.main import ChangeList
+from django.contrib.admin.widgets import url_params_from_lookup_dict
 from django.core.exceptions import EmptyResultSet, FullResultSet
 from django.core.paginator import Paginator
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, connections, models
+from django.http import HttpResponseBadRequest
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
@@ -230,3 +235,53 @@ class OpswebAdmin(admin.ModelAdmin):
 
     def get_changelist(self, request, **kwargs):
         return CheckedChangeList
+
+    def lookup_allowed(self, lookup, value, request) -> bool:
+        """Whether the list may be filtered by query parameter ``lookup``: only by the
+        parameters of its own filters (``filter_parameters``) and the lookups a related field's
+        ``limit_choices_to`` opens it with. Django also allows any lookup on the model's own
+        fields, shown or not, which answers ``?secret__startswith=a`` one character at a
+        time; a refused lookup is a 400 that is the same whatever the value."""
+        if lookup in filter_parameters(self, request):
+            return True
+        for fk_lookup in self.model._meta.related_fkey_lookups:
+            if callable(fk_lookup):
+                fk_lookup = fk_lookup()
+            if (lookup, value) in url_params_from_lookup_dict(fk_lookup).items():
+                return True
+        return False
+
+    def changelist_view(self, request, extra_context=None):
+        try:
+            return super().changelist_view(request, extra_context)
+        except DisallowedModelAdminLookup:
+            names = ", ".join(sorted(filter_parameters(self, request))) or "nothing"
+            return HttpResponseBadRequest(
+                f"This list cannot be filtered that way: only by the filters it shows, its "
+                f"search box and its date ranges ({names}). Nothing was shown.",
+                content_type="text/plain; charset=utf-8",
+            )
+
+
+def filter_parameters(model_admin, request) -> set[str]:
+    """The query parameters the filters of ``model_admin``'s list read: a simple filter's
+    ``parameter_name``, a date range's ``<field>_from`` / ``<field>_to``, and for a field
+    filter what Django's filter for that kind of field reads (``environment__id__exact``,
+    ``status__exact``, ``…__isnull``; ``…__gte`` / ``…__lt`` for dates)."""
+    names: set[str] = set()
+    for item in model_admin.get_list_filter(request):
+        if isinstance(item, type) and issubclass(item, admin.SimpleListFilter):
+            names.add(item.parameter_name)
+        elif isinstance(item, type) and issubclass(item, DateRangeFilter):
+            names |= {f"{item.field}_from", f"{item.field}_to"}
+        elif not isinstance(item, type):
+            path = item[0] if isinstance(item, (list, tuple)) else item
+            field = get_fields_from_path(model_admin.model, path)[-1]
+            names.add(f"{path}__isnull")
+            if field.is_relation:
+                names.add(f"{path}__{field.target_field.name}__exact")
+            elif isinstance(field, (models.DateField, models.DateTimeField)):
+                names |= {f"{path}__gte", f"{path}__lt"}
+            else:
+                names.add(f"{path}__exact")
+    return names

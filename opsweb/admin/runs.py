@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
-from django.core.exceptions import PermissionDenied
 from django.http import JsonResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -308,8 +307,7 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
         """The run's status and the events after ``?after=<event id>``, as JSON, for the run
         page to append without reloading (polled every 1.5 s while the run is queued or
         running; nothing polls a pending or finished run)."""
-        if not self.has_view_permission(request):
-            raise PermissionDenied
+        self.may_view(request)
         run = self.get_object(request, unquote(object_id))
         if run is None:
             return JsonResponse({"error": "no such run"}, status=404)

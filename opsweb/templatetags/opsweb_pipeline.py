@@ -7,11 +7,14 @@ from opsweb.models import AuditEntry
 
 register = template.Library()
 
+BOARD_PERMISSIONS = ["opsweb.view_environment", "opsweb.view_run", "opsweb.view_imageversion"]
+
 
 @register.inclusion_tag("admin/opsweb/board.html", takes_context=True)
 def pipeline(context):
     request = context["request"]
-    if not request.user.has_perm("opsweb.view_environment"):
+    # The board shows environments, their runs and versions: it needs the right to view each.
+    if not request.user.has_perms(BOARD_PERMISSIONS):
         return {"board": None}
     return {"board": build_board(request.user, page=request.GET.get("page", 1)), "request": request}
 
