@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 import urllib.error
 import urllib.request
@@ -383,10 +384,26 @@ def send_email(delivery: NotificationDelivery) -> None:
 
 
 def slack_body(payload: dict) -> bytes:
-    """An incoming-webhook message (Slack, Mattermost, Rocket.Chat): text with a link."""
+    """An incoming-webhook message (Slack, Mattermost, Rocket.Chat): text with a link. Every
+    piece of text goes through ``slack_escape``; the only markup is the bold title and the
+    link opsweb writes itself."""
     label = f"Open run #{payload['run']['id']}" if payload.get("run") else "Open opsweb"
-    text = f"*{payload['title']}*\n{payload['text']}\n<{payload['url']}|{label}>"
-    return json.dumps({"text": text}).encode()
+    title, text = slack_escape(payload["title"]), slack_escape(payload["text"])
+    link = f"<{slack_escape(payload['url'])}|{slack_escape(label)}>"
+    return json.dumps({"text": f"*{title}*\n{text}\n{link}"}).encode()
+
+
+# Mattermost and Rocket.Chat notify everyone for these words even without angle brackets.
+_BROADCAST = re.compile(r"@(?=(?:channel|here|all|everyone)\b)", re.IGNORECASE)
+
+
+def slack_escape(text: str) -> str:
+    """``text`` (notes, comments, reasons, tags, commit messages, user names…) made inert for
+    Slack's mrkdwn: ``&``, ``<`` and ``>`` become entities, so ``<https://evil|Open run>`` or
+    ``<!channel>`` shows as typed instead of becoming a link or a mention; a zero-width space
+    after ``@`` keeps ``@channel`` from pinging on Mattermost and Rocket.Chat."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _BROADCAST.sub("@\u200b", text)
 
 
 def send_webhook(delivery: NotificationDelivery) -> None:

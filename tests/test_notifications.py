@@ -428,3 +428,27 @@ def test_deliveries_of_a_channel_disabled_meanwhile_are_skipped(flow, receiver):
     assert notifications.deliver(delivery.pk).startswith("skipped")
     delivery.refresh_from_db()
     assert delivery.status == Status.SKIPPED and not receiver.requests
+
+
+def test_slack_message_shows_user_text_as_typed_never_as_links_or_mentions(
+    flow, receiver, committed
+):
+    alice = make_user("alice", "deployers")
+    dev = flow["dev"]
+    channel("slack", receiver.url, environment=dev, events=["rollback_started"])
+    succeed_in(dev, make_image("1.0.0"))
+    succeed_in(dev, make_image("1.1.0"))
+    note = "<https://evil.example/phish|Open run #1> <!channel> & @here"
+    run = services.roll_back(user=alice, environment=dev, reason="other", note=note)
+    (delivery,) = NotificationDelivery.objects.filter(event="rollback_started")
+    assert notifications.deliver(delivery.pk) == "sent"
+    text = json.loads(receiver.requests[0]["body"])["text"]
+    assert (
+        "&lt;https://evil.example/phish|Open run #1&gt; &lt;!channel&gt; &amp; @\u200bhere" in text
+    )
+    assert "<https://evil.example" not in text and "<!channel>" not in text
+    # The one link is opsweb's own, to the run.
+    assert text.count("<") == 1
+    assert text.endswith(
+        f"<http://127.0.0.1:8000/admin/opsweb/run/{run.pk}/change/|Open run #{run.pk}>"
+    )
