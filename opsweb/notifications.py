@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import re
 import time
-import urllib.error
-import urllib.request
 from datetime import timedelta
 
 from django.conf import settings
@@ -50,6 +49,7 @@ from opsweb.models import (
     RunKind,
     RunStatus,
 )
+from orchestration import outbound
 
 log = logging.getLogger(__name__)
 
@@ -425,21 +425,27 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 
 def post(url: str, body: bytes, headers: dict) -> None:
-    """POST JSON; raise DeliveryError unless the receiver answers 2xx within the timeout."""
-    if not url.lower().startswith(("http://", "https://")):
-        raise DeliveryError("The webhook URL is not http(s).")
-    request = urllib.request.Request(  # noqa: S310 (scheme checked above)
-        url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "opsweb", **headers},
-    )
+    """POST JSON to ``url`` through ``orchestration.outbound`` (the target checked, the
+    connection pinned to the checked address, redirects not followed); raise DeliveryError
+    with the reason unless the receiver answers 2xx within HTTP_TIMEOUT seconds."""
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:  # noqa: S310
-            response.read(1024)
-    except urllib.error.HTTPError as exc:
-        raise DeliveryError(f"HTTP {exc.code} from the receiver: {exc.read(200)!r}") from None
-    except (urllib.error.URLError, OSError) as exc:
+        answer = outbound.request(
+            url,
+            method="POST",
+            body=body,
+            headers={"Content-Type": "application/json", **headers},
+            timeout=HTTP_TIMEOUT,
+            limit=1024,
+            what="The webhook URL",
+        )
+    except outbound.OutboundRefused as exc:
+        raise DeliveryError(f"{exc}") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise DeliveryError(f"Could not reach the receiver: {exc}") from None
+    if 300 <= answer.status < 400:
         raise DeliveryError(
-            f"Could not reach the receiver: {getattr(exc, 'reason', exc)}"
-        ) from None
+            f"HTTP {answer.status} from the receiver: a redirect to {answer.location or '?'}, "
+            f"not followed (give the final URL)."
+        )
+    if not answer.ok:
+        raise DeliveryError(f"HTTP {answer.status} from the receiver: {answer.body[:200]!r}")
