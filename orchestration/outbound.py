@@ -229,7 +229,7 @@ def _embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
         return address.sixtofour
     if address.teredo:
         return address.teredo[1]
-    if any(address in n for n in _CARRIES_IPV4):
+    if any(address in n for n in _CARRIES_IPV4) and int(address) > 1:  # not :: or ::1
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return None
 
