@@ -126,7 +126,10 @@ def url_problem(url: str, *, allow: AllowList | None = None, what: str = "The UR
     url = str(url).strip()
     if any(ch.isspace() or ord(ch) < 32 for ch in url):
         return f"{what} contains spaces or control characters."
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed "[" around an IPv6 address
+        return f"{what} is not a valid URL ({exc})."
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         return f"{what} must start with http:// or https:// and name a host."
     if "@" in parts.netloc or "\\" in parts.netloc:

@@ -18,7 +18,7 @@ from opsweb import notifications
 from opsweb.models import Environment, NotificationChannel, NotificationDelivery, Run
 from orchestration import ecs, outbound
 from orchestration.base import DeployError
-from orchestration.health import check_once
+from orchestration.health import check_once, verify_health
 from orchestration.signals import read_http_metric
 from tests.conftest import free_port, make_image, make_user
 
@@ -52,6 +52,7 @@ FORBIDDEN = [
     ("http://a@b/", "user name or password"),
     ("https://user:pw@hooks.example.com/x", "user name or password"),
     ("http://hooks.example.com\\@10.0.0.5/", "user name or password"),
+    ("http://[::1/", "not a valid URL"),
 ]
 
 
@@ -205,6 +206,17 @@ def test_local_backend_may_check_loopback_but_nothing_else_internal(flow, nothin
     local.backend_settings["container_name"] = "web"
     with pytest.raises(ValidationError, match="loopback"):
         local.full_clean()
+
+
+def test_local_backend_health_check_reaches_its_loopback_process(flow, nothing_allowed, servers):
+    server = servers()
+    local = flow["local"]
+    health = verify_health(server.url, window=1, allow=local.outbound_allow)
+    assert health.healthy and len(server.requests) == 1
+    local.backend = "ecs"
+    health = verify_health(server.url, window=0, allow=local.outbound_allow)
+    assert not health.healthy and "loopback" in health.detail
+    assert len(server.requests) == 1
 
 
 def test_allow_list_admits_named_networks_and_hosts(flow, settings):
