@@ -1,4 +1,9 @@
+import functools
+
 from django.apps import AppConfig
+from django.conf import settings
+
+from orchestration import outbound
 
 
 class OpswebConfig(AppConfig):
@@ -10,3 +15,14 @@ class OpswebConfig(AppConfig):
         from opsweb import login_throttle, notifications  # noqa: F401
 
         login_throttle.connect()
+        outbound.configure(outbound_allow)
+
+
+def outbound_allow() -> outbound.AllowList:
+    """OPSWEB_OUTBOUND_ALLOW as an ``AllowList``, read from the settings at each call."""
+    return _parsed(tuple(settings.OPSWEB_OUTBOUND_ALLOW))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(entries: tuple[str, ...]) -> outbound.AllowList:
+    return outbound.AllowList.parse(entries)

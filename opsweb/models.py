@@ -16,6 +16,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from orchestration import outbound
 from orchestration.base import BACKEND_CHOICES, SettingsError, backend_class
 
 DIGEST_RE = r"^sha256:[0-9a-f]{64}\Z"
@@ -198,6 +199,12 @@ class Environment(models.Model):
             raise ValidationError(
                 {"backend_settings": [f"{k}: {v}" for k, v in exc.errors.items()]}
             ) from None
+        if self.health_check_url and (
+            problem := outbound.url_problem(
+                self.health_check_url, allow=self.outbound_allow, what="The health check URL"
+            )
+        ):
+            raise ValidationError({"health_check_url": problem})
         if self.requires_uat_signoff and not self.upstream_id:
             raise ValidationError(
                 {"requires_uat_signoff": "A UAT sign-off needs an upstream environment."}
@@ -213,6 +220,15 @@ class Environment(models.Model):
             raise ValidationError(
                 {"bake_seconds": "Alarms are watched during the bake: set a bake time."}
             )
+
+    @property
+    def outbound_allow(self) -> outbound.AllowList:
+        """Where this environment's health check and HTTP alarms may point: the allow-list
+        (OPSWEB_OUTBOUND_ALLOW), plus loopback on the local backend, whose processes run on
+        the worker's machine (started by its ``command`` setting, so reaching loopback gives
+        whoever edits it nothing more)."""
+        allow = outbound.current_allow()
+        return allow.with_loopback() if self.backend == "local" else allow
 
     @property
     def required_approvals(self) -> int:
@@ -258,6 +274,10 @@ def alarm_problems(alarms, backend: str) -> list[str]:
             url = str(alarm.get("url", ""))
             if not url.startswith(("http://", "https://")):
                 problems.append(f"Alarm {i}: url is the http(s) address of a JSON metric.")
+            elif problem := outbound.url_problem(
+                url, allow=outbound.current_allow().with_loopback(), what=f"Alarm {i}'s url"
+            ):
+                problems.append(problem)
             if not alarm.get("field"):
                 problems.append(f"Alarm {i}: field names the number to read, e.g. 'errors'.")
             try:
@@ -908,6 +928,12 @@ class NotificationChannel(models.Model):
             )
             if bad:
                 errors["target"] = f"Not an email address: {', '.join(bad)[:200]}."
+            elif problem := next(filter(None, map(_mail_domain_problem, self.emails)), None):
+                errors["target"] = problem
+        elif not self.target.strip().lower().startswith(("http://", "https://")):
+            errors["target"] = "A webhook URL starts with http:// or https:// and names a host."
+        elif problem := outbound.url_problem(self.target, what="The webhook URL"):
+            errors["target"] = problem
         elif not _valid(URLValidator(schemes=["http", "https"]), self.target.strip()):
             errors["target"] = "A webhook URL starts with http:// or https:// and names a host."
         if self.kind == self.Kind.WEBHOOK and not self.secret:
@@ -917,6 +943,15 @@ class NotificationChannel(models.Model):
             errors["events"] = f"Unknown events: {', '.join(map(str, unknown))}."
         if errors:
             raise ValidationError(errors)
+
+
+def _mail_domain_problem(address: str) -> str | None:
+    """Why mail to ``address`` would go somewhere opsweb does not send (the relay delivers to
+    a domain literal such as ``ops@[10.0.0.5]`` or ``ops@localhost`` directly), or None."""
+    domain = address.rsplit("@", 1)[-1]
+    if domain.startswith("["):
+        return f"{address}: give a domain name, not an address in brackets."
+    return outbound.host_problem(domain, what=address)
 
 
 def _valid(validator, value) -> bool:

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
+import re
 import time
-import urllib.error
-import urllib.request
 from datetime import timedelta
 
 from django.conf import settings
@@ -49,6 +49,7 @@ from opsweb.models import (
     RunKind,
     RunStatus,
 )
+from orchestration import outbound
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +313,8 @@ def deliver(delivery_id: int) -> str:
         return record(delivery, Status.SKIPPED, "Nobody to write to: no email address.")
     try:
         send(delivery)
-    except DeliveryError as exc:
+    except (DeliveryError, outbound.OutboundRefused) as exc:
+        # Both are opsweb's own sentences (a refusal names the host, never a URL's path).
         return failed(delivery, attempt, str(exc))
     except Exception as exc:  # any failure is the delivery's, never the caller's
         # Stored and shown is a fixed sentence: an exception's text can quote the target URL
@@ -388,10 +390,26 @@ def send_email(delivery: NotificationDelivery) -> None:
 
 
 def slack_body(payload: dict) -> bytes:
-    """An incoming-webhook message (Slack, Mattermost, Rocket.Chat): text with a link."""
+    """An incoming-webhook message (Slack, Mattermost, Rocket.Chat): text with a link. Every
+    piece of text goes through ``slack_escape``; the only markup is the bold title and the
+    link opsweb writes itself."""
     label = f"Open run #{payload['run']['id']}" if payload.get("run") else "Open opsweb"
-    text = f"*{payload['title']}*\n{payload['text']}\n<{payload['url']}|{label}>"
-    return json.dumps({"text": text}).encode()
+    title, text = slack_escape(payload["title"]), slack_escape(payload["text"])
+    link = f"<{slack_escape(payload['url'])}|{slack_escape(label)}>"
+    return json.dumps({"text": f"*{title}*\n{text}\n{link}"}).encode()
+
+
+# Mattermost and Rocket.Chat notify everyone for these words even without angle brackets.
+_BROADCAST = re.compile(r"@(?=(?:channel|here|all|everyone)\b)", re.IGNORECASE)
+
+
+def slack_escape(text: str) -> str:
+    """``text`` (notes, comments, reasons, tags, commit messages, user names…) made inert for
+    Slack's mrkdwn: ``&``, ``<`` and ``>`` become entities, so ``<https://evil|Open run>`` or
+    ``<!channel>`` shows as typed instead of becoming a link or a mention; a zero-width space
+    after ``@`` keeps ``@channel`` from pinging on Mattermost and Rocket.Chat."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _BROADCAST.sub("@\u200b", text)
 
 
 def send_webhook(delivery: NotificationDelivery) -> None:
@@ -413,31 +431,39 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 
 def post(url: str, body: bytes, headers: dict) -> None:
-    """POST JSON; raise DeliveryError unless the receiver answers 2xx within the timeout."""
-    if not url.lower().startswith(("http://", "https://")):
-        raise DeliveryError("The webhook URL is not http(s).")
-    request = urllib.request.Request(  # noqa: S310 (scheme checked above)
-        url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "opsweb", **headers},
-    )
+    """POST JSON to ``url`` through ``orchestration.outbound`` (the target checked, the
+    connection pinned to the checked address, redirects not followed); raise DeliveryError
+    with the reason unless the receiver answers 2xx within HTTP_TIMEOUT seconds."""
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:  # noqa: S310
-            response.read(1024)
-    except urllib.error.HTTPError as exc:
-        # Only the status: a receiver's body can echo the request, its headers or a token.
-        raise DeliveryError(f"HTTP {exc.code} from the receiver.") from None
-    except (urllib.error.URLError, OSError) as exc:
+        answer = outbound.request(
+            url,
+            method="POST",
+            body=body,
+            headers={"Content-Type": "application/json", **headers},
+            timeout=HTTP_TIMEOUT,
+            limit=1024,
+            what="The webhook URL",
+        )
+    except outbound.OutboundRefused as exc:
+        # The refusal names the host and the address, never the URL's path (Slack's token).
+        raise DeliveryError(f"{exc}") from None
+    except (OSError, http.client.HTTPException) as exc:
         # The reason is logged, not stored: it can repeat the URL, whose path holds a token.
-        reason = getattr(exc, "reason", exc)
-        log.warning("notification POST failed: %s", reason)
+        log.warning("notification POST failed: %s", exc)
         # The operating system's own words ("Connection refused", "timed out") say nothing secret.
-        words = reason.strerror if isinstance(reason, OSError) and reason.strerror else ""
-        if isinstance(reason, TimeoutError):
+        words = exc.strerror if isinstance(exc, OSError) and exc.strerror else ""
+        if isinstance(exc, TimeoutError):
             words = "timed out"
         raise DeliveryError(
             f"Could not reach the receiver ({words.lower()})."
             if words
             else "Could not reach the receiver."
         ) from None
+    if 300 <= answer.status < 400:
+        # Not followed, and the Location is not stored (it is the receiver's text).
+        raise DeliveryError(
+            f"HTTP {answer.status} from the receiver: a redirect, not followed (give the final URL)."
+        )
+    if not answer.ok:
+        # Only the status: a receiver's body can echo the request, its headers or a token.
+        raise DeliveryError(f"HTTP {answer.status} from the receiver.")

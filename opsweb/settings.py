@@ -11,6 +11,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from orchestration import outbound
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -204,12 +206,25 @@ OPSWEB = {
     "OVERRIDE_APPROVALS": env.int("OPSWEB_OVERRIDE_APPROVALS", default=2),
 }
 
+# Outbound targets (orchestration/outbound.py): opsweb sends nothing to loopback, link-local
+# (cloud metadata), private, shared or reserved addresses, except to these networks and host
+# names, e.g. "10.20.0.0/16,relay.internal". Empty by default; the local backend adds
+# loopback for its own health checks and alarms.
+OPSWEB_OUTBOUND_ALLOW = env.list("OPSWEB_OUTBOUND_ALLOW", default=[])
+try:
+    outbound.AllowList.parse(OPSWEB_OUTBOUND_ALLOW)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"OPSWEB_OUTBOUND_ALLOW: {exc}") from None
+
 # Notifications. Mail uses Django's mailers, configured from EMAIL_URL (django-environ syntax,
 # e.g. smtp+tls://user:password@smtp.example.com:587); without it, locally, mail is printed.
 
 
-def mailer(url: str) -> dict:
-    """One entry of Django's MAILERS from an EMAIL_URL."""
+def mailer(url: str, *, allow: tuple[str, ...] = ()) -> dict:
+    """One entry of Django's MAILERS from an EMAIL_URL. An SMTP relay goes through
+    ``opsweb.mail.EmailBackend`` (checked and pinned when sending) and is refused here, naming
+    the variable, when it is an address opsweb does not send to (``allow`` adds exceptions to
+    OPSWEB_OUTBOUND_ALLOW)."""
     config = environ.Env.email_url_config(url)
     if config["EMAIL_BACKEND"] != "django.core.mail.backends.smtp.EmailBackend":
         return {"BACKEND": config["EMAIL_BACKEND"]}
@@ -221,16 +236,26 @@ def mailer(url: str) -> dict:
         "use_tls": bool(config.get("EMAIL_USE_TLS")),
         "use_ssl": bool(config.get("EMAIL_USE_SSL")),
         "timeout": env.int("EMAIL_TIMEOUT", default=10),
+        "allow": list(allow),
     }
-    return {"BACKEND": config["EMAIL_BACKEND"], "OPTIONS": options}
-
-
-# Production without EMAIL_URL uses Django's own default, an SMTP server on localhost:25.
-MAILERS = {
-    "default": mailer(
-        env.str("EMAIL_URL", default="smtp://localhost:25" if PRODUCTION else "consolemail://")
+    problem = outbound.host_problem(
+        options["host"],
+        allow=outbound.AllowList.parse([*OPSWEB_OUTBOUND_ALLOW, *allow]),
+        what="EMAIL_URL's relay",
     )
-}
+    if problem:
+        raise ImproperlyConfigured(problem)
+    return {"BACKEND": "opsweb.mail.EmailBackend", "OPTIONS": options}
+
+
+if env.str("EMAIL_URL", default=""):
+    MAILERS = {"default": mailer(env.str("EMAIL_URL"))}
+elif PRODUCTION:
+    # Django's own default, an SMTP server on this machine: set by nobody, changed by no
+    # console user, so its loopback address is allowed for it alone.
+    MAILERS = {"default": mailer("smtp://localhost:25", allow=("localhost",))}
+else:
+    MAILERS = {"default": mailer("consolemail://")}
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="opsweb@localhost")
 # The console's address as people reach it: notifications link to run pages under it.
 OPSWEB_BASE_URL = env.str("OPSWEB_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")

@@ -105,7 +105,8 @@ def read_alarms(environment: Environment) -> list[readers.AlarmState]:
     """Every alarm of the environment as it reads now (DeployError when CloudWatch cannot
     say): HTTP metrics for the local backend, CloudWatch alarms for ECS and EC2."""
     if environment.backend == "local":
-        return [readers.read_http_metric(spec) for spec in environment.alarms]
+        allow = environment.outbound_allow
+        return [readers.read_http_metric(spec, allow=allow) for spec in environment.alarms]
     options = environment.backend_settings
     return readers.read_alarms(
         [a["name"] for a in environment.alarms],
@@ -252,6 +253,7 @@ def _verify(environment: Environment, progress, window: float | None = None) -> 
         window=min(limit, window) if window else limit,
         interval=1.0,
         progress=progress,
+        allow=environment.outbound_allow,
     )
     elapsed = time.monotonic() - started
     if not health.healthy:

@@ -41,6 +41,7 @@ from orchestration.ecs import (
     _number,
     aws_error,
     aws_settings_errors,
+    endpoint_url_problem,
     image_digest,
     make_client,
     pinned_image,
@@ -209,11 +210,8 @@ class Ec2Backend(DeployBackend):
             "Give an SSM parameter name such as '/app/production/image', or leave it empty.",
             errors,
         )
-        if text["endpoint_url"] and not text["endpoint_url"].startswith(("http://", "https://")):
-            errors["endpoint_url"] = (
-                "Give an http(s) URL such as 'http://127.0.0.1:5000', or leave it empty for AWS "
-                "(or AWS_ENDPOINT_URL)."
-            )
+        if problem := endpoint_url_problem(text["endpoint_url"]):
+            errors["endpoint_url"] = problem
         batch_size = _count(settings, "batch_size", "1", low=1, errors=errors)
         max_errors = _count(settings, "max_errors", "0", low=0, errors=errors)
         seconds = "Give a number of seconds between {low:g} and {high:g}."

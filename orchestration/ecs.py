@@ -28,6 +28,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from orchestration import outbound
 from orchestration.base import (
     DeployBackend,
     DeployError,
@@ -120,8 +121,28 @@ def make_client(
         read_timeout=30,
         user_agent_extra="opsweb",
     )
+    if endpoint_url:
+        # boto3 opens its own connections, so the endpoint is checked (with every address it
+        # resolves to) when the client is made rather than pinned per request.
+        try:
+            outbound.check_endpoint(endpoint_url, what="endpoint_url")
+        except (outbound.OutboundRefused, OSError) as exc:
+            raise DeployError(f"{exc}") from None
     # A session per client: boto3's default session is not safe to share between threads.
     return boto3.session.Session().client(service, endpoint_url=endpoint_url or None, config=config)
+
+
+def endpoint_url_problem(endpoint_url: str) -> str | None:
+    """Why an AWS ``endpoint_url`` override is refused (not http(s), or a target opsweb does
+    not send to: see ``orchestration.outbound``), or None; empty means AWS itself."""
+    if not endpoint_url:
+        return None
+    if not endpoint_url.startswith(("http://", "https://")):
+        return (
+            "Give an http(s) URL such as 'https://ecs.eu-west-1.amazonaws.com', or leave it "
+            "empty for AWS (or AWS_ENDPOINT_URL)."
+        )
+    return outbound.url_problem(endpoint_url, what="endpoint_url")
 
 
 def aws_settings_errors(settings: Mapping[str, Any], known: set[str], label: str) -> dict:
@@ -170,11 +191,8 @@ class EcsBackend(DeployBackend):
                 "image (letters, digits, '-' and '_')."
             )
         endpoint_url = str(settings.get("endpoint_url") or "").strip()
-        if endpoint_url and not endpoint_url.startswith(("http://", "https://")):
-            errors["endpoint_url"] = (
-                "Give an http(s) URL such as 'http://127.0.0.1:5000', or leave it empty for AWS "
-                "(or AWS_ENDPOINT_URL)."
-            )
+        if problem := endpoint_url_problem(endpoint_url):
+            errors["endpoint_url"] = problem
         seconds = "Give a number of seconds between {low:g} and {high:g}."
         timeout = _number(settings, "timeout", DEFAULT_TIMEOUT, (1, 3600), seconds, errors)
         poll_interval = _number(

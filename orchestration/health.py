@@ -3,11 +3,11 @@ need a few seconds before it answers."""
 
 from __future__ import annotations
 
+import http.client
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
+from orchestration import outbound
 from orchestration.base import Progress, no_progress
 
 
@@ -18,21 +18,26 @@ class HealthResult:
     detail: str
 
 
-def check_once(url: str, timeout: float = 3.0) -> tuple[bool, str]:
-    if not url.startswith(("http://", "https://")):
-        return False, f"{url!r} is not an http(s) URL"
+def check_once(
+    url: str, timeout: float = 3.0, *, allow: outbound.AllowList | None = None
+) -> tuple[bool, str]:
+    """One GET of ``url`` (``timeout`` seconds): (healthy, what it answered). Healthy is a 2xx;
+    a redirect is an answer like any other (not followed), and a target ``allow`` (default:
+    the configured allow-list) does not admit is unhealthy without a request."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (scheme checked)
-            body = response.read(200).decode(errors="replace")
-            return 200 <= response.status < 300, f"HTTP {response.status} {body}".strip()
-    except urllib.error.HTTPError as exc:
-        body = exc.read(200).decode(errors="replace")
-        return False, f"HTTP {exc.code} {body}".strip()
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return False, f"no answer ({reason})"
-    except Exception as exc:  # a malformed reply or URL is an unhealthy answer, not a crash
+        answer = outbound.request(
+            url, timeout=timeout, allow=allow, limit=200, what="The health URL"
+        )
+    except outbound.OutboundRefused as exc:
+        return False, f"not checked: {exc}"
+    except OSError as exc:
+        return False, f"no answer ({exc})"
+    except (http.client.HTTPException, ValueError) as exc:  # a malformed reply is unhealthy
         return False, f"unusable answer ({exc.__class__.__name__}: {exc})"
+    body = answer.body.decode(errors="replace")
+    if 300 <= answer.status < 400:
+        body = f"redirect to {answer.location or '?'} (not followed) {body}"
+    return answer.ok, f"HTTP {answer.status} {body}".strip()
 
 
 def verify_health(
@@ -41,13 +46,15 @@ def verify_health(
     window: float,
     interval: float = 1.0,
     progress: Progress = no_progress,
+    allow: outbound.AllowList | None = None,
 ) -> HealthResult:
-    """Poll ``url`` until it answers 2xx or ``window`` seconds have passed."""
+    """Poll ``url`` every ``interval`` seconds until it answers 2xx or ``window`` seconds have
+    passed; ``allow`` is passed to ``check_once``."""
     deadline = time.monotonic() + window
     attempts = 0
     while True:
         attempts += 1
-        healthy, detail = check_once(url)
+        healthy, detail = check_once(url, allow=allow)
         if healthy:
             return HealthResult(True, attempts, detail)
         if time.monotonic() + interval > deadline:

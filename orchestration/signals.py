@@ -7,11 +7,11 @@ that does not answer, a scan ECR has not made), so the caller records and decide
 
 from __future__ import annotations
 
+import http.client
 import json
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 
+from orchestration import outbound
 from orchestration.base import DeployError
 
 # boto3 loads only when an AWS signal is read: a registration or a local bake does not pay
@@ -98,20 +98,35 @@ def _alarm_state(alarm: dict, kind: str) -> AlarmState:
     )
 
 
-def read_http_metric(spec: dict, *, timeout: float = 5.0) -> AlarmState:
-    """A local alarm: GET ``spec['url']`` (JSON), read ``spec['field']`` (dotted path) and
-    compare with ``spec['threshold']``: above it is ALARM. An endpoint that does not answer or
-    a missing field is INSUFFICIENT_DATA with the reason (a process restarting is not an
-    alarm; the health check already judged whether it runs)."""
+def read_http_metric(
+    spec: dict, *, timeout: float = 5.0, allow: outbound.AllowList | None = None
+) -> AlarmState:
+    """A local alarm: GET ``spec['url']`` (JSON, within ``timeout`` seconds), read
+    ``spec['field']`` (dotted path) and compare with ``spec['threshold']``: above it is ALARM.
+    An endpoint that does not answer (or answers other than 2xx, redirects included: they are
+    not followed), a target ``allow`` refuses, or a missing field is INSUFFICIENT_DATA with the
+    reason (a process restarting is not an alarm; the health check already judged whether it
+    runs)."""
     name = spec.get("name") or f"{spec['field']} at {spec['url']}"
     kind = spec.get("kind", "errors")
     try:
-        with urllib.request.urlopen(spec["url"], timeout=timeout) as response:  # noqa: S310
-            value: object = json.loads(response.read())
+        answer = outbound.request(
+            spec["url"], timeout=timeout, allow=allow, limit=1024 * 1024, what="The alarm URL"
+        )
+        if not answer.ok:
+            raise ValueError(f"HTTP {answer.status}")
+        value: object = json.loads(answer.body)
         for part in str(spec["field"]).split("."):
             value = value[part]  # type: ignore[index]
         number = float(value)  # type: ignore[arg-type]
-    except (OSError, urllib.error.URLError, ValueError, KeyError, TypeError) as exc:
+    except (
+        OSError,
+        outbound.OutboundRefused,
+        http.client.HTTPException,
+        ValueError,
+        KeyError,
+        TypeError,
+    ) as exc:
         return AlarmState(name, kind, "INSUFFICIENT_DATA", f"could not read it: {exc}")
     threshold = float(spec["threshold"])
     if number > threshold:

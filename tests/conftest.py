@@ -123,6 +123,16 @@ def outsider(flow):
     return make_user("mallory")
 
 
+# The suite's receivers, SMTP server and moto listen on loopback: allowed the way an operator
+# would, with OPSWEB_OUTBOUND_ALLOW (tests/test_outbound.py empties it to see refusals).
+TEST_OUTBOUND_ALLOW = ["127.0.0.0/8", "::1"]
+
+
+@pytest.fixture(autouse=True)
+def loopback_allowed(settings):
+    settings.OPSWEB_OUTBOUND_ALLOW = TEST_OUTBOUND_ALLOW
+
+
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -226,7 +236,13 @@ def start_worker(log_path: Path, command: str = "qcluster", **env) -> subprocess
         return subprocess.Popen(
             [sys.executable, "manage.py", command],
             cwd=settings.BASE_DIR,
-            env={**os.environ, "DATABASE_URL": database_url(), "Q_WORKERS": "1", **env},
+            env={
+                **os.environ,
+                "DATABASE_URL": database_url(),
+                "Q_WORKERS": "1",
+                "OPSWEB_OUTBOUND_ALLOW": ",".join(TEST_OUTBOUND_ALLOW),
+                **env,
+            },
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

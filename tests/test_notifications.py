@@ -49,7 +49,7 @@ def smtp(settings):
     controller.start()
     settings.MAILERS = {
         "default": {
-            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "BACKEND": "opsweb.mail.EmailBackend",
             "OPTIONS": {"host": "127.0.0.1", "port": controller.port, "timeout": 5},
         }
     }
@@ -468,7 +468,10 @@ def test_an_error_that_quotes_the_target_url_is_not_stored(flow, committed):
     committed(finish, run)
     delivery = NotificationDelivery.objects.get()
     assert delivery.status == Status.RETRYING
-    assert delivery.last_error == "Attempt 1 of 5: Sending failed (InvalidURL); see the log."
+    assert delivery.last_error == (
+        "Attempt 1 of 5: The webhook URL contains spaces or control characters."
+    )
+    assert "tok" not in delivery.last_error
 
 
 def test_stored_receiver_answers_are_scrubbed_by_the_migration():
@@ -490,3 +493,27 @@ def test_stored_receiver_answers_are_scrubbed_by_the_migration():
         "Attempt 5 of 5: HTTP 503 from the receiver.",
     ):
         assert scrubbed(kept) == kept
+
+
+def test_slack_message_shows_user_text_as_typed_never_as_links_or_mentions(
+    flow, receiver, committed
+):
+    alice = make_user("alice", "deployers")
+    dev = flow["dev"]
+    channel("slack", receiver.url, environment=dev, events=["rollback_started"])
+    succeed_in(dev, make_image("1.0.0"))
+    succeed_in(dev, make_image("1.1.0"))
+    note = "<https://evil.example/phish|Open run #1> <!channel> & @here"
+    run = services.roll_back(user=alice, environment=dev, reason="other", note=note)
+    (delivery,) = NotificationDelivery.objects.filter(event="rollback_started")
+    assert notifications.deliver(delivery.pk) == "sent"
+    text = json.loads(receiver.requests[0]["body"])["text"]
+    assert (
+        "&lt;https://evil.example/phish|Open run #1&gt; &lt;!channel&gt; &amp; @\u200bhere" in text
+    )
+    assert "<https://evil.example" not in text and "<!channel>" not in text
+    # The one link is opsweb's own, to the run.
+    assert text.count("<") == 1
+    assert text.endswith(
+        f"<http://127.0.0.1:8000/admin/opsweb/run/{run.pk}/change/|Open run #{run.pk}>"
+    )
