@@ -13,6 +13,7 @@ import traceback
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.utils import timezone
 
 from opsweb import services
 from opsweb.models import Environment, ImageVersion, Run, RunEvent, RunKind
@@ -292,6 +293,7 @@ def reconcile() -> dict:
             services.enqueue(head.pk)
             restarted.append(environment_id)
     resent = notifications.retry_due()
+    services.base.forget_used_seals(timezone.now())
     return {"expired": expired, "lost": lost, "restarted": restarted, "notifications": resent}
 
 
