@@ -754,6 +754,21 @@ class AuditEntry(ImmutableModel):
         return self.message[:80]
 
 
+class UsedSeal(models.Model):
+    """A confirmation page's seal that has been acted on once: its nonce is unique, so the same
+    page posted again (a replay, a double click) is refused. Written in the transaction of the
+    service that acted, so a refusal leaves no row; rows older than the seal's validity
+    (OPSWEB_CONFIRMATION_MAX_AGE_SECONDS) can never match again and are pruned."""
+
+    nonce = models.CharField(max_length=64, unique=True)
+    page = models.CharField(max_length=50)  # the confirmation's name: approve, rollback, …
+    bound_to = models.CharField(max_length=100)  # the object the page was for, "opsweb.run:42"
+    used_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.page} of {self.bound_to} at {self.used_at:%Y-%m-%d %H:%M:%S}"
+
+
 class ApprovalRule(models.Model):
     """ "``count`` approvals from members of ``group``": one of an environment's rules, all of
     which a run must meet. One person's approval counts toward one rule only."""

@@ -187,6 +187,9 @@ Q_CLUSTER = {
 OPSWEB = {
     # Pending runs older than this expire (rule: approvals do not wait forever).
     "APPROVAL_WINDOW_SECONDS": env.int("OPSWEB_APPROVAL_WINDOW_SECONDS", default=7 * 24 * 3600),
+    # A confirmation page may be confirmed for this long after it was shown; later, it is
+    # refused ("reload it and check again"): what it showed is a decision about then.
+    "CONFIRMATION_MAX_AGE_SECONDS": env.int("OPSWEB_CONFIRMATION_MAX_AGE_SECONDS", default=15 * 60),
     # A running run whose heartbeat is older than this has lost its worker. A working run beats
     # from a background thread five times per window, whatever its step (manage.py worker).
     "HEARTBEAT_STALE_SECONDS": env.int("OPSWEB_HEARTBEAT_STALE_SECONDS", default=15),

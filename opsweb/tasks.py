@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.utils import timezone
 
 from opsweb import services
-from opsweb.models import Environment, ImageVersion, Run, RunEvent, RunKind
+from opsweb.models import Environment, ImageVersion, Run, RunKind
 from opsweb.services import signals
 from orchestration import signals as readers
 from orchestration.base import DeployError, DeployRequest, get_backend
@@ -58,8 +58,8 @@ def _execute(run: Run) -> None:
             run_id=run.pk, succeeded=False, error=str(exc), environment_broken=exc.previous_stopped
         )
         return
-    except Exception as exc:  # a bug or an outage: the run must still end, with the traceback
-        _crashed(run, exc, environment_broken=False)
+    except Exception as exc:  # a bug or an outage: the run must still end, with a sentence
+        _crashed(run, exc, environment_broken=_switch_began(run))
         return
     if not switched:
         return  # the run was ended while the backend worked (declared lost); nothing to add
@@ -265,15 +265,41 @@ def _verify(environment: Environment, progress, window: float | None = None) -> 
     return True, ""
 
 
+def _switch_began(run: Run) -> bool:
+    """After an unexpected error inside the backend's deploy: whether what the environment ran
+    before may no longer run (the switch began), asked of the backend itself. If so the run is
+    recorded as switched, so that it ends like a version that did not start: with auto_rollback
+    the previous stable version is deployed again. A backend that cannot say counts as
+    switched: restoring what ran is safer than trusting it still runs."""
+    environment = run.environment
+    before = environment.current_image.digest if environment.current_image_id else None
+    try:
+        backend = get_backend(environment.backend, environment.backend_settings)
+        running = backend.running_version(environment.slug)
+    except Exception:  # the backend cannot say: it may be what failed
+        log.warning("run %s: could not ask the backend what runs", run.pk, exc_info=True)
+        running = "unknown"
+    if running == before:
+        return False
+    services.record_switch(run_id=run.pk, backend_ref={})
+    return True
+
+
 def _crashed(run: Run, exc: Exception, *, environment_broken: bool) -> None:
+    """End ``run`` failed after an unexpected ``exc``: the traceback goes to the server log
+    (for whoever fixes it), the run's log a sentence (for whoever reads it)."""
     log.exception("run %s crashed", run.pk)
-    services.record_progress(
-        run_id=run.pk, message=traceback.format_exc(), level=RunEvent.Level.ERROR
+    left = (
+        " What ran before may no longer run: the previous stable version is restored where "
+        "auto-rollback is on."
+        if environment_broken
+        else ""
     )
     services.finish_run(
         run_id=run.pk,
         succeeded=False,
-        error=f"Unexpected error: {exc!r}",
+        error=f"Unexpected error in opsweb or the {run.environment.backend} backend "
+        f"({type(exc).__name__}: {exc}); the details are in the server log.{left}",
         environment_broken=environment_broken,
     )
 
@@ -294,6 +320,7 @@ def reconcile() -> dict:
             services.enqueue(head.pk)
             restarted.append(environment_id)
     resent = notifications.retry_due()
+    services.base.forget_used_seals(timezone.now())
     return {"expired": expired, "lost": lost, "restarted": restarted, "notifications": resent}
 
 

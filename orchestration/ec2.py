@@ -12,6 +12,7 @@ what drift checks read. Credentials come from the standard AWS chain, as for ECS
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import re
 import shlex
@@ -46,6 +47,8 @@ from orchestration.ecs import (
     make_client,
     pinned_image,
 )
+
+log = logging.getLogger(__name__)
 
 DOCS = "docs/ec2-backend.md"
 IMAGE_TAG = "opsweb:image"
@@ -454,6 +457,18 @@ class Ec2Backend(DeployBackend):
                 self._stop_rollout(
                     label, str(exc).rstrip("."), switched, previous, request, progress
                 )
+            except Exception as exc:
+                # A bug or an unexpected answer once switching has begun: the switched
+                # instances go back like after a failed batch; the traceback to the server log.
+                log.exception("EC2 rollout of %s failed at %s", image, label)
+                self._stop_rollout(
+                    label,
+                    f"unexpected error ({type(exc).__name__}: {exc})",
+                    switched,
+                    previous,
+                    request,
+                    progress,
+                )
             switched += [o.instance_id for o in outcomes if o.switched]
             failed += [o for o in outcomes if not o.ok]
             if len(failed) > allowed:
@@ -519,8 +534,8 @@ class Ec2Backend(DeployBackend):
             restore_failed = "; ".join(
                 o.describe() for o in self._restore(switched, previous, request, progress)
             )
-        except DeployError as exc:
-            restore_failed = str(exc).rstrip(".")
+        except Exception as exc:  # any failure of the restore leaves the environment broken
+            restore_failed = str(exc).rstrip(".") or type(exc).__name__
         if restore_failed:
             raise DeployError(
                 f"The rollout stopped at {label.lower()}: {failures}. Restoring the instances "

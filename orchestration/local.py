@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import io
 import json
+import logging
 import math
 import os
 import select
@@ -25,7 +26,7 @@ import sys
 import tarfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ from orchestration.base import (
 )
 
 DEFAULT_COMMAND = ["python", "main_orchestrator.py"]
+
+log = logging.getLogger(__name__)
 
 
 @register
@@ -70,7 +73,12 @@ class LocalProcessBackend(DeployBackend):
                 raise ValueError
         except (TypeError, ValueError):
             errors["port"] = "Give a port number between 1024 and 65535."
-        host = str(settings.get("host", "127.0.0.1"))
+        host = str(settings.get("host", "127.0.0.1")).strip()
+        if not local_address(host):
+            errors["host"] = (
+                "Give an IPv4 address or name of this machine to listen on, e.g. 127.0.0.1 or "
+                "0.0.0.0."
+            )
         start_timeout = _seconds(settings, "start_timeout", 15, errors)
         stop_timeout = _seconds(settings, "stop_timeout", 10, errors)
         state_dir = str(settings.get("state_dir", "")).strip()
@@ -188,52 +196,114 @@ class LocalProcessBackend(DeployBackend):
                 )
             else:
                 write_lines()
-            self._write_state(request.environment, {})
+            try:
+                return self._start_new(request, workdir, stopped_previous, write_lines, progress)
+            except DeployError:
+                raise  # a sentence already, and previous_stopped says what is left
+            except Exception as exc:
+                # A bug or a fault of this machine, not of the version: what ran before is put
+                # back at once; the traceback goes to the server log, the run gets a sentence.
+                log.exception("local deploy of %s to %s failed", request.tag, request.environment)
+                write_lines()
+                raise self._restore(request, state if stopped_previous else {}, exc) from None
 
-            port, host = self.settings["port"], self.settings["host"]
-            if port_in_use(host, port):
-                write_lines()
-                raise DeployError(
-                    f"Port {port} on {host} is in use by a process opsweb did not start; "
-                    f"stop it or give this environment another port.",
-                    previous_stopped=stopped_previous,
-                )
-            t = time.monotonic()
-            logs = self.state_dir / "logs"
-            logs.mkdir(parents=True, exist_ok=True)
-            log_path = logs / f"{request.environment}-{request.tag}-{int(time.time())}.log"
-            starting = {
-                "start_id": uuid.uuid4().hex,
-                "tag": request.tag,
-                "digest": request.digest,
-                "git_sha": request.git_sha,
-                "port": port,
-                "log": str(log_path),
-                "workdir": str(workdir),
-            }
-            # Written before the start: a worker killed between the start and the next write
-            # leaves a process that its start id finds (``_adopt``), not a stranger on the port.
-            self._write_state(request.environment, starting)
-            try:
-                pid, started = self._start(request, workdir, log_path, starting["start_id"])
-            except DeployError as exc:
-                self._write_state(request.environment, {})
-                raise DeployError(str(exc), previous_stopped=stopped_previous) from None
-            finally:
-                write_lines()
-            self._write_state(request.environment, {**starting, "pid": pid, "started": started})
-            try:
-                self._wait_until_listening(pid, started, host, port, log_path, Heartbeat(progress))
-            except DeployError as exc:
-                raise DeployError(str(exc), previous_stopped=stopped_previous) from None
-            progress(
-                f"Started {request.tag} as pid {pid}, listening on {host}:{port}",
-                time.monotonic() - t,
+    def _start_new(
+        self,
+        request: DeployRequest,
+        workdir: Path,
+        stopped_previous: bool,
+        write_lines: Callable[[], None],
+        progress: Progress,
+    ) -> DeployResult:
+        """Start ``request``'s version from ``workdir`` (what ran before is stopped already)
+        and wait until it listens. Raises DeployError for what the version or the port did,
+        with ``previous_stopped`` as given."""
+        self._write_state(request.environment, {})
+        port, host = self.settings["port"], self.settings["host"]
+        if port_in_use(host, port):
+            write_lines()
+            raise DeployError(
+                f"Port {port} on {host} is in use by a process opsweb did not start; "
+                f"stop it or give this environment another port.",
+                previous_stopped=stopped_previous,
             )
-            return DeployResult(
-                ref={"pid": pid, "port": port, "log": str(log_path)},
-                message=f"{request.tag} runs as pid {pid} on port {port}",
+        t = time.monotonic()
+        logs = self.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{request.environment}-{request.tag}-{int(time.time())}.log"
+        starting = {
+            "start_id": uuid.uuid4().hex,
+            "tag": request.tag,
+            "digest": request.digest,
+            "git_sha": request.git_sha,
+            "port": port,
+            "log": str(log_path),
+            "workdir": str(workdir),
+        }
+        # Written before the start: a worker killed between the start and the next write
+        # leaves a process that its start id finds (``_adopt``), not a stranger on the port.
+        self._write_state(request.environment, starting)
+        try:
+            pid, started = self._start(request, workdir, log_path, starting["start_id"])
+        except DeployError as exc:
+            self._write_state(request.environment, {})
+            raise DeployError(str(exc), previous_stopped=stopped_previous) from None
+        finally:
+            write_lines()
+        self._write_state(request.environment, {**starting, "pid": pid, "started": started})
+        try:
+            self._wait_until_listening(pid, started, host, port, log_path, Heartbeat(progress))
+        except DeployError as exc:
+            raise DeployError(str(exc), previous_stopped=stopped_previous) from None
+        progress(
+            f"Started {request.tag} as pid {pid}, listening on {host}:{port}",
+            time.monotonic() - t,
+        )
+        return DeployResult(
+            ref={"pid": pid, "port": port, "log": str(log_path)},
+            message=f"{request.tag} runs as pid {pid} on port {port}",
+        )
+
+    def _restore(self, request: DeployRequest, previous: dict[str, Any], exc: Exception):
+        """After an unexpected ``exc`` while starting ``request``'s version: stop whatever of
+        it started, start ``previous`` (the state of the process stopped for it; {} if none)
+        again, and return the DeployError to raise: ``previous_stopped`` only when the
+        previous version could not be started again."""
+        failed = f"Starting {request.tag} failed ({type(exc).__name__}: {exc})"
+        with contextlib.suppress(Exception):
+            started = self.read_state(request.environment)
+            if process_alive(started.get("pid"), started.get("started")):
+                stop_process(started["pid"], self.settings["stop_timeout"])
+            self._write_state(request.environment, {})
+        if not previous.get("git_sha"):
+            return DeployError(f"{failed}; nothing ran before it.", previous_stopped=False)
+        again = DeployRequest(
+            environment=request.environment,
+            settings=request.settings,
+            repository=request.repository,
+            tag=previous.get("tag", "previous version"),
+            digest=previous.get("digest", ""),
+            git_sha=previous["git_sha"],
+            is_rollback=True,
+        )
+        try:
+            result = self._start_new(
+                again,
+                Path(previous.get("workdir") or self._export(previous["git_sha"])),
+                False,
+                lambda: None,
+                no_progress,
             )
+        except Exception as second:  # named in the sentence, its traceback logged here
+            log.warning("restoring %s after a failed deploy failed", again.tag, exc_info=True)
+            return DeployError(
+                f"{failed}; starting {again.tag} again failed too ({second}).",
+                previous_stopped=True,
+            )
+        return DeployError(
+            f"{failed}; {again.tag} was started again ({result.message}).",
+            previous_stopped=False,
+        )
 
     def _export(self, git_sha: str) -> Path:
         target = self.state_dir / "versions" / git_sha
@@ -478,6 +548,19 @@ def exit_description(pid: int) -> str:
     if os.WIFSIGNALED(status):
         return f"killed by signal {os.WTERMSIG(status)}"
     return "exit status unknown"
+
+
+def local_address(host: str) -> bool:
+    """Whether ``host`` (an IPv4 address or a name) is an address of this machine a process can
+    listen on: it resolves, and a socket binds to it."""
+    if not host or any(c.isspace() for c in host):
+        return False
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+    except (OSError, UnicodeError):
+        return False
+    return True
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -2,12 +2,23 @@
 and the POST, the service refuses with a sentence and writes nothing (opsweb.admin.confirm)."""
 
 import pytest
+from django.contrib.auth.models import Group
 from django.urls import reverse
 
 from opsweb import services
-from opsweb.models import Approval, AuditEntry, Environment, ImageVersion, Run, RunStatus, Signoff
+from opsweb.models import (
+    Approval,
+    ApprovalRule,
+    AuditEntry,
+    Environment,
+    ImageVersion,
+    Run,
+    RunStatus,
+    Signoff,
+)
+from opsweb.services import facts
 from tests.conftest import make_image, make_user, succeed_in
-from tests.test_admin import login, messages_of, post_form
+from tests.test_admin import hidden_fields, login, messages_of, post_form
 
 pytestmark = pytest.mark.django_db
 
@@ -221,3 +232,129 @@ def test_approve_page_says_nothing_about_a_run_to_someone_who_may_not_view_runs(
         text = response.content.decode()
         assert "You may not view runs." in text
         assert "succeeded" not in text and f"#{finished.pk}" not in text
+
+
+# -- a seal binds its object, its page, its version, its moment, and is used once --------------
+
+
+def page_fields(client, url) -> dict[str, str]:
+    page = client.get(url)
+    assert page.status_code == 200, page.status_code
+    return hidden_fields(page.text)
+
+
+def test_an_approval_page_posted_to_another_runs_url_is_refused(flow, staged, alice):
+    # Two deploys whose pages show the same facts (same status, approvals, version, and what
+    # their environments run): the seal of one must not approve the other.
+    v2, v3 = staged[1], make_image("3.0.0")
+    local, dev = flow["local"], flow["dev"]
+    succeed_in(local, v2)
+    deployers = Group.objects.get(name="deployers")
+    for env in (local, dev):
+        ApprovalRule.objects.update_or_create(environment=env, defaults={"group": deployers})
+    first = services.request_deploy(user=alice, environment=local, image=v3)
+    second = services.request_deploy(user=alice, environment=dev, image=v3)
+    assert facts.run_facts(first) == facts.run_facts(second)
+    client = login(make_user("erin", "deployers"))
+    fields = page_fields(client, run_action(first, "approve"))
+    response = client.post(run_action(second, "approve"), fields, follow=True)
+    assert refused(
+        response,
+        f"This confirmation page was shown to approve {first}, not to approve {second}; "
+        f"nothing was done.",
+    )
+    assert not Approval.objects.exists()
+    assert Run.objects.get(pk=second.pk).status == RunStatus.PENDING
+
+
+def test_a_confirmation_posted_again_later_is_refused_even_when_its_facts_hold_again(
+    flow, staged, bob
+):
+    prod = flow["production"]
+    client = login(bob)
+    fields = page_fields(client, env_action(prod, "freeze"))
+    client.post(env_action(prod, "freeze"), {**fields, "comment": "weekend"}, follow=True)
+    services.set_frozen(user=bob, environment=prod, frozen=False)  # "frozen: no" holds again
+    response = client.post(env_action(prod, "freeze"), {**fields, "comment": "again"}, follow=True)
+    assert refused(response, "was already used once; nothing was done again")
+    assert not Environment.objects.get(pk=prod.pk).is_frozen
+    assert AuditEntry.objects.filter(action="set_frozen").count() == 2  # froze, unfroze
+
+
+def test_signoff_of_a_version_the_page_did_not_show_is_refused(flow, bob):
+    staging = flow["staging"]
+    v09, v1 = make_image("0.9.0"), make_image("1.0.0")
+    succeed_in(staging, v09)
+    succeed_in(staging, v1)  # the page shows 1.0.0; 0.9.0 succeeded there before
+    client = login(bob)
+    fields = page_fields(client, env_action(staging, "signoff"))
+    assert fields["image"] == str(v1.pk)
+    response = client.post(
+        env_action(staging, "signoff"), {**fields, "image": str(v09.pk)}, follow=True
+    )
+    assert refused(response, "the page showed 1.0.0")
+    assert refused(response, "but 0.9.0 (")
+    assert not Signoff.objects.exists()
+
+
+def test_deploy_of_a_version_the_page_did_not_show_is_refused(flow, staged, alice):
+    v3, v4 = make_image("3.0.0"), make_image("4.0.0")
+    client = login(alice)
+    url = env_action(flow["dev"], "deploy")
+    fields = page_fields(client, url + f"?image={v4.pk}")
+    response = client.post(url, {**fields, "image": str(v3.pk)}, follow=True)
+    assert refused(response, "the page showed 4.0.0")
+    assert not Run.objects.filter(image__in=[v3, v4]).exists()
+
+
+def resealed(fields: dict, obj, page: str, minutes: int, chosen=None) -> dict:
+    """The page's fields with its seal made ``minutes`` ago (the page left open that long)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    shown = services.base.unseal(fields["seen"])
+    token = services.base.seal(
+        shown.facts,
+        bound_to=obj,
+        page=page,
+        chosen=chosen,
+        at=timezone.now() - timedelta(minutes=minutes),
+    )
+    return {**fields, "seen": token}
+
+
+def test_a_page_older_than_15_minutes_is_refused_and_changes_nothing(flow, staged, bob):
+    prod = flow["production"]
+    client = login(bob)
+    url = env_action(prod, "freeze")
+    fields = resealed(page_fields(client, url), prod, "freeze", minutes=16)
+    response = client.post(url, {**fields, "comment": "weekend"}, follow=True)
+    assert refused(response, "This page is more than 15 minutes old; reload it and check again")
+    assert not Environment.objects.get(pk=prod.pk).is_frozen
+    assert not AuditEntry.objects.filter(action="set_frozen").exists()
+    # Within the 15 minutes the same page still confirms.
+    fields = resealed(page_fields(client, url), prod, "freeze", minutes=14)
+    client.post(url, {**fields, "comment": "weekend"}, follow=True)
+    assert Environment.objects.get(pk=prod.pk).is_frozen
+
+
+def test_commands_pass_no_seal_and_keep_working(flow, staged, alice, bob):
+    run = services.request_promotion(user=alice, target=flow["staging"])
+    assert services.approve_run(user=bob, run=run).status == RunStatus.QUEUED
+
+
+def test_used_seals_are_forgotten_once_they_could_not_be_posted_again(flow, staged, bob):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from opsweb.models import UsedSeal
+
+    prod = flow["production"]
+    client = login(bob)
+    post_form(client, env_action(prod, "freeze"), {"comment": "weekend"})
+    assert UsedSeal.objects.count() == 1
+    assert services.base.forget_used_seals(timezone.now()) == 0
+    later = timezone.now() + timedelta(minutes=17)  # past the 15 minutes and the margin
+    assert services.base.forget_used_seals(later) == 1

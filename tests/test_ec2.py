@@ -599,6 +599,38 @@ def test_an_aws_error_halfway_restores_what_was_switched(aws, ssm):
     assert image_tags(aws, instances) == {i: f"{REPOSITORY}@{before}" for i in instances}
 
 
+def test_an_unexpected_error_halfway_restores_what_was_switched(aws, ssm, monkeypatch):
+    # Not an AWS refusal but a fault in opsweb's own handling (which no AWS answer provokes):
+    # once switching has begun, it is handled like a failed batch.
+    instances = make_group(aws, count=2)["instances"]
+    backend = get_backend("ec2", settings_for(aws))
+    before = fake_digest("before")
+    client(aws, "ec2").create_tags(
+        Resources=instances, Tags=[{"Key": "opsweb:image", "Value": f"{REPOSITORY}@{before}"}]
+    )
+    leave = type(backend)._leave_target_group
+    calls = []
+
+    def fails_second(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyError("TargetHealthDescriptions")
+        return leave(self, *args)
+
+    monkeypatch.setattr(type(backend), "_leave_target_group", fails_second)
+    with pytest.raises(DeployError) as caught:
+        backend.deploy(
+            DeployRequest("dev", backend.settings, REPOSITORY, "1.0.0", fake_digest("half"))
+        )
+
+    assert str(caught.value) == (
+        "The rollout stopped at batch 2/2: unexpected error (KeyError: "
+        f"'TargetHealthDescriptions'). {instances[0]} went back to the image they ran before."
+    )
+    assert caught.value.previous_stopped is False
+    assert image_tags(aws, instances) == {i: f"{REPOSITORY}@{before}" for i in instances}
+
+
 def test_failures_within_max_errors_finish_and_show_as_drift(aws, flow, alice, ssm):
     instances = make_group(aws, count=3)["instances"]
     dev = use_ec2(flow["dev"], aws, max_errors="1")

@@ -177,3 +177,46 @@ def test_stop_process_stops_a_process_another_process_started():
 
     assert stop_process(pid, timeout=10) == "stopped with TERM"
     assert not process_alive(pid)
+
+
+@pytest.mark.parametrize("host", ["no such host", "nosuchhost.invalid", "192.0.2.1", "::1", ""])
+def test_local_host_that_is_not_an_address_of_this_machine_is_refused(host, tmp_path):
+    with pytest.raises(SettingsError) as exc:
+        LocalProcessBackend(
+            {"repository": "/r", "port": 8101, "state_dir": str(tmp_path), "host": host}
+        )
+    assert set(exc.value.errors) == {"host"}
+    assert "address or name of this machine" in exc.value.errors["host"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "localhost"])  # noqa: S104 (accepted, not bound)
+def test_local_host_of_this_machine_is_accepted(host, tmp_path):
+    backend = LocalProcessBackend(
+        {"repository": "/r", "port": 8101, "state_dir": str(tmp_path), "host": host}
+    )
+    assert backend.settings["host"] == host
+
+
+def test_local_error_after_the_stop_starts_the_previous_version_again(backend, repo, monkeypatch):
+    # A fault of opsweb or the machine while checking the new version (not the version's own
+    # failure): what ran before answers again, and the error is one sentence.
+    backend.deploy(request(repo, "1.0.0"))
+    port = backend.settings["port"]
+    check = LocalProcessBackend._wait_until_listening
+    calls = []
+
+    def fails_once(self, *args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("lost the process table")
+        return check(self, *args)
+
+    monkeypatch.setattr(LocalProcessBackend, "_wait_until_listening", fails_once)
+    with pytest.raises(DeployError) as exc:
+        backend.deploy(request(repo, "1.1.0"))
+    assert str(exc.value).startswith(
+        "Starting 1.1.0 failed (RuntimeError: lost the process table); 1.0.0 was started again"
+    )
+    assert exc.value.previous_stopped is False
+    assert get_json(port)["version"] == "1.0.0"
+    assert backend.running_version("test") == request(repo, "1.0.0").digest

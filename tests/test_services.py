@@ -512,7 +512,10 @@ def test_roll_back_refuses_when_what_the_approver_saw_changed(flow, bob):
     v1, v2, v3 = make_image("1.0.0"), make_image("1.1.0"), make_image("1.2.0")
     for image in (v1, v2, v3):
         succeed_in(prod, image)
-    seen = facts.rollback_facts(prod)  # the second approver's page: 1.2.0 → 1.1.0
+    # The second approver's page: 1.2.0 → 1.1.0, sealed as the page seals it.
+    seen = services.base.unseal(
+        services.base.seal(facts.rollback_facts(prod), bound_to=prod, page="rollback")
+    )
     first = services.roll_back(user=bob, environment=prod, reason="critical_errors")
     succeed_in(prod, first.image)  # the first click's rollback to 1.1.0 finished
     Run.objects.filter(pk=first.pk).update(status=RunStatus.SUCCEEDED)

@@ -397,3 +397,116 @@ def test_a_garbled_health_answer_fails_the_run_and_rolls_back(local_flow, alice)
         garbage.close()
     assert broken.status == RunStatus.FAILED and "unusable answer" in broken.error
     assert Run.objects.filter(triggered_by=broken, kind=RunKind.ROLLBACK).exists()
+
+
+# -- a failure after the old version was stopped restores it -----------------------------------
+
+
+def no_traceback_in_the_log(run: Run) -> None:
+    messages = " ".join(run.events.values_list("message", flat=True))
+    assert "Traceback" not in messages and 'File "' not in messages, messages
+
+
+def test_a_bad_host_fails_the_deploy_and_the_old_version_still_answers(local_flow, alice):
+    flow, images = local_flow
+    dev = flow["dev"]
+    assert deploy(alice, dev, images["1.0.0"]).status == RunStatus.SUCCEEDED
+    # As saved before hosts were checked (the admin refuses it now: see below).
+    Environment.objects.filter(pk=dev.pk).update(
+        backend_settings={**dev.backend_settings, "host": "nosuchhost.invalid"}
+    )
+    run = deploy(alice, dev, images["1.1.0"])
+    assert run.status == RunStatus.FAILED
+    assert "host: Give an IPv4 address or name of this machine" in run.error
+    no_traceback_in_the_log(run)
+    assert get_json(service_url(dev))["version"] == "1.0.0"
+    assert Environment.objects.get(pk=dev.pk).current_image == images["1.0.0"]
+
+
+def test_a_bad_host_is_refused_when_the_environment_is_configured(local_flow):
+    from django.core.exceptions import ValidationError
+
+    flow, _ = local_flow
+    dev = Environment.objects.get(pk=flow["dev"].pk)  # a copy: the fixture stops the original
+    dev.backend_settings = {**dev.backend_settings, "host": "nosuchhost.invalid"}
+    with pytest.raises(ValidationError) as exc:
+        dev.full_clean()
+    assert "host: Give an IPv4 address or name of this machine" in str(exc.value)
+
+
+def fail_checks(monkeypatch, times: int) -> None:
+    """The first ``times`` checks that a started process listens fail with an unexpected error
+    (a fault of opsweb or the machine, which no version can provoke)."""
+    check = LocalProcessBackend._wait_until_listening
+    calls = []
+
+    def flaky(self, *args):
+        calls.append(1)
+        if len(calls) <= times:
+            raise RuntimeError("lost the process table")
+        return check(self, *args)
+
+    monkeypatch.setattr(LocalProcessBackend, "_wait_until_listening", flaky)
+
+
+def test_an_error_while_starting_the_new_version_restarts_the_old_one(
+    local_flow, alice, monkeypatch
+):
+    flow, images = local_flow
+    dev = flow["dev"]
+    deploy(alice, dev, images["1.0.0"])
+    fail_checks(monkeypatch, times=1)
+    run = deploy(alice, dev, images["1.1.0"])
+    assert run.status == RunStatus.FAILED
+    assert run.error.startswith("Starting 1.1.0 failed (RuntimeError: lost the process table)")
+    assert "1.0.0 was started again" in run.error
+    no_traceback_in_the_log(run)
+    assert get_json(service_url(dev))["version"] == "1.0.0"
+    dev.refresh_from_db()
+    assert dev.current_image == images["1.0.0"] and not images["1.1.0"].is_bad
+
+
+def test_when_the_old_version_cannot_be_restarted_either_auto_rollback_restores_it(
+    local_flow, alice, monkeypatch
+):
+    flow, images = local_flow
+    dev = flow["dev"]
+    deploy(alice, dev, images["1.0.0"])
+    fail_checks(monkeypatch, times=2)  # the new version, then the restart of the old one
+    run = deploy(alice, dev, images["1.1.0"])
+    assert run.status == RunStatus.FAILED
+    assert "starting 1.0.0 again failed too" in run.error
+    no_traceback_in_the_log(run)
+    rollback = Run.objects.get(triggered_by=run)
+    assert (rollback.status, rollback.image.tag) == (RunStatus.SUCCEEDED, "1.0.0")
+    assert get_json(service_url(dev))["version"] == "1.0.0"
+
+
+def test_a_backend_failing_unexpectedly_after_stopping_what_ran_is_rolled_back(
+    local_flow, alice, monkeypatch
+):
+    # Any backend (ECS, EC2…): an unexpected error once the switch began; opsweb asks the
+    # backend what runs, finds the old version gone, and restores it by auto-rollback.
+    flow, images = local_flow
+    dev = flow["dev"]
+    deploy(alice, dev, images["1.0.0"])
+    real_deploy = LocalProcessBackend.deploy
+    calls = []
+
+    def stops_then_fails(self, request, progress=None):
+        calls.append(1)
+        if len(calls) == 1:
+            self.stop(request.environment)
+            raise KeyError("taskDefinition")
+        return real_deploy(self, request, progress)
+
+    monkeypatch.setattr(LocalProcessBackend, "deploy", stops_then_fails)
+    run = deploy(alice, dev, images["1.1.0"])
+    assert run.status == RunStatus.FAILED
+    assert "Unexpected error in opsweb or the local backend (KeyError: 'taskDefinition')" in (
+        run.error
+    )
+    no_traceback_in_the_log(run)
+    rollback = Run.objects.get(triggered_by=run)
+    assert (rollback.status, rollback.image.tag) == (RunStatus.SUCCEEDED, "1.0.0")
+    assert get_json(service_url(dev))["version"] == "1.0.0"

@@ -30,7 +30,9 @@ from opsweb.services import NotAllowed, ReleaseError
 
 
 class ConfirmForm(forms.Form):
-    """Every confirmation posts back the facts it showed, signed (``services.seal``)."""
+    """Every confirmation posts back what it showed, signed (``services.base.seal``): the
+    object, the page, the version, the moment, a nonce and the facts. The service it calls
+    checks each (``services.base.check_seen``)."""
 
     seen = forms.CharField(widget=forms.HiddenInput)
 
@@ -269,7 +271,15 @@ class ConfirmingAdmin(OpswebAdmin):
             return redirect(self.object_url(obj))
         facts = confirmation.facts(obj, chosen)
         if not form.is_bound:
-            form = form_class(initial={"seen": services.base.seal(facts)})
+            # Every seal names the object, the page, the version shown and the moment, with a
+            # nonce: no page can forget to bind them, and each service checks them all.
+            token = services.base.seal(
+                facts,
+                bound_to=obj,
+                page=confirmation.name,
+                chosen=chosen if isinstance(chosen, ImageVersion) else None,
+            )
+            form = form_class(initial={"seen": token})
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,

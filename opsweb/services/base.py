@@ -4,19 +4,20 @@ events and handing runs to workers."""
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from dataclasses import field as dc_field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core import signing
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -33,6 +34,7 @@ from opsweb.models import (
     RunEvent,
     RunKind,
     RunStatus,
+    UsedSeal,
 )
 
 log = logging.getLogger(__name__)
@@ -641,29 +643,147 @@ def superseded_reason(run: Run) -> str:
 _SEEN_SALT = "opsweb.seen"
 
 
-def seal(facts: Mapping[str, str]) -> str:
-    """The facts a confirmation page showed, signed, to post back with the form."""
-    return signing.dumps(dict(facts), salt=_SEEN_SALT, compress=True)
+@dataclass(frozen=True)
+class Seal:
+    """What one confirmation page showed, as posted back and verified (``unseal``): the object
+    the page was for (``bound_to``, "opsweb.run:42", and ``bound_text``, how the page named
+    it), the page (``page``, the confirmation's name), the version it showed as chosen
+    (``chosen``, "opsweb.imageversion:7 sha256:…", or ""), when it was shown (``issued_at``,
+    UTC), a ``nonce`` consumed by the one service call it allows, and the ``facts`` it showed
+    (``services.facts``)."""
+
+    bound_to: str
+    bound_text: str
+    page: str
+    chosen: str
+    chosen_text: str
+    issued_at: datetime
+    nonce: str
+    facts: dict[str, str]
+
+    def get(self, label: str, default: str | None = None) -> str | None:
+        """One fact as the page showed it."""
+        return self.facts.get(label, default)
 
 
-def unseal(token: str) -> dict[str, str] | None:
+def bound_key(obj) -> str:
+    """How a seal names a model instance: "<app>.<model>:<pk>"; "" for None."""
+    return f"{obj._meta.label_lower}:{obj.pk}" if obj is not None else ""
+
+
+def _chosen_key(image: ImageVersion | None) -> str:
+    # The digest too: a version is what it deploys, not only its row.
+    return f"{bound_key(image)} {image.digest}" if image is not None else ""
+
+
+def seal(
+    facts: Mapping[str, str],
+    *,
+    bound_to,
+    page: str,
+    chosen: ImageVersion | None = None,
+    at: datetime | None = None,
+) -> str:
+    """The token a confirmation page posts back: ``facts`` it showed, the object it was for
+    (``bound_to``, a model instance), the ``page`` (confirmation name), the version it showed
+    as ``chosen``, the moment it was shown (``at``, UTC; default now) and a fresh nonce,
+    signed with SECRET_KEY. ``check_seen`` verifies each against the service's call."""
+    at = at or timezone.now()
+    payload = {
+        "o": bound_key(bound_to),
+        "ot": str(bound_to),
+        "p": page,
+        "c": _chosen_key(chosen),
+        "ct": describe(chosen) if chosen is not None else "",
+        "t": at.timestamp(),
+        "n": secrets.token_urlsafe(18),
+        "f": dict(facts),
+    }
+    return signing.dumps(payload, salt=_SEEN_SALT, compress=True)
+
+
+def unseal(token: str) -> Seal | None:
+    """The seal a page posted back, or None when it was altered, forged or has another shape
+    (an older opsweb's). Its age is checked by ``check_seen``, which can say so."""
     try:
-        facts = signing.loads(token, salt=_SEEN_SALT)
-    except signing.BadSignature:
+        data = signing.loads(token, salt=_SEEN_SALT)
+        return Seal(
+            bound_to=str(data["o"]),
+            bound_text=str(data["ot"]),
+            page=str(data["p"]),
+            chosen=str(data["c"]),
+            chosen_text=str(data["ct"]),
+            issued_at=datetime.fromtimestamp(float(data["t"]), tz=UTC),
+            nonce=str(data["n"]),
+            facts={str(k): str(v) for k, v in dict(data["f"]).items()},
+        )
+    except (signing.BadSignature, KeyError, TypeError, ValueError, OverflowError):
         return None
-    return facts if isinstance(facts, dict) else None
 
 
-def check_seen(seen: Mapping[str, str] | None, now, *, subject, action) -> None:
-    """Refuse when what the person saw (``seen``) differs from what is true ``now`` (the facts,
-    or a function returning them: read only when there is something to compare).
+def seal_max_age() -> timedelta:
+    return timedelta(seconds=settings.OPSWEB["CONFIRMATION_MAX_AGE_SECONDS"])
+
+
+def _age_text(age: timedelta) -> str:
+    seconds = int(age.total_seconds())
+    if seconds % 60 == 0:
+        minutes = seconds // 60
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def check_seen(
+    seen: Seal | None,
+    now,
+    *,
+    subject,
+    action: str,
+    bound_to,
+    page: str,
+    chosen: ImageVersion | None = None,
+) -> None:
+    """Refuse unless the confirmation ``seen`` was shown for this very call: for ``bound_to``
+    (the object the service acts through), as ``page`` (the confirmation's name), with
+    ``chosen`` as the version, less than OPSWEB_CONFIRMATION_MAX_AGE_SECONDS ago, never used
+    before, and showing the facts that are true ``now`` (the facts, or a function returning
+    them: read only when there is something to compare). Consumes the seal's nonce (a
+    ``UsedSeal`` row in the caller's transaction, so a refusal after it leaves none).
 
     ``seen`` None means the caller showed nothing (a command line): nothing to compare.
-    Raises ReleaseError naming each fact that changed: "AWS Staging changed since you looked:
-    it now runs 1.2.1 (you saw 1.2.0); review the UAT sign-off again."
+    Raises ReleaseError naming what differs, e.g. "AWS Staging changed since you looked: what
+    it runs is now 1.2.1 (you saw 1.2.0). Review the UAT sign-off again before confirming.";
+    TypeError for a ``seen`` that is not a ``Seal`` (a caller's mistake, not a person's).
     """
     if seen is None:
         return
+    if not isinstance(seen, Seal):
+        raise TypeError("check_seen takes the Seal a confirmation page posted back (unseal).")
+    if seen.bound_to != bound_key(bound_to) or seen.page != page:
+        raise ReleaseError(
+            f"This confirmation page was shown to {seen.page.replace('-', ' ')} "
+            f"{seen.bound_text or 'something else'}, not to {page.replace('-', ' ')} "
+            f"{bound_to}; nothing was done. "
+            f"Open the page of what you mean to confirm."
+        )
+    if timezone.now() - seen.issued_at > seal_max_age():
+        raise ReleaseError(
+            f"This page is more than {_age_text(seal_max_age())} old; reload it and check again."
+        )
+    if seen.chosen != _chosen_key(chosen):
+        raise ReleaseError(
+            f"{subject}: the page showed {seen.chosen_text or 'no version'}, but "
+            f"{describe(chosen) if chosen is not None else 'no version'} was posted; nothing "
+            f"was done. Reload the page and check again."
+        )
+    try:
+        with transaction.atomic():
+            UsedSeal.objects.create(nonce=seen.nonce, page=page, bound_to=seen.bound_to)
+    except IntegrityError:
+        raise ReleaseError(
+            f"This confirmation of {page} for {seen.bound_text} was already used once; nothing "
+            f"was done again. Reload the page to act again."
+        ) from None
     if callable(now):
         now = now()
     changed = [
@@ -676,6 +796,14 @@ def check_seen(seen: Mapping[str, str] | None, now, *, subject, action) -> None:
             f"{subject} changed since you looked: {'; '.join(changed)}. Review the {action} "
             f"again before confirming."
         )
+
+
+def forget_used_seals(now: datetime) -> int:
+    """Delete the used seals that could not be posted again anyway (older than the seals'
+    validity, with a minute's margin, at ``now`` UTC). Returns how many."""
+    cutoff = now - seal_max_age() - timedelta(minutes=1)
+    deleted, _ = UsedSeal.objects.filter(used_at__lt=cutoff).delete()
+    return deleted
 
 
 # -- recording ------------------------------------------------------------------------------

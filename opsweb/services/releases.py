@@ -27,6 +27,7 @@ from opsweb.models import (
 from opsweb.services import facts
 from opsweb.services.base import (
     ReleaseError,
+    Seal,
     actor_name,
     add_event,
     approval_deadline,
@@ -47,7 +48,8 @@ from opsweb.services.base import (
 )
 from opsweb.windows import freeze_status, open_until
 
-Seen = dict[str, str] | None
+# What a confirmation page showed, posted back (``base.Seal``); None from a command line.
+Seen = Seal | None
 
 
 def _new_run(
@@ -128,7 +130,13 @@ def request_deploy(
     """
     environment = _lock_environment(environment)
     check_seen(
-        seen, lambda: facts.environment_facts(environment), subject=environment, action="deploy"
+        seen,
+        lambda: facts.environment_facts(environment),
+        subject=environment,
+        action="deploy",
+        bound_to=environment,
+        page="deploy",
+        chosen=image,
     )
     override_reason = _override_reason(environment, override_reason)
     policy.may_deploy(user, environment, image, override=bool(override_reason)).enforce()
@@ -202,8 +210,15 @@ def request_promotion(
             f"{target} is promoted from {upstream}, not {source}; promote one step at a time."
         )
     image = image or (upstream.current_image if upstream else None)
+    # The promote page is the source's (its button is on the environment promoted from).
     check_seen(
-        seen, lambda: facts.promotion_facts(target, image), subject=target, action="promotion"
+        seen,
+        lambda: facts.promotion_facts(target, image),
+        subject=target,
+        action="promotion",
+        bound_to=upstream,
+        page="promote",
+        chosen=image,
     )
     override_reason = _override_reason(target, override_reason)
     policy.may_promote(user, target, image, override=bool(override_reason)).enforce()
@@ -306,7 +321,14 @@ def approve_run(*, user, run: Run, comment: str = "", seen: Seen = None) -> Run:
 @transaction.atomic
 def _approve(*, user, run: Run, comment: str, seen: Seen) -> Run:
     run = _lock_run(run)
-    check_seen(seen, lambda: facts.run_facts(run), subject=f"Run #{run.pk}", action="approval")
+    check_seen(
+        seen,
+        lambda: facts.run_facts(run),
+        subject=f"Run #{run.pk}",
+        action="approval",
+        bound_to=run,
+        page="approve",
+    )
     _refuse_ended(run)
     policy.may_approve(user, run).enforce()
     try:
@@ -363,7 +385,14 @@ def reject_run(*, user, run: Run, comment: str, seen: Seen = None) -> Run:
 @transaction.atomic
 def _reject(*, user, run: Run, comment: str, seen: Seen) -> Run:
     run = _lock_run(run)
-    check_seen(seen, lambda: facts.run_facts(run), subject=f"Run #{run.pk}", action="rejection")
+    check_seen(
+        seen,
+        lambda: facts.run_facts(run),
+        subject=f"Run #{run.pk}",
+        action="rejection",
+        bound_to=run,
+        page="reject",
+    )
     _refuse_ended(run)
     policy.may_reject(user, run).enforce()
     Approval.objects.create(
@@ -385,7 +414,14 @@ def cancel_run(*, user, run: Run, comment: str = "", seen: Seen = None) -> Run:
     """Cancel a run that has not started. A running deploy is not stopped halfway.
     Raises NotAllowed or ReleaseError (``policy.may_cancel``)."""
     run = _lock_run(run)
-    check_seen(seen, lambda: facts.run_facts(run), subject=f"Run #{run.pk}", action="cancellation")
+    check_seen(
+        seen,
+        lambda: facts.run_facts(run),
+        subject=f"Run #{run.pk}",
+        action="cancellation",
+        bound_to=run,
+        page="cancel",
+    )
     policy.may_cancel(user, run).enforce()
     transition(run, to=RunStatus.CANCELLED, step="cancelled")
     add_event(
@@ -414,6 +450,9 @@ def sign_off_uat(
         lambda: facts.signoff_facts(environment, image),
         subject=environment,
         action="UAT sign-off",
+        bound_to=environment,
+        page="signoff",
+        chosen=image,
     )
     policy.may_sign_off(user, environment, image).enforce()
     signoff = Signoff.objects.create(environment=environment, image=image, user=user, note=note)
@@ -455,7 +494,14 @@ def mark_bad(*, user, image: ImageVersion, reason: str, seen: Seen = None) -> Im
     if not reason or not reason.strip():
         raise ReleaseError("Say why this version is bad: a reason is required.")
     image = ImageVersion.objects.select_for_update().get(pk=image.pk)
-    check_seen(seen, lambda: facts.image_facts(image), subject=str(image), action="mark bad")
+    check_seen(
+        seen,
+        lambda: facts.image_facts(image),
+        subject=str(image),
+        action="mark bad",
+        bound_to=image,
+        page="mark-bad",
+    )
     policy.may_mark_bad(user, image).enforce()
     _mark_bad(image, user=user, reason=reason.strip())
     return image
@@ -498,6 +544,8 @@ def roll_back(
             lambda: facts.rollback_facts(environment),
             subject=environment,
             action="rollback",
+            bound_to=environment,
+            page="rollback",
         )
         policy.may_roll_back(user, environment).enforce()
         current = environment.current_image
@@ -593,7 +641,12 @@ def resume_auto_deploy(*, user, environment: Environment, seen: Seen = None) -> 
     ``resume_auto_deploy`` permission) or ReleaseError (not paused; changed since seen)."""
     environment = _lock_environment(environment)
     check_seen(
-        seen, lambda: facts.environment_facts(environment), subject=environment, action="resume"
+        seen,
+        lambda: facts.environment_facts(environment),
+        subject=environment,
+        action="resume",
+        bound_to=environment,
+        page="resume",
     )
     policy.may_resume(user, environment).enforce()
     environment.auto_deploy_paused = False
@@ -620,6 +673,8 @@ def set_frozen(
         lambda: facts.environment_facts(environment),
         subject=environment,
         action="freeze" if frozen else "unfreeze",
+        bound_to=environment,
+        page="freeze",
     )
     policy.may_freeze(user, environment).enforce()
     now = timezone.now()
