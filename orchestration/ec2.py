@@ -28,6 +28,7 @@ from orchestration.base import (
     DeployRequest,
     DeployResult,
     Progress,
+    RunningImages,
     SettingsError,
     no_progress,
     register,
@@ -413,19 +414,26 @@ class Ec2Backend(DeployBackend):
         """The digest every in-service instance runs, from the ``opsweb:image`` tags; when they
         disagree, a sentence naming which instance runs what (shown as drift). None when there
         are no instances."""
+        return self.running_images(environment).summary
+
+    def running_images(self, environment: str = "") -> RunningImages:
+        """``running_version`` as the summary, and every distinct image of the in-service
+        instances (an untagged one as "no opsweb:image tag"), so that a drift check during a
+        rollout can see that only the old and the new image run."""
         targets = [i for i in self.instances() if i.in_service]
         by_image: dict[str, list[str]] = {}
         for instance in targets:
             running = instance.digest or instance.image or f"no {IMAGE_TAG} tag"
             by_image.setdefault(running, []).append(instance.instance_id)
         if not by_image:
-            return None
+            return RunningImages(None)
         if len(by_image) == 1:
-            return next(iter(by_image))
+            return RunningImages(next(iter(by_image)), frozenset(by_image))
         # Environment.drift holds 500 characters: name a few instances per image, count the rest.
-        return "; ".join(
+        summary = "; ".join(
             f"{image} on {_some(ids)}" for image, ids in sorted(by_image.items())[:3]
         ) + (f"; {len(by_image) - 3} more images" if len(by_image) > 3 else "")
+        return RunningImages(summary, frozenset(by_image))
 
     # -- deploying ---------------------------------------------------------------------------
 

@@ -19,7 +19,14 @@ from botocore.stub import Stubber
 from django.core.exceptions import ValidationError
 
 from opsweb import services, tasks
-from opsweb.models import Environment, ImageVersion, RunEvent, RunStatus
+from opsweb.models import (
+    Environment,
+    ImageVersion,
+    NotificationChannel,
+    NotificationDelivery,
+    RunEvent,
+    RunStatus,
+)
 from orchestration import ecs
 from orchestration.base import DeployError, DeployRequest, get_backend
 from tests.conftest import fake_digest, make_image, succeed_in
@@ -308,6 +315,46 @@ def test_drift_shows_a_service_changed_behind_opsweb(aws, flow, alice):
     assert found == {"dev": expected}
     assert dev.drift == expected
     assert dev.drift_checked_at is not None
+
+
+def test_drift_check_during_a_rollout_expects_what_the_run_deploys(aws, flow, alice):
+    # argo-cd#18153: the check ran mid-rollout and reported the digest opsweb was deploying.
+    make_service(aws, "app-dev")
+    dev = use_ecs(flow["dev"], aws, "app-dev")
+    NotificationChannel.objects.create(
+        name="ops", kind="email", target="ops@example.com", events=["drift_found"]
+    )
+    old, new = ecr_image("1.0.0"), ecr_image("1.1.0")
+    deploy_through_opsweb(alice, dev, old)
+    run = services.request_deploy(user=alice, environment=dev, image=new)
+    claimed = services.claim_next_run(environment_id=dev.pk)
+    backend = get_backend("ecs", dev.backend_settings)
+    found_mid_rollout = []
+
+    def progress(message, seconds=None):
+        if message.startswith("Updated service"):  # the service now points at the new revision
+            found_mid_rollout.append(tasks.check_drift())
+
+    backend.deploy(
+        DeployRequest("dev", backend.settings, REPOSITORY, new.tag, new.digest, run_id=run.pk),
+        progress,
+    )
+
+    assert claimed.pk == run.pk
+    assert found_mid_rollout == [{}]
+    dev.refresh_from_db()
+    assert dev.drift == "" and dev.drift_checked_at is not None
+    assert not NotificationDelivery.objects.filter(event="drift_found").exists()
+
+    hotfix = fake_digest("hotfix")
+    backend.deploy(DeployRequest("dev", backend.settings, REPOSITORY, "hotfix", hotfix))
+    found = tasks.check_drift()
+
+    expected = (
+        f"service runs {hotfix}, while run #{run.pk} deploys 1.1.0 ({new.digest}) in place of 1.0.0"
+    )
+    assert found == {"dev": expected}
+    assert NotificationDelivery.objects.filter(event="drift_found").count() == 1
 
 
 def test_full_promotion_staging_to_production(aws, flow, alice, bob, carol):
