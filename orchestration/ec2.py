@@ -17,7 +17,7 @@ import re
 import shlex
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -154,6 +154,28 @@ class Outcome:
     def describe(self) -> str:
         said = f": {self.output}" if self.output else " (no output)"
         return f"{self.instance_id} {self.status}{said}"
+
+
+@dataclass
+class Touched:
+    """Where each instance a deploy touched stands, updated as each step is done, so that a
+    failure at any step (a command, a tag, the target group) restores or names every one of
+    them: ``out`` were deregistered from the target group and not registered again; ``sent``
+    were sent a switch command whose outcome is not known yet; ``switched`` run the new image
+    (in the order they switched); ``kept`` ran the command, which failed and kept the old
+    container."""
+
+    out: set[str] = field(default_factory=set)
+    sent: set[str] = field(default_factory=set)
+    switched: list[str] = field(default_factory=list)
+    kept: set[str] = field(default_factory=set)
+
+    def ended(self, outcome: Outcome) -> None:
+        self.sent.discard(outcome.instance_id)
+        if outcome.switched and outcome.instance_id not in self.switched:
+            self.switched.append(outcome.instance_id)
+        elif not outcome.switched:
+            self.kept.add(outcome.instance_id)
 
 
 @register
@@ -454,22 +476,24 @@ class Ec2Backend(DeployBackend):
             self.settings, image=image, version=version, rollback=request.is_rollback
         )
         previous = {t.instance_id: t.image for t in targets}
-        switched: list[str] = []
+        touched = Touched()
         failed: list[Outcome] = []
         for number, batch in enumerate(batches, 1):
             label = f"Batch {number}/{len(batches)}"
             try:
-                outcomes = self._switch_batch(batch, script, image, label, request, progress)
+                outcomes = self._switch_batch(
+                    batch, script, image, label, request, progress, touched
+                )
             except DeployError as exc:  # AWS refused or failed a call halfway through a batch
                 self._stop_rollout(
-                    label, str(exc).rstrip("."), switched, previous, request, progress
+                    label, str(exc).rstrip("."), touched, previous, request, progress
                 )
-            switched += [o.instance_id for o in outcomes if o.switched]
             failed += [o for o in outcomes if not o.ok]
             if len(failed) > allowed:
                 failures = "; ".join(o.describe() for o in failed)
-                self._stop_rollout(label, failures, switched, previous, request, progress)
+                self._stop_rollout(label, failures, touched, previous, request, progress)
         self._publish(image, progress)
+        switched = touched.switched
         tolerated = f"; {len(failed)} failed within max_errors: " if failed else ""
         return DeployResult(
             ref={
@@ -478,19 +502,24 @@ class Ec2Backend(DeployBackend):
                 **_selector_ref(self.settings),
             },
             message=(
-                f"{len(switched) - len(failed)} instance(s) run {image} after {len(batches)} "
-                f"batch(es)"
+                f"{len(switched) - len([o for o in failed if o.switched])} instance(s) run "
+                f"{image} after {len(batches)} batch(es)"
                 f"{tolerated}{'; '.join(o.describe() for o in failed)}"
             ),
         )
 
-    def _switch_batch(self, batch, script, image, label, request, progress) -> list[Outcome]:
+    def _switch_batch(
+        self, batch, script, image, label, request, progress, touched: Touched | None = None
+    ) -> list[Outcome]:
         """Take ``batch`` out of the target group, run ``script`` on it, tag the instances that
         switched with ``image`` ("" removes the tag), put the batch back. Returns each instance's
-        outcome; one that switched but did not turn healthy in the target group has failed."""
+        outcome; one that switched but did not turn healthy in the target group has failed.
+        Each step is noted in ``touched`` as soon as it is done, so that a DeployError from any
+        AWS call leaves a true account of the batch."""
+        touched = touched if touched is not None else Touched()
         target = image or "the previous container"
         progress(f"{label}: switching {', '.join(batch)} to {target}", None)
-        draining = self._leave_target_group(batch, label, progress)
+        draining = self._leave_target_group(batch, label, progress, touched)
         if draining:
             wait = self.settings["target_timeout"]
             outcomes = [
@@ -500,7 +529,7 @@ class Ec2Backend(DeployBackend):
                 for i in batch
             ]
         else:
-            outcomes = self._run(batch, script, label, request, progress)
+            outcomes = self._run(batch, script, label, request, progress, touched)
         done = [o.instance_id for o in outcomes if o.ok]
         if done:
             self._tag(done, image)
@@ -509,7 +538,7 @@ class Ec2Backend(DeployBackend):
                 progress(f"{outcome.instance_id}: runs {target}", None)
             else:
                 progress(f"{outcome.instance_id}: switch failed, {outcome.describe()}", None)
-        unhealthy = self._join_target_group(batch, label, progress)
+        unhealthy = self._join_target_group(batch, label, progress, touched)
         return [
             Outcome(o.instance_id, "Unhealthy in the target group", unhealthy[o.instance_id], True)
             if o.ok and o.instance_id in unhealthy
@@ -517,52 +546,102 @@ class Ec2Backend(DeployBackend):
             for o in outcomes
         ]
 
-    def _stop_rollout(self, label, failures: str, switched, previous, request, progress):
-        """A batch failed beyond max_errors (or an AWS call failed): put the switched instances
-        back on what they ran before, then raise DeployError naming the failures
-        (``previous_stopped`` when the restore failed too, so that opsweb treats the environment
-        as broken)."""
-        progress(
-            f"{label} failed: {failures}. Restoring {len(switched)} switched instance(s)", None
-        )
-        try:
-            restore_failed = "; ".join(
-                o.describe() for o in self._restore(switched, previous, request, progress)
+    def _stop_rollout(self, label, failures: str, touched: Touched, previous, request, progress):
+        """A batch failed beyond max_errors, or an AWS call failed at any step: restore every
+        instance ``touched`` (``_restore``), then raise DeployError naming the failures, what
+        went back and every instance that could not be restored (``previous_stopped`` then, so
+        that opsweb treats the environment as broken)."""
+        count = len(touched.switched) + len(touched.sent)
+        progress(f"{label} failed: {failures}. Restoring {count} switched instance(s)", None)
+        restored, rejoined, problems = self._restore(touched, previous, request, progress)
+        said = []
+        if restored:
+            said.append(f"{', '.join(restored)} went back to the image they ran before.")
+        if rejoined:
+            said.append(
+                f"{', '.join(rejoined)} went back into the target group on the image they "
+                f"still ran."
             )
-        except DeployError as exc:
-            restore_failed = str(exc).rstrip(".")
-        if restore_failed:
+        if problems:
             raise DeployError(
-                f"The rollout stopped at {label.lower()}: {failures}. Restoring the instances "
-                f"already switched ({', '.join(switched)}) failed too: {restore_failed}. Check "
-                f"those instances.",
+                f"The rollout stopped at {label.lower()}: {failures}. "
+                + "".join(f"{sentence} " for sentence in said)
+                + f"Restoring failed too: {'; '.join(problems)}. Check those instances.",
                 previous_stopped=True,
             )
-        back = (
-            f" {', '.join(switched)} went back to the image they ran before."
-            if switched
-            else " No instance had been switched."
-        )
-        raise DeployError(f"The rollout stopped at {label.lower()}: {failures}.{back}")
+        back = " ".join(said) or "No instance had been switched."
+        raise DeployError(f"The rollout stopped at {label.lower()}: {failures}. {back}")
 
-    def _restore(self, switched, previous, request, progress) -> list[Outcome]:
-        """Switch ``switched`` back to ``previous[id]`` (grouped by image); an instance whose
-        earlier image is unknown gets its stopped previous container back."""
+    def _restore(self, touched: Touched, previous, request, progress):
+        """Put every instance ``touched`` back as it was: those switched, or sent a command whose
+        outcome is unknown, back on ``previous[id]`` (grouped by image; one whose earlier image
+        is unknown and that switched gets its stopped previous container back), and those still
+        out of the target group back into it. Returns (restored ids, ids only put back into the
+        target group, sentences naming each instance that could not be restored)."""
         groups: dict[str, list[str]] = {}
-        for instance_id in switched:
-            groups.setdefault(previous.get(instance_id, ""), []).append(instance_id)
-        failed: list[Outcome] = []
-        for image, instance_ids in groups.items():
+        problems: list[str] = []
+        for instance_id in [*touched.switched, *sorted(touched.sent)]:
+            image = previous.get(instance_id, "")
             if image and instance_image_or_none(image):
+                groups.setdefault(image, []).append(instance_id)
+            elif instance_id in touched.switched:
+                groups.setdefault("", []).append(instance_id)
+            else:
+                # Its stopped "previous" container may be older than what it ran: name it.
+                left_out = " and left out of the target group" if instance_id in touched.out else ""
+                problems.append(
+                    f"{instance_id}: whether its switch command ran is unknown and the image "
+                    f"it ran before was never recorded, so it was not restored{left_out}"
+                )
+        restored: list[str] = []
+        handled = {i for ids in groups.values() for i in ids} | set(touched.sent)
+        for image, instance_ids in groups.items():
+            if image:
                 script = switch_script(self.settings, image=image, version="", rollback=True)
             else:
-                image, script = "", revert_script(self.settings)
+                script = revert_script(self.settings)
             label = f"Restore to {image or 'the previous container'}"
-            outcomes = self._switch_batch(instance_ids, script, image, label, request, progress)
-            failed += [o for o in outcomes if not o.ok]
-            restored = len(instance_ids) - len([o for o in outcomes if not o.ok])
-            progress(f"{label}: {restored} of {len(instance_ids)} instance(s) restored", None)
-        return failed
+            # Those the deploy left out of the target group stay out until this restore joins.
+            steps = Touched(out=touched.out & set(instance_ids))
+            try:
+                outcomes = self._switch_batch(
+                    instance_ids, script, image, label, request, progress, steps
+                )
+            except DeployError as exc:
+                error = str(exc).rstrip(".")
+                back = [i for i in steps.switched if i not in steps.out]
+                outside = [i for i in steps.switched if i in steps.out]
+                rest = [i for i in instance_ids if i not in steps.switched]
+                restored += back
+                if outside:
+                    problems.append(
+                        f"{', '.join(outside)} went back to the image they ran before but not "
+                        f"into the target group: {error}"
+                    )
+                if rest:
+                    problems.append(f"{', '.join(rest)} not restored: {error}")
+                continue
+            bad = {o.instance_id for o in outcomes if not o.ok}
+            problems += [o.describe() for o in outcomes if not o.ok]
+            restored += [i for i in instance_ids if i not in bad]
+            progress(
+                f"{label}: {len(instance_ids) - len(bad)} of {len(instance_ids)} instance(s) "
+                f"restored",
+                None,
+            )
+        rejoined = sorted(touched.out - handled)
+        if rejoined:
+            try:
+                unhealthy = self._join_target_group(rejoined, "Restore", progress)
+            except DeployError as exc:
+                problems.append(f"{', '.join(rejoined)}: {str(exc).rstrip('.')}")
+                rejoined = []
+            else:
+                problems += [
+                    f"{i} Unhealthy in the target group: {state}" for i, state in unhealthy.items()
+                ]
+                rejoined = [i for i in rejoined if i not in unhealthy]
+        return restored, rejoined, problems
 
     def _publish(self, image: str, progress: Progress) -> None:
         """Record the image where new instances read it at boot (the launch template's user data
@@ -582,10 +661,13 @@ class Ec2Backend(DeployBackend):
 
     # -- Run Command -------------------------------------------------------------------------
 
-    def _run(self, instance_ids, script, label, request, progress) -> list[Outcome]:
+    def _run(
+        self, instance_ids, script, label, request, progress, touched: Touched
+    ) -> list[Outcome]:
         """Send ``script`` to ``instance_ids`` with AWS-RunShellScript and wait for every
         invocation to end (heartbeats meanwhile). Past ``command_timeout`` plus a grace period
-        the command is cancelled and the instances still running it count as timed out."""
+        the command is cancelled and the instances still running it count as timed out. Each
+        instance is noted in ``touched`` as sent, then as it ends."""
         timeout = self.settings["command_timeout"]
         command = self._call(
             "ssm",
@@ -597,6 +679,7 @@ class Ec2Backend(DeployBackend):
             Parameters={"commands": script, "executionTimeout": [str(int(timeout))]},
         )["Command"]
         command_id = command["CommandId"]
+        touched.sent.update(instance_ids)
         progress(f"{label}: sent Run Command {command_id} to {len(instance_ids)} instance(s)", None)
         started = time.monotonic()
         deadline = started + timeout + min(30.0, timeout)
@@ -608,6 +691,7 @@ class Ec2Backend(DeployBackend):
                 outcome = self._invocation(command_id, instance_id)
                 if outcome is not None:
                     outcomes[instance_id] = outcome
+                    touched.ended(outcome)
                     pending.remove(instance_id)
             now = time.monotonic()
             if not pending:
@@ -661,9 +745,12 @@ class Ec2Backend(DeployBackend):
 
     # -- the target group --------------------------------------------------------------------
 
-    def _leave_target_group(self, batch: list[str], label: str, progress: Progress) -> dict:
+    def _leave_target_group(
+        self, batch: list[str], label: str, progress: Progress, touched: Touched
+    ) -> dict:
         """Deregister ``batch`` and wait for draining; returns {id: state} of those still not
-        drained at target_timeout."""
+        drained at target_timeout. The batch is noted out of the group before the call: if the
+        call fails halfway, registering them again is harmless."""
         arn = self.settings["target_group_arn"]
         if not arn:
             return {}
@@ -671,6 +758,7 @@ class Ec2Backend(DeployBackend):
         registered = [i for i, state in self._target_states(batch).items() if state != "unused"]
         if not registered:
             return {}
+        touched.out.update(registered)
         self._call(
             "elbv2",
             "deregister_targets",
@@ -680,14 +768,19 @@ class Ec2Backend(DeployBackend):
         progress(f"{label}: deregistered from the target group, draining", None)
         return self._wait_targets(batch, lambda state: state == "unused", "drain", progress)
 
-    def _join_target_group(self, batch: list[str], label: str, progress: Progress) -> dict:
+    def _join_target_group(
+        self, batch: list[str], label: str, progress: Progress, touched: Touched | None = None
+    ) -> dict:
         """Register ``batch`` again and wait until healthy; returns {id: state} of those that
-        did not become healthy within target_timeout."""
+        did not become healthy within target_timeout. Once registered, the batch is no longer
+        out of the group in ``touched``."""
         arn = self.settings["target_group_arn"]
         if not arn:
             return {}
         targets = self._target_list(batch)
         self._call("elbv2", "register_targets", TargetGroupArn=arn, Targets=targets)
+        if touched is not None:
+            touched.out.difference_update(batch)
         left = self._wait_targets(batch, lambda state: state == "healthy", "be healthy", progress)
         if not left:
             progress(f"{label}: healthy in the target group again", None)
