@@ -784,6 +784,30 @@ def test_drift_names_the_instances_that_disagree(aws, flow, alice):
     assert dev.drift == found["dev"]
 
 
+def test_drift_check_mid_rollout_expects_the_old_and_the_new_image(aws, flow, alice, monkeypatch):
+    instances = make_group(aws, count=2)["instances"]
+    dev = use_ec2(flow["dev"], aws)
+    old, new = ecr_image("1.0.0"), ecr_image("1.1.0")
+    deploy_through_opsweb(alice, dev, old)
+    found_mid_rollout = []
+    record_progress = services.record_progress
+
+    def progress_then_check(**kwargs):
+        record_progress(**kwargs)
+        if kwargs["message"].startswith("Batch 2/2: switching"):  # batch 1 runs the new image
+            found_mid_rollout.append(tasks.check_drift())
+
+    monkeypatch.setattr(services, "record_progress", progress_then_check)
+
+    run = deploy_through_opsweb(alice, dev, new)
+
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert found_mid_rollout == [{}]
+    assert image_tags(aws, instances) == {i: f"{REPOSITORY}@{new.digest}" for i in instances}
+    dev.refresh_from_db()
+    assert dev.drift == ""
+
+
 def test_drift_of_many_instances_fits_the_environment(aws, flow, alice):
     instances = make_group(aws, count=12)["instances"]
     dev = use_ec2(flow["dev"], aws, batch_size="50%")
