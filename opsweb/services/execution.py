@@ -520,7 +520,7 @@ def record_drift(
     locked while deciding, so two checks do not interleave.
     """
     environment = (
-        Environment.objects.select_for_update()
+        Environment.objects.select_for_update(of=("self",))
         .select_related("current_image")
         .get(pk=environment.pk)
     )
