@@ -374,19 +374,34 @@ def _unbaked(run: Run) -> bool:
     return bool(run.environment.bake_seconds) and run.kind != RunKind.ROLLBACK and not passed
 
 
+# A drift check reads the backend again when a run started, switched or ended meanwhile; an
+# environment that changes under each of these readings is checked at the next schedule.
+DRIFT_READINGS = 3
+
+
 def check_drift() -> dict:
-    """Scheduled: compare what each environment's backend runs with what opsweb deployed."""
+    """Scheduled: compare what each environment's backend runs with what opsweb decided, a run
+    in progress included (``services.record_drift``). Returns {slug: drift sentence} for the
+    environments with drift."""
     found = {}
     for environment in Environment.objects.select_related("current_image"):
-        try:
-            backend = get_backend(environment.backend, environment.backend_settings)
-            running = backend.running_version(environment.slug)
-        except DeployError as exc:
-            log.warning("drift check of %s failed: %s", environment, exc)
-            continue
-        drift = services.record_drift(environment=environment, running=running)
-        if drift:
-            found[environment.slug] = drift
+        for _ in range(DRIFT_READINGS):
+            seen = services.drift_watch(environment_id=environment.pk)
+            try:
+                backend = get_backend(environment.backend, environment.backend_settings)
+                running = backend.running_images(environment.slug)
+            except DeployError as exc:
+                log.warning("drift check of %s failed: %s", environment, exc)
+                break
+            drift = services.record_drift(
+                environment=environment, running=running.summary, images=running.images, seen=seen
+            )
+            if drift is not None:
+                if drift:
+                    found[environment.slug] = drift
+                break
+        else:
+            log.info("drift check of %s skipped: it changed during each reading", environment)
     return found
 
 

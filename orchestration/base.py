@@ -60,6 +60,17 @@ class DeployRequest:
 
 
 @dataclass(frozen=True)
+class RunningImages:
+    """What a target runs, for drift checks: ``summary`` is one digest when everything runs the
+    same image (None: nothing runs), otherwise a sentence naming what runs where; ``images`` is
+    every distinct digest (or label, such as an untagged instance) found, empty when nothing
+    runs."""
+
+    summary: str | None
+    images: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class DeployResult:
     """What the backend did: a reference to record on the run (pid, task-definition ARN)."""
 
@@ -88,6 +99,13 @@ class DeployBackend(abc.ABC):
     def running_version(self, environment: str) -> str | None:
         """The image digest the target runs now, if the backend can tell (drift checks)."""
         return None
+
+    def running_images(self, environment: str) -> RunningImages:
+        """What the target runs now, as one summary and every distinct image (drift checks, which
+        must tell a half-switched target from a foreign image). Raises DeployError when the
+        backend cannot be read. Backends whose targets can run several images override it."""
+        running = self.running_version(environment)
+        return RunningImages(running, frozenset({running}) if running else frozenset())
 
 
 # Backends are chosen by name. Each is imported only when first used, so that boto3 is

@@ -18,7 +18,7 @@ import re
 import shlex
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -29,6 +29,7 @@ from orchestration.base import (
     DeployRequest,
     DeployResult,
     Progress,
+    RunningImages,
     SettingsError,
     no_progress,
     register,
@@ -157,6 +158,28 @@ class Outcome:
     def describe(self) -> str:
         said = f": {self.output}" if self.output else " (no output)"
         return f"{self.instance_id} {self.status}{said}"
+
+
+@dataclass
+class Touched:
+    """Where each instance a deploy touched stands, updated as each step is done, so that a
+    failure at any step (a command, a tag, the target group) restores or names every one of
+    them: ``out`` were deregistered from the target group and not registered again; ``sent``
+    were sent a switch command whose outcome is not known yet; ``switched`` run the new image
+    (in the order they switched); ``kept`` ran the command, which failed and kept the old
+    container."""
+
+    out: set[str] = field(default_factory=set)
+    sent: set[str] = field(default_factory=set)
+    switched: list[str] = field(default_factory=list)
+    kept: set[str] = field(default_factory=set)
+
+    def ended(self, outcome: Outcome) -> None:
+        self.sent.discard(outcome.instance_id)
+        if outcome.switched and outcome.instance_id not in self.switched:
+            self.switched.append(outcome.instance_id)
+        elif not outcome.switched:
+            self.kept.add(outcome.instance_id)
 
 
 @register
@@ -414,19 +437,26 @@ class Ec2Backend(DeployBackend):
         """The digest every in-service instance runs, from the ``opsweb:image`` tags; when they
         disagree, a sentence naming which instance runs what (shown as drift). None when there
         are no instances."""
+        return self.running_images(environment).summary
+
+    def running_images(self, environment: str = "") -> RunningImages:
+        """``running_version`` as the summary, and every distinct image of the in-service
+        instances (an untagged one as "no opsweb:image tag"), so that a drift check during a
+        rollout can see that only the old and the new image run."""
         targets = [i for i in self.instances() if i.in_service]
         by_image: dict[str, list[str]] = {}
         for instance in targets:
             running = instance.digest or instance.image or f"no {IMAGE_TAG} tag"
             by_image.setdefault(running, []).append(instance.instance_id)
         if not by_image:
-            return None
+            return RunningImages(None)
         if len(by_image) == 1:
-            return next(iter(by_image))
+            return RunningImages(next(iter(by_image)), frozenset(by_image))
         # Environment.drift holds 500 characters: name a few instances per image, count the rest.
-        return "; ".join(
+        summary = "; ".join(
             f"{image} on {_some(ids)}" for image, ids in sorted(by_image.items())[:3]
         ) + (f"; {len(by_image) - 3} more images" if len(by_image) > 3 else "")
+        return RunningImages(summary, frozenset(by_image))
 
     # -- deploying ---------------------------------------------------------------------------
 
@@ -447,34 +477,36 @@ class Ec2Backend(DeployBackend):
             self.settings, image=image, version=version, rollback=request.is_rollback
         )
         previous = {t.instance_id: t.image for t in targets}
-        switched: list[str] = []
+        touched = Touched()
         failed: list[Outcome] = []
         for number, batch in enumerate(batches, 1):
             label = f"Batch {number}/{len(batches)}"
             try:
-                outcomes = self._switch_batch(batch, script, image, label, request, progress)
+                outcomes = self._switch_batch(
+                    batch, script, image, label, request, progress, touched
+                )
             except DeployError as exc:  # AWS refused or failed a call halfway through a batch
                 self._stop_rollout(
-                    label, str(exc).rstrip("."), switched, previous, request, progress
+                    label, str(exc).rstrip("."), touched, previous, request, progress
                 )
             except Exception as exc:
-                # A bug or an unexpected answer once switching has begun: the switched
-                # instances go back like after a failed batch; the traceback to the server log.
+                # A bug or an unexpected answer once switching has begun: every instance touched
+                # goes back like after a failed batch; the traceback to the server log.
                 log.exception("EC2 rollout of %s failed at %s", image, label)
                 self._stop_rollout(
                     label,
                     f"unexpected error ({type(exc).__name__}: {exc})",
-                    switched,
+                    touched,
                     previous,
                     request,
                     progress,
                 )
-            switched += [o.instance_id for o in outcomes if o.switched]
             failed += [o for o in outcomes if not o.ok]
             if len(failed) > allowed:
                 failures = "; ".join(o.describe() for o in failed)
-                self._stop_rollout(label, failures, switched, previous, request, progress)
+                self._stop_rollout(label, failures, touched, previous, request, progress)
         self._publish(image, progress)
+        switched = touched.switched
         tolerated = f"; {len(failed)} failed within max_errors: " if failed else ""
         return DeployResult(
             ref={
@@ -483,19 +515,24 @@ class Ec2Backend(DeployBackend):
                 **_selector_ref(self.settings),
             },
             message=(
-                f"{len(switched) - len(failed)} instance(s) run {image} after {len(batches)} "
-                f"batch(es)"
+                f"{len(switched) - len([o for o in failed if o.switched])} instance(s) run "
+                f"{image} after {len(batches)} batch(es)"
                 f"{tolerated}{'; '.join(o.describe() for o in failed)}"
             ),
         )
 
-    def _switch_batch(self, batch, script, image, label, request, progress) -> list[Outcome]:
+    def _switch_batch(
+        self, batch, script, image, label, request, progress, touched: Touched | None = None
+    ) -> list[Outcome]:
         """Take ``batch`` out of the target group, run ``script`` on it, tag the instances that
         switched with ``image`` ("" removes the tag), put the batch back. Returns each instance's
-        outcome; one that switched but did not turn healthy in the target group has failed."""
+        outcome; one that switched but did not turn healthy in the target group has failed.
+        Each step is noted in ``touched`` as soon as it is done, so that a DeployError from any
+        AWS call leaves a true account of the batch."""
+        touched = touched if touched is not None else Touched()
         target = image or "the previous container"
         progress(f"{label}: switching {', '.join(batch)} to {target}", None)
-        draining = self._leave_target_group(batch, label, progress)
+        draining = self._leave_target_group(batch, label, progress, touched)
         if draining:
             wait = self.settings["target_timeout"]
             outcomes = [
@@ -505,7 +542,7 @@ class Ec2Backend(DeployBackend):
                 for i in batch
             ]
         else:
-            outcomes = self._run(batch, script, label, request, progress)
+            outcomes = self._run(batch, script, label, request, progress, touched)
         done = [o.instance_id for o in outcomes if o.ok]
         if done:
             self._tag(done, image)
@@ -514,7 +551,7 @@ class Ec2Backend(DeployBackend):
                 progress(f"{outcome.instance_id}: runs {target}", None)
             else:
                 progress(f"{outcome.instance_id}: switch failed, {outcome.describe()}", None)
-        unhealthy = self._join_target_group(batch, label, progress)
+        unhealthy = self._join_target_group(batch, label, progress, touched)
         return [
             Outcome(o.instance_id, "Unhealthy in the target group", unhealthy[o.instance_id], True)
             if o.ok and o.instance_id in unhealthy
@@ -522,52 +559,107 @@ class Ec2Backend(DeployBackend):
             for o in outcomes
         ]
 
-    def _stop_rollout(self, label, failures: str, switched, previous, request, progress):
-        """A batch failed beyond max_errors (or an AWS call failed): put the switched instances
-        back on what they ran before, then raise DeployError naming the failures
-        (``previous_stopped`` when the restore failed too, so that opsweb treats the environment
-        as broken)."""
-        progress(
-            f"{label} failed: {failures}. Restoring {len(switched)} switched instance(s)", None
-        )
+    def _stop_rollout(self, label, failures: str, touched: Touched, previous, request, progress):
+        """A batch failed beyond max_errors, or an AWS call failed at any step: restore every
+        instance ``touched`` (``_restore``), then raise DeployError naming the failures, what
+        went back and every instance that could not be restored (``previous_stopped`` then, so
+        that opsweb treats the environment as broken)."""
+        count = len(touched.switched) + len(touched.sent)
+        progress(f"{label} failed: {failures}. Restoring {count} switched instance(s)", None)
         try:
-            restore_failed = "; ".join(
-                o.describe() for o in self._restore(switched, previous, request, progress)
-            )
+            restored, rejoined, problems = self._restore(touched, previous, request, progress)
         except Exception as exc:  # any failure of the restore leaves the environment broken
-            restore_failed = str(exc).rstrip(".") or type(exc).__name__
-        if restore_failed:
+            log.exception("EC2 restore after %s failed", label)
+            restored, rejoined = [], []
+            problems = [f"unexpected error ({type(exc).__name__}: {str(exc).rstrip('.')})"]
+        said = []
+        if restored:
+            said.append(f"{', '.join(restored)} went back to the image they ran before.")
+        if rejoined:
+            said.append(
+                f"{', '.join(rejoined)} went back into the target group on the image they "
+                f"still ran."
+            )
+        if problems:
             raise DeployError(
-                f"The rollout stopped at {label.lower()}: {failures}. Restoring the instances "
-                f"already switched ({', '.join(switched)}) failed too: {restore_failed}. Check "
-                f"those instances.",
+                f"The rollout stopped at {label.lower()}: {failures}. "
+                + "".join(f"{sentence} " for sentence in said)
+                + f"Restoring failed too: {'; '.join(problems)}. Check those instances.",
                 previous_stopped=True,
             )
-        back = (
-            f" {', '.join(switched)} went back to the image they ran before."
-            if switched
-            else " No instance had been switched."
-        )
-        raise DeployError(f"The rollout stopped at {label.lower()}: {failures}.{back}")
+        back = " ".join(said) or "No instance had been switched."
+        raise DeployError(f"The rollout stopped at {label.lower()}: {failures}. {back}")
 
-    def _restore(self, switched, previous, request, progress) -> list[Outcome]:
-        """Switch ``switched`` back to ``previous[id]`` (grouped by image); an instance whose
-        earlier image is unknown gets its stopped previous container back."""
+    def _restore(self, touched: Touched, previous, request, progress):
+        """Put every instance ``touched`` back as it was: those switched, or sent a command whose
+        outcome is unknown, back on ``previous[id]`` (grouped by image; one whose earlier image
+        is unknown and that switched gets its stopped previous container back), and those still
+        out of the target group back into it. Returns (restored ids, ids only put back into the
+        target group, sentences naming each instance that could not be restored)."""
         groups: dict[str, list[str]] = {}
-        for instance_id in switched:
-            groups.setdefault(previous.get(instance_id, ""), []).append(instance_id)
-        failed: list[Outcome] = []
-        for image, instance_ids in groups.items():
+        problems: list[str] = []
+        for instance_id in [*touched.switched, *sorted(touched.sent)]:
+            image = previous.get(instance_id, "")
             if image and instance_image_or_none(image):
+                groups.setdefault(image, []).append(instance_id)
+            elif instance_id in touched.switched:
+                groups.setdefault("", []).append(instance_id)
+            else:
+                # Its stopped "previous" container may be older than what it ran: name it.
+                left_out = " and left out of the target group" if instance_id in touched.out else ""
+                problems.append(
+                    f"{instance_id}: whether its switch command ran is unknown and the image "
+                    f"it ran before was never recorded, so it was not restored{left_out}"
+                )
+        restored: list[str] = []
+        handled = {i for ids in groups.values() for i in ids} | set(touched.sent)
+        for image, instance_ids in groups.items():
+            if image:
                 script = switch_script(self.settings, image=image, version="", rollback=True)
             else:
-                image, script = "", revert_script(self.settings)
+                script = revert_script(self.settings)
             label = f"Restore to {image or 'the previous container'}"
-            outcomes = self._switch_batch(instance_ids, script, image, label, request, progress)
-            failed += [o for o in outcomes if not o.ok]
-            restored = len(instance_ids) - len([o for o in outcomes if not o.ok])
-            progress(f"{label}: {restored} of {len(instance_ids)} instance(s) restored", None)
-        return failed
+            # Those the deploy left out of the target group stay out until this restore joins.
+            steps = Touched(out=touched.out & set(instance_ids))
+            try:
+                outcomes = self._switch_batch(
+                    instance_ids, script, image, label, request, progress, steps
+                )
+            except DeployError as exc:
+                error = str(exc).rstrip(".")
+                back = [i for i in steps.switched if i not in steps.out]
+                outside = [i for i in steps.switched if i in steps.out]
+                rest = [i for i in instance_ids if i not in steps.switched]
+                restored += back
+                if outside:
+                    problems.append(
+                        f"{', '.join(outside)} went back to the image they ran before but not "
+                        f"into the target group: {error}"
+                    )
+                if rest:
+                    problems.append(f"{', '.join(rest)} not restored: {error}")
+                continue
+            bad = {o.instance_id for o in outcomes if not o.ok}
+            problems += [o.describe() for o in outcomes if not o.ok]
+            restored += [i for i in instance_ids if i not in bad]
+            progress(
+                f"{label}: {len(instance_ids) - len(bad)} of {len(instance_ids)} instance(s) "
+                f"restored",
+                None,
+            )
+        rejoined = sorted(touched.out - handled)
+        if rejoined:
+            try:
+                unhealthy = self._join_target_group(rejoined, "Restore", progress)
+            except DeployError as exc:
+                problems.append(f"{', '.join(rejoined)}: {str(exc).rstrip('.')}")
+                rejoined = []
+            else:
+                problems += [
+                    f"{i} Unhealthy in the target group: {state}" for i, state in unhealthy.items()
+                ]
+                rejoined = [i for i in rejoined if i not in unhealthy]
+        return restored, rejoined, problems
 
     def _publish(self, image: str, progress: Progress) -> None:
         """Record the image where new instances read it at boot (the launch template's user data
@@ -587,10 +679,13 @@ class Ec2Backend(DeployBackend):
 
     # -- Run Command -------------------------------------------------------------------------
 
-    def _run(self, instance_ids, script, label, request, progress) -> list[Outcome]:
+    def _run(
+        self, instance_ids, script, label, request, progress, touched: Touched
+    ) -> list[Outcome]:
         """Send ``script`` to ``instance_ids`` with AWS-RunShellScript and wait for every
         invocation to end (heartbeats meanwhile). Past ``command_timeout`` plus a grace period
-        the command is cancelled and the instances still running it count as timed out."""
+        the command is cancelled and the instances still running it count as timed out. Each
+        instance is noted in ``touched`` as sent, then as it ends."""
         timeout = self.settings["command_timeout"]
         command = self._call(
             "ssm",
@@ -602,6 +697,7 @@ class Ec2Backend(DeployBackend):
             Parameters={"commands": script, "executionTimeout": [str(int(timeout))]},
         )["Command"]
         command_id = command["CommandId"]
+        touched.sent.update(instance_ids)
         progress(f"{label}: sent Run Command {command_id} to {len(instance_ids)} instance(s)", None)
         started = time.monotonic()
         deadline = started + timeout + min(30.0, timeout)
@@ -613,6 +709,7 @@ class Ec2Backend(DeployBackend):
                 outcome = self._invocation(command_id, instance_id)
                 if outcome is not None:
                     outcomes[instance_id] = outcome
+                    touched.ended(outcome)
                     pending.remove(instance_id)
             now = time.monotonic()
             if not pending:
@@ -666,9 +763,12 @@ class Ec2Backend(DeployBackend):
 
     # -- the target group --------------------------------------------------------------------
 
-    def _leave_target_group(self, batch: list[str], label: str, progress: Progress) -> dict:
+    def _leave_target_group(
+        self, batch: list[str], label: str, progress: Progress, touched: Touched
+    ) -> dict:
         """Deregister ``batch`` and wait for draining; returns {id: state} of those still not
-        drained at target_timeout."""
+        drained at target_timeout. The batch is noted out of the group before the call: if the
+        call fails halfway, registering them again is harmless."""
         arn = self.settings["target_group_arn"]
         if not arn:
             return {}
@@ -676,6 +776,7 @@ class Ec2Backend(DeployBackend):
         registered = [i for i, state in self._target_states(batch).items() if state != "unused"]
         if not registered:
             return {}
+        touched.out.update(registered)
         self._call(
             "elbv2",
             "deregister_targets",
@@ -685,14 +786,19 @@ class Ec2Backend(DeployBackend):
         progress(f"{label}: deregistered from the target group, draining", None)
         return self._wait_targets(batch, lambda state: state == "unused", "drain", progress)
 
-    def _join_target_group(self, batch: list[str], label: str, progress: Progress) -> dict:
+    def _join_target_group(
+        self, batch: list[str], label: str, progress: Progress, touched: Touched | None = None
+    ) -> dict:
         """Register ``batch`` again and wait until healthy; returns {id: state} of those that
-        did not become healthy within target_timeout."""
+        did not become healthy within target_timeout. Once registered, the batch is no longer
+        out of the group in ``touched``."""
         arn = self.settings["target_group_arn"]
         if not arn:
             return {}
         targets = self._target_list(batch)
         self._call("elbv2", "register_targets", TargetGroupArn=arn, Targets=targets)
+        if touched is not None:
+            touched.out.difference_update(batch)
         left = self._wait_targets(batch, lambda state: state == "healthy", "be healthy", progress)
         if not left:
             progress(f"{label}: healthy in the target group again", None)

@@ -563,8 +563,8 @@ def test_a_failed_restore_says_so_and_marks_the_environment_broken(aws, ssm):
 
     unhealthy = f"{instance} Unhealthy in the target group: unhealthy (Target.FailedHealthChecks)"
     assert str(caught.value) == (
-        f"The rollout stopped at batch 1/1: {unhealthy}. Restoring the instances already "
-        f"switched ({instance}) failed too: {unhealthy}. Check those instances."
+        f"The rollout stopped at batch 1/1: {unhealthy}. Restoring failed too: {unhealthy}. "
+        f"Check those instances."
     )
     assert caught.value.previous_stopped is True  # opsweb treats the environment as broken
 
@@ -631,6 +631,100 @@ def test_an_unexpected_error_halfway_restores_what_was_switched(aws, ssm, monkey
     assert image_tags(aws, instances) == {i: f"{REPOSITORY}@{before}" for i in instances}
 
 
+def refuse_after_batch(monkeypatch, ssm, operation: str, *, commands: int, times: int = 1):
+    """Make ``operation`` ("ec2.CreateTags", "elastic-load-balancing-v2.RegisterTargets", …)
+    fail as AWS would, ``times`` times, from its first call after the ``commands``-th Run
+    Command was sent (moto answers every such call; a real outage or throttle would not)."""
+    made = ec2.make_client
+    refused = []
+
+    def refuse(**kwargs):
+        if len(ssm.commands) < commands or len(refused) >= times:
+            return None
+        refused.append(operation)
+        error = {"Error": {"Code": "ServiceUnavailable", "Message": "Please retry."}}
+        return AWSResponse("", 400, {}, None), {**error, "ResponseMetadata": {}}
+
+    def make_client(service, **kwargs):
+        client_ = made(service, **kwargs)
+        client_.meta.events.register(f"before-call.{operation}", refuse)
+        return client_
+
+    monkeypatch.setattr(ec2, "make_client", make_client)
+    return refused
+
+
+def registered_group(url: str, count: int, before: str) -> tuple[list[str], str]:
+    """A group whose instances run ``before`` (their tag) and are all in the target group."""
+    made = make_group(url, count=count)
+    instances, arn = made["instances"], made["target_group_arn"]
+    client(url, "elbv2").register_targets(
+        TargetGroupArn=arn, Targets=[{"Id": i, "Port": 8000} for i in instances]
+    )
+    client(url, "ec2").create_tags(
+        Resources=instances, Tags=[{"Key": "opsweb:image", "Value": before}]
+    )
+    return instances, arn
+
+
+@pytest.mark.parametrize(
+    ("operation", "call"),
+    [
+        ("ec2.CreateTags", "ec2:CreateTags"),
+        ("elastic-load-balancing-v2.RegisterTargets", "elbv2:RegisterTargets"),
+        ("elastic-load-balancing-v2.DescribeTargetHealth", "elbv2:DescribeTargetHealth"),
+    ],
+)
+def test_an_aws_error_after_a_batch_switched_restores_that_batch_too(
+    aws, flow, alice, ssm, monkeypatch, operation, call
+):
+    # Tagging, registering or waiting for health failed after batch 2's command succeeded:
+    # batch 2 was left on the new image, out of the target group, and the message said only
+    # batch 1 went back.
+    before = f"{REPOSITORY}@{fake_digest('before')}"
+    instances, arn = registered_group(aws, 2, before)
+    dev = use_ec2(flow["dev"], aws, target_group_arn=arn)
+    refused = refuse_after_batch(monkeypatch, ssm, operation, commands=2)
+
+    run = deploy_through_opsweb(alice, dev, ecr_image("1.1.0"))
+
+    assert refused == [operation]
+    assert run.status == RunStatus.FAILED
+    assert run.error == (
+        f"The rollout stopped at batch 2/2: AWS {call} failed (ServiceUnavailable): Please "
+        f"retry. {instances[0]}, {instances[1]} went back to the image they ran before."
+    )
+    assert image_tags(aws, instances) == {i: before for i in instances}
+    assert target_states(aws, arn) == {i: "healthy" for i in instances}
+    restore = ssm.commands[-1]
+    assert (restore["instances"], restore["vars"]["IMAGE"]) == (instances, before)
+    assert not dev.runs.filter(kind="rollback").exists()  # nothing was left broken
+
+
+def test_instances_that_could_not_be_restored_are_named(aws, ssm, monkeypatch):
+    before = f"{REPOSITORY}@{fake_digest('before')}"
+    instances, arn = registered_group(aws, 2, before)
+    refuse_after_batch(
+        monkeypatch, ssm, "elastic-load-balancing-v2.RegisterTargets", commands=2, times=99
+    )
+    backend = get_backend("ec2", settings_for(aws, target_group_arn=arn))
+
+    with pytest.raises(DeployError) as caught:
+        backend.deploy(
+            DeployRequest("dev", backend.settings, REPOSITORY, "1.1.0", fake_digest("new"))
+        )
+
+    refusal = "AWS elbv2:RegisterTargets failed (ServiceUnavailable): Please retry"
+    assert str(caught.value) == (
+        f"The rollout stopped at batch 2/2: {refusal}. Restoring failed too: {instances[0]}, "
+        f"{instances[1]} went back to the image they ran before but not into the target group: "
+        f"{refusal}. Check those instances."
+    )
+    assert caught.value.previous_stopped is True
+    assert image_tags(aws, instances) == {i: before for i in instances}
+    assert set(target_states(aws, arn).values()) <= {"unused", "draining"}
+
+
 def test_failures_within_max_errors_finish_and_show_as_drift(aws, flow, alice, ssm):
     instances = make_group(aws, count=3)["instances"]
     dev = use_ec2(flow["dev"], aws, max_errors="1")
@@ -665,10 +759,13 @@ def test_a_command_that_never_ends_is_cancelled_and_fails_the_run(aws, ssm):
             lambda message, seconds=None: beats.append(message),
         )
 
-    assert str(caught.value).startswith(
+    assert str(caught.value) == (
         f"The rollout stopped at batch 1/1: {instances[0]} TimedOut: still running after 1s; "
-        f"opsweb cancelled the command."
+        f"opsweb cancelled the command. Restoring failed too: {instances[0]}: whether its "
+        f"switch command ran is unknown and the image it ran before was never recorded, so it "
+        f"was not restored. Check those instances."
     )
+    assert caught.value.previous_stopped is True
     assert [c["InstanceIds"] for c in ssm.cancelled] == [instances]
     assert beats.count("") > 5  # heartbeats while waiting
     assert image_tags(aws, instances) == {instances[0]: ""}
@@ -717,6 +814,30 @@ def test_drift_names_the_instances_that_disagree(aws, flow, alice):
     running = "; ".join(f"{digest} on {', '.join(ids)}" for digest, ids in (first, second))
     assert found == {"dev": f"service runs {running}, opsweb last deployed 1.0.0 ({image.digest})"}
     assert dev.drift == found["dev"]
+
+
+def test_drift_check_mid_rollout_expects_the_old_and_the_new_image(aws, flow, alice, monkeypatch):
+    instances = make_group(aws, count=2)["instances"]
+    dev = use_ec2(flow["dev"], aws)
+    old, new = ecr_image("1.0.0"), ecr_image("1.1.0")
+    deploy_through_opsweb(alice, dev, old)
+    found_mid_rollout = []
+    record_progress = services.record_progress
+
+    def progress_then_check(**kwargs):
+        record_progress(**kwargs)
+        if kwargs["message"].startswith("Batch 2/2: switching"):  # batch 1 runs the new image
+            found_mid_rollout.append(tasks.check_drift())
+
+    monkeypatch.setattr(services, "record_progress", progress_then_check)
+
+    run = deploy_through_opsweb(alice, dev, new)
+
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert found_mid_rollout == [{}]
+    assert image_tags(aws, instances) == {i: f"{REPOSITORY}@{new.digest}" for i in instances}
+    dev.refresh_from_db()
+    assert dev.drift == ""
 
 
 def test_drift_of_many_instances_fits_the_environment(aws, flow, alice):

@@ -19,7 +19,14 @@ from botocore.stub import Stubber
 from django.core.exceptions import ValidationError
 
 from opsweb import services, tasks
-from opsweb.models import Environment, ImageVersion, RunEvent, RunStatus
+from opsweb.models import (
+    Environment,
+    ImageVersion,
+    NotificationChannel,
+    NotificationDelivery,
+    RunEvent,
+    RunStatus,
+)
 from orchestration import ecs
 from orchestration.base import DeployError, DeployRequest, get_backend
 from tests.conftest import fake_digest, make_image, succeed_in
@@ -308,6 +315,46 @@ def test_drift_shows_a_service_changed_behind_opsweb(aws, flow, alice):
     assert found == {"dev": expected}
     assert dev.drift == expected
     assert dev.drift_checked_at is not None
+
+
+def test_drift_check_during_a_rollout_expects_what_the_run_deploys(aws, flow, alice):
+    # argo-cd#18153: the check ran mid-rollout and reported the digest opsweb was deploying.
+    make_service(aws, "app-dev")
+    dev = use_ecs(flow["dev"], aws, "app-dev")
+    NotificationChannel.objects.create(
+        name="ops", kind="email", target="ops@example.com", events=["drift_found"]
+    )
+    old, new = ecr_image("1.0.0"), ecr_image("1.1.0")
+    deploy_through_opsweb(alice, dev, old)
+    run = services.request_deploy(user=alice, environment=dev, image=new)
+    claimed = services.claim_next_run(environment_id=dev.pk)
+    backend = get_backend("ecs", dev.backend_settings)
+    found_mid_rollout = []
+
+    def progress(message, seconds=None):
+        if message.startswith("Updated service"):  # the service now points at the new revision
+            found_mid_rollout.append(tasks.check_drift())
+
+    backend.deploy(
+        DeployRequest("dev", backend.settings, REPOSITORY, new.tag, new.digest, run_id=run.pk),
+        progress,
+    )
+
+    assert claimed.pk == run.pk
+    assert found_mid_rollout == [{}]
+    dev.refresh_from_db()
+    assert dev.drift == "" and dev.drift_checked_at is not None
+    assert not NotificationDelivery.objects.filter(event="drift_found").exists()
+
+    hotfix = fake_digest("hotfix")
+    backend.deploy(DeployRequest("dev", backend.settings, REPOSITORY, "hotfix", hotfix))
+    found = tasks.check_drift()
+
+    expected = (
+        f"service runs {hotfix}, while run #{run.pk} deploys 1.1.0 ({new.digest}) in place of 1.0.0"
+    )
+    assert found == {"dev": expected}
+    assert NotificationDelivery.objects.filter(event="drift_found").count() == 1
 
 
 def test_full_promotion_staging_to_production(aws, flow, alice, bob, carol):
@@ -644,3 +691,196 @@ def test_rollout_judgement():
         deployment(CURRENT, "ACTIVE", "COMPLETED"),
     ]
     assert judge(NEW, old_tasks_draining)[0] == "IN_PROGRESS"
+
+
+# -- a rollout ECS's circuit breaker has already rolled back (aws-actions/...-task-definition#191)
+
+BEFORE_ID, OURS_ID, ROLLBACK_ID = "ecs-svc/1111", "ecs-svc/2222", "ecs-svc/3333"
+FAILED_EVENTS = [
+    f"(service app-dev) (deployment {OURS_ID}) deployment failed: tasks failed to start.",
+    f"(service app-dev) rolling back to deployment {BEFORE_ID}.",
+]
+
+
+def with_ids(service: dict, *ids: str, created_at=EVENT_TIME) -> dict:
+    """``service`` with its deployments numbered ``ids`` in order, as real ECS numbers them."""
+    for deployment, deployment_id in zip(service["deployments"], ids, strict=True):
+        deployment.update(id=deployment_id, createdAt=created_at)
+    return service
+
+
+def before_update() -> dict:
+    """The service as opsweb read it before UpdateService: on app-dev:3, an old event."""
+    steady = [deployment(CURRENT, "PRIMARY", "COMPLETED")]
+    return with_ids(
+        described_service(CURRENT, steady, ["(service app-dev) has reached a steady state."])[
+            "services"
+        ][0],
+        BEFORE_ID,
+    )
+
+
+def polled(on: str, deployments: list[dict], ids: list[str], events=()) -> dict:
+    """A later DescribeServices entry: ``events`` (newest first) above the old one."""
+    service = described_service(
+        on, deployments, [*events, "(service app-dev) has reached a steady state."]
+    )["services"][0]
+    count = len(service["events"])
+    for number, event in enumerate(service["events"]):
+        event["id"] = "old" if number == count - 1 else f"new-{number}"
+    return with_ids(service, *ids)
+
+
+def test_rollout_judgement_recognises_a_rollback_whenever_the_poll_lands():
+    watch = ecs.Watch(NEW, CURRENT, before=before_update(), deployment_id=OURS_ID)
+    rolling = (
+        "The deployment of app-dev:4 failed (deployment circuit breaker) and ECS is rolling the "
+        "service back to app-dev:3"
+    )
+    rolled = (
+        "The deployment of app-dev:4 failed (deployment circuit breaker) and ECS rolled the "
+        "service back to app-dev:3, which runs again"
+    )
+    moments = {
+        "ours failed, rollback under way": (
+            polled(
+                CURRENT,
+                [
+                    deployment(CURRENT, "PRIMARY", "IN_PROGRESS", running=1),
+                    deployment(NEW, "ACTIVE", "FAILED", running=0, failed=3),
+                ],
+                [ROLLBACK_ID, OURS_ID],
+                FAILED_EVENTS[::-1],
+            ),
+            "ECS is rolling the service back to app-dev:3.",
+        ),
+        "ours failed, rollback completed": (
+            polled(
+                CURRENT,
+                [
+                    deployment(CURRENT, "PRIMARY", "COMPLETED"),
+                    deployment(NEW, "ACTIVE", "FAILED", running=0, failed=3),
+                ],
+                [ROLLBACK_ID, OURS_ID],
+                FAILED_EVENTS[::-1],
+            ),
+            "ECS rolled the service back to app-dev:3.",
+        ),
+        "ours dropped, rollback under way": (
+            polled(
+                CURRENT,
+                [deployment(CURRENT, "PRIMARY", "IN_PROGRESS", running=1)],
+                [ROLLBACK_ID],
+            ),
+            rolling,
+        ),
+        "ours dropped, rollback completed": (
+            polled(CURRENT, [deployment(CURRENT, "PRIMARY", "COMPLETED")], [ROLLBACK_ID]),
+            rolled,
+        ),
+        "ours dropped, ECS reused the old deployment; only its events tell": (
+            polled(
+                CURRENT,
+                [deployment(CURRENT, "PRIMARY", "COMPLETED")],
+                [BEFORE_ID],
+                ["(service app-dev) has reached a steady state.", *FAILED_EVENTS[::-1]],
+            ),
+            rolled,
+        ),
+        "ours still primary and in progress: not decided yet": (
+            polled(
+                NEW,
+                [
+                    deployment(CURRENT, "ACTIVE", "IN_PROGRESS", running=1),
+                    deployment(NEW, "PRIMARY", "IN_PROGRESS", running=0, failed=3),
+                ],
+                [ROLLBACK_ID, OURS_ID],
+            ),
+            None,
+        ),
+    }
+    for moment, (service, said) in moments.items():
+        judged = ecs.judge_rollout(service, watch)
+        if said is None:
+            assert judged.state == "IN_PROGRESS", moment
+            continue
+        assert judged.state == "FAILED", moment
+        assert said in judged.detail, (moment, judged.detail)
+
+    # What only looks like a rollback: a stale read right after UpdateService, and the events
+    # of an earlier deploy's rollback, are not this deploy's.
+    stale = before_update()
+    assert ecs.judge_rollout(stale, watch).state == "IN_PROGRESS"
+    earlier_rollback = before_update()
+    earlier_rollback["events"] = [
+        {"id": f"old-{n}", "createdAt": EVENT_TIME, "message": m}
+        for n, m in enumerate(FAILED_EVENTS[::-1])
+    ]
+    watch_after_it = ecs.Watch(NEW, CURRENT, before=earlier_rollback, deployment_id=OURS_ID)
+    assert ecs.judge_rollout(earlier_rollback, watch_after_it).state == "IN_PROGRESS"
+
+
+def test_a_rollout_rolled_back_before_opsweb_looks_fails_at_once(aws, flow, alice, monkeypatch):
+    # aws-actions/amazon-ecs-deploy-task-definition#191: ECS had already rolled back, and the
+    # run looked busy until its rollout timeout.
+    make_service(aws, "app-dev")
+    dev = use_ecs(flow["dev"], aws, "app-dev", timeout=60)
+    good, bad = ecr_image("1.0.0"), ecr_image("1.1.0")
+    good_revision = deploy_through_opsweb(alice, dev, good).backend_ref["task_definition_arn"]
+    moto = client(aws)
+    make_client = ecs.make_client
+    updated = []
+
+    def circuit_breaker_rolls_back(parsed, **kwargs):
+        # By the time opsweb looks, ECS put the service back on the good revision.
+        updated.append(parsed["service"]["taskDefinition"])
+        moto.update_service(cluster=CLUSTER, service="app-dev", taskDefinition=good_revision)
+
+    def described_as_ecs_reports_it(parsed, **kwargs):
+        if not updated:
+            return
+        service = parsed["services"][0]
+        service["deployments"] = [
+            {
+                **service["deployments"][0],
+                "id": "ecs-svc/rolled-back",
+                "status": "PRIMARY",
+                "taskDefinition": good_revision,
+                "rolloutState": "COMPLETED",
+                "rolloutStateReason": "ECS deployment circuit breaker: rolling back to "
+                "deploymentId ecs-svc/before.",
+            }
+        ]
+        service["events"] = [
+            {"id": "e2", "createdAt": EVENT_TIME, "message": "(service app-dev) rolling back."},
+            {
+                "id": "e1",
+                "createdAt": EVENT_TIME,
+                "message": "(service app-dev) (deployment ecs-svc/ours) deployment failed: "
+                "tasks failed to start.",
+            },
+        ]
+
+    def observed_client(*args, **kwargs):
+        made = make_client(*args, **kwargs)
+        made.meta.events.register("after-call.ecs.UpdateService", circuit_breaker_rolls_back)
+        made.meta.events.register("after-call.ecs.DescribeServices", described_as_ecs_reports_it)
+        return made
+
+    monkeypatch.setattr(ecs, "make_client", observed_client)
+
+    run = deploy_through_opsweb(alice, dev, bad)
+
+    assert run.status == RunStatus.FAILED
+    assert run.error.startswith(
+        f"The deployment of app-dev:3 failed (deployment circuit breaker) and ECS rolled the "
+        f"service back to {ecs.revision_name(good_revision)}, which runs again "
+        f"(rolloutState COMPLETED, 1 of 1 tasks running, 0 pending, 0 failed); app-dev:3 does "
+        f"not run. Last service events: [09:30:00 UTC] (service app-dev) rolling back."
+    ), run.error
+    assert not run.events.filter(message__startswith="Waiting for the rollout").exists()
+    dev.refresh_from_db()
+    assert dev.current_image == good  # what runs, truthfully: the run never switched
+    assert service_state(aws, "app-dev") == (good_revision, f"{REPOSITORY}@{good.digest}")
+    assert not dev.runs.filter(kind="rollback").exists()  # ECS already restored it
+    assert tasks.check_drift() == {}

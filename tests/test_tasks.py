@@ -189,6 +189,58 @@ def test_check_drift_reports_a_process_that_died(local_flow, alice):
     assert local.slug in found
 
 
+def test_check_drift_during_a_local_deploy_expects_both_versions(local_flow, alice, monkeypatch):
+    # argo-cd#18153: a check landing mid-switch named the version opsweb was starting.
+    flow, images = local_flow
+    local = flow["local"]
+    deploy(alice, local, images["1.0.0"])
+    found_mid_switch = []
+    record_progress = services.record_progress
+
+    def progress_then_check(**kwargs):
+        record_progress(**kwargs)
+        if kwargs["message"].startswith(("Stopped", "Started")):
+            found_mid_switch.append(tasks.check_drift())
+
+    monkeypatch.setattr(services, "record_progress", progress_then_check)
+
+    run = deploy(alice, local, images["1.1.0"])
+
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert found_mid_switch == [{}, {}]
+    local.refresh_from_db()
+    assert local.drift == ""
+
+
+@pytest.mark.parametrize("finish", ["before the read", "after the read"])
+def test_check_drift_racing_a_run_finish_records_no_drift(local_flow, alice, monkeypatch, finish):
+    flow, images = local_flow
+    local = flow["local"]
+    deploy(alice, local, images["1.0.0"])
+    run = services.request_deploy(user=alice, environment=local, image=images["1.1.0"])
+    read = LocalProcessBackend.running_version
+    finished = []
+
+    def read_while_the_run_finishes(backend, environment=""):
+        if not finished and finish == "before the read":
+            finished.append(tasks.execute_run(run.pk))
+        running = read(backend, environment)
+        if not finished and finish == "after the read":
+            finished.append(tasks.execute_run(run.pk))
+        return running
+
+    monkeypatch.setattr(LocalProcessBackend, "running_version", read_while_the_run_finishes)
+
+    found = tasks.check_drift()
+
+    run.refresh_from_db()
+    local.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert local.current_image == images["1.1.0"]
+    assert local.slug not in found
+    assert local.drift == ""
+
+
 def wait_for_event(run: Run, prefix: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

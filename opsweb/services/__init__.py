@@ -28,6 +28,7 @@ from opsweb.services.base import (
 )
 from opsweb.services.execution import (
     claim_next_run,
+    drift_watch,
     expire_pending_runs,
     finish_lost_run,
     finish_run,
@@ -77,6 +78,7 @@ __all__ = [
     "enqueue",
     "expire_pending_runs",
     "finish_lost_run",
+    "drift_watch",
     "finish_run",
     "heartbeat",
     "heartbeat_seconds",

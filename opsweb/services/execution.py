@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -383,7 +385,8 @@ def record_lost_state(*, run_id: int, running: str | None) -> bool:
     if switched and not run.switched_at:
         record_switch(run_id=run_id, backend_ref={})
     environment = Environment.objects.select_related("current_image").get(pk=run.environment_id)
-    drift = record_drift(environment=environment, running=running)
+    # The run's own end is being decided here: what runs is compared with what it switched to.
+    drift = record_drift(environment=environment, running=running, in_progress=False) or ""
     add_event(
         run,
         f"The backend runs {running or 'nothing'}"
@@ -476,15 +479,78 @@ def stalled_environments(*, older_than: timedelta = timedelta(seconds=10)) -> li
     )
 
 
-def record_drift(*, environment: Environment, running: str | None) -> str:
-    """Compare what the backend runs with what opsweb last deployed; store the mismatch."""
+@dataclass(frozen=True)
+class DriftWatch:
+    """What an environment stood on when a drift check began to ask its backend: what opsweb
+    had recorded as running there and which runs were in progress. A reading is judged only
+    against the state it was taken in (``record_drift(seen=…)``)."""
+
+    current_image_id: int | None
+    running_runs: tuple[int, ...]
+
+
+def drift_watch(*, environment_id: int) -> DriftWatch:
+    """The ``DriftWatch`` of an environment now; take it before reading the backend."""
+    current = Environment.objects.filter(pk=environment_id).values_list(
+        "current_image_id", flat=True
+    )
+    runs = Run.objects.filter(environment_id=environment_id, status=RunStatus.RUNNING)
+    return DriftWatch(current.first(), tuple(runs.order_by("pk").values_list("pk", flat=True)))
+
+
+@transaction.atomic
+def record_drift(
+    *,
+    environment: Environment,
+    running: str | None,
+    images: Iterable[str] | None = None,
+    seen: DriftWatch | None = None,
+    in_progress: bool = True,
+) -> str | None:
+    """Compare what the backend runs with what opsweb decided; store the mismatch ("" when
+    there is none) and notify a new one. Returns the drift sentence.
+
+    ``running`` is the backend's summary (a digest, None for nothing, or a sentence naming
+    what runs where) and ``images`` every distinct image it found (default: ``running`` alone).
+    While a run is in progress there (``in_progress``), what it deploys and what it replaces
+    are both expected, and so is nothing running between the two: only another image is
+    drift. ``seen`` is the ``drift_watch`` taken before the backend was read; if a run started,
+    switched or ended since, the reading may describe the other side of that change, so
+    nothing is recorded and None is returned (read the backend again). The environment row is
+    locked while deciding, so two checks do not interleave.
+    """
+    environment = (
+        Environment.objects.select_for_update(of=("self",))
+        .select_related("current_image")
+        .get(pk=environment.pk)
+    )
+    run = (
+        Run.objects.filter(environment=environment, status=RunStatus.RUNNING)
+        .select_related("image", "replaces")
+        .order_by("pk")
+        .first()
+    )
+    if seen is not None and seen != DriftWatch(
+        environment.current_image_id, (run.pk,) if run else ()
+    ):
+        return None
     expected = environment.current_image
+    found = set(images) if images is not None else ({running} if running else set())
     drift = ""
-    if expected is not None and running != expected.digest:
+    if in_progress and run is not None:
+        allowed = {run.image.digest}
+        allowed |= {image.digest for image in (expected, run.replaces) if image is not None}
+        if found - allowed:
+            drift = (
+                f"service runs {running or 'nothing'}, while run #{run.pk} deploys "
+                f"{run.image.tag} ({run.image.digest})"
+                + (f" in place of {expected.tag}" if expected else "")
+            )[:500]
+    elif expected is not None and running != expected.digest:
         drift = (
             f"service runs {running or 'nothing'}, opsweb last deployed "
             f"{expected.tag} ({expected.digest})"
-        )
+        )[:500]
     Environment.objects.filter(pk=environment.pk).update(
         drift=drift, drift_checked_at=timezone.now()
     )
