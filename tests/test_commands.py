@@ -281,7 +281,8 @@ def test_rollback_queues_the_previous_stable_version_and_pauses_dev(world):
     )
     assert code == 0
     assert "Rolling back AWS Dev from 1.1.0" in out and "to 1.0.0" in out
-    assert "paused until someone resumes it" in out
+    assert "marked bad when the rollback starts" in out and "until someone resumes it" in out
+    services.claim_next_run(environment_id=world.env["dev"].pk)
     dev = Environment.objects.get(slug="dev")
     assert dev.auto_deploy_paused and ImageVersion.objects.get(pk=world.v2.pk).is_bad
 

@@ -33,7 +33,13 @@ from opsweb.services.base import (
     superseded_reason,
     transition,
 )
-from opsweb.services.releases import expire, expire_held, resolve_rollback, roll_back
+from opsweb.services.releases import (
+    expire,
+    expire_held,
+    resolve_rollback,
+    roll_back,
+    take_back,
+)
 from opsweb.windows import freeze_status, wall_text
 
 log = logging.getLogger(__name__)
@@ -110,6 +116,15 @@ def claim_next_run(*, environment_id: int) -> Run | None:
                         f"Claimed by a worker: deploying {describe(head.image)} with the "
                         f"{head.environment.get_backend_display()} backend",
                     )
+                    if head.kind == RunKind.ROLLBACK:
+                        # Its consequences belong to the moment it starts replacing what runs,
+                        # not to the click: a rollback cancelled while queued leaves no trace.
+                        take_back(
+                            head,
+                            head.environment,
+                            _current_image(environment_id),
+                            user=head.requested_by,
+                        )
         except IntegrityError:
             return None  # another worker claimed a run in this environment first
         if not claimed:
@@ -122,6 +137,11 @@ def claim_next_run(*, environment_id: int) -> Run | None:
         )
         head._loaded_status = RunStatus.RUNNING
         return head
+
+
+def _current_image(environment_id: int):
+    environment = Environment.objects.select_related("current_image").get(pk=environment_id)
+    return environment.current_image
 
 
 def hold(run: Run, now: datetime) -> bool:

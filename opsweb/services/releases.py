@@ -474,9 +474,11 @@ def roll_back(
     """Redeploy the previous stable version, ahead of queued promotions.
 
     One click by an approver of the environment (recorded as the approval); ``user=None`` is
-    opsweb itself after a failed health check (``triggered_by`` is that run). Marks the
-    replaced version bad and pauses auto-deploy until someone resumes it. ``reason`` is one of
-    ``RollbackReason`` (the seed's trigger conditions).
+    opsweb itself after a failed health check (``triggered_by`` is that run). ``reason`` is one
+    of ``RollbackReason`` (the seed's trigger conditions). Asking writes the run and its
+    approval only: the replaced version is marked bad and auto-deploy paused when a worker
+    starts the rollback (``take_back``, from the claim), so a rollback cancelled while queued
+    leaves the version that still serves as it was.
 
     While another run is switching versions, the rollback is accepted and queued; what it
     marks bad and what it restores are decided when it starts (``Run.resolve_at_start``), since
@@ -526,8 +528,6 @@ def roll_back(
             f"starts when it ends and restores the newest earlier stable version then.",
             level=RunEvent.Level.WARNING,
         )
-    else:
-        _take_back(run, environment, current, user=user)
     if user is not None:
         Approval.objects.create(
             run=run,
@@ -547,8 +547,13 @@ def roll_back(
     return run
 
 
-def _take_back(run: Run, environment: Environment, current: ImageVersion, *, user) -> None:
-    """Mark what a rollback replaces bad and pause auto-deploy (rule 6)."""
+def take_back(run: Run, environment: Environment, current: ImageVersion | None, *, user) -> None:
+    """The consequences of a rollback that starts now (rule 6): mark ``current``, the version
+    it replaces, bad and pause auto-deploy. Called when the worker claims the rollback, the
+    moment from which the old version stops serving; nothing when ``current`` is empty or is
+    the rollback's own target (someone restored it in between)."""
+    if current is None or current.pk == run.image_id:
+        return
     label = RollbackReason(run.reason).label
     _mark_bad(
         current, user=user, reason=f"Rolled back in {environment}: {label}. {run.note}".strip()
@@ -583,7 +588,6 @@ def resolve_rollback(run: Run) -> str:
     add_event(
         run, f"Resolved at start: rolling back from {describe(current)} to {describe(target)}"
     )
-    _take_back(run, environment, current, user=run.requested_by)
     return ""
 
 
