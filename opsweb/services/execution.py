@@ -13,7 +13,7 @@ from django.db import DatabaseError, IntegrityError, connection, connections, tr
 from django.db.models import Case, Exists, IntegerField, OuterRef, Value, When
 from django.utils import timezone
 
-from opsweb import notifications
+from opsweb import notifications, policy
 from opsweb.models import (
     Environment,
     RollbackReason,
@@ -161,9 +161,13 @@ def hold(run: Run, now: datetime) -> bool:
 
 
 def _refusal_at_start(run: Run) -> str:
-    """Rules that may have changed between approval and start."""
+    """Rules that may have changed between approval and start (a version marked bad, scan
+    findings read since, approvers who stopped counting). Rollbacks are exempt."""
     if run.image.is_bad and run.kind != RunKind.ROLLBACK:
         return f"Not started: {run.image} was marked bad ({run.image.bad_reason})."
+    scan = policy.scan_refusal(run.environment, run.image) if run.kind != RunKind.ROLLBACK else ""
+    if scan:
+        return f"Not started: {scan}"
     if run.kind != RunKind.ROLLBACK and run.required_approvals:
         progress = quorum_progress(run)
         if not progress.met:

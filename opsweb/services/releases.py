@@ -764,7 +764,7 @@ def _auto_deploy(registration: Registration, user, branch: str) -> Registration:
     if not branch:
         return registration
     for environment in Environment.objects.select_for_update().filter(auto_deploy_branch=branch):
-        why_not = _auto_deploy_refusal(environment, image, branch)
+        why_not = auto_deploy_refusal(environment, image, branch)
         if why_not:
             registration.not_deployed[environment.slug] = why_not
             registration.message += f" Not deployed to {environment}: {why_not}"
@@ -788,7 +788,7 @@ def _auto_deploy(registration: Registration, user, branch: str) -> Registration:
     return registration
 
 
-def _auto_deploy_refusal(environment: Environment, image: ImageVersion, branch: str) -> str:
+def auto_deploy_refusal(environment: Environment, image: ImageVersion, branch: str) -> str:
     """Why a version CI registered on ``branch`` does not deploy to ``environment``, or ""."""
     if environment.auto_deploy_paused:
         return f"auto-deploy is paused ({environment.paused_reason or 'no reason given'})."
@@ -798,6 +798,9 @@ def _auto_deploy_refusal(environment: Environment, image: ImageVersion, branch: 
     current = environment.current_image
     if image.is_bad:
         return f"Version {image.tag} is marked bad ({image.bad_reason})."
+    scan = policy.scan_refusal(environment, image)
+    if scan:
+        return scan
     if current is not None and current.pk == image.pk:
         return f"Version {image.tag} already runs there."
     active = Run.objects.filter(
