@@ -207,7 +207,7 @@ def may_deploy(
             else forbid(f"User {actor_name(user)} is not allowed to deploy to {environment}.")
         ),
         lambda: _freeze(user, environment, override=override, now=now),
-        lambda: _quorum(environment, user),
+        lambda: _quorum(environment, user, image),
         lambda: _version(environment, image),
         lambda: _text(scan_refusal(environment, image)) if image is not None else None,
     )
@@ -259,7 +259,7 @@ def may_promote(
             and not Signoff.objects.filter(environment=upstream, image=image).exists()
             else None
         ),
-        lambda: _quorum(target, user) if check_permission else None,
+        lambda: _quorum(target, user, image) if check_permission else None,
     )
 
 
@@ -484,8 +484,8 @@ def _text(reason: str) -> Decision | None:
     return refuse(reason) if reason else None
 
 
-def _quorum(environment: Environment, user) -> Decision | None:
-    return _text(quorum_refusal(environment, requester=user))
+def _quorum(environment: Environment, user, image: ImageVersion | None) -> Decision | None:
+    return _text(quorum_refusal(environment, requester=user, image=image))
 
 
 def _version(environment: Environment, image: ImageVersion | None) -> Decision | None:
