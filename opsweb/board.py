@@ -4,7 +4,8 @@ policy the services enforce), what waits for the person looking, and which versi
 
 ``build_board`` reads a constant number of queries however long the history grows: the
 environments, their running and waiting runs, the approvals of the waiting runs, one page of
-versions and the last run of each of those versions per environment.
+versions and the last run of each of those versions per environment, and for each environment
+that auto-deploys a branch the builds it is behind by (at most ``BEHIND_CAP`` ids).
 """
 
 from __future__ import annotations
@@ -193,6 +194,9 @@ def _card(env, active, decided, approvers, last_run, now) -> Card:
         flags.append("frozen")
     if env.auto_deploy_paused:
         flags.append("auto-deploy paused")
+    behind = services.behind_sentence(env)  # one bounded read per auto-deploying environment
+    if behind:
+        flags.append(behind)
     if env.drift:
         flags.append("drift")
     if env.current_image and env.current_image.is_bad:

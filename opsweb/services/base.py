@@ -620,6 +620,55 @@ def older_than(
     return older
 
 
+def waiting_builds(environment: Environment):
+    """Builds of the branch ``environment`` auto-deploys that it has been left behind by: newer
+    than what it runs (by ``is_older``'s rule: the commit time where both have one, else the
+    registration order), never tried there (no run of them there at all, so a build that
+    failed, was cancelled or was refused is never retried by itself), and not bad. A queryset,
+    newest first; empty where nothing auto-deploys."""
+    branch = environment.auto_deploy_branch
+    if not branch:
+        return ImageVersion.objects.none()
+    tried = Run.objects.filter(environment_id=environment.pk, image=OuterRef("pk"))
+    builds = ImageVersion.objects.filter(branch=branch, is_bad=False).exclude(Exists(tried))
+    current = environment.current_image
+    if current is not None:
+        registered_later = Q(registered_at__gt=current.registered_at) | Q(
+            registered_at=current.registered_at, pk__gt=current.pk
+        )
+        newer = registered_later
+        if current.committed_at is not None:
+            newer = Q(committed_at__gte=current.committed_at) | Q(
+                Q(committed_at=None) & registered_later
+            )
+        builds = builds.exclude(pk=current.pk).filter(newer)
+    return builds.order_by(F("committed_at").desc(nulls_last=True), "-registered_at", "-id")
+
+
+# Builds behind are read, not counted, up to this many (then "100+"): a Dev paused for months
+# must not make the board count every build since.
+BEHIND_CAP = 100
+
+
+def builds_behind(environment: Environment) -> int:
+    """How many builds ``environment`` is behind its auto-deploy branch (``waiting_builds``),
+    at most ``BEHIND_CAP`` + 1 (one bounded read of ids)."""
+    if not environment.auto_deploy_branch:
+        return 0
+    return len(waiting_builds(environment).values_list("pk", flat=True)[: BEHIND_CAP + 1])
+
+
+def behind_sentence(environment: Environment, count: int | None = None) -> str:
+    """ "behind develop by 2 builds" where ``environment`` has been left behind by builds of
+    the branch it auto-deploys (``waiting_builds``), else "". ``count``: ``builds_behind``
+    already read."""
+    count = builds_behind(environment) if count is None else count
+    if not count:
+        return ""
+    many = f"{BEHIND_CAP}+" if count > BEHIND_CAP else str(count)
+    return f"behind {environment.auto_deploy_branch} by {many} build{'' if count == 1 else 's'}"
+
+
 def who_deployed(environment: Environment, image: ImageVersion | None) -> Run | None:
     """The run that last switched ``environment`` to ``image``."""
     if image is None:

@@ -32,8 +32,10 @@ from opsweb.services.base import (
     supersede,
     superseded_reason,
     transition,
+    waiting_builds,
 )
 from opsweb.services.releases import (
+    catch_up,
     expire,
     expire_held,
     resolve_rollback,
@@ -486,6 +488,30 @@ def _retry_lost_rollback(run: Run) -> None:
         add_event(run, f"Rollback retried as run #{retry.pk}", level=RunEvent.Level.WARNING)
     except ReleaseError as exc:
         add_event(run, f"Rollback not retried: {exc}", level=RunEvent.Level.ERROR)
+
+
+def catch_up_after_freezes() -> list[Run]:
+    """Reconciler: where a freeze that has now ended (a calendar window passing, noticed by
+    nobody else) held back a build of the branch an environment auto-deploys, queue the newest
+    one (``releases.catch_up``). A build counts as held back by the freeze when the environment
+    was frozen at its registration, so builds left behind for other reasons (deployed by hand
+    instead, registered before auto-deploy was set up) are left to people. Returns the runs."""
+    runs = []
+    candidates = Environment.objects.exclude(auto_deploy_branch="").filter(auto_deploy_paused=False)
+    for environment in candidates.select_related("current_image"):
+        build = waiting_builds(environment).first()
+        if build is None or not freeze_status(environment, build.registered_at).frozen:
+            continue
+        with transaction.atomic():
+            locked = (
+                Environment.objects.select_for_update(of=("self",))
+                .select_related("current_image")
+                .get(pk=environment.pk)
+            )
+            run = catch_up(locked, user=None, opened="the freeze ended")
+        if run is not None:
+            runs.append(run)
+    return runs
 
 
 def stalled_environments(*, older_than: timedelta = timedelta(seconds=10)) -> list[int]:

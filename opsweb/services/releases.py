@@ -44,6 +44,7 @@ from opsweb.services.base import (
     superseded_reason,
     transition,
     validation_sentence,
+    waiting_builds,
 )
 from opsweb.windows import freeze_status, open_until
 
@@ -593,7 +594,8 @@ def resolve_rollback(run: Run) -> str:
 
 @transaction.atomic
 def resume_auto_deploy(*, user, environment: Environment, seen: Seen = None) -> Environment:
-    """Resume auto-deploy after a rollback paused it. Raises NotAllowed (not an approver and no
+    """Resume auto-deploy after a rollback paused it, and deploy the newest build of the branch
+    left behind meanwhile (``catch_up``). Raises NotAllowed (not an approver and no
     ``resume_auto_deploy`` permission) or ReleaseError (not paused; changed since seen)."""
     environment = _lock_environment(environment)
     check_seen(
@@ -606,6 +608,7 @@ def resume_auto_deploy(*, user, environment: Environment, seen: Seen = None) -> 
     audit(
         user, "resume_auto_deploy", f"Resumed auto-deploy in {environment}", environment=environment
     )
+    catch_up(environment, user=user, opened="auto-deploy was resumed")
     return environment
 
 
@@ -615,7 +618,9 @@ def set_frozen(
 ) -> Environment:
     """Freeze (rollbacks only) or unfreeze an environment by hand: freezing opens a one-off deny
     window with no end; unfreezing ends the open-ended ones. A freeze by a recurring or dated
-    window is lifted by editing that window (or overridden in an emergency). Raises NotAllowed
+    window is lifted by editing that window (or overridden in an emergency). Unfreezing deploys
+    the newest build of the auto-deploy branch left behind meanwhile (``catch_up``), if no other
+    window still freezes it. Raises NotAllowed
     without the ``freeze_environment`` permission, ReleaseError if there is nothing to do, or
     if what the page showed changed since."""
     environment = _lock_environment(environment)
@@ -664,6 +669,8 @@ def set_frozen(
         f"{verb} {environment}" + (f": {reason}" if reason else ""),
         environment=environment,
     )
+    if not frozen:
+        catch_up(environment, user=user, opened="the freeze ended")
     return environment
 
 
@@ -788,13 +795,47 @@ def _auto_deploy(registration: Registration, user, branch: str) -> Registration:
     return registration
 
 
+def catch_up(environment: Environment, *, user, opened: str) -> Run | None:
+    """The gate ``environment`` kept closed has opened (``opened`` says how: "the freeze
+    ended", "auto-deploy was resumed"): queue the newest build of its auto-deploy branch left
+    behind meanwhile (``waiting_builds``), asked the same rules as any auto-deploy
+    (``auto_deploy_refusal``: still paused or frozen, bad, scan findings, already on its way…).
+    Only the newest: older builds of the branch are what it replaces. Returns the run, or None
+    when nothing waits or the newest may not go. Call with ``environment`` locked."""
+    branch = environment.auto_deploy_branch
+    build = waiting_builds(environment).first() if branch else None
+    if build is None or auto_deploy_refusal(environment, build, branch):
+        return None
+    run = _new_run(
+        kind=RunKind.DEPLOY,
+        environment=environment,
+        image=build,
+        user=user,
+        note=f"auto-deploy of branch {branch}, held back until {opened}",
+    )
+    audit(
+        user,
+        "auto_deploy",
+        f"Queued run #{run.pk}: auto-deploy {describe(build)} to {environment}, the newest "
+        f"{branch} build held back until {opened}",
+        run=run,
+    )
+    return run
+
+
 def auto_deploy_refusal(environment: Environment, image: ImageVersion, branch: str) -> str:
     """Why a version CI registered on ``branch`` does not deploy to ``environment``, or ""."""
     if environment.auto_deploy_paused:
-        return f"auto-deploy is paused ({environment.paused_reason or 'no reason given'})."
+        return (
+            f"auto-deploy is paused ({environment.paused_reason or 'no reason given'}); the "
+            f"newest {branch} build deploys when it is resumed."
+        )
     status = freeze_status(environment, timezone.now())
     if status.frozen:
-        return f"{status.sentence} The version is recorded, not deployed; deploy it by hand once the freeze ends."
+        return (
+            f"{status.sentence} The version is recorded, not deployed; the newest {branch} build "
+            f"deploys by itself when the freeze ends."
+        )
     current = environment.current_image
     if image.is_bad:
         return f"Version {image.tag} is marked bad ({image.bad_reason})."
