@@ -106,6 +106,8 @@ def test_the_commit_author_cannot_approve_where_forbidden(two_rules, alice, bob)
     run = services.request_promotion(user=alice, target=two_rules, image=image)
     with pytest.raises(ReleaseError, match="bob wrote the commit of 3.0.0"):
         services.approve_run(user=bob, run=run)
+    # The board and the run page offer the people who count, not the author.
+    assert "may approve: carol, erin" in login(alice).get(reverse("admin:index")).text
 
 
 def test_a_request_only_the_commit_author_could_complete_is_refused(two_rules, alice, bob):
