@@ -4,7 +4,8 @@ policy the services enforce), what waits for the person looking, and which versi
 
 ``build_board`` reads a constant number of queries however long the history grows: the
 environments, their running and waiting runs, the approvals of the waiting runs, one page of
-versions and the last run of each of those versions per environment.
+versions and the last run of each of those versions per environment, and for each environment
+that auto-deploys a branch the builds it is behind by (at most ``BEHIND_CAP`` ids).
 """
 
 from __future__ import annotations
@@ -99,10 +100,11 @@ def build_board(user, *, page: int | str = 1, now: datetime | None = None) -> Bo
         .order_by("created_at", "id")
     )
     decided = _decided_by(active)
-    approvers = _approvers(environments)
+    approvers, emails = _approvers(environments)
     last_runs = _last_finished(environments)
     cards = [
-        _card(env, active, decided, approvers, last_runs.get(env.pk), now) for env in environments
+        _card(env, active, decided, approvers, emails, last_runs.get(env.pk), now)
+        for env in environments
     ]
     arrows = [_arrow(env) for env in environments if env.upstream_id]
     waiting_for_you = [
@@ -129,9 +131,9 @@ def _decided_by(runs: list[Run]) -> dict[int, set[int]]:
     return decided
 
 
-def _approvers(environments) -> dict[int, dict[int, str]]:
+def _approvers(environments) -> tuple[dict[int, dict[int, str]], dict[int, str]]:
     """Active members of the groups each environment's approval rules name (id → username),
-    by environment id, in two queries."""
+    by environment id, and each one's email in lower case (id → email), in two queries."""
     from django.contrib.auth import get_user_model
 
     from opsweb.models import ApprovalRule
@@ -143,15 +145,18 @@ def _approvers(environments) -> dict[int, dict[int, str]]:
         rules.setdefault(env_id, set()).add(group_id)
     groups = set().union(*rules.values()) if rules else set()
     members: dict[int, dict[int, str]] = {}
+    emails: dict[int, str] = {}
     rows = get_user_model().objects.filter(is_active=True, groups__in=groups)
-    for user_id, username, group_id in rows.values_list("id", "username", "groups"):
+    for user_id, username, group_id, email in rows.values_list("id", "username", "groups", "email"):
         members.setdefault(group_id, {})[user_id] = username
-    return {
+        emails[user_id] = email.lower()
+    by_environment = {
         env.pk: {
             uid: name for g in rules.get(env.pk, ()) for uid, name in members.get(g, {}).items()
         }
         for env in environments
     }
+    return by_environment, emails
 
 
 def _last_finished(environments) -> dict[int, Run]:
@@ -170,18 +175,22 @@ def _last_finished(environments) -> dict[int, Run]:
     return {run.environment_id: run for run in runs}
 
 
-def _card(env, active, decided, approvers, last_run, now) -> Card:
+def _card(env, active, decided, approvers, emails, last_run, now) -> Card:
     here = [run for run in active if run.environment_id == env.pk]
     running = next((run for run in here if run.status == RunStatus.RUNNING), None)
     pending_runs = [run for run in here if run.status == RunStatus.PENDING]
     eligible = approvers.get(env.pk, {})
     pending = []
     for run in pending_runs:
+        # The people services.base.may_count counts (the requester and, where forbidden, the
+        # commit's author excluded), from the board's one read of the approvers.
+        author = (run.image.author_email or "").lower() if env.forbid_author_approval else ""
         still = sorted(
             name
             for uid, name in eligible.items()
             if uid not in decided.get(run.pk, set())
             and (env.allow_self_approval or uid != run.requested_by_id)
+            and not (author and emails.get(uid) == author)
         )
         unreachable = bool(services.unreachable_quorum(run))
         pending.append((run, services.approvals_text(run), still, unreachable))
@@ -193,6 +202,9 @@ def _card(env, active, decided, approvers, last_run, now) -> Card:
         flags.append("frozen")
     if env.auto_deploy_paused:
         flags.append("auto-deploy paused")
+    behind = services.behind_sentence(env)  # one bounded read per auto-deploying environment
+    if behind:
+        flags.append(behind)
     if env.drift:
         flags.append("drift")
     if env.current_image and env.current_image.is_bad:

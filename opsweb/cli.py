@@ -8,7 +8,7 @@ A pipeline trusts the exit code and reads the output, so the commands agree on b
   log of a run followed with ``--wait`` go to stderr.
 * Exit codes: 0 done (with ``--wait``: the run succeeded); 1 the run ended failed, rejected,
   cancelled or expired; 2 refused or invalid input, nothing written; 3 ``--wait`` timed out
-  (the run goes on).
+  (the run goes on); 4 (``register_image --wait``) registered, not deployed.
 
 Commands are thin: ``act()`` parses, calls ``opsweb.services`` and returns an ``Outcome``.
 """
@@ -43,6 +43,9 @@ EXIT_DONE = 0
 EXIT_RUN_FAILED = 1
 EXIT_REFUSED = 2
 EXIT_TIMED_OUT = 3
+# register_image --wait only: the version is recorded, but no environment that auto-deploys its
+# branch took it (paused, frozen, refused): CI must not read the build as deployed.
+EXIT_NOT_DEPLOYED = 4
 
 POLL_SECONDS = 0.5
 DEFAULT_TIMEOUT = 1800.0

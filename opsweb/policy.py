@@ -156,7 +156,12 @@ def soak_refusal(source: Environment, image: ImageVersion, now: datetime) -> str
 
 def scan_refusal(target: Environment, image: ImageVersion) -> str:
     """Why ``image``'s scan findings keep it out of ``target`` (its ``block_severity``), or
-    "" (no such findings, or never scanned: docs/signals.md)."""
+    "" (no such findings, or never scanned: docs/signals.md).
+
+    The one check of this rule, asked on every path that puts a version somewhere: promote and
+    deploy (``may_promote``, ``may_deploy``), auto-deploy and catch-up
+    (``releases.auto_deploy_refusal``), and at the start of a queued run (a finding may arrive
+    after approval). Rollbacks are exempt: they restore what last ran there (see README)."""
     blocking = at_or_above(image.scan_counts or {}, target.block_severity)
     if not blocking:
         return ""
@@ -202,8 +207,9 @@ def may_deploy(
             else forbid(f"User {actor_name(user)} is not allowed to deploy to {environment}.")
         ),
         lambda: _freeze(user, environment, override=override, now=now),
-        lambda: _quorum(environment, user),
+        lambda: _quorum(environment, user, image),
         lambda: _version(environment, image),
+        lambda: _text(scan_refusal(environment, image)) if image is not None else None,
     )
 
 
@@ -253,7 +259,7 @@ def may_promote(
             and not Signoff.objects.filter(environment=upstream, image=image).exists()
             else None
         ),
-        lambda: _quorum(target, user) if check_permission else None,
+        lambda: _quorum(target, user, image) if check_permission else None,
     )
 
 
@@ -478,8 +484,8 @@ def _text(reason: str) -> Decision | None:
     return refuse(reason) if reason else None
 
 
-def _quorum(environment: Environment, user) -> Decision | None:
-    return _text(quorum_refusal(environment, requester=user))
+def _quorum(environment: Environment, user, image: ImageVersion | None) -> Decision | None:
+    return _text(quorum_refusal(environment, requester=user, image=image))
 
 
 def _version(environment: Environment, image: ImageVersion | None) -> Decision | None:

@@ -306,8 +306,8 @@ def _crashed(run: Run, exc: Exception, *, environment_broken: bool) -> None:
 
 def reconcile() -> dict:
     """Expire stale approvals, recover runs whose worker died, restart queues nobody is
-    working on (so that no environment stays blocked), and requeue notifications whose retry
-    was lost. ``manage.py worker`` calls it every ``OPSWEB_RECONCILE_SECONDS``; a schedule
+    working on (so that no environment stays blocked), deploy builds a freeze that has ended
+    held back (``catch_up_after_freezes``), and requeue notifications whose retry was lost. ``manage.py worker`` calls it every ``OPSWEB_RECONCILE_SECONDS``; a schedule
     also runs it every minute (plain ``qcluster``)."""
     from opsweb import notifications
 
@@ -319,9 +319,16 @@ def reconcile() -> dict:
         if head:
             services.enqueue(head.pk)
             restarted.append(environment_id)
+    caught_up = [run.pk for run in services.catch_up_after_freezes()]
     resent = notifications.retry_due()
     services.base.forget_used_seals(timezone.now())
-    return {"expired": expired, "lost": lost, "restarted": restarted, "notifications": resent}
+    return {
+        "expired": expired,
+        "lost": lost,
+        "restarted": restarted,
+        "caught_up": caught_up,
+        "notifications": resent,
+    }
 
 
 def recover_lost_run(run: Run) -> int:

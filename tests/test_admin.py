@@ -156,6 +156,7 @@ def test_rollback_button_rolls_back_in_one_click(flow, bob, alice):
     post_form(login(bob), url, {"reason": "security_vulnerability", "note": "CVE-2026-1"})
     run = Run.objects.get(kind="rollback")
     assert (run.image, run.status, run.requested_by) == (old, RunStatus.QUEUED, bob)
+    services.claim_next_run(environment_id=prod.pk)
     new.refresh_from_db()
     assert new.is_bad
 

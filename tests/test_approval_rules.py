@@ -99,12 +99,65 @@ def test_the_commit_author_cannot_approve_where_forbidden(two_rules, alice, bob)
     two_rules.save()
     bob.email = "Bob@example.com"
     bob.save()
+    make_user("erin", "qa")  # without bob, the rules need erin (qa) and carol (sre)
     image = make_image("3.0.0", author_email="bob@example.com")
     succeed_in(two_rules.upstream, image)
     services.sign_off_uat(user=bob, environment=two_rules.upstream, image=image)
     run = services.request_promotion(user=alice, target=two_rules, image=image)
     with pytest.raises(ReleaseError, match="bob wrote the commit of 3.0.0"):
         services.approve_run(user=bob, run=run)
+    # The board and the run page offer the people who count, not the author.
+    assert "may approve: carol, erin" in login(alice).get(reverse("admin:index")).text
+
+
+def test_a_request_only_the_commit_author_could_complete_is_refused(two_rules, alice, bob):
+    # Without bob (the author) only carol is left for both rules: it can never be met, so it is
+    # refused when asked instead of blocking 3.0.0 for the approval window.
+    two_rules.forbid_author_approval = True
+    two_rules.save()
+    bob.email = "bob@example.com"
+    bob.save()
+    image = make_image("3.0.0", author_email="BOB@example.com")
+    succeed_in(two_rules.upstream, image)
+    services.sign_off_uat(user=bob, environment=two_rules.upstream, image=image)
+    with pytest.raises(
+        ReleaseError,
+        match=r"only 1 can be given by people other than you and the author of 3.0.0's commit",
+    ):
+        services.request_promotion(user=alice, target=two_rules, image=image)
+    assert not Run.objects.filter(environment=two_rules, image=image).exists()
+    code, _, err = run_command(
+        "promote", "staging", "production", "--as", "alice", "--image", "3.0.0"
+    )
+    assert code == 2 and "the author of 3.0.0's commit" in err
+    # The same people count when the author is someone else.
+    other = make_image("3.0.1", author_email="dev@example.com")
+    succeed_in(two_rules.upstream, other)
+    services.sign_off_uat(user=bob, environment=two_rules.upstream, image=other)
+    run = services.request_promotion(user=alice, target=two_rules, image=other)
+    assert run.status == RunStatus.PENDING and not services.unreachable_quorum(run)
+
+
+def test_an_authors_earlier_approval_stops_counting_everywhere_when_forbidden(
+    two_rules, alice, bob, carol
+):
+    make_user("erin", "qa")
+    bob.email = "bob@example.com"
+    bob.save()
+    image = make_image("3.0.0", author_email="bob@example.com")
+    succeed_in(two_rules.upstream, image)
+    services.sign_off_uat(user=bob, environment=two_rules.upstream, image=image)
+    run = services.request_promotion(user=alice, target=two_rules, image=image)
+    services.approve_run(user=bob, run=run)
+    two_rules.forbid_author_approval = True
+    two_rules.save()
+    run.refresh_from_db()
+    assert services.quorum_progress(run).counted == 0
+    assert services.approval_counts([run.pk]).get(run.pk, 0) == 0  # the list's count agrees
+    names = [
+        u.username for u in services.eligible_approvers(two_rules, requester=alice, image=image)
+    ]
+    assert sorted(names) == ["carol", "erin"]
 
 
 def test_a_run_whose_rules_stop_being_met_before_start_is_refused(two_rules, alice, bob, carol):

@@ -281,7 +281,8 @@ def test_rollback_queues_the_previous_stable_version_and_pauses_dev(world):
     )
     assert code == 0
     assert "Rolling back AWS Dev from 1.1.0" in out and "to 1.0.0" in out
-    assert "paused until someone resumes it" in out
+    assert "marked bad when the rollback starts" in out and "until someone resumes it" in out
+    services.claim_next_run(environment_id=world.env["dev"].pk)
     dev = Environment.objects.get(slug="dev")
     assert dev.auto_deploy_paused and ImageVersion.objects.get(pk=world.v2.pk).is_bad
 
@@ -597,7 +598,8 @@ def test_commands_as_processes_exit_codes_json_and_stderr(world):
     assert counts() == before
     assert listed.returncode == 0, listed.stderr
     dev = next(row for row in json.loads(listed.stdout)["environments"] if row["slug"] == "dev")
-    assert dev["auto_deploy_paused"] and dev["current"]["tag"] == "3.0.0"
+    # Not paused yet: the rollback is queued, and pauses auto-deploy when a worker starts it.
+    assert not dev["auto_deploy_paused"] and dev["current"]["tag"] == "3.0.0"
     # The queued rollback does not move without a worker: --wait times out with 3.
     assert timed_out.returncode == 3
     assert f"Run #{rollback['id']} is still queued after 0.5s; it goes on" in timed_out.stderr
@@ -717,13 +719,14 @@ def test_register_image_on_develop_is_deployed_to_aws_dev_by_a_worker(
     body = get_json(f"http://127.0.0.1:{port}/")
     assert (body["version"], body["rollback"]) == ("1.0.0", True)
 
-    # Dev is paused after the rollback: the next develop build is recorded, not deployed.
+    # Dev is paused after the rollback: the next develop build is recorded, not deployed, and
+    # --wait says so with exit code 4 (registered, not deployed).
     runs = Run.objects.count()
     code, out, err = run_command(
         *sample_args(shas, "1.2.0", "--branch", "develop", "--as", "ci", "--wait", "--json")
     )
     data = json.loads(out)
-    assert code == 0 and data["created"] and data["run"] is None
+    assert code == 4 and data["created"] and data["run"] is None and not data["deployed"]
     assert "Not deployed to AWS Dev: auto-deploy is paused" in data["message"]
     assert data["auto_deploy"][0]["skipped"].startswith("auto-deploy is paused")
     assert Run.objects.count() == runs

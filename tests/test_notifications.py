@@ -178,16 +178,19 @@ def test_rollback_notifies_started_paused_marked_bad_and_finished_against_rto(
     succeed_in(dev, new)
     # Not committed here: the rollback's own task would deploy with the real local backend.
     run = services.roll_back(user=alice, environment=dev, reason="critical_errors")
-    started = NotificationDelivery.objects.order_by("id")
-    assert [d.event for d in started] == [
+    (started,) = NotificationDelivery.objects.order_by("id")
+    assert started.event == "rollback_started"
+    assert "from 1.1.0 to 1.0.0, critical errors" in started.payload["text"]
+    assert notifications.deliver(started.pk) == "sent"
+    # Marked bad and paused when the worker starts the rollback, not when it is asked for.
+    committed(finish, run)
+    assert [d.event for d in NotificationDelivery.objects.order_by("id")][1:] == [
         "version_marked_bad",
         "auto_deploy_paused",
-        "rollback_started",
+        "rollback_finished",
     ]
-    assert "from 1.1.0 to 1.0.0, critical errors" in started[2].payload["text"]
-    for delivery in started:
-        assert notifications.deliver(delivery.pk) == "sent"
-    committed(finish, run)
+    for delivery in NotificationDelivery.objects.exclude(status=Status.SENT):
+        notifications.deliver(delivery.pk)
     finished = NotificationDelivery.objects.filter(event="rollback_finished").get()
     assert "1.0.0 runs again" in finished.payload["text"]
     assert "RTO target 300s met" in finished.payload["text"]

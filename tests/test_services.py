@@ -300,16 +300,50 @@ def test_roll_back_redeploys_the_previous_stable_version_first(flow, staged, ali
     )
     assert run.approvals.get().user == bob  # the click is recorded as the approval
     v2.refresh_from_db()
-    assert v2.is_bad and "Critical errors" in v2.bad_reason and v2.marked_bad_by == bob
+    assert not v2.is_bad  # still serving until a worker starts the rollback
     assert services.claim_next_run(environment_id=prod.pk) == run  # ahead of the promotion
     assert queued.pk != run.pk
+    v2.refresh_from_db()
+    assert v2.is_bad and "Critical errors" in v2.bad_reason and v2.marked_bad_by == bob
+
+
+def test_roll_back_cancelled_while_queued_leaves_no_trace(flow, staged, alice, bob):
+    dev = flow["dev"]
+    v2 = staged[1]
+    run = services.roll_back(user=alice, environment=dev, reason="critical_errors")
+    services.cancel_run(user=alice, run=run, comment="false alarm")
+    v2.refresh_from_db()
+    dev.refresh_from_db()
+    assert (v2.is_bad, dev.auto_deploy_paused, dev.current_image) == (False, False, v2)
+    assert not AuditEntry.objects.filter(action="mark_bad").exists()
+    assert services.claim_next_run(environment_id=dev.pk) is None
+    promotion = services.request_promotion(user=alice, target=flow["staging"], image=v2)
+    assert promotion.status == RunStatus.PENDING  # v2 can still be promoted
+
+
+def test_roll_back_refused_at_start_marks_nothing_bad(flow, staged, alice):
+    dev = flow["dev"]
+    v1, v2 = staged
+    run = services.roll_back(user=alice, environment=dev, reason="critical_errors")
+    ImageVersion.objects.filter(pk=v1.pk).update(is_bad=True, bad_reason="found broken")
+    Run.objects.filter(pk=run.pk).update(resolve_at_start=True)
+    assert services.claim_next_run(environment_id=dev.pk) is None
+    run.refresh_from_db()
+    v2.refresh_from_db()
+    dev.refresh_from_db()
+    assert run.status == RunStatus.FAILED and "nothing to roll back to" in run.error
+    assert (v2.is_bad, dev.auto_deploy_paused) == (False, False)
 
 
 def test_roll_back_pauses_auto_deploy_until_resumed(flow, staged, alice):
     dev = flow["dev"]
     services.roll_back(user=alice, environment=dev, reason="performance_degradation")
     dev.refresh_from_db()
+    assert not dev.auto_deploy_paused  # paused when the rollback starts, not when asked
+    services.claim_next_run(environment_id=dev.pk)
+    dev.refresh_from_db()
     assert dev.auto_deploy_paused and "2.0.0" in dev.paused_reason
+    Run.objects.filter(environment=dev, status=RunStatus.RUNNING).update(status=RunStatus.SUCCEEDED)
     services.resume_auto_deploy(user=alice, environment=dev)
     dev.refresh_from_db()
     assert not dev.auto_deploy_paused

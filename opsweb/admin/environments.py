@@ -308,7 +308,10 @@ class RollBack(Confirmation):
         target = services.previous_stable_version(env, exclude=env.current_image)
         lines = [
             ("Environment", str(env)),
-            ("From", version_line(env.current_image) + " — will be marked bad"),
+            (
+                "From",
+                version_line(env.current_image) + " — will be marked bad when the rollback starts",
+            ),
             ("To", version_line(target) if target else "no earlier stable version"),
             ("Approvals needed", "none: your click is the approval; it goes ahead of queued runs"),
             ("RTO target", f"{env.rto_seconds} s"),
@@ -322,7 +325,9 @@ class RollBack(Confirmation):
                 )
             )
         if env.auto_deploy_branch:
-            lines.append(("Auto-deploy", f"paused for {env.auto_deploy_branch} until resumed"))
+            lines.append(
+                ("Auto-deploy", f"paused for {env.auto_deploy_branch} from its start until resumed")
+            )
         return lines
 
     def perform(self, user, env, chosen, data, seen):

@@ -279,7 +279,9 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
             decided = {a.user_id for a in approvals}
             may_still = [
                 u.get_username()
-                for u in services.eligible_approvers(run.environment, requester=run.requested_by)
+                for u in services.eligible_approvers(
+                    run.environment, requester=run.requested_by, image=run.image
+                )
                 if u.pk not in decided
             ]
         return {

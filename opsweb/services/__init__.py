@@ -13,6 +13,8 @@ from opsweb.services.base import (
     approval_counts,
     approvals_count,
     approvals_text,
+    behind_sentence,
+    builds_behind,
     counting_approvals,
     counting_approvals_annotation,
     describe,
@@ -25,8 +27,10 @@ from opsweb.services.base import (
     rule_count_annotation,
     transition,
     unreachable_quorum,
+    waiting_builds,
 )
 from opsweb.services.execution import (
+    catch_up_after_freezes,
     claim_next_run,
     drift_watch,
     expire_pending_runs,
@@ -69,6 +73,9 @@ __all__ = [
     "approvals_count",
     "approvals_text",
     "approve_run",
+    "behind_sentence",
+    "builds_behind",
+    "catch_up_after_freezes",
     "cancel_run",
     "claim_next_run",
     "counting_approvals",
@@ -109,4 +116,5 @@ __all__ = [
     "take_over_lost_runs",
     "transition",
     "unreachable_quorum",
+    "waiting_builds",
 ]

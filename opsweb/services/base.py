@@ -268,18 +268,46 @@ def match_approvers(candidates: dict[int, list[int]], capacities: list[int]) -> 
     return {person: rule for (rule, _slot), person in holder.items()}
 
 
+def may_count(
+    environment: Environment,
+    *,
+    requester_id: int | None,
+    author_email: str = "",
+    prefix: str = "",
+) -> Q:
+    """Who may count toward a run's rules in ``environment``, as a filter on users (``prefix``
+    "") or on approvals (``prefix`` "user__"): active; not the requester (``requester_id``)
+    where self-approval is off; not the commit's author (``author_email``, matched without
+    case) where ``forbid_author_approval`` is on. Which rule each may fill (group membership;
+    never the requester on an override rule) is ``_candidates``.
+
+    The one answer for the feasibility check when a run is asked for (``quorum_refusal``), the
+    quorum at approval and start (``quorum_progress``), a pending run's reachability
+    (``unreachable_quorum``) and the run page's "may still approve" list, so a request is
+    accepted exactly when the approvals it needs can be given."""
+    allowed = Q(**{f"{prefix}is_active": True})
+    if not environment.allow_self_approval and requester_id:
+        allowed &= ~Q(**{f"{prefix}pk": requester_id})
+    if environment.forbid_author_approval and author_email:
+        allowed &= ~Q(**{f"{prefix}email__iexact": author_email})
+    return allowed
+
+
+def _may_count_for(run: Run, prefix: str = "") -> Q:
+    return may_count(
+        run.environment,
+        requester_id=run.requested_by_id,
+        author_email=run.image.author_email,
+        prefix=prefix,
+    )
+
+
 def _valid_approvals(run: Run):
     """Approvals that may count for ``run``: approve decisions for the digest it deploys, by
-    active users; not the requester where self-approval is off; not the commit's author where
-    that is forbidden."""
-    environment = run.environment
+    people who may count (``may_count``)."""
     approvals = run.approvals.filter(
-        decision=Approval.Decision.APPROVE, digest=run.image.digest, user__is_active=True
+        _may_count_for(run, "user__"), decision=Approval.Decision.APPROVE, digest=run.image.digest
     )
-    if not environment.allow_self_approval and run.requested_by_id:
-        approvals = approvals.exclude(user_id=run.requested_by_id)
-    if environment.forbid_author_approval and run.image.author_email:
-        approvals = approvals.exclude(user__email__iexact=run.image.author_email)
     return approvals.select_related("user").order_by("created_at", "id")
 
 
@@ -341,16 +369,19 @@ def approvals_count(run: Run) -> int:
     return quorum_progress(run).counted
 
 
-def eligible_approvers(environment: Environment, *, requester=None):
-    """Users whose approval can count in ``environment``: active members of a group one of its
-    rules names, without the requester where self-approval is off."""
+def eligible_approvers(environment: Environment, *, requester=None, image=None):
+    """Users whose approval can count in ``environment``: members of a group one of its rules
+    names who may count (``may_count``: active, not the requester where self-approval is off,
+    not ``image``'s commit author where that is forbidden)."""
     groups = rule_group_ids(environment)
     if not groups:
         return get_user_model().objects.none()
-    users = get_user_model().objects.filter(is_active=True, groups__in=groups).distinct()
-    if requester is not None and not environment.allow_self_approval:
-        users = users.exclude(pk=requester.pk)
-    return users
+    allowed = may_count(
+        environment,
+        requester_id=requester.pk if requester is not None else None,
+        author_email=image.author_email if image is not None else "",
+    )
+    return get_user_model().objects.filter(allowed, groups__in=groups).distinct()
 
 
 def _reach(rules: list[Rule], people: list[int], requester_id, groups) -> int:
@@ -360,41 +391,59 @@ def _reach(rules: list[Rule], people: list[int], requester_id, groups) -> int:
     )
 
 
-def quorum_refusal(environment: Environment, *, requester, override: int = 0) -> str:
-    """Why a request by ``requester`` could never meet the environment's rules (and, with
-    ``override`` approvals, the override rule), or "". Every rule is checked, then all of them
-    together, since one person counts toward one rule only."""
+def quorum_refusal(
+    environment: Environment,
+    *,
+    requester,
+    image: ImageVersion | None = None,
+    override: int = 0,
+) -> str:
+    """Why a request by ``requester`` (for ``image``, when known) could never meet the
+    environment's rules (and, with ``override`` approvals, the override rule), or "". Counts
+    exactly the people the quorum will count (``may_count``). Every rule is checked, then all
+    of them together, since one person counts toward one rule only."""
     rules = environment_rules(environment, override=override)
     if not rules:
         return ""
+    requester_id = requester.pk if requester is not None else None
+    author = image.author_email if image is not None else ""
     users = get_user_model().objects.filter(
-        is_active=True, groups__in=[r.group_id for r in rules if r.group_id]
+        may_count(environment, requester_id=requester_id, author_email=author),
+        groups__in=[r.group_id for r in rules if r.group_id],
     )
-    drop_requester = requester is not None and not environment.allow_self_approval
-    if drop_requester:
-        users = users.exclude(pk=requester.pk)
     people = sorted(set(users.values_list("pk", flat=True)))
     groups = _memberships(people, [r.group_id for r in rules])
-    requester_id = requester.pk if requester is not None else None
+    drop_requester = requester is not None and not environment.allow_self_approval
+    author_of = image.tag if author and environment.forbid_author_approval else ""
+    others = _other_than(drop_requester, author_of)
     for rule in rules:
         can = _reach([rule], people, requester_id, groups)
         if can < rule.count:
-            return _shortfall(environment, rule, can, rules, drop_requester or rule.override)
+            excluded = _other_than(drop_requester or rule.override, author_of)
+            return _shortfall(environment, rule, can, rules, excluded)
     total = sum(r.count for r in rules)
     can = _reach(rules, people, requester_id, groups)
     if can < total:
         detail = " and ".join(f"{r.count} from {r.label}" for r in rules)
         return (
             f"{environment} needs {total} approvals from different people ({detail}); only "
-            f"{can} can be given{' by people other than you' if drop_requester else ''}, since "
+            f"{can} can be given{' by people' + others if others else ''}, since "
             f"one person's approval counts toward one rule only. Ask an administrator to add "
             f"approvers first."
         )
     return ""
 
 
-def _shortfall(environment, rule: Rule, can: int, rules, other_than_you: bool) -> str:
-    who = f"approver{'' if can == 1 else 's'}" + (" other than you" if other_than_you else "")
+def _other_than(requester: bool, author_of: str) -> str:
+    """ " other than you and the author of 1.4.2's commit", or ""."""
+    who = (["you"] if requester else []) + (
+        [f"the author of {author_of}'s commit"] * bool(author_of)
+    )
+    return f" other than {' and '.join(who)}" if who else ""
+
+
+def _shortfall(environment, rule: Rule, can: int, rules, other_than: str) -> str:
+    who = f"approver{'' if can == 1 else 's'}{other_than}"
     needs = rule.count
     what = "an emergency override" if rule.override else str(environment)
     source = "" if len(rules) == 1 or rule.override else f" from {rule.label}"
@@ -414,12 +463,8 @@ def unreachable_quorum(run: Run) -> str:
     decided = set(run.approvals.values_list("user_id", flat=True))
     counted = {i for p in progress.rules for i in p.user_ids}
     users = get_user_model().objects.filter(
-        is_active=True, groups__in=[r.group_id for r in rules if r.group_id]
+        _may_count_for(run), groups__in=[r.group_id for r in rules if r.group_id]
     )
-    if not run.environment.allow_self_approval and run.requested_by_id:
-        users = users.exclude(pk=run.requested_by_id)
-    if run.environment.forbid_author_approval and run.image.author_email:
-        users = users.exclude(email__iexact=run.image.author_email)
     people = sorted(counted | (set(users.values_list("pk", flat=True)) - decided))
     groups = _memberships(people, [r.group_id for r in rules])
     reachable = _reach(rules, people, run.requested_by_id, groups)
@@ -471,7 +516,7 @@ def _counting(prefix: str) -> Q:
     """The one definition of an approval that may count, as a filter on Approval rows (prefix
     "") or on Run rows (prefix "approvals__"): approve, for the run's digest, by an active
     member of a group one of the run's environment's rules names, not by the requester where
-    self-approval is off. Exact for single-rule environments; with several rules an upper
+    self-approval is off, nor by the commit's author where that is forbidden (``may_count``). Exact for single-rule environments; with several rules an upper
     bound (one person counts toward one rule only: ``quorum_progress`` decides).
 
     Membership is an EXISTS over the rules rather than joins through users and groups: the
@@ -491,6 +536,12 @@ def _counting(prefix: str) -> Q:
             Q(**{f"{run}environment__allow_self_approval": True})
             | Q(**{f"{run}requested_by__isnull": True})
             | ~Q(**{f"{prefix}user": F(f"{run}requested_by")})
+        )
+        # The commit's author, where forbidden: the same people as ``may_count``.
+        & (
+            Q(**{f"{run}environment__forbid_author_approval": False})
+            | Q(**{f"{run}image__author_email": ""})
+            | ~Q(**{f"{prefix}user__email__iexact": F(f"{run}image__author_email")})
         )
     )
 
@@ -569,6 +620,55 @@ def older_than(
         if older_one:
             older.add(image.pk)
     return older
+
+
+def waiting_builds(environment: Environment):
+    """Builds of the branch ``environment`` auto-deploys that it has been left behind by: newer
+    than what it runs (by ``is_older``'s rule: the commit time where both have one, else the
+    registration order), never tried there (no run of them there at all, so a build that
+    failed, was cancelled or was refused is never retried by itself), and not bad. A queryset,
+    newest first; empty where nothing auto-deploys."""
+    branch = environment.auto_deploy_branch
+    if not branch:
+        return ImageVersion.objects.none()
+    tried = Run.objects.filter(environment_id=environment.pk, image=OuterRef("pk"))
+    builds = ImageVersion.objects.filter(branch=branch, is_bad=False).exclude(Exists(tried))
+    current = environment.current_image
+    if current is not None:
+        registered_later = Q(registered_at__gt=current.registered_at) | Q(
+            registered_at=current.registered_at, pk__gt=current.pk
+        )
+        newer = registered_later
+        if current.committed_at is not None:
+            newer = Q(committed_at__gte=current.committed_at) | Q(
+                Q(committed_at=None) & registered_later
+            )
+        builds = builds.exclude(pk=current.pk).filter(newer)
+    return builds.order_by(F("committed_at").desc(nulls_last=True), "-registered_at", "-id")
+
+
+# Builds behind are read, not counted, up to this many (then "100+"): a Dev paused for months
+# must not make the board count every build since.
+BEHIND_CAP = 100
+
+
+def builds_behind(environment: Environment) -> int:
+    """How many builds ``environment`` is behind its auto-deploy branch (``waiting_builds``),
+    at most ``BEHIND_CAP`` + 1 (one bounded read of ids)."""
+    if not environment.auto_deploy_branch:
+        return 0
+    return len(waiting_builds(environment).values_list("pk", flat=True)[: BEHIND_CAP + 1])
+
+
+def behind_sentence(environment: Environment, count: int | None = None) -> str:
+    """ "behind develop by 2 builds" where ``environment`` has been left behind by builds of
+    the branch it auto-deploys (``waiting_builds``), else "". ``count``: ``builds_behind``
+    already read."""
+    count = builds_behind(environment) if count is None else count
+    if not count:
+        return ""
+    many = f"{BEHIND_CAP}+" if count > BEHIND_CAP else str(count)
+    return f"behind {environment.auto_deploy_branch} by {many} build{'' if count == 1 else 's'}"
 
 
 def who_deployed(environment: Environment, image: ImageVersion | None) -> Run | None:

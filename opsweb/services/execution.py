@@ -15,7 +15,7 @@ from django.db import DatabaseError, IntegrityError, connection, connections, tr
 from django.db.models import Case, Exists, IntegerField, OuterRef, Value, When
 from django.utils import timezone
 
-from opsweb import notifications
+from opsweb import notifications, policy
 from opsweb.models import (
     Environment,
     RollbackReason,
@@ -34,8 +34,16 @@ from opsweb.services.base import (
     supersede,
     superseded_reason,
     transition,
+    waiting_builds,
 )
-from opsweb.services.releases import expire, expire_held, resolve_rollback, roll_back
+from opsweb.services.releases import (
+    catch_up,
+    expire,
+    expire_held,
+    resolve_rollback,
+    roll_back,
+    take_back,
+)
 from opsweb.windows import freeze_status, wall_text
 
 log = logging.getLogger(__name__)
@@ -112,6 +120,15 @@ def claim_next_run(*, environment_id: int) -> Run | None:
                         f"Claimed by a worker: deploying {describe(head.image)} with the "
                         f"{head.environment.get_backend_display()} backend",
                     )
+                    if head.kind == RunKind.ROLLBACK:
+                        # Its consequences belong to the moment it starts replacing what runs,
+                        # not to the click: a rollback cancelled while queued leaves no trace.
+                        take_back(
+                            head,
+                            head.environment,
+                            _current_image(environment_id),
+                            user=head.requested_by,
+                        )
         except IntegrityError:
             return None  # another worker claimed a run in this environment first
         if not claimed:
@@ -124,6 +141,11 @@ def claim_next_run(*, environment_id: int) -> Run | None:
         )
         head._loaded_status = RunStatus.RUNNING
         return head
+
+
+def _current_image(environment_id: int):
+    environment = Environment.objects.select_related("current_image").get(pk=environment_id)
+    return environment.current_image
 
 
 def hold(run: Run, now: datetime) -> bool:
@@ -143,9 +165,13 @@ def hold(run: Run, now: datetime) -> bool:
 
 
 def _refusal_at_start(run: Run) -> str:
-    """Rules that may have changed between approval and start."""
+    """Rules that may have changed between approval and start (a version marked bad, scan
+    findings read since, approvers who stopped counting). Rollbacks are exempt."""
     if run.image.is_bad and run.kind != RunKind.ROLLBACK:
         return f"Not started: {run.image} was marked bad ({run.image.bad_reason})."
+    scan = policy.scan_refusal(run.environment, run.image) if run.kind != RunKind.ROLLBACK else ""
+    if scan:
+        return f"Not started: {scan}"
     if run.kind != RunKind.ROLLBACK and run.required_approvals:
         progress = quorum_progress(run)
         if not progress.met:
@@ -465,6 +491,30 @@ def _retry_lost_rollback(run: Run) -> None:
         add_event(run, f"Rollback retried as run #{retry.pk}", level=RunEvent.Level.WARNING)
     except ReleaseError as exc:
         add_event(run, f"Rollback not retried: {exc}", level=RunEvent.Level.ERROR)
+
+
+def catch_up_after_freezes() -> list[Run]:
+    """Reconciler: where a freeze that has now ended (a calendar window passing, noticed by
+    nobody else) held back a build of the branch an environment auto-deploys, queue the newest
+    one (``releases.catch_up``). A build counts as held back by the freeze when the environment
+    was frozen at its registration, so builds left behind for other reasons (deployed by hand
+    instead, registered before auto-deploy was set up) are left to people. Returns the runs."""
+    runs = []
+    candidates = Environment.objects.exclude(auto_deploy_branch="").filter(auto_deploy_paused=False)
+    for environment in candidates.select_related("current_image"):
+        build = waiting_builds(environment).first()
+        if build is None or not freeze_status(environment, build.registered_at).frozen:
+            continue
+        with transaction.atomic():
+            locked = (
+                Environment.objects.select_for_update(of=("self",))
+                .select_related("current_image")
+                .get(pk=environment.pk)
+            )
+            run = catch_up(locked, user=None, opened="the freeze ended")
+        if run is not None:
+            runs.append(run)
+    return runs
 
 
 def stalled_environments(*, older_than: timedelta = timedelta(seconds=10)) -> list[int]:

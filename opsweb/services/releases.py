@@ -45,6 +45,7 @@ from opsweb.services.base import (
     superseded_reason,
     transition,
     validation_sentence,
+    waiting_builds,
 )
 from opsweb.windows import freeze_status, open_until
 
@@ -520,9 +521,11 @@ def roll_back(
     """Redeploy the previous stable version, ahead of queued promotions.
 
     One click by an approver of the environment (recorded as the approval); ``user=None`` is
-    opsweb itself after a failed health check (``triggered_by`` is that run). Marks the
-    replaced version bad and pauses auto-deploy until someone resumes it. ``reason`` is one of
-    ``RollbackReason`` (the seed's trigger conditions).
+    opsweb itself after a failed health check (``triggered_by`` is that run). ``reason`` is one
+    of ``RollbackReason`` (the seed's trigger conditions). Asking writes the run and its
+    approval only: the replaced version is marked bad and auto-deploy paused when a worker
+    starts the rollback (``take_back``, from the claim), so a rollback cancelled while queued
+    leaves the version that still serves as it was.
 
     While another run is switching versions, the rollback is accepted and queued; what it
     marks bad and what it restores are decided when it starts (``Run.resolve_at_start``), since
@@ -574,8 +577,6 @@ def roll_back(
             f"starts when it ends and restores the newest earlier stable version then.",
             level=RunEvent.Level.WARNING,
         )
-    else:
-        _take_back(run, environment, current, user=user)
     if user is not None:
         Approval.objects.create(
             run=run,
@@ -595,8 +596,13 @@ def roll_back(
     return run
 
 
-def _take_back(run: Run, environment: Environment, current: ImageVersion, *, user) -> None:
-    """Mark what a rollback replaces bad and pause auto-deploy (rule 6)."""
+def take_back(run: Run, environment: Environment, current: ImageVersion | None, *, user) -> None:
+    """The consequences of a rollback that starts now (rule 6): mark ``current``, the version
+    it replaces, bad and pause auto-deploy. Called when the worker claims the rollback, the
+    moment from which the old version stops serving; nothing when ``current`` is empty or is
+    the rollback's own target (someone restored it in between)."""
+    if current is None or current.pk == run.image_id:
+        return
     label = RollbackReason(run.reason).label
     _mark_bad(
         current, user=user, reason=f"Rolled back in {environment}: {label}. {run.note}".strip()
@@ -631,13 +637,13 @@ def resolve_rollback(run: Run) -> str:
     add_event(
         run, f"Resolved at start: rolling back from {describe(current)} to {describe(target)}"
     )
-    _take_back(run, environment, current, user=run.requested_by)
     return ""
 
 
 @transaction.atomic
 def resume_auto_deploy(*, user, environment: Environment, seen: Seen = None) -> Environment:
-    """Resume auto-deploy after a rollback paused it. Raises NotAllowed (not an approver and no
+    """Resume auto-deploy after a rollback paused it, and deploy the newest build of the branch
+    left behind meanwhile (``catch_up``). Raises NotAllowed (not an approver and no
     ``resume_auto_deploy`` permission) or ReleaseError (not paused; changed since seen)."""
     environment = _lock_environment(environment)
     check_seen(
@@ -655,6 +661,7 @@ def resume_auto_deploy(*, user, environment: Environment, seen: Seen = None) -> 
     audit(
         user, "resume_auto_deploy", f"Resumed auto-deploy in {environment}", environment=environment
     )
+    catch_up(environment, user=user, opened="auto-deploy was resumed")
     return environment
 
 
@@ -664,7 +671,9 @@ def set_frozen(
 ) -> Environment:
     """Freeze (rollbacks only) or unfreeze an environment by hand: freezing opens a one-off deny
     window with no end; unfreezing ends the open-ended ones. A freeze by a recurring or dated
-    window is lifted by editing that window (or overridden in an emergency). Raises NotAllowed
+    window is lifted by editing that window (or overridden in an emergency). Unfreezing deploys
+    the newest build of the auto-deploy branch left behind meanwhile (``catch_up``), if no other
+    window still freezes it. Raises NotAllowed
     without the ``freeze_environment`` permission, ReleaseError if there is nothing to do, or
     if what the page showed changed since."""
     environment = _lock_environment(environment)
@@ -715,6 +724,8 @@ def set_frozen(
         f"{verb} {environment}" + (f": {reason}" if reason else ""),
         environment=environment,
     )
+    if not frozen:
+        catch_up(environment, user=user, opened="the freeze ended")
     return environment
 
 
@@ -815,7 +826,7 @@ def _auto_deploy(registration: Registration, user, branch: str) -> Registration:
     if not branch:
         return registration
     for environment in Environment.objects.select_for_update().filter(auto_deploy_branch=branch):
-        why_not = _auto_deploy_refusal(environment, image, branch)
+        why_not = auto_deploy_refusal(environment, image, branch)
         if why_not:
             registration.not_deployed[environment.slug] = why_not
             registration.message += f" Not deployed to {environment}: {why_not}"
@@ -839,16 +850,53 @@ def _auto_deploy(registration: Registration, user, branch: str) -> Registration:
     return registration
 
 
-def _auto_deploy_refusal(environment: Environment, image: ImageVersion, branch: str) -> str:
+def catch_up(environment: Environment, *, user, opened: str) -> Run | None:
+    """The gate ``environment`` kept closed has opened (``opened`` says how: "the freeze
+    ended", "auto-deploy was resumed"): queue the newest build of its auto-deploy branch left
+    behind meanwhile (``waiting_builds``), asked the same rules as any auto-deploy
+    (``auto_deploy_refusal``: still paused or frozen, bad, scan findings, already on its way…).
+    Only the newest: older builds of the branch are what it replaces. Returns the run, or None
+    when nothing waits or the newest may not go. Call with ``environment`` locked."""
+    branch = environment.auto_deploy_branch
+    build = waiting_builds(environment).first() if branch else None
+    if build is None or auto_deploy_refusal(environment, build, branch):
+        return None
+    run = _new_run(
+        kind=RunKind.DEPLOY,
+        environment=environment,
+        image=build,
+        user=user,
+        note=f"auto-deploy of branch {branch}, held back until {opened}",
+    )
+    audit(
+        user,
+        "auto_deploy",
+        f"Queued run #{run.pk}: auto-deploy {describe(build)} to {environment}, the newest "
+        f"{branch} build held back until {opened}",
+        run=run,
+    )
+    return run
+
+
+def auto_deploy_refusal(environment: Environment, image: ImageVersion, branch: str) -> str:
     """Why a version CI registered on ``branch`` does not deploy to ``environment``, or ""."""
     if environment.auto_deploy_paused:
-        return f"auto-deploy is paused ({environment.paused_reason or 'no reason given'})."
+        return (
+            f"auto-deploy is paused ({environment.paused_reason or 'no reason given'}); the "
+            f"newest {branch} build deploys when it is resumed."
+        )
     status = freeze_status(environment, timezone.now())
     if status.frozen:
-        return f"{status.sentence} The version is recorded, not deployed; deploy it by hand once the freeze ends."
+        return (
+            f"{status.sentence} The version is recorded, not deployed; the newest {branch} build "
+            f"deploys by itself when the freeze ends."
+        )
     current = environment.current_image
     if image.is_bad:
         return f"Version {image.tag} is marked bad ({image.bad_reason})."
+    scan = policy.scan_refusal(environment, image)
+    if scan:
+        return scan
     if current is not None and current.pk == image.pk:
         return f"Version {image.tag} already runs there."
     active = Run.objects.filter(

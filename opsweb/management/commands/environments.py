@@ -8,6 +8,7 @@ from django.utils import timezone
 from opsweb import services
 from opsweb.cli import OpswebCommand, Outcome, image_payload, iso, require_perm, when
 from opsweb.models import Environment, Run, RunStatus
+from opsweb.services.base import BEHIND_CAP
 from opsweb.windows import freeze_status
 
 WAITING = [RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING]
@@ -18,7 +19,8 @@ class Command(OpswebCommand):
     read_only = True
     help = (
         "List the environments: current version (tag, digest, git sha), deployed when and by "
-        "whom, pending runs, paused and frozen flags, drift."
+        "whom, pending runs, paused and frozen flags, builds of the auto-deploy branch it is "
+        "behind by, drift."
     )
 
     def act(self, user, options):
@@ -47,6 +49,8 @@ def deployed_by(environment: Environment) -> Run | None:
 
 def environment_row(environment: Environment) -> dict:
     run = deployed_by(environment)
+    builds = services.waiting_builds(environment)
+    behind = services.builds_behind(environment)
     freeze = freeze_status(environment, timezone.now())
     waiting = Run.objects.filter(environment=environment, status__in=WAITING).order_by("id")
     return {
@@ -68,6 +72,16 @@ def environment_row(environment: Environment) -> dict:
             {"group": rule.group.name, "count": rule.count} for rule in environment.rules
         ],
         "runs_bad_version": bool(environment.current_image and environment.current_image.is_bad),
+        # Builds of the auto-deploy branch it has been left behind by (paused, frozen…).
+        "behind": {
+            "branch": environment.auto_deploy_branch,
+            "builds": min(behind, BEHIND_CAP),
+            "more": behind > BEHIND_CAP,
+            "newest": image_payload(builds.first()),
+            "sentence": services.behind_sentence(environment, behind),
+        }
+        if behind
+        else None,
         "drift": environment.drift,
         "drift_checked_at": iso(environment.drift_checked_at),
     }
@@ -80,6 +94,7 @@ def table_cells(environment: Environment, row: dict) -> list[str]:
         ("BAD-VERSION", row["runs_bad_version"]),
         ("paused", row["auto_deploy_paused"]),
         ("frozen", row["frozen"]),
+        (row["behind"] and row["behind"]["sentence"], bool(row["behind"])),
     ]
     return [
         environment.name,

@@ -4,7 +4,9 @@
 
 Idempotent by digest: the same repository and digest again is exit 0 with the existing
 version (and, with --wait, follows its auto-deploy). A tag already pointing at another digest
-is refused: tags are immutable.
+is refused: tags are immutable. With --wait, a version that an environment auto-deploying its
+branch did not take (paused, frozen, refused) and does not already run exits 4, "registered,
+not deployed"; the newest such build deploys by itself when the gate opens.
 """
 
 import os
@@ -16,6 +18,8 @@ from django.utils import timezone
 from opsweb import services
 from opsweb.cli import (
     DIGEST,
+    EXIT_DONE,
+    EXIT_NOT_DEPLOYED,
     OpswebCommand,
     Outcome,
     check_one_line,
@@ -70,6 +74,7 @@ class Command(OpswebCommand):
         )
 
     def act(self, user, options):
+        self.wait_asked = bool(options.get("wait"))
         fields = registration_fields(options)
         if options["resolve"]:
             fields["digest"] = resolve(fields, options["region"])
@@ -92,6 +97,7 @@ class Command(OpswebCommand):
         for slug, why in registration.not_deployed.items():
             # On stderr as well: a pipeline log shows why nothing was deployed.
             self.stderr.write(f"Not deployed to {slug}: {why}")
+        self.left_behind = left_behind(image, registration.not_deployed) if not runs else []
         return Outcome(
             message,
             data={
@@ -103,6 +109,29 @@ class Command(OpswebCommand):
             },
             runs=runs,
         )
+
+    def exit_code_without_wait(self, runs: list[Run]) -> tuple[int, str]:
+        """With --wait and no run to follow: 4 when an environment that auto-deploys the branch
+        neither took the version nor runs it already (CI asked to wait for a deploy that is
+        not coming); otherwise 0."""
+        waiting = getattr(self, "wait_asked", False)
+        if waiting and getattr(self, "left_behind", []):
+            names = ", ".join(self.left_behind)
+            return EXIT_NOT_DEPLOYED, (
+                f"Registered, not deployed to {names} (exit code {EXIT_NOT_DEPLOYED}): see why "
+                f"above; the newest build deploys by itself when the gate opens."
+            )
+        return EXIT_DONE, ""
+
+
+def left_behind(image, not_deployed: dict[str, str]) -> list[str]:
+    """The environments of ``not_deployed`` that do not run ``image`` (one that already runs it
+    is not a deploy that failed to happen: a CI retry)."""
+    return [
+        slug
+        for slug in not_deployed
+        if not Environment.objects.filter(slug=slug, current_image=image).exists()
+    ]
 
 
 def registration_fields(options) -> dict:

@@ -2,7 +2,8 @@
 
     manage.py rollback dev --reason critical_errors --note "500s after deploy" --as alice --wait
 
-The replaced version is marked bad and auto-deploy pauses until someone resumes it.
+When the rollback starts, the replaced version is marked bad and auto-deploy pauses until
+someone resumes it (a rollback cancelled while queued does neither).
 """
 
 from opsweb import services
@@ -25,11 +26,10 @@ class Command(OpswebCommand):
         run = services.roll_back(
             user=user, environment=environment, reason=options["reason"], note=options["note"]
         )
-        environment.refresh_from_db()
         paused = (
-            f" Auto-deploy of {environment.auto_deploy_branch} to {environment} is paused until "
-            f"someone resumes it."
-            if environment.auto_deploy_paused
+            f" Auto-deploy of {environment.auto_deploy_branch} to {environment} pauses with it, "
+            f"until someone resumes it."
+            if environment.auto_deploy_branch
             else ""
         )
         if run.resolve_at_start:
@@ -42,6 +42,6 @@ class Command(OpswebCommand):
             message = (
                 f"Rolling back {environment} from {services.describe(current)} to "
                 f"{services.describe(run.image)}: run #{run.pk}; {services.describe(current)} "
-                f"is marked bad.{paused}"
+                f"is marked bad when the rollback starts.{paused}"
             )
         return Outcome(message, runs=[run])
