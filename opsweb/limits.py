@@ -11,6 +11,8 @@ from __future__ import annotations
 # Free text a person writes (comments, notes, reasons) in TextField columns, in characters:
 # a few paragraphs, so that one row cannot carry a novel into every list and notification.
 TEXT_MAX = 2000
+# A commit message CI registers with a version, in characters.
+COMMIT_MESSAGE_MAX = 20_000
 # A JSON setting typed into the admin (backend settings, alarms), in characters.
 JSON_MAX = 20_000
 # The signed facts a confirmation page posts back (``services.seal``), in characters.
@@ -52,4 +54,23 @@ def bounded_text(limit: int = TEXT_MAX):
         return value
 
     parse.__name__ = "text"  # argparse names the type in its message: "invalid text value"
+    return parse
+
+
+def bounded_seconds(low: float, high: float):
+    """An argparse ``type`` for a number of seconds from ``low`` to ``high`` (exit 2 with a
+    sentence otherwise, "nan" and "inf" included)."""
+    import argparse
+    import math
+
+    def parse(value: str) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and low <= seconds <= high):
+            raise argparse.ArgumentTypeError(f"{value!r} is not from {low:g} to {high:g} seconds")
+        return seconds
+
+    parse.__name__ = "seconds"
     return parse

@@ -17,11 +17,11 @@ from django.urls import reverse
 import opsweb.admin  # noqa: F401  (registers every admin and declares every form)
 from opsweb import services
 from opsweb.limits import TEXT_MAX
-from opsweb.models import Approval, ChangeWindow, Run, RunStatus
+from opsweb.models import Approval, ChangeWindow, ImageVersion, Run, RunStatus
 from opsweb.services import ReleaseError
 from tests.conftest import make_user
 from tests.test_admin import login, pending, post_form  # noqa: F401  (pending: a fixture)
-from tests.test_commands import run_command
+from tests.test_commands import register_args, run_command
 
 pytestmark = pytest.mark.django_db
 
@@ -239,3 +239,23 @@ def test_a_freeze_lifted_within_its_second_round_trips_through_the_admin(flow):
         window.refresh_from_db()
         assert window.starts_at == datetime(2026, 12, 1, 9, 30, 5, 120000, tzinfo=UTC)
         assert window.ends_at == datetime(2026, 12, 1, 9, 30, 5, 870000, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["worker", "--stop-seconds", "nan"], "'nan' is not from 0 to 3600 seconds"),
+        (["worker", "--reconcile-seconds", "1e300"], "is not from 0 to 86400 seconds"),
+        (
+            register_args("9.9.9", "--commit-message", "x" * 20_001),
+            "The commit message has 20,001 characters; at most 20,000 are kept.",
+        ),
+        (register_args("9.9.9", "--branch", "b" * 256), "at most 255 characters"),
+    ],
+)
+def test_command_arguments_beyond_their_limits_are_refused_with_a_sentence(
+    flow, ci_user, args, words
+):
+    code, _, err = run_command(*args)
+    assert code != 0 and words in err
+    assert not ImageVersion.objects.exists()

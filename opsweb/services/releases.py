@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from opsweb import policy
+from opsweb.limits import COMMIT_MESSAGE_MAX
 from opsweb.models import (
     Approval,
     ChangeWindow,
@@ -712,6 +713,7 @@ def register_image(
     mistaken for a deploy. Raises NotAllowed without ``add_imageversion``, ReleaseError for an
     invalid field or a tag that already names another digest (tags are immutable).
     """
+    check_lengths(COMMIT_MESSAGE_MAX, commit_message=commit_message)
     require_perm(user, "add_imageversion", "register images")
     existing = ImageVersion.objects.filter(repository=repository, digest=digest).first()
     if existing:
