@@ -602,13 +602,13 @@ def test_windows_that_never_fire_or_cost_without_bound_are_refused(flow, fields,
     window = ChangeWindow(**{"duration_seconds": 3600, **fields})
     with pytest.raises(Exception) as caught:
         window.full_clean()
-    assert words in caught.value.message_dict[field][0]
+    assert any(words in message for message in caught.value.message_dict[field])
 
 
 def test_a_stored_window_that_never_fires_freezes_nothing(flow):
     production = flow["production"]
     window = ChangeWindow.objects.create(
-        environment=production, cron="0 0 30 2 *", duration_seconds=99999999999999
+        environment=production, cron="0 0 30 2 *", duration_seconds=2147483647
     )
     now = timezone.now()
     assert not freeze_status(production, now).frozen
