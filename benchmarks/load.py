@@ -1,13 +1,16 @@
 """Load: N logged-in users browse the console for T seconds while a worker deploys.
 
     .venv/bin/python benchmarks/load.py [--users 20] [--seconds 60] [--database sqlite|postgres]
+                                        [--worst-window]
 
 Starts, on loopback only, the web role as deployed (gunicorn with gunicorn.conf.py), a worker
 (`manage.py worker`) and the demo's sample services on --base-port … +3, against a scratch
 SQLite file or a private PostgreSQL server (see faults.py). Each user is a thread with its own
 session that logs in through the login form and then, in turn and without pause, opens the
-dashboard, the run list, a run page and an environment page; meanwhile Local Development is
-deployed again and again. Stops by itself after --seconds and prints requests, errors and
+dashboard, the run list, a run page, the environment list and the Staging and AWS Production
+pages; meanwhile Local Development is deployed again and again. ``--worst-window`` first adds
+to AWS Production the deny window that once made its page take 86 s: cron ``* * * * *``, each
+occurrence lasting 7 days, so every page reads a freeze made of 10,080 overlapping occurrences. Stops by itself after --seconds and prints requests, errors and
 p50/p95/p99 latency. Exit status 0 when no request failed.
 """
 
@@ -133,6 +136,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--base-port", type=int, default=8901)
+    parser.add_argument(
+        "--worst-window",
+        action="store_true",
+        help="Add a deny window to AWS Production recurring every minute, lasting 7 days each.",
+    )
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="opsweb-load-"))
@@ -180,7 +188,7 @@ def serve_and_load(args, scratch: Path, env: dict[str, str]) -> int:
     from django.contrib.auth.models import Group
     from django.contrib.auth.models import User as DjangoUser
 
-    from opsweb.models import Environment, Run
+    from opsweb.models import ChangeWindow, Environment, Run
 
     port = int(env["PORT"])
     deployers = Group.objects.get(name="deployers")
@@ -189,11 +197,23 @@ def serve_and_load(args, scratch: Path, env: dict[str, str]) -> int:
         user.groups.add(deployers)
     run_id = Run.objects.order_by("-pk").values_list("pk", flat=True).first()
     env_id = Environment.objects.get(slug="staging").pk
+    production = Environment.objects.get(slug="production")
+    if args.worst_window:
+        # A window the form accepts (a cron may fire every minute): every page that reads
+        # the freeze must stay as fast as without it.
+        ChangeWindow.objects.create(
+            environment=production,
+            cron="* * * * *",
+            duration_seconds=7 * 24 * 3600,
+            reason="worst case: every minute, for 7 days each",
+        )
     pages = [
         "/admin/",
         "/admin/opsweb/run/",
         f"/admin/opsweb/run/{run_id}/change/",
+        "/admin/opsweb/environment/",
         f"/admin/opsweb/environment/{env_id}/change/",
+        f"/admin/opsweb/environment/{production.pk}/change/",
     ]
     logs = open(scratch / "servers.log", "wb")  # noqa: SIM115 (closed below)
     servers = [
@@ -243,7 +263,8 @@ def serve_and_load(args, scratch: Path, env: dict[str, str]) -> int:
     errors = [e for u in users for e in u.errors]
     ms = [t * 1000 for t in latencies]
     print(
-        f"load ({args.database}): {args.users} users x {args.seconds:g}s, "
+        f"load ({args.database}{', worst window' if args.worst_window else ''}): "
+        f"{args.users} users x {args.seconds:g}s, "
         f"{len(deploys)} deploys ({deploys.count('succeeded')} succeeded) meanwhile"
     )
     print(

@@ -11,16 +11,38 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import UsernameField
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
+from opsweb.limits import PASSWORD_MAX
 from opsweb.models import AuditEntry
 from opsweb.services.base import audit
+
+
+class LoginForm(AdminAuthenticationForm):
+    """The admin login form with its inputs bounded: a username longer than the user column
+    (150 characters) or a password over PASSWORD_MAX is a form error before anything is
+    authenticated, so django-axes never tries to record it in its 255-character column (a 500
+    on PostgreSQL). Django sets the username's length only as an attribute, not a check."""
+
+    username = UsernameField(
+        max_length=get_user_model()._meta.get_field("username").max_length,
+        widget=forms.TextInput(attrs={"autofocus": True}),
+    )
+    password = forms.CharField(
+        label="Password",
+        strip=False,
+        max_length=PASSWORD_MAX,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )
 
 
 def client_ip(request: HttpRequest) -> str:
@@ -51,7 +73,7 @@ def locked_out(request: HttpRequest, original_response=None, credentials=None) -
         **admin.site.each_context(request),
         "title": "Log in",
         "app_path": request.get_full_path(),
-        "form": AdminAuthenticationForm(request),
+        "form": LoginForm(request),
         "login_locked_out": lockout_sentence(),
     }
     return TemplateResponse(request, "admin/login.html", context, status=429).render()

@@ -4,6 +4,7 @@ from django.views.generic import RedirectView
 
 from opsweb import views
 from opsweb.dora_views import dora_page
+from opsweb.login_throttle import LoginForm
 
 admin.site.site_header = "opsweb release console"
 admin.site.site_title = "opsweb"
@@ -13,6 +14,8 @@ admin.site.site_url = None
 # Lists need the width at 1366 px (run list, version list); the breadcrumbs and the board lead
 # everywhere the navigation sidebar did.
 admin.site.enable_nav_sidebar = False
+# Inputs bounded by their columns: a 300-character username is a form error, not a 500.
+admin.site.login_form = LoginForm
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadCronError, croniter, croniter_range
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 from dateutil.rrule import rrulestr
 from django.db.models import Q
 
@@ -25,6 +25,11 @@ from opsweb.models import ChangeWindow, Environment
 # How far "until" is followed through back-to-back windows before giving up (a deny window
 # that never ends, or an allow window that never opens, answers "until lifted").
 _MAX_HOPS = 50
+# The longest occurrence a recurring window may have, in seconds (a year; longer freezes are
+# one-off windows). It also keeps "start + duration" inside what a datetime holds.
+MAX_DURATION_SECONDS = 366 * 24 * 3600
+# The largest INTERVAL an RRULE may have (every 1,000 weeks is already 19 years).
+MAX_INTERVAL = 1000
 _DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
 
@@ -61,12 +66,15 @@ def window_errors(window: ChangeWindow) -> dict[str, str]:
         errors["cron"] = "Give an RRULE or a cron expression, not both."
     elif window.rrule:
         errors.update(_rrule_errors(window.rrule))
-    elif window.cron and not croniter.is_valid(window.cron):
-        errors["cron"] = (
-            f"{window.cron!r} is not a cron expression (minute hour day month weekday)."
-        )
+    elif window.cron:
+        errors.update(_cron_errors(window.cron))
     if window.is_recurring and not window.duration_seconds:
         errors["duration_seconds"] = "A recurring window needs a duration in seconds."
+    elif window.is_recurring and window.duration_seconds > MAX_DURATION_SECONDS:
+        errors["duration_seconds"] = (
+            f"An occurrence lasts at most {MAX_DURATION_SECONDS} seconds (366 days); "
+            "use a one-off window for a longer freeze."
+        )
     if not window.is_recurring:
         if window.duration_seconds:
             errors["duration_seconds"] = "A one-off window runs from its start to its end."
@@ -80,15 +88,44 @@ def window_errors(window: ChangeWindow) -> dict[str, str]:
 
 
 def _rrule_errors(text: str) -> dict[str, str]:
+    """What is wrong with an RRULE, as {"rrule": sentence}; {} when valid.
+
+    Besides the syntax, a rule must let the windows functions answer at bounded cost: at most
+    one start an hour (one BYMINUTE, one BYSECOND), no COUNT (it counts from the first
+    occurrence, however long ago), an INTERVAL of at most MAX_INTERVAL, and at least one
+    occurrence (dateutil would search until year 9999 for 30 February)."""
     upper = text.upper()
+    parts = _parts(text)
     if "DTSTART" in upper:
         return {"rrule": "Leave DTSTART out: the window's start anchors the recurrence."}
-    if "FREQ=SECONDLY" in upper or "FREQ=MINUTELY" in upper:
-        return {"rrule": "A window recurs at most hourly."}
+    if parts.get("FREQ") in ("SECONDLY", "MINUTELY") or any(
+        "," in parts.get(name, "") for name in ("BYMINUTE", "BYSECOND")
+    ):
+        return {"rrule": "A window recurs at most hourly (one BYMINUTE, one BYSECOND)."}
+    if "COUNT" in parts:
+        return {"rrule": "Leave COUNT out: give the window an end instead."}
+    interval = parts.get("INTERVAL", "1")
+    if not (interval.isdigit() and 1 <= int(interval) <= MAX_INTERVAL):
+        return {"rrule": f"INTERVAL is a whole number from 1 to {MAX_INTERVAL}."}
     try:
-        rrulestr(text, dtstart=datetime(2000, 1, 1))
-    except (ValueError, TypeError) as exc:
+        # The calendar repeats every 400 years: a rule that fires nowhere in the last 400
+        # years before 9999 fires never, and the search stops at 9999 there.
+        fires = rrulestr(text, dtstart=datetime(9600, 1, 1)).after(datetime(9600, 1, 1), inc=True)
+    except (ValueError, TypeError, OverflowError) as exc:
         return {"rrule": f"Not an RRULE: {exc}."}
+    if fires is None:
+        return {"rrule": "This RRULE never fires (a date such as 30 February)."}
+    return {}
+
+
+def _cron_errors(text: str) -> dict[str, str]:
+    """What is wrong with a cron expression, as {"cron": sentence}; {} when valid."""
+    if len(text.split()) != 5 or not croniter.is_valid(text):
+        return {"cron": f"{text!r} is not a cron expression (minute hour day month weekday)."}
+    try:
+        croniter(text, datetime(2000, 1, 1)).get_next(datetime)
+    except CroniterBadDateError:
+        return {"cron": f"{text!r} never fires (a date such as 30 February)."}
     return {}
 
 
@@ -112,6 +149,12 @@ def _anchor(window: ChangeWindow) -> datetime:
 
 
 _PERIODS = {"HOURLY": timedelta(hours=1), "DAILY": timedelta(days=1), "WEEKLY": timedelta(weeks=1)}
+_MONTHS = {"MONTHLY": 1, "YEARLY": 12}
+_DAY_PARTS = ("BYMONTHDAY", "BYDAY", "BYYEARDAY")
+
+
+def _parts(text: str) -> dict[str, str]:
+    return dict(p.split("=", 1) for p in text.upper().split(";") if "=" in p)
 
 
 def _rule(window: ChangeWindow, near: datetime):
@@ -119,31 +162,66 @@ def _rule(window: ChangeWindow, near: datetime):
 
     dateutil iterates from DTSTART, so an hourly window anchored two years back would walk
     17,000 occurrences per question. Moving the start by a whole number of periods keeps every
-    occurrence from there on (the phase of INTERVAL, the weekday of a weekly rule); rules with
-    COUNT, or monthly and yearly ones (a dozen occurrences a year), keep their start."""
+    occurrence from there on (the phase of INTERVAL, the weekday of a weekly rule, the day of
+    a monthly one), so a question walks at most two periods whatever the window's age. Rules
+    with COUNT (refused on save) count from their own start and keep it; so do BYWEEKNO rules,
+    whose weekday comes from the start."""
     anchor = _anchor(window)
-    parts = dict(p.split("=", 1) for p in window.rrule.upper().split(";") if "=" in p)
-    period = _PERIODS.get(parts.get("FREQ", ""))
-    if period is not None and "COUNT" not in parts and parts.get("INTERVAL", "1").isdigit():
-        period *= int(parts.get("INTERVAL", "1")) or 1
+    parts = _parts(window.rrule)
+    freq, interval = parts.get("FREQ", ""), parts.get("INTERVAL", "1")
+    if "COUNT" in parts or not (interval.isdigit() and int(interval) <= MAX_INTERVAL):
+        return rrulestr(window.rrule, dtstart=anchor)
+    interval_n = int(interval) or 1
+    if freq in _PERIODS:
+        period = _PERIODS[freq] * interval_n
         steps = (near - anchor) // period - 1
         if steps > 0:
             anchor += steps * period
+    elif freq in _MONTHS and "BYWEEKNO" not in parts:
+        anchor = _months_on(anchor, near, _MONTHS[freq] * interval_n, parts)
     return rrulestr(window.rrule, dtstart=anchor)
 
 
-def _starts_between(window: ChangeWindow, after: datetime, before: datetime) -> list[datetime]:
-    """Occurrence starts (wall clock, naive) in [after, before]."""
-    if after > before:
-        return []
-    if window.rrule:
-        starts = _rule(window, after).between(after, before, inc=True)
-    elif max(after, _anchor(window)) > before:
-        return []  # croniter_range would walk backwards
-    else:
-        starts = list(croniter_range(max(after, _anchor(window)), before, window.cron))
+def _months_on(anchor: datetime, near: datetime, period: int, parts: dict) -> datetime:
+    """``anchor`` moved by whole ``period``s of months to one or two periods before ``near``.
+
+    Where the rule names its days (BYMONTHDAY, BYDAY, BYYEARDAY) the start's day does not
+    matter and becomes the 1st; otherwise the day is kept, so a rule on the 31st moves to the
+    latest month that has one (at most a dozen tries)."""
+    months = (near.year - anchor.year) * 12 + near.month - anchor.month
+    steps = months // period - 1
+    day_free = any(name in parts for name in _DAY_PARTS)
+    for k in range(steps, max(steps - 12, 0), -1):
+        total = anchor.month - 1 + k * period
+        year, month = anchor.year + total // 12, total % 12 + 1
+        try:
+            return anchor.replace(year=year, month=month, day=1 if day_free else anchor.day)
+        except ValueError:  # 31 April, 29 February of a common year, past year 9999
+            continue
+    return anchor
+
+
+def _last_start(window: ChangeWindow, wall: datetime) -> datetime | None:
+    """The last occurrence start (wall clock, naive) at or before ``wall``, or None.
+
+    One step back from ``wall`` (croniter's previous match, dateutil's ``before`` from a start
+    at most two periods back), never a walk over every occurrence in a duration: the cost does
+    not grow with how often the window recurs nor how long each occurrence lasts."""
     stop = _local(window, window.ends_at) if window.ends_at else None
-    return [s for s in starts if s >= _anchor(window) and (stop is None or s < stop)]
+    inclusive = stop is None or wall < stop
+    bound = wall if inclusive else stop
+    if window.rrule:
+        found = _rule(window, bound).before(bound, inc=inclusive)
+    else:
+        # croniter steps strictly before its start; a microsecond later includes ``wall``.
+        start = bound + timedelta(microseconds=1) if inclusive else bound
+        try:
+            found = croniter(window.cron, start).get_prev(datetime)
+        except (CroniterBadDateError, CroniterBadCronError, ValueError, OverflowError):
+            return None
+    if found is None or found < _anchor(window):
+        return None
+    return found
 
 
 def _next_start(window: ChangeWindow, after: datetime) -> datetime | None:
@@ -152,10 +230,19 @@ def _next_start(window: ChangeWindow, after: datetime) -> datetime | None:
     if window.rrule:
         found = _rule(window, after).after(after, inc=False)
     else:
-        found = croniter(window.cron, after).get_next(datetime)
+        try:
+            found = croniter(window.cron, after).get_next(datetime)
+        except (CroniterBadDateError, CroniterBadCronError, ValueError, OverflowError):
+            return None  # a cron that never fires (30 February) within croniter's 50 years
     if found is None or (window.ends_at and found >= _local(window, window.ends_at)):
         return None
     return found
+
+
+def _length(window: ChangeWindow) -> timedelta:
+    """How long each occurrence lasts, capped at what a window may last (longer ones, saved
+    before that limit, would overflow a datetime)."""
+    return timedelta(seconds=min(window.duration_seconds or 0, MAX_DURATION_SECONDS))
 
 
 def open_until(window: ChangeWindow, moment: datetime) -> tuple[bool, datetime | None]:
@@ -166,13 +253,12 @@ def open_until(window: ChangeWindow, moment: datetime) -> tuple[bool, datetime |
         if started and (window.ends_at is None or moment < window.ends_at):
             return True, window.ends_at
         return False, None
+    # Every occurrence lasts as long, so the last start is the one that ends last.
     wall = _local(window, moment)
-    length = timedelta(seconds=window.duration_seconds or 0)
-    starts = _starts_between(window, wall - length, wall)
-    ends = [start + length for start in starts if start + length > wall]
-    if not ends:
+    start = _last_start(window, wall)
+    if start is None or start + _length(window) <= wall:
         return False, None
-    return True, _aware(window, max(ends))
+    return True, _aware(window, start + _length(window))
 
 
 def next_opening(window: ChangeWindow, moment: datetime) -> datetime | None:
@@ -189,9 +275,10 @@ def next_occurrences(window: ChangeWindow, moment: datetime, count: int = 3):
     """The next ``count`` occurrences as (start, end) in UTC, the current one first if open."""
     if not window.is_recurring:
         return [(window.starts_at, window.ends_at)] if open_or_later(window, moment) else []
-    length = timedelta(seconds=window.duration_seconds or 0)
+    length = _length(window)
     wall = _local(window, moment)
-    found = _starts_between(window, wall - length, wall)[-1:]
+    last = _last_start(window, wall)
+    found = [last] if last is not None and last + length > wall else []
     cursor = wall
     while len(found) < count:
         start = _next_start(window, cursor)
@@ -294,7 +381,7 @@ def describe_window(window: ChangeWindow) -> str:
     first = _next_start(window, _anchor(window) - timedelta(seconds=1))
     if first is None:
         return "no occurrences"
-    length = timedelta(seconds=window.duration_seconds)
+    length = _length(window)
     end = first + length
     days = _weekdays(window) or {first.weekday()}
     day_names = [_DAYS[d] for d in sorted(days)]
@@ -309,7 +396,7 @@ def describe_window(window: ChangeWindow) -> str:
 
 def _is_weekly(window: ChangeWindow) -> bool:
     if window.rrule:
-        parts = dict(p.split("=", 1) for p in window.rrule.upper().split(";") if "=" in p)
+        parts = _parts(window.rrule)
         return parts.get("FREQ") in ("WEEKLY", "DAILY") and parts.get("INTERVAL", "1") == "1"
     fields = window.cron.split()
     return len(fields) == 5 and fields[2] == "*" and fields[3] == "*" and fields[0].isdigit()
@@ -318,7 +405,7 @@ def _is_weekly(window: ChangeWindow) -> bool:
 def _weekdays(window: ChangeWindow) -> set[int]:
     """Weekdays (0 = Monday) a weekly pattern names; empty when it names none."""
     if window.rrule:
-        parts = dict(p.split("=", 1) for p in window.rrule.upper().split(";") if "=" in p)
+        parts = _parts(window.rrule)
         codes = ["MO", "TU", "WE", "TH", "FR", "SA", "SU"]
         named = {codes.index(d[-2:]) for d in parts.get("BYDAY", "").split(",") if d[-2:] in codes}
         if not named and parts.get("FREQ") == "DAILY":

@@ -492,3 +492,124 @@ def test_a_held_deploy_that_needed_no_approval_says_queued_and_the_window_in_hou
     assert run.status == RunStatus.EXPIRED
     assert run.error.startswith("Expired without starting: queued at ")
     assert "(36 hours)" in run.error
+
+
+# -- what a window costs ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def occurrences_computed(monkeypatch):
+    """Counts every occurrence the windows functions compute: each croniter step (next or
+    previous) and each start dateutil's rrule yields."""
+    from croniter import croniter
+    from dateutil.rrule import rrule
+
+    counted = {"n": 0}
+    step, iterate = croniter._get_next, rrule._iter
+
+    def counted_step(self, *args, **kwargs):
+        counted["n"] += 1
+        return step(self, *args, **kwargs)
+
+    def counted_iterate(self):
+        for start in iterate(self):
+            counted["n"] += 1
+            yield start
+
+    monkeypatch.setattr(croniter, "_get_next", counted_step)
+    monkeypatch.setattr(rrule, "_iter", counted_iterate)
+    return counted
+
+
+WORST = [
+    {"cron": "* * * * *"},
+    {"rrule": "FREQ=HOURLY"},
+    {"rrule": "FREQ=MONTHLY;BYMONTHDAY=1,2,3,4,5,6,7,8,9,10;BYHOUR=0,6,12,18"},
+]
+
+
+@pytest.mark.parametrize("recurrence", WORST)
+@pytest.mark.parametrize("days", [1, 7])
+def test_a_frequent_long_deny_window_costs_the_same_as_any_other(
+    flow, occurrences_computed, recurrence, days
+):
+    production = flow["production"]
+    window = ChangeWindow.objects.create(
+        environment=production,
+        duration_seconds=days * 86400,
+        time_zone=BERLIN,
+        starts_at=datetime(2024, 1, 1, tzinfo=UTC),
+        reason="worst case",
+        **recurrence,
+    )
+    now = datetime(2026, 10, 5, 12, tzinfo=UTC)
+    status = freeze_status(production, now)
+    upcoming = next_occurrences(window, now)
+    describe_window(window)
+    assert status.frozen and "AWS Production is frozen until" in status.sentence
+    if "MONTHLY" not in window.rrule:
+        # Back-to-back occurrences are followed a bounded number of times, then "until lifted".
+        assert status.until is None
+    assert len(upcoming) == 3 and upcoming[0][0] <= now < upcoming[0][1]
+    assert occurrences_computed["n"] <= 1000
+
+
+@pytest.mark.parametrize("recurrence", WORST)
+def test_a_frequent_long_allow_window_costs_the_same_as_any_other(
+    flow, occurrences_computed, recurrence
+):
+    dev = flow["dev"]
+    ChangeWindow.objects.create(
+        environment=dev,
+        kind=ChangeWindow.Kind.ALLOW,
+        duration_seconds=7 * 86400,
+        starts_at=datetime(2024, 1, 1, tzinfo=UTC),
+        **recurrence,
+    )
+    assert not freeze_status(dev, datetime(2026, 10, 5, 12, tzinfo=UTC)).frozen
+    assert occurrences_computed["n"] <= 100
+
+
+def test_the_pages_read_a_worst_case_window_at_bounded_cost(flow, occurrences_computed):
+    root = make_user("root", is_superuser=True)
+    production = flow["production"]
+    ChangeWindow.objects.create(
+        environment=production, cron="* * * * *", duration_seconds=7 * 86400, reason="worst"
+    )
+    client = login(root)
+    occurrences_computed["n"] = 0
+    page = client.get(reverse("admin:opsweb_environment_change", args=[production.pk]))
+    assert page.status_code == 200 and "frozen until someone lifts the freeze" in page.text
+    board = client.get(reverse("admin:index"))
+    assert board.status_code == 200
+    listing = client.get(reverse("admin:opsweb_environment_changelist"))
+    assert "frozen until lifted" in listing.text
+    assert occurrences_computed["n"] <= 3000
+
+
+@pytest.mark.parametrize(
+    "fields, field, words",
+    [
+        ({"cron": "0 0 30 2 *"}, "cron", "never fires"),
+        ({"rrule": "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30"}, "rrule", "never fires"),
+        ({"rrule": "FREQ=HOURLY;BYMINUTE=0,30"}, "rrule", "at most hourly"),
+        ({"rrule": "FREQ=DAILY;COUNT=100000"}, "rrule", "Leave COUNT out"),
+        ({"rrule": "FREQ=HOURLY;INTERVAL=99999999999"}, "rrule", "INTERVAL is a whole number"),
+        ({"cron": "* * * * *", "duration_seconds": 99999999999999}, "duration_seconds", "366"),
+    ],
+)
+def test_windows_that_never_fire_or_cost_without_bound_are_refused(flow, fields, field, words):
+    window = ChangeWindow(**{"duration_seconds": 3600, **fields})
+    with pytest.raises(Exception) as caught:
+        window.full_clean()
+    assert any(words in message for message in caught.value.message_dict[field])
+
+
+def test_a_stored_window_that_never_fires_freezes_nothing(flow):
+    production = flow["production"]
+    window = ChangeWindow.objects.create(
+        environment=production, cron="0 0 30 2 *", duration_seconds=2147483647
+    )
+    now = timezone.now()
+    assert not freeze_status(production, now).frozen
+    assert next_occurrences(window, now) == []

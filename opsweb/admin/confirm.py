@@ -24,6 +24,7 @@ from django.utils.http import urlencode
 
 from opsweb import services
 from opsweb.admin.lists import OpswebAdmin
+from opsweb.limits import SEAL_MAX, TEXT_MAX
 from opsweb.models import ImageVersion
 from opsweb.policy import Decision
 from opsweb.services import NotAllowed, ReleaseError
@@ -34,7 +35,7 @@ class ConfirmForm(forms.Form):
     object, the page, the version, the moment, a nonce and the facts. The service it calls
     checks each (``services.base.check_seen``)."""
 
-    seen = forms.CharField(widget=forms.HiddenInput)
+    seen = forms.CharField(widget=forms.HiddenInput, max_length=SEAL_MAX)
 
     def clean_seen(self):
         facts = services.base.unseal(self.cleaned_data["seen"])
@@ -44,12 +45,16 @@ class ConfirmForm(forms.Form):
 
 
 class CommentForm(ConfirmForm):
-    comment = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+    comment = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), required=False, max_length=TEXT_MAX
+    )
 
 
 class RequiredCommentForm(ConfirmForm):
     comment = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 3}), help_text="Say why; the requester sees it."
+        widget=forms.Textarea(attrs={"rows": 3}),
+        max_length=TEXT_MAX,
+        help_text="Say why; the requester sees it.",
     )
 
 

@@ -23,7 +23,9 @@ from opsweb.admin.confirm import (
     image_option,
     version_line,
 )
+from opsweb.admin.fields import BoundedFields, ExactSplitDateTime, bounded_formfield
 from opsweb.admin.lists import OpswebAdmin
+from opsweb.limits import TEXT_MAX
 from opsweb.models import (
     ApprovalRule,
     ChangeWindow,
@@ -35,7 +37,13 @@ from opsweb.models import (
     Signoff,
 )
 from opsweb.services import facts
-from opsweb.windows import describe_window, freeze_status, next_occurrences, wall_text
+from opsweb.windows import (
+    MAX_DURATION_SECONDS,
+    describe_window,
+    freeze_status,
+    next_occurrences,
+    wall_text,
+)
 
 # A constant: format_html() without arguments is refused by Django 6.1 (a 500 on the list).
 BAD_BADGE = mark_safe(' <span class="opsweb-bad">BAD</span>')  # noqa: S308
@@ -54,7 +62,7 @@ def env_url(env) -> str:
 
 
 class NoteForm(ConfirmForm):
-    note = forms.CharField(required=False)
+    note = forms.CharField(required=False, max_length=TEXT_MAX)
 
 
 class OverrideForm(NoteForm):
@@ -66,7 +74,10 @@ class OverrideForm(NoteForm):
         help_text="Go during the freeze; it also needs the override approvers' approvals.",
     )
     override_reason = forms.CharField(
-        required=False, widget=forms.Textarea(attrs={"rows": 2}), label="Why it cannot wait"
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        max_length=TEXT_MAX,
+        label="Why it cannot wait",
     )
 
     def clean(self):
@@ -97,7 +108,9 @@ def _freeze_lines(env: Environment) -> list[tuple[str, str]]:
 class RollbackForm(ConfirmForm):
     # No default: the person says which of the seed's trigger conditions they saw.
     reason = forms.ChoiceField(choices=[("", "— choose the reason —"), *RollbackReason.choices])
-    note = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+    note = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), required=False, max_length=TEXT_MAX
+    )
 
 
 def _approvals_line(env: Environment) -> tuple[str, str]:
@@ -404,9 +417,18 @@ class SignOff(Confirmation):
         return f"UAT sign-off recorded for {chosen.tag} in {env}.", env_url(env)
 
 
+class FreezeForm(ConfirmForm):
+    # A freeze's comment becomes the reason of the window it opens.
+    comment = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        required=False,
+        max_length=ChangeWindow._meta.get_field("reason").max_length,
+    )
+
+
 class Freeze(Confirmation):
     name = "freeze"
-    form_class = CommentForm
+    form_class = FreezeForm
 
     def label(self, env):
         return "Unfreeze" if env.is_frozen else "Freeze"
@@ -439,7 +461,7 @@ class Freeze(Confirmation):
         return f"{env} {'frozen' if freeze else 'unfrozen'}.", env_url(env)
 
 
-class ApprovalRuleInline(admin.TabularInline):
+class ApprovalRuleInline(BoundedFields, admin.TabularInline):
     """ "N approvals from group G": all of an environment's rules must be met."""
 
     model = ApprovalRule
@@ -449,7 +471,18 @@ class ApprovalRuleInline(admin.TabularInline):
 
 
 class ChangeWindowForm(forms.ModelForm):
+    """A change window's fields, bounded by what the windows functions take (``window_errors``
+    says the rest: a cron that never fires, an RRULE recurring more than hourly)."""
+
+    duration_seconds = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=MAX_DURATION_SECONDS,
+        help_text="Recurring: how long each occurrence lasts (wall clock), at most 366 days.",
+    )
+
     class Meta:
+        formfield_callback = bounded_formfield
         model = ChangeWindow
         fields = [
             "kind",
@@ -461,9 +494,10 @@ class ChangeWindowForm(forms.ModelForm):
             "time_zone",
             "reason",
         ]
+        widgets = {"starts_at": ExactSplitDateTime, "ends_at": ExactSplitDateTime}
 
 
-class ChangeWindowInline(admin.StackedInline):
+class ChangeWindowInline(BoundedFields, admin.StackedInline):
     """This environment's change windows (those for every environment are under *Change
     windows*), each in plain words with its next occurrences."""
 

@@ -11,12 +11,13 @@ from django.utils.html import format_html
 from opsweb import policy, services
 from opsweb.admin.confirm import Confirmation, ConfirmForm, ConfirmingAdmin, version_line
 from opsweb.admin.records import ReadOnlyMixin
+from opsweb.limits import TEXT_MAX
 from opsweb.models import Environment, ImageVersion
 from opsweb.services import facts
 
 
 class MarkBadForm(ConfirmForm):
-    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}))
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=TEXT_MAX)
 
 
 class MarkBad(Confirmation):

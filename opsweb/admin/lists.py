@@ -21,6 +21,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
 
+from opsweb.admin.fields import BoundedFields
+
 # Above this many rows a list says "10,000+" instead of counting them all: an exact count of
 # a million-row filter reads a million index entries on every page view.
 COUNT_CAP = 10_000
@@ -223,7 +225,7 @@ def _midnight(day: date) -> datetime:
     return datetime.combine(day, time.min, tzinfo=UTC)
 
 
-class OpswebAdmin(admin.ModelAdmin):
+class OpswebAdmin(BoundedFields, admin.ModelAdmin):
     paginator = CappedPaginator
     # "Show counts" would count every value of every filter over the whole history.
     show_facets = admin.ShowFacets.NEVER

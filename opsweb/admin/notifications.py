@@ -7,6 +7,7 @@ The secret of a channel is write-only here: the form never renders it, lists sho
 from django import forms
 from django.contrib import admin
 
+from opsweb.admin.fields import bounded_formfield
 from opsweb.admin.lists import OpswebAdmin
 from opsweb.models import NotificationChannel, NotificationDelivery, NotificationEvent
 from opsweb.services.base import audit
@@ -18,11 +19,13 @@ class ChannelForm(forms.ModelForm):
     )
     secret = forms.CharField(
         required=False,
+        max_length=NotificationChannel._meta.get_field("secret").max_length,
         widget=forms.PasswordInput(render_value=False),
         help_text="Generic webhooks: the HMAC-SHA256 key. Leave empty to keep the current one.",
     )
 
     class Meta:
+        formfield_callback = bounded_formfield
         model = NotificationChannel
         fields = ["name", "environment", "kind", "target", "secret", "events", "enabled"]
 

@@ -22,6 +22,7 @@ from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from opsweb.limits import TEXT_MAX, text_problem
 from opsweb.models import (
     ALLOWED_TRANSITIONS,
     TERMINAL_STATUSES,
@@ -958,3 +959,13 @@ def validation_sentence(exc: ValidationError) -> str:
             for field, messages in exc.message_dict.items()
         )
     return " ".join(exc.messages)
+
+
+def check_lengths(limit: int = TEXT_MAX, **texts: str | None) -> None:
+    """Raise ReleaseError, naming the text, when one of ``texts`` (its name → what a person
+    wrote) is over ``limit`` characters: the admin, the commands and the tasks all come here,
+    so none stores a 20,000-character comment or sends PostgreSQL more than its column holds."""
+    for name, value in texts.items():
+        problem = text_problem(name.replace("_", " "), value, limit)
+        if problem:
+            raise ReleaseError(problem)

@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from opsweb import policy
+from opsweb.limits import COMMIT_MESSAGE_MAX
 from opsweb.models import (
     Approval,
     ChangeWindow,
@@ -32,6 +33,7 @@ from opsweb.services.base import (
     add_event,
     approval_deadline,
     audit,
+    check_lengths,
     check_seen,
     describe,
     dispatch_on_commit,
@@ -129,6 +131,7 @@ def request_deploy(
     Raises NotAllowed without the ``request_deploy`` permission, ReleaseError for any rule
     (``policy.may_deploy``; an override when no freeze applies).
     """
+    check_lengths(note=note, override_reason=override_reason)
     environment = _lock_environment(environment)
     check_seen(
         seen,
@@ -204,6 +207,7 @@ def request_promotion(
     runs now. ``source``, when given, must be the upstream (rule 1). Raises NotAllowed or
     ReleaseError (``policy.may_promote``); ``seen`` and ``override_reason`` as in
     ``request_deploy``."""
+    check_lengths(note=note, override_reason=override_reason)
     target = _lock_environment(target)
     upstream = target.upstream
     if source is not None and upstream is not None and source.pk != upstream.pk:
@@ -315,6 +319,7 @@ def approve_run(*, user, run: Run, comment: str = "", seen: Seen = None) -> Run:
     environment moved past its version is superseded. ``seen``: ``facts.run_facts`` as the page
     showed them. Raises NotAllowed (not an approver) or ReleaseError (``policy.may_approve``).
     """
+    check_lengths(comment=comment)
     settle(run)
     return _approve(user=user, run=run, comment=comment, seen=seen)
 
@@ -377,6 +382,7 @@ def _refuse_ended(run: Run) -> None:
 
 def reject_run(*, user, run: Run, comment: str, seen: Seen = None) -> Run:
     """One reject ends the run. A comment saying why is required. Raises as ``approve_run``."""
+    check_lengths(comment=comment)
     if not comment or not comment.strip():
         raise ReleaseError("Say why you reject this run: a comment is required.")
     settle(run)
@@ -414,6 +420,7 @@ def _reject(*, user, run: Run, comment: str, seen: Seen) -> Run:
 def cancel_run(*, user, run: Run, comment: str = "", seen: Seen = None) -> Run:
     """Cancel a run that has not started. A running deploy is not stopped halfway.
     Raises NotAllowed or ReleaseError (``policy.may_cancel``)."""
+    check_lengths(comment=comment)
     run = _lock_run(run)
     check_seen(
         seen,
@@ -444,6 +451,7 @@ def sign_off_uat(
     ``seen``: ``facts.signoff_facts`` as the page showed them; if what the environment runs
     changed since, the sign-off is refused (it would be for a version nobody looked at).
     Raises NotAllowed or ReleaseError (``policy.may_sign_off``)."""
+    check_lengths(note=note)
     environment = _lock_environment(environment)
     image = ImageVersion.objects.get(pk=image.pk)
     check_seen(
@@ -492,6 +500,7 @@ def mark_bad(*, user, image: ImageVersion, reason: str, seen: Seen = None) -> Im
     """Mark a version bad: it can no longer be promoted, and its waiting runs are cancelled.
     Raises NotAllowed (no ``mark_bad`` permission) or ReleaseError (no reason, already bad,
     or ``facts.image_facts`` changed since the page showed them)."""
+    check_lengths(reason=reason)
     if not reason or not reason.strip():
         raise ReleaseError("Say why this version is bad: a reason is required.")
     image = ImageVersion.objects.select_for_update().get(pk=image.pk)
@@ -533,6 +542,7 @@ def roll_back(
     them; if someone else rolled back in between, nothing happens (no second step back).
     Raises NotAllowed or ReleaseError (``policy.may_roll_back``).
     """
+    check_lengths(note=note)
     if reason not in RollbackReason.values:
         raise ReleaseError(
             f"{reason!r} is not a rollback reason; use one of {', '.join(RollbackReason.values)}."
@@ -676,6 +686,7 @@ def set_frozen(
     window still freezes it. Raises NotAllowed
     without the ``freeze_environment`` permission, ReleaseError if there is nothing to do, or
     if what the page showed changed since."""
+    check_lengths(ChangeWindow._meta.get_field("reason").max_length, reason=reason)
     environment = _lock_environment(environment)
     check_seen(
         seen,
@@ -768,6 +779,7 @@ def register_image(
     mistaken for a deploy. Raises NotAllowed without ``add_imageversion``, ReleaseError for an
     invalid field or a tag that already names another digest (tags are immutable).
     """
+    check_lengths(COMMIT_MESSAGE_MAX, commit_message=commit_message)
     require_perm(user, "add_imageversion", "register images")
     existing = ImageVersion.objects.filter(repository=repository, digest=digest).first()
     if existing:

@@ -5,6 +5,7 @@ manage.py approve 12 --comment "UAT passed" --as bob
 
 from opsweb import services
 from opsweb.cli import OpswebCommand, Outcome, find_run
+from opsweb.limits import bounded_text
 from opsweb.models import RunStatus
 
 
@@ -14,7 +15,7 @@ class Command(OpswebCommand):
 
     def add_command_arguments(self, parser):
         parser.add_argument("run", metavar="RUN", help="The run id.")
-        parser.add_argument("--comment", default="")
+        parser.add_argument("--comment", default="", type=bounded_text())
 
     def act(self, user, options):
         run = services.approve_run(

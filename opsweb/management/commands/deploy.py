@@ -5,6 +5,7 @@ manage.py deploy dev example/app:1.4.2 --as ci --wait
 
 from opsweb import services
 from opsweb.cli import IMAGE_HELP, OpswebCommand, Outcome, find_environment, find_image
+from opsweb.limits import bounded_text
 
 
 class Command(OpswebCommand):
@@ -14,9 +15,10 @@ class Command(OpswebCommand):
     def add_command_arguments(self, parser):
         parser.add_argument("environment", metavar="ENV", help="Slug or name, e.g. dev.")
         parser.add_argument("image", metavar="IMAGE", help=IMAGE_HELP)
-        parser.add_argument("--note", default="", help="Why, for the record.")
+        parser.add_argument("--note", default="", type=bounded_text(), help="Why, for the record.")
         parser.add_argument(
             "--override-reason",
+            type=bounded_text(),
             default="",
             help="During a freeze: ask for an emergency override, saying why (it then also "
             "needs the override approvers' approvals).",

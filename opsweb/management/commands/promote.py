@@ -5,6 +5,7 @@ manage.py promote staging production --image example/app:1.4.2 --as alice
 
 from opsweb import services
 from opsweb.cli import IMAGE_HELP, OpswebCommand, Outcome, find_environment, find_image
+from opsweb.limits import bounded_text
 
 
 class Command(OpswebCommand):
@@ -18,9 +19,12 @@ class Command(OpswebCommand):
         parser.add_argument("source", metavar="SOURCE", help="Slug or name, e.g. staging.")
         parser.add_argument("target", metavar="TARGET", help="Slug or name, e.g. production.")
         parser.add_argument("--image", default="", help=IMAGE_HELP + " Default: what SOURCE runs.")
-        parser.add_argument("--note", default="", help="Why, for the approvers.")
+        parser.add_argument(
+            "--note", default="", type=bounded_text(), help="Why, for the approvers."
+        )
         parser.add_argument(
             "--override-reason",
+            type=bounded_text(),
             default="",
             help="During a freeze: ask for an emergency override, saying why (it then also "
             "needs the override approvers' approvals).",

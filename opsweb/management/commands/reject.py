@@ -5,6 +5,7 @@ manage.py reject 12 --comment "fails the load test" --as bob
 
 from opsweb import services
 from opsweb.cli import OpswebCommand, Outcome, find_run, run_payload
+from opsweb.limits import bounded_text
 
 
 class Command(OpswebCommand):
@@ -12,7 +13,7 @@ class Command(OpswebCommand):
 
     def add_command_arguments(self, parser):
         parser.add_argument("run", metavar="RUN", help="The run id.")
-        parser.add_argument("--comment", default="", help="Why; required.")
+        parser.add_argument("--comment", default="", type=bounded_text(), help="Why; required.")
 
     def act(self, user, options):
         run = services.reject_run(

@@ -8,6 +8,7 @@ someone resumes it (a rollback cancelled while queued does neither).
 
 from opsweb import services
 from opsweb.cli import OpswebCommand, Outcome, find_environment
+from opsweb.limits import bounded_text
 from opsweb.models import RollbackReason
 
 
@@ -18,7 +19,7 @@ class Command(OpswebCommand):
     def add_command_arguments(self, parser):
         parser.add_argument("environment", metavar="ENV", help="Slug or name, e.g. production.")
         parser.add_argument("--reason", required=True, choices=RollbackReason.values)
-        parser.add_argument("--note", default="", help="What was seen.")
+        parser.add_argument("--note", default="", type=bounded_text(), help="What was seen.")
 
     def act(self, user, options):
         environment = find_environment(options["environment"])

@@ -5,6 +5,7 @@ manage.py signoff_uat staging example/app:1.4.2 --note "checked by QA" --as bob
 
 from opsweb import services
 from opsweb.cli import IMAGE_HELP, OpswebCommand, Outcome, find_environment, find_image, iso
+from opsweb.limits import bounded_text
 
 
 class Command(OpswebCommand):
@@ -13,7 +14,7 @@ class Command(OpswebCommand):
     def add_command_arguments(self, parser):
         parser.add_argument("environment", metavar="ENV", help="Slug or name, e.g. staging.")
         parser.add_argument("image", metavar="IMAGE", help=IMAGE_HELP)
-        parser.add_argument("--note", default="")
+        parser.add_argument("--note", default="", type=bounded_text())
 
     def act(self, user, options):
         environment = find_environment(options["environment"])

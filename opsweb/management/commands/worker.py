@@ -29,6 +29,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import connections
 
+from opsweb.limits import bounded_seconds
+
 log = logging.getLogger("opsweb.worker")
 
 
@@ -48,13 +50,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument(
             "--stop-seconds",
-            type=float,
+            type=bounded_seconds(0, 3600),
             default=settings.OPSWEB["WORKER_STOP_SECONDS"],
             help="Seconds the running step may take to finish after a stop signal.",
         )
         parser.add_argument(
             "--reconcile-seconds",
-            type=float,
+            type=bounded_seconds(0, 86400),
             default=settings.OPSWEB["RECONCILE_SECONDS"],
             help="Seconds between looks for lost runs and stalled queues (0: never).",
         )
