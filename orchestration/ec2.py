@@ -27,6 +27,7 @@ from orchestration.base import (
     DeployError,
     DeployRequest,
     DeployResult,
+    DeployStopped,
     Progress,
     SettingsError,
     no_progress,
@@ -450,6 +451,8 @@ class Ec2Backend(DeployBackend):
         failed: list[Outcome] = []
         for number, batch in enumerate(batches, 1):
             label = f"Batch {number}/{len(batches)}"
+            if request.should_stop():
+                self._stop_between_batches(label, switched, previous, request, progress)
             try:
                 outcomes = self._switch_batch(batch, script, image, label, request, progress)
             except DeployError as exc:  # AWS refused or failed a call halfway through a batch
@@ -536,6 +539,27 @@ class Ec2Backend(DeployBackend):
             else " No instance had been switched."
         )
         raise DeployError(f"The rollout stopped at {label.lower()}: {failures}.{back}")
+
+    def _stop_between_batches(self, label, switched, previous, request, progress):
+        """Someone asked to stop before ``label``: put the instances already switched back on
+        what they ran before, then raise DeployStopped saying whether that worked."""
+        if not switched:
+            raise DeployStopped(f"Stopped before {label.lower()}: no instance had been switched")
+        progress(f"Stop asked before {label.lower()}: restoring {', '.join(switched)}", None)
+        try:
+            failed = "; ".join(
+                o.describe() for o in self._restore(switched, previous, request, progress)
+            )
+        except DeployError as exc:
+            failed = str(exc).rstrip(".")
+        if failed:
+            raise DeployStopped(
+                f"Stopped before {label.lower()}: restoring {', '.join(switched)} failed: {failed}"
+            )
+        raise DeployStopped(
+            f"Stopped before {label.lower()}: {', '.join(switched)} went back to the image they "
+            f"ran before"
+        )
 
     def _restore(self, switched, previous, request, progress) -> list[Outcome]:
         """Switch ``switched`` back to ``previous[id]`` (grouped by image); an instance whose

@@ -33,6 +33,7 @@ from orchestration.base import (
     DeployError,
     DeployRequest,
     DeployResult,
+    DeployStopped,
     Progress,
     SettingsError,
     no_progress,
@@ -306,6 +307,10 @@ class EcsBackend(DeployBackend):
         target = self._recorded_revision(request, image, progress) if request.is_rollback else None
         if target is None:
             target = self._register(current, image, progress)
+        if request.should_stop():
+            raise DeployStopped(
+                f"Stopped before the switch: the {self._where} still runs {revision_name(current)}"
+            )
         started = time.monotonic()
         self._call(
             "update_service",
@@ -317,7 +322,7 @@ class EcsBackend(DeployBackend):
             f"Updated service {self.settings['service']} to {revision_name(target)}",
             time.monotonic() - started,
         )
-        self._follow(target, progress, replacing=current)
+        self._follow(target, progress, replacing=current, should_stop=request.should_stop)
         return DeployResult(
             ref={
                 "task_definition_arn": target,
@@ -390,11 +395,15 @@ class EcsBackend(DeployBackend):
 
     # -- following the rollout -------------------------------------------------------------
 
-    def _follow(self, target: str, progress: Progress, *, replacing: str) -> None:
+    def _follow(
+        self, target: str, progress: Progress, *, replacing: str, should_stop=lambda: False
+    ) -> None:
         started = time.monotonic()
         deadline = started + self.settings["timeout"]
         reported, reported_at = "", started
         while True:
+            if should_stop():
+                self._stop_rollout(target, replacing, progress)
             service = self._service()
             rollout = judge_rollout(service, target, replacing=replacing)
             now = time.monotonic()
@@ -418,6 +427,32 @@ class EcsBackend(DeployBackend):
             else:
                 progress("", None)  # a heartbeat only: the worker is alive, nothing new to log
             time.sleep(min(self.settings["poll_interval"], max(deadline - now, 0)))
+
+    def _stop_rollout(self, target: str, previous: str, progress: Progress) -> None:
+        """Stop a rollout of ``target``: update the service back to ``previous`` (the revision
+        it ran before) and follow that rollout, then raise DeployStopped saying where it is."""
+        self._call(
+            "update_service",
+            cluster=self.settings["cluster"],
+            service=self.settings["service"],
+            taskDefinition=previous,
+        )
+        progress(
+            f"Stop asked: updated service {self.settings['service']} back to "
+            f"{revision_name(previous)}",
+            None,
+        )
+        try:
+            self._follow(previous, progress, replacing=target)
+        except DeployError as exc:
+            raise DeployStopped(
+                f"Stopped during the rollout of {revision_name(target)}: the {self._where} was "
+                f"updated back to {revision_name(previous)}, whose rollout did not complete: {exc}"
+            ) from None
+        raise DeployStopped(
+            f"Stopped during the rollout of {revision_name(target)}: the {self._where} runs "
+            f"{revision_name(previous)} again"
+        )
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ class HealthResult:
     healthy: bool
     attempts: int
     detail: str
+    stopped: bool = False  # should_stop() said so between two attempts
 
 
 def check_once(url: str, timeout: float = 3.0) -> tuple[bool, str]:
@@ -41,8 +42,10 @@ def verify_health(
     window: float,
     interval: float = 1.0,
     progress: Progress = no_progress,
+    should_stop=lambda: False,
 ) -> HealthResult:
-    """Poll ``url`` until it answers 2xx or ``window`` seconds have passed."""
+    """Poll ``url`` every ``interval`` seconds until it answers 2xx or ``window`` seconds have
+    passed; between two attempts, stop (``stopped``) when ``should_stop()`` is true."""
     deadline = time.monotonic() + window
     attempts = 0
     while True:
@@ -53,4 +56,6 @@ def verify_health(
         if time.monotonic() + interval > deadline:
             return HealthResult(False, attempts, detail)
         progress(f"Health check attempt {attempts}: {detail}; retrying", None)
+        if should_stop():
+            return HealthResult(False, attempts, detail, stopped=True)
         time.sleep(interval)

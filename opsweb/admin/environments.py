@@ -313,8 +313,9 @@ class RollBack(Confirmation):
             lines.append(
                 (
                     "Deploy in progress",
-                    f"{seen['deploy in progress']} is switching versions: the rollback starts "
-                    f"when it ends and restores the newest earlier stable version then",
+                    f"{seen['deploy in progress']} is switching versions: the rollback stops "
+                    f"it at its next safe point, then starts and restores the version that ran "
+                    f"before it",
                 )
             )
         if env.auto_deploy_branch:

@@ -31,6 +31,7 @@ from opsweb.services.execution import (
     expire_pending_runs,
     finish_lost_run,
     finish_run,
+    finish_stopped,
     heartbeat,
     heartbeat_seconds,
     heartbeating,
@@ -40,6 +41,7 @@ from opsweb.services.execution import (
     record_progress,
     record_switch,
     stalled_environments,
+    stop_requested,
     take_over_lost_runs,
 )
 from opsweb.services.releases import (
@@ -57,6 +59,7 @@ from opsweb.services.releases import (
     set_frozen,
     settle,
     sign_off_uat,
+    stop_run,
 )
 
 __all__ = [
@@ -78,6 +81,7 @@ __all__ = [
     "expire_pending_runs",
     "finish_lost_run",
     "finish_run",
+    "finish_stopped",
     "heartbeat",
     "heartbeat_seconds",
     "heartbeating",
@@ -104,6 +108,8 @@ __all__ = [
     "signals",
     "sign_off_uat",
     "stalled_environments",
+    "stop_requested",
+    "stop_run",
     "take_over_lost_runs",
     "transition",
     "unreachable_quorum",

@@ -399,6 +399,42 @@ def cancel_run(*, user, run: Run, comment: str = "", seen: Seen = None) -> Run:
 
 
 @transaction.atomic
+def stop_run(*, user, run: Run, reason: str = "", seen: Seen = None, by: Run | None = None) -> Run:
+    """Ask a running deploy or promotion to stop: the run stays ``running`` ("stopping") with
+    who, when and why recorded, and its worker stops at its next safe point (before the switch,
+    between health-check attempts or EC2 batches, while waiting for an ECS rollout), puts back
+    what the backend had changed where it can, and ends the run ``stopped`` with what really
+    runs recorded (``finish_stopped``). ``by``: the rollback that asked (``user`` may then be
+    None). ``seen``: ``facts.stop_facts`` as the page showed them. Returns the run; raises
+    NotAllowed or ReleaseError (``policy.may_stop_run``)."""
+    run = (
+        Run.objects.select_for_update(of=("self",))
+        .select_related("environment__current_image", "environment__approver_group", "image")
+        .get(pk=run.pk)
+    )
+    check_seen(seen, lambda: facts.stop_facts(run), subject=f"Run #{run.pk}", action="stop")
+    if by is None:
+        policy.may_stop_run(user, run).enforce()
+    reason = (reason or "").strip() or (f"rollback #{by.pk} goes first" if by else "")
+    now = timezone.now()
+    if not Run.objects.filter(
+        pk=run.pk, status=RunStatus.RUNNING, stop_requested_at__isnull=True
+    ).update(stop_requested_at=now, stop_requested_by=user, stop_reason=reason):
+        return run  # it ended, or someone asked first: one request is enough
+    run.stop_requested_at, run.stop_requested_by, run.stop_reason = now, user, reason
+    who = f"rollback #{by.pk}" if by and user is None else actor_name(user)
+    said = f"Stop asked by {who}" + (f": {reason}" if reason else "")
+    add_event(run, f"{said}. It stops at its next safe point.", level=RunEvent.Level.WARNING)
+    audit(
+        user,
+        "stop_run",
+        f"Asked to stop run #{run.pk}" + (f": {reason}" if reason else ""),
+        run=run,
+    )
+    return run
+
+
+@transaction.atomic
 def sign_off_uat(
     *, user, environment: Environment, image: ImageVersion, note: str = "", seen: Seen = None
 ) -> Signoff:
@@ -518,12 +554,16 @@ def roll_back(
         triggered_by=triggered_by,
     )
     if deploying:
-        Run.objects.filter(pk=run.pk).update(resolve_at_start=True)
-        run.resolve_at_start = True
+        # The rollback goes first: it stops the deploy at its next safe point and, once that
+        # has ended, decides what to restore (run.triggered_by names the deploy it stopped).
+        run.resolve_at_start, run.triggered_by = True, run.triggered_by or deploying
+        Run.objects.filter(pk=run.pk).update(resolve_at_start=True, triggered_by=run.triggered_by)
+        stop_run(user=user, run=deploying, by=run)
         add_event(
             run,
             f"Run #{deploying.pk} is deploying {deploying.image.tag} right now: this rollback "
-            f"starts when it ends and restores the newest earlier stable version then.",
+            f"stops it at its next safe point, then starts and restores the version that ran "
+            f"before it.",
             level=RunEvent.Level.WARNING,
         )
     else:
@@ -572,6 +612,25 @@ def resolve_rollback(run: Run) -> str:
     bad and restores. Returns why it cannot go ahead, or ""."""
     environment = Environment.objects.select_related("current_image").get(pk=run.environment_id)
     current = environment.current_image
+    stopped = run.triggered_by
+    if (
+        stopped is not None
+        and stopped.status == RunStatus.STOPPED
+        and current is not None
+        and stopped.image_id != current.pk
+    ):
+        # The deploy this rollback stopped never became what runs (stopped before its switch,
+        # or the backend put back what ran): its version is the bad one, and the rollback
+        # deploys what ran before it again, so that a partial restore is finished and checked.
+        Run.objects.filter(pk=run.pk).update(image=current, resolve_at_start=False)
+        run.image = current
+        add_event(
+            run,
+            f"Resolved at start: run #{stopped.pk} stopped before {stopped.image.tag} replaced "
+            f"{current.tag}; deploying {describe(current)} again",
+        )
+        _take_back(run, environment, stopped.image, user=run.requested_by)
+        return ""
     target = previous_stable_version(environment, exclude=current) if current else None
     if target is None:
         return (
