@@ -260,7 +260,8 @@ def may_promote(
 def may_roll_back(user, environment: Environment) -> Decision:
     """Roll back to the previous stable version: an approver of the environment (or opsweb
     itself, ``user=None``), something earlier to go back to, no rollback already under way.
-    A deploy switching versions right now does not refuse it: the rollback waits for it."""
+    A deploy switching versions right now does not refuse it: the rollback stops it and then
+    restores what ran before it (so that version is something to go back to)."""
     if user is not None and not is_approver(user, environment):
         return forbid(
             f"User {actor_name(user)} is not in {environment.approver_group or 'an approver group'}, "
@@ -280,7 +281,13 @@ def may_roll_back(user, environment: Environment) -> Decision:
     )
     if under_way:
         return refuse(f"A rollback of {environment} is already under way (run #{under_way.pk}).")
-    if previous_stable_version(environment, exclude=current) is None:
+    deploying = (
+        Run.objects.filter(environment=environment, status=RunStatus.RUNNING)
+        .exclude(kind=RunKind.ROLLBACK)
+        .exists()
+    )
+    # During a deploy the rollback stops it and restores what ran before it: that version.
+    if not deploying and previous_stable_version(environment, exclude=current) is None:
         return refuse(
             f"No earlier version than {current.tag} succeeded in {environment} and is not bad, "
             f"so there is nothing to roll back to."

@@ -310,6 +310,11 @@ class RollBack(Confirmation):
             ("RTO target", f"{env.rto_seconds} s"),
         ]
         if seen["deploy in progress"] != "none":
+            # What the rollback does then is decided when it starts (services.resolve_rollback).
+            lines[1:3] = [
+                ("From", f"what {seen['deploy in progress']} deploys — will be marked bad"),
+                ("To", version_line(env.current_image) + " (what ran before it)"),
+            ]
             lines.append(
                 (
                     "Deploy in progress",

@@ -537,13 +537,15 @@ def roll_back(
         )
         policy.may_roll_back(user, environment).enforce()
         current = environment.current_image
-        target = previous_stable_version(environment, exclude=current)
-    deploying = (
-        Run.objects.filter(environment=environment, status=RunStatus.RUNNING)
-        .exclude(kind=RunKind.ROLLBACK)
-        .select_related("image")
-        .first()
-    )
+        deploying = (
+            Run.objects.filter(environment=environment, status=RunStatus.RUNNING)
+            .exclude(kind=RunKind.ROLLBACK)
+            .select_related("image")
+            .first()
+        )
+        # With a deploy under way the target is decided at start (resolve_rollback); until
+        # then the rollback names what ran before that deploy.
+        target = current if deploying else previous_stable_version(environment, exclude=current)
     run = _new_run(
         kind=RunKind.ROLLBACK,
         environment=environment,
@@ -579,9 +581,14 @@ def roll_back(
     audit(
         user,
         "roll_back",
-        f"Rollback run #{run.pk}: {environment} from {describe(current)} "
-        f"to {describe(target)} ({RollbackReason(reason).label})"
-        + (" once the deploy in progress ends" if deploying else ""),
+        (
+            f"Rollback run #{run.pk}: {environment}: stopping run #{deploying.pk} "
+            f"({describe(deploying.image)}), then restoring what ran before it"
+            if deploying
+            else f"Rollback run #{run.pk}: {environment} from {describe(current)} "
+            f"to {describe(target)}"
+        )
+        + f" ({RollbackReason(reason).label})",
         run=run,
     )
     return run
@@ -613,21 +620,21 @@ def resolve_rollback(run: Run) -> str:
     environment = Environment.objects.select_related("current_image").get(pk=run.environment_id)
     current = environment.current_image
     stopped = run.triggered_by
-    if (
-        stopped is not None
-        and stopped.status == RunStatus.STOPPED
-        and current is not None
-        and stopped.image_id != current.pk
-    ):
-        # The deploy this rollback stopped never became what runs (stopped before its switch,
-        # or the backend put back what ran): its version is the bad one, and the rollback
-        # deploys what ran before it again, so that a partial restore is finished and checked.
-        Run.objects.filter(pk=run.pk).update(image=current, resolve_at_start=False)
-        run.image = current
+    if stopped is not None and stopped.kind != RunKind.ROLLBACK:
+        stopped.refresh_from_db()
+    before = None
+    if stopped is not None and stopped.status == RunStatus.STOPPED:
+        # The deploy this rollback stopped: go back to what ran before it (recorded at its
+        # switch, or still what runs when it stopped before or during it), deployed again so
+        # that a partial restore is finished and checked; its own version is the bad one.
+        before = stopped.replaces if stopped.switched_at else current
+    if before is not None and not before.is_bad:
+        Run.objects.filter(pk=run.pk).update(image=before, resolve_at_start=False)
+        run.image = before
         add_event(
             run,
-            f"Resolved at start: run #{stopped.pk} stopped before {stopped.image.tag} replaced "
-            f"{current.tag}; deploying {describe(current)} again",
+            f"Resolved at start: run #{stopped.pk} was stopped; rolling back from "
+            f"{describe(stopped.image)} to {describe(before)}, which ran before it",
         )
         _take_back(run, environment, stopped.image, user=run.requested_by)
         return ""
