@@ -390,3 +390,19 @@ def ecs_repository() -> str:
     from tests.test_ec2 import REPOSITORY
 
     return REPOSITORY
+
+
+def test_board_list_and_filter_show_stopping_then_stopped(client, flow, alice):
+    run = running_run(flow, alice, tag="4.0.0")
+    services.stop_run(user=alice, run=run, reason="wrong config")
+    client.force_login(make_user("root", is_superuser=True))
+    assert "stopping 4.0.0" in client.get(reverse("admin:index")).content.decode()
+    listing = client.get(reverse("admin:opsweb_run_changelist")).content.decode()
+    assert ">Stopping</span>" in listing
+
+    services.finish_stopped(run_id=run.pk, running=None, detail="Stopped before the switch")
+
+    stopped = client.get(reverse("admin:opsweb_run_changelist"), {"status__exact": "stopped"})
+    assert stopped.status_code == 200 and ">Stopped</span>" in stopped.content.decode()
+    page = client.get(reverse("admin:opsweb_run_change", args=[run.pk])).content.decode()
+    assert "Stopped by alice (wrong config): Stopped before the switch" in page
