@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -79,6 +80,7 @@ class Tally:
     correct: int = 0
     recover: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    endings: dict[str, int] = field(default_factory=dict)  # how stopped runs ended, counted
 
     def trial(self, fault, *args) -> None:
         """Run one trial; a trial that raises counts as incorrect, with the exception."""
@@ -402,11 +404,16 @@ class Harness:
             return [f"run #{run.pk} never reached '{prefix}' ({run.status}: {run.error})"], None
         asked_at = timezone.now()
         run.refresh_from_db()
-        services.stop_run(user=self.alice, run=run, reason=f"fault harness: stop at {step}")
+        services.stop_run(user=self.alice, run=run, reason=f"fault harness, stop at {step}")
         if not self.wait_quiet(self.env):
             return ["the environment did not settle within 120 s"], None
         run.refresh_from_db()
         problems = []
+        # "Stopped after the switch: 1.1.0-r3 was stopped and 1.0.0-r2 runs again as pid 12…"
+        # → one line per kind of ending, versions and numbers left out.
+        detail = run.error.split("): ", 1)[-1].split(";")[0] if run.error else run.status
+        ending = re.sub(r"\d[\w.-]*", "…", detail)[:90]
+        self.endings[ending] = self.endings.get(ending, 0) + 1
         if run.status not in (RunStatus.STOPPED, RunStatus.SUCCEEDED):
             problems.append(f"run #{run.pk} {run.status} after a stop: {run.error}")
         self.env.refresh_from_db()
@@ -559,6 +566,7 @@ def run_faults(args, scratch: Path, postgres: PrivatePostgres, database_url: str
             report(f"kill at {step}", tally, args.target)
         for step in STOP_STEPS:
             tally = tallies.setdefault(f"stop at {step}", Tally())
+            harness.endings = tally.endings
             for _ in range(args.n):
                 tally.trial(harness.stop_at, step)
             report(f"stop at {step}", tally, args.target)
@@ -599,6 +607,8 @@ def report(name: str, tally: Tally, target: float) -> None:
     print(f"{name:28} tried {tally.tried:3}  correct {tally.correct:3}  {seconds}", flush=True)
     for problem in tally.problems:
         print(f"    {problem}", flush=True)
+    for ending, count in tally.endings.items():
+        print(f"    {count} × {ending}", flush=True)
 
 
 if __name__ == "__main__":

@@ -406,3 +406,26 @@ def test_board_list_and_filter_show_stopping_then_stopped(client, flow, alice):
     assert stopped.status_code == 200 and ">Stopped</span>" in stopped.content.decode()
     page = client.get(reverse("admin:opsweb_run_change", args=[run.pk])).content.decode()
     assert "Stopped by alice (wrong config): Stopped before the switch" in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stopping_run_whose_worker_was_lost_ends_stopped_with_what_runs(local_flow, alice):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    flow, images = local_flow
+    dev = flow["dev"]
+    assert deploy(alice, dev, images["1.0.0"]).status == RunStatus.SUCCEEDED
+    services.request_deploy(user=alice, environment=dev, image=images["1.1.0"])
+    run = services.claim_next_run(environment_id=dev.pk)
+    services.stop_run(user=alice, run=run, reason="wrong config")
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+
+    assert tasks.reconcile()["lost"] == [run.pk]
+
+    run.refresh_from_db()
+    dev.refresh_from_db()
+    assert run.status == RunStatus.STOPPED and "its worker was lost" in run.error
+    assert get_json(service_url(dev))["version"] == "1.0.0"
+    assert dev.current_image == images["1.0.0"] and dev.drift == ""
