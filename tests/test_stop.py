@@ -17,11 +17,17 @@ from opsweb import policy, services, tasks
 from opsweb.models import AuditEntry, Run, RunKind, RunStatus
 from opsweb.services import NotAllowed, ReleaseError
 from tests.conftest import get_json, make_image, make_user, succeed_in
-from tests.test_ec2 import Ssm, make_group, use_ec2  # noqa: F401 (Ssm: the ssm fixture's type)
+from tests.test_ec2 import REPOSITORY as EC2_REPOSITORY
 from tests.test_ec2 import ecr_image as ec2_image
-from tests.test_ec2 import image_tags, ssm  # noqa: F401 (ssm is a fixture)
-from tests.test_ecs import make_service, service_state, use_ecs
+from tests.test_ec2 import (
+    image_tags,
+    make_group,
+    ssm,  # noqa: F401 (a fixture)
+    use_ec2,
+)
+from tests.test_ecs import client as aws_client
 from tests.test_ecs import ecr_image as ecs_image
+from tests.test_ecs import make_service, service_state, use_ecs
 
 
 def service_url(env) -> str:
@@ -52,7 +58,7 @@ def deploy(user, env, image) -> Run:
 
 
 def running_run(flow, user, env_slug="dev", tag="1.0.0") -> Run:
-    run = services.request_deploy(user=user, environment=flow[env_slug], image=make_image(tag))
+    services.request_deploy(user=user, environment=flow[env_slug], image=make_image(tag))
     return services.claim_next_run(environment_id=flow[env_slug].pk)
 
 
@@ -153,14 +159,17 @@ def test_stop_page_is_bound_to_what_it_showed(client, flow, alice, bob):
     client.force_login(alice)
     stop_url = reverse("admin:opsweb_run_stop", args=[run.pk])
     seen = client.get(stop_url).context["form"]["seen"].value()
-    services.stop_run(user=bob, run=run, reason="bob was first")  # bob is not an approver
-    # ...so the policy refuses alice's second ask; with the cancel permission, the facts do.
-    page = client.post(stop_url, {"seen": seen, "reason": "me too"}, follow=True)
-    assert "already stopping" in page.content.decode() or "changed since you looked" in (
-        page.content.decode()
+    services.stop_run(user=alice, run=run, reason="first ask, from the command line")
+
+    page = client.post(stop_url, {"seen": seen, "reason": "second ask"}, follow=True)
+
+    assert (
+        f"Run #{run.pk} changed since you looked: stop asked is now yes (you saw no)"
+        in page.content.decode()
     )
     run.refresh_from_db()
-    assert run.stop_reason == "bob was first"
+    assert run.stop_reason == "first ask, from the command line"
+    assert run.events.filter(message__startswith="Stop asked").count() == 1
 
 
 def _view_run_permission():
@@ -232,9 +241,7 @@ def test_local_stop_before_the_switch_leaves_the_old_version_answering(local_flo
 
 
 @pytest.mark.django_db(transaction=True)
-def test_local_stop_during_the_switch_restores_the_previous_process(
-    local_flow, alice, monkeypatch
-):
+def test_local_stop_during_the_switch_restores_the_previous_process(local_flow, alice, monkeypatch):
     flow, images = local_flow
     dev = flow["dev"]
     assert deploy(alice, dev, images["1.0.0"]).status == RunStatus.SUCCEEDED
@@ -344,11 +351,7 @@ def test_ecs_stop_during_the_rollout_puts_the_service_back_on_its_revision(
     assert deploy(alice, dev, good).status == RunStatus.SUCCEEDED
     before, good_image = service_state(aws, "app-dev")
     # Two tasks wanted, moto runs one: the next rollout stays IN_PROGRESS until stopped.
-    import boto3
-
-    boto3.client("ecs", region_name="eu-west-1", endpoint_url=aws).update_service(
-        cluster="opsweb-test", service="app-dev", desiredCount=2
-    )
+    aws_client(aws).update_service(cluster="opsweb-test", service="app-dev", desiredCount=2)
     stop_when(monkeypatch, "Updated service app-dev", alice)
 
     run = deploy(alice, dev, ecs_image("1.1.0"))
@@ -360,7 +363,13 @@ def test_ecs_stop_during_the_rollout_puts_the_service_back_on_its_revision(
     assert dev.current_image == good and dev.drift == ""
 
 
-def test_ec2_stop_between_batches_restores_the_switched_batch(aws, flow, alice, ssm, monkeypatch):  # noqa: F811
+def test_ec2_stop_between_batches_restores_the_switched_batch(
+    aws,
+    flow,
+    alice,
+    ssm,  # noqa: F811 (the fixture imported above)
+    monkeypatch,
+):
     made = make_group(aws, count=4)
     instances, arn = made["instances"], made["target_group_arn"]
     dev = use_ec2(flow["dev"], aws, batch_size=2, target_group_arn=arn)
@@ -372,10 +381,7 @@ def test_ec2_stop_between_batches_restores_the_switched_batch(aws, flow, alice, 
     run = deploy(alice, dev, new)
 
     dev.refresh_from_db()
-    good_image, new_image = (
-        f"{ecs_repository()}@{good.digest}",
-        f"{ecs_repository()}@{new.digest}",
-    )
+    good_image, new_image = f"{EC2_REPOSITORY}@{good.digest}", f"{EC2_REPOSITORY}@{new.digest}"
     assert run.status == RunStatus.STOPPED, run.error
     assert "Stopped before batch 2/2" in run.error and "went back" in run.error
     assert image_tags(aws, instances) == {i: good_image for i in instances}
@@ -384,12 +390,6 @@ def test_ec2_stop_between_batches_restores_the_switched_batch(aws, flow, alice, 
         (instances[:2], good_image),
     ]
     assert dev.current_image == good and dev.drift == ""
-
-
-def ecs_repository() -> str:
-    from tests.test_ec2 import REPOSITORY
-
-    return REPOSITORY
 
 
 def test_board_list_and_filter_show_stopping_then_stopped(client, flow, alice):
