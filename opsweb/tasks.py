@@ -77,7 +77,7 @@ def _execute(run: Run) -> None:
         return
     if healthy and should_stop():
         # Asked while the last check passed: the stop still wins over a success.
-        _stopped(run, f"Stopped after the health check: {run.image.tag} runs, not baked")
+        _stopped(run, f"Stopped after its health check passed: {run.image.tag} runs")
         return
     if not healthy:
         services.finish_run(run_id=run.pk, succeeded=False, error=error, environment_broken=True)

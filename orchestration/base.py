@@ -56,7 +56,8 @@ class SettingsError(DeployError):
 @dataclass(frozen=True)
 class DeployRequest:
     """What to deploy where. ``previous_ref`` is the backend reference recorded when the target
-    version was last deployed (a rollback reuses it: the pid state, the task-definition ARN)."""
+    version was last deployed (a rollback reuses it: the pid state, the task-definition ARN).
+    ``should_stop()`` is polled at the backend's safe points (see ``DeployStopped``)."""
 
     environment: str
     settings: Mapping[str, Any]
@@ -71,11 +72,6 @@ class DeployRequest:
     # for a rollout); True means someone asked to stop: put back what changed, raise
     # DeployStopped. A plain callable, so that backends need no database.
     should_stop: Callable[[], bool] = field(default=lambda: False, compare=False, repr=False)
-
-    def check_stop(self, where: str) -> None:
-        """Raise DeployStopped("Stopped <where>") when ``should_stop()`` says so."""
-        if self.should_stop():
-            raise DeployStopped(f"Stopped {where}")
 
 
 @dataclass(frozen=True)
