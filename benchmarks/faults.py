@@ -13,6 +13,9 @@ settings (heartbeat staleness, reconcile interval). Faults:
   step, start a new worker at once (as ECS or a supervisor would), and queue a follow-up deploy.
   Steps: export, old stopped, new started, health check (of 1.3.0, which fails it), and during
   a rollback.
+* stop at <step>: click Stop when a deploy reaches the step (claimed, old stopped, new started,
+  health check of 1.3.0); the run must end stopped with what the backend runs being what opsweb
+  shows (no drift), then a follow-up deploy must succeed. Its time is click → run ended.
 * final approvals raced: two approvers approve a one-approval promotion at the same instant.
 * PostgreSQL restarted: mid-deploy, the database server restarts.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -59,6 +63,16 @@ KILL_STEPS = {
     "during a rollback": ("Stopped", None),
 }
 
+STOP_STEPS = {
+    # stop asked when the run logs: (event prefix, version to deploy). Before the switch, while
+    # the old process is stopped (the new one is put back by the previous), once the new one
+    # started, and between the health-check attempts of the failing 1.3.0.
+    "claimed": ("Claimed by a worker", None),
+    "old stopped": ("Stopped", None),
+    "new started": ("Started", None),
+    "health check": ("Health check attempt", BROKEN),
+}
+
 
 @dataclass
 class Tally:
@@ -66,6 +80,7 @@ class Tally:
     correct: int = 0
     recover: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    endings: dict[str, int] = field(default_factory=dict)  # how stopped runs ended, counted
 
     def trial(self, fault, *args) -> None:
         """Run one trial; a trial that raises counts as incorrect, with the exception."""
@@ -369,6 +384,55 @@ class Harness:
             problems.append(f"follow-up run #{follow.pk} {follow.status}: {follow.error}")
         return problems, self.next_start(self.env, killed_at, exclude=[run.pk])
 
+    def stop_at(self, step: str) -> tuple[list[str], float | None]:
+        """Click Stop when the run reaches ``step``; correct when it ends stopped (or, asked
+        after its last safe point, succeeded), what the backend runs is what opsweb shows
+        with no drift, and a follow-up deploy succeeds. The time is from the click to the
+        run's end."""
+        from django.utils import timezone
+
+        from opsweb import services
+        from opsweb.models import RunStatus
+        from orchestration.base import get_backend
+
+        prefix, version = STOP_STEPS[step]
+        self.reset_bad_marks()
+        image = self.image(version) if version else self.pick()
+        run = services.request_deploy(user=self.alice, environment=self.env, image=image)
+        if not self.wait_event(run, prefix):
+            run.refresh_from_db()
+            return [f"run #{run.pk} never reached '{prefix}' ({run.status}: {run.error})"], None
+        asked_at = timezone.now()
+        run.refresh_from_db()
+        services.stop_run(user=self.alice, run=run, reason=f"fault harness, stop at {step}")
+        if not self.wait_quiet(self.env):
+            return ["the environment did not settle within 120 s"], None
+        run.refresh_from_db()
+        problems = []
+        # "Stopped after the switch: 1.1.0-r3 was stopped and 1.0.0-r2 runs again as pid 12…"
+        # → one line per kind of ending, versions and numbers left out.
+        detail = run.error.split("): ", 1)[-1].split(";")[0] if run.error else run.status
+        ending = re.sub(r"\d[\w.-]*", "…", detail)[:90]
+        self.endings[ending] = self.endings.get(ending, 0) + 1
+        if run.status not in (RunStatus.STOPPED, RunStatus.SUCCEEDED):
+            problems.append(f"run #{run.pk} {run.status} after a stop: {run.error}")
+        self.env.refresh_from_db()
+        backend = get_backend(self.env.backend, self.env.backend_settings)
+        running, shown = backend.running_version(self.env.slug), self.env.current_image
+        if shown is None or running != shown.digest:
+            problems.append(f"after the stop the backend runs {running}, opsweb shows {shown}")
+        if self.env.drift:
+            problems.append(f"drift after the stop: {self.env.drift}")
+        follow = services.request_deploy(
+            user=self.alice, environment=self.env, image=self.pick(besides=[run.image.tag])
+        )
+        if not self.wait_quiet(self.env):
+            return [*problems, "the follow-up did not settle within 120 s"], None
+        follow.refresh_from_db()
+        if follow.status != "succeeded":
+            problems.append(f"follow-up run #{follow.pk} {follow.status}: {follow.error}")
+        return problems, (run.finished_at - asked_at).total_seconds()
+
     def race_final_approvals(self, i: int) -> tuple[list[str], float | None]:
         from django.db import connection
         from django.utils import timezone
@@ -500,6 +564,12 @@ def run_faults(args, scratch: Path, postgres: PrivatePostgres, database_url: str
             for _ in range(args.n):
                 tally.trial(harness.kill_at, step)
             report(f"kill at {step}", tally, args.target)
+        for step in STOP_STEPS:
+            tally = tallies.setdefault(f"stop at {step}", Tally())
+            harness.endings = tally.endings
+            for _ in range(args.n):
+                tally.trial(harness.stop_at, step)
+            report(f"stop at {step}", tally, args.target)
         tally = tallies.setdefault("final approvals raced", Tally())
         for i in range(args.races):
             tally.trial(harness.race_final_approvals, i)
@@ -537,6 +607,8 @@ def report(name: str, tally: Tally, target: float) -> None:
     print(f"{name:28} tried {tally.tried:3}  correct {tally.correct:3}  {seconds}", flush=True)
     for problem in tally.problems:
         print(f"    {problem}", flush=True)
+    for ending, count in tally.endings.items():
+        print(f"    {count} × {ending}", flush=True)
 
 
 if __name__ == "__main__":

@@ -240,6 +240,8 @@ def _instances(env) -> list[dict]:
 
 def _state(env, running, last_run, freeze) -> tuple[str, str]:
     """The one state a person must see first, in colour and in words."""
+    if running is not None and running.is_stopping:
+        return "deploying", f"stopping {running.image.tag}: {running.step or 'starting'}"
     if running is not None:
         return "deploying", f"deploying {running.image.tag}: {running.step or 'starting'}"
     if env.current_image and env.current_image.is_bad:

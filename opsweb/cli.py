@@ -7,8 +7,8 @@ A pipeline trusts the exit code and reads the output, so the commands agree on b
 * ``--json``: one JSON object on stdout (human-readable text otherwise); messages and the live
   log of a run followed with ``--wait`` go to stderr.
 * Exit codes: 0 done (with ``--wait``: the run succeeded); 1 the run ended failed, rejected,
-  cancelled or expired; 2 refused or invalid input, nothing written; 3 ``--wait`` timed out
-  (the run goes on); 4 (``register_image --wait``) registered, not deployed.
+  cancelled, expired, superseded or stopped; 2 refused or invalid input, nothing written; 3
+  ``--wait`` timed out (the run goes on); 4 (``register_image --wait``) registered, not deployed.
 
 Commands are thin: ``act()`` parses, calls ``opsweb.services`` and returns an ``Outcome``.
 """
@@ -450,6 +450,15 @@ def run_payload(run: Run, *, events: int = LAST_EVENTS) -> dict[str, Any]:
         "freeze_override_reason": run.freeze_override_reason or None,
         "quorum_unreachable": services.unreachable_quorum(run) or None,
         "triggered_by": run.triggered_by_id,
+        "stop": {
+            "requested_at": iso(run.stop_requested_at),
+            "requested_by": services.actor_name(run.stop_requested_by)
+            if run.stop_requested_by_id
+            else None,
+            "reason": run.stop_reason,
+        }
+        if run.stop_requested_at
+        else None,
         "approvals": [
             {
                 "user": approval.user.get_username(),
@@ -509,6 +518,11 @@ def run_lines(run: Run, *, events: int = 0) -> list[str]:
     unreachable = services.unreachable_quorum(run)
     if unreachable:
         lines.append(f"  warning: {unreachable}")
+    if run.is_stopping:
+        lines.append(
+            f"  stopping: asked by {services.actor_name(run.stop_requested_by)} at "
+            f"{when(run.stop_requested_at)}; it stops at its next safe point"
+        )
     if run.error:
         lines.append(f"  error: {run.error}")
     if events:

@@ -404,6 +404,7 @@ class RunStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
     EXPIRED = "expired", "Expired"
     SUPERSEDED = "superseded", "Superseded"
+    STOPPED = "stopped", "Stopped"
 
 
 TERMINAL_STATUSES = frozenset(
@@ -414,6 +415,7 @@ TERMINAL_STATUSES = frozenset(
         RunStatus.CANCELLED,
         RunStatus.EXPIRED,
         RunStatus.SUPERSEDED,
+        RunStatus.STOPPED,
     }
 )
 # How a status reads in a sentence: "Run #8 succeeded", "Run #9 is pending approval".
@@ -427,6 +429,7 @@ STATUS_PHRASES = {
     "cancelled": "was cancelled",
     "expired": "expired",
     "superseded": "was superseded",
+    "stopped": "was stopped",
 }
 ACTIVE_STATUSES = frozenset({RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING})
 ALLOWED_TRANSITIONS = {
@@ -444,7 +447,8 @@ ALLOWED_TRANSITIONS = {
         RunStatus.SUPERSEDED,
         RunStatus.EXPIRED,  # approved, then held by a freeze past the approval window
     },
-    RunStatus.RUNNING: {RunStatus.SUCCEEDED, RunStatus.FAILED},
+    # Stopped: someone asked (``stop_requested_at``) and the worker stopped at a safe point.
+    RunStatus.RUNNING: {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.STOPPED},
 }
 
 
@@ -461,7 +465,9 @@ class Run(models.Model):
     """One deploy, promotion or rollback of one image version into one environment.
 
     Statuses: pending → queued → running → succeeded | failed; also rejected, cancelled,
-    expired and superseded (the environment moved past its version before it started). A
+    expired, superseded (the environment moved past its version before it started) and stopped
+    (someone stopped it while it ran: ``stop_requested_at``/``_by``/``stop_reason`` record the
+    request; the run stays ``running``, "stopping", until its worker reaches a safe point). A
     terminal run never changes status again. ``replaces`` is what the environment ran when this
     run switched versions (empty until then). A rollback with ``resolve_at_start`` was asked for
     while another run was switching versions: what it restores is decided when it starts. At most one run per environment is
@@ -521,6 +527,20 @@ class Run(models.Model):
     override_approvals = models.PositiveSmallIntegerField(
         default=0, help_text="Approvals the override needs from the override approvers."
     )
+    stop_requested_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Someone asked to stop this running run; its worker stops at its next safe "
+        "point.",
+    )
+    stop_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    stop_reason = models.TextField(blank=True)
     task_id = models.CharField(max_length=64, blank=True)
     backend_ref = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
@@ -612,6 +632,11 @@ class Run(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in ACTIVE_STATUSES
+
+    @property
+    def is_stopping(self) -> bool:
+        """Running, and someone asked to stop it: the worker stops at its next safe point."""
+        return self.status == RunStatus.RUNNING and self.stop_requested_at is not None
 
     @property
     def duration(self) -> timedelta | None:

@@ -266,7 +266,8 @@ def may_promote(
 def may_roll_back(user, environment: Environment) -> Decision:
     """Roll back to the previous stable version: an approver of the environment (or opsweb
     itself, ``user=None``), something earlier to go back to, no rollback already under way.
-    A deploy switching versions right now does not refuse it: the rollback waits for it."""
+    A deploy switching versions right now does not refuse it: the rollback stops it and then
+    restores what ran before it (so that version is something to go back to)."""
     if user is not None and not is_approver(user, environment):
         return forbid(
             f"User {actor_name(user)} is not in {environment.approver_group or 'an approver group'}, "
@@ -286,7 +287,13 @@ def may_roll_back(user, environment: Environment) -> Decision:
     )
     if under_way:
         return refuse(f"A rollback of {environment} is already under way (run #{under_way.pk}).")
-    if previous_stable_version(environment, exclude=current) is None:
+    deploying = (
+        Run.objects.filter(environment=environment, status=RunStatus.RUNNING)
+        .exclude(kind=RunKind.ROLLBACK)
+        .exists()
+    )
+    # During a deploy the rollback stops it and restores what ran before it: that version.
+    if not deploying and previous_stable_version(environment, exclude=current) is None:
         return refuse(
             f"No earlier version than {current.tag} succeeded in {environment} and is not bad, "
             f"so there is nothing to roll back to."
@@ -445,7 +452,23 @@ def may_cancel(user, run: Run) -> Decision:
     user with the cancel permission."""
     if run.is_terminal:
         return not_applicable(f"Run #{run.pk} {run.status_phrase}.")
-    if not (
+    if not _ends_runs(user, run):
+        return forbid(
+            f"User {actor_name(user)} may not cancel run #{run.pk}: only its requester, an approver "
+            f"of {run.environment} or a user with the cancel permission can."
+        )
+    if run.status == RunStatus.RUNNING:
+        return refuse(
+            f"Run #{run.pk} is already running and is not cancelled halfway; stop it instead "
+            f"(it stops at its next safe point), or roll back."
+        )
+    return ALLOWED
+
+
+def _ends_runs(user, run: Run) -> bool:
+    """Who may cancel or stop ``run``: its requester, an approver of its environment, or a
+    user with the cancel permission."""
+    return bool(
         user
         and user.is_active
         and (
@@ -453,15 +476,30 @@ def may_cancel(user, run: Run) -> Decision:
             or _has_perm(user, "cancel_run")
             or is_approver(user, run.environment)
         )
-    ):
+    )
+
+
+def may_stop_run(user, run: Run) -> Decision:
+    """Stop a running deploy or promotion at its worker's next safe point: whoever may cancel
+    it (its requester, an approver of its environment, a user with the cancel permission). Not
+    a rollback (it restores a known good version; stopping it halfway helps nobody), not a run
+    already being stopped."""
+    if run.status != RunStatus.RUNNING:
+        return not_applicable(f"Run #{run.pk} {run.status_phrase}; only a running run can stop.")
+    if not _ends_runs(user, run):
         return forbid(
-            f"User {actor_name(user)} may not cancel run #{run.pk}: only its requester, an approver "
+            f"User {actor_name(user)} may not stop run #{run.pk}: only its requester, an approver "
             f"of {run.environment} or a user with the cancel permission can."
         )
-    if run.status == RunStatus.RUNNING:
+    if run.kind == RunKind.ROLLBACK:
         return refuse(
-            f"Run #{run.pk} is already running and is not stopped halfway; wait for it to "
-            f"finish, then roll back if needed."
+            f"Run #{run.pk} is a rollback: it restores a version that ran well here and is not "
+            f"stopped halfway; wait for it to finish."
+        )
+    if run.stop_requested_at is not None:
+        return refuse(
+            f"Run #{run.pk} is already stopping (asked by {actor_name(run.stop_requested_by)} "
+            f"at {run.stop_requested_at:%H:%M:%S} UTC); it stops at its next safe point."
         )
     return ALLOWED
 

@@ -18,7 +18,7 @@ from opsweb import services
 from opsweb.models import Environment, ImageVersion, Run, RunKind
 from opsweb.services import signals
 from orchestration import signals as readers
-from orchestration.base import DeployError, DeployRequest, get_backend
+from orchestration.base import DeployError, DeployRequest, DeployStopped, get_backend
 from orchestration.health import verify_health
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,9 @@ def _execute(run: Run) -> None:
 
     try:
         switched = _deploy(run, progress)
+    except DeployStopped as exc:
+        _stopped(run, str(exc))
+        return
     except DeployError as exc:
         if exc.previous_stopped:
             # What ran before is gone and this version did not come up: the environment now
@@ -63,10 +66,18 @@ def _execute(run: Run) -> None:
         return
     if not switched:
         return  # the run was ended while the backend worked (declared lost); nothing to add
+    should_stop = _stop_check(run)
     try:
-        healthy, error = _verify(environment, progress)
+        healthy, error = _verify(environment, progress, should_stop=should_stop)
+    except StopAsked as exc:
+        _stopped(run, str(exc))
+        return
     except Exception as exc:  # after the switch: treat it as a broken environment
         _crashed(run, exc, environment_broken=True)
+        return
+    if healthy and should_stop():
+        # Asked while the last check passed: the stop still wins over a success.
+        _stopped(run, f"Stopped after its health check passed: {run.image.tag} runs")
         return
     if not healthy:
         services.finish_run(run_id=run.pk, succeeded=False, error=error, environment_broken=True)
@@ -80,6 +91,9 @@ def _execute(run: Run) -> None:
         bake = _bake(run, environment)
     except Exception as exc:  # a bug while watching: the version runs, nobody proved it fine
         _crashed(run, exc, environment_broken=False)
+        return
+    if bake.stopped:
+        _stopped(run, bake.error)
         return
     services.finish_run(
         run_id=run.pk,
@@ -98,6 +112,7 @@ class Bake:
     ok: bool
     error: str = ""
     broken: bool = False
+    stopped: bool = False  # someone stopped the run during its bake
     reason: str = signals.ROLLBACK_REASONS["errors"]
 
 
@@ -153,6 +168,10 @@ def _bake(run: Run, environment: Environment) -> Bake:
             _save(run, seconds, deadline, states, decision=error)
             signals.record_signal(run, error, warning=True)
             return Bake(ok=False, error=error)
+        if services.stop_requested(run.pk):
+            error = f"Stopped during the bake, {deadline - time.monotonic():.0f}s before its end"
+            _save(run, seconds, deadline, states, decision=error)
+            return Bake(ok=False, error=error, stopped=True)
         try:
             fresh = read_alarms(environment)
         except DeployError as exc:
@@ -227,6 +246,7 @@ def _deploy(run: Run, progress) -> bool:
         is_rollback=run.kind == RunKind.ROLLBACK,
         run_id=run.pk,
         previous_ref=services.previous_ref(run),
+        should_stop=_stop_check(run),
     )
     started = time.monotonic()
     result = backend.deploy(request, progress)
@@ -237,13 +257,39 @@ def _deploy(run: Run, progress) -> bool:
     )
 
 
+def _stop_check(run: Run):
+    """The plain callable backends poll at their safe points: has someone asked to stop
+    ``run``? (One indexed read per call; the backends call it between steps, not in a loop.)"""
+    return lambda: services.stop_requested(run.pk)
+
+
+class StopAsked(Exception):
+    """Someone asked to stop the run between two health-check attempts."""
+
+
+def _stopped(run: Run, detail: str) -> None:
+    """End a run whose worker stopped at a safe point: ask the backend what really runs now
+    and record that (``services.finish_stopped``), never what opsweb meant to run."""
+    environment = run.environment
+    try:
+        backend = get_backend(environment.backend, environment.backend_settings)
+        running, known = backend.running_version(environment.slug), True
+    except DeployError as exc:
+        running, known = None, False
+        detail = f"{detail}; could not ask the backend what runs: {exc}"
+    services.finish_stopped(run_id=run.pk, running=running, known=known, detail=detail)
+
+
 # Seconds of health checks for a run recovered from a lost worker (at most its own window).
 LOST_RUN_HEALTH_WINDOW = 3
 
 
-def _verify(environment: Environment, progress, window: float | None = None) -> tuple[bool, str]:
+def _verify(
+    environment: Environment, progress, window: float | None = None, should_stop=lambda: False
+) -> tuple[bool, str]:
     """HTTP health check after the switch, for the environment's window or at most ``window``
-    seconds; (healthy, error)."""
+    seconds; (healthy, error). Raises StopAsked when ``should_stop()`` is true between two
+    attempts."""
     if not environment.health_check_url:
         return True, ""
     started = time.monotonic()
@@ -254,8 +300,15 @@ def _verify(environment: Environment, progress, window: float | None = None) -> 
         interval=1.0,
         progress=progress,
         allow=environment.outbound_allow,
+        should_stop=should_stop,
     )
     elapsed = time.monotonic() - started
+    if health.stopped:
+        raise StopAsked(
+            f"Stopped during the health check of {environment.health_check_url} after "
+            f"{health.attempts} attempt(s) ({health.detail[:80]}); the new version was not "
+            f"verified"
+        )
     if not health.healthy:
         return False, (
             f"Health check of {environment.health_check_url} failed after "
@@ -355,6 +408,15 @@ def recover_lost_run(run: Run) -> int:
             )
             return run.pk
         switched = services.record_lost_state(run_id=run.pk, running=running)
+        if services.stop_requested(run.pk):
+            # Asked to stop, and its worker is gone: what runs was just recorded; stop here.
+            services.finish_stopped(
+                run_id=run.pk,
+                running=running,
+                detail=f"its worker was lost during '{run.step}'",
+                wake_queue=True,
+            )
+            return run.pk
         healthy, detail = False, ""
         if switched and running != run.image.digest:
             detail = f"the backend runs {running or 'nothing'}"  # no health check can pass

@@ -35,6 +35,16 @@ class DeployError(Exception):
         self.previous_stopped = previous_stopped
 
 
+class DeployStopped(DeployError):
+    """The deploy stopped at a safe point because ``DeployRequest.should_stop()`` said so.
+
+    Raised after the backend put back what it had changed, where it could (the previous
+    process, ECS revision or EC2 containers); the message says what it did. What runs after
+    the stop is not taken from the backend's word: opsweb asks ``running_version`` and records
+    that.
+    """
+
+
 class SettingsError(DeployError):
     """An environment's backend settings are invalid: ``errors`` maps field → message."""
 
@@ -46,7 +56,8 @@ class SettingsError(DeployError):
 @dataclass(frozen=True)
 class DeployRequest:
     """What to deploy where. ``previous_ref`` is the backend reference recorded when the target
-    version was last deployed (a rollback reuses it: the pid state, the task-definition ARN)."""
+    version was last deployed (a rollback reuses it: the pid state, the task-definition ARN).
+    ``should_stop()`` is polled at the backend's safe points (see ``DeployStopped``)."""
 
     environment: str
     settings: Mapping[str, Any]
@@ -57,6 +68,10 @@ class DeployRequest:
     is_rollback: bool = False
     run_id: int | None = None
     previous_ref: Mapping[str, Any] = field(default_factory=dict)
+    # Polled at the backend's safe points (before the switch, between batches, while waiting
+    # for a rollout); True means someone asked to stop: put back what changed, raise
+    # DeployStopped. A plain callable, so that backends need no database.
+    should_stop: Callable[[], bool] = field(default=lambda: False, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from orchestration.base import (
     DeployError,
     DeployRequest,
     DeployResult,
+    DeployStopped,
     Progress,
     RunningImages,
     SettingsError,
@@ -481,6 +482,8 @@ class Ec2Backend(DeployBackend):
         failed: list[Outcome] = []
         for number, batch in enumerate(batches, 1):
             label = f"Batch {number}/{len(batches)}"
+            if request.should_stop():
+                self._stop_between_batches(label, touched, previous, request, progress)
             try:
                 outcomes = self._switch_batch(
                     batch, script, image, label, request, progress, touched
@@ -589,6 +592,26 @@ class Ec2Backend(DeployBackend):
             )
         back = " ".join(said) or "No instance had been switched."
         raise DeployError(f"The rollout stopped at {label.lower()}: {failures}. {back}")
+
+    def _stop_between_batches(self, label, touched: Touched, previous, request, progress):
+        """Someone asked to stop before ``label``: put every instance ``touched`` so far back on
+        what it ran before (``_restore``), then raise DeployStopped saying whether that worked."""
+        if not (touched.switched or touched.sent or touched.out):
+            raise DeployStopped(f"Stopped before {label.lower()}: no instance had been switched")
+        names = ", ".join([*touched.switched, *sorted(touched.sent - set(touched.switched))])
+        progress(f"Stop asked before {label.lower()}: restoring {names}", None)
+        try:
+            _, _, problems = self._restore(touched, previous, request, progress)
+        except Exception as exc:  # the stop is still reported; opsweb then reads what runs
+            log.exception("EC2 restore after a stop before %s failed", label)
+            problems = [f"unexpected error ({type(exc).__name__}: {str(exc).rstrip('.')})"]
+        if problems:
+            raise DeployStopped(
+                f"Stopped before {label.lower()}: restoring {names} failed: {'; '.join(problems)}"
+            )
+        raise DeployStopped(
+            f"Stopped before {label.lower()}: {names} went back to the image they ran before"
+        )
 
     def _restore(self, touched: Touched, previous, request, progress):
         """Put every instance ``touched`` back as it was: those switched, or sent a command whose

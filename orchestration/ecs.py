@@ -34,6 +34,7 @@ from orchestration.base import (
     DeployError,
     DeployRequest,
     DeployResult,
+    DeployStopped,
     Progress,
     SettingsError,
     no_progress,
@@ -324,6 +325,10 @@ class EcsBackend(DeployBackend):
         target = self._recorded_revision(request, image, progress) if request.is_rollback else None
         if target is None:
             target = self._register(current, image, progress)
+        if request.should_stop():
+            raise DeployStopped(
+                f"Stopped before the switch: the {self._where} still runs {revision_name(current)}"
+            )
         started = time.monotonic()
         updated = (
             self._call(
@@ -341,7 +346,7 @@ class EcsBackend(DeployBackend):
         watch = Watch(
             target, current, before=service, deployment_id=_deployment_id(updated, target)
         )
-        self._follow(watch, progress)
+        self._follow(watch, progress, should_stop=request.should_stop)
         return DeployResult(
             ref={
                 "task_definition_arn": target,
@@ -414,14 +419,17 @@ class EcsBackend(DeployBackend):
 
     # -- following the rollout -------------------------------------------------------------
 
-    def _follow(self, watch: Watch, progress: Progress) -> None:
+    def _follow(self, watch: Watch, progress: Progress, *, should_stop=lambda: False) -> None:
         """Poll the service until ``watch``'s deployment completes (return) or fails, is rolled
-        back by ECS or the timeout passes (DeployError saying which)."""
+        back by ECS or the timeout passes (DeployError saying which); before each poll, stop
+        (``_stop_rollout``) when ``should_stop()`` is true."""
         target = watch.target
         started = time.monotonic()
         deadline = started + self.settings["timeout"]
         reported, reported_at = "", started
         while True:
+            if should_stop():
+                self._stop_rollout(target, watch.replacing, progress)
             service = self._service()
             rollout = judge_rollout(service, watch)
             now = time.monotonic()
@@ -445,6 +453,32 @@ class EcsBackend(DeployBackend):
             else:
                 progress("", None)  # a heartbeat only: the worker is alive, nothing new to log
             time.sleep(min(self.settings["poll_interval"], max(deadline - now, 0)))
+
+    def _stop_rollout(self, target: str, previous: str, progress: Progress) -> None:
+        """Stop a rollout of ``target``: update the service back to ``previous`` (the revision
+        it ran before) and follow that rollout, then raise DeployStopped saying where it is."""
+        self._call(
+            "update_service",
+            cluster=self.settings["cluster"],
+            service=self.settings["service"],
+            taskDefinition=previous,
+        )
+        progress(
+            f"Stop asked: updated service {self.settings['service']} back to "
+            f"{revision_name(previous)}",
+            None,
+        )
+        try:
+            self._follow(Watch(previous, target), progress)
+        except DeployError as exc:
+            raise DeployStopped(
+                f"Stopped during the rollout of {revision_name(target)}: the {self._where} was "
+                f"updated back to {revision_name(previous)}, whose rollout did not complete: {exc}"
+            ) from None
+        raise DeployStopped(
+            f"Stopped during the rollout of {revision_name(target)}: the {self._where} runs "
+            f"{revision_name(previous)} again"
+        )
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ class HealthResult:
     healthy: bool
     attempts: int
     detail: str
+    stopped: bool = False  # should_stop() said so between two attempts
 
 
 def check_once(
@@ -47,9 +48,11 @@ def verify_health(
     interval: float = 1.0,
     progress: Progress = no_progress,
     allow: outbound.AllowList | None = None,
+    should_stop=lambda: False,
 ) -> HealthResult:
     """Poll ``url`` every ``interval`` seconds until it answers 2xx or ``window`` seconds have
-    passed; ``allow`` is passed to ``check_once``."""
+    passed; ``allow`` is passed to ``check_once``; between two attempts, stop (``stopped``)
+    when ``should_stop()`` is true."""
     deadline = time.monotonic() + window
     attempts = 0
     while True:
@@ -60,4 +63,6 @@ def verify_health(
         if time.monotonic() + interval > deadline:
             return HealthResult(False, attempts, detail)
         progress(f"Health check attempt {attempts}: {detail}; retrying", None)
+        if should_stop():
+            return HealthResult(False, attempts, detail, stopped=True)
         time.sleep(interval)

@@ -27,6 +27,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from orchestration.base import (
     DeployError,
     DeployRequest,
     DeployResult,
+    DeployStopped,
     Progress,
     SettingsError,
     no_progress,
@@ -173,6 +175,12 @@ class LocalProcessBackend(DeployBackend):
                     progress(*lines.pop(0))
 
             state = self._adopt(request.environment)
+            if request.should_stop():
+                write_lines()
+                raise DeployStopped(
+                    f"Stopped before the switch: {state.get('tag') or 'nothing'} still runs, "
+                    f"{request.tag} was not started"
+                )
             t = time.monotonic()
             stopped_previous = bool(state) and process_alive(state.get("pid"), state.get("started"))
             if stopped_previous:
@@ -197,7 +205,7 @@ class LocalProcessBackend(DeployBackend):
             else:
                 write_lines()
             try:
-                return self._start_new(request, workdir, stopped_previous, write_lines, progress)
+                result = self._start_new(request, workdir, stopped_previous, write_lines, progress)
             except DeployError:
                 raise  # a sentence already, and previous_stopped says what is left
             except Exception as exc:
@@ -206,6 +214,11 @@ class LocalProcessBackend(DeployBackend):
                 log.exception("local deploy of %s to %s failed", request.tag, request.environment)
                 write_lines()
                 raise self._restore(request, state if stopped_previous else {}, exc) from None
+            if request.should_stop():
+                # The last safe point before opsweb records the switch: put back what ran.
+                previous = state if stopped_previous else {}
+                raise DeployStopped(self._put_back(request, result.ref["pid"], previous))
+            return result
 
     def _start_new(
         self,
@@ -303,6 +316,50 @@ class LocalProcessBackend(DeployBackend):
         return DeployError(
             f"{failed}; {again.tag} was started again ({result.message}).",
             previous_stopped=False,
+        )
+
+    def _put_back(self, request: DeployRequest, pid: int, previous: dict[str, Any]) -> str:
+        """After a stop was asked for: stop the just-started ``pid`` and start again what ran before (``previous``, its
+        recorded state; empty when nothing ran). Call with the lock held. Returns what it did,
+        as a sentence; a restore that fails says so (opsweb then records what really runs)."""
+        t = time.monotonic()
+        stop_process(pid, self.settings["stop_timeout"])
+        self._write_state(request.environment, {})
+        if not previous.get("workdir") or not previous.get("git_sha"):
+            return f"Stopped after the switch: {request.tag} was stopped again; nothing runs"
+        back = replace(
+            request,
+            tag=previous.get("tag", ""),
+            digest=previous.get("digest", ""),
+            git_sha=previous["git_sha"],
+            is_rollback=True,
+        )
+        host, port = self.settings["host"], self.settings["port"]
+        logs = self.state_dir / "logs"
+        log_path = logs / f"{request.environment}-{back.tag}-{int(time.time())}.log"
+        starting = {
+            **{k: previous[k] for k in ("tag", "digest", "git_sha", "workdir") if k in previous},
+            "start_id": uuid.uuid4().hex,
+            "port": port,
+            "log": str(log_path),
+        }
+        self._write_state(request.environment, starting)
+        try:
+            restored, started = self._start(
+                back, Path(previous["workdir"]), log_path, starting["start_id"]
+            )
+            self._write_state(
+                request.environment, {**starting, "pid": restored, "started": started}
+            )
+            self._wait_until_listening(restored, started, host, port, log_path, lambda: None)
+        except DeployError as exc:
+            return (
+                f"Stopped after the switch: {request.tag} was stopped, but {back.tag} did not "
+                f"start again: {exc}"
+            )
+        return (
+            f"Stopped after the switch: {request.tag} was stopped and {back.tag} runs again as "
+            f"pid {restored} ({time.monotonic() - t:.1f}s)"
         )
 
     def _export(self, git_sha: str) -> Path:

@@ -408,7 +408,7 @@ def test_cancel_by_requester_and_refusal_while_running(flow, alice, outsider):
     with pytest.raises(NotAllowed):
         services.cancel_run(user=outsider, run=run)
     services.claim_next_run(environment_id=flow["dev"].pk)
-    with pytest.raises(ReleaseError, match="already running and is not stopped halfway"):
+    with pytest.raises(ReleaseError, match="already running and is not cancelled halfway"):
         services.cancel_run(user=alice, run=run)
 
 

@@ -330,11 +330,17 @@ class RollBack(Confirmation):
             ("RTO target", f"{env.rto_seconds} s"),
         ]
         if seen["deploy in progress"] != "none":
+            # What the rollback does then is decided when it starts (services.resolve_rollback).
+            lines[1:3] = [
+                ("From", f"what {seen['deploy in progress']} deploys — will be marked bad"),
+                ("To", version_line(env.current_image) + " (what ran before it)"),
+            ]
             lines.append(
                 (
                     "Deploy in progress",
-                    f"{seen['deploy in progress']} is switching versions: the rollback starts "
-                    f"when it ends and restores the newest earlier stable version then",
+                    f"{seen['deploy in progress']} is switching versions: the rollback stops "
+                    f"it at its next safe point, then starts and restores the version that ran "
+                    f"before it",
                 )
             )
         if env.auto_deploy_branch:

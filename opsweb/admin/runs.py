@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.http import JsonResponse
@@ -12,6 +13,7 @@ from opsweb import policy, services
 from opsweb.admin.confirm import (
     CommentForm,
     Confirmation,
+    ConfirmForm,
     ConfirmingAdmin,
     RequiredCommentForm,
     commits_between,
@@ -20,6 +22,7 @@ from opsweb.admin.confirm import (
 from opsweb.admin.images import version_search
 from opsweb.admin.lists import CheckedChangeList, DateRangeFilter
 from opsweb.admin.records import ReadOnlyMixin
+from opsweb.limits import TEXT_MAX
 from opsweb.models import ImageVersion, Run
 from opsweb.services import facts
 
@@ -70,6 +73,7 @@ class RunChangeList(CheckedChangeList):
         "signals",
         "backend_ref",
         "freeze_override_reason",
+        "stop_reason",
         "task_id",
         "image__commit_message",
         "image__bad_reason",
@@ -157,9 +161,54 @@ class Cancel(RunConfirmation):
         return f"Cancelled run #{run.pk}.", run_url(run)
 
 
+class StopForm(ConfirmForm):
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        required=False,
+        help_text="Why; shown on the run and in the audit trail.",
+        max_length=TEXT_MAX,
+    )
+
+
+class Stop(RunConfirmation):
+    """Stop a running deploy at its worker's next safe point."""
+
+    name = "stop"
+    form_class = StopForm
+
+    def label(self, run):
+        return "Stop"
+
+    def decide(self, user, run, chosen):
+        return policy.may_stop_run(user, run)
+
+    def facts(self, run, chosen):
+        return facts.stop_facts(run)
+
+    def lines(self, run, chosen):
+        return [
+            *run_lines(run),
+            ("Now", run.step or "running"),
+            (
+                "What happens",
+                "The worker stops at its next safe point: before the switch nothing changes; "
+                "during an ECS rollout or between EC2 batches, or just after the local process "
+                "started, what ran before is put back; during the health check or the bake, "
+                "the new version keeps running. The run ends stopped, showing what really runs.",
+            ),
+        ]
+
+    def perform(self, user, run, chosen, data, seen):
+        services.stop_run(user=user, run=run, reason=data["reason"], seen=seen)
+        return (
+            f"Asked run #{run.pk} to stop: it stops at its next safe point and its page "
+            f"shows what runs then."
+        ), run_url(run)
+
+
 @admin.register(Run)
 class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
-    confirmations = [Approve(), Reject(), Cancel()]
+    confirmations = [Approve(), Reject(), Cancel(), Stop()]
     # Fits 1366 px beside the navigation: the step shows on the status badge's tooltip.
     list_display = [
         "id",
@@ -214,6 +263,9 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
                     "switched_at",
                     "finished_at",
                     "heartbeat_at",
+                    "stop_requested_at",
+                    "stop_requested_by",
+                    "stop_reason",
                     "task_id",
                     "backend_ref",
                 ],
@@ -232,6 +284,7 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
                 "requested_by",
                 "source_environment",
                 "triggered_by",
+                "stop_requested_by",
             )
         )
 
@@ -260,7 +313,7 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
             '<span class="opsweb-status opsweb-status-{}" title="{}">{}</span>',
             run.status,
             run.step,
-            run.get_status_display(),
+            "Stopping" if run.is_stopping else run.get_status_display(),
         )
 
     @admin.display(description="Took")
@@ -319,7 +372,7 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
         return JsonResponse(
             {
                 "status": run.status,
-                "status_display": run.get_status_display(),
+                "status_display": "Stopping" if run.is_stopping else run.get_status_display(),
                 "step": run.step,
                 "active": run.status in ("queued", "running"),
                 "events": [

@@ -36,6 +36,7 @@ from opsweb.services.execution import (
     expire_pending_runs,
     finish_lost_run,
     finish_run,
+    finish_stopped,
     heartbeat,
     heartbeat_seconds,
     heartbeating,
@@ -45,6 +46,7 @@ from opsweb.services.execution import (
     record_progress,
     record_switch,
     stalled_environments,
+    stop_requested,
     take_over_lost_runs,
 )
 from opsweb.services.releases import (
@@ -62,6 +64,7 @@ from opsweb.services.releases import (
     set_frozen,
     settle,
     sign_off_uat,
+    stop_run,
 )
 
 __all__ = [
@@ -87,6 +90,7 @@ __all__ = [
     "finish_lost_run",
     "drift_watch",
     "finish_run",
+    "finish_stopped",
     "heartbeat",
     "heartbeat_seconds",
     "heartbeating",
@@ -113,6 +117,8 @@ __all__ = [
     "signals",
     "sign_off_uat",
     "stalled_environments",
+    "stop_requested",
+    "stop_run",
     "take_over_lost_runs",
     "transition",
     "unreachable_quorum",

@@ -26,6 +26,7 @@ from opsweb.models import (
 )
 from opsweb.services.base import (
     ReleaseError,
+    actor_name,
     add_event,
     audit,
     describe,
@@ -95,9 +96,10 @@ def claim_next_run(*, environment_id: int) -> Run | None:
                         add_event(head, refusal, level=RunEvent.Level.ERROR)
                     continue
                 resolving = head.resolve_at_start and not busy.exists()
+                replacing = None
                 if resolving:
                     # Decided only now, still queued: the deploy it waited for has ended.
-                    refusal = resolve_rollback(head)
+                    refusal, replacing = resolve_rollback(head)
                     if refusal:
                         if transition(head, to=RunStatus.FAILED, error=refusal, step="refused"):
                             add_event(head, refusal, level=RunEvent.Level.ERROR)
@@ -126,7 +128,7 @@ def claim_next_run(*, environment_id: int) -> Run | None:
                         take_back(
                             head,
                             head.environment,
-                            _current_image(environment_id),
+                            replacing or _current_image(environment_id),
                             user=head.requested_by,
                         )
         except IntegrityError:
@@ -334,6 +336,66 @@ def finish_run(
             )
         except ReleaseError as exc:
             add_event(run, f"No automatic rollback: {exc}", level=RunEvent.Level.ERROR)
+    return run
+
+
+# -- stopping a run that has begun ---------------------------------------------------------
+
+
+def stop_requested(run_id: int) -> bool:
+    """Whether someone asked to stop ``run_id`` (the worker polls this at its safe points)."""
+    return Run.objects.filter(pk=run_id, stop_requested_at__isnull=False).exists()
+
+
+@transaction.atomic
+def finish_stopped(
+    *,
+    run_id: int,
+    running: str | None,
+    known: bool = True,
+    detail: str = "",
+    wake_queue: bool = False,
+) -> Run:
+    """End a stopping run ``stopped`` once its worker has stopped, recording what the backend
+    really runs: ``running`` is the digest it reports (None: nothing runs; ``known`` False: it
+    could not say). The run's own version running makes it the environment's version (the
+    switch is recorded); anything other than what opsweb shows is recorded as drift. ``detail``
+    is what the backend said it did; ``wake_queue`` hands the environment's next queued run to
+    a worker (the reconciler's case: no worker loop goes on to claim it)."""
+    run = Run.objects.select_for_update(of=("self",)).select_related("image").get(pk=run_id)
+    if run.status != RunStatus.RUNNING:
+        return run
+    if known and running == run.image.digest and not run.switched_at:
+        record_switch(run_id=run.pk, backend_ref={})
+    environment = Environment.objects.select_related("current_image").get(pk=run.environment_id)
+    if known:
+        drift = record_drift(environment=environment, running=running)
+        now_runs = (
+            f"drift recorded: {drift}"
+            if drift
+            else f"{describe(environment.current_image)} runs in {environment}"
+        )
+    else:
+        now_runs = f"what runs in {environment} could not be read; the drift check will look again"
+    who = actor_name(run.stop_requested_by) if run.stop_requested_by_id else "a rollback"
+    error = (
+        f"Stopped by {who}"
+        + (f" ({run.stop_reason})" if run.stop_reason else "")
+        + ": "
+        + (f"{detail.rstrip('.')}; " if detail else "")
+        + now_runs
+    )
+    transition(run, to=RunStatus.STOPPED, error=error, step="stopped")
+    add_event(run, error, level=RunEvent.Level.WARNING)
+    audit(None, "run_stopped", f"Run #{run.pk} stopped: {error[:300]}", run=run)
+    if wake_queue:
+        head = (
+            Run.objects.filter(environment_id=run.environment_id, status=RunStatus.QUEUED)
+            .order_by(*QUEUE_ORDER)
+            .first()
+        )
+        if head:
+            dispatch_on_commit(head)
     return run
 
 

@@ -64,6 +64,17 @@ def run_facts(run: Run) -> dict[str, str]:
     }
 
 
+def stop_facts(run: Run) -> dict[str, str]:
+    """A running run as the Stop page shows it: its status, what it deploys over, and whether
+    someone already asked to stop it."""
+    return {
+        "status": run.get_status_display().lower(),
+        "version": describe(run.image),
+        "what the environment runs": describe(run.environment.current_image),
+        "stop asked": "yes" if run.stop_requested_at else "no",
+    }
+
+
 def image_facts(image: ImageVersion) -> dict[str, str]:
     waiting = image.runs.filter(status__in=[RunStatus.PENDING, RunStatus.QUEUED]).count()
     return {

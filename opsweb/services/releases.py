@@ -443,6 +443,50 @@ def cancel_run(*, user, run: Run, comment: str = "", seen: Seen = None) -> Run:
 
 
 @transaction.atomic
+def stop_run(*, user, run: Run, reason: str = "", seen: Seen = None, by: Run | None = None) -> Run:
+    """Ask a running deploy or promotion to stop: the run stays ``running`` ("stopping") with
+    who, when and why recorded, and its worker stops at its next safe point (before the switch,
+    between health-check attempts or EC2 batches, while waiting for an ECS rollout), puts back
+    what the backend had changed where it can, and ends the run ``stopped`` with what really
+    runs recorded (``finish_stopped``). ``by``: the rollback that asked (``user`` may then be
+    None). ``seen``: ``facts.stop_facts`` as the page showed them. Returns the run; raises
+    NotAllowed or ReleaseError (``policy.may_stop_run``)."""
+    check_lengths(reason=reason)
+    run = (
+        Run.objects.select_for_update(of=("self",))
+        .select_related("environment__current_image", "environment__approver_group", "image")
+        .get(pk=run.pk)
+    )
+    check_seen(
+        seen,
+        lambda: facts.stop_facts(run),
+        subject=f"Run #{run.pk}",
+        action="stop",
+        bound_to=run,
+        page="stop",
+    )
+    if by is None:
+        policy.may_stop_run(user, run).enforce()
+    reason = (reason or "").strip() or (f"rollback #{by.pk} goes first" if by else "")
+    now = timezone.now()
+    if not Run.objects.filter(
+        pk=run.pk, status=RunStatus.RUNNING, stop_requested_at__isnull=True
+    ).update(stop_requested_at=now, stop_requested_by=user, stop_reason=reason):
+        return run  # it ended, or someone asked first: one request is enough
+    run.stop_requested_at, run.stop_requested_by, run.stop_reason = now, user, reason
+    who = f"rollback #{by.pk}" if by and user is None else actor_name(user)
+    said = f"Stop asked by {who}" + (f": {reason}" if reason else "")
+    add_event(run, f"{said}. It stops at its next safe point.", level=RunEvent.Level.WARNING)
+    audit(
+        user,
+        "stop_run",
+        f"Asked to stop run #{run.pk}" + (f": {reason}" if reason else ""),
+        run=run,
+    )
+    return run
+
+
+@transaction.atomic
 def sign_off_uat(
     *, user, environment: Environment, image: ImageVersion, note: str = "", seen: Seen = None
 ) -> Signoff:
@@ -562,13 +606,15 @@ def roll_back(
         )
         policy.may_roll_back(user, environment).enforce()
         current = environment.current_image
-        target = previous_stable_version(environment, exclude=current)
-    deploying = (
-        Run.objects.filter(environment=environment, status=RunStatus.RUNNING)
-        .exclude(kind=RunKind.ROLLBACK)
-        .select_related("image")
-        .first()
-    )
+        deploying = (
+            Run.objects.filter(environment=environment, status=RunStatus.RUNNING)
+            .exclude(kind=RunKind.ROLLBACK)
+            .select_related("image")
+            .first()
+        )
+        # With a deploy under way the target is decided at start (resolve_rollback); until
+        # then the rollback names what ran before that deploy.
+        target = current if deploying else previous_stable_version(environment, exclude=current)
     run = _new_run(
         kind=RunKind.ROLLBACK,
         environment=environment,
@@ -579,12 +625,16 @@ def roll_back(
         triggered_by=triggered_by,
     )
     if deploying:
-        Run.objects.filter(pk=run.pk).update(resolve_at_start=True)
-        run.resolve_at_start = True
+        # The rollback goes first: it stops the deploy at its next safe point and, once that
+        # has ended, decides what to restore (run.triggered_by names the deploy it stopped).
+        run.resolve_at_start, run.triggered_by = True, run.triggered_by or deploying
+        Run.objects.filter(pk=run.pk).update(resolve_at_start=True, triggered_by=run.triggered_by)
+        stop_run(user=user, run=deploying, by=run)
         add_event(
             run,
             f"Run #{deploying.pk} is deploying {deploying.image.tag} right now: this rollback "
-            f"starts when it ends and restores the newest earlier stable version then.",
+            f"stops it at its next safe point, then starts and restores the version that ran "
+            f"before it.",
             level=RunEvent.Level.WARNING,
         )
     if user is not None:
@@ -598,9 +648,14 @@ def roll_back(
     audit(
         user,
         "roll_back",
-        f"Rollback run #{run.pk}: {environment} from {describe(current)} "
-        f"to {describe(target)} ({RollbackReason(reason).label})"
-        + (" once the deploy in progress ends" if deploying else ""),
+        (
+            f"Rollback run #{run.pk}: {environment}: stopping run #{deploying.pk} "
+            f"({describe(deploying.image)}), then restoring what ran before it"
+            if deploying
+            else f"Rollback run #{run.pk}: {environment} from {describe(current)} "
+            f"to {describe(target)}"
+        )
+        + f" ({RollbackReason(reason).label})",
         run=run,
     )
     return run
@@ -631,23 +686,44 @@ def take_back(run: Run, environment: Environment, current: ImageVersion | None, 
     )
 
 
-def resolve_rollback(run: Run) -> str:
-    """For a rollback asked for while another run switched versions: decide now what it marks
-    bad and restores. Returns why it cannot go ahead, or ""."""
+def resolve_rollback(run: Run) -> tuple[str, ImageVersion | None]:
+    """For a rollback asked for while another run switched versions: decide now what it
+    restores (``run.image`` is set) and what it replaces. Returns (why it cannot go ahead, or
+    ""; the version it takes back, for ``take_back`` at the claim: the stopped deploy's
+    version, or None for whatever runs then). Writes nothing but the run's target: the claim
+    that follows in the same transaction writes the consequences, or rolls all of it back."""
     environment = Environment.objects.select_related("current_image").get(pk=run.environment_id)
     current = environment.current_image
+    stopped = run.triggered_by
+    if stopped is not None and stopped.kind != RunKind.ROLLBACK:
+        stopped.refresh_from_db()
+    before = None
+    if stopped is not None and stopped.status == RunStatus.STOPPED:
+        # The deploy this rollback stopped: go back to what ran before it (recorded at its
+        # switch, or still what runs when it stopped before or during it), deployed again so
+        # that a partial restore is finished and checked; its own version is the bad one.
+        before = stopped.replaces if stopped.switched_at else current
+    if before is not None and not before.is_bad:
+        Run.objects.filter(pk=run.pk).update(image=before, resolve_at_start=False)
+        run.image = before
+        add_event(
+            run,
+            f"Resolved at start: run #{stopped.pk} was stopped; rolling back from "
+            f"{describe(stopped.image)} to {describe(before)}, which ran before it",
+        )
+        return "", stopped.image
     target = previous_stable_version(environment, exclude=current) if current else None
     if target is None:
         return (
             f"Not started: nothing earlier than {describe(current)} succeeded in {environment} "
             f"and is not bad, so there is nothing to roll back to."
-        )
+        ), None
     Run.objects.filter(pk=run.pk).update(image=target, resolve_at_start=False)
     run.image = target
     add_event(
         run, f"Resolved at start: rolling back from {describe(current)} to {describe(target)}"
     )
-    return ""
+    return "", None
 
 
 @transaction.atomic

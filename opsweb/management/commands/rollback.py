@@ -36,8 +36,8 @@ class Command(OpswebCommand):
         if run.resolve_at_start:
             message = (
                 f"Rollback of {environment} queued as run #{run.pk}: a deploy is switching "
-                f"versions there now; when it ends, what runs then is marked bad and the newest "
-                f"earlier stable version is restored.{paused}"
+                f"versions there now and is asked to stop at its next safe point; then the "
+                f"rollback starts and restores the version that ran before it.{paused}"
             )
         else:
             message = (

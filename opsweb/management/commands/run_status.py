@@ -2,7 +2,8 @@
 
     manage.py run_status 12 --wait --timeout 900
 
-Exit 1 if the run ended failed, rejected, cancelled or expired, with or without --wait.
+Exit 1 if the run ended failed, rejected, cancelled, expired, superseded or stopped, with or
+without --wait.
 """
 
 from opsweb.cli import OpswebCommand, Outcome, ending, find_run, require_perm, run_lines
