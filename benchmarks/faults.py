@@ -325,7 +325,7 @@ class Harness:
             problems.append(f"backend runs {running}, opsweb shows {shown}")
         if environment.drift:
             problems.append(f"drift: {environment.drift}")
-        healthy, detail = check_once(environment.health_check_url)
+        healthy, detail = check_once(environment.health_check_url, allow=environment.outbound_allow)
         if not healthy:
             problems.append(f"unhealthy: {detail}")
         if expect_failed_version and shown and code(shown.tag) == expect_failed_version:
