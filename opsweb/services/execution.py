@@ -94,6 +94,7 @@ def claim_next_run(*, environment_id: int) -> Run | None:
                 if refusal:
                     if transition(head, to=RunStatus.FAILED, error=refusal, step="refused"):
                         add_event(head, refusal, level=RunEvent.Level.ERROR)
+                        events.run_finished(head)
                     continue
                 resolving = head.resolve_at_start and not busy.exists()
                 replacing = None
@@ -103,6 +104,7 @@ def claim_next_run(*, environment_id: int) -> Run | None:
                     if refusal:
                         if transition(head, to=RunStatus.FAILED, error=refusal, step="refused"):
                             add_event(head, refusal, level=RunEvent.Level.ERROR)
+                            events.run_finished(head)
                         continue
                 step = (
                     f"deploying {head.image.tag} with the {head.environment.get_backend_display()}"
