@@ -893,6 +893,7 @@ class NotificationEvent(models.TextChoices):
     APPROVAL_NEEDED = "approval_needed", "A run waits for approval"
     RUN_SUCCEEDED = "run_succeeded", "A run succeeded"
     RUN_FAILED = "run_failed", "A run failed"
+    RUN_STOPPED = "run_stopped", "A run was stopped"
     ROLLBACK_STARTED = "rollback_started", "A rollback started"
     ROLLBACK_FINISHED = "rollback_finished", "A rollback finished"
     AUTO_DEPLOY_PAUSED = "auto_deploy_paused", "Auto-deploy paused"

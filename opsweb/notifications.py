@@ -1,12 +1,12 @@
 """Notifications: what happened in the release flow, told to email, Slack or a signed webhook.
 
-Events come from the audit trail (``post_save`` of ``AuditEntry``: every state change writes
-one), from ``Environment`` saves that pause auto-deploy, and from ``drift_found`` (called by
-the drift check). ``notify`` writes one ``NotificationDelivery`` per matching channel in the
-same transaction as the change, and hands them to django-q2 only after it commits; the
-``deliver`` task sends, and on failure schedules itself again with backoff (30 s, 2 min,
-8 min, 32 min; five attempts in all). Nothing here ever raises into a release: a failure to
-record or send is logged and kept on the delivery row.
+Events are named and called by the service that decided (``opsweb/events.py``, e.g.
+``events.run_finished(run)``), never derived from audit entries or saves. ``notify`` writes
+one ``NotificationDelivery`` per matching channel in the same transaction as the change, and
+hands them to django-q2 only after it commits; the ``deliver`` task sends, and on failure
+schedules itself again with backoff (30 s, 2 min, 8 min, 32 min; five attempts in all).
+Nothing here ever raises into a release: a failure to record or send is logged and kept on
+the delivery row.
 
 Generic webhooks receive the JSON payload as the body, with these headers:
 
@@ -33,20 +33,15 @@ from django.conf import settings
 from django.core.mail import EmailMessage
 from django.db import transaction
 from django.db.models import F, Q
-from django.db.models.signals import post_save
-from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
 
 from opsweb.models import (
-    AuditEntry,
-    Environment,
     NotificationChannel,
     NotificationDelivery,
     NotificationEvent,
     RollbackReason,
     Run,
-    RunKind,
     RunStatus,
 )
 from orchestration import outbound
@@ -68,96 +63,6 @@ class DeliveryError(Exception):
 # -- what happened --------------------------------------------------------------------------
 
 
-# The audit actions that can notify someone (see from_audit).
-AUDIT_EVENTS = frozenset(
-    {
-        "mark_bad",
-        "request_deploy",
-        "request_promotion",
-        "auto_deploy",
-        "roll_back",
-        "run_succeeded",
-        "run_failed",
-        "worker_lost",
-    }
-)
-
-
-@receiver(post_save, sender=AuditEntry, dispatch_uid="opsweb.notifications.audit")
-def on_audit_entry(sender, instance: AuditEntry, created: bool, **kwargs) -> None:
-    if created:
-        safely(from_audit, instance)
-
-
-@receiver(post_save, sender=Environment, dispatch_uid="opsweb.notifications.environment")
-def on_environment_saved(sender, instance: Environment, update_fields=None, **kwargs) -> None:
-    # Only a save that sets the flag (as a rollback does), not every edit of a paused one.
-    if update_fields and "auto_deploy_paused" in update_fields and instance.auto_deploy_paused:
-        safely(
-            notify,
-            NotificationEvent.AUTO_DEPLOY_PAUSED,
-            environment=instance,
-            text=f"Auto-deploy of {instance.auto_deploy_branch or 'new versions'} is paused in "
-            f"{instance}: {instance.paused_reason or 'no reason given'}. Resume it in the "
-            f"console when the cause is fixed.",
-        )
-
-
-def drift_found(*, environment: Environment, drift: str) -> None:
-    """Called by the drift check when it finds a new mismatch in ``environment``."""
-    safely(
-        notify,
-        NotificationEvent.DRIFT_FOUND,
-        environment=environment,
-        text=f"Drift in {environment}: {drift}",
-    )
-
-
-def safely(function, *args, **kwargs) -> None:
-    """Run ``function`` in a savepoint; log and swallow any error, so that a notification
-    problem never fails or rolls back the release change that caused it."""
-    try:
-        with transaction.atomic():
-            function(*args, **kwargs)
-    except Exception:
-        log.exception("notification not recorded")
-
-
-def from_audit(entry: AuditEntry) -> None:
-    action = entry.action
-    if action not in AUDIT_EVENTS or not NotificationChannel.objects.filter(enabled=True).exists():
-        return  # one cheap look before loading the run: most changes notify nobody
-    if action == "mark_bad":
-        notify(
-            NotificationEvent.VERSION_MARKED_BAD, environment=entry.environment, text=entry.message
-        )
-        return
-    if entry.run_id is None:
-        return
-    run = Run.objects.select_related("environment", "image", "replaces", "requested_by").get(
-        pk=entry.run_id
-    )
-    if action in {"request_deploy", "request_promotion", "auto_deploy"}:
-        if run.status == RunStatus.PENDING:
-            notify(NotificationEvent.APPROVAL_NEEDED, run=run, text=approval_text(run))
-    elif action == "roll_back":
-        notify(NotificationEvent.ROLLBACK_STARTED, run=run, text=rollback_started_text(run, entry))
-    elif action in {"run_succeeded", "run_failed", "worker_lost"}:
-        finished(run)
-
-
-def finished(run: Run) -> None:
-    succeeded = run.status == RunStatus.SUCCEEDED
-    if run.kind == RunKind.ROLLBACK:
-        notify(NotificationEvent.ROLLBACK_FINISHED, run=run, text=rollback_finished_text(run))
-    elif succeeded:
-        text = f"Run #{run.pk} succeeded: {run.image.tag} runs in {run.environment}."
-        notify(NotificationEvent.RUN_SUCCEEDED, run=run, text=text)
-    else:
-        text = f"Run #{run.pk} ({run.image.tag}) failed in {run.environment}: {run.error[:300]}"
-        notify(NotificationEvent.RUN_FAILED, run=run, text=text)
-
-
 def approval_text(run: Run) -> str:
     from opsweb.services.base import run_rules
 
@@ -175,8 +80,10 @@ def approval_text(run: Run) -> str:
     )
 
 
-def rollback_started_text(run: Run, entry: AuditEntry) -> str:
-    by = entry.actor.get_username() if entry.actor else "opsweb (failed health check)"
+def rollback_started_text(run: Run, *, by: str | None) -> str:
+    """The sentence for a rollback that started; ``by`` is the username who asked for it,
+    None when opsweb did."""
+    by = by or "opsweb (failed health check)"
     reason = RollbackReason(run.reason).label if run.reason else "no reason"
     if run.resolve_at_start:
         was = "what runs when the deploy in progress ends"

@@ -5,7 +5,7 @@ Functions take keyword-only arguments and ``user=``; they are atomic and raise `
 (or ``NotAllowed`` for a missing permission) with a sentence a person can act on.
 """
 
-from opsweb.services import signals  # connects the scan-at-registration receiver
+from opsweb.services import signals  # services.signals: what opsweb decides from signals
 from opsweb.services.base import (
     NotAllowed,
     ReleaseError,

@@ -15,7 +15,7 @@ from django.db import DatabaseError, IntegrityError, connection, connections, tr
 from django.db.models import Case, Exists, IntegerField, OuterRef, Value, When
 from django.utils import timezone
 
-from opsweb import notifications, policy
+from opsweb import events, policy
 from opsweb.models import (
     Environment,
     RollbackReason,
@@ -94,6 +94,7 @@ def claim_next_run(*, environment_id: int) -> Run | None:
                 if refusal:
                     if transition(head, to=RunStatus.FAILED, error=refusal, step="refused"):
                         add_event(head, refusal, level=RunEvent.Level.ERROR)
+                        events.run_finished(head)
                     continue
                 resolving = head.resolve_at_start and not busy.exists()
                 replacing = None
@@ -103,6 +104,7 @@ def claim_next_run(*, environment_id: int) -> Run | None:
                     if refusal:
                         if transition(head, to=RunStatus.FAILED, error=refusal, step="refused"):
                             add_event(head, refusal, level=RunEvent.Level.ERROR)
+                            events.run_finished(head)
                         continue
                 step = (
                     f"deploying {head.image.tag} with the {head.environment.get_backend_display()}"
@@ -310,6 +312,7 @@ def finish_run(
                 run, f"Restored in {restored:.0f}s; RTO target {environment.rto_seconds}s {met}"
             )
         audit(None, "run_succeeded", f"Run #{run.pk} succeeded", run=run)
+        events.run_finished(run)
         _supersede_waiting(run)
         return run
     add_event(run, f"Failed: {error}", level=RunEvent.Level.ERROR)
@@ -319,6 +322,7 @@ def finish_run(
         f"Run #{run.pk} failed: {error[:300]}",
         run=run,
     )
+    events.run_finished(run)
     if environment_broken and environment.auto_rollback and run.kind != RunKind.ROLLBACK:
         try:
             with transaction.atomic():
@@ -388,6 +392,7 @@ def finish_stopped(
     transition(run, to=RunStatus.STOPPED, error=error, step="stopped")
     add_event(run, error, level=RunEvent.Level.WARNING)
     audit(None, "run_stopped", f"Run #{run.pk} stopped: {error[:300]}", run=run)
+    events.run_stopped(run)
     if wake_queue:
         head = (
             Run.objects.filter(environment_id=run.environment_id, status=RunStatus.QUEUED)
@@ -667,5 +672,5 @@ def record_drift(
         drift=drift, drift_checked_at=timezone.now()
     )
     if drift and drift != environment.drift:  # newly found, not the same one every 5 minutes
-        notifications.drift_found(environment=environment, drift=drift)
+        events.drift_found(environment, drift=drift)
     return drift

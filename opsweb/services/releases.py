@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from opsweb import policy
+from opsweb import events, policy
 from opsweb.limits import COMMIT_MESSAGE_MAX
 from opsweb.models import (
     Approval,
@@ -159,6 +159,7 @@ def request_deploy(
         run=run,
     )
     _audit_override(user, run)
+    events.run_waiting(run)
     return run
 
 
@@ -243,6 +244,7 @@ def request_promotion(
         run=run,
     )
     _audit_override(user, run)
+    events.run_waiting(run)
     return run
 
 
@@ -537,6 +539,7 @@ def _mark_bad(image: ImageVersion, *, user, reason: str) -> None:
         if transition(run, to=RunStatus.CANCELLED, step="cancelled"):
             add_event(run, f"Cancelled: {image.tag} was marked bad", level=RunEvent.Level.WARNING)
     audit(user, "mark_bad", f"Marked {image} bad: {reason}", image=image)
+    events.version_marked_bad(image, reason=reason)
 
 
 @transaction.atomic
@@ -658,6 +661,7 @@ def roll_back(
         + f" ({RollbackReason(reason).label})",
         run=run,
     )
+    events.rollback_started(run, user=user)
     return run
 
 
@@ -674,10 +678,12 @@ def take_back(run: Run, environment: Environment, current: ImageVersion | None, 
     )
     paused = bool(environment.auto_deploy_branch)
     if paused and not environment.auto_deploy_paused:
-        # save(), not update(): notifications listen for the flag being set.
         environment.auto_deploy_paused = True
         environment.paused_reason = f"Rolled back from {current.tag} ({label})"
-        environment.save(update_fields=["auto_deploy_paused", "paused_reason"])
+        Environment.objects.filter(pk=environment.pk).update(
+            auto_deploy_paused=True, paused_reason=environment.paused_reason
+        )
+        events.auto_deploy_paused(environment)
     add_event(
         run,
         f"Marked {current.tag} bad"
@@ -743,7 +749,7 @@ def resume_auto_deploy(*, user, environment: Environment, seen: Seen = None) -> 
     policy.may_resume(user, environment).enforce()
     environment.auto_deploy_paused = False
     environment.paused_reason = ""
-    environment.save(update_fields=["auto_deploy_paused", "paused_reason"])
+    Environment.objects.filter(pk=environment.pk).update(auto_deploy_paused=False, paused_reason="")
     audit(
         user, "resume_auto_deploy", f"Resumed auto-deploy in {environment}", environment=environment
     )
@@ -891,6 +897,7 @@ def register_image(
     try:
         with transaction.atomic():
             image.save()
+            events.image_registered(image)
     except IntegrityError:
         # A concurrent registration of the same digest won the race: same answer as a rerun.
         existing = ImageVersion.objects.filter(repository=repository, digest=digest).first()
@@ -932,6 +939,7 @@ def _auto_deploy(registration: Registration, user, branch: str) -> Registration:
             f"Queued run #{run.pk}: auto-deploy {describe(image)} to {environment}",
             run=run,
         )
+        events.run_waiting(run)
         registration.runs.append(run)
         registration.run = registration.run or run
         registration.message += f" Queued run #{run.pk} to deploy it to {environment}."
@@ -963,6 +971,7 @@ def catch_up(environment: Environment, *, user, opened: str) -> Run | None:
         f"{branch} build held back until {opened}",
         run=run,
     )
+    events.run_waiting(run)
     return run
 
 

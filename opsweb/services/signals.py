@@ -4,8 +4,6 @@ entries, and what opsweb decides from them (docs/design.md, "Signals")."""
 from __future__ import annotations
 
 from django.db import transaction
-from django.db.models.signals import post_save
-from django.dispatch import receiver
 from django.utils import timezone
 
 from opsweb.models import (
@@ -26,19 +24,6 @@ ROLLBACK_REASONS = {
     "latency": RollbackReason.PERFORMANCE_DEGRADATION,
     "saturation": RollbackReason.PERFORMANCE_DEGRADATION,
 }
-
-
-@receiver(post_save, sender=ImageVersion)
-def scan_at_registration(sender, instance: ImageVersion, created: bool, **kwargs) -> None:
-    """A newly registered version's scan findings are read by a worker once it commits."""
-    if created and Environment.objects.exclude(backend="local").exists():
-        transaction.on_commit(lambda: _enqueue_scan(instance.pk))
-
-
-def _enqueue_scan(image_id: int) -> None:
-    from django_q.tasks import async_task
-
-    async_task("opsweb.tasks.read_scan_findings", [image_id], task_name=f"scan-{image_id}")
 
 
 def record_bake(*, run_id: int, step: str, signals: dict) -> None:
