@@ -37,7 +37,7 @@ from opsweb.services.base import (
     rule_group_ids,
 )
 from opsweb.windows import freeze_status
-from orchestration.signals import at_or_above
+from orchestration.alarms import at_or_above
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def soak_refusal(source: Environment, image: ImageVersion, now: datetime) -> str
 
 def scan_refusal(target: Environment, image: ImageVersion) -> str:
     """Why ``image``'s scan findings keep it out of ``target`` (its ``block_severity``), or
-    "" (no such findings, or never scanned: docs/signals.md).
+    "" (no such findings, or never scanned: docs/alarms.md).
 
     The one check of this rule, asked on every path that puts a version somewhere: promote and
     deploy (``may_promote``, ``may_deploy``), auto-deploy and catch-up

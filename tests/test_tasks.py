@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from opsweb import services, tasks
 from opsweb.models import Environment, Run, RunKind, RunStatus
+from opsweb.services import running
 from orchestration.local import LocalProcessBackend
 from tests.conftest import get_json, make_image, start_worker, succeed_in
 
@@ -202,7 +203,7 @@ def test_check_drift_during_a_local_deploy_expects_both_versions(local_flow, ali
         if kwargs["message"].startswith(("Stopped", "Started")):
             found_mid_switch.append(tasks.check_drift())
 
-    monkeypatch.setattr(services, "record_progress", progress_then_check)
+    monkeypatch.setattr(running, "record_progress", progress_then_check)
 
     run = deploy(alice, local, images["1.1.0"])
 

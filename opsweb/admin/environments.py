@@ -649,7 +649,7 @@ class EnvironmentAdmin(ConfirmingAdmin):
             },
         ),
         (
-            "Signals (docs/signals.md)",
+            "Signals (docs/alarms.md)",
             {
                 "fields": [
                     "bake_seconds",

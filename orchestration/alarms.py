@@ -70,7 +70,7 @@ def read_alarms(
     try:
         found = client.describe_alarms(AlarmNames=names)["MetricAlarms"]
     except (ClientError, BotoCoreError) as exc:
-        raise aws_error(exc, service="cloudwatch", docs="docs/signals.md") from exc
+        raise aws_error(exc, service="cloudwatch", docs="docs/alarms.md") from exc
     by_name = {alarm["AlarmName"]: alarm for alarm in found}
     missing = [name for name in names if name not in by_name]
     if missing:
@@ -156,9 +156,9 @@ def scan_findings(
         code = exc.response.get("Error", {}).get("Code", "")
         if code == "ScanNotFoundException":
             return ScanFindings("NOT_SCANNED", detail="ECR has no scan of this image")
-        raise aws_error(exc, service="ecr", docs="docs/signals.md") from exc
+        raise aws_error(exc, service="ecr", docs="docs/alarms.md") from exc
     except BotoCoreError as exc:
-        raise aws_error(exc, service="ecr", docs="docs/signals.md") from exc
+        raise aws_error(exc, service="ecr", docs="docs/alarms.md") from exc
     status = answer.get("imageScanStatus", {}).get("status", "COMPLETE")
     found = answer.get("imageScanFindings", {})
     counts = {k: int(v) for k, v in (found.get("findingSeverityCounts") or {}).items() if v}
