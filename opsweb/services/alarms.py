@@ -10,6 +10,7 @@ from django.db.models.signals import post_save
 from django.dispatch import receiver
 from django.utils import timezone
 
+from opsweb import policy
 from opsweb.models import (
     Environment,
     ImageVersion,
@@ -21,7 +22,7 @@ from opsweb.models import (
 )
 from opsweb.services.base import ReleaseError, add_event, audit, previous_stable_version
 from opsweb.services.releases import _mark_bad, roll_back
-from orchestration.alarms import at_or_above, scan_findings
+from orchestration.alarms import scan_findings
 from orchestration.base import SCANNED_BACKENDS, DeployError
 
 log = logging.getLogger(__name__)
@@ -73,18 +74,6 @@ def rollback_waiting(environment_id: int) -> Run | None:
     )
 
 
-def blocking_findings(environment: Environment, image: ImageVersion) -> dict[str, int]:
-    """The image's scan counts at or above the environment's ``block_severity`` ({} if none
-    or never scanned)."""
-    return at_or_above(image.scan_counts or {}, environment.block_severity)
-
-
-def findings_sentence(image: ImageVersion, blocking: dict[str, int]) -> str:
-    counts = ", ".join(f"{count} {severity}" for severity, count in blocking.items())
-    ids = ", ".join(image.scan_top_ids[:5])
-    return f"{counts} finding(s)" + (f" ({ids})" if ids else "")
-
-
 @transaction.atomic
 def record_scan(*, image: ImageVersion, status: str, counts: dict, top_ids: list) -> bool:
     """Store a scan read on the version; when it is new or changed, an audit entry. Returns
@@ -119,7 +108,7 @@ def act_on_scans() -> list[str]:
     decided = []
     for environment in Environment.objects.select_for_update().exclude(current_image=None):
         image = environment.current_image
-        blocking = blocking_findings(environment, image)
+        blocking = policy.blocking_findings(environment, image)
         if blocking:
             decided.append(_vulnerable_runs(environment, image, blocking))
         elif environment.security_alert:
@@ -128,7 +117,7 @@ def act_on_scans() -> list[str]:
 
 
 def _vulnerable_runs(environment: Environment, image: ImageVersion, blocking: dict) -> str:
-    found = findings_sentence(image, blocking)
+    found = policy.findings_sentence(image, blocking)
     if image.is_bad and environment.security_alert:
         return f"{environment}: {environment.security_alert}"  # decided already; said once
     under_way = (
@@ -144,8 +133,10 @@ def _vulnerable_runs(environment: Environment, image: ImageVersion, blocking: di
     if not environment.roll_back_on_vulnerability:
         return f"{environment}: marked {image.tag} bad ({found}); no automatic rollback here."
     target = previous_stable_version(environment, exclude=image)
-    if target is not None and blocking_findings(environment, target):
-        target_found = findings_sentence(target, blocking_findings(environment, target))
+    if target is not None and policy.blocking_findings(environment, target):
+        target_found = policy.findings_sentence(
+            target, policy.blocking_findings(environment, target)
+        )
         return _alert(
             environment,
             f"{image.tag} runs with {found}, and the newest stable version {target.tag} has "
@@ -246,8 +237,6 @@ def read_scans(image_ids: list[int] | None = None) -> dict:
 
 __all__ = [
     "ROLLBACK_REASONS",
-    "blocking_findings",
-    "findings_sentence",
     "act_on_scans",
     "record_bake",
     "record_scan",

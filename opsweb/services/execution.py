@@ -155,7 +155,7 @@ def hold(run: Run, now: datetime) -> bool:
     """Whether a queued run must wait for a freeze to end: not a rollback, not an emergency
     override, and a change window stops runs now. Marks its step "held by the freeze until …"
     (and logs it once)."""
-    if run.kind == RunKind.ROLLBACK or run.freeze_override_reason:
+    if not policy.freeze_applies(run.kind) or run.freeze_override_reason:
         return False
     status = freeze_status(run.environment, now)
     if not status.frozen:
