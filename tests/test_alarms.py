@@ -1,4 +1,4 @@
-"""Signals: a bake window watching alarms after the health check (CloudWatch alarms in a moto
+"""Trigger alarms: a bake window watching alarms after the health check (CloudWatch alarms in a moto
 server for ECS; the sample service's /metrics for the local backend), image scan findings
 from ECR, and what opsweb decides from them.
 
