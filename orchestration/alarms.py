@@ -1,5 +1,6 @@
-"""Signals opsweb watches after a switch and on a schedule: CloudWatch alarms and local HTTP
-metrics during a bake, and ECR image scan findings. Plain dataclasses out; boto3 stays here.
+"""Trigger alarms opsweb watches after a switch and on a schedule: CloudWatch alarms and local
+HTTP metrics during a bake, and ECR image scan findings. Plain dataclasses out; which reader an
+environment uses is its backend's choice (``DeployBackend.read_alarms``).
 
 Errors are ``DeployError`` with a sentence (an alarm that does not exist, a metric endpoint
 that does not answer, a scan ECR has not made), so the caller records and decides.
@@ -14,15 +15,10 @@ from dataclasses import dataclass, field
 from orchestration import outbound
 from orchestration.base import DeployError
 
-# boto3 loads only when an AWS signal is read: a registration or a local bake does not pay
-# for it (tests/test_commands.py pins it).
+# boto3 loads only when an AWS alarm or scan is read: a registration or a local bake does not
+# pay for it (tests/test_commands.py pins it).
 
 SEVERITIES = ["INFORMATIONAL", "LOW", "MEDIUM", "HIGH", "CRITICAL"]
-ALARM_KINDS = {
-    "errors": "critical_errors",
-    "latency": "performance_degradation",
-    "saturation": "performance_degradation",
-}
 
 
 @dataclass(frozen=True)
