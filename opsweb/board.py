@@ -226,14 +226,14 @@ def _card(env, active, decided, approvers, emails, last_run, now) -> Card:
 
 
 def _instances(env) -> list[dict]:
-    """An EC2 environment's instances and the digest each runs (the backend's own reading:
-    one AWS call, only for EC2 environments; a failure is shown, never raised)."""
-    if env.backend != "ec2":
-        return []
-    from orchestration.base import DeployError, get_backend
+    """The environment's targets and the digest each runs, where its backend lists several
+    (``lists_targets``: EC2; one AWS call). A failure is shown, never raised."""
+    from orchestration.base import DeployError, backend_class, get_backend
 
     try:
-        return get_backend("ec2", env.backend_settings).describe_targets(env.slug)
+        if not backend_class(env.backend).lists_targets:
+            return []
+        return get_backend(env.backend, env.backend_settings).describe_targets(env.slug)
     except DeployError as exc:
         return [{"instance_id": "?", "state": f"unreadable: {exc}"[:120], "digest": None}]
 

@@ -31,6 +31,7 @@ from opsweb.models import (
     RunKind,
     RunStatus,
 )
+from orchestration.base import SCANNED_BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def drift_found(environment: Environment, *, drift: str) -> None:
 def image_registered(image: ImageVersion) -> None:
     """``image`` was registered for the first time: once that commits, a worker reads its
     scan findings (only where some environment runs on AWS; local has no registry scan)."""
-    if Environment.objects.exclude(backend="local").exists():
+    if Environment.objects.filter(backend__in=SCANNED_BACKENDS).exists():
         transaction.on_commit(lambda: _enqueue_scan(image.pk))
 
 

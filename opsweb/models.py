@@ -228,7 +228,7 @@ class Environment(models.Model):
         the worker's machine (started by its ``command`` setting, so reaching loopback gives
         whoever edits it nothing more)."""
         allow = outbound.current_allow()
-        return allow.with_loopback() if self.backend == "local" else allow
+        return allow.with_loopback() if backend_class(self.backend).runs_on_worker else allow
 
     @property
     def required_approvals(self) -> int:
@@ -255,38 +255,13 @@ class Environment(models.Model):
         return self.upstream_id is None
 
 
-ALARM_KINDS = ("errors", "latency", "saturation")
-
-
 def alarm_problems(alarms, backend: str) -> list[str]:
-    """Sentences for each wrong entry of an environment's ``alarms``; [] when valid. The
-    local backend reads a number from an HTTP endpoint; ECS and EC2 name CloudWatch alarms."""
-    if not isinstance(alarms, list):
-        return ["Alarms are a JSON list of objects."]
-    problems = []
-    for i, alarm in enumerate(alarms, 1):
-        if not isinstance(alarm, dict):
-            problems.append(f"Alarm {i} is not an object.")
-            continue
-        if alarm.get("kind", "errors") not in ALARM_KINDS:
-            problems.append(f"Alarm {i}: kind is one of {', '.join(ALARM_KINDS)}.")
-        if backend == "local":
-            url = str(alarm.get("url", ""))
-            if not url.startswith(("http://", "https://")):
-                problems.append(f"Alarm {i}: url is the http(s) address of a JSON metric.")
-            elif problem := outbound.url_problem(
-                url, allow=outbound.current_allow().with_loopback(), what=f"Alarm {i}'s url"
-            ):
-                problems.append(problem)
-            if not alarm.get("field"):
-                problems.append(f"Alarm {i}: field names the number to read, e.g. 'errors'.")
-            try:
-                float(alarm.get("threshold"))
-            except (TypeError, ValueError):
-                problems.append(f"Alarm {i}: threshold is a number (above it is ALARM).")
-        elif not str(alarm.get("name", "")).strip():
-            problems.append(f"Alarm {i}: name is the CloudWatch alarm's name.")
-    return problems
+    """Sentences for each wrong entry of an environment's ``alarms``; [] when valid. What an
+    alarm is depends on the backend (``DeployBackend.alarm_problems``): an HTTP metric for the
+    local backend, a CloudWatch alarm's name for ECS and EC2."""
+    cls = backend_class(backend)
+    allow = outbound.current_allow()
+    return cls.alarm_problems(alarms, allow=allow.with_loopback() if cls.runs_on_worker else allow)
 
 
 class ImageVersion(models.Model):

@@ -37,7 +37,7 @@ from opsweb.services.base import (
     rule_group_ids,
 )
 from opsweb.windows import freeze_status
-from orchestration.signals import at_or_above
+from orchestration.alarms import at_or_above
 
 
 @dataclass(frozen=True)
@@ -90,17 +90,24 @@ def _first(*decisions) -> Decision:
 # -- the version a request would deploy ------------------------------------------------------
 
 
-def version_refusal(environment: Environment, image: ImageVersion) -> str:
-    """Why ``image`` cannot be asked for in ``environment`` now, or "" (bad, already there,
-    already on its way, or older than what runs there)."""
-    if image.is_bad:
-        return (
-            f"Version {image} is marked bad ({image.bad_reason or 'no reason given'}) and cannot be "
-            f"deployed anywhere."
-        )
+def version_refusal(
+    environment: Environment, image: ImageVersion, *, branch: str | None = None
+) -> str:
+    """Why ``image`` cannot be asked for in ``environment`` now, or "": bad, already there,
+    already on its way, or older than what runs there.
+
+    The one check of these rules, for a person's request (``may_deploy``, ``may_promote``)
+    and for a build CI registered on ``branch`` (auto-deploy and catch-up,
+    ``releases.auto_deploy_refusal``). For a build the sentences say "there" (the caller
+    names the environment), a version that ran there before is a rollback's business, and
+    "older" compares commits of the same branch only (another branch's build is newer work)."""
+    build = branch is not None
+    refusal = bad_refusal(image)
+    if refusal:
+        return refusal
     current = environment.current_image
     if current is not None and current.pk == image.pk:
-        return f"Version {image.tag} already runs in {environment}."
+        return f"Version {image.tag} already runs {'there' if build else f'in {environment}'}."
     active = (
         Run.objects.filter(
             environment=environment,
@@ -110,17 +117,46 @@ def version_refusal(environment: Environment, image: ImageVersion) -> str:
         .order_by("id")
         .first()
     )
+    if active and build:
+        return f"Version {image.tag} is already on its way there as run #{active.pk}."
     if active:
         return (
             f"Version {image.tag} is already on its way to {environment} as run #{active.pk} "
             f"({active.get_status_display().lower()})."
         )
+    if build:
+        return _build_refusal(environment, image, branch)
     if current is not None and is_older(image, current, environment):
         return (
             f"Version {image.tag} is older than {current.tag}, which {environment} runs; going back "
             f"on purpose is what rollback is for."
         )
     return ""
+
+
+def _build_refusal(environment: Environment, image: ImageVersion, branch: str) -> str:
+    if Run.objects.filter(environment=environment, image=image).exclude(switched_at=None).exists():
+        return (
+            f"Version {image.tag} ran there before; redeploying an earlier version is a rollback."
+        )
+    current = environment.current_image
+    if current is not None and current.branch == branch and is_older(image, current, environment):
+        return (
+            f"it runs {current.tag}, a newer commit of {branch}; an older commit never replaces "
+            f"a newer one by auto-deploy."
+        )
+    return ""
+
+
+def bad_refusal(image: ImageVersion) -> str:
+    """Why ``image`` may not be deployed anywhere (it is marked bad), or "". Rollbacks never
+    ask: they restore what last ran well (``previous_stable_version`` skips bad versions)."""
+    if not image.is_bad:
+        return ""
+    return (
+        f"Version {image} is marked bad ({image.bad_reason or 'no reason given'}) and cannot be "
+        f"deployed anywhere."
+    )
 
 
 def soak_refusal(source: Environment, image: ImageVersion, now: datetime) -> str:
@@ -156,22 +192,41 @@ def soak_refusal(source: Environment, image: ImageVersion, now: datetime) -> str
 
 def scan_refusal(target: Environment, image: ImageVersion) -> str:
     """Why ``image``'s scan findings keep it out of ``target`` (its ``block_severity``), or
-    "" (no such findings, or never scanned: docs/signals.md).
+    "" (no such findings, or never scanned: docs/alarms.md).
 
     The one check of this rule, asked on every path that puts a version somewhere: promote and
     deploy (``may_promote``, ``may_deploy``), auto-deploy and catch-up
-    (``releases.auto_deploy_refusal``), and at the start of a queued run (a finding may arrive
-    after approval). Rollbacks are exempt: they restore what last ran there (see README)."""
-    blocking = at_or_above(image.scan_counts or {}, target.block_severity)
+    (``releases.auto_deploy_refusal``), at the start of a queued run (a finding may arrive
+    after approval), and by the scan reader deciding whether what runs must go
+    (``blocking_findings``). Rollbacks are exempt: they restore what last ran there (see
+    README)."""
+    blocking = blocking_findings(target, image)
     if not blocking:
         return ""
-    counts = ", ".join(f"{n} {severity}" for severity, n in blocking.items())
-    ids = ", ".join(image.scan_top_ids[:5])
     return (
-        f"Version {image.tag} has {counts} finding(s) in its image scan"
-        + (f" ({ids})" if ids else "")
-        + f"; {target} refuses {target.block_severity} and above."
+        f"Version {image.tag} has {_counts(blocking)} finding(s) in its image scan"
+        f"{_ids(image)}; {target} refuses {target.block_severity} and above."
     )
+
+
+def blocking_findings(environment: Environment, image: ImageVersion) -> dict[str, int]:
+    """The image's scan counts at or above the environment's ``block_severity``, worst first
+    ({} if none or never scanned)."""
+    return at_or_above(image.scan_counts or {}, environment.block_severity)
+
+
+def findings_sentence(image: ImageVersion, blocking: dict[str, int]) -> str:
+    """ "2 CRITICAL, 1 HIGH finding(s) (CVE-…, …)": the counts and up to five CVE ids."""
+    return f"{_counts(blocking)} finding(s){_ids(image)}"
+
+
+def _counts(blocking: dict[str, int]) -> str:
+    return ", ".join(f"{count} {severity}" for severity, count in blocking.items())
+
+
+def _ids(image: ImageVersion) -> str:
+    ids = ", ".join(image.scan_top_ids[:5])
+    return f" ({ids})" if ids else ""
 
 
 def promotion_candidate(target: Environment) -> ImageVersion | None:
@@ -206,7 +261,7 @@ def may_deploy(
             if _has_perm(user, "request_deploy")
             else forbid(f"User {actor_name(user)} is not allowed to deploy to {environment}.")
         ),
-        lambda: _freeze(user, environment, override=override, now=now),
+        lambda: _freeze(user, environment, RunKind.DEPLOY, override=override, now=now),
         lambda: _quorum(environment, user, image),
         lambda: _version(environment, image),
         lambda: _text(scan_refusal(environment, image)) if image is not None else None,
@@ -247,7 +302,7 @@ def may_promote(
             if image is None
             else None
         ),
-        lambda: _freeze(user, target, override=override, now=now),
+        lambda: _freeze(user, target, RunKind.PROMOTION, override=override, now=now),
         lambda: _version(target, image),
         lambda: _text(scan_refusal(target, image)),
         lambda: _text(soak_refusal(upstream, image, now)),
@@ -353,7 +408,20 @@ def may_override(user, environment: Environment, *, now: datetime | None = None)
     return refuse(refusal) if refusal else ALLOWED
 
 
-def _freeze(user, environment: Environment, *, override: bool, now) -> Decision | None:
+def freeze_applies(run_kind: str) -> bool:
+    """Whether a change window holds a run of ``run_kind`` (a ``RunKind`` value): every kind
+    but a rollback, which restores what last ran well and goes during freezes (README, Rules).
+    The one answer to it: the request (``may_deploy``, ``may_promote``; ``may_roll_back`` never
+    asks about windows), the queue (``execution.hold``) and the approval window of a held run
+    (``execution.expire_held``)."""
+    return run_kind != RunKind.ROLLBACK
+
+
+def _freeze(
+    user, environment: Environment, run_kind: str, *, override: bool, now
+) -> Decision | None:
+    if not freeze_applies(run_kind):
+        return None
     if not override:
         status = freeze_status(environment, now or timezone.now())
         if not status.frozen:

@@ -203,7 +203,7 @@ OPSWEB = {
     # Proxies in front of opsweb that append to X-Forwarded-For (the AWS load balancer: 1).
     "TRUSTED_PROXIES": env.int("OPSWEB_TRUSTED_PROXIES", default=0),
     "LOGIN_COOLOFF_MINUTES": env.float("OPSWEB_LOGIN_COOLOFF_MINUTES", default=15.0),
-    # How often a bake reads its alarms (docs/signals.md).
+    # How often a bake reads its alarms (docs/alarms.md).
     "BAKE_POLL_SECONDS": env.float("OPSWEB_BAKE_POLL_SECONDS", default=5.0),
     # An emergency override of a freeze needs this many approvals from "override approvers".
     "OVERRIDE_APPROVALS": env.int("OPSWEB_OVERRIDE_APPROVALS", default=2),

@@ -98,6 +98,11 @@ class DeployBackend(abc.ABC):
 
     name: ClassVar[str]
     label: ClassVar[str]
+    # Its processes run on the worker's own machine, started by its settings: its health check
+    # and HTTP alarms may reach loopback (whoever edits it can run commands there anyway).
+    runs_on_worker: ClassVar[bool] = False
+    # ``describe_targets`` lists what each of several targets runs (the board shows it).
+    lists_targets: ClassVar[bool] = False
 
     def __init__(self, settings: Mapping[str, Any]):
         self.settings = self.validate_settings(settings)
@@ -115,6 +120,53 @@ class DeployBackend(abc.ABC):
         """The image digest the target runs now, if the backend can tell (drift checks)."""
         return None
 
+    def describe_targets(self, environment: str = "") -> list[dict[str, Any]]:
+        """Each target's id, state and digest, for backends with ``lists_targets``; raises
+        DeployError when the backend cannot be read."""
+        return []
+
+    @classmethod
+    def alarm_problems(cls, alarms: list, *, allow: Any = None) -> list[str]:
+        """Sentences for each wrong entry of an environment's ``alarms`` (a JSON list of
+        objects; kinds checked for every backend); [] when valid. By default alarms name
+        CloudWatch alarms; a backend reading them elsewhere overrides ``alarm_problem``.
+        ``allow`` is the outbound allow-list for alarms read over HTTP."""
+        if not isinstance(alarms, list):
+            return ["Alarms are a JSON list of objects."]
+        problems = []
+        for i, alarm in enumerate(alarms, 1):
+            if not isinstance(alarm, dict):
+                problems.append(f"Alarm {i} is not an object.")
+                continue
+            if alarm.get("kind", "errors") not in ALARM_KINDS:
+                problems.append(f"Alarm {i}: kind is one of {', '.join(ALARM_KINDS)}.")
+            problems.extend(cls.alarm_problem(i, alarm, allow=allow))
+        return problems
+
+    @classmethod
+    def alarm_problem(cls, i: int, alarm: Mapping[str, Any], *, allow: Any = None) -> list[str]:
+        """What is wrong with alarm number ``i`` (1-based) beyond its kind: a CloudWatch alarm
+        needs its name."""
+        if not str(alarm.get("name", "")).strip():
+            return [f"Alarm {i}: name is the CloudWatch alarm's name."]
+        return []
+
+    @classmethod
+    def read_alarms(
+        cls, alarms: list[Mapping[str, Any]], *, settings: Mapping[str, Any], allow: Any = None
+    ) -> list[Any]:
+        """Every alarm of ``alarms`` as it reads now, as ``orchestration.alarms.AlarmState``s in
+        order: by default CloudWatch alarms by name, in ``settings``' region. Raises
+        DeployError when they cannot be read (an alarm CloudWatch does not have included)."""
+        from orchestration import alarms as readers
+
+        return readers.read_alarms(
+            [a["name"] for a in alarms],
+            {a["name"]: a.get("kind", "errors") for a in alarms},
+            region=settings.get("region", ""),
+            endpoint_url=settings.get("endpoint_url", ""),
+        )
+
     def running_images(self, environment: str) -> RunningImages:
         """What the target runs now, as one summary and every distinct image (drift checks, which
         must tell a half-switched target from a foreign image). Raises DeployError when the
@@ -123,13 +175,19 @@ class DeployBackend(abc.ABC):
         return RunningImages(running, frozenset({running}) if running else frozenset())
 
 
+# The kinds of alarm an environment can watch (the rollback reason follows the kind).
+ALARM_KINDS = ("errors", "latency", "saturation")
+
 # Backends are chosen by name. Each is imported only when first used, so that boto3 is
-# loaded by the processes that deploy to AWS and by nothing else.
+# loaded by the processes that deploy to AWS and by nothing else; hence the one trait a
+# caller needs without importing the backend lives here: whether it runs ECR images, whose
+# scan findings opsweb reads.
 BACKENDS: dict[str, tuple[str, str]] = {
     "local": ("orchestration.local", "Local process"),
     "ecs": ("orchestration.ecs", "AWS ECS"),
     "ec2": ("orchestration.ec2", "AWS EC2"),
 }
+SCANNED_BACKENDS = ("ecs", "ec2")
 REGISTRY: dict[str, type[DeployBackend]] = {}
 
 

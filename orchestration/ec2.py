@@ -187,6 +187,7 @@ class Touched:
 class Ec2Backend(DeployBackend):
     name = "ec2"
     label = "AWS EC2"
+    lists_targets = True
 
     def __init__(self, settings: Mapping[str, Any], *, clients: Mapping[str, Any] | None = None):
         super().__init__(settings)

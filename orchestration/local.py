@@ -52,6 +52,37 @@ log = logging.getLogger(__name__)
 class LocalProcessBackend(DeployBackend):
     name = "local"
     label = "Local process"
+    runs_on_worker = True
+
+    @classmethod
+    def alarm_problem(cls, i: int, alarm: Mapping[str, Any], *, allow: Any = None) -> list[str]:
+        """A local alarm reads a number from an HTTP endpoint: its url (within ``allow``), the
+        field to read and the threshold above which it is ALARM."""
+        from orchestration import outbound
+
+        problems = []
+        url = str(alarm.get("url", ""))
+        if not url.startswith(("http://", "https://")):
+            problems.append(f"Alarm {i}: url is the http(s) address of a JSON metric.")
+        elif problem := outbound.url_problem(url, allow=allow, what=f"Alarm {i}'s url"):
+            problems.append(problem)
+        if not alarm.get("field"):
+            problems.append(f"Alarm {i}: field names the number to read, e.g. 'errors'.")
+        try:
+            float(alarm.get("threshold"))
+        except (TypeError, ValueError):
+            problems.append(f"Alarm {i}: threshold is a number (above it is ALARM).")
+        return problems
+
+    @classmethod
+    def read_alarms(
+        cls, alarms: list[Mapping[str, Any]], *, settings: Mapping[str, Any], allow: Any = None
+    ) -> list[Any]:
+        """Local alarms are HTTP metrics read within ``allow`` (never a DeployError: an
+        endpoint that does not answer reads INSUFFICIENT_DATA)."""
+        from orchestration.alarms import read_http_metric
+
+        return [read_http_metric(spec, allow=allow) for spec in alarms]
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> dict[str, Any]:

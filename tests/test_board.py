@@ -15,6 +15,7 @@ from opsweb.board import build_board
 from opsweb.models import Environment, Run, RunStatus
 from tests.conftest import make_image, succeed_in
 from tests.test_admin import login
+from tests.test_tasks import another_backend  # noqa: F401, F811 (the fixture)
 
 pytestmark = pytest.mark.django_db
 
@@ -180,3 +181,13 @@ def test_index_lists_the_viewers_own_recent_actions(flow, alice, bob):
     assert f'href="/admin/opsweb/run/{run.pk}/change/"' in mine
     assert f"Approved run #{run.pk}" not in sidebar(alice)
     assert "None available" not in mine
+
+
+def test_cards_list_the_targets_of_any_backend_that_lists_them(flow, bob, another_backend):  # noqa: F811
+    Environment.objects.filter(slug="dev").update(backend="another", backend_settings={})
+    another_backend.running["dev"] = "sha256:" + "c" * 64
+    cards = {c.environment.slug: c for c in build_board(bob).cards}
+    assert cards["dev"].instances == [
+        {"instance_id": "box-1", "state": "running", "digest": "sha256:" + "c" * 64}
+    ]
+    assert cards["staging"].instances == []  # the local backend: one process, nothing to list

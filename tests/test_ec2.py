@@ -24,6 +24,7 @@ from django.core.exceptions import ValidationError
 
 from opsweb import services, tasks
 from opsweb.models import Environment, ImageVersion, RunStatus
+from opsweb.services import running
 from orchestration import ec2
 from orchestration.base import DeployError, DeployRequest, SettingsError, get_backend
 from tests.conftest import fake_digest, free_port, make_image
@@ -829,7 +830,7 @@ def test_drift_check_mid_rollout_expects_the_old_and_the_new_image(aws, flow, al
         if kwargs["message"].startswith("Batch 2/2: switching"):  # batch 1 runs the new image
             found_mid_rollout.append(tasks.check_drift())
 
-    monkeypatch.setattr(services, "record_progress", progress_then_check)
+    monkeypatch.setattr(running, "record_progress", progress_then_check)
 
     run = deploy_through_opsweb(alice, dev, new)
 

@@ -17,9 +17,9 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 from opsweb import notifications
 from opsweb.models import Environment, NotificationChannel, NotificationDelivery, Run
 from orchestration import ecs, outbound
+from orchestration.alarms import read_http_metric
 from orchestration.base import DeployError
 from orchestration.health import check_once, verify_health
-from orchestration.signals import read_http_metric
 from tests.conftest import free_port, make_image, make_user
 
 FORBIDDEN = [

@@ -17,6 +17,7 @@ from opsweb.services import ReleaseError
 from tests.conftest import make_image, make_user, succeed_in
 from tests.test_admin import login
 from tests.test_commands import run_command
+from tests.test_windows import freeze_now
 
 pytestmark = pytest.mark.django_db
 
@@ -190,6 +191,29 @@ def test_registering_a_known_digest_again_deploys_where_it_never_ran_or_says_why
     data = json.loads(out)
     assert not data["deployed"] and f"already on its way there as run #{run.pk}" in err
     assert data["runs"][0]["id"] == run.pk  # a retry with --wait follows that run
+
+
+def test_auto_deploy_refuses_a_bad_build_with_the_sentence_a_request_gets(flow, alice):
+    image = make_image("7.0.0", branch="develop", is_bad=True, bad_reason="corrupts orders")
+    asked = policy.may_deploy(alice, flow["dev"], image)
+    built = services.releases.auto_deploy_refusal(flow["dev"], image, "develop")
+    assert not asked and built == asked.reason
+    assert built == (
+        "Version example/app:7.0.0 is marked bad (corrupts orders) and cannot be deployed anywhere."
+    )
+
+
+def test_freeze_applies_to_every_run_but_a_rollback(flow, alice):
+    assert [kind for kind in RunKind.values if policy.freeze_applies(kind)] == [
+        RunKind.DEPLOY,
+        RunKind.PROMOTION,
+    ]
+    v1, v2 = make_image("1.0.0"), make_image("2.0.0")
+    succeed_in(flow["dev"], v1)
+    succeed_in(flow["dev"], v2)
+    freeze_now(flow["dev"])
+    assert "accepts rollbacks only" in policy.may_deploy(alice, flow["dev"], make_image("3")).reason
+    assert policy.may_roll_back(alice, flow["dev"])
 
 
 # -- section 5: one answer, for buttons and services ------------------------------------------

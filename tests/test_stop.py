@@ -15,7 +15,7 @@ from django.urls import reverse
 
 from opsweb import policy, services, tasks
 from opsweb.models import AuditEntry, Run, RunKind, RunStatus
-from opsweb.services import NotAllowed, ReleaseError
+from opsweb.services import NotAllowed, ReleaseError, running
 from tests.conftest import get_json, make_image, make_user, succeed_in
 from tests.test_ec2 import REPOSITORY as EC2_REPOSITORY
 from tests.test_ec2 import ecr_image as ec2_image
@@ -46,7 +46,7 @@ def stop_when(monkeypatch, text: str, user, reason: str = "wrong config") -> lis
             stopped.append(run_id)
             services.stop_run(user=user, run=Run.objects.get(pk=run_id), reason=reason)
 
-    monkeypatch.setattr(services, "record_progress", recording)
+    monkeypatch.setattr(running, "record_progress", recording)
     return stopped
 
 
@@ -228,7 +228,7 @@ def test_local_stop_before_the_switch_leaves_the_old_version_answering(local_flo
     run = services.claim_next_run(environment_id=dev.pk)
     services.stop_run(user=alice, run=run, reason="wrong config")
 
-    tasks._execute(run)
+    running.execute(run)
 
     run.refresh_from_db()
     dev.refresh_from_db()
@@ -293,7 +293,7 @@ def test_rollback_during_a_deploy_stops_it_and_goes_first(local_flow, alice, mon
         if "Stopped 1.0.0" in message and not asked:
             asked.append(services.roll_back(user=alice, environment=dev, reason="other"))
 
-    monkeypatch.setattr(services, "record_progress", click_rollback)
+    monkeypatch.setattr(running, "record_progress", click_rollback)
 
     run = deploy(alice, dev, images["1.1.0"])
 
@@ -325,7 +325,7 @@ def test_rollback_during_a_health_check_stops_it_and_restores(local_flow, alice,
         if "Health check attempt 1" in message and not asked:
             asked.append(services.roll_back(user=alice, environment=dev, reason="other"))
 
-    monkeypatch.setattr(services, "record_progress", click_rollback)
+    monkeypatch.setattr(running, "record_progress", click_rollback)
 
     run = deploy(alice, dev, images["1.3.0"])
 

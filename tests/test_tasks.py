@@ -11,6 +11,9 @@ from django.utils import timezone
 
 from opsweb import services, tasks
 from opsweb.models import Environment, Run, RunKind, RunStatus
+from opsweb.services import running
+from orchestration.alarms import AlarmState
+from orchestration.base import REGISTRY, DeployBackend, DeployResult, no_progress
 from orchestration.local import LocalProcessBackend
 from tests.conftest import get_json, make_image, start_worker, succeed_in
 
@@ -202,7 +205,7 @@ def test_check_drift_during_a_local_deploy_expects_both_versions(local_flow, ali
         if kwargs["message"].startswith(("Stopped", "Started")):
             found_mid_switch.append(tasks.check_drift())
 
-    monkeypatch.setattr(services, "record_progress", progress_then_check)
+    monkeypatch.setattr(running, "record_progress", progress_then_check)
 
     run = deploy(alice, local, images["1.1.0"])
 
@@ -562,3 +565,65 @@ def test_a_backend_failing_unexpectedly_after_stopping_what_ran_is_rolled_back(
     rollback = Run.objects.get(triggered_by=run)
     assert (rollback.status, rollback.image.tag) == (RunStatus.SUCCEEDED, "1.0.0")
     assert get_json(service_url(dev))["version"] == "1.0.0"
+
+
+# -- backends own their differences (#22 item 4) ---------------------------------------------
+
+
+class AnotherBackend(DeployBackend):
+    """A backend opsweb has never heard of: it lists its targets, reads its own alarms (OK,
+    then ALARM) and deploys by remembering the digest."""
+
+    name = "another"
+    label = "Another backend"
+    lists_targets = True
+    alarm_reads: list[str] = []
+    running: dict[str, str] = {}
+
+    @classmethod
+    def validate_settings(cls, settings):
+        return dict(settings)
+
+    def deploy(self, request, progress=no_progress):
+        self.running[request.environment] = request.digest
+        return DeployResult({"ref": request.digest}, "remembered")
+
+    def running_version(self, environment):
+        return self.running.get(environment)
+
+    def describe_targets(self, environment=""):
+        digest = self.running.get(environment)
+        return [{"instance_id": "box-1", "state": "running", "digest": digest}]
+
+    @classmethod
+    def read_alarms(cls, alarms, *, settings, allow=None):
+        state = "ALARM" if cls.alarm_reads else "OK"
+        cls.alarm_reads.append(state)
+        return [
+            AlarmState(a["name"], a.get("kind", "errors"), state, "read by it", 9.0) for a in alarms
+        ]
+
+
+@pytest.fixture
+def another_backend(monkeypatch, settings):
+    monkeypatch.setitem(REGISTRY, AnotherBackend.name, AnotherBackend)
+    monkeypatch.setattr(AnotherBackend, "alarm_reads", [])
+    monkeypatch.setattr(AnotherBackend, "running", {})
+    settings.OPSWEB = {**settings.OPSWEB, "BAKE_POLL_SECONDS": 0.1}
+    return AnotherBackend
+
+
+def test_bake_reads_the_alarms_the_way_the_backend_reads_them(flow, alice, another_backend):
+    dev = flow["dev"]
+    Environment.objects.filter(pk=dev.pk).update(
+        backend="another",
+        backend_settings={},
+        health_check_url="",
+        bake_seconds=5,
+        alarms=[{"name": "errors-5xx", "kind": "errors"}],
+    )
+    run = services.request_deploy(user=alice, environment=dev, image=make_image("1.0.0"))
+    tasks.execute_run(run.pk)
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+    assert run.error.startswith("Bake failed: alarm errors-5xx is ALARM (value 9): read by it")

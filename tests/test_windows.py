@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from opsweb import services, tasks
 from opsweb.models import AuditEntry, ChangeWindow, ImageVersion, Run, RunEvent, RunStatus
-from opsweb.services import ReleaseError
+from opsweb.services import ReleaseError, running
 from opsweb.windows import describe_window, freeze_status, next_occurrences
 from tests.conftest import fake_digest, fake_sha, make_image, make_user, succeed_in
 from tests.test_admin import hidden_fields, login
@@ -184,7 +184,7 @@ def test_the_reconciler_starts_a_held_run_once_the_freeze_ends(
     window = freeze_now(staging)
     started = []
     # The backend is not what this test is about: record what the worker claims instead.
-    monkeypatch.setattr(tasks, "_execute", lambda claimed: started.append(claimed.pk))
+    monkeypatch.setattr(running, "execute", lambda claimed: started.append(claimed.pk))
     Run.objects.filter(pk=run.pk).update(queued_at=timezone.now() - timedelta(minutes=5))
     tasks.reconcile()
     assert started == []

@@ -649,7 +649,7 @@ class EnvironmentAdmin(ConfirmingAdmin):
             },
         ),
         (
-            "Signals (docs/signals.md)",
+            "Alarms and scans (docs/alarms.md)",
             {
                 "fields": [
                     "bake_seconds",

@@ -5,7 +5,7 @@ Functions take keyword-only arguments and ``user=``; they are atomic and raise `
 (or ``NotAllowed`` for a missing permission) with a sentence a person can act on.
 """
 
-from opsweb.services import signals  # services.signals: what opsweb decides from signals
+from opsweb.services import alarms  # services.alarms: what opsweb decides from trigger alarms
 from opsweb.services.base import (
     NotAllowed,
     ReleaseError,
@@ -45,6 +45,7 @@ from opsweb.services.execution import (
     record_lost_state,
     record_progress,
     record_switch,
+    restart_stalled_queues,
     stalled_environments,
     stop_requested,
     take_over_lost_runs,
@@ -68,6 +69,7 @@ from opsweb.services.releases import (
 )
 
 __all__ = [
+    "alarms",
     "NotAllowed",
     "ReleaseError",
     "Registration",
@@ -107,6 +109,7 @@ __all__ = [
     "record_progress",
     "record_switch",
     "register_image",
+    "restart_stalled_queues",
     "reject_run",
     "request_deploy",
     "request_promotion",
@@ -114,7 +117,6 @@ __all__ = [
     "roll_back",
     "set_frozen",
     "settle",
-    "signals",
     "sign_off_uat",
     "stalled_environments",
     "stop_requested",

@@ -31,6 +31,7 @@ from opsweb.services.base import (
     audit,
     describe,
     dispatch_on_commit,
+    enqueue,
     quorum_progress,
     supersede,
     superseded_reason,
@@ -156,7 +157,7 @@ def hold(run: Run, now: datetime) -> bool:
     """Whether a queued run must wait for a freeze to end: not a rollback, not an emergency
     override, and a change window stops runs now. Marks its step "held by the freeze until …"
     (and logs it once)."""
-    if run.kind == RunKind.ROLLBACK or run.freeze_override_reason:
+    if not policy.freeze_applies(run.kind) or run.freeze_override_reason:
         return False
     status = freeze_status(run.environment, now)
     if not status.frozen:
@@ -506,7 +507,7 @@ def finish_lost_run(
     """End a run taken over by ``take_over_lost_runs`` like any other run.
 
     Switched and healthy: succeeded, unless ``unbaked`` (its bake had not passed): then failed
-    without a rollback, like an alarm already firing at a bake's start (docs/signals.md). Switched and unhealthy: failed with the environment
+    without a rollback, like an alarm already firing at a bake's start (docs/alarms.md). Switched and unhealthy: failed with the environment
     broken, so a deploy rolls back by itself where ``auto_rollback`` is on. Not switched: failed,
     what ran before still runs. A lost rollback that did not end healthy is started again
     (``LOST_ROLLBACK_RETRIES``). Then the environment's queue moves on at once.
@@ -594,6 +595,18 @@ def stalled_environments(*, older_than: timedelta = timedelta(seconds=10)) -> li
         .values_list("environment_id", flat=True)
         .distinct()
     )
+
+
+def restart_stalled_queues() -> list[int]:
+    """Send the head of each stalled queue (``stalled_environments``) to a worker again, so
+    that no environment stays blocked by a lost task. Returns the environments' ids."""
+    restarted = []
+    for environment_id in stalled_environments():
+        head = Run.objects.filter(environment_id=environment_id, status=RunStatus.QUEUED).first()
+        if head:
+            enqueue(head.pk)
+            restarted.append(environment_id)
+    return restarted
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,6 @@ from opsweb.services.base import (
     describe,
     dispatch_on_commit,
     environment_rules,
-    is_older,
     one_reading,
     previous_stable_version,
     quorum_progress,
@@ -288,7 +287,8 @@ def expire_held(run: Run, now: datetime) -> bool:
     held that long by a freeze, its approvals were a decision about then, not about the day the
     freeze ends. True if it expired it; False for a run that may still go."""
     window = timedelta(seconds=settings.OPSWEB["APPROVAL_WINDOW_SECONDS"])
-    if run.kind == RunKind.ROLLBACK or not run.queued_at or now < run.queued_at + window:
+    # A run no freeze holds never waited for one: its approvals are as fresh as its queue.
+    if not policy.freeze_applies(run.kind) or not run.queued_at or now < run.queued_at + window:
         return False
     hours = window.total_seconds() / 3600
     span = f"{hours / 24:g} days" if hours >= 48 else f"{hours:g} hours"
@@ -976,7 +976,9 @@ def catch_up(environment: Environment, *, user, opened: str) -> Run | None:
 
 
 def auto_deploy_refusal(environment: Environment, image: ImageVersion, branch: str) -> str:
-    """Why a version CI registered on ``branch`` does not deploy to ``environment``, or ""."""
+    """Why a version CI registered on ``branch`` does not deploy to ``environment``, or "":
+    auto-deploy paused, a freeze, then the rules every request meets
+    (``policy.version_refusal`` for a build, ``policy.scan_refusal``)."""
     if environment.auto_deploy_paused:
         return (
             f"auto-deploy is paused ({environment.paused_reason or 'no reason given'}); the "
@@ -988,28 +990,7 @@ def auto_deploy_refusal(environment: Environment, image: ImageVersion, branch: s
             f"{status.sentence} The version is recorded, not deployed; the newest {branch} build "
             f"deploys by itself when the freeze ends."
         )
-    current = environment.current_image
-    if image.is_bad:
-        return f"Version {image.tag} is marked bad ({image.bad_reason})."
-    scan = policy.scan_refusal(environment, image)
-    if scan:
-        return scan
-    if current is not None and current.pk == image.pk:
-        return f"Version {image.tag} already runs there."
-    active = Run.objects.filter(
-        environment=environment,
-        image=image,
-        status__in=[RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING],
-    ).first()
-    if active:
-        return f"Version {image.tag} is already on its way there as run #{active.pk}."
-    if Run.objects.filter(environment=environment, image=image).exclude(switched_at=None).exists():
-        return (
-            f"Version {image.tag} ran there before; redeploying an earlier version is a rollback."
-        )
-    if current is not None and current.branch == branch and is_older(image, current, environment):
-        return (
-            f"it runs {current.tag}, a newer commit of {branch}; an older commit never replaces "
-            f"a newer one by auto-deploy."
-        )
-    return ""
+    # The version rules a person's request meets, said of a build (docs/design.md).
+    return policy.version_refusal(environment, image, branch=branch) or policy.scan_refusal(
+        environment, image
+    )

@@ -1,11 +1,14 @@
-"""Signals: the bake's alarm reads and image scan findings, recorded as run events and audit
-entries, and what opsweb decides from them (docs/design.md, "Signals")."""
+"""Trigger alarms: the bake's alarm reads and image scan findings, recorded as run events and
+audit entries, and what opsweb decides from them (docs/design.md, "Alarms")."""
 
 from __future__ import annotations
+
+import logging
 
 from django.db import transaction
 from django.utils import timezone
 
+from opsweb import policy
 from opsweb.models import (
     Environment,
     ImageVersion,
@@ -17,7 +20,10 @@ from opsweb.models import (
 )
 from opsweb.services.base import ReleaseError, add_event, audit, previous_stable_version
 from opsweb.services.releases import _mark_bad, roll_back
-from orchestration.signals import at_or_above
+from orchestration.alarms import scan_findings
+from orchestration.base import SCANNED_BACKENDS, DeployError
+
+log = logging.getLogger(__name__)
 
 ROLLBACK_REASONS = {
     "errors": RollbackReason.CRITICAL_ERRORS,
@@ -35,8 +41,8 @@ def record_bake(*, run_id: int, step: str, signals: dict) -> None:
 
 
 @transaction.atomic
-def record_signal(run: Run, message: str, *, warning: bool = False) -> None:
-    """A signal read that changed something, or a decision: a run event and an audit entry."""
+def record_reading(run: Run, message: str, *, warning: bool = False) -> None:
+    """An alarm read that changed something, or a decision: a run event and an audit entry."""
     level = RunEvent.Level.WARNING if warning else RunEvent.Level.INFO
     add_event(run, message, level=level)
     audit(None, "signal", f"Run #{run.pk}: {message}", run=run)
@@ -51,18 +57,6 @@ def rollback_waiting(environment_id: int) -> Run | None:
         .order_by("id")
         .first()
     )
-
-
-def blocking_findings(environment: Environment, image: ImageVersion) -> dict[str, int]:
-    """The image's scan counts at or above the environment's ``block_severity`` ({} if none
-    or never scanned)."""
-    return at_or_above(image.scan_counts or {}, environment.block_severity)
-
-
-def findings_sentence(image: ImageVersion, blocking: dict[str, int]) -> str:
-    counts = ", ".join(f"{count} {severity}" for severity, count in blocking.items())
-    ids = ", ".join(image.scan_top_ids[:5])
-    return f"{counts} finding(s)" + (f" ({ids})" if ids else "")
 
 
 @transaction.atomic
@@ -99,7 +93,7 @@ def act_on_scans() -> list[str]:
     decided = []
     for environment in Environment.objects.select_for_update().exclude(current_image=None):
         image = environment.current_image
-        blocking = blocking_findings(environment, image)
+        blocking = policy.blocking_findings(environment, image)
         if blocking:
             decided.append(_vulnerable_runs(environment, image, blocking))
         elif environment.security_alert:
@@ -108,7 +102,7 @@ def act_on_scans() -> list[str]:
 
 
 def _vulnerable_runs(environment: Environment, image: ImageVersion, blocking: dict) -> str:
-    found = findings_sentence(image, blocking)
+    found = policy.findings_sentence(image, blocking)
     if image.is_bad and environment.security_alert:
         return f"{environment}: {environment.security_alert}"  # decided already; said once
     under_way = (
@@ -124,8 +118,10 @@ def _vulnerable_runs(environment: Environment, image: ImageVersion, blocking: di
     if not environment.roll_back_on_vulnerability:
         return f"{environment}: marked {image.tag} bad ({found}); no automatic rollback here."
     target = previous_stable_version(environment, exclude=image)
-    if target is not None and blocking_findings(environment, target):
-        target_found = findings_sentence(target, blocking_findings(environment, target))
+    if target is not None and policy.blocking_findings(environment, target):
+        target_found = policy.findings_sentence(
+            target, policy.blocking_findings(environment, target)
+        )
         return _alert(
             environment,
             f"{image.tag} runs with {found}, and the newest stable version {target.tag} has "
@@ -171,14 +167,66 @@ def scan_targets() -> list[ImageVersion]:
     return list(ImageVersion.objects.filter(pk__in=ids))
 
 
+def _aws_place(repository: str) -> tuple[str, str] | None:
+    """(region, endpoint_url) to read ``repository``'s scans with: its ECR host's region, or
+    the first ECS/EC2 environment's; None when the version is not in ECR or no environment
+    runs on AWS (nothing to ask)."""
+    from orchestration.ecs import split_ecr_repository
+
+    try:
+        registry, region, _ = split_ecr_repository(repository)
+    except DeployError:
+        return None  # another registry: it has no ECR scan
+    aws = Environment.objects.filter(backend__in=SCANNED_BACKENDS).order_by("position").first()
+    if aws is None:
+        return None
+    options = aws.backend_settings
+    return region or options.get("region", ""), options.get("endpoint_url", "")
+
+
+def read_scans(image_ids: list[int] | None = None) -> dict:
+    """Scheduled (and at registration, for ``image_ids``): read ECR's scan findings of every
+    live or promotable version (``scan_targets``), store them, and act on
+    blocking ones (mark bad, roll back or raise the security alert). Returns
+    {version: summary or the error}."""
+    images = (
+        list(ImageVersion.objects.filter(pk__in=image_ids))
+        if image_ids is not None
+        else scan_targets()
+    )
+    read = {}
+    for image in images:
+        place = _aws_place(image.repository)
+        if place is None:
+            continue
+        region, endpoint_url = place
+        try:
+            scan = scan_findings(
+                repository=image.repository,
+                digest=image.digest,
+                region=region,
+                endpoint_url=endpoint_url,
+            )
+        except DeployError as exc:
+            log.warning("scan findings of %s: %s", image, exc)
+            read[str(image)] = f"not read: {exc}"
+            continue
+        record_scan(image=image, status=scan.status, counts=scan.counts, top_ids=scan.top_ids)
+        image.refresh_from_db()
+        read[str(image)] = image.scan_summary
+    # Decided once every version is read: a rollback target's findings must be known first.
+    for sentence in act_on_scans():
+        read.setdefault("decided", []).append(sentence)
+    return read
+
+
 __all__ = [
     "ROLLBACK_REASONS",
-    "blocking_findings",
-    "findings_sentence",
     "act_on_scans",
     "record_bake",
     "record_scan",
-    "record_signal",
+    "read_scans",
+    "record_reading",
     "rollback_waiting",
     "scan_targets",
 ]

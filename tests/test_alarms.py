@@ -1,4 +1,4 @@
-"""Signals: a bake window watching alarms after the health check (CloudWatch alarms in a moto
+"""Trigger alarms: a bake window watching alarms after the health check (CloudWatch alarms in a moto
 server for ECS; the sample service's /metrics for the local backend), image scan findings
 from ECR, and what opsweb decides from them.
 
@@ -23,7 +23,7 @@ from django.utils import timezone
 from opsweb import policy, services, tasks
 from opsweb.models import AuditEntry, Environment, ImageVersion, Run, RunKind, RunStatus
 from opsweb.sample_app import Release, create_repository, digest_for
-from opsweb.services import signals
+from opsweb.services import alarms, running
 from orchestration import ecs
 from tests.conftest import make_image, start_worker, stop_worker, succeed_in
 from tests.test_browser import browser  # noqa: F401 (the fixture)
@@ -283,8 +283,8 @@ def test_a_run_lost_during_its_bake_fails_without_rollback(local_flow, alice, fa
     run = services.request_deploy(user=alice, environment=local, image=images["1.2.0"])
     # A worker claims it, switches, starts baking and dies.
     claimed = services.claim_next_run(environment_id=local.pk)
-    assert tasks._deploy(claimed, lambda message, seconds=None: None)
-    signals.record_bake(run_id=run.pk, step="baking: 50 s left, no alarms to watch", signals={})
+    assert running._deploy(claimed, lambda message, seconds=None: None)
+    alarms.record_bake(run_id=run.pk, step="baking: 50 s left, no alarms to watch", signals={})
     lost = services.take_over_lost_runs(now=timezone.now() + timedelta(minutes=1))
 
     tasks.recover_lost_run(lost[0])

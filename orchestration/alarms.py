@@ -1,5 +1,6 @@
-"""Signals opsweb watches after a switch and on a schedule: CloudWatch alarms and local HTTP
-metrics during a bake, and ECR image scan findings. Plain dataclasses out; boto3 stays here.
+"""Trigger alarms opsweb watches after a switch and on a schedule: CloudWatch alarms and local
+HTTP metrics during a bake, and ECR image scan findings. Plain dataclasses out; which reader an
+environment uses is its backend's choice (``DeployBackend.read_alarms``).
 
 Errors are ``DeployError`` with a sentence (an alarm that does not exist, a metric endpoint
 that does not answer, a scan ECR has not made), so the caller records and decides.
@@ -14,15 +15,10 @@ from dataclasses import dataclass, field
 from orchestration import outbound
 from orchestration.base import DeployError
 
-# boto3 loads only when an AWS signal is read: a registration or a local bake does not pay
-# for it (tests/test_commands.py pins it).
+# boto3 loads only when an AWS alarm or scan is read: a registration or a local bake does not
+# pay for it (tests/test_commands.py pins it).
 
 SEVERITIES = ["INFORMATIONAL", "LOW", "MEDIUM", "HIGH", "CRITICAL"]
-ALARM_KINDS = {
-    "errors": "critical_errors",
-    "latency": "performance_degradation",
-    "saturation": "performance_degradation",
-}
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,7 @@ def read_alarms(
     try:
         found = client.describe_alarms(AlarmNames=names)["MetricAlarms"]
     except (ClientError, BotoCoreError) as exc:
-        raise aws_error(exc, service="cloudwatch", docs="docs/signals.md") from exc
+        raise aws_error(exc, service="cloudwatch", docs="docs/alarms.md") from exc
     by_name = {alarm["AlarmName"]: alarm for alarm in found}
     missing = [name for name in names if name not in by_name]
     if missing:
@@ -156,9 +152,9 @@ def scan_findings(
         code = exc.response.get("Error", {}).get("Code", "")
         if code == "ScanNotFoundException":
             return ScanFindings("NOT_SCANNED", detail="ECR has no scan of this image")
-        raise aws_error(exc, service="ecr", docs="docs/signals.md") from exc
+        raise aws_error(exc, service="ecr", docs="docs/alarms.md") from exc
     except BotoCoreError as exc:
-        raise aws_error(exc, service="ecr", docs="docs/signals.md") from exc
+        raise aws_error(exc, service="ecr", docs="docs/alarms.md") from exc
     status = answer.get("imageScanStatus", {}).get("status", "COMPLETE")
     found = answer.get("imageScanFindings", {})
     counts = {k: int(v) for k, v in (found.get("findingSeverityCounts") or {}).items() if v}
