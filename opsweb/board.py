@@ -2,10 +2,11 @@
 runs and how it is, what waits there, what can move next (or why not yet, from the same
 policy the services enforce), what waits for the person looking, and which version ran where.
 
-``build_board`` reads a constant number of queries however long the history grows: the
-environments, their running and waiting runs, the approvals of the waiting runs, one page of
-versions and the last run of each of those versions per environment, and for each environment
-that auto-deploys a branch the builds it is behind by (at most ``BEHIND_CAP`` ids).
+``build_board`` reads a constant number of queries however long the history grows and however
+many environments the flow has: the environments, their running and waiting runs, what the
+policy asks about all of them read at once (``opsweb.reading``: windows, rules, members,
+approvals, the facts of each promotion, the builds each is behind by, at most ``BEHIND_CAP``
+ids each), one page of versions and the last run of each of those versions per environment.
 """
 
 from __future__ import annotations
@@ -90,8 +91,7 @@ class Board:
 def build_board(user, *, page: int | str = 1, now: datetime | None = None) -> Board:
     """The board as ``user`` sees it at ``now`` (UTC; default now), with page ``page`` of the
     matrix. The same number of queries however many environments, waiting runs and versions
-    there are (``opsweb.reading``), except one bounded read per environment that auto-deploys
-    a branch (the builds it is behind by)."""
+    there are (``opsweb.reading``)."""
     with services.base.one_reading():
         return _build_board(user, page=page, now=now or timezone.now())
 
@@ -202,7 +202,7 @@ def _card(env, active, decided, approvers, emails, last_run, now) -> Card:
     queued = [run for run in here if run.status == RunStatus.QUEUED]
     freeze = freeze_status(env, now)
     state, words = _state(env, running, last_run, freeze)
-    behind = services.behind_sentence(env)  # one bounded read per auto-deploying environment
+    behind = services.behind_sentence(env)
     flags = notices(env, freeze, behind=behind, running=running)
     return Card(
         env,

@@ -40,6 +40,7 @@ def read_environments(environments: list[Environment], *, runs=(), user=None) ->
     (with ``environment`` and ``image`` loaded) and the ``user`` looking. About a dozen
     queries, however many environments and runs; nothing outside ``one_reading``."""
     _windows(environments)
+    _behind(environments)
     groups = _rules(environments)
     if user is not None:
         base.prime({("groups", user.pk): set(user.groups.values_list("pk", flat=True))})
@@ -53,14 +54,19 @@ def read_environments(environments: list[Environment], *, runs=(), user=None) ->
 
 def read_configuration(environments: list[Environment]) -> None:
     """Prime the current ``one_reading`` with ``environments``' change windows, approval
-    rules and running run (``("running", id)``: a one-element list, the run or None), in
-    three queries."""
+    rules, builds behind and running run (``("running", id)``: a one-element list, the run
+    or None), in four queries."""
     _windows(environments)
     _rules(environments)
+    _behind(environments)
     running = {env.pk: [None] for env in environments}
     for run in Run.objects.filter(environment__in=environments, status=RunStatus.RUNNING):
         running[run.environment_id] = [run]
     base.prime({("running", pk): run for pk, run in running.items()})
+
+
+def _behind(environments) -> None:
+    base.prime({("behind", pk): n for pk, n in base.behind_counts(environments).items()})
 
 
 def _windows(environments) -> None:

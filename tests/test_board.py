@@ -188,8 +188,8 @@ def test_index_lists_the_viewers_own_recent_actions(flow, alice, bob):
 def grow_to(flow, total: int, requester, approver):
     """Chain environments after the last one until there are ``total``, each set up like the
     seed's production: an approval rule, a change window, a current version, a pending run
-    (with one approval) and a queued run, drift on every third. (An environment that
-    auto-deploys a branch costs the board one bounded read: not grown here.)"""
+    (with one approval) and a queued run, an auto-deploy branch on every other, drift on
+    every third."""
     from django.contrib.auth.models import Group
 
     from opsweb.models import ApprovalRule
@@ -204,6 +204,7 @@ def grow_to(flow, total: int, requester, approver):
             slug=f"region-{n}",
             position=last.position + 1,
             upstream=last,
+            auto_deploy_branch="develop" if n % 2 else "",
             drift="task definition differs" if n % 3 == 0 else "",
         )
         ApprovalRule.objects.create(environment=env, group=group, count=1)
