@@ -280,9 +280,11 @@ def _matrix(environments, page) -> tuple[list, MatrixPage]:
         .values("image_id", "environment_id")
         .annotate(last=Max("id"))
     )
+    # One query with the ids as a subquery: a list of ids would skip the query when a page of
+    # versions has no runs yet, and the page would read one query fewer than usual.
     runs = {
         (run.image_id, run.environment_id): run
-        for run in Run.objects.filter(pk__in=[row["last"] for row in latest])
+        for run in Run.objects.filter(pk__in=latest.values("last"))
     }
     rows = [(image, [runs.get((image.pk, env.pk)) for env in environments]) for image in images]
     return rows, page_obj

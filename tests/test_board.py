@@ -294,3 +294,14 @@ def test_board_list_and_command_notice_the_same_things_about_an_environment(flow
     listing = login(bob).get("/admin/opsweb/environment/")
     assert listing.status_code == 200 and ", ".join(expected) in listing.text
     assert environment_row(Environment.objects.get(slug="dev"))["notices"] == expected
+
+
+def test_board_reads_as_many_queries_when_the_newest_versions_have_not_run_yet(flow, bob):
+    for env in ("dev", "staging", "production"):
+        succeed_in(flow[env], make_image("1.0.0") if env == "dev" else Run.objects.first().image)
+    client = login(bob)
+    count_queries(client, "/admin/")  # warms Django's content-type cache
+    ran = count_queries(client, "/admin/")
+    for i in range(11):  # a whole page of the matrix with no runs anywhere
+        make_image(f"2.0.{i}")
+    assert count_queries(client, "/admin/") == ran
