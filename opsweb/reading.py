@@ -54,15 +54,22 @@ def read_environments(environments: list[Environment], *, runs=(), user=None) ->
 
 def read_configuration(environments: list[Environment]) -> None:
     """Prime the current ``one_reading`` with ``environments``' change windows, approval
-    rules, builds behind and running run (``("running", id)``: a one-element list, the run
-    or None), in four queries."""
+    rules, builds behind and running run (``running_run``), in four queries."""
     _windows(environments)
     _rules(environments)
     _behind(environments)
-    running = {env.pk: [None] for env in environments}
+    running: dict[tuple, Run | None] = {("running", env.pk): None for env in environments}
     for run in Run.objects.filter(environment__in=environments, status=RunStatus.RUNNING):
-        running[run.environment_id] = [run]
-    base.prime({("running", pk): run for pk, run in running.items()})
+        running[("running", run.environment_id)] = run
+    base.prime(running)
+
+
+def running_run(environment: Environment) -> Run | None:
+    """The run deploying to ``environment`` now, if any (once within ``one_reading``)."""
+    return base._once(
+        ("running", environment.pk),
+        lambda: environment.runs.filter(status=RunStatus.RUNNING).order_by("id").first(),
+    )
 
 
 def _behind(environments) -> None:
@@ -147,7 +154,14 @@ def _people(pending: list[Run], members: set[int]) -> None:
     if not pending:
         return
     columns = {
-        f"run_{run.pk}": ExpressionWrapper(base._may_count_for(run), output_field=BooleanField())
+        f"run_{run.pk}": ExpressionWrapper(
+            base.may_count(
+                run.environment,
+                requester_id=run.requested_by_id,
+                author_email=run.image.author_email,
+            ),
+            output_field=BooleanField(),
+        )
         for run in pending
     }
     rows = list(

@@ -36,9 +36,8 @@ from opsweb.models import (
     RunStatus,
     Signoff,
 )
-from opsweb.reading import notices, read_configuration
+from opsweb.reading import notices, read_configuration, running_run
 from opsweb.services import facts
-from opsweb.services.base import primed
 from opsweb.windows import (
     MAX_DURATION_SECONDS,
     describe_window,
@@ -775,14 +774,9 @@ class EnvironmentAdmin(ConfirmingAdmin):
 
 def environment_flags(env: Environment) -> list[str]:
     """What a person must notice about an environment, in words (``reading.notices``)."""
-    running = (
-        env.runs.filter(status=RunStatus.RUNNING).order_by("id").first()
-        if primed(("running", env.pk)) is None
-        else primed(("running", env.pk))[0]
-    )
     return notices(
         env,
         freeze_status(env, timezone.now()),
         behind=services.behind_sentence(env),
-        running=running,
+        running=running_run(env),
     )
