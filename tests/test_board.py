@@ -280,6 +280,14 @@ def test_board_list_and_command_notice_the_same_things_about_an_environment(flow
     )
     services.set_frozen(user=bob, environment=flow["dev"], frozen=True, reason="audit")
     services.mark_bad(user=bob, image=v1, reason="CVE-1")
+    stopping = Run.objects.create(
+        kind="deploy",
+        environment=flow["dev"],
+        image=make_image("0.9.0"),
+        status=RunStatus.RUNNING,
+        started_at=timezone.now(),
+        stop_requested_at=timezone.now(),
+    )
     expected = [
         "runs a bad version (1.0.0: CVE-1)",
         "VULNERABLE: nothing safe to roll back to",
@@ -287,6 +295,7 @@ def test_board_list_and_command_notice_the_same_things_about_an_environment(flow
         "frozen until lifted",
         "auto-deploy paused",
         "behind develop by 1 build",
+        f"stopping run #{stopping.pk}",
     ]
     assert v2.branch == "develop"
     card = next(c for c in build_board(bob).cards if c.environment.slug == "dev")
