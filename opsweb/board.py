@@ -2,10 +2,11 @@
 runs and how it is, what waits there, what can move next (or why not yet, from the same
 policy the services enforce), what waits for the person looking, and which version ran where.
 
-``build_board`` reads a constant number of queries however long the history grows: the
-environments, their running and waiting runs, the approvals of the waiting runs, one page of
-versions and the last run of each of those versions per environment, and for each environment
-that auto-deploys a branch the builds it is behind by (at most ``BEHIND_CAP`` ids).
+``build_board`` reads a constant number of queries however long the history grows and however
+many environments the flow has: the environments, their running and waiting runs, what the
+policy asks about all of them read at once (``opsweb.reading``: windows, rules, members,
+approvals, the facts of each promotion, the builds each is behind by, at most ``BEHIND_CAP``
+ids each), one page of versions and the last run of each of those versions per environment.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from django.utils import timezone
 
 from opsweb import policy, services
 from opsweb.models import Environment, ImageVersion, Run, RunStatus
+from opsweb.reading import notices, read_environments
 from opsweb.windows import freeze_status
 
 MATRIX_PAGE_SIZE = 10
@@ -87,7 +89,14 @@ class Board:
 
 
 def build_board(user, *, page: int | str = 1, now: datetime | None = None) -> Board:
-    now = now or timezone.now()
+    """The board as ``user`` sees it at ``now`` (UTC; default now), with page ``page`` of the
+    matrix. The same number of queries however many environments, waiting runs and versions
+    there are (``opsweb.reading``)."""
+    with services.base.one_reading():
+        return _build_board(user, page=page, now=now or timezone.now())
+
+
+def _build_board(user, *, page: int | str, now: datetime) -> Board:
     environments = list(
         Environment.objects.select_related(
             "current_image", "upstream__current_image", "approver_group"
@@ -99,6 +108,7 @@ def build_board(user, *, page: int | str = 1, now: datetime | None = None) -> Bo
         .annotate(given=services.counting_approvals_annotation())
         .order_by("created_at", "id")
     )
+    read_environments(environments, runs=active, user=user)
     decided = _decided_by(active)
     approvers, emails = _approvers(environments)
     last_runs = _last_finished(environments)
@@ -120,15 +130,10 @@ def build_board(user, *, page: int | str = 1, now: datetime | None = None) -> Bo
 
 
 def _decided_by(runs: list[Run]) -> dict[int, set[int]]:
-    from opsweb.models import Approval
-
-    decided: dict[int, set[int]] = {}
-    pending_ids = [run.pk for run in runs if run.status == RunStatus.PENDING]
-    for run_id, user_id in Approval.objects.filter(run_id__in=pending_ids).values_list(
-        "run_id", "user_id"
-    ):
-        decided.setdefault(run_id, set()).add(user_id)
-    return decided
+    """Who decided on each pending run (read with the rest by ``read_environments``)."""
+    return {
+        run.pk: services.base.decided_ids(run) for run in runs if run.status == RunStatus.PENDING
+    }
 
 
 def _approvers(environments) -> tuple[dict[int, dict[int, str]], dict[int, str]]:
@@ -197,20 +202,8 @@ def _card(env, active, decided, approvers, emails, last_run, now) -> Card:
     queued = [run for run in here if run.status == RunStatus.QUEUED]
     freeze = freeze_status(env, now)
     state, words = _state(env, running, last_run, freeze)
-    flags = []
-    if freeze.frozen:
-        flags.append("frozen")
-    if env.auto_deploy_paused:
-        flags.append("auto-deploy paused")
-    behind = services.behind_sentence(env)  # one bounded read per auto-deploying environment
-    if behind:
-        flags.append(behind)
-    if env.drift:
-        flags.append("drift")
-    if env.current_image and env.current_image.is_bad:
-        flags.append("runs a bad version")
-    if env.security_alert:
-        flags.append("VULNERABLE: nothing safe to roll back to")
+    behind = services.behind_sentence(env)
+    flags = notices(env, freeze, behind=behind, running=running)
     return Card(
         env,
         state,
@@ -287,9 +280,11 @@ def _matrix(environments, page) -> tuple[list, MatrixPage]:
         .values("image_id", "environment_id")
         .annotate(last=Max("id"))
     )
+    # One query with the ids as a subquery: a list of ids would skip the query when a page of
+    # versions has no runs yet, and the page would read one query fewer than usual.
     runs = {
         (run.image_id, run.environment_id): run
-        for run in Run.objects.filter(pk__in=[row["last"] for row in latest])
+        for run in Run.objects.filter(pk__in=latest.values("last"))
     }
     rows = [(image, [runs.get((image.pk, env.pk)) for env in environments]) for image in images]
     return rows, page_obj

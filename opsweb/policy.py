@@ -25,8 +25,10 @@ from opsweb.services.base import (
     OVERRIDE_GROUP,
     NotAllowed,
     ReleaseError,
+    _once,
     actor_name,
     approval_deadline,
+    approval_rules,
     has_decided,
     is_approver,
     is_older,
@@ -35,6 +37,7 @@ from opsweb.services.base import (
     previous_stable_version,
     quorum_refusal,
     rule_group_ids,
+    user_group_ids,
 )
 from opsweb.windows import freeze_status
 from orchestration.alarms import at_or_above
@@ -108,14 +111,17 @@ def version_refusal(
     current = environment.current_image
     if current is not None and current.pk == image.pk:
         return f"Version {image.tag} already runs {'there' if build else f'in {environment}'}."
-    active = (
-        Run.objects.filter(
-            environment=environment,
-            image=image,
-            status__in=[RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING],
-        )
-        .order_by("id")
-        .first()
+    active = _once(
+        ("active_run", environment.pk, image.pk),
+        lambda: (
+            Run.objects.filter(
+                environment=environment,
+                image=image,
+                status__in=[RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING],
+            )
+            .order_by("id")
+            .first()
+        ),
     )
     if active and build:
         return f"Version {image.tag} is already on its way there as run #{active.pk}."
@@ -167,7 +173,7 @@ def soak_refusal(source: Environment, image: ImageVersion, now: datetime) -> str
         return f"Version {image.tag} has not succeeded in {source} yet."
     if not source.soak_seconds:
         return ""
-    ready = success.finished_at + timedelta(seconds=source.soak_seconds)
+    ready = soak_ends(source, success)
     if now < ready:
         return (
             f"Version {image.tag} soaks in {source} until {ready:%Y-%m-%d %H:%M:%S} UTC (soak time "
@@ -175,19 +181,43 @@ def soak_refusal(source: Environment, image: ImageVersion, now: datetime) -> str
         )
     # Only runs that switched what runs count: a run refused at start, or one that failed
     # before touching the backend, left this version running.
-    replaced = (
-        Run.objects.filter(
-            environment=source, switched_at__gt=success.finished_at, switched_at__lt=ready
-        )
-        .exclude(image=image)
-        .exists()
-    )
+    replaced = replaced_while_soaking(source, success, image)
     if replaced:
         return (
             f"Version {image.tag} was replaced in {source} before its soak time ({source.soak_seconds}s) "
             f"ended; deploy it there again and let it soak."
         )
     return ""
+
+
+def soak_ends(source: Environment, success: Run) -> datetime:
+    """When a version that succeeded in ``source`` with ``success`` has soaked (UTC)."""
+    return success.finished_at + timedelta(seconds=source.soak_seconds)
+
+
+def replaced_while_soaking(source: Environment, success: Run, image: ImageVersion) -> bool:
+    """Whether a run of another version switched what runs in ``source`` between ``success``
+    and the end of its soak (``soak_ends``); once within ``one_reading``."""
+    return _once(
+        ("replaced", source.pk, success.pk),
+        lambda: (
+            Run.objects.filter(
+                environment=source,
+                switched_at__gt=success.finished_at,
+                switched_at__lt=soak_ends(source, success),
+            )
+            .exclude(image=image)
+            .exists()
+        ),
+    )
+
+
+def signed_off(environment: Environment, image: ImageVersion) -> bool:
+    """Whether ``image`` has a UAT sign-off in ``environment`` (once within ``one_reading``)."""
+    return _once(
+        ("signed_off", environment.pk, image.pk),
+        lambda: Signoff.objects.filter(environment=environment, image=image).exists(),
+    )
 
 
 def scan_refusal(target: Environment, image: ImageVersion) -> str:
@@ -310,8 +340,7 @@ def may_promote(
             refuse(
                 f"Version {image.tag} needs a UAT sign-off in {upstream} before it can go to {target}."
             )
-            if target.requires_uat_signoff
-            and not Signoff.objects.filter(environment=upstream, image=image).exists()
+            if target.requires_uat_signoff and not signed_off(upstream, image)
             else None
         ),
         lambda: _quorum(target, user, image) if check_permission else None,
@@ -453,7 +482,7 @@ def may_decide(user, run: Run, *, now: datetime | None = None) -> Decision:
         )
     environment = run.environment
     if not (is_approver(user, environment) or _overrides(user, run)):
-        groups = [rule.group.name for rule in environment.rules] or [
+        groups = [rule.group.name for rule in approval_rules(environment)] or [
             str(environment.approver_group or "an approver group")
         ]
         return forbid(
@@ -483,7 +512,7 @@ def may_approve(user, run: Run, *, now: datetime | None = None) -> Decision:
     if (
         run.override_approvals
         and run.requested_by_id == user.pk
-        and not user.groups.filter(pk__in=rule_group_ids(run.environment)).exists()
+        and not user_group_ids(user) & rule_group_ids(run.environment)
     ):
         return refuse(
             f"User {actor_name(user)} requested run #{run.pk}; its emergency override needs "
@@ -508,7 +537,7 @@ def may_approve(user, run: Run, *, now: datetime | None = None) -> Decision:
 def _overrides(user, run: Run) -> bool:
     """Whether ``user`` is an override approver of a run asking for an emergency override."""
     group = override_group() if run.override_approvals else None
-    return bool(group and user.is_active and user.groups.filter(pk=group.pk).exists())
+    return bool(group and user.is_active and group.pk in user_group_ids(user))
 
 
 def may_reject(user, run: Run, *, now: datetime | None = None) -> Decision:

@@ -297,9 +297,17 @@ def open_or_later(window: ChangeWindow, moment: datetime) -> bool:
 
 
 def windows_for(environment: Environment) -> list[ChangeWindow]:
-    """The windows that apply to ``environment``: its own and those for every environment."""
-    return list(
-        ChangeWindow.objects.filter(Q(environment=environment) | Q(environment=None)).order_by("id")
+    """The windows that apply to ``environment``: its own and those for every environment
+    (read once within ``services.base.one_reading``)."""
+    from opsweb.services.base import _once  # opsweb.services imports this module
+
+    return _once(
+        ("windows", environment.pk),
+        lambda: list(
+            ChangeWindow.objects.filter(Q(environment=environment) | Q(environment=None)).order_by(
+                "id"
+            )
+        ),
     )
 
 

@@ -45,7 +45,9 @@ def test_cards_show_state_in_words_and_what_waits(flow, alice, bob, carol):
     services.mark_bad(user=bob, image=v1, reason="CVE")
     run.refresh_from_db()
     cards = {c.environment.slug: c for c in build_board(bob).cards}
-    assert cards["staging"].state == "bad" and "runs a bad version" in cards["staging"].flags
+    assert cards["staging"].state == "bad" and (
+        "runs a bad version (1.0.0: CVE)" in cards["staging"].flags
+    )
     assert cards["dev"].state == "healthy" and cards["local"].state == "empty"
     page = login(bob).get(reverse("admin:index")).text
     assert "opsweb-state-bad" in page and "runs a bad version (1.0.0)" in page
@@ -114,7 +116,8 @@ def test_a_frozen_environment_says_until_when_on_its_card(flow, bob):
     succeed_in(flow["production"], v1)
     services.set_frozen(user=bob, environment=flow["production"], frozen=True, reason="audit")
     cards = {c.environment.slug: c for c in build_board(bob).cards}
-    assert cards["production"].state == "frozen" and "frozen" in cards["production"].flags
+    assert cards["production"].state == "frozen"
+    assert "frozen until lifted" in cards["production"].flags
     assert "AWS Production is frozen" in cards["production"].freeze
 
 
@@ -191,3 +194,134 @@ def test_cards_list_the_targets_of_any_backend_that_lists_them(flow, bob, anothe
         {"instance_id": "box-1", "state": "running", "digest": "sha256:" + "c" * 64}
     ]
     assert cards["staging"].instances == []  # the local backend: one process, nothing to list
+
+
+def grow_to(flow, total: int, requester, approver):
+    """Chain environments after the last one until there are ``total``, each set up like the
+    seed's production: an approval rule, a change window, a current version, a pending run
+    (with one approval) and a queued run, an auto-deploy branch on every other, drift on
+    every third."""
+    from django.contrib.auth.models import Group
+
+    from opsweb.models import ApprovalRule
+
+    group = Group.objects.get(name="production approvers")
+    last = Environment.objects.order_by("-position").first()
+    image = make_image(f"grow.{total}")
+    while Environment.objects.count() < total:
+        n = Environment.objects.count()
+        env = Environment.objects.create(
+            name=f"Region {n}",
+            slug=f"region-{n}",
+            position=last.position + 1,
+            upstream=last,
+            auto_deploy_branch="develop" if n % 2 else "",
+            drift="task definition differs" if n % 3 == 0 else "",
+        )
+        ApprovalRule.objects.create(environment=env, group=group, count=1)
+        busy(env, image, requester, approver, n)
+        last = env
+
+
+def busy(env, image, requester, approver, n: int) -> None:
+    """A change window, a current version, and the version its upstream now runs waiting
+    there: a pending run with one approval and a queued run."""
+    from opsweb.models import Approval, ChangeWindow
+
+    ChangeWindow.objects.create(
+        environment=env,
+        kind=ChangeWindow.Kind.DENY,
+        starts_at=timezone.now() + timedelta(days=n),
+        ends_at=timezone.now() + timedelta(days=n, hours=1),
+        reason="maintenance",
+    )
+    succeed_in(env, image)
+    candidate = make_image(f"{env.slug}.{n}")
+    succeed_in(env.upstream, candidate)  # what the upstream runs now waits for approval here
+    pending = Run.objects.create(
+        kind="promotion",
+        environment=env,
+        image=candidate,
+        status=RunStatus.PENDING,
+        requested_by=requester,
+        required_approvals=1,
+    )
+    Approval.objects.create(
+        run=pending, user=approver, decision="approve", digest=pending.image.digest
+    )
+    Run.objects.create(
+        kind="promotion",
+        environment=env,
+        image=pending.image,
+        status=RunStatus.QUEUED,
+        requested_by=requester,
+    )
+
+
+def count_queries(client, url) -> int:
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(url)
+    assert response.status_code == 200, url
+    return len(captured)
+
+
+@pytest.mark.parametrize("url", ["/admin/", "/admin/opsweb/environment/", "/admin/opsweb/run/"])
+def test_pages_read_the_same_number_of_queries_at_4_20_and_120_environments(
+    flow, alice, bob, carol, url
+):
+    image = make_image("4.0.0")
+    for n, slug in enumerate(["staging", "production"]):
+        busy(flow[slug], image, alice, carol, n)
+    client = login(bob)
+    count_queries(client, url)  # warms Django's content-type cache
+    counts = [count_queries(client, url)]
+    for total in (20, 120):
+        grow_to(flow, total, alice, carol)
+        counts.append(count_queries(client, url))
+    assert counts == [counts[0]] * 3
+
+
+def test_board_list_and_command_notice_the_same_things_about_an_environment(flow, alice, bob):
+    from opsweb.management.commands.environments import environment_row
+
+    v1, v2 = make_image("1.0.0"), make_image("2.0.0", branch="develop")
+    succeed_in(flow["dev"], v1)
+    Environment.objects.filter(slug="dev").update(
+        auto_deploy_paused=True, drift="2 tasks run sha256:ab", security_alert="CVE-1 open"
+    )
+    services.set_frozen(user=bob, environment=flow["dev"], frozen=True, reason="audit")
+    services.mark_bad(user=bob, image=v1, reason="CVE-1")
+    stopping = Run.objects.create(
+        kind="deploy",
+        environment=flow["dev"],
+        image=make_image("0.9.0"),
+        status=RunStatus.RUNNING,
+        started_at=timezone.now(),
+        stop_requested_at=timezone.now(),
+    )
+    expected = [
+        "runs a bad version (1.0.0: CVE-1)",
+        "VULNERABLE: nothing safe to roll back to",
+        "drift: 2 tasks run sha256:ab",
+        "frozen until lifted",
+        "auto-deploy paused",
+        "behind develop by 1 build",
+        f"stopping run #{stopping.pk}",
+    ]
+    assert v2.branch == "develop"
+    card = next(c for c in build_board(bob).cards if c.environment.slug == "dev")
+    assert card.flags == expected
+    listing = login(bob).get("/admin/opsweb/environment/")
+    assert listing.status_code == 200 and ", ".join(expected) in listing.text
+    assert environment_row(Environment.objects.get(slug="dev"))["notices"] == expected
+
+
+def test_board_reads_as_many_queries_when_the_newest_versions_have_not_run_yet(flow, bob):
+    for env in ("dev", "staging", "production"):
+        succeed_in(flow[env], make_image("1.0.0") if env == "dev" else Run.objects.first().image)
+    client = login(bob)
+    count_queries(client, "/admin/")  # warms Django's content-type cache
+    ran = count_queries(client, "/admin/")
+    for i in range(11):  # a whole page of the matrix with no runs anywhere
+        make_image(f"2.0.{i}")
+    assert count_queries(client, "/admin/") == ran

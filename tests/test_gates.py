@@ -183,3 +183,30 @@ def test_no_catch_up_when_a_newer_build_runs_or_the_newest_may_not_go(dev, ci_us
 def test_register_image_wait_exits_0_when_the_build_already_runs(dev, ci_user):
     code, _, _ = register(ci_user, "1.0.0", wait=True)
     assert code == 0
+
+
+def test_behind_counts_for_every_environment_in_one_query_match_builds_behind(flow):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from opsweb.services.base import behind_counts, builds_behind
+
+    now = timezone.now()
+    old = make_image("1.0.0", branch="develop", committed_at=now - timedelta(days=3))
+    make_image("0.9.0", branch="develop", committed_at=now - timedelta(days=4))
+    make_image("1.1.0", branch="develop", committed_at=now - timedelta(days=2))
+    make_image("1.2.0", branch="develop")  # no commit time: registered later
+    make_image("1.3.0", branch="develop", is_bad=True, committed_at=now)
+    make_image("2.0.0", branch="main", committed_at=now)
+    tried = make_image("1.4.0", branch="develop", committed_at=now - timedelta(days=1))
+    succeed_in(flow["dev"], old)
+    succeed_in(flow["dev"], tried, status=RunStatus.FAILED)
+    Environment.objects.filter(slug="dev").update(current_image=old)
+    Environment.objects.filter(slug__in=["local", "staging"]).update(auto_deploy_branch="develop")
+    Environment.objects.filter(slug="production").update(auto_deploy_branch="main")
+    environments = list(Environment.objects.select_related("current_image"))
+    with CaptureQueriesContext(connection) as captured:
+        counts = behind_counts(environments)
+    assert len(captured) == 1
+    assert counts == {env.pk: builds_behind(env) for env in environments}
+    assert counts[flow["dev"].pk] == 2 and counts[flow["local"].pk] == 5

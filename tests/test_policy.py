@@ -274,7 +274,7 @@ def test_an_environment_running_a_bad_version_is_flagged_everywhere(flow, staged
     rows = {row["slug"]: row for row in json.loads(out)["environments"]}
     assert rows["production"]["runs_bad_version"] and not rows["dev"]["runs_bad_version"]
     code, out, _ = run_command("environments")
-    assert "BAD-VERSION" in out
+    assert "runs a bad version (1.0.0: CVE-2026-1)" in out
 
 
 def test_read_only_commands_run_without_as(flow, staged, alice):

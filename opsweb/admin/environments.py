@@ -36,6 +36,7 @@ from opsweb.models import (
     RunStatus,
     Signoff,
 )
+from opsweb.reading import notices, read_configuration, running_run
 from opsweb.services import facts
 from opsweb.windows import (
     MAX_DURATION_SECONDS,
@@ -687,6 +688,16 @@ class EnvironmentAdmin(ConfirmingAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # runs and approvals refer to it; history must stay whole
 
+    def changelist_view(self, request, extra_context=None):
+        # Each row's flags and rules come from one read of every environment's windows, rules
+        # and running run, not a few queries per row.
+        with services.base.one_reading():
+            environments = list(Environment.objects.select_related("current_image"))
+            read_configuration(environments)
+            response = super().changelist_view(request, extra_context)
+            # A TemplateResponse renders after this returns: render it inside the reading.
+            return response.render() if hasattr(response, "render") else response
+
     def save_model(self, request, obj, form, change):
         # Approval rules and backends are configuration, not state, but who changed them and
         # when belongs in the audit trail with everything else.
@@ -743,7 +754,7 @@ class EnvironmentAdmin(ConfirmingAdmin):
 
     @admin.display(description="Approvals")
     def approvals_needed(self, env):
-        return " + ".join(str(rule) for rule in env.rules) or "none"
+        return " + ".join(str(rule) for rule in services.base.approval_rules(env)) or "none"
 
     @admin.display(description="Freeze")
     def freeze(self, env):
@@ -762,21 +773,10 @@ class EnvironmentAdmin(ConfirmingAdmin):
 
 
 def environment_flags(env: Environment) -> list[str]:
-    """What a person must notice about an environment, in words."""
-    flags = []
-    if env.current_image and env.current_image.is_bad:
-        flags.append(
-            f"runs a bad version ({env.current_image.tag}: {env.current_image.bad_reason})"
-        )
-    status = freeze_status(env, timezone.now())
-    if status.frozen:
-        flags.append(
-            f"frozen until {wall_text(status.until, status.time_zone)}"
-            if status.until
-            else "frozen until lifted"
-        )
-    if env.auto_deploy_paused:
-        flags.append("auto-deploy paused")
-    if env.drift:
-        flags.append(f"DRIFT: {env.drift}")
-    return flags
+    """What a person must notice about an environment, in words (``reading.notices``)."""
+    return notices(
+        env,
+        freeze_status(env, timezone.now()),
+        behind=services.behind_sentence(env),
+        running=running_run(env),
+    )

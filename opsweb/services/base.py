@@ -18,8 +18,9 @@ from django.contrib.auth.models import Group
 from django.core import signing
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q, Subquery
+from django.db.models import Count, Exists, F, Func, Max, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
+from django.db.models.lookups import IsNull
 from django.utils import timezone
 
 from opsweb.limits import TEXT_MAX, text_problem
@@ -74,13 +75,35 @@ def one_reading():
 
 
 def _once(key: tuple, read):
-    """``read()``, or within ``one_reading`` the value it gave for ``key`` before."""
+    """``read()``, or within ``one_reading`` the value it gave for ``key`` before (or the
+    value ``prime`` put there)."""
     memo = _page_reads.get()
     if memo is None:
         return read()
     if key not in memo:
         memo[key] = read()
     return memo[key]
+
+
+def prime(values: Mapping[tuple, object]) -> None:
+    """Within ``one_reading``, answer the reads named by ``values``' keys with its values:
+    a page that shows many environments reads each kind of fact for all of them in one query
+    (``opsweb.reading``) and the rules below decide from those facts as they would from their
+    own reads. Outside ``one_reading`` it does nothing."""
+    memo = _page_reads.get()
+    if memo is not None:
+        memo.update(values)
+
+
+def primed(key: tuple):
+    """The value ``prime`` gave ``key`` in this reading, or None."""
+    memo = _page_reads.get()
+    return None if memo is None else memo.get(key)
+
+
+def user_group_ids(user) -> set[int]:
+    """The ids of the groups ``user`` belongs to (read once within ``one_reading``)."""
+    return _once(("groups", user.pk), lambda: set(user.groups.values_list("pk", flat=True)))
 
 
 def is_approver(user, environment: Environment) -> bool:
@@ -92,10 +115,7 @@ def is_approver(user, environment: Environment) -> bool:
     groups = rule_group_ids(environment)
     if environment.approver_group_id:
         groups.add(environment.approver_group_id)
-    return bool(groups) and _once(
-        ("member", user.pk, frozenset(groups)),
-        lambda: user.groups.filter(pk__in=groups).exists(),
-    )
+    return bool(groups & user_group_ids(user))
 
 
 def rule_group_ids(environment: Environment) -> set[int]:
@@ -113,14 +133,25 @@ def rule_group_ids(environment: Environment) -> set[int]:
 
 def has_decided(user, run: Run) -> bool:
     """Whether ``user`` has approved or rejected ``run``."""
-    return _once(("decided", run.pk, user.pk), lambda: run.approvals.filter(user=user).exists())
+    return user.pk in decided_ids(run)
+
+
+def decided_ids(run: Run) -> set[int]:
+    """Ids of the people who approved or rejected ``run`` (once within ``one_reading``)."""
+    return _once(
+        ("decided_ids", run.pk), lambda: set(run.approvals.values_list("user_id", flat=True))
+    )
 
 
 def last_success(environment: Environment, image: ImageVersion) -> Run | None:
-    return (
-        Run.objects.filter(environment=environment, image=image, status=RunStatus.SUCCEEDED)
-        .order_by("-finished_at")
-        .first()
+    """The newest succeeded run of ``image`` in ``environment`` (once within ``one_reading``)."""
+    return _once(
+        ("last_success", environment.pk, image.pk),
+        lambda: (
+            Run.objects.filter(environment=environment, image=image, status=RunStatus.SUCCEEDED)
+            .order_by("-finished_at")
+            .first()
+        ),
     )
 
 
@@ -216,16 +247,18 @@ class QuorumProgress:
 
 
 def override_group() -> Group | None:
-    return Group.objects.filter(name=OVERRIDE_GROUP).first()
+    return _once(("override_group",), lambda: Group.objects.filter(name=OVERRIDE_GROUP).first())
+
+
+def approval_rules(environment: Environment) -> list[ApprovalRule]:
+    """``environment.rules``, read once within ``one_reading``."""
+    return _once(("rules", environment.pk), lambda: environment.rules)
 
 
 def environment_rules(environment: Environment, *, override: int = 0) -> list[Rule]:
     """The environment's approval rules, plus the override rule when ``override`` approvals are
     needed for an emergency override of a freeze."""
-    rules = [
-        Rule(r.group.name, r.group_id, r.count)
-        for r in _once(("rules", environment.pk), lambda: environment.rules)
-    ]
+    rules = [Rule(r.group.name, r.group_id, r.count) for r in approval_rules(environment)]
     if override:
         group = override_group()
         rules.append(
@@ -313,6 +346,15 @@ def _valid_approvals(run: Run):
 
 
 def _memberships(user_ids, group_ids) -> dict[int, set[int]]:
+    """Of ``user_ids``, the groups among ``group_ids`` each belongs to (user id → group ids)."""
+    members = [primed(("members", g)) for g in group_ids if g]
+    if all(m is not None for m in members):
+        people = set(user_ids)
+        found_primed: dict[int, set[int]] = {}
+        for group_id, users in zip([g for g in group_ids if g], members, strict=True):
+            for user_id in users & people:
+                found_primed.setdefault(user_id, set()).add(group_id)
+        return found_primed
     through = get_user_model().groups.through
     found: dict[int, set[int]] = {}
     for user_id, group_id in through.objects.filter(
@@ -346,7 +388,7 @@ def _quorum_progress(run: Run) -> QuorumProgress:
     rules = run_rules(run)
     if not rules:
         return QuorumProgress([])
-    approvals = list(_valid_approvals(run))
+    approvals = _once(("valid_approvals", run.pk), lambda: list(_valid_approvals(run)))
     names = {a.user_id: a.user.get_username() for a in approvals}
     groups = _memberships(names, [r.group_id for r in rules])
     assigned = match_approvers(
@@ -461,12 +503,9 @@ def unreachable_quorum(run: Run) -> str:
         return ""
     rules = run_rules(run)
     progress = quorum_progress(run)
-    decided = set(run.approvals.values_list("user_id", flat=True))
+    decided = decided_ids(run)
     counted = {i for p in progress.rules for i in p.user_ids}
-    users = get_user_model().objects.filter(
-        _may_count_for(run), groups__in=[r.group_id for r in rules if r.group_id]
-    )
-    people = sorted(counted | (set(users.values_list("pk", flat=True)) - decided))
+    people = sorted(counted | (may_count_people(run) - decided))
     groups = _memberships(people, [r.group_id for r in rules])
     reachable = _reach(rules, people, run.requested_by_id, groups)
     if reachable >= progress.needed:
@@ -477,6 +516,13 @@ def unreachable_quorum(run: Run) -> str:
         f"{' and '.join(r.label for r in rules)} "
         f"{'has' if len(rules) == 1 else 'have'} enough active members."
     )
+
+
+def may_count_people(run: Run) -> set[int]:
+    """Ids of the members of ``run``'s rule groups who may count for it (``may_count``)."""
+    groups = [r.group_id for r in run_rules(run) if r.group_id]
+    users = get_user_model().objects.filter(_may_count_for(run), groups__in=groups)
+    return _once(("may_count_people", run.pk), lambda: set(users.values_list("pk", flat=True)))
 
 
 def approval_deadline(run: Run) -> datetime:
@@ -601,13 +647,18 @@ def older_than(
     Empty when ``than`` is None."""
     if than is None:
         return set()
-    switched = dict(
-        Run.objects.filter(environment=environment, image__in=[*images, than])
-        .exclude(switched_at=None)
-        .values_list("image_id")
-        .annotate(first=Min("switched_at"))
-        .order_by()
-    )
+    keys = [("first_switched", environment.pk, i.pk) for i in [*images, than]]
+    firsts = [primed(key) for key in keys]
+    if all(first is not None for first in firsts):  # primed: a datetime, or "never"
+        switched = {k[2]: f for k, f in zip(keys, firsts, strict=True) if f != "never"}
+    else:
+        switched = dict(
+            Run.objects.filter(environment=environment, image__in=[*images, than])
+            .exclude(switched_at=None)
+            .values_list("image_id")
+            .annotate(first=Min("switched_at"))
+            .order_by()
+        )
     older = set()
     for image in images:
         if image.pk == than.pk:
@@ -658,7 +709,58 @@ def builds_behind(environment: Environment) -> int:
     at most ``BEHIND_CAP`` + 1 (one bounded read of ids)."""
     if not environment.auto_deploy_branch:
         return 0
-    return len(waiting_builds(environment).values_list("pk", flat=True)[: BEHIND_CAP + 1])
+    return _once(
+        ("behind", environment.pk),
+        lambda: len(waiting_builds(environment).values_list("pk", flat=True)[: BEHIND_CAP + 1]),
+    )
+
+
+def behind_counts(environments) -> dict[int, int]:
+    """``builds_behind`` of each of ``environments`` (id → count, at most ``BEHIND_CAP`` + 1)
+    in one query: ``waiting_builds``' rule written against each environment's row, read at
+    most ``BEHIND_CAP`` + 1 ids per environment, for pages that show every environment."""
+
+    def outer(name: str):  # the environment's row, two subqueries out
+        return OuterRef(OuterRef(name))
+
+    tried = Run.objects.filter(
+        environment_id=OuterRef(OuterRef(OuterRef("pk"))), image=OuterRef("pk")
+    )
+    registered_later = Q(registered_at__gt=outer("current_image__registered_at")) | Q(
+        registered_at=outer("current_image__registered_at"), pk__gt=outer("current_image_id")
+    )
+    committed_known = Q(IsNull(outer("current_image__committed_at"), False))
+    newer = (
+        committed_known
+        & (
+            Q(committed_at__gte=outer("current_image__committed_at"))
+            | (Q(committed_at=None) & registered_later)
+        )
+    ) | (~committed_known & registered_later)
+    waiting = (
+        ImageVersion.objects.filter(branch=outer("auto_deploy_branch"), is_bad=False)
+        .exclude(Exists(tried))
+        .filter(
+            Q(IsNull(outer("current_image_id"), True)) | (~Q(pk=outer("current_image_id")) & newer)
+        )
+        .order_by(F("committed_at").desc(nulls_last=True), "-registered_at", "-id")
+        .values("pk")[: BEHIND_CAP + 1]
+    )
+    capped = (
+        ImageVersion.objects.filter(pk__in=waiting)
+        .order_by()
+        .annotate(n=Func(F("pk"), function="COUNT"))
+        .values("n")
+    )
+    rows = (
+        Environment.objects.filter(pk__in=[env.pk for env in environments])
+        .exclude(auto_deploy_branch="")
+        .annotate(behind=Subquery(capped))
+        .values_list("pk", "behind")
+    )
+    counts = {env.pk: 0 for env in environments}
+    counts.update({pk: behind or 0 for pk, behind in rows})
+    return counts
 
 
 def behind_sentence(environment: Environment, count: int | None = None) -> str:

@@ -8,6 +8,7 @@ from django.utils import timezone
 from opsweb import services
 from opsweb.cli import OpswebCommand, Outcome, image_payload, iso, require_perm, when
 from opsweb.models import Environment, Run, RunStatus
+from opsweb.reading import notices, read_configuration
 from opsweb.services.base import BEHIND_CAP
 from opsweb.windows import freeze_status
 
@@ -25,8 +26,10 @@ class Command(OpswebCommand):
 
     def act(self, user, options):
         require_perm(user, "view_environment", "view environments")
-        environments = Environment.objects.select_related("current_image", "upstream")
-        rows = [environment_row(environment) for environment in environments]
+        with services.base.one_reading():
+            environments = list(Environment.objects.select_related("current_image", "upstream"))
+            read_configuration(environments)
+            rows = [environment_row(environment) for environment in environments]
         lines = [COLUMNS] + [
             table_cells(environment, row)
             for environment, row in zip(environments, rows, strict=True)
@@ -52,7 +55,9 @@ def environment_row(environment: Environment) -> dict:
     builds = services.waiting_builds(environment)
     behind = services.builds_behind(environment)
     freeze = freeze_status(environment, timezone.now())
-    waiting = Run.objects.filter(environment=environment, status__in=WAITING).order_by("id")
+    waiting = list(Run.objects.filter(environment=environment, status__in=WAITING).order_by("id"))
+    running = next((r for r in waiting if r.status == RunStatus.RUNNING), None)
+    sentence = services.behind_sentence(environment, behind)
     return {
         "slug": environment.slug,
         "name": environment.name,
@@ -78,31 +83,26 @@ def environment_row(environment: Environment) -> dict:
             "builds": min(behind, BEHIND_CAP),
             "more": behind > BEHIND_CAP,
             "newest": image_payload(builds.first()),
-            "sentence": services.behind_sentence(environment, behind),
+            "sentence": sentence,
         }
         if behind
         else None,
         "drift": environment.drift,
         "drift_checked_at": iso(environment.drift_checked_at),
+        "notices": notices(environment, freeze, behind=sentence, running=running),
     }
 
 
 def table_cells(environment: Environment, row: dict) -> list[str]:
     image = environment.current_image
     version = f"{image.tag} {image.short_digest} {image.short_sha or '-'}" if image else "-"
-    flags = [
-        ("BAD-VERSION", row["runs_bad_version"]),
-        ("paused", row["auto_deploy_paused"]),
-        ("frozen", row["frozen"]),
-        (row["behind"] and row["behind"]["sentence"], bool(row["behind"])),
-    ]
     return [
         environment.name,
         version,
         when(environment.current_since),
         row["deployed_by"] or "-",
         ", ".join(f"#{r['id']} {r['status']}" for r in row["pending_runs"]) or "-",
-        ",".join(name for name, on in flags if on) or "-",
+        "; ".join(row["notices"]) or "-",
         row["drift"] or "-",
     ]
 
