@@ -1,9 +1,14 @@
 """Regressions found reviewing the fixes of issues #20 and #21: each test is one case of a
 kind of defect that survived them."""
 
-from opsweb import services
-from opsweb.models import RunStatus
-from tests.conftest import make_image, succeed_in
+from datetime import timedelta
+
+from django.urls import reverse
+from django.utils import timezone
+
+from opsweb import services, tasks
+from opsweb.models import ChangeWindow, RunStatus
+from tests.conftest import make_image, make_user, succeed_in
 
 
 def staging_history(flow, *tags):
@@ -46,3 +51,51 @@ def test_queued_rollback_with_no_good_version_left_fails_and_leaves_what_runs(fl
     env.refresh_from_db()
     new.refresh_from_db()
     assert env.current_image == new and not new.is_bad and not env.auto_deploy_paused
+
+
+# -- a build held back by a freeze goes however the freeze is lifted ------------------------
+
+
+def test_a_build_held_by_a_freeze_deploys_when_its_window_is_deleted_in_the_admin(flow, client):
+    from tests.test_gates import deploys_of, register
+
+    dev = flow["dev"]
+    succeed_in(dev, make_image("1.0.0", branch="develop"))
+    admin_user = make_user("root", is_superuser=True)
+    ci = make_user("ci", "ci")
+    services.set_frozen(user=admin_user, environment=dev, frozen=True, reason="release")
+    code, _, _ = register(ci, "1.1.0", wait=True)
+    assert code == 4 and deploys_of(dev, "1.1.0") == []
+    window = ChangeWindow.objects.get(environment=dev)
+    client.force_login(admin_user)
+
+    response = client.post(
+        reverse("admin:opsweb_changewindow_delete", args=[window.pk]), {"post": "yes"}
+    )
+
+    assert response.status_code == 302 and not ChangeWindow.objects.exists()
+    (run,) = deploys_of(dev, "1.1.0")
+    assert run.status == RunStatus.QUEUED
+    assert run.note == "auto-deploy of branch develop, held back until its change window was lifted"
+    tasks.reconcile()
+    assert deploys_of(dev, "1.1.0") == [run]
+
+
+def test_a_window_edit_that_opens_no_gate_deploys_nothing(flow, client):
+    from tests.test_gates import deploys_of
+
+    dev = flow["dev"]
+    succeed_in(dev, make_image("1.0.0", branch="develop"))
+    make_image("1.1.0", branch="develop")  # left behind for another reason: left to people
+    admin_user = make_user("root", is_superuser=True)
+    client.force_login(admin_user)
+    window = ChangeWindow.objects.create(
+        environment=dev, kind=ChangeWindow.Kind.DENY, starts_at=timezone.now() + timedelta(days=1)
+    )
+
+    response = client.post(
+        reverse("admin:opsweb_changewindow_delete", args=[window.pk]), {"post": "yes"}
+    )
+
+    assert response.status_code == 302
+    assert deploys_of(dev, "1.1.0") == []
