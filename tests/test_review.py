@@ -99,3 +99,27 @@ def test_a_window_edit_that_opens_no_gate_deploys_nothing(flow, client):
 
     assert response.status_code == 302
     assert deploys_of(dev, "1.1.0") == []
+
+
+# -- what a rollback asked for during a deploy says it restores ---------------------------
+
+
+def test_rollback_during_a_switched_deploy_names_what_ran_before_not_the_deploy(
+    flow, alice, client
+):
+    dev = flow["dev"]
+    old = make_image("1.0.0")
+    succeed_in(dev, old)
+    new = make_image("1.1.0")
+    services.request_deploy(user=alice, environment=dev, image=new)
+    deploying = services.claim_next_run(environment_id=dev.pk)
+    services.record_switch(run_id=deploying.pk, backend_ref={})  # now in its health check
+
+    rollback = services.roll_back(user=alice, environment=dev, reason="critical_errors")
+
+    assert rollback.image == old
+    first = rollback.events.order_by("id").first().message
+    assert first == f"alice asked to roll back to 1.0.0 ({old.short_digest}) in AWS Dev"
+    client.force_login(alice)
+    page = client.get(reverse("admin:opsweb_run_change", args=[rollback.pk])).text
+    assert "Rollback of <strong>1.0.0</strong>" in page

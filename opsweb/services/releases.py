@@ -615,8 +615,12 @@ def roll_back(
             .first()
         )
         # With a deploy under way the target is decided at start (resolve_rollback); until
-        # then the rollback names what ran before that deploy.
-        target = current if deploying else previous_stable_version(environment, exclude=current)
+        # then the rollback names what ran before that deploy: once the deploy has switched,
+        # what runs is the deploy's own version, which the rollback takes back, not restores.
+        if deploying:
+            target = (deploying.replaces if deploying.switched_at else None) or current
+        else:
+            target = previous_stable_version(environment, exclude=current)
     run = _new_run(
         kind=RunKind.ROLLBACK,
         environment=environment,
