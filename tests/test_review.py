@@ -3,12 +3,15 @@ kind of defect that survived them."""
 
 from datetime import timedelta
 
+import pytest
 from django.urls import reverse
 from django.utils import timezone
 
 from opsweb import services, tasks
 from opsweb.models import ChangeWindow, RunStatus
+from orchestration.signals import read_http_metric
 from tests.conftest import make_image, make_user, succeed_in
+from tests.test_outbound import servers  # noqa: F401 F811 (a fixture)
 
 
 def staging_history(flow, *tags):
@@ -123,3 +126,15 @@ def test_rollback_during_a_switched_deploy_names_what_ran_before_not_the_deploy(
     client.force_login(alice)
     page = client.get(reverse("admin:opsweb_run_change", args=[rollback.pk])).text
     assert "Rollback of <strong>1.0.0</strong>" in page
+
+
+# -- a local alarm answering an absurd number is unreadable, not a crash --------------------
+
+
+@pytest.mark.parametrize("body", [b'{"errors": 1' + b"0" * 400 + b"}", b'{"errors": "nan"}'])
+def test_a_local_alarm_answering_an_absurd_number_reads_as_insufficient_data(servers, body):  # noqa: F811
+    server = servers(body=body)
+
+    alarm = read_http_metric({"url": server.url, "field": "errors", "threshold": 1})
+
+    assert alarm.state == "INSUFFICIENT_DATA" and "could not read it" in alarm.reason
