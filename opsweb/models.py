@@ -6,6 +6,7 @@ never edited). Everything that spans rows or has side effects lives in ``opsweb.
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 from django.conf import settings
@@ -281,8 +282,12 @@ def alarm_problems(alarms, backend: str) -> list[str]:
             if not alarm.get("field"):
                 problems.append(f"Alarm {i}: field names the number to read, e.g. 'errors'.")
             try:
-                float(alarm.get("threshold"))
-            except (TypeError, ValueError):
+                # NaN and infinity compare so that the alarm never fires; a huge integer
+                # overflows a float.
+                finite = math.isfinite(float(alarm.get("threshold")))
+            except (TypeError, ValueError, OverflowError):
+                finite = False
+            if not finite:
                 problems.append(f"Alarm {i}: threshold is a number (above it is ALARM).")
         elif not str(alarm.get("name", "")).strip():
             problems.append(f"Alarm {i}: name is the CloudWatch alarm's name.")

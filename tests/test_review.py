@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from opsweb import services, tasks
-from opsweb.models import ChangeWindow, RunStatus
+from opsweb.models import ChangeWindow, RunStatus, alarm_problems
 from orchestration.signals import read_http_metric
 from tests.conftest import make_image, make_user, succeed_in
 from tests.test_outbound import servers  # noqa: F401 F811 (a fixture)
@@ -138,3 +138,12 @@ def test_a_local_alarm_answering_an_absurd_number_reads_as_insufficient_data(ser
     alarm = read_http_metric({"url": server.url, "field": "errors", "threshold": 1})
 
     assert alarm.state == "INSUFFICIENT_DATA" and "could not read it" in alarm.reason
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), 10**400, "nan"])
+def test_a_local_alarm_threshold_that_can_never_be_crossed_is_refused(threshold):
+    alarms = [{"url": "http://127.0.0.1:9/metrics", "field": "errors", "threshold": threshold}]
+
+    assert alarm_problems(alarms, "local") == [
+        "Alarm 1: threshold is a number (above it is ALARM)."
+    ]
