@@ -685,7 +685,7 @@ def _number(settings, key, default, bounds, message, errors, *, whole=False) -> 
         number = float(default if value in (None, "") else value)
         if not low <= number <= high or (whole and number != int(number)):
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
         errors[key] = message.format(low=low, high=high)
         return float(default)
     return number

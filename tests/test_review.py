@@ -4,6 +4,7 @@ kind of defect that survived them."""
 from datetime import timedelta
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils import timezone
 
@@ -147,3 +148,28 @@ def test_a_local_alarm_threshold_that_can_never_be_crossed_is_refused(threshold)
     assert alarm_problems(alarms, "local") == [
         "Alarm 1: threshold is a number (above it is ALARM)."
     ]
+
+
+# -- absurd numbers in a backend's settings are a form error, not a 500 ---------------------
+
+
+@pytest.mark.parametrize(
+    "backend, options, field",
+    [
+        ("local", {"port": float("inf")}, "port"),
+        ("local", {"port": 9000, "start_timeout": 10**400}, "start_timeout"),
+        ("ecs", {"cluster": "c", "service": "s", "timeout": 10**400}, "timeout"),
+        ("ec2", {"target_timeout": 10**400}, "target_timeout"),
+    ],
+)
+def test_backend_settings_with_absurd_numbers_are_refused_with_a_sentence(
+    flow, backend, options, field
+):
+    env = flow["dev"]
+    env.backend, env.backend_settings = backend, options
+
+    with pytest.raises(ValidationError) as refused:
+        env.clean()
+
+    said = refused.value.message_dict["backend_settings"]
+    assert any(line.startswith(f"{field}: ") for line in said), said
