@@ -173,3 +173,35 @@ def test_backend_settings_with_absurd_numbers_are_refused_with_a_sentence(
 
     said = refused.value.message_dict["backend_settings"]
     assert any(line.startswith(f"{field}: ") for line in said), said
+
+
+# -- digits that str.isdigit() accepts and int() refuses ("²") are bad input, not a 500 -------
+
+
+def test_run_search_for_a_superscript_run_number_answers_an_empty_list(flow, client):
+    run = succeed_in(flow["dev"], make_image("1.0.0"))
+    client.force_login(make_user("root", is_superuser=True))
+
+    response = client.get(reverse("admin:opsweb_run_changelist"), {"q": "#²"})
+
+    assert response.status_code == 200
+    assert reverse("admin:opsweb_run_change", args=[run.pk]) not in response.text
+
+
+def test_a_window_interval_in_superscript_digits_is_a_form_error(flow, client):
+    client.force_login(make_user("root", is_superuser=True))
+    data = {"kind": "deny", "rrule": "FREQ=DAILY;INTERVAL=²", "duration_seconds": "3600"}
+
+    response = client.post(reverse("admin:opsweb_changewindow_add"), {"time_zone": "UTC", **data})
+
+    assert response.status_code == 200
+    assert "INTERVAL is a whole number from 1 to" in response.text
+    assert not ChangeWindow.objects.exists()
+
+
+def test_dora_days_in_superscript_digits_exits_2(flow):
+    from tests.test_commands import run_command
+
+    code, _, err = run_command("dora", "--days", "²")
+
+    assert code == 2 and "--days must be a whole number of days" in err
