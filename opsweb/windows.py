@@ -105,7 +105,7 @@ def _rrule_errors(text: str) -> dict[str, str]:
     if "COUNT" in parts:
         return {"rrule": "Leave COUNT out: give the window an end instead."}
     interval = parts.get("INTERVAL", "1")
-    if not (interval.isdigit() and 1 <= int(interval) <= MAX_INTERVAL):
+    if not (interval.isdecimal() and 1 <= int(interval) <= MAX_INTERVAL):
         return {"rrule": f"INTERVAL is a whole number from 1 to {MAX_INTERVAL}."}
     try:
         # The calendar repeats every 400 years: a rule that fires nowhere in the last 400
@@ -169,7 +169,7 @@ def _rule(window: ChangeWindow, near: datetime):
     anchor = _anchor(window)
     parts = _parts(window.rrule)
     freq, interval = parts.get("FREQ", ""), parts.get("INTERVAL", "1")
-    if "COUNT" in parts or not (interval.isdigit() and int(interval) <= MAX_INTERVAL):
+    if "COUNT" in parts or not (interval.isdecimal() and int(interval) <= MAX_INTERVAL):
         return rrulestr(window.rrule, dtstart=anchor)
     interval_n = int(interval) or 1
     if freq in _PERIODS:
@@ -407,7 +407,7 @@ def _is_weekly(window: ChangeWindow) -> bool:
         parts = _parts(window.rrule)
         return parts.get("FREQ") in ("WEEKLY", "DAILY") and parts.get("INTERVAL", "1") == "1"
     fields = window.cron.split()
-    return len(fields) == 5 and fields[2] == "*" and fields[3] == "*" and fields[0].isdigit()
+    return len(fields) == 5 and fields[2] == "*" and fields[3] == "*" and fields[0].isdecimal()
 
 
 def _weekdays(window: ChangeWindow) -> set[int]:

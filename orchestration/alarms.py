@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 from dataclasses import dataclass, field
 
 from orchestration import outbound
@@ -100,7 +101,8 @@ def read_http_metric(
     """A local alarm: GET ``spec['url']`` (JSON, within ``timeout`` seconds), read
     ``spec['field']`` (dotted path) and compare with ``spec['threshold']``: above it is ALARM.
     An endpoint that does not answer (or answers other than 2xx, redirects included: they are
-    not followed), a target ``allow`` refuses, or a missing field is INSUFFICIENT_DATA with the
+    not followed), a target ``allow`` refuses, a missing field or a value that is no usable
+    number (NaN, too large for a float) is INSUFFICIENT_DATA with the
     reason (a process restarting is not an alarm; the health check already judged whether it
     runs)."""
     name = spec.get("name") or f"{spec['field']} at {spec['url']}"
@@ -115,7 +117,10 @@ def read_http_metric(
         for part in str(spec["field"]).split("."):
             value = value[part]  # type: ignore[index]
         number = float(value)  # type: ignore[arg-type]
+        if math.isnan(number):  # compares as neither above nor below: an alarm that never fires
+            raise ValueError(f"{spec['field']} is not a number ({value!r})")
     except (
+        OverflowError,  # an integer too large for a float
         OSError,
         outbound.OutboundRefused,
         http.client.HTTPException,

@@ -456,13 +456,22 @@ class EcsBackend(DeployBackend):
 
     def _stop_rollout(self, target: str, previous: str, progress: Progress) -> None:
         """Stop a rollout of ``target``: update the service back to ``previous`` (the revision
-        it ran before) and follow that rollout, then raise DeployStopped saying where it is."""
-        self._call(
-            "update_service",
-            cluster=self.settings["cluster"],
-            service=self.settings["service"],
-            taskDefinition=previous,
-        )
+        it ran before) and follow that rollout, then raise DeployStopped saying where it is.
+        When AWS refuses the update back, still DeployStopped (saying so): opsweb then asks
+        the service what it runs and shows that, not the version it meant to restore."""
+        try:
+            self._call(
+                "update_service",
+                cluster=self.settings["cluster"],
+                service=self.settings["service"],
+                taskDefinition=previous,
+            )
+        except DeployError as exc:
+            raise DeployStopped(
+                f"Stopped during the rollout of {revision_name(target)}, but updating the "
+                f"{self._where} back to {revision_name(previous)} failed "
+                f"({str(exc).rstrip('.')}); ECS goes on with {revision_name(target)}"
+            ) from None
         progress(
             f"Stop asked: updated service {self.settings['service']} back to "
             f"{revision_name(previous)}",
@@ -685,7 +694,7 @@ def _number(settings, key, default, bounds, message, errors, *, whole=False) -> 
         number = float(default if value in (None, "") else value)
         if not low <= number <= high or (whole and number != int(number)):
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
         errors[key] = message.format(low=low, high=high)
         return float(default)
     return number

@@ -69,8 +69,12 @@ class LocalProcessBackend(DeployBackend):
         if not alarm.get("field"):
             problems.append(f"Alarm {i}: field names the number to read, e.g. 'errors'.")
         try:
-            float(alarm.get("threshold"))
-        except (TypeError, ValueError):
+            # NaN and infinity compare so that the alarm never fires; a huge integer overflows
+            # a float.
+            finite = math.isfinite(float(alarm.get("threshold")))
+        except (TypeError, ValueError, OverflowError):
+            finite = False
+        if not finite:
             problems.append(f"Alarm {i}: threshold is a number (above it is ALARM).")
         return problems
 
@@ -104,7 +108,7 @@ class LocalProcessBackend(DeployBackend):
             port = int(port)
             if not 1024 <= port <= 65535:
                 raise ValueError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
             errors["port"] = "Give a port number between 1024 and 65535."
         host = str(settings.get("host", "127.0.0.1")).strip()
         if not local_address(host):
@@ -493,7 +497,7 @@ MAX_WAIT_SECONDS = 60
 def _seconds(settings: Mapping[str, Any], key: str, default: float, errors: dict) -> float:
     try:
         value = float(settings.get(key, default))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
         value = math.nan
     if not 0 < value <= MAX_WAIT_SECONDS:  # also refuses nan and inf
         errors[key] = f"Give a number of seconds between 0 and {MAX_WAIT_SECONDS}."

@@ -429,3 +429,39 @@ def test_a_stopping_run_whose_worker_was_lost_ends_stopped_with_what_runs(local_
     assert run.status == RunStatus.STOPPED and "its worker was lost" in run.error
     assert get_json(service_url(dev))["version"] == "1.0.0"
     assert dev.current_image == images["1.0.0"] and dev.drift == ""
+
+
+def test_ecs_stop_whose_update_back_fails_ends_stopped_showing_what_ecs_runs(
+    aws, flow, alice, monkeypatch
+):
+    # AWS refusing the update back is a fault moto cannot be made to produce: patched.
+    from orchestration import ecs
+
+    make_service(aws, "app-dev")
+    dev = use_ecs(flow["dev"], aws, "app-dev", timeout=2)
+    assert deploy(alice, dev, ecs_image("1.0.0")).status == RunStatus.SUCCEEDED
+    aws_client(aws).update_service(cluster="opsweb-test", service="app-dev", desiredCount=2)
+    stop_when(monkeypatch, "Updated service app-dev", alice)
+    calls = []
+    real_call = ecs.EcsBackend._call
+
+    def call(self, operation, **params):
+        if operation == "update_service":
+            calls.append(params["taskDefinition"])
+            if len(calls) == 2:
+                raise ecs.AwsError(
+                    "AccessDenied: not allowed to update the service", "AccessDenied"
+                )
+        return real_call(self, operation, **params)
+
+    monkeypatch.setattr(ecs.EcsBackend, "_call", call)
+    new = ecs_image("1.1.0")
+
+    run = deploy(alice, dev, new)
+
+    dev.refresh_from_db()
+    assert run.status == RunStatus.STOPPED, run.error
+    assert "back to app-dev:2 failed (AccessDenied" in run.error
+    assert "ECS goes on with app-dev:3; 1.1.0" in run.error
+    _, image = service_state(aws, "app-dev")
+    assert new.digest in image and dev.current_image == new  # what ECS runs is what opsweb shows

@@ -554,7 +554,8 @@ class ChangeWindowAdmin(OpswebAdmin):
     def save_model(self, request, obj, form, change):
         if not change:
             obj.created_by = request.user
-        super().save_model(request, obj, form, change)
+        with services.changing_windows(user=request.user):
+            super().save_model(request, obj, form, change)
         services.base.audit(
             request.user,
             "configure_change_window",
@@ -564,7 +565,8 @@ class ChangeWindowAdmin(OpswebAdmin):
 
     def delete_model(self, request, obj):
         text, environment = str(obj), obj.environment
-        super().delete_model(request, obj)
+        with services.changing_windows(user=request.user):
+            super().delete_model(request, obj)
         services.base.audit(
             request.user,
             "configure_change_window",
@@ -737,10 +739,11 @@ class EnvironmentAdmin(ConfirmingAdmin):
                 instance.created_by = request.user
         formset.save_m2m()
         deleted = [str(obj) for obj in formset.deleted_objects]
-        for obj in formset.deleted_objects:
-            obj.delete()
-        for instance in instances:
-            instance.save()
+        with services.changing_windows(user=request.user):
+            for obj in formset.deleted_objects:
+                obj.delete()
+            for instance in instances:
+                instance.save()
         env = form.instance
         for obj in formset.new_objects:
             self._record(request, env, f"Added to {env}: {obj}")

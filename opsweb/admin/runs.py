@@ -299,7 +299,7 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        if term.startswith("#") and term[1:].isdigit() and len(term) < 19:
+        if term.startswith("#") and term[1:].isdecimal() and len(term) < 19:
             return queryset.filter(pk=int(term[1:])), False
         return queryset.filter(image__in=ImageVersion.objects.filter(version_search(term))), False
 

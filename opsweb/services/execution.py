@@ -97,10 +97,20 @@ def claim_next_run(*, environment_id: int) -> Run | None:
                         add_event(head, refusal, level=RunEvent.Level.ERROR)
                         events.run_finished(head)
                     continue
-                resolving = head.resolve_at_start and not busy.exists()
+                # A rollback whose target was marked bad since it was asked for chooses again,
+                # like one decided at start: rollbacks never restore a bad version (rule 6).
+                gone_bad = head.kind == RunKind.ROLLBACK and head.image.is_bad
+                resolving = (head.resolve_at_start or gone_bad) and not busy.exists()
                 replacing = None
                 if resolving:
                     # Decided only now, still queued: the deploy it waited for has ended.
+                    if gone_bad and not head.resolve_at_start:
+                        add_event(
+                            head,
+                            f"{describe(head.image)} was marked bad after this rollback was "
+                            f"asked for ({head.image.bad_reason}); choosing its target again",
+                            level=RunEvent.Level.WARNING,
+                        )
                     refusal, replacing = resolve_rollback(head)
                     if refusal:
                         if transition(head, to=RunStatus.FAILED, error=refusal, step="refused"):

@@ -3,6 +3,8 @@ back, resume, freeze, register. Each checks the rules of docs/design.md and reco
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -616,8 +618,12 @@ def roll_back(
             .first()
         )
         # With a deploy under way the target is decided at start (resolve_rollback); until
-        # then the rollback names what ran before that deploy.
-        target = current if deploying else previous_stable_version(environment, exclude=current)
+        # then the rollback names what ran before that deploy: once the deploy has switched,
+        # what runs is the deploy's own version, which the rollback takes back, not restores.
+        if deploying:
+            target = (deploying.replaces if deploying.switched_at else None) or current
+        else:
+            target = previous_stable_version(environment, exclude=current)
     run = _new_run(
         kind=RunKind.ROLLBACK,
         environment=environment,
@@ -820,6 +826,24 @@ def set_frozen(
     if not frozen:
         catch_up(environment, user=user, opened="the freeze ended")
     return environment
+
+
+@contextmanager
+def changing_windows(*, user) -> Iterator[None]:
+    """Wrap an edit of change windows made outside ``set_frozen`` (the admin's window pages:
+    add, change, delete). Every environment that auto-deploys and was frozen before the edit
+    but not after it has its gate opened as by **Unfreeze**: the newest build of its branch
+    left behind meanwhile is queued (``catch_up``, as ``user``). Needed because the reconciler
+    recognises a held-back build by the windows as they are now, so a build held by a window
+    that was deleted would never go. Call inside the edit's transaction."""
+    now = timezone.now()
+    gated = Environment.objects.exclude(auto_deploy_branch="").filter(auto_deploy_paused=False)
+    frozen = [env.pk for env in gated if freeze_status(env, now).frozen]
+    yield
+    for pk in frozen:
+        environment = _lock_environment(Environment(pk=pk))
+        if not freeze_status(environment, timezone.now()).frozen:
+            catch_up(environment, user=user, opened="its change window was lifted")
 
 
 def record_configuration(*, user, environment: Environment, message: str) -> None:

@@ -51,7 +51,7 @@ class Command(BaseCommand):
 
 
 def parse_days(value) -> int:
-    days = int(value) if str(value).isdigit() else 0
+    days = int(value) if str(value).isdecimal() else 0
     if not 1 <= days <= MAX_DAYS:
         raise refused(f"--days must be a whole number of days from 1 to {MAX_DAYS}, not {value!r}.")
     return days
