@@ -27,6 +27,7 @@ from opsweb.models import Environment, ImageVersion, RunStatus
 from opsweb.services import running
 from orchestration import ec2
 from orchestration.base import DeployError, DeployRequest, SettingsError, get_backend
+from orchestration.ec2 import backend as ec2_backend
 from tests.conftest import fake_digest, free_port, make_image
 
 REGION = "eu-west-1"
@@ -205,7 +206,7 @@ class Ssm:
 @pytest.fixture
 def ssm(aws, monkeypatch) -> Ssm:
     recorder = Ssm()
-    real = ec2.make_client
+    real = ec2_backend.make_client
 
     def make_client(service, **kwargs):
         made = real(service, **kwargs)
@@ -215,7 +216,7 @@ def ssm(aws, monkeypatch) -> Ssm:
             recorder.attach_elbv2(made)
         return made
 
-    monkeypatch.setattr(ec2, "make_client", make_client)
+    monkeypatch.setattr(ec2_backend, "make_client", make_client)
     return recorder
 
 
@@ -636,7 +637,7 @@ def refuse_after_batch(monkeypatch, ssm, operation: str, *, commands: int, times
     """Make ``operation`` ("ec2.CreateTags", "elastic-load-balancing-v2.RegisterTargets", …)
     fail as AWS would, ``times`` times, from its first call after the ``commands``-th Run
     Command was sent (moto answers every such call; a real outage or throttle would not)."""
-    made = ec2.make_client
+    made = ec2_backend.make_client
     refused = []
 
     def refuse(**kwargs):
@@ -651,7 +652,7 @@ def refuse_after_batch(monkeypatch, ssm, operation: str, *, commands: int, times
         client_.meta.events.register(f"before-call.{operation}", refuse)
         return client_
 
-    monkeypatch.setattr(ec2, "make_client", make_client)
+    monkeypatch.setattr(ec2_backend, "make_client", make_client)
     return refused
 
 

@@ -701,7 +701,7 @@ def test_log_groups_are_kept_a_year_and_encrypted():
             assert group["kms_key_id"].startswith("${aws_kms_key."), (label, name)
 
 
-# ---- the EC2 environment (orchestration/ec2.py deploys to it) ---------------------------------
+# ---- the EC2 environment (orchestration/ec2/ deploys to it) ----------------------------------
 
 
 def ec2_environment() -> dict:

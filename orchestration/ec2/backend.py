@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import re
-import shlex
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -31,54 +28,33 @@ from orchestration.base import (
     DeployStopped,
     Progress,
     RunningImages,
-    SettingsError,
     no_progress,
     register,
 )
-from orchestration.ecs import (
-    DEFAULT_MAX_ATTEMPTS,
-    ECR_HOST_RE,
-    HEARTBEAT_SECONDS,
-    REGION_RE,
-    AwsError,
-    _number,
-    aws_error,
-    aws_settings_errors,
-    endpoint_url_problem,
-    image_digest,
-    make_client,
-    pinned_image,
+from orchestration.ecs import HEARTBEAT_SECONDS, aws_error, make_client
+
+from .instances import (
+    Instance,
+    Outcome,
+    Touched,
+    _reason,
+    _selector_ref,
+    _some,
+    _tag,
+    allowed_errors,
+    instance_image,
+    instance_image_or_none,
+    last_lines,
+    split_batches,
 )
+from .scripts import revert_script, switch_script
+from .validation import validate_settings
 
 log = logging.getLogger(__name__)
 
 DOCS = "docs/ec2-backend.md"
 IMAGE_TAG = "opsweb:image"
-DEFAULT_PORT = 8000
-DEFAULT_HEALTH_PATH = "/healthz"
-DEFAULT_HEALTH_TIMEOUT = 120.0
-DEFAULT_COMMAND_TIMEOUT = 600.0
-DEFAULT_TARGET_TIMEOUT = 300.0
-DEFAULT_POLL_INTERVAL = 5.0
-OUTPUT_LINES = 5
 
-CONTAINER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-HEALTH_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/-]*$")
-FILE_PATH_RE = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9._-]*)+$")
-PARAMETER_RE = re.compile(r"^/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
-TAG_KEY_RE = re.compile(r"^[A-Za-z0-9 _.:/=+@-]{1,128}$")
-TAG_VALUE_RE = re.compile(r"^[A-Za-z0-9 _.:/=+@-]{1,256}$")
-GROUP_RE = re.compile(r"^[^:*?\s][^\s]{0,254}$")
-COUNT_RE = re.compile(r"^(?P<number>\d{1,4})(?P<percent>%?)$")
-TARGET_GROUP_RE = re.compile(
-    r"^arn:aws[a-z-]*:elasticloadbalancing:[a-z0-9-]+:\d{12}:targetgroup/[A-Za-z0-9-]{1,32}/"
-    r"[0-9a-f]{16}$"
-)
-# A Docker image repository: an optional registry host (and port), then lower-case path parts.
-REPOSITORY_RE = re.compile(
-    r"^(?:[A-Za-z0-9.-]+(?::\d{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
-)
 # The tag is only shown to the app as APP_VERSION; it is quoted anyway.
 APP_VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 COMMAND_DONE = {
@@ -94,93 +70,6 @@ COMMAND_DONE = {
     "InvalidPlatform",
     "AccessDenied",
 }
-SETTINGS_KEYS = {
-    "region",
-    "auto_scaling_group",
-    "tag_key",
-    "tag_value",
-    "container_name",
-    "port",
-    "health_path",
-    "env_file",
-    "batch_size",
-    "max_errors",
-    "target_group_arn",
-    "image_parameter",
-    "health_timeout",
-    "command_timeout",
-    "target_timeout",
-    "poll_interval",
-    "endpoint_url",
-    "max_attempts",
-}
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One EC2 instance of the environment as opsweb sees it. ``lifecycle`` and ``health`` are the
-    Auto Scaling group's view (empty when instances are chosen by tag, where ``health`` is the
-    EC2 status checks' summary); ``image`` is the ``opsweb:image`` tag ("" when absent)."""
-
-    instance_id: str
-    state: str
-    lifecycle: str
-    health: str
-    image: str
-
-    @property
-    def in_service(self) -> bool:
-        return (
-            self.state == "running"
-            and self.lifecycle in ("", "InService")
-            and self.health in ("Healthy", "ok")
-        )
-
-    @property
-    def digest(self) -> str | None:
-        return image_digest(self.image)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How switching one instance ended; ``output`` is its command's last lines. ``switched``
-    says the container now runs the new image (even if the target group then found it
-    unhealthy), so that a restore includes it."""
-
-    instance_id: str
-    status: str
-    output: str = ""
-    switched: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "Success"
-
-    def describe(self) -> str:
-        said = f": {self.output}" if self.output else " (no output)"
-        return f"{self.instance_id} {self.status}{said}"
-
-
-@dataclass
-class Touched:
-    """Where each instance a deploy touched stands, updated as each step is done, so that a
-    failure at any step (a command, a tag, the target group) restores or names every one of
-    them: ``out`` were deregistered from the target group and not registered again; ``sent``
-    were sent a switch command whose outcome is not known yet; ``switched`` run the new image
-    (in the order they switched); ``kept`` ran the command, which failed and kept the old
-    container."""
-
-    out: set[str] = field(default_factory=set)
-    sent: set[str] = field(default_factory=set)
-    switched: list[str] = field(default_factory=list)
-    kept: set[str] = field(default_factory=set)
-
-    def ended(self, outcome: Outcome) -> None:
-        self.sent.discard(outcome.instance_id)
-        if outcome.switched and outcome.instance_id not in self.switched:
-            self.switched.append(outcome.instance_id)
-        elif not outcome.switched:
-            self.kept.add(outcome.instance_id)
 
 
 @register
@@ -197,106 +86,7 @@ class Ec2Backend(DeployBackend):
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
-        errors = aws_settings_errors(settings, SETTINGS_KEYS, "EC2")
-        text = {key: str(settings.get(key) or "").strip() for key in SETTINGS_KEYS}
-        if not REGION_RE.match(text["region"]):
-            errors["region"] = "Give the AWS region the instances are in, such as 'eu-west-1'."
-        _check_selector(text, errors)
-        if not CONTAINER_NAME_RE.match(text["container_name"]):
-            errors["container_name"] = (
-                "Give the name of the app's Docker container on the instances (letters, digits, "
-                "'.', '-' and '_', at most 63)."
-            )
-        _pattern(
-            text,
-            "health_path",
-            HEALTH_PATH_RE,
-            "Give the path the container answers its health check on, such as '/healthz' "
-            "(letters, digits and . _ ~ / - only).",
-            errors,
-        )
-        _pattern(
-            text,
-            "env_file",
-            FILE_PATH_RE,
-            "Give the absolute path of the environment file on the instance, such as "
-            "'/etc/app/app.env', or leave it empty.",
-            errors,
-        )
-        _pattern(
-            text,
-            "target_group_arn",
-            TARGET_GROUP_RE,
-            "Give the ARN of an ELBv2 target group (arn:aws:elasticloadbalancing:…:targetgroup/"
-            "name/id), or leave it empty for instances behind no load balancer.",
-            errors,
-        )
-        _pattern(
-            text,
-            "image_parameter",
-            PARAMETER_RE,
-            "Give an SSM parameter name such as '/app/production/image', or leave it empty.",
-            errors,
-        )
-        if problem := endpoint_url_problem(text["endpoint_url"]):
-            errors["endpoint_url"] = problem
-        batch_size = _count(settings, "batch_size", "1", low=1, errors=errors)
-        max_errors = _count(settings, "max_errors", "0", low=0, errors=errors)
-        seconds = "Give a number of seconds between {low:g} and {high:g}."
-        numbers = {
-            "port": _number(
-                settings,
-                "port",
-                DEFAULT_PORT,
-                (1, 65535),
-                "Give the TCP port the app listens on, {low:g}–{high:g}.",
-                errors,
-                whole=True,
-            ),
-            "health_timeout": _number(
-                settings, "health_timeout", DEFAULT_HEALTH_TIMEOUT, (1, 1800), seconds, errors
-            ),
-            "command_timeout": _number(
-                settings, "command_timeout", DEFAULT_COMMAND_TIMEOUT, (1, 3600), seconds, errors
-            ),
-            "target_timeout": _number(
-                settings, "target_timeout", DEFAULT_TARGET_TIMEOUT, (1, 3600), seconds, errors
-            ),
-            "poll_interval": _number(
-                settings, "poll_interval", DEFAULT_POLL_INTERVAL, (0.01, 60), seconds, errors
-            ),
-            "max_attempts": _number(
-                settings,
-                "max_attempts",
-                DEFAULT_MAX_ATTEMPTS,
-                (1, 20),
-                "Give a whole number of attempts between {low:g} and {high:g}.",
-                errors,
-                whole=True,
-            ),
-        }
-        if errors:
-            raise SettingsError(errors)
-        return {
-            "region": text["region"],
-            "auto_scaling_group": text["auto_scaling_group"],
-            "tag_key": text["tag_key"],
-            "tag_value": text["tag_value"],
-            "container_name": text["container_name"],
-            "port": int(numbers["port"]),
-            "health_path": text["health_path"] or DEFAULT_HEALTH_PATH,
-            "env_file": text["env_file"],
-            "batch_size": batch_size,
-            "max_errors": max_errors,
-            "target_group_arn": text["target_group_arn"],
-            "image_parameter": text["image_parameter"],
-            "health_timeout": numbers["health_timeout"],
-            "command_timeout": numbers["command_timeout"],
-            "target_timeout": numbers["target_timeout"],
-            "poll_interval": numbers["poll_interval"],
-            "endpoint_url": text["endpoint_url"],
-            "max_attempts": int(numbers["max_attempts"]),
-        }
+        return validate_settings(settings)
 
     # -- AWS calls ---------------------------------------------------------------------------
 
@@ -868,239 +658,3 @@ class Ec2Backend(DeployBackend):
             else:
                 progress("", None)
             time.sleep(min(self.settings["poll_interval"], max(deadline - now, 0)))
-
-
-# -- the scripts run on the instances ---------------------------------------------------------
-
-HEALTH_FUNCTION = """\
-healthy() {
-  waited=0
-  while [ "$waited" -lt "$HEALTH_TIMEOUT" ]; do
-    if curl -fsS -o /dev/null --max-time 3 "http://127.0.0.1:$1$HEALTH_PATH"; then return 0; fi
-    sleep 2
-    waited=$((waited + 2))
-  done
-  return 1
-}"""
-
-SWITCH_BODY = """\
-if [ -n "$REGISTRY" ]; then
-  aws ecr get-login-password --region "$REGISTRY_REGION" \\
-    | docker login --username AWS --password-stdin "$REGISTRY" >/dev/null
-fi
-echo "opsweb: pulling $IMAGE"
-docker pull "$IMAGE" >/dev/null
-docker rm -f "$NAME-candidate" >/dev/null 2>&1 || true
-start "$NAME-candidate" "127.0.0.1::$PORT"
-CANDIDATE_PORT=$(docker port "$NAME-candidate" "$PORT/tcp" | head -n 1 | sed 's/.*://')
-if ! healthy "$CANDIDATE_PORT"; then
-  echo "opsweb: the new container failed $HEALTH_PATH for ${HEALTH_TIMEOUT}s; the old one still runs"
-  docker logs --tail 20 "$NAME-candidate" 2>&1 || true
-  docker rm -f "$NAME-candidate" >/dev/null
-  exit 1
-fi
-docker rm -f "$NAME-candidate" >/dev/null
-docker rm -f "$NAME-previous" >/dev/null 2>&1 || true
-if docker inspect "$NAME" >/dev/null 2>&1; then
-  docker stop "$NAME" >/dev/null
-  docker rename "$NAME" "$NAME-previous"
-fi
-start "$NAME" "$PORT:$PORT"
-if ! healthy "$PORT"; then
-  echo "opsweb: $IMAGE failed $HEALTH_PATH on port $PORT; restarting the previous container"
-  docker logs --tail 20 "$NAME" 2>&1 || true
-  docker rm -f "$NAME" >/dev/null
-  if docker inspect "$NAME-previous" >/dev/null 2>&1; then
-    docker rename "$NAME-previous" "$NAME"
-    docker start "$NAME" >/dev/null
-  fi
-  exit 1
-fi
-echo "opsweb: $NAME runs $IMAGE\""""
-
-REVERT_BODY = """\
-if ! docker inspect "$NAME-previous" >/dev/null 2>&1; then
-  echo "opsweb: no stopped container $NAME-previous to restore"
-  exit 1
-fi
-docker rm -f "$NAME" >/dev/null 2>&1 || true
-docker rename "$NAME-previous" "$NAME"
-docker start "$NAME" >/dev/null
-if ! healthy "$PORT"; then
-  echo "opsweb: the restored container failed $HEALTH_PATH on port $PORT"
-  docker logs --tail 20 "$NAME" 2>&1 || true
-  exit 1
-fi
-echo "opsweb: $NAME runs its previous container again\""""
-
-
-def _assignments(values: Mapping[str, Any]) -> list[str]:
-    """Shell variable assignments, every value quoted: nothing from a setting or a tag is ever
-    parsed by the shell."""
-    return [f"{name}={shlex.quote(str(value))}" for name, value in values.items()]
-
-
-def switch_script(
-    settings: Mapping[str, Any], *, image: str, version: str, rollback: bool
-) -> list[str]:
-    """The AWS-RunShellScript lines that make ``image`` (``repository@sha256:…``) the running
-    container: pull, start a candidate on a loopback port, wait for its health check, then stop
-    the old container and start the new one on ``port`` (the old one comes back if that fails).
-    ECR login uses the instance's role."""
-    repository = image.rpartition("@")[0]
-    registry, region = ecr_registry(repository, settings["region"])
-    env_file = ' --env-file "$ENV_FILE"' if settings["env_file"] else ""
-    start = (
-        "start() {\n"
-        f'  docker run -d --name "$1" --restart unless-stopped -p "$2"{env_file} \\\n'
-        '    -e PORT="$PORT" -e APP_VERSION="$APP_VERSION" -e ROLLBACK="$ROLLBACK" '
-        '"$IMAGE" >/dev/null\n'
-        "}"
-    )
-    values = {
-        **_script_values(settings),
-        "IMAGE": image,
-        "APP_VERSION": version,
-        "ROLLBACK": "true" if rollback else "false",
-        "ENV_FILE": settings["env_file"],
-        "REGISTRY": registry,
-        "REGISTRY_REGION": region,
-    }
-    text = "\n".join(["set -eu", *_assignments(values), HEALTH_FUNCTION, start, SWITCH_BODY])
-    return text.splitlines()
-
-
-def revert_script(settings: Mapping[str, Any]) -> list[str]:
-    """Lines that start the stopped ``<name>-previous`` container again in place of the new one:
-    the way back for an instance whose earlier image opsweb never recorded."""
-    text = "\n".join(
-        ["set -eu", *_assignments(_script_values(settings)), HEALTH_FUNCTION, REVERT_BODY]
-    )
-    return text.splitlines()
-
-
-def _script_values(settings: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "NAME": settings["container_name"],
-        "PORT": settings["port"],
-        "HEALTH_PATH": settings["health_path"],
-        "HEALTH_TIMEOUT": int(math.ceil(settings["health_timeout"])),
-    }
-
-
-# -- small pure helpers ------------------------------------------------------------------------
-
-
-def instance_image(repository: str, digest: str) -> str:
-    """``repository@sha256:…`` for the instances; DeployError for anything that is not a plain
-    image repository and a digest (never a tag)."""
-    if not REPOSITORY_RE.match(repository or ""):
-        raise DeployError(
-            f"{repository!r} is not a Docker image repository (such as "
-            f"'123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app'); opsweb will not send "
-            f"it to the instances."
-        )
-    return pinned_image(repository, digest)
-
-
-def instance_image_or_none(image: str) -> str | None:
-    repository, _, digest = image.rpartition("@")
-    try:
-        return instance_image(repository, digest)
-    except DeployError:
-        return None
-
-
-def ecr_registry(repository: str, region: str) -> tuple[str, str]:
-    """(registry host, its region) when ``repository`` is in ECR, else ("", "")."""
-    host = repository.split("/", 1)[0] if "/" in repository else ""
-    found = ECR_HOST_RE.match(host)
-    if not found:
-        return "", ""
-    return host, found["region"] or region
-
-
-def split_batches(instance_ids: Sequence[str], size: str) -> list[list[str]]:
-    """``instance_ids`` in batches of ``size`` ("2", or "25%" of them, at least one)."""
-    count = len(instance_ids)
-    per = max(1, math.ceil(count * int(size[:-1]) / 100)) if size.endswith("%") else int(size)
-    return [list(instance_ids[i : i + per]) for i in range(0, count, per)]
-
-
-def allowed_errors(count: int, max_errors: str) -> int:
-    """How many instances may fail ("1", or "10%" of ``count``, rounded down)."""
-    if max_errors.endswith("%"):
-        return count * int(max_errors[:-1]) // 100
-    return int(max_errors)
-
-
-def last_lines(*texts: str, count: int = OUTPUT_LINES) -> str:
-    lines = [line.strip() for text in texts for line in (text or "").splitlines() if line.strip()]
-    return " | ".join(lines[-count:])
-
-
-def _some(names: Sequence[str], count: int = 3) -> str:
-    """``a, b, c`` or ``a, b, c and 4 more``."""
-    more = f" and {len(names) - count} more" if len(names) > count else ""
-    return ", ".join(names[:count]) + more
-
-
-def _tag(instance: Mapping[str, Any], key: str) -> str:
-    return next((t["Value"] for t in instance.get("Tags", []) if t["Key"] == key), "")
-
-
-def _reason(health: Mapping[str, str]) -> str:
-    reason = health.get("Reason", "")
-    return f"({reason})" if reason else ""
-
-
-def _selector_ref(settings: Mapping[str, Any]) -> dict[str, str]:
-    if settings["auto_scaling_group"]:
-        return {"auto_scaling_group": settings["auto_scaling_group"]}
-    return {"tag": f"{settings['tag_key']}={settings['tag_value']}"}
-
-
-def _check_selector(text: Mapping[str, str], errors: dict[str, str]) -> None:
-    group, key, value = text["auto_scaling_group"], text["tag_key"], text["tag_value"]
-    if group and (key or value):
-        errors["auto_scaling_group"] = (
-            "Give either auto_scaling_group or tag_key and tag_value, not both."
-        )
-    elif group:
-        if not GROUP_RE.match(group):
-            errors["auto_scaling_group"] = (
-                "Give the Auto Scaling group's name (no spaces, at most 255 characters)."
-            )
-    elif not (key or value):
-        errors["auto_scaling_group"] = (
-            "Give the Auto Scaling group whose instances run the app, or tag_key and tag_value "
-            "that those instances carry."
-        )
-    else:
-        if not TAG_KEY_RE.match(key) or key.lower().startswith("aws:"):
-            errors["tag_key"] = "Give the tag key the instances carry (not 'aws:…')."
-        if not TAG_VALUE_RE.match(value):
-            errors["tag_value"] = "Give the tag value the instances carry."
-
-
-def _pattern(text, key, pattern, message, errors) -> None:
-    if text[key] and not pattern.match(text[key]):
-        errors[key] = message
-
-
-def _count(settings, key, default, *, low, errors) -> str:
-    """A whole number (at least ``low``) or a percentage 1–100, as a string such as "2" or
-    "25%"; records a message in ``errors`` otherwise."""
-    raw = str(settings.get(key) if settings.get(key) not in (None, "") else default).strip()
-    found = COUNT_RE.match(raw)
-    if found and found["percent"] and 1 <= int(found["number"]) <= 100:
-        return f"{int(found['number'])}%"
-    if found and not found["percent"] and int(found["number"]) >= low:
-        return str(int(found["number"]))
-    errors[key] = (
-        f"Give a whole number of instances (at least {low}) or a percentage such as '25%'."
-    )
-    return default
-
-
-__all__ = ["AwsError", "Ec2Backend", "Instance", "Outcome"]

@@ -1,0 +1,74 @@
+"""The release domain: environments, image versions, runs and the record of every decision.
+
+Models hold one-row invariants (a valid digest, a terminal run stays terminal, an approval is
+never edited). Everything that spans rows or has side effects lives in ``opsweb.services``.
+
+One module per concept; every public name is re-exported here, so ``from opsweb.models import
+Run`` is the way to import them. Every model keeps the ``opsweb`` app label (Django derives it
+from this package), so migrations and string references (``"opsweb.Run"``) are unchanged.
+"""
+
+from .environments import ApprovalRule, ChangeWindow, Environment, alarm_problems
+from .immutable import ImmutableModel, ImmutableQuerySet
+from .notifications import NotificationChannel, NotificationDelivery, NotificationEvent
+from .records import AuditEntry, UsedSeal
+from .runs import (
+    ACTIVE_STATUSES,
+    ALLOWED_TRANSITIONS,
+    STATUS_PHRASES,
+    TERMINAL_STATUSES,
+    Approval,
+    RollbackReason,
+    Run,
+    RunEvent,
+    RunKind,
+    RunStatus,
+    Signoff,
+    check_transition,
+)
+from .versions import (
+    DIGEST_RE,
+    GIT_SHA_RE,
+    REPOSITORY_RE,
+    TAG_RE,
+    ImageVersion,
+    validate_digest,
+    validate_git_sha,
+    validate_repository,
+    validate_tag,
+)
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "ALLOWED_TRANSITIONS",
+    "DIGEST_RE",
+    "GIT_SHA_RE",
+    "REPOSITORY_RE",
+    "STATUS_PHRASES",
+    "TAG_RE",
+    "TERMINAL_STATUSES",
+    "Approval",
+    "ApprovalRule",
+    "AuditEntry",
+    "ChangeWindow",
+    "Environment",
+    "ImageVersion",
+    "ImmutableModel",
+    "ImmutableQuerySet",
+    "NotificationChannel",
+    "NotificationDelivery",
+    "NotificationEvent",
+    "RollbackReason",
+    "Run",
+    "RunEvent",
+    "RunKind",
+    "RunStatus",
+    "Signoff",
+    "UsedSeal",
+    "alarm_problems",
+    "check_transition",
+    "validate_digest",
+    "validate_git_sha",
+    "validate_repository",
+    "validate_tag",
+]
