@@ -7,10 +7,10 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils import timezone
-from orchestration.alarms import read_http_metric
 
 from opsweb import services, tasks
 from opsweb.models import ChangeWindow, RunStatus, alarm_problems
+from orchestration.alarms import read_http_metric
 from tests.conftest import make_image, make_user, succeed_in
 from tests.test_outbound import servers  # noqa: F401 F811 (a fixture)
 
