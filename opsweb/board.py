@@ -92,7 +92,7 @@ def build_board(user, *, page: int | str = 1, now: datetime | None = None) -> Bo
     """The board as ``user`` sees it at ``now`` (UTC; default now), with page ``page`` of the
     matrix. The same number of queries however many environments, waiting runs and versions
     there are (``opsweb.reading``)."""
-    with services.base.one_reading():
+    with services.one_reading():
         return _build_board(user, page=page, now=now or timezone.now())
 
 
@@ -131,9 +131,7 @@ def _build_board(user, *, page: int | str, now: datetime) -> Board:
 
 def _decided_by(runs: list[Run]) -> dict[int, set[int]]:
     """Who decided on each pending run (read with the rest by ``read_environments``)."""
-    return {
-        run.pk: services.base.decided_ids(run) for run in runs if run.status == RunStatus.PENDING
-    }
+    return {run.pk: services.decided_ids(run) for run in runs if run.status == RunStatus.PENDING}
 
 
 def _approvers(environments) -> tuple[dict[int, dict[int, str]], dict[int, str]]:
@@ -187,7 +185,7 @@ def _card(env, active, decided, approvers, emails, last_run, now) -> Card:
     eligible = approvers.get(env.pk, {})
     pending = []
     for run in pending_runs:
-        # The people services.base.may_count counts (the requester and, where forbidden, the
+        # The people services.may_count counts (the requester and, where forbidden, the
         # commit's author excluded), from the board's one read of the approvers.
         author = (run.image.author_email or "").lower() if env.forbid_author_approval else ""
         still = sorted(

@@ -64,7 +64,7 @@ class DeliveryError(Exception):
 
 
 def approval_text(run: Run) -> str:
-    from opsweb.services.base import run_rules
+    from opsweb.reads.quorum import run_rules
 
     names = ", ".join(user.get_username() for user in approvers(run)) or "nobody yet"
     wanted = " and ".join(f"{rule.count} from {rule.label}" for rule in run_rules(run))
@@ -112,7 +112,7 @@ def approvers(run: Run) -> list:
     override approvers for an emergency override), never the requester."""
     from django.contrib.auth import get_user_model
 
-    from opsweb.services.base import run_rules
+    from opsweb.reads.quorum import run_rules
 
     groups = [rule.group_id for rule in run_rules(run) if rule.group_id]
     if not groups:

@@ -306,7 +306,7 @@ def test_transition_refuses_a_move_the_table_does_not_allow(flow, staged, alice,
 
 
 def test_older_is_decided_by_the_first_deploy_there_so_a_rollback_does_not_flip_it(flow):
-    from opsweb.services.base import is_older
+    from opsweb.reads.history import is_older
 
     dev = flow["dev"]
     old, new = make_image("1.0.0"), make_image("1.1.0")

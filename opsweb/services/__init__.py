@@ -5,29 +5,52 @@ Functions take keyword-only arguments and ``user=``; they are atomic and raise `
 (or ``NotAllowed`` for a missing permission) with a sentence a person can act on.
 """
 
-from opsweb.services import alarms  # services.alarms: what opsweb decides from trigger alarms
-from opsweb.services.base import (
-    NotAllowed,
-    ReleaseError,
-    actor_name,
+from opsweb.errors import NotAllowed, ReleaseError
+from opsweb.reads import (
+    OVERRIDE_GROUP,
+    approval_deadline,
+    approval_rules,
+    decided_ids,
+    facts,  # services.facts: what a confirmation page shows (a read)
+    may_count,
+    older_than,
+    one_reading,
+    rule_counts,
+)
+from opsweb.reads.history import (
+    behind_sentence,
+    builds_behind,
+    describe,
+    last_success,
+    previous_stable_version,
+    waiting_builds,
+)
+from opsweb.reads.quorum import (
     approval_counts,
     approvals_count,
     approvals_text,
-    behind_sentence,
-    builds_behind,
     counting_approvals,
     counting_approvals_annotation,
-    describe,
     eligible_approvers,
-    enqueue,
     is_approver,
-    last_success,
-    previous_stable_version,
     quorum_progress,
     rule_count_annotation,
-    transition,
     unreachable_quorum,
-    waiting_builds,
+)
+from opsweb.services import (
+    alarms,  # services.alarms: what opsweb decides from trigger alarms
+    running,  # services.running: a worker running one claimed run
+)
+from opsweb.services.base import (
+    actor_name,
+    audit,
+    check_seen,
+    enqueue,
+    forget_used_seals,
+    seal,
+    transition,
+    unseal,
+    validation_sentence,
 )
 from opsweb.services.execution import (
     catch_up_after_freezes,
@@ -69,6 +92,22 @@ from opsweb.services.releases import (
 )
 
 __all__ = [
+    "facts",
+    "running",
+    "OVERRIDE_GROUP",
+    "approval_deadline",
+    "approval_rules",
+    "audit",
+    "check_seen",
+    "decided_ids",
+    "forget_used_seals",
+    "may_count",
+    "older_than",
+    "one_reading",
+    "rule_counts",
+    "seal",
+    "unseal",
+    "validation_sentence",
     "alarms",
     "NotAllowed",
     "ReleaseError",

@@ -9,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from opsweb import policy
+from opsweb.errors import ReleaseError
 from opsweb.models import (
     Environment,
     ImageVersion,
@@ -18,7 +19,8 @@ from opsweb.models import (
     RunKind,
     RunStatus,
 )
-from opsweb.services.base import ReleaseError, add_event, audit, previous_stable_version
+from opsweb.reads.history import previous_stable_version
+from opsweb.services.base import add_event, audit
 from opsweb.services.releases import _mark_bad, roll_back
 from orchestration.alarms import scan_findings
 from orchestration.base import SCANNED_BACKENDS, DeployError

@@ -16,6 +16,7 @@ from django.db.models import Case, Exists, IntegerField, OuterRef, Value, When
 from django.utils import timezone
 
 from opsweb import events, policy
+from opsweb.errors import ReleaseError
 from opsweb.models import (
     Environment,
     RollbackReason,
@@ -24,19 +25,17 @@ from opsweb.models import (
     RunKind,
     RunStatus,
 )
+from opsweb.reads.history import describe, waiting_builds
+from opsweb.reads.quorum import quorum_progress
 from opsweb.services.base import (
-    ReleaseError,
     actor_name,
     add_event,
     audit,
-    describe,
     dispatch_on_commit,
     enqueue,
-    quorum_progress,
     supersede,
     superseded_reason,
     transition,
-    waiting_builds,
 )
 from opsweb.services.releases import (
     catch_up,

@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from opsweb import events, policy
+from opsweb.errors import ReleaseError
 from opsweb.limits import COMMIT_MESSAGE_MAX
 from opsweb.models import (
     Approval,
@@ -25,28 +26,23 @@ from opsweb.models import (
     RunStatus,
     Signoff,
 )
-from opsweb.services import facts
+from opsweb.reads import facts
+from opsweb.reads.history import describe, previous_stable_version, waiting_builds
+from opsweb.reads.memo import one_reading
+from opsweb.reads.quorum import approval_deadline, environment_rules, quorum_progress
 from opsweb.services.base import (
-    ReleaseError,
     Seal,
     actor_name,
     add_event,
-    approval_deadline,
     audit,
     check_lengths,
     check_seen,
-    describe,
     dispatch_on_commit,
-    environment_rules,
-    one_reading,
-    previous_stable_version,
-    quorum_progress,
     require_perm,
     supersede,
     superseded_reason,
     transition,
     validation_sentence,
-    waiting_builds,
 )
 from opsweb.windows import freeze_status, open_until
 
