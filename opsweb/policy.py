@@ -97,7 +97,7 @@ def version_refusal(
 
     The one check of these rules, for a person's request (``may_deploy``, ``may_promote``)
     and for a build CI registered on ``branch`` (auto-deploy and catch-up,
-    ``releases.auto_deploy_refusal``). For a build the sentences say "there" (the caller
+    ``services.environments.auto_deploy_refusal``). For a build the sentences say "there" (the caller
     names the environment), a version that ran there before is a rollback's business, and
     "older" compares commits of the same branch only (another branch's build is newer work)."""
     build = branch is not None
@@ -222,7 +222,7 @@ def scan_refusal(target: Environment, image: ImageVersion) -> str:
 
     The one check of this rule, asked on every path that puts a version somewhere: promote and
     deploy (``may_promote``, ``may_deploy``), auto-deploy and catch-up
-    (``releases.auto_deploy_refusal``), at the start of a queued run (a finding may arrive
+    (``services.environments.auto_deploy_refusal``), at the start of a queued run (a finding may arrive
     after approval), and by the scan reader deciding whether what runs must go
     (``blocking_findings``). Rollbacks are exempt: they restore what last ran there (see
     README)."""

@@ -196,7 +196,7 @@ def test_registering_a_known_digest_again_deploys_where_it_never_ran_or_says_why
 def test_auto_deploy_refuses_a_bad_build_with_the_sentence_a_request_gets(flow, alice):
     image = make_image("7.0.0", branch="develop", is_bad=True, bad_reason="corrupts orders")
     asked = policy.may_deploy(alice, flow["dev"], image)
-    built = services.releases.auto_deploy_refusal(flow["dev"], image, "develop")
+    built = services.environments.auto_deploy_refusal(flow["dev"], image, "develop")
     assert not asked and built == asked.reason
     assert built == (
         "Version example/app:7.0.0 is marked bad (corrupts orders) and cannot be deployed anywhere."

@@ -52,6 +52,14 @@ from opsweb.services.base import (
     unseal,
     validation_sentence,
 )
+from opsweb.services.decisions import approve_run, cancel_run, reject_run, sign_off_uat, stop_run
+from opsweb.services.environments import (
+    Registration,
+    record_configuration,
+    register_image,
+    resume_auto_deploy,
+    set_frozen,
+)
 from opsweb.services.execution import (
     catch_up_after_freezes,
     claim_next_run,
@@ -73,23 +81,8 @@ from opsweb.services.execution import (
     stop_requested,
     take_over_lost_runs,
 )
-from opsweb.services.releases import (
-    Registration,
-    approve_run,
-    cancel_run,
-    mark_bad,
-    record_configuration,
-    register_image,
-    reject_run,
-    request_deploy,
-    request_promotion,
-    resume_auto_deploy,
-    roll_back,
-    set_frozen,
-    settle,
-    sign_off_uat,
-    stop_run,
-)
+from opsweb.services.requests import request_deploy, request_promotion, settle
+from opsweb.services.rollbacks import mark_bad, roll_back
 
 __all__ = [
     "facts",

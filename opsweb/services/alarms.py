@@ -21,7 +21,7 @@ from opsweb.models import (
 )
 from opsweb.reads.history import previous_stable_version
 from opsweb.services.base import add_event, audit
-from opsweb.services.releases import _mark_bad, roll_back
+from opsweb.services.rollbacks import mark_image_bad, roll_back
 from orchestration.alarms import scan_findings
 from orchestration.base import SCANNED_BACKENDS, DeployError
 
@@ -116,7 +116,7 @@ def _vulnerable_runs(environment: Environment, image: ImageVersion, blocking: di
     if under_way:
         return f"{environment}: rollback run #{under_way.pk} is under way."
     if not image.is_bad:
-        _mark_bad(image, user=None, reason=f"security vulnerability: {found}")
+        mark_image_bad(image, user=None, reason=f"security vulnerability: {found}")
     if not environment.roll_back_on_vulnerability:
         return f"{environment}: marked {image.tag} bad ({found}); no automatic rollback here."
     target = previous_stable_version(environment, exclude=image)

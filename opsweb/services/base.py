@@ -113,6 +113,10 @@ class Seal:
         return self.facts.get(label, default)
 
 
+# What a confirmation page showed, posted back; None from a command line.
+Seen = Seal | None
+
+
 def bound_key(obj) -> str:
     """How a seal names a model instance: "<app>.<model>:<pk>"; "" for None."""
     return f"{obj._meta.label_lower}:{obj.pk}" if obj is not None else ""

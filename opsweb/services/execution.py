@@ -37,14 +37,9 @@ from opsweb.services.base import (
     superseded_reason,
     transition,
 )
-from opsweb.services.releases import (
-    catch_up,
-    expire,
-    expire_held,
-    resolve_rollback,
-    roll_back,
-    take_back,
-)
+from opsweb.services.environments import catch_up
+from opsweb.services.requests import expire, expire_held
+from opsweb.services.rollbacks import resolve_rollback, roll_back, take_back
 from opsweb.windows import freeze_status, wall_text
 
 log = logging.getLogger(__name__)
@@ -563,7 +558,7 @@ def _retry_lost_rollback(run: Run) -> None:
 def catch_up_after_freezes() -> list[Run]:
     """Reconciler: where a freeze that has now ended (a calendar window passing, noticed by
     nobody else) held back a build of the branch an environment auto-deploys, queue the newest
-    one (``releases.catch_up``). A build counts as held back by the freeze when the environment
+    one (``environments.catch_up``). A build counts as held back by the freeze when the environment
     was frozen at its registration, so builds left behind for other reasons (deployed by hand
     instead, registered before auto-deploy was set up) are left to people. Returns the runs."""
     runs = []
