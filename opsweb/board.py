@@ -18,9 +18,10 @@ from django.db.models import Max, OuterRef, Subquery
 from django.utils import timezone
 
 from opsweb import policy, services
-from opsweb.models import Environment, ImageVersion, Run, RunStatus
+from opsweb.models import ApprovalRule, Environment, ImageVersion, Run, RunStatus
 from opsweb.reading import notices, read_environments
 from opsweb.windows import freeze_status
+from orchestration.base import DeployError, backend_class, get_backend
 
 MATRIX_PAGE_SIZE = 10
 MATRIX_MAX_PAGE = 100_000  # a larger ?page= is read as this one (an OFFSET must fit a bigint)
@@ -139,8 +140,6 @@ def _approvers(environments) -> tuple[dict[int, dict[int, str]], dict[int, str]]
     by environment id, and each one's email in lower case (id → email), in two queries."""
     from django.contrib.auth import get_user_model
 
-    from opsweb.models import ApprovalRule
-
     rules: dict[int, set[int]] = {}
     for env_id, group_id in ApprovalRule.objects.filter(environment__in=environments).values_list(
         "environment_id", "group_id"
@@ -219,8 +218,6 @@ def _card(env, active, decided, approvers, emails, last_run, now) -> Card:
 def _instances(env) -> list[dict]:
     """The environment's targets and the digest each runs, where its backend lists several
     (``lists_targets``: EC2; one AWS call). A failure is shown, never raised."""
-    from orchestration.base import DeployError, backend_class, get_backend
-
     try:
         if not backend_class(env.backend).lists_targets:
             return []

@@ -29,6 +29,7 @@ from opsweb.models import (
     RunStatus,
     Signoff,
 )
+from opsweb.policy import soak_ends
 from opsweb.windows import FreezeStatus, wall_text
 
 ACTIVE = [RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING]
@@ -181,8 +182,6 @@ def _promotions(environments, runs) -> None:
     """What ``policy.may_promote`` asks for each step of the flow (the upstream's version into
     the environment): the run already on its way, when each version first switched there,
     the last success upstream, whether it was replaced while soaking, a UAT sign-off."""
-    from opsweb.policy import soak_ends
-
     steps = [
         (env, env.upstream, env.upstream.current_image)
         for env in environments

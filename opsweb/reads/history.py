@@ -217,3 +217,19 @@ def who_deployed(environment: Environment, image: ImageVersion | None) -> Run | 
 def actor_name(user) -> str:
     """The name history records for ``user``: the username, or "opsweb" for the system."""
     return user.get_username() if user else "opsweb"
+
+
+__all__ = [
+    "last_success",
+    "previous_stable_version",
+    "describe",
+    "is_older",
+    "older_than",
+    "waiting_builds",
+    "BEHIND_CAP",
+    "builds_behind",
+    "behind_counts",
+    "behind_sentence",
+    "who_deployed",
+    "actor_name",
+]

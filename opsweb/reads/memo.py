@@ -51,3 +51,11 @@ def primed(key: tuple):
     """The value ``prime`` gave ``key`` in this reading, or None."""
     memo = _page_reads.get()
     return None if memo is None else memo.get(key)
+
+
+__all__ = [
+    "one_reading",
+    "once",
+    "prime",
+    "primed",
+]

@@ -508,3 +508,35 @@ def rule_counts(environment_ids) -> dict[int, int]:
         .annotate(n=Count("id"))
     )
     return {row["environment_id"]: row["n"] for row in rows}
+
+
+__all__ = [
+    "user_group_ids",
+    "is_approver",
+    "rule_group_ids",
+    "has_decided",
+    "decided_ids",
+    "OVERRIDE_GROUP",
+    "Rule",
+    "RuleProgress",
+    "QuorumProgress",
+    "override_group",
+    "approval_rules",
+    "environment_rules",
+    "run_rules",
+    "match_approvers",
+    "may_count",
+    "quorum_progress",
+    "counting_approvals",
+    "approvals_count",
+    "eligible_approvers",
+    "quorum_refusal",
+    "unreachable_quorum",
+    "may_count_people",
+    "approval_deadline",
+    "approvals_text",
+    "rule_count_annotation",
+    "counting_approvals_annotation",
+    "approval_counts",
+    "rule_counts",
+]

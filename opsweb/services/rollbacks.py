@@ -73,7 +73,7 @@ def mark_bad(*, user, image: ImageVersion, reason: str, seen: Seen = None) -> Im
         bound_to=image,
         page="mark-bad",
     )
-    policy.maymark_image_bad(user, image).enforce()
+    policy.may_mark_bad(user, image).enforce()
     mark_image_bad(image, user=user, reason=reason.strip())
     return image
 
