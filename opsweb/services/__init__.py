@@ -3,6 +3,11 @@ nothing else changes a run's status.
 
 Functions take keyword-only arguments and ``user=``; they are atomic and raise ``ReleaseError``
 (or ``NotAllowed`` for a missing permission) with a sentence a person can act on.
+
+The one entry point for callers (admin, commands, tasks, board): it also re-exports the reads
+(``opsweb.reads``) and errors (``opsweb.errors``) they need, and the namespaces ``alarms``,
+``running`` and ``facts``. Callers never import ``opsweb.services.<module>`` themselves
+(``tests/test_layers.py``).
 """
 
 from opsweb.errors import NotAllowed, ReleaseError
