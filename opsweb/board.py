@@ -18,9 +18,10 @@ from django.db.models import Max, OuterRef, Subquery
 from django.utils import timezone
 
 from opsweb import policy, services
-from opsweb.models import Environment, ImageVersion, Run, RunStatus
+from opsweb.models import ApprovalRule, Environment, ImageVersion, Run, RunStatus
 from opsweb.reading import notices, read_environments
 from opsweb.windows import freeze_status
+from orchestration.base import DeployError, backend_class, get_backend
 
 MATRIX_PAGE_SIZE = 10
 MATRIX_MAX_PAGE = 100_000  # a larger ?page= is read as this one (an OFFSET must fit a bigint)
@@ -92,7 +93,7 @@ def build_board(user, *, page: int | str = 1, now: datetime | None = None) -> Bo
     """The board as ``user`` sees it at ``now`` (UTC; default now), with page ``page`` of the
     matrix. The same number of queries however many environments, waiting runs and versions
     there are (``opsweb.reading``)."""
-    with services.base.one_reading():
+    with services.one_reading():
         return _build_board(user, page=page, now=now or timezone.now())
 
 
@@ -131,17 +132,13 @@ def _build_board(user, *, page: int | str, now: datetime) -> Board:
 
 def _decided_by(runs: list[Run]) -> dict[int, set[int]]:
     """Who decided on each pending run (read with the rest by ``read_environments``)."""
-    return {
-        run.pk: services.base.decided_ids(run) for run in runs if run.status == RunStatus.PENDING
-    }
+    return {run.pk: services.decided_ids(run) for run in runs if run.status == RunStatus.PENDING}
 
 
 def _approvers(environments) -> tuple[dict[int, dict[int, str]], dict[int, str]]:
     """Active members of the groups each environment's approval rules name (id → username),
     by environment id, and each one's email in lower case (id → email), in two queries."""
     from django.contrib.auth import get_user_model
-
-    from opsweb.models import ApprovalRule
 
     rules: dict[int, set[int]] = {}
     for env_id, group_id in ApprovalRule.objects.filter(environment__in=environments).values_list(
@@ -187,7 +184,7 @@ def _card(env, active, decided, approvers, emails, last_run, now) -> Card:
     eligible = approvers.get(env.pk, {})
     pending = []
     for run in pending_runs:
-        # The people services.base.may_count counts (the requester and, where forbidden, the
+        # The people services.may_count counts (the requester and, where forbidden, the
         # commit's author excluded), from the board's one read of the approvers.
         author = (run.image.author_email or "").lower() if env.forbid_author_approval else ""
         still = sorted(
@@ -221,8 +218,6 @@ def _card(env, active, decided, approvers, emails, last_run, now) -> Card:
 def _instances(env) -> list[dict]:
     """The environment's targets and the digest each runs, where its backend lists several
     (``lists_targets``: EC2; one AWS call). A failure is shown, never raised."""
-    from orchestration.base import DeployError, backend_class, get_backend
-
     try:
         if not backend_class(env.backend).lists_targets:
             return []

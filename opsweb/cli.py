@@ -37,7 +37,7 @@ from opsweb.models import (
     Run,
     RunStatus,
 )
-from opsweb.services.base import validation_sentence
+from opsweb.services import validation_sentence
 
 EXIT_DONE = 0
 EXIT_RUN_FAILED = 1

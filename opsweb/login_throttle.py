@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from opsweb.limits import PASSWORD_MAX
 from opsweb.models import AuditEntry
-from opsweb.services.base import audit
+from opsweb.services import audit
 
 
 class LoginForm(AdminAuthenticationForm):

@@ -44,6 +44,7 @@ from opsweb.models import (
     Run,
     RunStatus,
 )
+from opsweb.reads.quorum import run_rules
 from orchestration import outbound
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,6 @@ class DeliveryError(Exception):
 
 
 def approval_text(run: Run) -> str:
-    from opsweb.services.base import run_rules
-
     names = ", ".join(user.get_username() for user in approvers(run)) or "nobody yet"
     wanted = " and ".join(f"{rule.count} from {rule.label}" for rule in run_rules(run))
     override = (
@@ -111,8 +110,6 @@ def approvers(run: Run) -> list:
     """Who may approve ``run``: active members of the groups its approval rules name (and the
     override approvers for an emergency override), never the requester."""
     from django.contrib.auth import get_user_model
-
-    from opsweb.services.base import run_rules
 
     groups = [rule.group_id for rule in run_rules(run) if rule.group_id]
     if not groups:

@@ -20,21 +20,17 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from opsweb.errors import NotAllowed, ReleaseError
 from opsweb.models import Environment, ImageVersion, Run, RunKind, RunStatus, Signoff
-from opsweb.services.base import (
+from opsweb.reads.history import actor_name, is_older, last_success, previous_stable_version
+from opsweb.reads.memo import once
+from opsweb.reads.quorum import (
     OVERRIDE_GROUP,
-    NotAllowed,
-    ReleaseError,
-    _once,
-    actor_name,
     approval_deadline,
     approval_rules,
     has_decided,
     is_approver,
-    is_older,
-    last_success,
     override_group,
-    previous_stable_version,
     quorum_refusal,
     rule_group_ids,
     user_group_ids,
@@ -101,7 +97,7 @@ def version_refusal(
 
     The one check of these rules, for a person's request (``may_deploy``, ``may_promote``)
     and for a build CI registered on ``branch`` (auto-deploy and catch-up,
-    ``releases.auto_deploy_refusal``). For a build the sentences say "there" (the caller
+    ``services.environments.auto_deploy_refusal``). For a build the sentences say "there" (the caller
     names the environment), a version that ran there before is a rollback's business, and
     "older" compares commits of the same branch only (another branch's build is newer work)."""
     build = branch is not None
@@ -111,7 +107,7 @@ def version_refusal(
     current = environment.current_image
     if current is not None and current.pk == image.pk:
         return f"Version {image.tag} already runs {'there' if build else f'in {environment}'}."
-    active = _once(
+    active = once(
         ("active_run", environment.pk, image.pk),
         lambda: (
             Run.objects.filter(
@@ -198,7 +194,7 @@ def soak_ends(source: Environment, success: Run) -> datetime:
 def replaced_while_soaking(source: Environment, success: Run, image: ImageVersion) -> bool:
     """Whether a run of another version switched what runs in ``source`` between ``success``
     and the end of its soak (``soak_ends``); once within ``one_reading``."""
-    return _once(
+    return once(
         ("replaced", source.pk, success.pk),
         lambda: (
             Run.objects.filter(
@@ -214,7 +210,7 @@ def replaced_while_soaking(source: Environment, success: Run, image: ImageVersio
 
 def signed_off(environment: Environment, image: ImageVersion) -> bool:
     """Whether ``image`` has a UAT sign-off in ``environment`` (once within ``one_reading``)."""
-    return _once(
+    return once(
         ("signed_off", environment.pk, image.pk),
         lambda: Signoff.objects.filter(environment=environment, image=image).exists(),
     )
@@ -226,7 +222,7 @@ def scan_refusal(target: Environment, image: ImageVersion) -> str:
 
     The one check of this rule, asked on every path that puts a version somewhere: promote and
     deploy (``may_promote``, ``may_deploy``), auto-deploy and catch-up
-    (``releases.auto_deploy_refusal``), at the start of a queued run (a finding may arrive
+    (``services.environments.auto_deploy_refusal``), at the start of a queued run (a finding may arrive
     after approval), and by the scan reader deciding whether what runs must go
     (``blocking_findings``). Rollbacks are exempt: they restore what last ran there (see
     README)."""

@@ -2,7 +2,7 @@
 
 ``read_environments`` reads, in a constant number of queries whatever the number of
 environments and waiting runs, the facts the rules in ``opsweb.policy`` and
-``opsweb.services.base`` ask about them one at a time — change windows, approval rules, group
+``opsweb.reads`` ask about them one at a time — change windows, approval rules, group
 members, approvals, the facts a promotion depends on — and ``prime``s ``one_reading`` with
 them, so those rules still decide (one place per rule) without a query per environment. Pages
 that show every environment (the board, the environment list) call it inside ``one_reading``.
@@ -19,6 +19,7 @@ from operator import or_
 from django.contrib.auth import get_user_model
 from django.db.models import BooleanField, ExpressionWrapper, Min, Q
 
+from opsweb import reads
 from opsweb.models import (
     Approval,
     ApprovalRule,
@@ -28,7 +29,7 @@ from opsweb.models import (
     RunStatus,
     Signoff,
 )
-from opsweb.services import base
+from opsweb.policy import soak_ends
 from opsweb.windows import FreezeStatus, wall_text
 
 ACTIVE = [RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING]
@@ -43,8 +44,8 @@ def read_environments(environments: list[Environment], *, runs=(), user=None) ->
     _behind(environments)
     groups = _rules(environments)
     if user is not None:
-        base.prime({("groups", user.pk): set(user.groups.values_list("pk", flat=True))})
-    override = base.override_group()
+        reads.prime({("groups", user.pk): set(user.groups.values_list("pk", flat=True))})
+    override = reads.override_group()
     members = _members(groups | ({override.pk} if override else set()))
     pending = [run for run in runs if run.status == RunStatus.PENDING]
     _approvals(pending)
@@ -61,19 +62,19 @@ def read_configuration(environments: list[Environment]) -> None:
     running: dict[tuple, Run | None] = {("running", env.pk): None for env in environments}
     for run in Run.objects.filter(environment__in=environments, status=RunStatus.RUNNING):
         running[("running", run.environment_id)] = run
-    base.prime(running)
+    reads.prime(running)
 
 
 def running_run(environment: Environment) -> Run | None:
     """The run deploying to ``environment`` now, if any (once within ``one_reading``)."""
-    return base._once(
+    return reads.once(
         ("running", environment.pk),
         lambda: environment.runs.filter(status=RunStatus.RUNNING).order_by("id").first(),
     )
 
 
 def _behind(environments) -> None:
-    base.prime({("behind", pk): n for pk, n in base.behind_counts(environments).items()})
+    reads.prime({("behind", pk): n for pk, n in reads.behind_counts(environments).items()})
 
 
 def _windows(environments) -> None:
@@ -82,7 +83,7 @@ def _windows(environments) -> None:
             "id"
         )
     )
-    base.prime(
+    reads.prime(
         {
             ("windows", env.pk): [w for w in rows if w.environment_id in (None, env.pk)]
             for env in environments
@@ -102,7 +103,7 @@ def _rules(environments) -> set[int]:
         mine = [rule for rule in rules if rule.environment_id == env.pk]
         values[("rules", env.pk)] = mine
         values[("rule_group_ids", env.pk)] = [rule.group_id for rule in mine]
-    base.prime(values)
+    reads.prime(values)
     approver_groups = {env.approver_group_id for env in environments if env.approver_group_id}
     return {rule.group_id for rule in rules} | approver_groups
 
@@ -114,7 +115,7 @@ def _members(groups: set[int]) -> dict[int, set[int]]:
         "user_id", "group_id"
     ):
         members[group_id].add(user_id)
-    base.prime({("members", group): users for group, users in members.items()})
+    reads.prime({("members", group): users for group, users in members.items()})
     return members
 
 
@@ -132,7 +133,7 @@ def _approvals(pending: list[Run]) -> None:
             or_,
             (
                 Q(run_id=run.pk, digest=run.image.digest)
-                & base.may_count(
+                & reads.may_count(
                     run.environment,
                     requester_id=run.requested_by_id,
                     author_email=run.image.author_email,
@@ -144,8 +145,8 @@ def _approvals(pending: list[Run]) -> None:
         rows = Approval.objects.filter(counting, decision=Approval.Decision.APPROVE)
         for approval in rows.select_related("user").order_by("created_at", "id"):
             valid[approval.run_id].append(approval)
-    base.prime({("decided_ids", pk): users for pk, users in decided.items()})
-    base.prime({("valid_approvals", pk): approvals for pk, approvals in valid.items()})
+    reads.prime({("decided_ids", pk): users for pk, users in decided.items()})
+    reads.prime({("valid_approvals", pk): approvals for pk, approvals in valid.items()})
 
 
 def _people(pending: list[Run], members: set[int]) -> None:
@@ -155,7 +156,7 @@ def _people(pending: list[Run], members: set[int]) -> None:
         return
     columns = {
         f"run_{run.pk}": ExpressionWrapper(
-            base.may_count(
+            reads.may_count(
                 run.environment,
                 requester_id=run.requested_by_id,
                 author_email=run.image.author_email,
@@ -169,20 +170,18 @@ def _people(pending: list[Run], members: set[int]) -> None:
     )
     values = {}
     for run in pending:
-        groups = {rule.group_id for rule in base.run_rules(run) if rule.group_id}
-        in_groups = set().union(*(base.primed(("members", g)) or set() for g in groups))
+        groups = {rule.group_id for rule in reads.run_rules(run) if rule.group_id}
+        in_groups = set().union(*(reads.primed(("members", g)) or set() for g in groups))
         values[("may_count_people", run.pk)] = {
             row["pk"] for row in rows if row[f"run_{run.pk}"] and row["pk"] in in_groups
         }
-    base.prime(values)
+    reads.prime(values)
 
 
 def _promotions(environments, runs) -> None:
     """What ``policy.may_promote`` asks for each step of the flow (the upstream's version into
     the environment): the run already on its way, when each version first switched there,
     the last success upstream, whether it was replaced while soaking, a UAT sign-off."""
-    from opsweb.policy import soak_ends
-
     steps = [
         (env, env.upstream, env.upstream.current_image)
         for env in environments
@@ -195,7 +194,7 @@ def _promotions(environments, runs) -> None:
         if run.status in ACTIVE:
             values[("active_run", run.environment_id, run.image_id)] = run
     if not steps:
-        base.prime(values)
+        reads.prime(values)
         return
     pairs = [(env.pk, image.pk) for env, _s, image in steps]
     pairs += [(env.pk, env.current_image_id) for env, _s, _i in steps if env.current_image_id]
@@ -251,7 +250,7 @@ def _promotions(environments, runs) -> None:
         ).values_list("environment_id", "image_id")
         for key in found:
             values[("signed_off", *key)] = True
-    base.prime(values)
+    reads.prime(values)
 
 
 def notices(

@@ -11,7 +11,6 @@ from django.utils import timezone
 
 from opsweb import services
 from opsweb.models import Run
-from opsweb.services import alarms, running
 
 
 def execute_run(run_id: int) -> str:
@@ -22,7 +21,7 @@ def execute_run(run_id: int) -> str:
     done = []
     while (run := services.claim_next_run(environment_id=environment_id)) is not None:
         with services.heartbeating(run.pk):
-            running.execute(run)
+            services.running.execute(run)
         done.append(run.pk)
     return f"executed runs {done}" if done else "nothing to claim"
 
@@ -36,11 +35,11 @@ def reconcile() -> dict:
     from opsweb import notifications
 
     expired = services.expire_pending_runs()
-    lost = [running.recover_lost_run(run) for run in services.take_over_lost_runs()]
+    lost = [services.running.recover_lost_run(run) for run in services.take_over_lost_runs()]
     restarted = services.restart_stalled_queues()
     caught_up = [run.pk for run in services.catch_up_after_freezes()]
     resent = notifications.retry_due()
-    services.base.forget_used_seals(timezone.now())
+    services.forget_used_seals(timezone.now())
     return {
         "expired": expired,
         "lost": lost,
@@ -52,16 +51,16 @@ def reconcile() -> dict:
 
 def recover_lost_run(run: Run) -> int:
     """Finish a run taken over from a dead worker (``running.recover_lost_run``)."""
-    return running.recover_lost_run(run)
+    return services.running.recover_lost_run(run)
 
 
 def check_drift() -> dict:
     """Scheduled: {slug: drift sentence} for the environments whose backend runs something
     other than what opsweb decided (``running.check_drift``)."""
-    return running.check_drift()
+    return services.running.check_drift()
 
 
 def read_scan_findings(image_ids: list[int] | None = None) -> dict:
     """Scheduled (and at registration, for one version): read and act on ECR scan findings
     (``alarms.read_scans``). Returns {version: summary or the error}."""
-    return alarms.read_scans(image_ids)
+    return services.alarms.read_scans(image_ids)

@@ -21,6 +21,7 @@ from dateutil.rrule import rrulestr
 from django.db.models import Q
 
 from opsweb.models import ChangeWindow, Environment
+from opsweb.reads.memo import once
 
 # How far "until" is followed through back-to-back windows before giving up (a deny window
 # that never ends, or an allow window that never opens, answers "until lifted").
@@ -298,10 +299,8 @@ def open_or_later(window: ChangeWindow, moment: datetime) -> bool:
 
 def windows_for(environment: Environment) -> list[ChangeWindow]:
     """The windows that apply to ``environment``: its own and those for every environment
-    (read once within ``services.base.one_reading``)."""
-    from opsweb.services.base import _once  # opsweb.services imports this module
-
-    return _once(
+    (read once within ``opsweb.reads.one_reading``)."""
+    return once(
         ("windows", environment.pk),
         lambda: list(
             ChangeWindow.objects.filter(Q(environment=environment) | Q(environment=None)).order_by(

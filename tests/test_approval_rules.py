@@ -9,8 +9,8 @@ from django.urls import reverse
 
 from opsweb import services
 from opsweb.models import ApprovalRule, Run, RunStatus
+from opsweb.reads.quorum import match_approvers
 from opsweb.services import ReleaseError
-from opsweb.services.base import match_approvers
 from tests.conftest import make_image, make_user, succeed_in
 from tests.test_admin import login
 from tests.test_commands import run_command

@@ -189,7 +189,7 @@ def test_behind_counts_for_every_environment_in_one_query_match_builds_behind(fl
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from opsweb.services.base import behind_counts, builds_behind
+    from opsweb.reads.history import behind_counts, builds_behind
 
     now = timezone.now()
     old = make_image("1.0.0", branch="develop", committed_at=now - timedelta(days=3))

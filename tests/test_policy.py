@@ -196,7 +196,7 @@ def test_registering_a_known_digest_again_deploys_where_it_never_ran_or_says_why
 def test_auto_deploy_refuses_a_bad_build_with_the_sentence_a_request_gets(flow, alice):
     image = make_image("7.0.0", branch="develop", is_bad=True, bad_reason="corrupts orders")
     asked = policy.may_deploy(alice, flow["dev"], image)
-    built = services.releases.auto_deploy_refusal(flow["dev"], image, "develop")
+    built = services.environments.auto_deploy_refusal(flow["dev"], image, "develop")
     assert not asked and built == asked.reason
     assert built == (
         "Version example/app:7.0.0 is marked bad (corrupts orders) and cannot be deployed anywhere."
@@ -306,7 +306,7 @@ def test_transition_refuses_a_move_the_table_does_not_allow(flow, staged, alice,
 
 
 def test_older_is_decided_by_the_first_deploy_there_so_a_rollback_does_not_flip_it(flow):
-    from opsweb.services.base import is_older
+    from opsweb.reads.history import is_older
 
     dev = flow["dev"]
     old, new = make_image("1.0.0"), make_image("1.1.0")

@@ -31,14 +31,14 @@ from opsweb.services import NotAllowed, ReleaseError
 
 
 class ConfirmForm(forms.Form):
-    """Every confirmation posts back what it showed, signed (``services.base.seal``): the
+    """Every confirmation posts back what it showed, signed (``services.seal``): the
     object, the page, the version, the moment, a nonce and the facts. The service it calls
-    checks each (``services.base.check_seen``)."""
+    checks each (``services.check_seen``)."""
 
     seen = forms.CharField(widget=forms.HiddenInput, max_length=SEAL_MAX)
 
     def clean_seen(self):
-        facts = services.base.unseal(self.cleaned_data["seen"])
+        facts = services.unseal(self.cleaned_data["seen"])
         if facts is None:
             raise forms.ValidationError("the page was altered or is from an older opsweb.")
         return facts
@@ -123,14 +123,14 @@ class Button:
 
 def shown_once(view):
     """For a GET, run the admin ``view`` and render its page inside
-    ``services.base.one_reading()``: a page that changes nothing reads each rule, membership
+    ``services.one_reading()``: a page that changes nothing reads each rule, membership
     and quorum once, however many buttons and lines ask. Any other method reads afresh."""
 
     @functools.wraps(view)
     def wrapper(self, request, *args, **kwargs):
         if request.method != "GET":
             return view(self, request, *args, **kwargs)
-        with services.base.one_reading():
+        with services.one_reading():
             response = view(self, request, *args, **kwargs)
             return response.render() if hasattr(response, "render") else response
 
@@ -278,7 +278,7 @@ class ConfirmingAdmin(OpswebAdmin):
         if not form.is_bound:
             # Every seal names the object, the page, the version shown and the moment, with a
             # nonce: no page can forget to bind them, and each service checks them all.
-            token = services.base.seal(
+            token = services.seal(
                 facts,
                 bound_to=obj,
                 page=confirmation.name,

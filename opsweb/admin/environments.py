@@ -37,7 +37,7 @@ from opsweb.models import (
     Signoff,
 )
 from opsweb.reading import notices, read_configuration, running_run
-from opsweb.services import facts
+from opsweb.reads import facts
 from opsweb.windows import (
     MAX_DURATION_SECONDS,
     describe_window,
@@ -101,7 +101,7 @@ def _freeze_lines(env: Environment) -> list[tuple[str, str]]:
         (
             "Emergency override",
             f"tick it and say why: the run then also needs {policy.override_approvals()} "
-            f"approvals from {services.base.OVERRIDE_GROUP}, people other than you",
+            f"approvals from {services.OVERRIDE_GROUP}, people other than you",
         ),
     ]
 
@@ -132,7 +132,7 @@ def offered(images, chosen, target) -> Choice:
     note saying how many of the newest 100 were left out. ``chosen`` stays on offer even if
     older, so that its refusal is shown."""
     newest = list(images[:100])
-    older = services.base.older_than(newest, target.current_image, target)
+    older = services.older_than(newest, target.current_image, target)
     options = [image_option(i) for i in newest if i.pk not in older or i == chosen][:50]
     left_out = len(older - {chosen.pk if chosen else None})
     note = ""
@@ -556,7 +556,7 @@ class ChangeWindowAdmin(OpswebAdmin):
             obj.created_by = request.user
         with services.changing_windows(user=request.user):
             super().save_model(request, obj, form, change)
-        services.base.audit(
+        services.audit(
             request.user,
             "configure_change_window",
             f"{'Changed' if change else 'Added'} change window {obj}",
@@ -567,7 +567,7 @@ class ChangeWindowAdmin(OpswebAdmin):
         text, environment = str(obj), obj.environment
         with services.changing_windows(user=request.user):
             super().delete_model(request, obj)
-        services.base.audit(
+        services.audit(
             request.user,
             "configure_change_window",
             f"Removed change window {text}",
@@ -693,7 +693,7 @@ class EnvironmentAdmin(ConfirmingAdmin):
     def changelist_view(self, request, extra_context=None):
         # Each row's flags and rules come from one read of every environment's windows, rules
         # and running run, not a few queries per row.
-        with services.base.one_reading():
+        with services.one_reading():
             environments = list(Environment.objects.select_related("current_image"))
             read_configuration(environments)
             response = super().changelist_view(request, extra_context)
@@ -757,7 +757,7 @@ class EnvironmentAdmin(ConfirmingAdmin):
 
     @admin.display(description="Approvals")
     def approvals_needed(self, env):
-        return " + ".join(str(rule) for rule in services.base.approval_rules(env)) or "none"
+        return " + ".join(str(rule) for rule in services.approval_rules(env)) or "none"
 
     @admin.display(description="Freeze")
     def freeze(self, env):

@@ -13,7 +13,7 @@ from opsweb.admin.confirm import Confirmation, ConfirmForm, ConfirmingAdmin, ver
 from opsweb.admin.records import ReadOnlyMixin
 from opsweb.limits import TEXT_MAX
 from opsweb.models import Environment, ImageVersion
-from opsweb.services import facts
+from opsweb.reads import facts
 
 
 class MarkBadForm(ConfirmForm):

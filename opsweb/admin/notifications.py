@@ -10,7 +10,7 @@ from django.contrib import admin
 from opsweb.admin.fields import bounded_formfield
 from opsweb.admin.lists import OpswebAdmin
 from opsweb.models import NotificationChannel, NotificationDelivery, NotificationEvent
-from opsweb.services.base import audit
+from opsweb.services import audit
 
 
 class ChannelForm(forms.ModelForm):

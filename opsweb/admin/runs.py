@@ -24,7 +24,7 @@ from opsweb.admin.lists import CheckedChangeList, DateRangeFilter
 from opsweb.admin.records import ReadOnlyMixin
 from opsweb.limits import TEXT_MAX
 from opsweb.models import ImageVersion, Run
-from opsweb.services import facts
+from opsweb.reads import facts
 
 
 def run_url(run: Run) -> str:
@@ -46,7 +46,7 @@ def run_lines(run: Run) -> list[tuple[str, str]]:
         lines.append(
             (
                 "Approval window",
-                f"until {services.base.approval_deadline(run):%Y-%m-%d %H:%M:%S} UTC",
+                f"until {services.approval_deadline(run):%Y-%m-%d %H:%M:%S} UTC",
             )
         )
     if run.freeze_override_reason:
@@ -54,7 +54,7 @@ def run_lines(run: Run) -> list[tuple[str, str]]:
             (
                 "Emergency override",
                 f"goes during the freeze: {run.freeze_override_reason} "
-                f"({run.override_approvals} approvals from {services.base.OVERRIDE_GROUP})",
+                f"({run.override_approvals} approvals from {services.OVERRIDE_GROUP})",
             )
         )
     return lines
@@ -93,7 +93,7 @@ class RunChangeList(CheckedChangeList):
         super().get_results(request)
         rows = list(self.result_list)
         counts = services.approval_counts(run.pk for run in rows if run.required_approvals)
-        rules = services.base.rule_counts({run.environment_id for run in rows})
+        rules = services.rule_counts({run.environment_id for run in rows})
         for run in rows:
             run.approvals_given = counts.get(run.pk, 0)
             run.rule_count = rules.get(run.environment_id, 0)
@@ -343,7 +343,7 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
             "approvals_text": services.approvals_text(run),
             "may_still": may_still,
             "unreachable": services.unreachable_quorum(run),
-            "deadline": services.base.approval_deadline(run) if run.required_approvals else None,
+            "deadline": services.approval_deadline(run) if run.required_approvals else None,
             "events": run.events.all(),
             "live": run.status in ("queued", "running"),
         }

@@ -3,31 +3,68 @@ nothing else changes a run's status.
 
 Functions take keyword-only arguments and ``user=``; they are atomic and raise ``ReleaseError``
 (or ``NotAllowed`` for a missing permission) with a sentence a person can act on.
+
+The one entry point for callers (admin, commands, tasks, board): it also re-exports the reads
+(``opsweb.reads``) and errors (``opsweb.errors``) they need, and the namespaces ``alarms``,
+``running`` and ``facts``. Callers never import ``opsweb.services.<module>`` themselves
+(``tests/test_layers.py``).
 """
 
-from opsweb.services import alarms  # services.alarms: what opsweb decides from trigger alarms
-from opsweb.services.base import (
-    NotAllowed,
-    ReleaseError,
-    actor_name,
+from opsweb.errors import NotAllowed, ReleaseError
+from opsweb.reads import (
+    OVERRIDE_GROUP,
+    approval_deadline,
+    approval_rules,
+    decided_ids,
+    facts,  # services.facts: what a confirmation page shows (a read)
+    may_count,
+    older_than,
+    one_reading,
+    rule_counts,
+)
+from opsweb.reads.history import (
+    behind_sentence,
+    builds_behind,
+    describe,
+    last_success,
+    previous_stable_version,
+    waiting_builds,
+)
+from opsweb.reads.quorum import (
     approval_counts,
     approvals_count,
     approvals_text,
-    behind_sentence,
-    builds_behind,
     counting_approvals,
     counting_approvals_annotation,
-    describe,
     eligible_approvers,
-    enqueue,
     is_approver,
-    last_success,
-    previous_stable_version,
     quorum_progress,
     rule_count_annotation,
-    transition,
     unreachable_quorum,
-    waiting_builds,
+)
+from opsweb.services import (
+    alarms,  # services.alarms: what opsweb decides from trigger alarms
+    running,  # services.running: a worker running one claimed run
+)
+from opsweb.services.base import (
+    actor_name,
+    audit,
+    check_seen,
+    enqueue,
+    forget_used_seals,
+    seal,
+    transition,
+    unseal,
+    validation_sentence,
+)
+from opsweb.services.decisions import approve_run, cancel_run, reject_run, sign_off_uat, stop_run
+from opsweb.services.environments import (
+    Registration,
+    changing_windows,
+    record_configuration,
+    register_image,
+    resume_auto_deploy,
+    set_frozen,
 )
 from opsweb.services.execution import (
     catch_up_after_freezes,
@@ -50,30 +87,31 @@ from opsweb.services.execution import (
     stop_requested,
     take_over_lost_runs,
 )
-from opsweb.services.releases import (
-    Registration,
-    approve_run,
-    cancel_run,
-    changing_windows,
-    mark_bad,
-    record_configuration,
-    register_image,
-    reject_run,
-    request_deploy,
-    request_promotion,
-    resume_auto_deploy,
-    roll_back,
-    set_frozen,
-    settle,
-    sign_off_uat,
-    stop_run,
-)
+from opsweb.services.requests import request_deploy, request_promotion, settle
+from opsweb.services.rollbacks import mark_bad, roll_back
 
 __all__ = [
+    "facts",
+    "running",
+    "OVERRIDE_GROUP",
+    "approval_deadline",
+    "approval_rules",
+    "audit",
+    "check_seen",
+    "decided_ids",
+    "forget_used_seals",
+    "may_count",
+    "older_than",
+    "one_reading",
+    "rule_counts",
+    "seal",
+    "unseal",
+    "validation_sentence",
     "alarms",
     "NotAllowed",
     "ReleaseError",
     "Registration",
+    "changing_windows",
     "actor_name",
     "approval_counts",
     "approvals_count",
@@ -83,7 +121,6 @@ __all__ = [
     "builds_behind",
     "catch_up_after_freezes",
     "cancel_run",
-    "changing_windows",
     "claim_next_run",
     "counting_approvals",
     "counting_approvals_annotation",

@@ -9,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from opsweb import policy
+from opsweb.errors import ReleaseError
 from opsweb.models import (
     Environment,
     ImageVersion,
@@ -18,8 +19,9 @@ from opsweb.models import (
     RunKind,
     RunStatus,
 )
-from opsweb.services.base import ReleaseError, add_event, audit, previous_stable_version
-from opsweb.services.releases import _mark_bad, roll_back
+from opsweb.reads.history import previous_stable_version
+from opsweb.services.base import add_event, audit
+from opsweb.services.rollbacks import mark_image_bad, roll_back
 from orchestration.alarms import scan_findings
 from orchestration.base import SCANNED_BACKENDS, DeployError
 
@@ -114,7 +116,7 @@ def _vulnerable_runs(environment: Environment, image: ImageVersion, blocking: di
     if under_way:
         return f"{environment}: rollback run #{under_way.pk} is under way."
     if not image.is_bad:
-        _mark_bad(image, user=None, reason=f"security vulnerability: {found}")
+        mark_image_bad(image, user=None, reason=f"security vulnerability: {found}")
     if not environment.roll_back_on_vulnerability:
         return f"{environment}: marked {image.tag} bad ({found}); no automatic rollback here."
     target = previous_stable_version(environment, exclude=image)

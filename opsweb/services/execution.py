@@ -16,6 +16,7 @@ from django.db.models import Case, Exists, IntegerField, OuterRef, Value, When
 from django.utils import timezone
 
 from opsweb import events, policy
+from opsweb.errors import ReleaseError
 from opsweb.models import (
     Environment,
     RollbackReason,
@@ -24,28 +25,21 @@ from opsweb.models import (
     RunKind,
     RunStatus,
 )
+from opsweb.reads.history import describe, waiting_builds
+from opsweb.reads.quorum import quorum_progress
 from opsweb.services.base import (
-    ReleaseError,
     actor_name,
     add_event,
     audit,
-    describe,
     dispatch_on_commit,
     enqueue,
-    quorum_progress,
     supersede,
     superseded_reason,
     transition,
-    waiting_builds,
 )
-from opsweb.services.releases import (
-    catch_up,
-    expire,
-    expire_held,
-    resolve_rollback,
-    roll_back,
-    take_back,
-)
+from opsweb.services.environments import catch_up
+from opsweb.services.requests import expire, expire_held
+from opsweb.services.rollbacks import resolve_rollback, roll_back, take_back
 from opsweb.windows import freeze_status, wall_text
 
 log = logging.getLogger(__name__)
@@ -574,7 +568,7 @@ def _retry_lost_rollback(run: Run) -> None:
 def catch_up_after_freezes() -> list[Run]:
     """Reconciler: where a freeze that has now ended (a calendar window passing, noticed by
     nobody else) held back a build of the branch an environment auto-deploys, queue the newest
-    one (``releases.catch_up``). A build counts as held back by the freeze when the environment
+    one (``environments.catch_up``). A build counts as held back by the freeze when the environment
     was frozen at its registration, so builds left behind for other reasons (deployed by hand
     instead, registered before auto-deploy was set up) are left to people. Returns the runs."""
     runs = []

@@ -9,7 +9,7 @@ from opsweb import services
 from opsweb.cli import OpswebCommand, Outcome, image_payload, iso, require_perm, when
 from opsweb.models import Environment, Run, RunStatus
 from opsweb.reading import notices, read_configuration
-from opsweb.services.base import BEHIND_CAP
+from opsweb.reads.history import BEHIND_CAP
 from opsweb.windows import freeze_status
 
 WAITING = [RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING]
@@ -26,7 +26,7 @@ class Command(OpswebCommand):
 
     def act(self, user, options):
         require_perm(user, "view_environment", "view environments")
-        with services.base.one_reading():
+        with services.one_reading():
             environments = list(Environment.objects.select_related("current_image", "upstream"))
             read_configuration(environments)
             rows = [environment_row(environment) for environment in environments]

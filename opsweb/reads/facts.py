@@ -1,14 +1,15 @@
 """The facts a confirmation page shows, as the services see them now.
 
-A page seals them (``base.seal``) into its form; the service recomputes them inside its
-transaction, after taking its locks, and refuses if any differ (``base.check_seen``). One
+A page seals them (``services.seal``) into its form; the service recomputes them inside its
+transaction, after taking its locks, and refuses if any differ (``services.check_seen``). One
 function per kind of object, so the page and the service cannot disagree on what was shown.
 """
 
 from __future__ import annotations
 
 from opsweb.models import Environment, ImageVersion, Run, RunStatus, Signoff
-from opsweb.services.base import approvals_count, describe, previous_stable_version
+from opsweb.reads.history import describe, previous_stable_version
+from opsweb.reads.quorum import approvals_count
 
 
 def environment_facts(environment: Environment) -> dict[str, str]:
