@@ -622,6 +622,9 @@ class Harness:
         run.refresh_from_db()
         problems = []
         detail = run.error.split("): ", 1)[-1].split(";")[0] if run.error else run.status
+        detail = re.sub(
+            r"the service '[^']*' in cluster '[^']*' in region \S+", "the service", detail
+        )
         ending = re.sub(r"\d[\w.:-]*", "…", detail)[:90]
         self.endings[ending] = self.endings.get(ending, 0) + 1
         if run.status != RunStatus.STOPPED:
@@ -847,7 +850,7 @@ def report(name: str, tally: Tally, target: float) -> None:
             seconds += f"  (over {target:g}s)"
     else:
         seconds = "recover -"
-    print(f"{name:28} tried {tally.tried:3}  correct {tally.correct:3}  {seconds}", flush=True)
+    print(f"{name:30} tried {tally.tried:3}  correct {tally.correct:3}  {seconds}", flush=True)
     for problem in tally.problems:
         print(f"    {problem}", flush=True)
     for ending, count in tally.endings.items():
