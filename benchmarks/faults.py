@@ -16,6 +16,11 @@ settings (heartbeat staleness, reconcile interval). Faults:
 * stop at <step>: click Stop when a deploy reaches the step (claimed, old stopped, new started,
   health check of 1.3.0); the run must end stopped with what the backend runs being what opsweb
   shows (no drift), then a follow-up deploy must succeed. Its time is click → run ended.
+* stop ecs at <step>: the same on an environment moved to the ECS backend, against a moto
+  server the harness starts on loopback (allowed through OPSWEB_OUTBOUND_ALLOW), at ECS's
+  safe points: before the switch, and during the rollout wait (the service wants two tasks,
+  moto runs one, so the rollout stays IN_PROGRESS until stopped). The run must end stopped
+  with the service back on its previous task definition, which is what opsweb shows.
 * final approvals raced: two approvers approve a one-approval promotion at the same instant.
 * PostgreSQL restarted: mid-deploy, the database server restarts.
 
@@ -72,6 +77,19 @@ STOP_STEPS = {
     "new started": ("Started", None),
     "health check": ("Health check attempt", BROKEN),
 }
+
+
+ECS_STOP_STEPS = {
+    # stop asked when the run logs: (event prefix, whether the rollout stays IN_PROGRESS).
+    # "Claimed" comes before the backend makes its client and registers the task definition,
+    # so the stop is seen at the check before update_service.
+    "before the switch": ("Claimed by a worker", False),
+    "during the rollout": ("Updated service", True),
+}
+ECS_REGION = "eu-west-1"
+ECS_CLUSTER = "opsweb-faults"
+ECS_SERVICE = "app-dev"
+ECS_REPOSITORY = f"123456789012.dkr.ecr.{ECS_REGION}.amazonaws.com/team/app"
 
 
 @dataclass
@@ -158,6 +176,48 @@ def _ids(user: str) -> tuple[int, int]:
 
     entry = pwd.getpwnam(user)
     return entry.pw_uid, entry.pw_gid
+
+
+# -- a moto server for the ECS backend -----------------------------------------------------------
+
+
+class MotoServer:
+    """moto's ThreadedMotoServer on a free loopback port, in this process: the harness can
+    then play the part of ECS's rollouts, which moto does not simulate (``set_rollout``)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = None
+
+    def start(self) -> str:
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+
+        # A count, not a flag: a service wanting one task reports it running.
+        os.environ["MOTO_ECS_SERVICE_RUNNING"] = "1"
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        return self.url
+
+    def set_rollout(self, cluster: str, service: str, state: str) -> None:
+        """Make the service's deployment record say ``state`` ("IN_PROGRESS", "COMPLETED"):
+        moto keeps one record per service, fixed when it was created."""
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ecs.models import ecs_backends
+
+        found = ecs_backends[DEFAULT_ACCOUNT_ID][ECS_REGION].services[f"{cluster}:{service}"]
+        for deployment in found.deployments:
+            deployment["rolloutState"] = state
+            deployment["runningCount"] = 1 if state == "COMPLETED" else 0
+            deployment["pendingCount"] = 0 if state == "COMPLETED" else 1
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
 
 
 # -- workers ------------------------------------------------------------------------------------
@@ -433,6 +493,164 @@ class Harness:
             problems.append(f"follow-up run #{follow.pk} {follow.status}: {follow.error}")
         return problems, (run.finished_at - asked_at).total_seconds()
 
+    def ecs_client(self, service: str = "ecs"):
+        import boto3
+
+        return boto3.client(service, region_name=ECS_REGION, endpoint_url=self.moto_url)
+
+    def ecs_task_definition(self) -> str:
+        """The task definition ARN the ECS service is on, read from moto."""
+        described = self.ecs_client().describe_services(cluster=ECS_CLUSTER, services=[ECS_SERVICE])
+        return described["services"][0]["taskDefinition"]
+
+    def ecr_image(self):
+        """A fresh version in an ECR repository (what the ECS backend pins by digest)."""
+        import hashlib
+        import uuid
+
+        from opsweb.models import ImageVersion
+
+        self.copies = getattr(self, "copies", 0) + 1
+        return ImageVersion.objects.create(
+            repository=ECS_REPOSITORY,
+            tag=f"2.0.{self.copies}",
+            git_sha=hashlib.sha1(uuid.uuid4().bytes).hexdigest(),  # noqa: S324 (a stand-in)
+            digest="sha256:" + hashlib.sha256(uuid.uuid4().bytes).hexdigest(),
+            commit_message="fault harness",
+        )
+
+    def use_ecs(self, moto) -> list[str]:
+        """Move the dev environment to the ECS backend on moto (a Fargate service with one
+        task wanted) and deploy a first version there; problems as sentences."""
+        from opsweb import services
+        from opsweb.models import Environment
+        from orchestration.base import get_backend
+
+        self.moto, self.moto_url = moto, moto.start()
+        self.dev = Environment.objects.get(slug="dev")
+        if self.dev.backend == "local":  # its demo process would outlive `demo --stop`
+            get_backend("local", self.dev.backend_settings).stop(self.dev.slug)
+        ec2, ecs = self.ecs_client("ec2"), self.ecs_client()
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+        group = ec2.create_security_group(
+            GroupName=ECS_SERVICE, Description=ECS_SERVICE, VpcId=vpc
+        )["GroupId"]
+        ecs.create_cluster(clusterName=ECS_CLUSTER)
+        arn = ecs.register_task_definition(
+            family=ECS_SERVICE,
+            networkMode="awsvpc",
+            requiresCompatibilities=["FARGATE"],
+            cpu="256",
+            memory="512",
+            containerDefinitions=[
+                {"name": "web", "image": f"{ECS_REPOSITORY}:bootstrap", "essential": True}
+            ],
+        )["taskDefinition"]["taskDefinitionArn"]
+        ecs.create_service(
+            cluster=ECS_CLUSTER,
+            serviceName=ECS_SERVICE,
+            taskDefinition=arn,
+            desiredCount=1,
+            launchType="FARGATE",
+            networkConfiguration={
+                "awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group]}
+            },
+        )
+        self.dev.backend = "ecs"
+        self.dev.backend_settings = {
+            "region": ECS_REGION,
+            "cluster": ECS_CLUSTER,
+            "service": ECS_SERVICE,
+            "container_name": "web",
+            "endpoint_url": self.moto_url,
+            "poll_interval": 0.1,
+            # Long enough that a rollout kept IN_PROGRESS is ended by the stop, never by this.
+            "timeout": 60,
+        }
+        self.dev.health_check_url = ""  # moto runs no containers to answer one
+        self.dev.full_clean()
+        self.dev.save()
+        first = services.request_deploy(
+            user=self.alice, environment=self.dev, image=self.ecr_image()
+        )
+        if not self.wait_quiet(self.dev):
+            return ["the first ECS deploy did not settle within 120 s"]
+        first.refresh_from_db()
+        if first.status != "succeeded":
+            return [f"the first ECS deploy #{first.pk} {first.status}: {first.error}"]
+        return []
+
+    def stop_ecs_at(self, step: str) -> tuple[list[str], float | None]:
+        """Click Stop when an ECS deploy reaches ``step``; correct when the run ends stopped,
+        the service (read from moto) is back on the task definition it ran before, opsweb
+        shows that version with no drift, and a follow-up deploy succeeds. The time is from
+        the click to the run's end."""
+        from django.utils import timezone
+
+        from opsweb import services
+        from opsweb.models import RunStatus
+        from orchestration.base import get_backend
+
+        prefix, stays_in_progress = ECS_STOP_STEPS[step]
+        self.reset_bad_marks()
+        self.dev.refresh_from_db()
+        before_arn, before_image = self.ecs_task_definition(), self.dev.current_image
+        if stays_in_progress:
+            # The rollout stays IN_PROGRESS (as a real one does for minutes) until the worker
+            # has acted on the stop by updating the service back; then the rollout back is let
+            # complete, so that the stop's whole path runs, never the rollout timeout.
+            self.moto.set_rollout(ECS_CLUSTER, ECS_SERVICE, "IN_PROGRESS")
+        try:
+            run = services.request_deploy(
+                user=self.alice, environment=self.dev, image=self.ecr_image()
+            )
+            if not self.wait_event(run, prefix):
+                run.refresh_from_db()
+                return [f"run #{run.pk} never reached '{prefix}' ({run.status}: {run.error})"], None
+            asked_at = timezone.now()
+            run.refresh_from_db()
+            services.stop_run(user=self.alice, run=run, reason=f"fault harness, stop ecs at {step}")
+            if stays_in_progress and not self.wait_event(run, "Stop asked: updated service"):
+                run.refresh_from_db()
+                return [f"run #{run.pk} did not update the service back ({run.error})"], None
+        finally:
+            if stays_in_progress:
+                self.moto.set_rollout(ECS_CLUSTER, ECS_SERVICE, "COMPLETED")
+        if not self.wait_quiet(self.dev):
+            return ["the environment did not settle within 120 s"], None
+        run.refresh_from_db()
+        problems = []
+        detail = run.error.split("): ", 1)[-1].split(";")[0] if run.error else run.status
+        detail = re.sub(
+            r"the service '[^']*' in cluster '[^']*' in region \S+", "the service", detail
+        )
+        ending = re.sub(r"\d[\w.:-]*", "…", detail)[:90]
+        self.endings[ending] = self.endings.get(ending, 0) + 1
+        if run.status != RunStatus.STOPPED:
+            problems.append(f"run #{run.pk} {run.status} after a stop: {run.error}")
+        after_arn = self.ecs_task_definition()
+        if after_arn != before_arn:
+            problems.append(f"the service is on {after_arn}, not back on {before_arn}")
+        self.dev.refresh_from_db()
+        backend = get_backend(self.dev.backend, self.dev.backend_settings)
+        running, shown = backend.running_version(self.dev.slug), self.dev.current_image
+        if shown != before_image:
+            problems.append(f"opsweb shows {shown}, not {before_image} that ran before")
+        if shown is None or running != shown.digest:
+            problems.append(f"after the stop the service runs {running}, opsweb shows {shown}")
+        if self.dev.drift:
+            problems.append(f"drift after the stop: {self.dev.drift}")
+        follow = services.request_deploy(
+            user=self.alice, environment=self.dev, image=self.ecr_image()
+        )
+        if not self.wait_quiet(self.dev):
+            return [*problems, "the follow-up did not settle within 120 s"], None
+        follow.refresh_from_db()
+        if follow.status != "succeeded":
+            problems.append(f"follow-up run #{follow.pk} {follow.status}: {follow.error}")
+        return problems, (run.finished_at - asked_at).total_seconds()
+
     def race_final_approvals(self, i: int) -> tuple[list[str], float | None]:
         from django.db import connection
         from django.utils import timezone
@@ -537,6 +755,19 @@ def run_faults(args, scratch: Path, postgres: PrivatePostgres, database_url: str
     }
     for name in ("OPSWEB_HEARTBEAT_STALE_SECONDS", "OPSWEB_RECONCILE_SECONDS", "Q_SYNC"):
         env.pop(name, None)  # the defaults are what is measured
+    # The ECS trials talk to moto on loopback, allowed the way an operator would allow an
+    # endpoint; AWS credentials are moto's dummies and no profile or endpoint is inherited.
+    for name in list(env):
+        if name in ("AWS_PROFILE", "AWS_SESSION_TOKEN") or name.startswith("AWS_ENDPOINT_URL"):
+            env.pop(name)
+    env.update(
+        OPSWEB_OUTBOUND_ALLOW="127.0.0.1/32",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",  # noqa: S106 (moto's dummy)
+        AWS_DEFAULT_REGION=ECS_REGION,
+        AWS_CONFIG_FILE=str(scratch / "no-aws-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(scratch / "no-aws-credentials"),
+    )
     os.environ.clear()
     os.environ.update(env)
     sys.path.insert(0, str(ROOT))
@@ -551,6 +782,7 @@ def run_faults(args, scratch: Path, postgres: PrivatePostgres, database_url: str
         call_command("demo", base_port=args.base_port, stdout=quiet)
     worker = Worker(scratch, env)
     worker.start()
+    moto = MotoServer()
     harness = Harness(worker, postgres, args.target)
     tallies: dict[str, Tally] = {}
     print(
@@ -570,6 +802,19 @@ def run_faults(args, scratch: Path, postgres: PrivatePostgres, database_url: str
             for _ in range(args.n):
                 tally.trial(harness.stop_at, step)
             report(f"stop at {step}", tally, args.target)
+        try:
+            setup = harness.use_ecs(moto)
+        except Exception as exc:
+            setup = [f"moving dev to ECS on moto raised {exc!r}"]
+        for step in ECS_STOP_STEPS:
+            tally = tallies.setdefault(f"stop ecs at {step}", Tally())
+            harness.endings = tally.endings
+            for _ in range(args.n):
+                if setup:  # no service to stop on: each trial fails with the reason
+                    tally.add(setup, None)
+                else:
+                    tally.trial(harness.stop_ecs_at, step)
+            report(f"stop ecs at {step}", tally, args.target)
         tally = tallies.setdefault("final approvals raced", Tally())
         for i in range(args.races):
             tally.trial(harness.race_final_approvals, i)
@@ -579,6 +824,7 @@ def run_faults(args, scratch: Path, postgres: PrivatePostgres, database_url: str
         report("PostgreSQL restarted", tally, args.target)
     finally:
         worker.stop()
+        moto.stop()
         with open(os.devnull, "w") as quiet:
             call_command("demo", base_port=args.base_port, stop=True, stdout=quiet)
         from django.db import connections
@@ -604,7 +850,7 @@ def report(name: str, tally: Tally, target: float) -> None:
             seconds += f"  (over {target:g}s)"
     else:
         seconds = "recover -"
-    print(f"{name:28} tried {tally.tried:3}  correct {tally.correct:3}  {seconds}", flush=True)
+    print(f"{name:30} tried {tally.tried:3}  correct {tally.correct:3}  {seconds}", flush=True)
     for problem in tally.problems:
         print(f"    {problem}", flush=True)
     for ending, count in tally.endings.items():
