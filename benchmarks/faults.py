@@ -121,6 +121,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_port_range(count: int = 4, start: int = 8801) -> int:
+    """The first port from ``start`` on where ``count`` consecutive loopback ports are free, so
+    that the demo's four processes do not meet another run's (a second harness, a test suite)."""
+    for base in range(start, 65535 - count, count):
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise SystemExit("faults: no 4 consecutive free loopback ports")
+
+
 # -- a private PostgreSQL -------------------------------------------------------------------------
 
 
@@ -727,9 +741,13 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=5, help="kills per step (default 5)")
     parser.add_argument("--races", type=int, default=50, help="approval races (default 50)")
     parser.add_argument("--short", action="store_true", help="1 kill per step, 10 races")
-    parser.add_argument("--base-port", type=int, default=8801)
+    parser.add_argument(
+        "--base-port", type=int, default=None, help="the demo's first port (default: 4 free ones)"
+    )
     parser.add_argument("--target", type=float, default=30.0, help="recovery target, seconds")
     args = parser.parse_args()
+    if args.base_port is None:
+        args.base_port = free_port_range()
     if args.short:
         args.n, args.races = 1, 10
 
