@@ -8,7 +8,17 @@ Run`` is the way to import them. Every model keeps the ``opsweb`` app label (Dja
 from this package), so migrations and string references (``"opsweb.Run"``) are unchanged.
 """
 
-from .environments import ApprovalRule, ChangeWindow, Environment, alarm_problems
+from .environments import (
+    Application,
+    ApplicationRepository,
+    ApprovalRule,
+    ChangeWindow,
+    Environment,
+    Target,
+    alarm_problems,
+    link_flow,
+    scope_problem,
+)
 from .immutable import ImmutableModel, ImmutableQuerySet
 from .notifications import NotificationChannel, NotificationDelivery, NotificationEvent
 from .records import AuditEntry, UsedSeal
@@ -47,6 +57,8 @@ __all__ = [
     "STATUS_PHRASES",
     "TAG_RE",
     "TERMINAL_STATUSES",
+    "Application",
+    "ApplicationRepository",
     "Approval",
     "ApprovalRule",
     "AuditEntry",
@@ -64,9 +76,12 @@ __all__ = [
     "RunKind",
     "RunStatus",
     "Signoff",
+    "Target",
     "UsedSeal",
     "alarm_problems",
     "check_transition",
+    "link_flow",
+    "scope_problem",
     "validate_digest",
     "validate_git_sha",
     "validate_repository",

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from orchestration import outbound
 
-from .environments import Environment
+from .environments import Application, Environment, scope_problem
 from .runs import Run
 
 
@@ -27,7 +27,8 @@ class NotificationEvent(models.TextChoices):
 
 
 class NotificationChannel(models.Model):
-    """Where notifications of one environment (or of all, when empty) go: email addresses, a
+    """Where notifications of one environment (or of all, when empty) and one application (or
+    of all, when empty) go: email addresses, a
     Slack-compatible incoming webhook, or a generic JSON webhook signed with ``secret``.
 
     The secret is stored to sign requests and is never shown back in full.
@@ -46,6 +47,14 @@ class NotificationChannel(models.Model):
         on_delete=models.CASCADE,
         related_name="notification_channels",
         help_text="Empty: every environment.",
+    )
+    application = models.ForeignKey(
+        Application,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="notification_channels",
+        help_text="Empty: every application.",
     )
     kind = models.CharField(max_length=10, choices=Kind.choices)
     target = models.TextField(
@@ -104,6 +113,8 @@ class NotificationChannel(models.Model):
             errors["target"] = "A webhook URL starts with http:// or https:// and names a host."
         if self.kind == self.Kind.WEBHOOK and not self.secret:
             errors["secret"] = "A generic webhook needs a secret to sign its requests."  # noqa: S105
+        if problem := scope_problem(self.application, self.environment_id):
+            errors["application"] = problem
         unknown = [e for e in self.events or [] if e not in NotificationEvent.values]
         if not isinstance(self.events, list) or unknown:
             errors["events"] = f"Unknown events: {', '.join(map(str, unknown))}."

@@ -12,7 +12,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from .environments import Environment
+from .environments import Target
 from .immutable import ImmutableModel
 from .versions import ImageVersion, validate_digest
 
@@ -91,7 +91,8 @@ class RollbackReason(models.TextChoices):
 
 
 class Run(models.Model):
-    """One deploy, promotion or rollback of one image version into one environment.
+    """One deploy, promotion or rollback of one image version into one target (an application
+    in an environment).
 
     Statuses: pending → queued → running → succeeded | failed; also rejected, cancelled,
     expired, superseded (the environment moved past its version before it started) and stopped
@@ -99,14 +100,14 @@ class Run(models.Model):
     request; the run stays ``running``, "stopping", until its worker reaches a safe point). A
     terminal run never changes status again. ``replaces`` is what the environment ran when this
     run switched versions (empty until then). A rollback with ``resolve_at_start`` was asked for
-    while another run was switching versions: what it restores is decided when it starts. At most one run per environment is
+    while another run was switching versions: what it restores is decided when it starts. At most one run per target is
     running, which the database guarantees with a partial unique index.
     """
 
     kind = models.CharField(max_length=20, choices=RunKind.choices)
-    environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="runs")
-    source_environment = models.ForeignKey(
-        Environment, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    target = models.ForeignKey(Target, on_delete=models.PROTECT, related_name="runs")
+    source_target = models.ForeignKey(
+        Target, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     image = models.ForeignKey(ImageVersion, on_delete=models.PROTECT, related_name="runs")
     replaces = models.ForeignKey(
@@ -184,7 +185,7 @@ class Run(models.Model):
         ]
         constraints = [
             models.UniqueConstraint(
-                fields=["environment"],
+                fields=["target"],
                 condition=Q(status="running"),
                 name="one_running_run_per_environment",
                 violation_error_message="Another run is already in progress in this environment.",
@@ -195,34 +196,34 @@ class Run(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["environment", "status"]),
+            models.Index(fields=["target", "status"], name="opsweb_run_environ_373a86_idx"),
             models.Index(fields=["status", "heartbeat_at"]),
             # The run list: its default order, and that order within a status or an environment
             # filter, read from an index instead of sorting the history.
             models.Index(fields=["-created_at", "-id"], name="run_newest_first"),
             models.Index(fields=["status", "-created_at", "-id"], name="run_status_newest"),
             models.Index(
-                fields=["environment", "-created_at", "-id"], name="run_environment_newest"
+                fields=["target", "-created_at", "-id"], name="run_environment_newest"
             ),
             models.Index(fields=["image", "-created_at", "-id"], name="run_image_newest"),
             # The board and the environment list: what waits or runs, never the whole history.
             models.Index(
-                fields=["environment", "status"],
+                fields=["target", "status"],
                 condition=Q(status__in=["pending", "queued", "running"]),
                 name="run_active_by_environment",
             ),
             # The DORA figures: runs of an environment by finish time, and "was this version
             # rolled back here later?" for each of them.
-            models.Index(fields=["environment", "finished_at"], name="run_environment_finished"),
+            models.Index(fields=["target", "finished_at"], name="run_environment_finished"),
             models.Index(
-                fields=["replaces", "environment", "created_at"],
+                fields=["replaces", "target", "created_at"],
                 condition=Q(kind="rollback"),
                 name="run_rollback_of_version",
             ),
         ]
 
     def __str__(self) -> str:
-        return f"#{self.pk} {self.get_kind_display()} {self.image} → {self.environment}"
+        return f"#{self.pk} {self.get_kind_display()} {self.image} → {self.target}"
 
     def save(self, *args, **kwargs):
         old = getattr(self, "_loaded_status", None)
@@ -251,7 +252,7 @@ class Run(models.Model):
         """What this run replaces: recorded at the switch; until then what runs now."""
         if self.switched_at is not None:
             return self.replaces
-        return self.environment.current_image
+        return self.target.current_image
 
     @property
     def is_automatic(self) -> bool:
@@ -352,7 +353,7 @@ class Approval(ImmutableModel):
 class Signoff(ImmutableModel):
     """ "UAT passed for image X in environment Y": what Production promotion waits for."""
 
-    environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="signoffs")
+    target = models.ForeignKey(Target, on_delete=models.PROTECT, related_name="signoffs")
     image = models.ForeignKey(ImageVersion, on_delete=models.PROTECT, related_name="signoffs")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     note = models.TextField(blank=True)
@@ -363,11 +364,11 @@ class Signoff(ImmutableModel):
         permissions = [("sign_off_uat", "Can record a UAT sign-off")]
         constraints = [
             models.UniqueConstraint(
-                fields=["environment", "image", "user"],
+                fields=["target", "image", "user"],
                 name="one_signoff_per_user",
                 violation_error_message="You have already signed off this version here.",
             )
         ]
 
     def __str__(self) -> str:
-        return f"UAT passed: {self.image} in {self.environment}"
+        return f"UAT passed: {self.image} in {self.target}"

@@ -39,11 +39,20 @@ validate_repository = RegexValidator(
 
 
 class ImageVersion(models.Model):
-    """One built image of the application: immutable by digest, identified by tag for people.
+    """One built image of an application: immutable by digest, identified by tag for people.
 
-    A version marked bad can no longer be deployed or promoted anywhere.
+    A version marked bad (bad for its application) can no longer be deployed or promoted
+    anywhere.
     """
 
+    application = models.ForeignKey(
+        "Application",
+        null=True,  # filled from the repository when registered; null only mid-upgrade
+        blank=True,
+        db_index=False,  # image_application_newest leads with it
+        on_delete=models.PROTECT,
+        related_name="versions",
+    )
     repository = models.CharField(max_length=255, validators=[validate_repository])
     tag = models.CharField(max_length=128, validators=[validate_tag])
     digest = models.CharField(max_length=71, validators=[validate_digest])
@@ -99,6 +108,9 @@ class ImageVersion(models.Model):
         indexes = [
             models.Index(fields=["git_sha"]),
             models.Index(fields=["-registered_at", "-id"], name="image_newest_first"),
+            models.Index(
+                fields=["application", "-registered_at", "-id"], name="image_application_newest"
+            ),
             # A tag or its start (also the equality a tag search needs).
             models.Index(
                 fields=["tag"], name="image_tag_prefix", opclasses=["varchar_pattern_ops"]
