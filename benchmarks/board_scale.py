@@ -37,14 +37,14 @@ def grow(total: int, requester, approver) -> None:
         Approval,
         ApprovalRule,
         ChangeWindow,
-        Environment,
+        Target,
         ImageVersion,
         Run,
         RunStatus,
     )
 
     group = Group.objects.get(name="production approvers")
-    last = Environment.objects.order_by("-position").first()
+    last = Target.objects.order_by("-position").first()
     now = timezone.now()
 
     def image(tag: str) -> ImageVersion:
@@ -61,7 +61,7 @@ def grow(total: int, requester, approver) -> None:
             switched_at=now,
             finished_at=now,
         )
-        Environment.objects.filter(pk=env.pk).update(current_image=version, current_since=now)
+        Target.objects.filter(pk=env.pk).update(current_image=version, current_since=now)
 
     def busy(env, last, n: int) -> None:
         ChangeWindow.objects.create(
@@ -92,12 +92,12 @@ def grow(total: int, requester, approver) -> None:
             requested_by=requester,
         )
 
-    if Environment.objects.count() == 4 and not Run.objects.filter(status=RunStatus.PENDING):
-        production = Environment.objects.get(slug="production")
+    if Target.objects.count() == 4 and not Run.objects.filter(status=RunStatus.PENDING):
+        production = Target.objects.get(slug="production")
         busy(production, production.upstream, 3)
 
-    while (n := Environment.objects.count()) < total:
-        env = Environment.objects.create(
+    while (n := Target.objects.count()) < total:
+        env = Target.objects.create(
             name=f"Region {n}",
             slug=f"region-{n}",
             position=last.position + 1,

@@ -88,11 +88,11 @@ def run(args) -> int:
     from django.test.utils import CaptureQueriesContext
 
     from opsweb import metrics
-    from opsweb.models import Environment
+    from opsweb.models import Target
 
     call_command("migrate", verbosity=0)
     call_command("bootstrap", verbosity=0)
-    production = Environment.objects.get(slug="production")
+    production = Target.objects.get(slug="production")
     fill_images(connection)
     client = Client()
     client.force_login(User.objects.create_superuser("bench", password=None))

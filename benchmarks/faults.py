@@ -284,11 +284,11 @@ class Harness:
     def __init__(self, worker: Worker, postgres: PrivatePostgres, target: float):
         from django.contrib.auth.models import User
 
-        from opsweb.models import Environment
+        from opsweb.models import Target
 
         self.worker, self.postgres, self.target = worker, postgres, target
-        self.env = Environment.objects.get(slug="local")
-        self.staging = Environment.objects.get(slug="staging")
+        self.env = Target.objects.get(slug="local")
+        self.staging = Target.objects.get(slug="staging")
         self.alice, self.bob, self.carol = (
             User.objects.get(username=name) for name in ("alice", "bob", "carol")
         )
@@ -341,10 +341,10 @@ class Harness:
     def reset_bad_marks(self) -> None:
         """A harness shortcut, not something the app allows: forget "bad" marks and paused
         auto-deploy left by earlier trials, so that every trial can use the same versions."""
-        from opsweb.models import Environment, ImageVersion
+        from opsweb.models import Target, ImageVersion
 
         ImageVersion.objects.filter(tag__in=[*GOOD, BROKEN]).update(is_bad=False, bad_reason="")
-        Environment.objects.update(auto_deploy_paused=False, paused_reason="")
+        Target.objects.update(auto_deploy_paused=False, paused_reason="")
 
     def pick(self, *, besides=()) -> object:
         self.env.refresh_from_db()
@@ -537,11 +537,11 @@ class Harness:
         """Move the dev environment to the ECS backend on moto (a Fargate service with one
         task wanted) and deploy a first version there; problems as sentences."""
         from opsweb import services
-        from opsweb.models import Environment
+        from opsweb.models import Target
         from orchestration.base import get_backend
 
         self.moto, self.moto_url = moto, moto.start()
-        self.dev = Environment.objects.get(slug="dev")
+        self.dev = Target.objects.get(slug="dev")
         if self.dev.backend == "local":  # its demo process would outlive `demo --stop`
             get_backend("local", self.dev.backend_settings).stop(self.dev.slug)
         ec2, ecs = self.ecs_client("ec2"), self.ecs_client()

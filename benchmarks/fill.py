@@ -129,13 +129,13 @@ def _users() -> dict[str, int]:
 
 
 def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
-    from opsweb.models import Approval, AuditEntry, Environment, ImageVersion, Run, RunEvent
+    from opsweb.models import Approval, AuditEntry, Target, ImageVersion, Run, RunEvent
 
     versions = max(runs // RUNS_PER_VERSION, 5)
-    envs = list(Environment.objects.order_by("position").values_list("id", "upstream_id"))
+    envs = list(Target.objects.order_by("position").values_list("id", "upstream_id"))
     if len(envs) != 4:
         raise ValueError("Expected the four bootstrapped environments.")
-    # Environment by position (0 local, 1 dev, 2 staging, 3 production), as SQL CASE arms.
+    # Target by position (0 local, 1 dev, 2 staging, 3 production), as SQL CASE arms.
     env_id = "CASE g % 4 " + " ".join(f"WHEN {i} THEN {e[0]}" for i, e in enumerate(envs)) + " END"
     upstream = "CASE g % 4 " + " ".join(
         f"WHEN {i} THEN {e[1] if e[1] else 'NULL'}" for i, e in enumerate(envs)
@@ -284,7 +284,7 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
         (
             "environments' current versions",
             f"""
-            UPDATE {Environment._meta.db_table} AS e
+            UPDATE {Target._meta.db_table} AS e
             SET current_image_id = last.image_id, current_since = last.finished_at
             FROM (
                 SELECT DISTINCT ON (environment_id) environment_id, image_id, finished_at

@@ -100,7 +100,7 @@ def _setup(scratch: Path):
     from django.contrib.auth.models import Group, User
     from django.core.management import call_command
 
-    from opsweb.models import Environment, ImageVersion
+    from opsweb.models import Target, ImageVersion
     from opsweb.sample_app import DEMO_RELEASES, create_repository, digest_for
 
     call_command("migrate", verbosity=0)
@@ -112,7 +112,7 @@ def _setup(scratch: Path):
         users[name].groups.set(Group.objects.filter(name__in=groups))
     flow = {}
     for slug in ("dev", "staging"):
-        env = Environment.objects.get(slug=slug)
+        env = Target.objects.get(slug=slug)
         port = _free_port()
         env.backend_settings = {
             "repository": str(scratch / "repo"),

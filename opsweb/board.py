@@ -18,7 +18,7 @@ from django.db.models import Max, OuterRef, Subquery
 from django.utils import timezone
 
 from opsweb import policy, services
-from opsweb.models import ApprovalRule, Environment, ImageVersion, Run, RunStatus
+from opsweb.models import Application, ApprovalRule, ImageVersion, Run, RunStatus, Target
 from opsweb.reading import notices, read_environments
 from opsweb.windows import freeze_status
 from orchestration.base import DeployError, backend_class, get_backend
@@ -32,7 +32,7 @@ WAITING = [RunStatus.PENDING, RunStatus.QUEUED]
 class Card:
     """One environment on the board."""
 
-    environment: Environment
+    environment: Target
     state: str  # healthy, deploying, failed, bad, drift, frozen, paused, empty
     state_words: str
     running: Run | None = None
@@ -48,8 +48,8 @@ class Card:
 class Arrow:
     """Between two cards: what can move next, or why not yet."""
 
-    source: Environment
-    target: Environment
+    source: Target
+    target: Target
     allowed: bool
     sentence: str
 
@@ -81,31 +81,45 @@ class MatrixPage:
 
 @dataclass
 class Board:
+    application: Application
+    applications: list[Application]
     cards: list[Card]
     arrows: list[Arrow]
     waiting_for_you: list[tuple[Run, int]]
-    matrix_environments: list[Environment]
+    matrix_environments: list[Target]
     matrix: list[tuple[ImageVersion, list[Run | None]]]
     page: MatrixPage
 
 
-def build_board(user, *, page: int | str = 1, now: datetime | None = None) -> Board:
-    """The board as ``user`` sees it at ``now`` (UTC; default now), with page ``page`` of the
-    matrix. The same number of queries however many environments, waiting runs and versions
-    there are (``opsweb.reading``)."""
-    with services.one_reading():
-        return _build_board(user, page=page, now=now or timezone.now())
-
-
-def _build_board(user, *, page: int | str, now: datetime) -> Board:
-    environments = list(
-        Environment.objects.select_related(
-            "current_image", "upstream__current_image", "approver_group"
-        ).order_by("position")
+def build_board(
+    user, *, application: str | None = None, page: int | str = 1, now: datetime | None = None
+) -> Board | None:
+    """The board of one application (its slug ``application``; default the first by name) as
+    ``user`` sees it at ``now`` (UTC; default now), with page ``page`` of the matrix; None when
+    there is no application yet. The same number of queries however many environments,
+    applications, waiting runs and versions there are (``opsweb.reading``)."""
+    applications = list(Application.objects.order_by("name", "id"))
+    chosen = next((a for a in applications if a.slug == application), None) or next(
+        iter(applications), None
     )
+    if chosen is None:
+        return None
+    with services.one_reading():
+        return _build_board(user, chosen, applications, page=page, now=now or timezone.now())
+
+
+def _build_board(user, application, applications, *, page: int | str, now: datetime) -> Board:
+    environments = Target.objects.filter(application=application).in_flow()
     active = list(
-        Run.objects.filter(status__in=[*WAITING, RunStatus.RUNNING])
-        .select_related("image", "requested_by", "environment__approver_group")
+        Run.objects.filter(
+            status__in=[*WAITING, RunStatus.RUNNING], environment__application=application
+        )
+        .select_related(
+            "image",
+            "requested_by",
+            "environment__environment__approver_group",
+            "environment__application",
+        )
         .annotate(given=services.counting_approvals_annotation())
         .order_by("created_at", "id")
     )
@@ -126,8 +140,10 @@ def _build_board(user, *, page: int | str, now: datetime) -> Board:
         and user.pk not in decided.get(run.pk, set())
         and policy.may_approve(user, run, now=now)
     ]
-    matrix, page_obj = _matrix(environments, page)
-    return Board(cards, arrows, waiting_for_you, environments, matrix, page_obj)
+    matrix, page_obj = _matrix(application, environments, page)
+    return Board(
+        application, applications, cards, arrows, waiting_for_you, environments, matrix, page_obj
+    )
 
 
 def _decided_by(runs: list[Run]) -> dict[int, set[int]]:
@@ -141,10 +157,15 @@ def _approvers(environments) -> tuple[dict[int, dict[int, str]], dict[int, str]]
     from django.contrib.auth import get_user_model
 
     rules: dict[int, set[int]] = {}
-    for env_id, group_id in ApprovalRule.objects.filter(environment__in=environments).values_list(
-        "environment_id", "group_id"
+    shared = {env.environment_id: [] for env in environments}
+    for rule in ApprovalRule.objects.filter(environment__in=shared).only(
+        "environment_id", "application_id", "group_id"
     ):
-        rules.setdefault(env_id, set()).add(group_id)
+        shared[rule.environment_id].append(rule)
+    for env in environments:
+        for rule in shared[env.environment_id]:
+            if rule.application_id in (None, env.application_id):
+                rules.setdefault(env.pk, set()).add(rule.group_id)
     groups = set().union(*rules.values()) if rules else set()
     members: dict[int, dict[int, str]] = {}
     emails: dict[int, str] = {}
@@ -169,7 +190,7 @@ def _last_finished(environments) -> dict[int, Run]:
         .order_by("-finished_at", "-id")
         .values("id")[:1]
     )
-    ids = Environment.objects.filter(pk__in=[env.pk for env in environments]).annotate(
+    ids = Target.objects.filter(pk__in=[env.pk for env in environments]).annotate(
         last=Subquery(newest)
     )
     run_ids = [row for row in ids.values_list("last", flat=True) if row]
@@ -221,7 +242,7 @@ def _instances(env) -> list[dict]:
     try:
         if not backend_class(env.backend).lists_targets:
             return []
-        return get_backend(env.backend, env.backend_settings).describe_targets(env.slug)
+        return get_backend(env.backend, env.backend_settings).describe_targets(env.backend_key)
     except DeployError as exc:
         return [{"instance_id": "?", "state": f"unreadable: {exc}"[:120], "digest": None}]
 
@@ -247,7 +268,7 @@ def _state(env, running, last_run, freeze) -> tuple[str, str]:
     return "healthy", "healthy"
 
 
-def _arrow(target: Environment) -> Arrow:
+def _arrow(target: Target) -> Arrow:
     source = target.upstream
     image = source.current_image
     decision = policy.may_promote(None, target, image, check_permission=False)
@@ -255,10 +276,12 @@ def _arrow(target: Environment) -> Arrow:
     return Arrow(source, target, decision.allowed, sentence)
 
 
-def _matrix(environments, page) -> tuple[list, MatrixPage]:
+def _matrix(application, environments, page) -> tuple[list, MatrixPage]:
     """The matrix rows of page ``page`` (a number; anything else, or a page past the end, is
-    the first page) and that page."""
-    versions = ImageVersion.objects.order_by("-registered_at", "-id")
+    the first page) of ``application``'s versions, and that page."""
+    versions = ImageVersion.objects.filter(application=application).order_by(
+        "-registered_at", "-id"
+    )
     try:
         number = min(max(int(page), 1), MATRIX_MAX_PAGE)
     except (TypeError, ValueError):

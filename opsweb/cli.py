@@ -30,10 +30,14 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import IntegrityError, InterfaceError, OperationalError, close_old_connections
 
 from opsweb import services
+from django.db.models import Q
+
 from opsweb.models import (
     TERMINAL_STATUSES,
+    Application,
     Environment,
     ImageVersion,
+    Target,
     Run,
     RunStatus,
 )
@@ -88,6 +92,8 @@ class OpswebCommand(BaseCommand):
     waits = False
     # Read-only commands run without --as (a log reader or a cron job need no identity).
     read_only = False
+    # Commands that name an environment take --app: the application deployed there.
+    per_application = True
 
     def create_parser(self, prog_name, subcommand, **kwargs):
         parser = super().create_parser(prog_name, subcommand, **kwargs)
@@ -117,6 +123,13 @@ class OpswebCommand(BaseCommand):
         common.add_argument(
             "--json", dest="as_json", action="store_true", help="Print one JSON object on stdout."
         )
+        if self.per_application:
+            common.add_argument(
+                "--app",
+                metavar="SLUG",
+                default="",
+                help="The application (default: $OPSWEB_APP; may be left out where there is one).",
+            )
         if self.waits:
             common.add_argument(
                 "--wait",
@@ -323,14 +336,47 @@ def require_perm(user, perm: str, action: str) -> None:
         raise refused(f"User {user.get_username()} is not allowed to {action}.")
 
 
-def find_environment(value: str) -> Environment:
-    """By slug, or by name ignoring case."""
+def find_application(value: str | None = None) -> Application:
+    """The application ``value`` names (slug, or name ignoring case; default
+    ``$OPSWEB_APP``); without one, the only application there is. Raises CommandError (exit 2)
+    for an unknown slug, or when several applications exist and none was named."""
+    value = (value or os.environ.get("OPSWEB_APP", "")).strip()
+    applications = Application.objects.order_by("slug")
+    if value:
+        found = (
+            applications.filter(slug=value).first()
+            or applications.filter(name__iexact=value).first()
+        )
+        if found is None:
+            known = ", ".join(applications.values_list("slug", flat=True)) or "none"
+            raise refused(f"No application {value!r}; known applications: {known}.")
+        return found
+    first_two = list(applications[:2])
+    if len(first_two) == 1:
+        return first_two[0]
+    if not first_two:
+        raise refused(
+            "No application yet: create one with manage.py create_application "
+            "(or manage.py bootstrap for the sample)."
+        )
+    known = ", ".join(applications.values_list("slug", flat=True)[:20])
+    raise refused(f"Several applications are released here ({known}): name one with --app SLUG.")
+
+
+def find_environment(value: str, application: str | Application | None = None) -> Target:
+    """The target of ``application`` (see ``find_application``) in the environment ``value``
+    (slug, or name ignoring case). Raises CommandError (exit 2) when either is unknown or the
+    application is not deployed there."""
+    app = application if isinstance(application, Application) else find_application(application)
+    targets = Target.objects.filter(application=app).select_related("application", "environment")
     environment = (
-        Environment.objects.filter(slug=value).first()
-        or Environment.objects.filter(name__iexact=value).first()
+        targets.filter(environment__slug=value).first()
+        or targets.filter(environment__name__iexact=value).first()
     )
     if environment is None:
-        known = ", ".join(Environment.objects.values_list("slug", flat=True)) or "none"
+        known = ", ".join(targets.values_list("environment__slug", flat=True)) or "none"
+        if Environment.objects.filter(Q(slug=value) | Q(name__iexact=value)).exists():
+            raise refused(f"{app} is not deployed into {value!r}; its environments: {known}.")
         raise refused(f"No environment {value!r}; known environments: {known}.")
     return environment
 
@@ -352,11 +398,14 @@ def find_run(value: str) -> Run:
     return run
 
 
-def find_image(value: str) -> ImageVersion:
+def find_image(value: str, *, application: str | None = None) -> ImageVersion:
     """An id, ``repo:tag``, ``repo@sha256:…``, ``sha256:…`` or a tag unique across
-    repositories. A number that is both an id and a tag is ambiguous and refused."""
+    repositories — among ``application``'s versions when one is named (or ``$OPSWEB_APP`` is
+    set). A number that is both an id and a tag is ambiguous and refused."""
     value = str(value).strip()
     images = ImageVersion.objects.order_by("repository", "tag")
+    if application or os.environ.get("OPSWEB_APP"):
+        images = images.filter(application=find_application(application))
     if "@" in value:
         repository, _, digest = value.partition("@")
         if not DIGEST.fullmatch(digest):
@@ -436,6 +485,7 @@ def run_payload(run: Run, *, events: int = LAST_EVENTS) -> dict[str, Any]:
         "kind": run.kind,
         "status": run.status,
         "step": run.step,
+        "application": run.environment.application.slug,
         "environment": run.environment.slug,
         "source_environment": run.source_environment.slug if run.source_environment else None,
         "image": image_payload(run.image),

@@ -10,7 +10,7 @@ from django.template.response import TemplateResponse
 from opsweb import metrics
 from opsweb.charts import Point, bar_chart
 from opsweb.metrics import human_duration
-from opsweb.models import Environment
+from opsweb.models import Target
 
 
 def dora_page(request):
@@ -19,7 +19,7 @@ def dora_page(request):
     # It names the environments and counts their runs.
     if not request.user.has_perms(["opsweb.view_run", "opsweb.view_environment"]):
         raise PermissionDenied
-    environments = list(Environment.objects.all())
+    environments = list(Target.objects.all())
     environment = chosen_environment(request, environments)
     days = chosen_days(request)
     context = {
@@ -36,7 +36,7 @@ def dora_page(request):
     return TemplateResponse(request, "admin/opsweb/dora.html", context)
 
 
-def chosen_environment(request, environments: list[Environment]) -> Environment | None:
+def chosen_environment(request, environments: list[Target]) -> Target | None:
     slug = request.GET.get("environment", metrics.DEFAULT_ENVIRONMENT)
     by_slug = {environment.slug: environment for environment in environments}
     if slug in by_slug:

@@ -23,7 +23,7 @@ from django.db import transaction
 
 from opsweb import notifications
 from opsweb.models import (
-    Environment,
+    Target,
     ImageVersion,
     NotificationChannel,
     NotificationEvent,
@@ -67,7 +67,7 @@ def version_marked_bad(image: ImageVersion, *, reason: str) -> None:
     _safely(_notify, NotificationEvent.VERSION_MARKED_BAD, text=text)
 
 
-def auto_deploy_paused(environment: Environment) -> None:
+def auto_deploy_paused(environment: Target) -> None:
     """Auto-deploy of ``environment`` was just paused (a rollback took its version back):
     ``auto_deploy_paused``, with ``environment.paused_reason``."""
     text = (
@@ -78,7 +78,7 @@ def auto_deploy_paused(environment: Environment) -> None:
     _safely(_notify, NotificationEvent.AUTO_DEPLOY_PAUSED, environment=environment, text=text)
 
 
-def drift_found(environment: Environment, *, drift: str) -> None:
+def drift_found(environment: Target, *, drift: str) -> None:
     """The drift check found a new mismatch ``drift`` in ``environment``: ``drift_found``."""
     text = f"Drift in {environment}: {drift}"
     _safely(_notify, NotificationEvent.DRIFT_FOUND, environment=environment, text=text)
@@ -87,7 +87,7 @@ def drift_found(environment: Environment, *, drift: str) -> None:
 def image_registered(image: ImageVersion) -> None:
     """``image`` was registered for the first time: once that commits, a worker reads its
     scan findings (only where some environment runs on AWS; local has no registry scan)."""
-    if Environment.objects.filter(backend__in=SCANNED_BACKENDS).exists():
+    if Target.objects.filter(backend__in=SCANNED_BACKENDS).exists():
         transaction.on_commit(lambda: _enqueue_scan(image.pk))
 
 

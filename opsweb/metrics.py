@@ -50,7 +50,7 @@ from django.db.models import (
 from django.db.models.functions import Ceil, Coalesce, Floor, RowNumber
 from django.utils import timezone
 
-from opsweb.models import Environment, Run, RunKind, RunStatus
+from opsweb.models import Target, Run, RunKind, RunStatus
 
 HOUR = 3600
 DAY = 24 * HOUR
@@ -136,7 +136,7 @@ def band(value: float | None, limits: list[tuple[str, float]], *, higher_is_bett
 
 
 def dora_report(
-    environment: Environment, *, days: int = DEFAULT_DAYS, until: datetime | None = None
+    environment: Target, *, days: int = DEFAULT_DAYS, until: datetime | None = None
 ) -> Report:
     """The DORA keys for ``environment`` over the ``days`` days up to ``until`` (default now).
 

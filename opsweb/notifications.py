@@ -129,7 +129,9 @@ def notify(event: str, *, text: str, run: Run | None = None, environment=None) -
     environment = environment or (run.environment if run else None)
     channels = NotificationChannel.objects.filter(enabled=True)
     if environment is not None:
-        channels = channels.filter(Q(environment=environment) | Q(environment__isnull=True))
+        channels = channels.filter(
+            Q(environment_id=environment.environment_id) | Q(environment__isnull=True)
+        ).filter(Q(application_id=environment.application_id) | Q(application__isnull=True))
     payload = build_payload(event, text=text, run=run, environment=environment)
     deliveries = [
         NotificationDelivery.objects.create(

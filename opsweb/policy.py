@@ -21,7 +21,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from opsweb.errors import NotAllowed, ReleaseError
-from opsweb.models import Environment, ImageVersion, Run, RunKind, RunStatus, Signoff
+from opsweb.models import Target, ImageVersion, Run, RunKind, RunStatus, Signoff
 from opsweb.reads.history import actor_name, is_older, last_success, previous_stable_version
 from opsweb.reads.memo import once
 from opsweb.reads.quorum import (
@@ -90,7 +90,7 @@ def _first(*decisions) -> Decision:
 
 
 def version_refusal(
-    environment: Environment, image: ImageVersion, *, branch: str | None = None
+    environment: Target, image: ImageVersion, *, branch: str | None = None
 ) -> str:
     """Why ``image`` cannot be asked for in ``environment`` now, or "": bad, already there,
     already on its way, or older than what runs there.
@@ -101,6 +101,11 @@ def version_refusal(
     names the environment), a version that ran there before is a rollback's business, and
     "older" compares commits of the same branch only (another branch's build is newer work)."""
     build = branch is not None
+    if image.application_id != environment.application_id:
+        return (
+            f"Version {image.tag} is a version of {image.application or 'no application'}, not "
+            f"of {environment.application}."
+        )
     refusal = bad_refusal(image)
     if refusal:
         return refusal
@@ -136,7 +141,7 @@ def version_refusal(
     return ""
 
 
-def _build_refusal(environment: Environment, image: ImageVersion, branch: str) -> str:
+def _build_refusal(environment: Target, image: ImageVersion, branch: str) -> str:
     if Run.objects.filter(environment=environment, image=image).exclude(switched_at=None).exists():
         return (
             f"Version {image.tag} ran there before; redeploying an earlier version is a rollback."
@@ -161,7 +166,7 @@ def bad_refusal(image: ImageVersion) -> str:
     )
 
 
-def soak_refusal(source: Environment, image: ImageVersion, now: datetime) -> str:
+def soak_refusal(source: Target, image: ImageVersion, now: datetime) -> str:
     """Why ``image`` may not leave ``source`` yet: not succeeded there, still soaking, or
     replaced before its soak time ended. "" when it may."""
     success = last_success(source, image)
@@ -186,12 +191,12 @@ def soak_refusal(source: Environment, image: ImageVersion, now: datetime) -> str
     return ""
 
 
-def soak_ends(source: Environment, success: Run) -> datetime:
+def soak_ends(source: Target, success: Run) -> datetime:
     """When a version that succeeded in ``source`` with ``success`` has soaked (UTC)."""
     return success.finished_at + timedelta(seconds=source.soak_seconds)
 
 
-def replaced_while_soaking(source: Environment, success: Run, image: ImageVersion) -> bool:
+def replaced_while_soaking(source: Target, success: Run, image: ImageVersion) -> bool:
     """Whether a run of another version switched what runs in ``source`` between ``success``
     and the end of its soak (``soak_ends``); once within ``one_reading``."""
     return once(
@@ -208,7 +213,7 @@ def replaced_while_soaking(source: Environment, success: Run, image: ImageVersio
     )
 
 
-def signed_off(environment: Environment, image: ImageVersion) -> bool:
+def signed_off(environment: Target, image: ImageVersion) -> bool:
     """Whether ``image`` has a UAT sign-off in ``environment`` (once within ``one_reading``)."""
     return once(
         ("signed_off", environment.pk, image.pk),
@@ -216,7 +221,7 @@ def signed_off(environment: Environment, image: ImageVersion) -> bool:
     )
 
 
-def scan_refusal(target: Environment, image: ImageVersion) -> str:
+def scan_refusal(target: Target, image: ImageVersion) -> str:
     """Why ``image``'s scan findings keep it out of ``target`` (its ``block_severity``), or
     "" (no such findings, or never scanned: docs/alarms.md).
 
@@ -235,7 +240,7 @@ def scan_refusal(target: Environment, image: ImageVersion) -> str:
     )
 
 
-def blocking_findings(environment: Environment, image: ImageVersion) -> dict[str, int]:
+def blocking_findings(environment: Target, image: ImageVersion) -> dict[str, int]:
     """The image's scan counts at or above the environment's ``block_severity``, worst first
     ({} if none or never scanned)."""
     return at_or_above(image.scan_counts or {}, environment.block_severity)
@@ -255,7 +260,7 @@ def _ids(image: ImageVersion) -> str:
     return f" ({ids})" if ids else ""
 
 
-def promotion_candidate(target: Environment) -> ImageVersion | None:
+def promotion_candidate(target: Target) -> ImageVersion | None:
     """What a promotion to ``target`` takes by default: what its upstream runs, unless bad."""
     upstream = target.upstream
     if upstream is None or upstream.current_image is None:
@@ -266,9 +271,24 @@ def promotion_candidate(target: Environment) -> ImageVersion | None:
 # -- environments ----------------------------------------------------------------------------
 
 
+def team_refusal(user, environment: Target) -> Decision | None:
+    """Forbidden unless ``user`` is in the team that owns the target's application (when it
+    has one) or a superuser: only the owners request, roll back, stop, freeze and sign off
+    for an application. Approving follows the approval rules instead. None when allowed."""
+    team_id = environment.application.team_id
+    if team_id is None or user is None or user.is_superuser:
+        return None
+    if team_id in user_group_ids(user):
+        return None
+    return forbid(
+        f"User {actor_name(user)} is not in {environment.application.team}, the team that owns "
+        f"{environment.application}; only its members act on it."
+    )
+
+
 def may_deploy(
     user,
-    environment: Environment,
+    environment: Target,
     image: ImageVersion | None = None,
     *,
     override: bool = False,
@@ -287,6 +307,7 @@ def may_deploy(
             if _has_perm(user, "request_deploy")
             else forbid(f"User {actor_name(user)} is not allowed to deploy to {environment}.")
         ),
+        lambda: team_refusal(user, environment),
         lambda: _freeze(user, environment, RunKind.DEPLOY, override=override, now=now),
         lambda: _quorum(environment, user, image),
         lambda: _version(environment, image),
@@ -296,7 +317,7 @@ def may_deploy(
 
 def may_promote(
     user,
-    target: Environment,
+    target: Target,
     image: ImageVersion | None = None,
     *,
     override: bool = False,
@@ -323,6 +344,7 @@ def may_promote(
                 f"User {actor_name(user)} is not allowed to request promotions to {target}."
             )
         ),
+        lambda: team_refusal(user, target) if check_permission else None,
         lambda: (
             refuse(f"Nothing has been deployed to {upstream} yet, so nothing to promote.")
             if image is None
@@ -343,9 +365,11 @@ def may_promote(
     )
 
 
-def may_roll_back(user, environment: Environment) -> Decision:
+def may_roll_back(user, environment: Target) -> Decision:
     """Roll back to the previous stable version: an approver of the environment (or opsweb
     itself, ``user=None``), something earlier to go back to, no rollback already under way.
+    Not limited to the application's team: whoever answers for the environment restores any
+    application in it.
     A deploy switching versions right now does not refuse it: the rollback stops it and then
     restores what ran before it (so that version is something to go back to)."""
     if user is not None and not is_approver(user, environment):
@@ -381,15 +405,15 @@ def may_roll_back(user, environment: Environment) -> Decision:
     return ALLOWED
 
 
-def may_resume(user, environment: Environment) -> Decision:
+def may_resume(user, environment: Target) -> Decision:
     if not environment.auto_deploy_paused:
         return not_applicable(f"Auto-deploy is not paused in {environment}.")
     if is_approver(user, environment) or _has_perm(user, "resume_auto_deploy"):
-        return ALLOWED
+        return team_refusal(user, environment) or ALLOWED
     return forbid(f"User {actor_name(user)} may not resume auto-deploy in {environment}.")
 
 
-def may_sign_off(user, environment: Environment, image: ImageVersion | None = None) -> Decision:
+def may_sign_off(user, environment: Target, image: ImageVersion | None = None) -> Decision:
     """Record "UAT passed" for ``image`` (default: what runs) in ``environment`` (Staging)."""
     downstream = getattr(environment, "downstream", None)
     if downstream is None or not downstream.requires_uat_signoff:
@@ -417,7 +441,7 @@ def override_approvals() -> int:
     return settings.OPSWEB["OVERRIDE_APPROVALS"]
 
 
-def may_override(user, environment: Environment, *, now: datetime | None = None) -> Decision:
+def may_override(user, environment: Target, *, now: datetime | None = None) -> Decision:
     """Ask for a run to go during a freeze: a freeze applies, the user holds the
     ``override_freeze`` permission, and enough override approvers other than them exist.
     Refusals are rules, not 403s: the page says why the override is not possible."""
@@ -443,7 +467,7 @@ def freeze_applies(run_kind: str) -> bool:
 
 
 def _freeze(
-    user, environment: Environment, run_kind: str, *, override: bool, now
+    user, environment: Target, run_kind: str, *, override: bool, now
 ) -> Decision | None:
     if not freeze_applies(run_kind):
         return None
@@ -459,8 +483,8 @@ def _freeze(
     return decision if decision.applicable else None
 
 
-def may_freeze(user, environment: Environment) -> Decision:
-    if _has_perm(user, "freeze_environment"):
+def may_freeze(user, environment: Target) -> Decision:
+    if _has_perm(user, "freeze_environment") and not team_refusal(user, environment):
         return ALLOWED
     return forbid(f"User {actor_name(user)} is not allowed to freeze or unfreeze environments.")
 
@@ -615,11 +639,11 @@ def _text(reason: str) -> Decision | None:
     return refuse(reason) if reason else None
 
 
-def _quorum(environment: Environment, user, image: ImageVersion | None) -> Decision | None:
+def _quorum(environment: Target, user, image: ImageVersion | None) -> Decision | None:
     return _text(quorum_refusal(environment, requester=user, image=image))
 
 
-def _version(environment: Environment, image: ImageVersion | None) -> Decision | None:
+def _version(environment: Target, image: ImageVersion | None) -> Decision | None:
     if image is None:
         return None
     return _text(version_refusal(environment, image))

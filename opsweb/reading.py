@@ -24,7 +24,7 @@ from opsweb.models import (
     Approval,
     ApprovalRule,
     ChangeWindow,
-    Environment,
+    Target,
     Run,
     RunStatus,
     Signoff,
@@ -35,7 +35,7 @@ from opsweb.windows import FreezeStatus, wall_text
 ACTIVE = [RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING]
 
 
-def read_environments(environments: list[Environment], *, runs=(), user=None) -> None:
+def read_environments(environments: list[Target], *, runs=(), user=None) -> None:
     """Prime the current ``one_reading`` with what the rules ask about ``environments`` (with
     ``upstream__current_image`` and ``current_image`` loaded), the active ``runs`` among them
     (with ``environment`` and ``image`` loaded) and the ``user`` looking. About a dozen
@@ -53,7 +53,7 @@ def read_environments(environments: list[Environment], *, runs=(), user=None) ->
     _promotions(environments, runs)
 
 
-def read_configuration(environments: list[Environment]) -> None:
+def read_configuration(environments: list[Target]) -> None:
     """Prime the current ``one_reading`` with ``environments``' change windows, approval
     rules, builds behind and running run (``running_run``), in four queries."""
     _windows(environments)
@@ -65,7 +65,7 @@ def read_configuration(environments: list[Environment]) -> None:
     reads.prime(running)
 
 
-def running_run(environment: Environment) -> Run | None:
+def running_run(environment: Target) -> Run | None:
     """The run deploying to ``environment`` now, if any (once within ``one_reading``)."""
     return reads.once(
         ("running", environment.pk),
@@ -78,14 +78,20 @@ def _behind(environments) -> None:
 
 
 def _windows(environments) -> None:
+    shared = {env.environment_id for env in environments}
     rows = list(
-        ChangeWindow.objects.filter(Q(environment__in=environments) | Q(environment=None)).order_by(
-            "id"
-        )
+        ChangeWindow.objects.filter(Q(environment__in=shared) | Q(environment=None))
+        .select_related("application", "environment")
+        .order_by("id")
     )
     reads.prime(
         {
-            ("windows", env.pk): [w for w in rows if w.environment_id in (None, env.pk)]
+            ("windows", env.pk): [
+                w
+                for w in rows
+                if w.environment_id in (None, env.environment_id)
+                and w.application_id in (None, env.application_id)
+            ]
             for env in environments
         }
     )
@@ -94,13 +100,18 @@ def _windows(environments) -> None:
 def _rules(environments) -> set[int]:
     """Prime each environment's rules; the ids of every group a rule or approver group names."""
     rules = list(
-        ApprovalRule.objects.filter(environment__in=environments)
-        .select_related("group")
-        .order_by("id")
+        ApprovalRule.objects.filter(environment__in={env.environment_id for env in environments})
+        .select_related("group", "application")
+        .order_by("application_id", "id")
     )
     values = {}
     for env in environments:
-        mine = [rule for rule in rules if rule.environment_id == env.pk]
+        mine = [
+            rule
+            for rule in rules
+            if rule.environment_id == env.environment_id
+            and rule.application_id in (None, env.application_id)
+        ]
         values[("rules", env.pk)] = mine
         values[("rule_group_ids", env.pk)] = [rule.group_id for rule in mine]
     reads.prime(values)
@@ -254,7 +265,7 @@ def _promotions(environments, runs) -> None:
 
 
 def notices(
-    environment: Environment,
+    environment: Target,
     freeze: FreezeStatus,
     *,
     behind: str = "",

@@ -20,7 +20,7 @@ from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 from dateutil.rrule import rrulestr
 from django.db.models import Q
 
-from opsweb.models import ChangeWindow, Environment
+from opsweb.models import ChangeWindow, Target
 from opsweb.reads.memo import once
 
 # How far "until" is followed through back-to-back windows before giving up (a deny window
@@ -297,20 +297,24 @@ def open_or_later(window: ChangeWindow, moment: datetime) -> bool:
 # -- an environment ---------------------------------------------------------------------------
 
 
-def windows_for(environment: Environment) -> list[ChangeWindow]:
-    """The windows that apply to ``environment``: its own and those for every environment
-    (read once within ``opsweb.reads.one_reading``)."""
+def windows_for(environment: Target) -> list[ChangeWindow]:
+    """The windows that apply to the target ``environment``: those of its environment or of
+    every environment, for its application or for every application (read once within
+    ``opsweb.reads.one_reading``)."""
     return once(
         ("windows", environment.pk),
         lambda: list(
-            ChangeWindow.objects.filter(Q(environment=environment) | Q(environment=None)).order_by(
-                "id"
+            ChangeWindow.objects.filter(
+                Q(environment_id=environment.environment_id) | Q(environment=None)
             )
+            .filter(Q(application_id=environment.application_id) | Q(application=None))
+            .select_related("application", "environment")
+            .order_by("id")
         ),
     )
 
 
-def freeze_status(environment: Environment, now: datetime) -> FreezeStatus:
+def freeze_status(environment: Target, now: datetime) -> FreezeStatus:
     """Whether a run other than a rollback may start in ``environment`` at ``now`` (UTC).
 
     Frozen inside an open deny window, or outside every allow window where there are any.
@@ -355,7 +359,7 @@ def _blocking(deny, allow, moment):
     return None
 
 
-def _sentence(environment: Environment, window: ChangeWindow, until: datetime | None) -> str:
+def _sentence(environment: Target, window: ChangeWindow, until: datetime | None) -> str:
     why = f" ({window.reason})" if window.reason else ""
     if until is None:
         return f"{environment} is frozen until someone lifts the freeze{why}."

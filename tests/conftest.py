@@ -21,7 +21,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
-from opsweb.models import Environment, ImageVersion, Run, RunStatus
+from opsweb.models import Application, ApplicationRepository, ImageVersion, Run, RunStatus, Target
 
 _counter = itertools.count(1)
 
@@ -51,10 +51,18 @@ def fake_sha(text: str) -> str:
 def make_image(tag: str | None = None, **fields) -> ImageVersion:
     tag = tag or f"1.0.{next(_counter)}"
     fields.setdefault("repository", "example/app")
+    if "application" not in fields:
+        fields["application"] = application_for(fields["repository"])
     fields.setdefault("digest", fake_digest(f"{fields['repository']}:{tag}"))
     fields.setdefault("git_sha", fake_sha(tag))
     fields.setdefault("commit_message", f"Release {tag}")
     return ImageVersion.objects.create(tag=tag, **fields)
+
+
+def application_for(repository: str) -> Application:
+    """The application releasing ``repository``; unknown repositories go to the sample."""
+    found = ApplicationRepository.objects.filter(repository=repository).first()
+    return found.application if found else Application.objects.get(slug="sample")
 
 
 def make_user(username: str, *groups: str, **fields) -> User:
@@ -64,7 +72,7 @@ def make_user(username: str, *groups: str, **fields) -> User:
     return user
 
 
-def succeed_in(environment: Environment, image: ImageVersion, **fields) -> Run:
+def succeed_in(environment: Target, image: ImageVersion, **fields) -> Run:
     """Record that ``image`` was deployed successfully to ``environment`` (history setup)."""
     now = timezone.now()
     run = Run.objects.create(
@@ -81,7 +89,7 @@ def succeed_in(environment: Environment, image: ImageVersion, **fields) -> Run:
             **fields,
         }
     )
-    Environment.objects.filter(pk=environment.pk).update(current_image=image, current_since=now)
+    Target.objects.filter(pk=environment.pk).update(current_image=image, current_since=now)
     environment.refresh_from_db()
     return run
 
@@ -90,7 +98,11 @@ def succeed_in(environment: Environment, image: ImageVersion, **fields) -> Run:
 def flow(db):
     """The seed's four environments, groups and schedules, as `manage.py bootstrap` makes them."""
     call_command("bootstrap", verbosity=0)
-    return {env.slug: env for env in Environment.objects.all()}
+    sample = Application.objects.get(slug="sample")
+    ApplicationRepository.objects.get_or_create(
+        repository="example/app", defaults={"application": sample}
+    )
+    return {env.slug: env for env in Target.objects.filter(application=sample).in_flow()}
 
 
 @pytest.fixture
@@ -179,6 +191,7 @@ def local_flow(flow, sample_repo, tmp_path):
         env.save()
     images = {
         tag: ImageVersion.objects.create(
+            application=application_for("example/sample"),
             repository="example/sample",
             tag=tag,
             git_sha=sha,
@@ -190,7 +203,7 @@ def local_flow(flow, sample_repo, tmp_path):
     }
     yield flow, images
     for env in flow.values():
-        LocalProcessBackend(env.backend_settings).stop(env.slug)
+        LocalProcessBackend(env.backend_settings).stop(env.backend_key)
 
 
 @pytest.fixture

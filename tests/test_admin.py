@@ -132,9 +132,9 @@ def test_promote_button_requests_a_promotion(flow, alice, bob, carol):
     v1 = make_image("1.0.0")
     succeed_in(flow["staging"], v1)
     services.sign_off_uat(user=bob, environment=flow["staging"], image=v1)
-    staging_url = reverse("admin:opsweb_environment_change", args=[flow["staging"].pk])
+    staging_url = reverse("admin:opsweb_target_change", args=[flow["staging"].pk])
     assert "Promote to AWS Production" in login(alice).get(staging_url).text
-    url = reverse("admin:opsweb_environment_promote", args=[flow["staging"].pk])
+    url = reverse("admin:opsweb_target_promote", args=[flow["staging"].pk])
     page = login(alice).get(url).text
     assert "2 from production approvers, not including you" in page
     response = post_form(login(alice), url, {"note": "weekly release"})
@@ -148,7 +148,7 @@ def test_rollback_button_rolls_back_in_one_click(flow, bob, alice):
     old, new = make_image("1.0.0"), make_image("2.0.0")
     succeed_in(prod, old)
     succeed_in(prod, new)
-    url = reverse("admin:opsweb_environment_rollback", args=[prod.pk])
+    url = reverse("admin:opsweb_target_rollback", args=[prod.pk])
     assert login(alice).get(url).status_code == 403
     page = login(bob).get(url).text
     assert "2.0.0 (" in page and "will be marked bad" in page and "1.0.0 (" in page
@@ -170,7 +170,7 @@ def test_mark_bad_and_uat_buttons(flow, bob, alice):
     )
     post_form(
         login(bob),
-        reverse("admin:opsweb_environment_signoff", args=[flow["staging"].pk]),
+        reverse("admin:opsweb_target_signoff", args=[flow["staging"].pk]),
         {"comment": "UAT ok"},
     )
     assert Signoff.objects.get().user == bob
@@ -237,9 +237,9 @@ def test_changelist_query_count_does_not_grow_with_history(flow, model):
 
 
 def test_index_shows_the_pipeline_with_drift_and_waiting_runs(pending, bob):
-    from opsweb.models import Environment
+    from opsweb.models import Target
 
-    Environment.objects.filter(slug="dev").update(
+    Target.objects.filter(slug="dev").update(
         drift="service runs nothing, opsweb last deployed 2.0.0"
     )
     page = login(bob).get(reverse("admin:index")).text
@@ -294,13 +294,13 @@ def inline_forms(env, **changes) -> dict:
 
 
 def test_environment_edits_are_validated_and_audited(flow):
-    from opsweb.models import Environment
+    from opsweb.models import Target
 
     root = make_user("root", is_superuser=True)
     client = Client()
     client.force_login(root)
     env = flow["production"]
-    url = reverse("admin:opsweb_environment_change", args=[env.pk])
+    url = reverse("admin:opsweb_target_change", args=[env.pk])
     data = {
         "name": env.name,
         "slug": env.slug,
@@ -323,13 +323,13 @@ def test_environment_edits_are_validated_and_audited(flow):
     }
     response = client.post(url, data)
     assert response.status_code == 200 and "start_timeout" in response.text
-    assert Environment.objects.get(pk=env.pk).soak_seconds == 0
+    assert Target.objects.get(pk=env.pk).soak_seconds == 0
     data["soak_seconds"] = 60
     data["backend_settings"] = "[1, 2]"
     assert "Give an object of settings" in client.post(url, data).text
     data["backend_settings"] = '{"port": 8104, "repository": "/r", "state_dir": "/s"}'
     assert client.post(url, data).status_code == 302
-    assert Environment.objects.get(pk=env.pk).soak_seconds == 60
+    assert Target.objects.get(pk=env.pk).soak_seconds == 60
     entry = AuditEntry.objects.get(action="configure_environment")
     assert entry.actor == root and "soak_seconds=60" in entry.message
 
@@ -358,7 +358,7 @@ def test_a_refused_page_says_why(pending, alice):
 def test_buttons_that_cannot_succeed_are_disabled_with_the_reason(pending, bob):
     services.approve_run(user=make_user("erin", "staging approvers"), run=pending)
     assert "Approve</a>" not in login(bob).get(run_page(pending)).text  # run is queued now
-    env_page = reverse("admin:opsweb_environment_change", args=[pending.environment.pk])
+    env_page = reverse("admin:opsweb_target_change", args=[pending.environment.pk])
     page = login(bob).get(env_page).text
     assert "Roll back</a>" not in page  # nothing earlier in Staging: disabled, with why
     assert 'aria-disabled="true" title="No earlier version than 1.0.0 succeeded' in page
@@ -371,7 +371,7 @@ def test_promote_page_shows_a_bad_version_and_the_missing_signoff(flow, alice, b
     services.mark_bad(user=bob, image=image, reason="corrupts carts")
     page = (
         login(alice)
-        .get(reverse("admin:opsweb_environment_promote", args=[flow["staging"].pk]))
+        .get(reverse("admin:opsweb_target_promote", args=[flow["staging"].pk]))
         .text
     )
     # Bad versions are neither preselected nor offered; the page says why nothing can go.
@@ -403,7 +403,7 @@ def test_promote_page_offers_no_version_older_than_what_the_target_runs(flow, al
         succeed_in(flow["dev"], image)
     succeed_in(flow["staging"], old)
     succeed_in(flow["staging"], current)
-    url = reverse("admin:opsweb_environment_promote", args=[flow["dev"].pk])
+    url = reverse("admin:opsweb_target_promote", args=[flow["dev"].pk])
     page = login(alice).get(url).text
     picker = page[page.index('id="choose"') : page.index("</form>", page.index('id="choose"'))]
     assert f'value="{new.pk}"' in picker and f'value="{old.pk}"' not in picker

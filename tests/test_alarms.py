@@ -21,7 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from opsweb import policy, services, tasks
-from opsweb.models import AuditEntry, Environment, ImageVersion, Run, RunKind, RunStatus
+from opsweb.models import AuditEntry, Target, ImageVersion, Run, RunKind, RunStatus
 from opsweb.sample_app import Release, create_repository, digest_for
 from opsweb.services import alarms, running
 from orchestration import ecs
@@ -64,7 +64,7 @@ def set_state(url: str, name: str, state: str, reason: str, value: float) -> Non
     )
 
 
-def baking_ecs(aws, flow, alarms, *, seconds=2) -> Environment:
+def baking_ecs(aws, flow, alarms, *, seconds=2) -> Target:
     make_service(aws, "app-dev")
     dev = use_ecs(flow["dev"], aws, "app-dev")
     dev.bake_seconds = seconds

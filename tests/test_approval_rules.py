@@ -220,7 +220,7 @@ def test_rules_are_edited_on_the_environment_page_and_audited(flow, bob):
 
     root = make_user("root", is_superuser=True)
     production = flow["production"]
-    url = reverse("admin:opsweb_environment_change", args=[production.pk])
+    url = reverse("admin:opsweb_target_change", args=[production.pk])
     data = {
         "name": production.name,
         "slug": production.slug,
@@ -247,5 +247,5 @@ def test_rules_are_edited_on_the_environment_page_and_audited(flow, bob):
     # A view-only approver sees the rules but cannot change them.
     assert (
         "3 from production approvers"
-        in login(bob).get(reverse("admin:opsweb_environment_changelist")).text
+        in login(bob).get(reverse("admin:opsweb_target_changelist")).text
     )

@@ -5,7 +5,7 @@ from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django_q.models import Schedule
 
-from opsweb.models import Environment
+from opsweb.models import Target
 
 pytestmark = pytest.mark.django_db
 
@@ -18,7 +18,7 @@ def bootstrap() -> str:
 
 def test_bootstrap_creates_the_seed_flow_in_order():
     bootstrap()
-    envs = list(Environment.objects.all())
+    envs = list(Target.objects.all())
     assert [e.name for e in envs] == [
         "Local Development",
         "AWS Dev",
@@ -49,15 +49,15 @@ def test_bootstrap_creates_the_seed_flow_in_order():
 
 def test_bootstrap_twice_changes_nothing_and_keeps_operator_changes():
     bootstrap()
-    production = Environment.objects.get(slug="production")
+    production = Target.objects.get(slug="production")
     production.approval_rules.update(count=3)
     Group.objects.get(name="ci").permissions.clear()
 
     out = bootstrap()
 
     assert "Nothing to do" in out
-    assert Environment.objects.count() == 4
-    assert Environment.objects.get(slug="production").required_approvals == 3
+    assert Target.objects.count() == 4
+    assert Target.objects.get(slug="production").required_approvals == 3
     assert Group.objects.get(name="ci").permissions.count() == 0
     assert Schedule.objects.count() == 3
 

@@ -26,7 +26,7 @@ from opsweb.models import (
     Approval,
     AuditEntry,
     ChangeWindow,
-    Environment,
+    Target,
     ImageVersion,
     Run,
     RunStatus,
@@ -283,7 +283,7 @@ def test_rollback_queues_the_previous_stable_version_and_pauses_dev(world):
     assert "Rolling back AWS Dev from 1.1.0" in out and "to 1.0.0" in out
     assert "marked bad when the rollback starts" in out and "until someone resumes it" in out
     services.claim_next_run(environment_id=world.env["dev"].pk)
-    dev = Environment.objects.get(slug="dev")
+    dev = Target.objects.get(slug="dev")
     assert dev.auto_deploy_paused and ImageVersion.objects.get(pk=world.v2.pk).is_bad
 
 
@@ -649,7 +649,7 @@ def sample_in(sample_repo, tmp_path):
     path, shas = sample_repo
     used = []
 
-    def configure(environment: Environment) -> int:
+    def configure(environment: Target) -> int:
         port = free_port()
         backend_settings = {
             "repository": str(path),
@@ -658,7 +658,7 @@ def sample_in(sample_repo, tmp_path):
             "start_timeout": 10,
             "stop_timeout": 3,
         }
-        Environment.objects.filter(pk=environment.pk).update(
+        Target.objects.filter(pk=environment.pk).update(
             backend_settings=backend_settings,
             health_check_url=f"http://127.0.0.1:{port}/healthz",
             health_check_window_seconds=10,

@@ -10,7 +10,7 @@ from opsweb.models import (
     Approval,
     ApprovalRule,
     AuditEntry,
-    Environment,
+    Target,
     ImageVersion,
     Run,
     RunStatus,
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.django_db
 
 
 def env_action(env, name):
-    return reverse(f"admin:opsweb_environment_{name}", args=[env.pk])
+    return reverse(f"admin:opsweb_target_{name}", args=[env.pk])
 
 
 def run_action(run, name):
@@ -174,7 +174,7 @@ def test_mark_bad_refused_when_the_version_went_live_meanwhile(flow, staged, bob
 
 def test_resume_refused_when_someone_else_resumed_and_paused_again(flow, staged, alice):
     dev = flow["dev"]
-    Environment.objects.filter(pk=dev.pk).update(auto_deploy_paused=True, paused_reason="rb")
+    Target.objects.filter(pk=dev.pk).update(auto_deploy_paused=True, paused_reason="rb")
 
     def meanwhile():
         services.resume_auto_deploy(user=alice, environment=dev)
@@ -277,7 +277,7 @@ def test_a_confirmation_posted_again_later_is_refused_even_when_its_facts_hold_a
     services.set_frozen(user=bob, environment=prod, frozen=False)  # "frozen: no" holds again
     response = client.post(env_action(prod, "freeze"), {**fields, "comment": "again"}, follow=True)
     assert refused(response, "was already used once; nothing was done again")
-    assert not Environment.objects.get(pk=prod.pk).is_frozen
+    assert not Target.objects.get(pk=prod.pk).is_frozen
     assert AuditEntry.objects.filter(action="set_frozen").count() == 2  # froze, unfroze
 
 
@@ -331,12 +331,12 @@ def test_a_page_older_than_15_minutes_is_refused_and_changes_nothing(flow, stage
     fields = resealed(page_fields(client, url), prod, "freeze", minutes=16)
     response = client.post(url, {**fields, "comment": "weekend"}, follow=True)
     assert refused(response, "This page is more than 15 minutes old; reload it and check again")
-    assert not Environment.objects.get(pk=prod.pk).is_frozen
+    assert not Target.objects.get(pk=prod.pk).is_frozen
     assert not AuditEntry.objects.filter(action="set_frozen").exists()
     # Within the 15 minutes the same page still confirms.
     fields = resealed(page_fields(client, url), prod, "freeze", minutes=14)
     client.post(url, {**fields, "comment": "weekend"}, follow=True)
-    assert Environment.objects.get(pk=prod.pk).is_frozen
+    assert Target.objects.get(pk=prod.pk).is_frozen
 
 
 def test_commands_pass_no_seal_and_keep_working(flow, staged, alice, bob):

@@ -8,7 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from opsweb import services
-from opsweb.models import AuditEntry, Environment, ImageVersion, Run
+from opsweb.models import AuditEntry, Target, ImageVersion, Run
 from orchestration.local import LocalProcessBackend
 from tests.conftest import get_json
 
@@ -33,7 +33,7 @@ def demo_settings(settings, tmp_path):
     settings.DEBUG = True
     settings.OPSWEB = {**settings.OPSWEB, "LOCAL_STATE_DIR": tmp_path / "local"}
     yield
-    for env in Environment.objects.all():
+    for env in Target.objects.all():
         LocalProcessBackend(env.backend_settings).stop(env.slug)
 
 
@@ -41,7 +41,7 @@ def test_demo_refuses_to_run_with_debug_off(settings):
     settings.DEBUG = False
     with pytest.raises(CommandError, match="only with DEBUG on"):
         call_command("demo")
-    assert Environment.objects.count() == 0
+    assert Target.objects.count() == 0
 
 
 def test_demo_starts_four_environments_on_different_versions_and_is_idempotent(demo_settings):
@@ -51,7 +51,7 @@ def test_demo_starts_four_environments_on_different_versions_and_is_idempotent(d
 
     versions = [get_json(f"http://127.0.0.1:{base + i}/")["version"] for i in range(4)]
     assert versions == ["1.2.1", "1.2.0", "1.1.0", "1.0.0"]
-    assert [e.current_image.tag for e in Environment.objects.all()] == versions
+    assert [e.current_image.tag for e in Target.objects.all()] == versions
     assert "alice" in out.getvalue() and "bob" in out.getvalue()
     counts = (ImageVersion.objects.count(), Run.objects.count())
     # The backdated history reads like a real one: its promotions had their approvals, it has

@@ -23,7 +23,7 @@ from botocore.awsrequest import AWSResponse
 from django.core.exceptions import ValidationError
 
 from opsweb import services, tasks
-from opsweb.models import Environment, ImageVersion, RunStatus
+from opsweb.models import Target, ImageVersion, RunStatus
 from opsweb.services import running
 from orchestration import ec2
 from orchestration.base import DeployError, DeployRequest, SettingsError, get_backend
@@ -96,7 +96,7 @@ def settings_for(url: str | None, **extra) -> dict:
     return {key: value for key, value in settings.items() if value is not None}
 
 
-def use_ec2(environment: Environment, url: str, **extra) -> Environment:
+def use_ec2(environment: Target, url: str, **extra) -> Target:
     environment.backend = "ec2"
     environment.backend_settings = settings_for(url, **extra)
     environment.health_check_url = ""
@@ -233,7 +233,7 @@ def failed(output: str) -> dict:
 
 
 def test_settings_errors_name_each_field(flow):
-    environment = Environment(
+    environment = Target(
         name="AWS Sandbox",
         slug="sandbox",
         position=99,
@@ -276,7 +276,7 @@ def test_settings_errors_name_each_field(flow):
     assert "batch_size: Give a whole number of instances (at least 1) or a percentage" in "".join(
         messages
     )
-    assert Environment.objects.filter(slug="sandbox").count() == 0
+    assert Target.objects.filter(slug="sandbox").count() == 0
 
 
 def test_settings_need_a_group_or_a_tag_and_refuse_credentials():

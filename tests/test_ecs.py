@@ -20,7 +20,7 @@ from django.core.exceptions import ValidationError
 
 from opsweb import services, tasks
 from opsweb.models import (
-    Environment,
+    Target,
     ImageVersion,
     NotificationChannel,
     NotificationDelivery,
@@ -87,7 +87,7 @@ def settings_for(url: str | None, service: str, **extra) -> dict:
     }
 
 
-def use_ecs(environment: Environment, url: str, service: str, **extra) -> Environment:
+def use_ecs(environment: Target, url: str, service: str, **extra) -> Target:
     environment.backend = "ecs"
     environment.backend_settings = settings_for(url, service, **extra)
     environment.health_check_url = ""
@@ -125,7 +125,7 @@ def ecr_image(tag: str) -> ImageVersion:
 
 
 def test_settings_errors_name_each_field(flow):
-    environment = Environment(
+    environment = Target(
         name="AWS Sandbox",
         slug="sandbox",
         position=99,

@@ -13,7 +13,7 @@ from django_q.models import OrmQ
 from opsweb import services
 from opsweb.models import (
     AuditEntry,
-    Environment,
+    Target,
     NotificationChannel,
     NotificationDelivery,
     NotificationEvent,
@@ -116,7 +116,7 @@ def test_mark_bad_notifies_every_channel(flow, bob):
 
 
 def test_an_auto_deploy_waiting_for_approval_notifies_the_approvers(flow, ci_user):
-    Environment.objects.filter(slug="staging").update(auto_deploy_branch="release")
+    Target.objects.filter(slug="staging").update(auto_deploy_branch="release")
     channel(events=["approval_needed"])
     registration = services.register_image(
         user=ci_user,
@@ -150,7 +150,7 @@ def test_a_lost_worker_notifies_only_how_the_run_ended(flow, alice):
 def test_a_registered_version_has_its_scan_queued_once_committed(
     flow, ci_user, django_capture_on_commit_callbacks, backend, scans
 ):
-    Environment.objects.exclude(slug="local").update(backend=backend)
+    Target.objects.exclude(slug="local").update(backend=backend)
     with django_capture_on_commit_callbacks(execute=True):
         image = services.register_image(
             user=ci_user, repository="example/app", tag="5.0.0", digest=fake_digest("5")

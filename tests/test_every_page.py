@@ -27,7 +27,7 @@ from opsweb.models import (
     Approval,
     AuditEntry,
     ChangeWindow,
-    Environment,
+    Target,
     ImageVersion,
     NotificationChannel,
     NotificationDelivery,
@@ -62,7 +62,7 @@ def _run(env, image, status, *, minutes_ago, **fields) -> Run:
 
 
 def _runs_now(env, image, *, minutes_ago=600):
-    Environment.objects.filter(pk=env.pk).update(
+    Target.objects.filter(pk=env.pk).update(
         current_image=image, current_since=timezone.now() - timedelta(minutes=minutes_ago)
     )
     return _run(env, image, RunStatus.SUCCEEDED, minutes_ago=minutes_ago, switched_at=None)
@@ -92,14 +92,14 @@ def build_states(flow, scenario: str, user) -> dict:
         # local: nothing deployed. dev: runs a bad version, auto-deploy paused, and the
         # vulnerable version has nothing safe to roll back to.
         runs.append(_runs_now(dev, bad, minutes_ago=300))
-        Environment.objects.filter(pk=dev.pk).update(
+        Target.objects.filter(pk=dev.pk).update(
             auto_deploy_paused=True,
             paused_reason=f"{MARKER} failed health check",
             security_alert=f"{MARKER} 1.4.0 has critical findings; nothing safe to roll back to",
         )
         # staging: deploying (a running run), drift found too.
         runs.append(_run(staging, current, RunStatus.RUNNING, minutes_ago=2, step="health check"))
-        Environment.objects.filter(pk=staging.pk).update(
+        Target.objects.filter(pk=staging.pk).update(
             drift=f"{MARKER} ecs runs sha256:0000", drift_checked_at=now
         )
         # production: frozen by hand, an override waiting, a run held by the freeze.
@@ -139,7 +139,7 @@ def build_states(flow, scenario: str, user) -> dict:
         # local: healthy. dev: drift. staging: its last run failed. production: paused, runs
         # a version with scan findings, recurring windows (one now, one later).
         runs.append(_runs_now(local, stable, minutes_ago=60))
-        Environment.objects.filter(pk=dev.pk).update(drift=f"{MARKER} nothing answers")
+        Target.objects.filter(pk=dev.pk).update(drift=f"{MARKER} nothing answers")
         failed = _run(staging, newer, RunStatus.FAILED, minutes_ago=3, error=f"{MARKER} 500")
         runs.append(failed)
         runs.append(
@@ -156,7 +156,7 @@ def build_states(flow, scenario: str, user) -> dict:
         )
         Run.objects.filter(pk=runs[-1].pk).update(finished_at=now - timedelta(minutes=4))
         runs.append(_runs_now(production, scanned, minutes_ago=200))
-        Environment.objects.filter(pk=production.pk).update(
+        Target.objects.filter(pk=production.pk).update(
             auto_deploy_paused=True, paused_reason=f"{MARKER} rolled back"
         )
         ChangeWindow.objects.create(
@@ -261,7 +261,7 @@ def build_states(flow, scenario: str, user) -> dict:
         for n, status in enumerate(NotificationDelivery.Status.values)
     ]
     return {
-        "environment": list(Environment.objects.all()),
+        "environment": list(Target.objects.all()),
         "imageversion": list(ImageVersion.objects.all()),
         "run": list(Run.objects.all()),
         "runevent": list(RunEvent.objects.all()),
@@ -315,7 +315,7 @@ def site_urls(objects: dict) -> list[str]:
 def choice_urls(objects: dict) -> list[str]:
     """The promote and deploy pages with each version picked (``?image=<id>``)."""
     return [
-        reverse(f"admin:opsweb_environment_{name}", args=[env.pk]) + f"?image={image.pk}"
+        reverse(f"admin:opsweb_target_{name}", args=[env.pk]) + f"?image={image.pk}"
         for env in objects["environment"]
         for name in ("promote", "deploy")
         for image in objects["imageversion"]
@@ -462,7 +462,7 @@ def test_a_user_without_permissions_is_refused_every_admin_url(flow, outsider, r
         if found:
             failures.append(f"{url} shows {found}")
     assert not failures, failures
-    assert {"opsweb_environment_history", "opsweb_run_approve", "opsweb_run_live"} <= {
+    assert {"opsweb_target_history", "opsweb_run_approve", "opsweb_run_live"} <= {
         name for name, _ in urls
     }
 
@@ -470,12 +470,12 @@ def test_a_user_without_permissions_is_refused_every_admin_url(flow, outsider, r
 @pytest.mark.parametrize(
     "name",
     [
-        "opsweb_environment_history",
+        "opsweb_target_history",
         "opsweb_run_history",
         "opsweb_imageversion_history",
         "opsweb_run_approve",
         "opsweb_run_cancel",
-        "opsweb_environment_rollback",
+        "opsweb_target_rollback",
         "opsweb_imageversion_mark_bad",
         "opsweb_run_live",
     ],

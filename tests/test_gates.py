@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from opsweb import policy, services, tasks
-from opsweb.models import ChangeWindow, Environment, ImageVersion, Run, RunKind, RunStatus
+from opsweb.models import ChangeWindow, Target, ImageVersion, Run, RunKind, RunStatus
 from opsweb.services import ReleaseError
 from tests.conftest import fake_digest, make_image, succeed_in
 from tests.test_commands import run_command
@@ -21,10 +21,10 @@ CRITICAL = {"CRITICAL": 1, "HIGH": 2}
 @pytest.fixture
 def dev(flow):
     """AWS Dev refusing HIGH findings and above, running 1.0.0."""
-    Environment.objects.filter(slug="dev").update(block_severity="HIGH")
-    dev = Environment.objects.get(slug="dev")
+    Target.objects.filter(slug="dev").update(block_severity="HIGH")
+    dev = Target.objects.get(slug="dev")
     succeed_in(dev, make_image("1.0.0", branch="develop"))
-    return Environment.objects.select_related("current_image").get(slug="dev")
+    return Target.objects.select_related("current_image").get(slug="dev")
 
 
 def vulnerable(tag="1.1.0", **fields):
@@ -45,7 +45,7 @@ def test_deploy_refuses_a_version_with_blocking_findings(dev, alice):
 
 def test_promotion_refuses_a_version_with_blocking_findings(flow, alice):
     staging = flow["staging"]
-    Environment.objects.filter(pk=staging.pk).update(block_severity="CRITICAL")
+    Target.objects.filter(pk=staging.pk).update(block_severity="CRITICAL")
     image = vulnerable()
     succeed_in(flow["dev"], image)
     with pytest.raises(ReleaseError, match="AWS Staging refuses CRITICAL and above"):
@@ -125,13 +125,13 @@ def test_a_build_registered_during_a_freeze_deploys_when_unfrozen(dev, ci_user, 
 
 
 def test_resuming_auto_deploy_deploys_the_newest_build_left_behind(dev, ci_user, alice):
-    Environment.objects.filter(pk=dev.pk).update(auto_deploy_paused=True, paused_reason="rb")
+    Target.objects.filter(pk=dev.pk).update(auto_deploy_paused=True, paused_reason="rb")
     register(ci_user, "1.1.0")
     code, _, err = register(ci_user, "1.2.0", wait=True)
     assert code == 4 and "auto-deploy is paused" in err
     code, out, _ = run_command("environments")
     assert "behind develop by 2 builds" in out
-    services.resume_auto_deploy(user=alice, environment=Environment.objects.get(pk=dev.pk))
+    services.resume_auto_deploy(user=alice, environment=Target.objects.get(pk=dev.pk))
     assert deploys_of(dev, "1.1.0") == []  # only the newest: 1.2.0 replaces it
     (run,) = deploys_of(dev, "1.2.0")
     assert run.status == RunStatus.QUEUED and run.requested_by == alice
@@ -201,10 +201,10 @@ def test_behind_counts_for_every_environment_in_one_query_match_builds_behind(fl
     tried = make_image("1.4.0", branch="develop", committed_at=now - timedelta(days=1))
     succeed_in(flow["dev"], old)
     succeed_in(flow["dev"], tried, status=RunStatus.FAILED)
-    Environment.objects.filter(slug="dev").update(current_image=old)
-    Environment.objects.filter(slug__in=["local", "staging"]).update(auto_deploy_branch="develop")
-    Environment.objects.filter(slug="production").update(auto_deploy_branch="main")
-    environments = list(Environment.objects.select_related("current_image"))
+    Target.objects.filter(slug="dev").update(current_image=old)
+    Target.objects.filter(slug__in=["local", "staging"]).update(auto_deploy_branch="develop")
+    Target.objects.filter(slug="production").update(auto_deploy_branch="main")
+    environments = list(Target.objects.select_related("current_image"))
     with CaptureQueriesContext(connection) as captured:
         counts = behind_counts(environments)
     assert len(captured) == 1

@@ -110,7 +110,7 @@ def test_every_form_field_carries_the_limits_of_its_column(flow):
 def test_a_freeze_reason_longer_than_its_column_is_a_form_error(flow):
     ops = make_user("ops", "production approvers")
     staging = flow["staging"]
-    url = reverse("admin:opsweb_environment_freeze", args=[staging.pk])
+    url = reverse("admin:opsweb_target_freeze", args=[staging.pk])
     response = post_form(login(ops), url, {"comment": "x" * 301})
     assert response.status_code == 200
     assert "Ensure this value has at most 300 characters (it has 301)." in response.text
@@ -230,7 +230,7 @@ def test_a_freeze_lifted_within_its_second_round_trips_through_the_admin(flow):
     client = login(root)
     for url in (
         reverse("admin:opsweb_changewindow_change", args=[window.pk]),
-        reverse("admin:opsweb_environment_change", args=[production.pk]),
+        reverse("admin:opsweb_target_change", args=[production.pk]),
     ):
         parser = FormValues()
         parser.feed(client.get(url).text)

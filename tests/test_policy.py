@@ -224,7 +224,7 @@ def test_rollback_with_nothing_earlier_is_a_rule_not_a_403(flow, bob):
     succeed_in(staging, make_image("1.0.0"))
     decision = policy.may_roll_back(bob, staging)
     assert not decision and not decision.forbidden
-    page = login(bob).get(reverse("admin:opsweb_environment_rollback", args=[staging.pk]))
+    page = login(bob).get(reverse("admin:opsweb_target_rollback", args=[staging.pk]))
     assert page.status_code == 200 and "nothing to roll back to" in page.text
     assert 'name="confirm" disabled' in page.text
 
@@ -264,7 +264,7 @@ def test_an_environment_running_a_bad_version_is_flagged_everywhere(flow, staged
     assert "runs a bad version" in index
     env_page = (
         login(root)
-        .get(reverse("admin:opsweb_environment_change", args=[flow["production"].pk]))
+        .get(reverse("admin:opsweb_target_change", args=[flow["production"].pk]))
         .text
     )
     assert "runs a bad version (1.0.0: CVE-2026-1)" in env_page

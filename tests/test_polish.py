@@ -21,9 +21,9 @@ def test_lists_and_pages_show_one_date_format_with_the_zone(flow, alice, bob):
     root = login(make_user("root", is_superuser=True))
     for url in (
         reverse("admin:opsweb_run_changelist"),
-        reverse("admin:opsweb_environment_changelist"),
+        reverse("admin:opsweb_target_changelist"),
         reverse("admin:opsweb_imageversion_changelist"),
-        reverse("admin:opsweb_environment_change", args=[flow["dev"].pk]),
+        reverse("admin:opsweb_target_change", args=[flow["dev"].pk]),
     ):
         page = root.get(url).text
         assert " UTC" in page, url
@@ -38,7 +38,7 @@ def test_history_shows_the_objects_audit_entries(flow, alice, bob):
     page = root.get(reverse("admin:opsweb_imageversion_history", args=[image.pk])).text
     assert "doesn’t have a change history" not in page
     assert "Marked example/app:1.0.0 bad: leaks memory" in page and "bob" in page
-    env_history = root.get(reverse("admin:opsweb_environment_history", args=[flow["dev"].pk]))
+    env_history = root.get(reverse("admin:opsweb_target_history", args=[flow["dev"].pk]))
     assert env_history.status_code == 200
 
 
@@ -60,7 +60,7 @@ def test_rollback_reason_is_the_persons_choice(flow, bob):
     succeed_in(prod, make_image("1.0.0"))
     succeed_in(prod, make_image("2.0.0"))
     client = login(bob)
-    url = reverse("admin:opsweb_environment_rollback", args=[prod.pk])
+    url = reverse("admin:opsweb_target_rollback", args=[prod.pk])
     page = client.get(url).text
     assert '<option value="" selected>— choose the reason —</option>' in page
     import re

@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from opsweb import services, tasks
-from opsweb.models import Environment, Run, RunKind, RunStatus
+from opsweb.models import Target, Run, RunKind, RunStatus
 from opsweb.services import running
 from orchestration.alarms import AlarmState
 from orchestration.base import REGISTRY, DeployBackend, DeployResult, no_progress
@@ -20,7 +20,7 @@ from tests.conftest import get_json, make_image, start_worker, succeed_in
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def service_url(env: Environment) -> str:
+def service_url(env: Target) -> str:
     return env.health_check_url.removesuffix("healthz")
 
 
@@ -116,7 +116,7 @@ def test_manual_rollback_restores_the_previous_version(local_flow, alice):
 def test_broken_backend_settings_fail_the_run_with_a_message(local_flow, alice):
     flow, images = local_flow
     dev = flow["dev"]
-    Environment.objects.filter(pk=dev.pk).update(
+    Target.objects.filter(pk=dev.pk).update(
         backend_settings={**dev.backend_settings, "repository": "/nonexistent/repo"}
     )
     run = deploy(alice, dev, images["1.0.0"])
@@ -253,7 +253,7 @@ def wait_for_event(run: Run, prefix: str, timeout: float = 60) -> None:
     raise AssertionError(f"run #{run.pk} never logged {prefix!r}: {list(run.events.all())}")
 
 
-def wait_for_started_process(env: Environment, tag: str, timeout: float = 30) -> None:
+def wait_for_started_process(env: Target, tag: str, timeout: float = 30) -> None:
     """Until the local backend recorded the pid of the process it started for ``tag``."""
     env.refresh_from_db()
     backend = LocalProcessBackend(env.backend_settings)
@@ -291,7 +291,7 @@ def test_a_worker_killed_mid_run_is_reconciled(local_flow, alice, tmp_path, stal
     flow, images = local_flow
     dev = flow["dev"]
     # A command that never listens keeps the worker inside the deploy step.
-    Environment.objects.filter(pk=dev.pk).update(
+    Target.objects.filter(pk=dev.pk).update(
         backend_settings={
             **dev.backend_settings,
             "command": ["python", "-c", "import time; time.sleep(60)"],
@@ -321,7 +321,7 @@ def test_a_worker_lost_during_the_health_check_rolls_back_the_failing_version(
     flow, images = local_flow
     dev = flow["dev"]
     assert deploy(alice, dev, images["1.2.0"]).status == RunStatus.SUCCEEDED
-    Environment.objects.filter(pk=dev.pk).update(health_check_window_seconds=60)
+    Target.objects.filter(pk=dev.pk).update(health_check_window_seconds=60)
     broken = services.request_deploy(user=alice, environment=dev, image=images["1.3.0"])
     worker = start_worker(tmp_path / "qcluster.log")
     try:
@@ -357,7 +357,7 @@ def test_a_worker_lost_while_the_new_version_starts_records_what_runs(
     dev = flow["dev"]
     assert deploy(alice, dev, images["1.0.0"]).status == RunStatus.SUCCEEDED
     # The new version takes a few seconds to listen: the worker is killed while it waits.
-    Environment.objects.filter(pk=dev.pk).update(
+    Target.objects.filter(pk=dev.pk).update(
         backend_settings={
             **dev.backend_settings,
             "command": ["sh", "-c", f"sleep 3; exec {sys.executable} main_orchestrator.py"],
@@ -443,7 +443,7 @@ def test_a_garbled_health_answer_fails_the_run_and_rolls_back(local_flow, alice)
 
     threading.Thread(target=answer_garbage, daemon=True).start()
     url = f"http://127.0.0.1:{garbage.getsockname()[1]}/healthz"
-    Environment.objects.filter(pk=dev.pk).update(
+    Target.objects.filter(pk=dev.pk).update(
         health_check_url=url, health_check_window_seconds=1
     )
     try:
@@ -467,7 +467,7 @@ def test_a_bad_host_fails_the_deploy_and_the_old_version_still_answers(local_flo
     dev = flow["dev"]
     assert deploy(alice, dev, images["1.0.0"]).status == RunStatus.SUCCEEDED
     # As saved before hosts were checked (the admin refuses it now: see below).
-    Environment.objects.filter(pk=dev.pk).update(
+    Target.objects.filter(pk=dev.pk).update(
         backend_settings={**dev.backend_settings, "host": "nosuchhost.invalid"}
     )
     run = deploy(alice, dev, images["1.1.0"])
@@ -475,14 +475,14 @@ def test_a_bad_host_fails_the_deploy_and_the_old_version_still_answers(local_flo
     assert "host: Give an IPv4 address or name of this machine" in run.error
     no_traceback_in_the_log(run)
     assert get_json(service_url(dev))["version"] == "1.0.0"
-    assert Environment.objects.get(pk=dev.pk).current_image == images["1.0.0"]
+    assert Target.objects.get(pk=dev.pk).current_image == images["1.0.0"]
 
 
 def test_a_bad_host_is_refused_when_the_environment_is_configured(local_flow):
     from django.core.exceptions import ValidationError
 
     flow, _ = local_flow
-    dev = Environment.objects.get(pk=flow["dev"].pk)  # a copy: the fixture stops the original
+    dev = Target.objects.get(pk=flow["dev"].pk)  # a copy: the fixture stops the original
     dev.backend_settings = {**dev.backend_settings, "host": "nosuchhost.invalid"}
     with pytest.raises(ValidationError) as exc:
         dev.full_clean()
@@ -615,7 +615,7 @@ def another_backend(monkeypatch, settings):
 
 def test_bake_reads_the_alarms_the_way_the_backend_reads_them(flow, alice, another_backend):
     dev = flow["dev"]
-    Environment.objects.filter(pk=dev.pk).update(
+    Target.objects.filter(pk=dev.pk).update(
         backend="another",
         backend_settings={},
         health_check_url="",

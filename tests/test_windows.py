@@ -311,7 +311,7 @@ def test_the_promote_page_offers_the_override_only_to_those_who_may(
 ):
     dev = flow["dev"]
     freeze_now(flow["staging"], reason="release")
-    url = reverse("admin:opsweb_environment_promote", args=[dev.pk])
+    url = reverse("admin:opsweb_target_promote", args=[dev.pk])
     page = login(alice).get(url).text
     assert "which alice does not have" in page and "Emergency override" in page
     ops = overriders[0]
@@ -338,7 +338,7 @@ def test_the_environment_page_shows_the_freeze_and_edits_windows_with_an_audit(f
     production = flow["production"]
     weekend_freeze(production)
     client = login(root)
-    url = reverse("admin:opsweb_environment_change", args=[production.pk])
+    url = reverse("admin:opsweb_target_change", args=[production.pk])
     page = client.get(url).text
     assert "every Friday 16:00 → Monday 08:00, Europe/Berlin; next: Fri" in page
     data = {
@@ -399,7 +399,7 @@ def test_the_environment_list_says_until_when_it_is_frozen(flow):
     root = make_user("root", is_superuser=True)
     weekend_freeze(flow["production"], rrule="FREQ=DAILY;BYHOUR=0;BYMINUTE=0;BYSECOND=0")
     # A daily window lasting 64 h overlaps the next occurrences: frozen for good, until lifted.
-    page = login(root).get(reverse("admin:opsweb_environment_changelist")).text
+    page = login(root).get(reverse("admin:opsweb_target_changelist")).text
     assert "frozen until" in page
 
 
@@ -417,8 +417,8 @@ def test_the_migration_turns_a_frozen_flag_into_a_window_and_a_group_count_into_
     executor.migrate(before)
     apps = executor.loader.project_state(before).apps
     group = apps.get_model("auth", "Group").objects.create(name="release managers")
-    Environment = apps.get_model("opsweb", "Environment")
-    Environment.objects.create(
+    Target = apps.get_model("opsweb", "Environment")
+    Target.objects.create(
         name="Prod",
         slug="prod",
         position=1,
@@ -426,7 +426,7 @@ def test_the_migration_turns_a_frozen_flag_into_a_window_and_a_group_count_into_
         required_approvals=2,
         is_frozen=True,
     )
-    Environment.objects.create(name="Dev", slug="dev", position=0, approver_group=group)
+    Target.objects.create(name="Dev", slug="dev", position=0, approver_group=group)
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
     executor.migrate(after)
@@ -578,11 +578,11 @@ def test_the_pages_read_a_worst_case_window_at_bounded_cost(flow, occurrences_co
     )
     client = login(root)
     occurrences_computed["n"] = 0
-    page = client.get(reverse("admin:opsweb_environment_change", args=[production.pk]))
+    page = client.get(reverse("admin:opsweb_target_change", args=[production.pk]))
     assert page.status_code == 200 and "frozen until someone lifts the freeze" in page.text
     board = client.get(reverse("admin:index"))
     assert board.status_code == 200
-    listing = client.get(reverse("admin:opsweb_environment_changelist"))
+    listing = client.get(reverse("admin:opsweb_target_changelist"))
     assert "frozen until lifted" in listing.text
     assert occurrences_computed["n"] <= 3000
 

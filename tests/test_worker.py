@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from opsweb import services
-from opsweb.models import Environment, RunStatus
+from opsweb.models import Target, RunStatus
 from orchestration.local import process_alive
 from tests.conftest import get_json, start_worker, stop_worker
 from tests.test_tasks import kill_worker, service_url, wait_for_event
@@ -24,9 +24,9 @@ def children(pid: int) -> list[int]:
     return [int(child) for child in text.split()]
 
 
-def slow_start(env: Environment) -> None:
+def slow_start(env: Target) -> None:
     """The new version takes 3 s to listen: a step still under way when the signal comes."""
-    Environment.objects.filter(pk=env.pk).update(
+    Target.objects.filter(pk=env.pk).update(
         backend_settings={
             **env.backend_settings,
             "command": ["sh", "-c", f"sleep 3; exec {sys.executable} main_orchestrator.py"],

@@ -6,4 +6,11 @@
 - ``records``: read-only lists of run events, approvals, sign-offs and audit entries.
 """
 
-from opsweb.admin import environments, images, notifications, records, runs  # noqa: F401
+from opsweb.admin import (  # noqa: F401
+    applications,
+    environments,
+    images,
+    notifications,
+    records,
+    runs,
+)

@@ -29,7 +29,7 @@ from opsweb.limits import TEXT_MAX
 from opsweb.models import (
     ApprovalRule,
     ChangeWindow,
-    Environment,
+    Target,
     ImageVersion,
     RollbackReason,
     Run,
@@ -59,7 +59,7 @@ def run_url(run) -> str:
 def env_url(env) -> str:
     from django.urls import reverse
 
-    return reverse("admin:opsweb_environment_change", args=[env.pk])
+    return reverse("admin:opsweb_target_change", args=[env.pk])
 
 
 class NoteForm(ConfirmForm):
@@ -92,7 +92,7 @@ def override_reason(data) -> str:
     return data.get("override_reason", "").strip() if data.get("override") else ""
 
 
-def _freeze_lines(env: Environment) -> list[tuple[str, str]]:
+def _freeze_lines(env: Target) -> list[tuple[str, str]]:
     status = freeze_status(env, timezone.now())
     if not status.frozen:
         return []
@@ -114,7 +114,7 @@ class RollbackForm(ConfirmForm):
     )
 
 
-def _approvals_line(env: Environment) -> tuple[str, str]:
+def _approvals_line(env: Target) -> tuple[str, str]:
     rules = env.rules
     if not rules:
         return "Approvals needed", "none (it starts at once)"
@@ -473,7 +473,7 @@ class ApprovalRuleInline(BoundedFields, admin.TabularInline):
 
     model = ApprovalRule
     extra = 0
-    fields = ["group", "count"]
+    fields = ["application", "group", "count"]
     verbose_name = "approval rule"
 
 
@@ -512,6 +512,7 @@ class ChangeWindowInline(BoundedFields, admin.StackedInline):
     form = ChangeWindowForm
     extra = 0
     fields = [
+        "application",
         "kind",
         ("starts_at", "ends_at"),
         ("rrule", "cron", "duration_seconds"),
@@ -543,9 +544,18 @@ class ChangeWindowAdmin(OpswebAdmin):
     """All change windows, including those for every environment (no environment set)."""
 
     form = ChangeWindowForm
-    fields = ["environment", *ChangeWindowForm.Meta.fields]
-    list_display = ["__str__", "kind", "environment", "next_occurrences", "reason", "created_by"]
-    list_select_related = ["environment", "created_by"]
+    fields = ["environment", "application", *ChangeWindowForm.Meta.fields]
+    list_display = [
+        "__str__",
+        "kind",
+        "environment",
+        "application",
+        "next_occurrences",
+        "reason",
+        "created_by",
+    ]
+    list_filter = ["environment", "application"]
+    list_select_related = ["environment", "application", "created_by"]
 
     @admin.display(description="Next occurrences")
     def next_occurrences(self, window):
@@ -560,41 +570,38 @@ class ChangeWindowAdmin(OpswebAdmin):
             request.user,
             "configure_change_window",
             f"{'Changed' if change else 'Added'} change window {obj}",
-            environment=obj.environment,
         )
 
     def delete_model(self, request, obj):
-        text, environment = str(obj), obj.environment
+        text = str(obj)
         with services.changing_windows(user=request.user):
             super().delete_model(request, obj)
-        services.audit(
-            request.user,
-            "configure_change_window",
-            f"Removed change window {text}",
-            environment=environment,
-        )
+        services.audit(request.user, "configure_change_window", f"Removed change window {text}")
 
     def delete_queryset(self, request, queryset):
         for obj in queryset:
             self.delete_model(request, obj)
 
 
-@admin.register(Environment)
-class EnvironmentAdmin(ConfirmingAdmin):
+@admin.register(Target)
+class TargetAdmin(ConfirmingAdmin):
+    """An application in an environment: what runs there and the buttons that change it. The
+    environment's own rules (approvals, windows) are on the environment's page."""
+
     confirmations = [Promote(), Deploy(), RollBack(), Resume(), SignOff(), Freeze()]
     list_display = [
-        "name",
+        "__str__",
+        "application",
         "current_version",
         "current_since",
         "waiting_runs",
-        "upstream",
         "approvals_needed",
         "flags",
         "backend",
     ]
-    inlines = [ApprovalRuleInline, ChangeWindowInline]
-    list_select_related = ["upstream", "current_image", "approver_group"]
-    ordering = ["position"]
+    list_filter = ["application", "environment"]
+    list_select_related = ["application", "environment", "current_image"]
+    ordering = ["application__name", "environment__position"]
     readonly_fields = [
         "current_image",
         "current_since",
@@ -605,7 +612,6 @@ class EnvironmentAdmin(ConfirmingAdmin):
         "drift_checked_at",
         "security_alert",
     ]
-    prepopulated_fields = {"slug": ["name"]}
     fieldsets = [
         (
             "Now",
@@ -622,18 +628,12 @@ class EnvironmentAdmin(ConfirmingAdmin):
                 ]
             },
         ),
-        ("Place in the flow", {"fields": ["name", "slug", "position", "upstream"]}),
         (
-            "Approvals",
+            "Application and environment",
             {
-                "description": "How many approvals a run needs, and from whom, are the approval "
-                "rules below: all must be met, and one person's approval counts toward one rule.",
-                "fields": [
-                    "approver_group",
-                    "allow_self_approval",
-                    "forbid_author_approval",
-                    "requires_uat_signoff",
-                ],
+                "description": "Approvals, UAT sign-off, soak time and scans are the "
+                "environment's rules (with the application's own approval rules added).",
+                "fields": ["application", "environment"],
             },
         ),
         (
@@ -642,12 +642,10 @@ class EnvironmentAdmin(ConfirmingAdmin):
                 "fields": [
                     "backend",
                     "backend_settings",
-                    "auto_deploy_branch",
                     "health_check_url",
                     "health_check_window_seconds",
                     "auto_rollback",
                     "rto_seconds",
-                    "soak_seconds",
                 ]
             },
         ),
@@ -657,7 +655,6 @@ class EnvironmentAdmin(ConfirmingAdmin):
                 "fields": [
                     "bake_seconds",
                     "alarms",
-                    "block_severity",
                     "roll_back_on_vulnerability",
                 ]
             },
@@ -668,7 +665,7 @@ class EnvironmentAdmin(ConfirmingAdmin):
         return (
             super()
             .get_queryset(request)
-            .select_related("downstream", "upstream__current_image", "current_image")
+            .select_related("application", "environment", "current_image")
             .annotate(
                 # A subquery per environment over the active-runs index, not a join with the
                 # whole history.
@@ -690,11 +687,17 @@ class EnvironmentAdmin(ConfirmingAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # runs and approvals refer to it; history must stay whole
 
+    def get_readonly_fields(self, request, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        return [*fields, "application", "environment"] if obj is not None else fields
+
     def changelist_view(self, request, extra_context=None):
         # Each row's flags and rules come from one read of every environment's windows, rules
         # and running run, not a few queries per row.
         with services.one_reading():
-            environments = list(Environment.objects.select_related("current_image"))
+            environments = list(
+                Target.objects.select_related("application", "environment", "current_image")
+            )
             read_configuration(environments)
             response = super().changelist_view(request, extra_context)
             # A TemplateResponse renders after this returns: render it inside the reading.
@@ -775,7 +778,7 @@ class EnvironmentAdmin(ConfirmingAdmin):
         }
 
 
-def environment_flags(env: Environment) -> list[str]:
+def environment_flags(env: Target) -> list[str]:
     """What a person must notice about an environment, in words (``reading.notices``)."""
     return notices(
         env,

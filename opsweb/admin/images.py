@@ -12,7 +12,7 @@ from opsweb import policy, services
 from opsweb.admin.confirm import Confirmation, ConfirmForm, ConfirmingAdmin, version_line
 from opsweb.admin.records import ReadOnlyMixin
 from opsweb.limits import TEXT_MAX
-from opsweb.models import Environment, ImageVersion
+from opsweb.models import Target, ImageVersion
 from opsweb.reads import facts
 
 
@@ -72,8 +72,8 @@ class AutoDeployBranchFilter(admin.SimpleListFilter):
     def lookups(self, request, model_admin):
         branches = sorted(
             set(
-                Environment.objects.exclude(auto_deploy_branch="").values_list(
-                    "auto_deploy_branch", flat=True
+                Target.objects.auto_deploying().values_list(
+                    "application__auto_deploy_branch", flat=True
                 )
             )
         )
@@ -84,7 +84,7 @@ class AutoDeployBranchFilter(admin.SimpleListFilter):
         if not value:
             return queryset
         if value == self.OTHER:
-            auto = Environment.objects.exclude(auto_deploy_branch="").values("auto_deploy_branch")
+            auto = Target.objects.auto_deploying().values("application__auto_deploy_branch")
             return queryset.exclude(branch__in=auto)
         return queryset.filter(branch=value)
 
@@ -131,6 +131,8 @@ class ImageVersionAdmin(ReadOnlyMixin, ConfirmingAdmin):
 
     def page_context(self, request, image):
         return {
-            "runs_here": Environment.objects.filter(current_image=image),
+            "runs_here": Target.objects.filter(current_image=image).select_related(
+                "application", "environment"
+            ),
             "recent_runs": image.runs.select_related("environment", "requested_by")[:20],
         }

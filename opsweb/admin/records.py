@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.db import connection
 
 from opsweb.admin.lists import DateRangeFilter, OpswebAdmin
-from opsweb.models import Approval, AuditEntry, Environment, ImageVersion, Run, RunEvent, Signoff
+from opsweb.models import Approval, AuditEntry, Target, ImageVersion, Run, RunEvent, Signoff
 
 
 class ReadOnlyMixin:
@@ -30,7 +30,7 @@ class ReadOnlyAdmin(ReadOnlyMixin, OpswebAdmin):
 def audit_entries_for(obj):
     """The audit trail of an environment, a version or a run, newest first."""
     entries = AuditEntry.objects.select_related("actor").order_by("-created_at", "-id")
-    if isinstance(obj, Environment):
+    if isinstance(obj, Target):
         return entries.filter(environment=obj)
     if isinstance(obj, ImageVersion):
         return entries.filter(image=obj)

@@ -93,7 +93,7 @@ class RunChangeList(CheckedChangeList):
         super().get_results(request)
         rows = list(self.result_list)
         counts = services.approval_counts(run.pk for run in rows if run.required_approvals)
-        rules = services.rule_counts({run.environment_id for run in rows})
+        rules = services.rule_counts({run.environment_id: run.environment for run in rows}.values())
         for run in rows:
             run.approvals_given = counts.get(run.pk, 0)
             run.rule_count = rules.get(run.environment_id, 0)

@@ -5,12 +5,10 @@ per service moves to a deployment target (one application in one environment). A
 install becomes one application — ``sample``, or named after its image repository when it has
 exactly one — that keeps every run, approval, sign-off and audit entry: each environment's
 target takes the environment's id, so every reference to it stays valid while foreign keys are
-pointed at the target table and renamed.
+pointed at the target table.
 
 On PostgreSQL the steps that touch big tables are cheap: new columns are nullable (no rewrite),
-the image versions are backfilled in batches of 5,000, columns are renamed (catalogue only), and
-the indexes on the run table follow their renamed column (the index changes below are
-state-only). The application index on image versions is built concurrently by 0019.
+the image versions are backfilled in batches of 5,000, and the run table's foreign key is pointed at the target table. The application index on image versions is built concurrently by 0019.
 """
 
 import django.db.models.deletion
@@ -183,7 +181,7 @@ class Migration(migrations.Migration):
             name="Target",
             fields=[
                 ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
-                ("backend", models.CharField(choices=[("local", "Local processes"), ("ecs", "AWS ECS"), ("ec2", "AWS EC2 (SSM)")], default="local", max_length=20)),
+                ("backend", models.CharField(choices=[("local", "Local process"), ("ecs", "AWS ECS"), ("ec2", "AWS EC2")], default="local", max_length=20)),
                 ("backend_settings", models.JSONField(blank=True, default=dict)),
                 ("auto_deploy_paused", models.BooleanField(default=False)),
                 ("paused_reason", models.CharField(blank=True, max_length=300)),
@@ -241,7 +239,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name="run",
             name="environment",
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name="runs", to="opsweb.target"),
+            field=models.ForeignKey(help_text="Where the run deploys: its application's target in an environment.", on_delete=django.db.models.deletion.PROTECT, related_name="runs", to="opsweb.target"),
         ),
         migrations.AlterField(
             model_name="run",
@@ -257,32 +255,6 @@ class Migration(migrations.Migration):
             model_name="auditentry",
             name="environment",
             field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name="+", to="opsweb.target"),
-        ),
-        migrations.RenameField(model_name="run", old_name="environment", new_name="target"),
-        migrations.RenameField(model_name="run", old_name="source_environment", new_name="source_target"),
-        migrations.RenameField(model_name="signoff", old_name="environment", new_name="target"),
-        migrations.RenameField(model_name="auditentry", old_name="environment", new_name="target"),
-        # The database's indexes and constraints followed their renamed columns; only the
-        # state's field names change.
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.RemoveIndex(model_name="run", name="opsweb_run_environ_373a86_idx"),
-                migrations.AddIndex(model_name="run", index=models.Index(fields=["target", "status"], name="opsweb_run_environ_373a86_idx")),
-                migrations.RemoveIndex(model_name="run", name="run_environment_newest"),
-                migrations.AddIndex(model_name="run", index=models.Index(fields=["target", "-created_at", "-id"], name="run_environment_newest")),
-                migrations.RemoveIndex(model_name="run", name="run_active_by_environment"),
-                migrations.AddIndex(model_name="run", index=models.Index(condition=Q(status__in=["pending", "queued", "running"]), fields=["target", "status"], name="run_active_by_environment")),
-                migrations.RemoveIndex(model_name="run", name="run_environment_finished"),
-                migrations.AddIndex(model_name="run", index=models.Index(fields=["target", "finished_at"], name="run_environment_finished")),
-                migrations.RemoveIndex(model_name="run", name="run_rollback_of_version"),
-                migrations.AddIndex(model_name="run", index=models.Index(condition=Q(kind="rollback"), fields=["replaces", "target", "created_at"], name="run_rollback_of_version")),
-                migrations.RemoveConstraint(model_name="run", name="one_running_run_per_environment"),
-                migrations.AddConstraint(model_name="run", constraint=models.UniqueConstraint(condition=Q(status="running"), fields=("target",), name="one_running_run_per_environment", violation_error_message="Another run is already in progress in this environment.")),
-                migrations.RemoveConstraint(model_name="signoff", name="one_signoff_per_user"),
-                migrations.AddConstraint(model_name="signoff", constraint=models.UniqueConstraint(fields=("target", "image", "user"), name="one_signoff_per_user", violation_error_message="You have already signed off this version here.")),
-                migrations.RemoveIndex(model_name="auditentry", name="audit_environment_newest"),
-                migrations.AddIndex(model_name="auditentry", index=models.Index(fields=["target", "-created_at"], name="audit_environment_newest")),
-            ],
         ),
         migrations.RemoveConstraint(model_name="approvalrule", name="one_rule_per_group_per_environment"),
         migrations.AddConstraint(

@@ -165,6 +165,14 @@ class ApplicationRepository(models.Model):
 
 
 class TargetQuerySet(models.QuerySet):
+    def auto_deploying(self, branch: str | None = None):
+        """Targets that take every version CI registers on their application's auto-deploy
+        branch (``branch`` when given): in an ``auto_deploy`` environment, with a branch set."""
+        targets = self.filter(environment__auto_deploy=True).exclude(
+            application__auto_deploy_branch=""
+        )
+        return targets.filter(application__auto_deploy_branch=branch) if branch else targets
+
     def in_flow(self):
         """Targets with their application, environment and what runs, in flow order, each
         knowing its upstream and downstream target without a query (``link_flow``)."""
@@ -254,6 +262,12 @@ class Target(models.Model):
 
     def __str__(self) -> str:
         return self.environment.name
+
+    @property
+    def backend_key(self) -> str:
+        """What the backend keys this target's state by ("web-dev"): two applications' Dev
+        never share a local state file or process."""
+        return f"{self.application.slug}-{self.environment.slug}"
 
     @property
     def label(self) -> str:
@@ -387,8 +401,7 @@ class Target(models.Model):
         if self.pk is None:
             return []
         return list(
-            ApprovalRule.objects.filter(environment_id=self.environment_id)
-            .filter(Q(application__isnull=True) | Q(application_id=self.application_id))
+            ApprovalRule.objects.for_target(self)
             .select_related("group", "application")
             .order_by("application_id", "id")
         )
@@ -461,6 +474,22 @@ def alarm_problems(alarms, backend: str) -> list[str]:
     return cls.alarm_problems(alarms, allow=allow.with_loopback() if cls.runs_on_worker else allow)
 
 
+class RuleQuerySet(models.QuerySet):
+    def for_target(self, target):
+        """The rules a run in ``target`` must meet: the organisation's in its environment and
+        its application's own there."""
+        return self.filter(environment_id=target.environment_id).filter(
+            Q(application__isnull=True) | Q(application_id=target.application_id)
+        )
+
+    def for_outer_target(self, path: str):
+        """The same, for the target at ``path`` of the outer query (``OuterRef``): e.g.
+        ``"environment"`` from runs, ``"run__environment"`` from approvals."""
+        return self.filter(environment_id=models.OuterRef(f"{path}__environment_id")).filter(
+            Q(application__isnull=True) | Q(application_id=models.OuterRef(f"{path}__application_id"))
+        )
+
+
 class ApprovalRule(models.Model):
     """ "``count`` approvals from members of ``group``": one of the rules a run in
     ``environment`` must meet — the organisation's for every application (``application``
@@ -480,6 +509,8 @@ class ApprovalRule(models.Model):
     )
     group = models.ForeignKey(Group, on_delete=models.PROTECT, related_name="approval_rules")
     count = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+
+    objects = RuleQuerySet.as_manager()
 
     class Meta:
         ordering = ["environment", "id"]

@@ -20,7 +20,7 @@ class AuditEntry(ImmutableModel):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     action = models.CharField(max_length=50)
-    target = models.ForeignKey(
+    environment = models.ForeignKey(
         Target, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     image = models.ForeignKey(
@@ -38,7 +38,7 @@ class AuditEntry(ImmutableModel):
             models.Index(fields=["action", "-created_at", "-id"], name="audit_action_newest"),
             # The index page's "Your recent actions".
             models.Index(fields=["actor", "-created_at", "-id"], name="audit_actor_newest"),
-            models.Index(fields=["target", "-created_at"], name="audit_environment_newest"),
+            models.Index(fields=["environment", "-created_at"], name="audit_environment_newest"),
             models.Index(fields=["image", "-created_at"], name="audit_image_newest"),
             models.Index(fields=["run", "-created_at"], name="audit_run_newest"),
         ]

@@ -91,8 +91,10 @@ class RollbackReason(models.TextChoices):
 
 
 class Run(models.Model):
-    """One deploy, promotion or rollback of one image version into one target (an application
-    in an environment).
+    """One deploy, promotion or rollback of one image version into one deployment target: an
+    application in an environment. ``environment`` is that target (a ``Target``, which reads
+    like the environment it is in: name, rules, upstream); ``environment.application`` and
+    ``environment.environment`` are its application and shared environment.
 
     Statuses: pending → queued → running → succeeded | failed; also rejected, cancelled,
     expired, superseded (the environment moved past its version before it started) and stopped
@@ -105,8 +107,13 @@ class Run(models.Model):
     """
 
     kind = models.CharField(max_length=20, choices=RunKind.choices)
-    target = models.ForeignKey(Target, on_delete=models.PROTECT, related_name="runs")
-    source_target = models.ForeignKey(
+    environment = models.ForeignKey(
+        Target,
+        on_delete=models.PROTECT,
+        related_name="runs",
+        help_text="Where the run deploys: its application's target in an environment.",
+    )
+    source_environment = models.ForeignKey(
         Target, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     image = models.ForeignKey(ImageVersion, on_delete=models.PROTECT, related_name="runs")
@@ -185,7 +192,7 @@ class Run(models.Model):
         ]
         constraints = [
             models.UniqueConstraint(
-                fields=["target"],
+                fields=["environment"],
                 condition=Q(status="running"),
                 name="one_running_run_per_environment",
                 violation_error_message="Another run is already in progress in this environment.",
@@ -196,34 +203,34 @@ class Run(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["target", "status"], name="opsweb_run_environ_373a86_idx"),
+            models.Index(fields=["environment", "status"], name="opsweb_run_environ_373a86_idx"),
             models.Index(fields=["status", "heartbeat_at"]),
             # The run list: its default order, and that order within a status or an environment
             # filter, read from an index instead of sorting the history.
             models.Index(fields=["-created_at", "-id"], name="run_newest_first"),
             models.Index(fields=["status", "-created_at", "-id"], name="run_status_newest"),
             models.Index(
-                fields=["target", "-created_at", "-id"], name="run_environment_newest"
+                fields=["environment", "-created_at", "-id"], name="run_environment_newest"
             ),
             models.Index(fields=["image", "-created_at", "-id"], name="run_image_newest"),
             # The board and the environment list: what waits or runs, never the whole history.
             models.Index(
-                fields=["target", "status"],
+                fields=["environment", "status"],
                 condition=Q(status__in=["pending", "queued", "running"]),
                 name="run_active_by_environment",
             ),
             # The DORA figures: runs of an environment by finish time, and "was this version
             # rolled back here later?" for each of them.
-            models.Index(fields=["target", "finished_at"], name="run_environment_finished"),
+            models.Index(fields=["environment", "finished_at"], name="run_environment_finished"),
             models.Index(
-                fields=["replaces", "target", "created_at"],
+                fields=["replaces", "environment", "created_at"],
                 condition=Q(kind="rollback"),
                 name="run_rollback_of_version",
             ),
         ]
 
     def __str__(self) -> str:
-        return f"#{self.pk} {self.get_kind_display()} {self.image} → {self.target}"
+        return f"#{self.pk} {self.get_kind_display()} {self.image} → {self.environment}"
 
     def save(self, *args, **kwargs):
         old = getattr(self, "_loaded_status", None)
@@ -252,7 +259,7 @@ class Run(models.Model):
         """What this run replaces: recorded at the switch; until then what runs now."""
         if self.switched_at is not None:
             return self.replaces
-        return self.target.current_image
+        return self.environment.current_image
 
     @property
     def is_automatic(self) -> bool:
@@ -353,7 +360,7 @@ class Approval(ImmutableModel):
 class Signoff(ImmutableModel):
     """ "UAT passed for image X in environment Y": what Production promotion waits for."""
 
-    target = models.ForeignKey(Target, on_delete=models.PROTECT, related_name="signoffs")
+    environment = models.ForeignKey(Target, on_delete=models.PROTECT, related_name="signoffs")
     image = models.ForeignKey(ImageVersion, on_delete=models.PROTECT, related_name="signoffs")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     note = models.TextField(blank=True)
@@ -364,11 +371,11 @@ class Signoff(ImmutableModel):
         permissions = [("sign_off_uat", "Can record a UAT sign-off")]
         constraints = [
             models.UniqueConstraint(
-                fields=["target", "image", "user"],
+                fields=["environment", "image", "user"],
                 name="one_signoff_per_user",
                 violation_error_message="You have already signed off this version here.",
             )
         ]
 
     def __str__(self) -> str:
-        return f"UAT passed: {self.image} in {self.target}"
+        return f"UAT passed: {self.image} in {self.environment}"

@@ -7,12 +7,12 @@ function per kind of object, so the page and the service cannot disagree on what
 
 from __future__ import annotations
 
-from opsweb.models import Environment, ImageVersion, Run, RunStatus, Signoff
+from opsweb.models import Target, ImageVersion, Run, RunStatus, Signoff
 from opsweb.reads.history import describe, previous_stable_version
 from opsweb.reads.quorum import approvals_count
 
 
-def environment_facts(environment: Environment) -> dict[str, str]:
+def environment_facts(environment: Target) -> dict[str, str]:
     """What an environment runs and how it takes runs."""
     return {
         "what it runs": describe(environment.current_image),
@@ -22,7 +22,7 @@ def environment_facts(environment: Environment) -> dict[str, str]:
     }
 
 
-def promotion_facts(target: Environment, image: ImageVersion | None) -> dict[str, str]:
+def promotion_facts(target: Target, image: ImageVersion | None) -> dict[str, str]:
     facts = environment_facts(target)
     if image is not None:
         facts["version marked bad"] = "yes" if image.is_bad else "no"
@@ -32,7 +32,7 @@ def promotion_facts(target: Environment, image: ImageVersion | None) -> dict[str
     return facts
 
 
-def rollback_facts(environment: Environment) -> dict[str, str]:
+def rollback_facts(environment: Target) -> dict[str, str]:
     current = environment.current_image
     target = previous_stable_version(environment, exclude=current) if current else None
     deploying = (
@@ -47,7 +47,7 @@ def rollback_facts(environment: Environment) -> dict[str, str]:
     }
 
 
-def signoff_facts(environment: Environment, image: ImageVersion) -> dict[str, str]:
+def signoff_facts(environment: Target, image: ImageVersion) -> dict[str, str]:
     return {
         "what it runs": describe(environment.current_image),
         "version marked bad": "yes" if image.is_bad else "no",
@@ -81,7 +81,7 @@ def image_facts(image: ImageVersion) -> dict[str, str]:
     return {
         "marked bad": "yes" if image.is_bad else "no",
         "where it runs": ", ".join(
-            Environment.objects.filter(current_image=image).values_list("name", flat=True)
+            Target.objects.filter(current_image=image).values_list("environment__name", flat=True)
         )
         or "nowhere",
         "waiting runs": str(waiting),

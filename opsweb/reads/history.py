@@ -7,7 +7,7 @@ from django.db.models import Exists, F, Func, Max, Min, OuterRef, Q, Subquery
 from django.db.models.lookups import IsNull
 
 from opsweb.models import (
-    Environment,
+    Target,
     ImageVersion,
     Run,
     RunStatus,
@@ -15,7 +15,7 @@ from opsweb.models import (
 from opsweb.reads.memo import once, primed
 
 
-def last_success(environment: Environment, image: ImageVersion) -> Run | None:
+def last_success(environment: Target, image: ImageVersion) -> Run | None:
     """The newest succeeded run of ``image`` in ``environment`` (once within ``one_reading``)."""
     return once(
         ("last_success", environment.pk, image.pk),
@@ -28,7 +28,7 @@ def last_success(environment: Environment, image: ImageVersion) -> Run | None:
 
 
 def previous_stable_version(
-    environment: Environment, *, exclude: ImageVersion | None = None
+    environment: Target, *, exclude: ImageVersion | None = None
 ) -> ImageVersion | None:
     """The newest version that succeeded in ``environment`` and is not bad, other than
     ``exclude`` (the version being rolled back). Read once within ``one_reading``."""
@@ -38,10 +38,12 @@ def previous_stable_version(
     )
 
 
-def _previous_stable_version(environment: Environment, exclude: ImageVersion | None):
+def _previous_stable_version(environment: Target, exclude: ImageVersion | None):
     succeeded_here = Q(runs__environment=environment, runs__status=RunStatus.SUCCEEDED)
     candidates = (
-        ImageVersion.objects.filter(succeeded_here, is_bad=False)
+        ImageVersion.objects.filter(
+            succeeded_here, application_id=environment.application_id, is_bad=False
+        )
         .annotate(last_success=Max("runs__finished_at", filter=succeeded_here))
         .order_by("-last_success", "-id")
     )
@@ -56,7 +58,7 @@ def describe(image: ImageVersion | None) -> str:
     return f"{image.tag} ({image.short_digest})"
 
 
-def is_older(image: ImageVersion, than: ImageVersion | None, environment: Environment) -> bool:
+def is_older(image: ImageVersion, than: ImageVersion | None, environment: Target) -> bool:
     """Whether ``image`` is older than ``than`` (what ``environment`` runs).
 
     The environment's own history decides first: a version first deployed there before
@@ -68,7 +70,7 @@ def is_older(image: ImageVersion, than: ImageVersion | None, environment: Enviro
 
 
 def older_than(
-    images: list[ImageVersion], than: ImageVersion | None, environment: Environment
+    images: list[ImageVersion], than: ImageVersion | None, environment: Target
 ) -> set[int]:
     """The ids of those of ``images`` older than ``than`` in ``environment`` by the rule of
     ``is_older``, in one query whatever their number (for a page that offers versions).
@@ -102,7 +104,7 @@ def older_than(
     return older
 
 
-def waiting_builds(environment: Environment):
+def waiting_builds(environment: Target):
     """Builds of the branch ``environment`` auto-deploys that it has been left behind by: newer
     than what it runs (by ``is_older``'s rule: the commit time where both have one, else the
     registration order), never tried there (no run of them there at all, so a build that
@@ -112,7 +114,9 @@ def waiting_builds(environment: Environment):
     if not branch:
         return ImageVersion.objects.none()
     tried = Run.objects.filter(environment_id=environment.pk, image=OuterRef("pk"))
-    builds = ImageVersion.objects.filter(branch=branch, is_bad=False).exclude(Exists(tried))
+    builds = ImageVersion.objects.filter(
+        application_id=environment.application_id, branch=branch, is_bad=False
+    ).exclude(Exists(tried))
     current = environment.current_image
     if current is not None:
         registered_later = Q(registered_at__gt=current.registered_at) | Q(
@@ -132,7 +136,7 @@ def waiting_builds(environment: Environment):
 BEHIND_CAP = 100
 
 
-def builds_behind(environment: Environment) -> int:
+def builds_behind(environment: Target) -> int:
     """How many builds ``environment`` is behind its auto-deploy branch (``waiting_builds``),
     at most ``BEHIND_CAP`` + 1 (one bounded read of ids)."""
     if not environment.auto_deploy_branch:
@@ -166,7 +170,11 @@ def behind_counts(environments) -> dict[int, int]:
         )
     ) | (~committed_known & registered_later)
     waiting = (
-        ImageVersion.objects.filter(branch=outer("auto_deploy_branch"), is_bad=False)
+        ImageVersion.objects.filter(
+            application_id=outer("application_id"),
+            branch=outer("application__auto_deploy_branch"),
+            is_bad=False,
+        )
         .exclude(Exists(tried))
         .filter(
             Q(IsNull(outer("current_image_id"), True)) | (~Q(pk=outer("current_image_id")) & newer)
@@ -181,8 +189,8 @@ def behind_counts(environments) -> dict[int, int]:
         .values("n")
     )
     rows = (
-        Environment.objects.filter(pk__in=[env.pk for env in environments])
-        .exclude(auto_deploy_branch="")
+        Target.objects.filter(pk__in=[env.pk for env in environments])
+        .auto_deploying()
         .annotate(behind=Subquery(capped))
         .values_list("pk", "behind")
     )
@@ -191,7 +199,7 @@ def behind_counts(environments) -> dict[int, int]:
     return counts
 
 
-def behind_sentence(environment: Environment, count: int | None = None) -> str:
+def behind_sentence(environment: Target, count: int | None = None) -> str:
     """ "behind develop by 2 builds" where ``environment`` has been left behind by builds of
     the branch it auto-deploys (``waiting_builds``), else "". ``count``: ``builds_behind``
     already read."""
@@ -202,7 +210,7 @@ def behind_sentence(environment: Environment, count: int | None = None) -> str:
     return f"behind {environment.auto_deploy_branch} by {many} build{'' if count == 1 else 's'}"
 
 
-def who_deployed(environment: Environment, image: ImageVersion | None) -> Run | None:
+def who_deployed(environment: Target, image: ImageVersion | None) -> Run | None:
     """The run that last switched ``environment`` to ``image``."""
     if image is None:
         return None

@@ -17,7 +17,7 @@ from django.db.models.functions import Coalesce
 from opsweb.models import (
     Approval,
     ApprovalRule,
-    Environment,
+    Target,
     ImageVersion,
     Run,
     RunKind,
@@ -31,7 +31,7 @@ def user_group_ids(user) -> set[int]:
     return once(("groups", user.pk), lambda: set(user.groups.values_list("pk", flat=True)))
 
 
-def is_approver(user, environment: Environment) -> bool:
+def is_approver(user, environment: Target) -> bool:
     """Members of the environment's approver group, or of a group one of its approval rules
     names, approve, reject and roll back there. Superusers are not approvers by default:
     approval is a named person's decision."""
@@ -43,14 +43,12 @@ def is_approver(user, environment: Environment) -> bool:
     return bool(groups & user_group_ids(user))
 
 
-def rule_group_ids(environment: Environment) -> set[int]:
+def rule_group_ids(environment: Target) -> set[int]:
     return set(
         once(
             ("rule_group_ids", environment.pk),
             lambda: list(
-                ApprovalRule.objects.filter(environment=environment).values_list(
-                    "group_id", flat=True
-                )
+                ApprovalRule.objects.for_target(environment).values_list("group_id", flat=True)
             ),
         )
     )
@@ -138,12 +136,12 @@ def override_group() -> Group | None:
     return once(("override_group",), lambda: Group.objects.filter(name=OVERRIDE_GROUP).first())
 
 
-def approval_rules(environment: Environment) -> list[ApprovalRule]:
+def approval_rules(environment: Target) -> list[ApprovalRule]:
     """``environment.rules``, read once within ``one_reading``."""
     return once(("rules", environment.pk), lambda: environment.rules)
 
 
-def environment_rules(environment: Environment, *, override: int = 0) -> list[Rule]:
+def environment_rules(environment: Target, *, override: int = 0) -> list[Rule]:
     """The environment's approval rules, plus the override rule when ``override`` approvals are
     needed for an emergency override of a freeze."""
     rules = [Rule(r.group.name, r.group_id, r.count) for r in approval_rules(environment)]
@@ -191,7 +189,7 @@ def match_approvers(candidates: dict[int, list[int]], capacities: list[int]) -> 
 
 
 def may_count(
-    environment: Environment,
+    environment: Target,
     *,
     requester_id: int | None,
     author_email: str = "",
@@ -300,7 +298,7 @@ def approvals_count(run: Run) -> int:
     return quorum_progress(run).counted
 
 
-def eligible_approvers(environment: Environment, *, requester=None, image=None):
+def eligible_approvers(environment: Target, *, requester=None, image=None):
     """Users whose approval can count in ``environment``: members of a group one of its rules
     names who may count (``may_count``: active, not the requester where self-approval is off,
     not ``image``'s commit author where that is forbidden)."""
@@ -323,7 +321,7 @@ def _reach(rules: list[Rule], people: list[int], requester_id, groups) -> int:
 
 
 def quorum_refusal(
-    environment: Environment,
+    environment: Target,
     *,
     requester,
     image: ImageVersion | None = None,
@@ -426,7 +424,7 @@ def approvals_text(run: Run, given: int | None = None) -> str:
         return ""
     rules = getattr(run, "rule_count", None)
     if rules is None and given is not None:
-        rules = ApprovalRule.objects.filter(environment_id=run.environment_id).count()
+        rules = ApprovalRule.objects.for_target(run.environment).count()
     if given is not None and not run.override_approvals and rules <= 1:
         return f"{min(given, run.required_approvals)} of {run.required_approvals}"
     progress = quorum_progress(run)
@@ -439,7 +437,7 @@ def rule_count_annotation() -> Subquery:
     ``rule_count`` on Run querysets: lets ``approvals_text(run, given)`` trust the list's
     ``counting_approvals_annotation`` for single-rule runs without a query per row."""
     rules = (
-        ApprovalRule.objects.filter(environment=OuterRef("environment"))
+        ApprovalRule.objects.for_outer_target("environment")
         .values("environment")
         .annotate(n=Count("id"))
         .values("n")
@@ -458,8 +456,7 @@ def _counting(prefix: str) -> Q:
     same rows, but PostgreSQL plans it in about a fifth of the time (7 ms → 1.5 ms for a page
     of 100 runs, which was most of the run list's database time)."""
     run = "" if prefix else "run__"
-    member = ApprovalRule.objects.filter(
-        environment_id=OuterRef(f"{run}environment_id"),
+    member = ApprovalRule.objects.for_outer_target(f"{run}environment").filter(
         group__user=OuterRef(f"{prefix}user_id"),
         group__user__is_active=True,
     )
@@ -468,13 +465,13 @@ def _counting(prefix: str) -> Q:
         & Q(**{f"{prefix}digest": F(f"{run}image__digest")})
         & Q(Exists(member))
         & (
-            Q(**{f"{run}environment__allow_self_approval": True})
+            Q(**{f"{run}environment__environment__allow_self_approval": True})
             | Q(**{f"{run}requested_by__isnull": True})
             | ~Q(**{f"{prefix}user": F(f"{run}requested_by")})
         )
         # The commit's author, where forbidden: the same people as ``may_count``.
         & (
-            Q(**{f"{run}environment__forbid_author_approval": False})
+            Q(**{f"{run}environment__environment__forbid_author_approval": False})
             | Q(**{f"{run}image__author_email": ""})
             | ~Q(**{f"{prefix}user__email__iexact": F(f"{run}image__author_email")})
         )
@@ -499,15 +496,20 @@ def approval_counts(run_ids) -> dict[int, int]:
     return {row["run_id"]: row["n"] for row in rows}
 
 
-def rule_counts(environment_ids) -> dict[int, int]:
-    """How many approval rules each environment has (one query): set as ``run.rule_count`` on
-    a page's rows so that ``approvals_text(run, given)`` needs no query for single-rule runs."""
-    rows = (
-        ApprovalRule.objects.filter(environment_id__in=list(environment_ids))
-        .values("environment_id")
-        .annotate(n=Count("id"))
-    )
-    return {row["environment_id"]: row["n"] for row in rows}
+def rule_counts(targets) -> dict[int, int]:
+    """How many approval rules apply in each of ``targets`` (one query): set as
+    ``run.rule_count`` on a page's rows so that ``approvals_text(run, given)`` needs no query
+    for single-rule runs. Keyed by target id."""
+    targets = list(targets)
+    rows = ApprovalRule.objects.filter(
+        environment_id__in={t.environment_id for t in targets}
+    ).values_list("environment_id", "application_id")
+    counts: dict[int, int] = {}
+    for t in targets:
+        counts[t.pk] = sum(
+            1 for env, app in rows if env == t.environment_id and app in (None, t.application_id)
+        )
+    return counts
 
 
 __all__ = [

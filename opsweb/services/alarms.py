@@ -11,7 +11,7 @@ from django.utils import timezone
 from opsweb import policy
 from opsweb.errors import ReleaseError
 from opsweb.models import (
-    Environment,
+    Target,
     ImageVersion,
     RollbackReason,
     Run,
@@ -93,17 +93,17 @@ def act_on_scans() -> list[str]:
     marked bad). An environment whose version is clean again loses its alert. Returns the
     sentences of what was decided."""
     decided = []
-    for environment in Environment.objects.select_for_update().exclude(current_image=None):
+    for environment in Target.objects.select_for_update().exclude(current_image=None):
         image = environment.current_image
         blocking = policy.blocking_findings(environment, image)
         if blocking:
             decided.append(_vulnerable_runs(environment, image, blocking))
         elif environment.security_alert:
-            Environment.objects.filter(pk=environment.pk).update(security_alert="")
+            Target.objects.filter(pk=environment.pk).update(security_alert="")
     return decided
 
 
-def _vulnerable_runs(environment: Environment, image: ImageVersion, blocking: dict) -> str:
+def _vulnerable_runs(environment: Target, image: ImageVersion, blocking: dict) -> str:
     found = policy.findings_sentence(image, blocking)
     if image.is_bad and environment.security_alert:
         return f"{environment}: {environment.security_alert}"  # decided already; said once
@@ -148,8 +148,8 @@ def _vulnerable_runs(environment: Environment, image: ImageVersion, blocking: di
     return f"{environment}: rolling back from {image.tag} ({found}) as run #{run.pk}."
 
 
-def _alert(environment: Environment, message: str) -> str:
-    Environment.objects.filter(pk=environment.pk).update(security_alert=message[:500])
+def _alert(environment: Target, message: str) -> str:
+    Target.objects.filter(pk=environment.pk).update(security_alert=message[:500])
     audit(None, "security_alert", f"{environment}: {message}", environment=environment)
     return f"{environment}: {message}"
 
@@ -159,9 +159,9 @@ def scan_targets() -> list[ImageVersion]:
     an upstream runs is already 'what runs'), plus the previous stable version of each
     environment (a rollback target)."""
     ids = set(
-        Environment.objects.exclude(current_image=None).values_list("current_image", flat=True)
+        Target.objects.exclude(current_image=None).values_list("current_image", flat=True)
     )
-    for environment in Environment.objects.select_related("current_image"):
+    for environment in Target.objects.select_related("current_image", "application", "environment"):
         if environment.current_image:
             earlier = previous_stable_version(environment, exclude=environment.current_image)
             if earlier:
@@ -179,7 +179,7 @@ def _aws_place(repository: str) -> tuple[str, str] | None:
         registry, region, _ = split_ecr_repository(repository)
     except DeployError:
         return None  # another registry: it has no ECR scan
-    aws = Environment.objects.filter(backend__in=SCANNED_BACKENDS).order_by("position").first()
+    aws = Target.objects.filter(backend__in=SCANNED_BACKENDS).order_by("environment__position").first()
     if aws is None:
         return None
     options = aws.backend_settings

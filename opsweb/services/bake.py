@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from opsweb.models import Environment, Run, RunKind
+from opsweb.models import Target, Run, RunKind
 from opsweb.services import alarms
 from opsweb.services.execution import stop_requested
 from orchestration.alarms import AlarmState
@@ -31,7 +31,7 @@ class Bake:
     reason: str = alarms.ROLLBACK_REASONS["errors"]
 
 
-def read_alarms(environment: Environment) -> list[AlarmState]:
+def read_alarms(environment: Target) -> list[AlarmState]:
     """Every alarm of the environment as it reads now, the way its backend reads them
     (``DeployBackend.read_alarms``: HTTP metrics for the local backend, CloudWatch alarms for
     ECS and EC2). Raises DeployError when they cannot be read."""
@@ -42,7 +42,7 @@ def read_alarms(environment: Environment) -> list[AlarmState]:
     )
 
 
-def bake(run: Run, environment: Environment) -> Bake:
+def bake(run: Run, environment: Target) -> Bake:
     """Watch the environment's alarms for ``bake_seconds`` after a healthy switch, polling
     every ``BAKE_POLL_SECONDS``. An alarm entering ALARM fails the run with its name, reason
     and value, and breaks the environment (rollback for the alarm's kind). An alarm already in

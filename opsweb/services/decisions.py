@@ -10,7 +10,7 @@ from opsweb import policy
 from opsweb.errors import ReleaseError
 from opsweb.models import (
     Approval,
-    Environment,
+    Target,
     ImageVersion,
     Run,
     RunEvent,
@@ -38,7 +38,7 @@ def _lock_run(run: Run) -> Run:
     # serialises writers with IMMEDIATE transactions.
     return (
         Run.objects.select_for_update(of=("self",))
-        .select_related("environment__current_image", "environment__approver_group", "image")
+        .select_related("environment__current_image", "environment__environment__approver_group", "environment__application", "image")
         .get(pk=run.pk)
     )
 
@@ -185,7 +185,7 @@ def stop_run(*, user, run: Run, reason: str = "", seen: Seen = None, by: Run | N
     check_lengths(reason=reason)
     run = (
         Run.objects.select_for_update(of=("self",))
-        .select_related("environment__current_image", "environment__approver_group", "image")
+        .select_related("environment__current_image", "environment__environment__approver_group", "environment__application", "image")
         .get(pk=run.pk)
     )
     check_seen(
@@ -219,7 +219,7 @@ def stop_run(*, user, run: Run, reason: str = "", seen: Seen = None, by: Run | N
 
 @transaction.atomic
 def sign_off_uat(
-    *, user, environment: Environment, image: ImageVersion, note: str = "", seen: Seen = None
+    *, user, environment: Target, image: ImageVersion, note: str = "", seen: Seen = None
 ) -> Signoff:
     """Record that UAT passed for ``image`` in ``environment`` (Staging).
 

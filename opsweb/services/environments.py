@@ -16,8 +16,10 @@ from opsweb import events, policy
 from opsweb.errors import ReleaseError
 from opsweb.limits import COMMIT_MESSAGE_MAX
 from opsweb.models import (
+    Application,
+    ApplicationRepository,
     ChangeWindow,
-    Environment,
+    Target,
     ImageVersion,
     Run,
     RunKind,
@@ -38,7 +40,7 @@ from opsweb.windows import freeze_status, open_until
 
 
 @transaction.atomic
-def resume_auto_deploy(*, user, environment: Environment, seen: Seen = None) -> Environment:
+def resume_auto_deploy(*, user, environment: Target, seen: Seen = None) -> Target:
     """Resume auto-deploy after a rollback paused it, and deploy the newest build of the branch
     left behind meanwhile (``catch_up``). Raises NotAllowed (not an approver and no
     ``resume_auto_deploy`` permission) or ReleaseError (not paused; changed since seen)."""
@@ -54,7 +56,7 @@ def resume_auto_deploy(*, user, environment: Environment, seen: Seen = None) -> 
     policy.may_resume(user, environment).enforce()
     environment.auto_deploy_paused = False
     environment.paused_reason = ""
-    Environment.objects.filter(pk=environment.pk).update(auto_deploy_paused=False, paused_reason="")
+    Target.objects.filter(pk=environment.pk).update(auto_deploy_paused=False, paused_reason="")
     audit(
         user, "resume_auto_deploy", f"Resumed auto-deploy in {environment}", environment=environment
     )
@@ -64,10 +66,12 @@ def resume_auto_deploy(*, user, environment: Environment, seen: Seen = None) -> 
 
 @transaction.atomic
 def set_frozen(
-    *, user, environment: Environment, frozen: bool, reason: str = "", seen: Seen = None
-) -> Environment:
-    """Freeze (rollbacks only) or unfreeze an environment by hand: freezing opens a one-off deny
-    window with no end; unfreezing ends the open-ended ones. A freeze by a recurring or dated
+    *, user, environment: Target, frozen: bool, reason: str = "", seen: Seen = None
+) -> Target:
+    """Freeze (rollbacks only) or unfreeze one application in one environment (the target
+    ``environment``) by hand: freezing opens a one-off deny window with no end for it;
+    unfreezing ends its open-ended ones. A freeze of a whole environment, or of every
+    environment, is a change window without an application. A freeze by a recurring or dated
     window is lifted by editing that window (or overridden in an emergency). Unfreezing deploys
     the newest build of the auto-deploy branch left behind meanwhile (``catch_up``), if no other
     window still freezes it. Raises NotAllowed
@@ -89,7 +93,8 @@ def set_frozen(
         if environment.is_frozen:
             raise ReleaseError(f"{environment} is already frozen.")
         ChangeWindow.objects.create(
-            environment=environment,
+            environment=environment.environment,
+            application=environment.application,
             kind=ChangeWindow.Kind.DENY,
             starts_at=now,
             reason=reason or f"frozen by {actor_name(user)}",
@@ -99,7 +104,8 @@ def set_frozen(
         by_hand = [
             window
             for window in ChangeWindow.objects.filter(
-                environment=environment,
+                environment=environment.environment_id,
+                application=environment.application_id,
                 kind=ChangeWindow.Kind.DENY,
                 ends_at=None,
                 rrule="",
@@ -136,16 +142,16 @@ def changing_windows(*, user) -> Iterator[None]:
     recognises a held-back build by the windows as they are now, so a build held by a window
     that was deleted would never go. Call inside the edit's transaction."""
     now = timezone.now()
-    gated = Environment.objects.exclude(auto_deploy_branch="").filter(auto_deploy_paused=False)
+    gated = Target.objects.auto_deploying().filter(auto_deploy_paused=False)
     frozen = [env.pk for env in gated if freeze_status(env, now).frozen]
     yield
     for pk in frozen:
-        environment = lock_environment(Environment(pk=pk))
+        environment = lock_environment(Target(pk=pk))
         if not freeze_status(environment, timezone.now()).frozen:
             catch_up(environment, user=user, opened="its change window was lifted")
 
 
-def record_configuration(*, user, environment: Environment, message: str) -> None:
+def record_configuration(*, user, environment: Target, message: str) -> None:
     """An environment's settings were edited in the admin (who, when, which fields)."""
     audit(user, "configure_environment", message, environment=environment)
 
@@ -179,13 +185,17 @@ def register_image(
 ) -> Registration:
     """Record a built image (idempotent by digest) and auto-deploy it where its branch says.
 
-    Registering a known digest again deploys it where its branch auto-deploys and it never
-    ran; otherwise ``not_deployed`` says why not, per environment, so a CI retry is never
-    mistaken for a deploy. Raises NotAllowed without ``add_imageversion``, ReleaseError for an
-    invalid field or a tag that already names another digest (tags are immutable).
+    The version belongs to the application that releases ``repository`` and deploys only into
+    that application's targets. Registering a known digest again deploys it where its branch
+    auto-deploys and it never ran; otherwise ``not_deployed`` says why not, per environment
+    (slug), so a CI retry is never mistaken for a deploy. Raises NotAllowed without
+    ``add_imageversion``, ReleaseError for a repository no
+    application releases, an invalid field or a tag that already names another digest (tags
+    are immutable).
     """
     check_lengths(COMMIT_MESSAGE_MAX, commit_message=commit_message)
     require_perm(user, "add_imageversion", "register images")
+    application = application_of(repository)
     existing = ImageVersion.objects.filter(repository=repository, digest=digest).first()
     if existing:
         if existing.tag != tag:
@@ -202,6 +212,7 @@ def register_image(
             f"immutable, build a new tag."
         )
     image = ImageVersion(
+        application=application,
         repository=repository,
         tag=tag,
         digest=digest,
@@ -243,7 +254,10 @@ def _auto_deploy(registration: Registration, user, branch: str) -> Registration:
     image = registration.image
     if not branch:
         return registration
-    for environment in Environment.objects.select_for_update().filter(auto_deploy_branch=branch):
+    targets = Target.objects.auto_deploying(branch).filter(application_id=image.application_id)
+    for environment in targets.select_for_update(of=("self",)).select_related(
+        "application", "environment"
+    ):
         why_not = auto_deploy_refusal(environment, image, branch)
         if why_not:
             registration.not_deployed[environment.slug] = why_not
@@ -269,7 +283,24 @@ def _auto_deploy(registration: Registration, user, branch: str) -> Registration:
     return registration
 
 
-def catch_up(environment: Environment, *, user, opened: str) -> Run | None:
+def application_of(repository: str) -> Application:
+    """The application that releases image ``repository``. Raises ReleaseError naming how to
+    add it when none does."""
+    found = (
+        ApplicationRepository.objects.filter(repository=repository)
+        .select_related("application")
+        .first()
+    )
+    if found is None:
+        raise ReleaseError(
+            f"No application releases repository {repository!r}: add it to one (the "
+            f"application's page in the admin, or manage.py create_application --repository "
+            f"{repository} …)."
+        )
+    return found.application
+
+
+def catch_up(environment: Target, *, user, opened: str) -> Run | None:
     """The gate ``environment`` kept closed has opened (``opened`` says how: "the freeze
     ended", "auto-deploy was resumed"): queue the newest build of its auto-deploy branch left
     behind meanwhile (``waiting_builds``), asked the same rules as any auto-deploy
@@ -298,7 +329,7 @@ def catch_up(environment: Environment, *, user, opened: str) -> Run | None:
     return run
 
 
-def auto_deploy_refusal(environment: Environment, image: ImageVersion, branch: str) -> str:
+def auto_deploy_refusal(environment: Target, image: ImageVersion, branch: str) -> str:
     """Why a version CI registered on ``branch`` does not deploy to ``environment``, or "":
     auto-deploy paused, a freeze, then the rules every request meets
     (``policy.version_refusal`` for a build, ``policy.scan_refusal``)."""

@@ -18,7 +18,7 @@ from django.utils import timezone
 from opsweb import events, policy
 from opsweb.errors import ReleaseError
 from opsweb.models import (
-    Environment,
+    Target,
     RollbackReason,
     Run,
     RunEvent,
@@ -153,7 +153,7 @@ def claim_next_run(*, environment_id: int) -> Run | None:
 
 
 def _current_image(environment_id: int):
-    environment = Environment.objects.select_related("current_image").get(pk=environment_id)
+    environment = Target.objects.select_related("current_image", "application", "environment").get(pk=environment_id)
     return environment.current_image
 
 
@@ -278,7 +278,7 @@ def record_switch(*, run_id: int, backend_ref: dict, message: str = "") -> bool:
     Run.objects.filter(pk=run_id).update(
         backend_ref=backend_ref, switched_at=now, replaces=run.environment.current_image_id
     )
-    Environment.objects.filter(pk=run.environment_id).update(
+    Target.objects.filter(pk=run.environment_id).update(
         current_image=run.image_id, current_since=now, drift=""
     )
     if message:
@@ -376,7 +376,7 @@ def finish_stopped(
         return run
     if known and running == run.image.digest and not run.switched_at:
         record_switch(run_id=run.pk, backend_ref={})
-    environment = Environment.objects.select_related("current_image").get(pk=run.environment_id)
+    environment = Target.objects.select_related("current_image", "application", "environment").get(pk=run.environment_id)
     if known:
         drift = record_drift(environment=environment, running=running)
         now_runs = (
@@ -482,7 +482,7 @@ def record_lost_state(*, run_id: int, running: str | None) -> bool:
         switched = True
     if switched and not run.switched_at:
         record_switch(run_id=run_id, backend_ref={})
-    environment = Environment.objects.select_related("current_image").get(pk=run.environment_id)
+    environment = Target.objects.select_related("current_image", "application", "environment").get(pk=run.environment_id)
     # The run's own end is being decided here: what runs is compared with what it switched to.
     drift = record_drift(environment=environment, running=running, in_progress=False) or ""
     add_event(
@@ -572,15 +572,15 @@ def catch_up_after_freezes() -> list[Run]:
     was frozen at its registration, so builds left behind for other reasons (deployed by hand
     instead, registered before auto-deploy was set up) are left to people. Returns the runs."""
     runs = []
-    candidates = Environment.objects.exclude(auto_deploy_branch="").filter(auto_deploy_paused=False)
-    for environment in candidates.select_related("current_image"):
+    candidates = Target.objects.auto_deploying().filter(auto_deploy_paused=False)
+    for environment in candidates.select_related("current_image", "application", "environment"):
         build = waiting_builds(environment).first()
         if build is None or not freeze_status(environment, build.registered_at).frozen:
             continue
         with transaction.atomic():
             locked = (
-                Environment.objects.select_for_update(of=("self",))
-                .select_related("current_image")
+                Target.objects.select_for_update(of=("self",))
+                .select_related("current_image", "application", "environment")
                 .get(pk=environment.pk)
             )
             run = catch_up(locked, user=None, opened="the freeze ended")
@@ -625,7 +625,7 @@ class DriftWatch:
 
 def drift_watch(*, environment_id: int) -> DriftWatch:
     """The ``DriftWatch`` of an environment now; take it before reading the backend."""
-    current = Environment.objects.filter(pk=environment_id).values_list(
+    current = Target.objects.filter(pk=environment_id).values_list(
         "current_image_id", flat=True
     )
     runs = Run.objects.filter(environment_id=environment_id, status=RunStatus.RUNNING)
@@ -635,7 +635,7 @@ def drift_watch(*, environment_id: int) -> DriftWatch:
 @transaction.atomic
 def record_drift(
     *,
-    environment: Environment,
+    environment: Target,
     running: str | None,
     images: Iterable[str] | None = None,
     seen: DriftWatch | None = None,
@@ -654,8 +654,8 @@ def record_drift(
     locked while deciding, so two checks do not interleave.
     """
     environment = (
-        Environment.objects.select_for_update(of=("self",))
-        .select_related("current_image")
+        Target.objects.select_for_update(of=("self",))
+        .select_related("current_image", "application", "environment")
         .get(pk=environment.pk)
     )
     run = (
@@ -685,7 +685,7 @@ def record_drift(
             f"service runs {running or 'nothing'}, opsweb last deployed "
             f"{expected.tag} ({expected.digest})"
         )[:500]
-    Environment.objects.filter(pk=environment.pk).update(
+    Target.objects.filter(pk=environment.pk).update(
         drift=drift, drift_checked_at=timezone.now()
     )
     if drift and drift != environment.drift:  # newly found, not the same one every 5 minutes

@@ -12,7 +12,7 @@ from django.utils import timezone
 from opsweb import events, policy
 from opsweb.errors import ReleaseError
 from opsweb.models import (
-    Environment,
+    Target,
     ImageVersion,
     Run,
     RunEvent,
@@ -53,6 +53,14 @@ def new_run(
     with the approvals its rules need (none for a rollback), and return it. Checks nothing:
     callers (requests, rollbacks, auto-deploy) have already asked the policy, inside their
     transaction."""
+    if image.application_id != environment.application_id:
+        # The one door every run goes through: a version of one application never reaches
+        # another's target, whatever a caller checked.
+        raise ReleaseError(
+            f"Version {image.tag} is a version of {image.application or 'no application'}, "
+            f"not of {environment.application}; it cannot be deployed into "
+            f"{environment.label}."
+        )
     now = timezone.now()
     override = policy.override_approvals() if override_reason else 0
     rules = environment_rules(environment, override=override) if kind != RunKind.ROLLBACK else []
@@ -103,7 +111,7 @@ def new_run(
 def request_deploy(
     *,
     user,
-    environment: Environment,
+    environment: Target,
     image: ImageVersion,
     note: str = "",
     override_reason: str = "",
@@ -149,7 +157,7 @@ def request_deploy(
     return run
 
 
-def _override_reason(environment: Environment, reason: str) -> str:
+def _override_reason(environment: Target, reason: str) -> str:
     """The override's reason, stripped; refused when no freeze applies (nothing to override)."""
     reason = (reason or "").strip()
     if reason and not freeze_status(environment, timezone.now()).frozen:
@@ -171,12 +179,12 @@ def _audit_override(user, run: Run) -> None:
         )
 
 
-def lock_environment(environment: Environment) -> Environment:
+def lock_environment(environment: Target) -> Target:
     """``environment`` read afresh with its row locked (``SELECT … FOR UPDATE``) until the
     surrounding transaction ends: decisions about one environment happen one at a time."""
     return (
-        Environment.objects.select_for_update(of=("self",))
-        .select_related("current_image", "upstream__current_image")
+        Target.objects.select_for_update(of=("self",))
+        .select_related("current_image", "application", "environment")
         .get(pk=environment.pk)
     )
 
@@ -185,8 +193,8 @@ def lock_environment(environment: Environment) -> Environment:
 def request_promotion(
     *,
     user,
-    target: Environment,
-    source: Environment | None = None,
+    target: Target,
+    source: Target | None = None,
     image: ImageVersion | None = None,
     note: str = "",
     override_reason: str = "",

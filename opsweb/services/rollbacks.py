@@ -9,7 +9,7 @@ from opsweb import events, policy
 from opsweb.errors import ReleaseError
 from opsweb.models import (
     Approval,
-    Environment,
+    Target,
     ImageVersion,
     RollbackReason,
     Run,
@@ -82,7 +82,7 @@ def mark_bad(*, user, image: ImageVersion, reason: str, seen: Seen = None) -> Im
 def roll_back(
     *,
     user,
-    environment: Environment,
+    environment: Target,
     reason: str,
     note: str = "",
     triggered_by: Run | None = None,
@@ -183,7 +183,7 @@ def roll_back(
     return run
 
 
-def take_back(run: Run, environment: Environment, current: ImageVersion | None, *, user) -> None:
+def take_back(run: Run, environment: Target, current: ImageVersion | None, *, user) -> None:
     """The consequences of a rollback that starts now (rule 6): mark ``current``, the version
     it replaces, bad and pause auto-deploy. Called when the worker claims the rollback, the
     moment from which the old version stops serving; nothing when ``current`` is empty or is
@@ -198,7 +198,7 @@ def take_back(run: Run, environment: Environment, current: ImageVersion | None, 
     if paused and not environment.auto_deploy_paused:
         environment.auto_deploy_paused = True
         environment.paused_reason = f"Rolled back from {current.tag} ({label})"
-        Environment.objects.filter(pk=environment.pk).update(
+        Target.objects.filter(pk=environment.pk).update(
             auto_deploy_paused=True, paused_reason=environment.paused_reason
         )
         events.auto_deploy_paused(environment)
@@ -216,7 +216,7 @@ def resolve_rollback(run: Run) -> tuple[str, ImageVersion | None]:
     ""; the version it takes back, for ``take_back`` at the claim: the stopped deploy's
     version, or None for whatever runs then). Writes nothing but the run's target: the claim
     that follows in the same transaction writes the consequences, or rolls all of it back."""
-    environment = Environment.objects.select_related("current_image").get(pk=run.environment_id)
+    environment = Target.objects.select_related("current_image", "application", "environment").get(pk=run.environment_id)
     current = environment.current_image
     stopped = run.triggered_by
     if stopped is not None and stopped.kind != RunKind.ROLLBACK:

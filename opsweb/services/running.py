@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from opsweb.models import Environment, Run, RunKind
+from opsweb.models import Target, Run, RunKind
 from opsweb.services.bake import bake, unbaked
 from opsweb.services.execution import (
     drift_watch,
@@ -105,7 +105,7 @@ def _deploy(run: Run, progress) -> bool:
     environment = run.environment
     backend = get_backend(environment.backend, environment.backend_settings)
     request = DeployRequest(
-        environment=environment.slug,
+        environment=environment.backend_key,
         settings=backend.settings,
         repository=run.image.repository,
         tag=run.image.tag,
@@ -141,7 +141,7 @@ def _stopped(run: Run, detail: str) -> None:
     environment = run.environment
     try:
         backend = get_backend(environment.backend, environment.backend_settings)
-        running, known = backend.running_version(environment.slug), True
+        running, known = backend.running_version(environment.backend_key), True
     except DeployError as exc:
         running, known = None, False
         detail = f"{detail}; could not ask the backend what runs: {exc}"
@@ -153,7 +153,7 @@ LOST_RUN_HEALTH_WINDOW = 3
 
 
 def _verify(
-    environment: Environment, progress, window: float | None = None, should_stop=lambda: False
+    environment: Target, progress, window: float | None = None, should_stop=lambda: False
 ) -> tuple[bool, str]:
     """HTTP health check after the switch, for the environment's window or at most ``window``
     seconds; (healthy, error). Raises StopAsked when ``should_stop()`` is true between two
@@ -196,7 +196,7 @@ def _switch_began(run: Run) -> bool:
     before = environment.current_image.digest if environment.current_image_id else None
     try:
         backend = get_backend(environment.backend, environment.backend_settings)
-        running = backend.running_version(environment.slug)
+        running = backend.running_version(environment.backend_key)
     except Exception:  # the backend cannot say: it may be what failed
         log.warning("run %s: could not ask the backend what runs", run.pk, exc_info=True)
         running = "unknown"
@@ -238,7 +238,7 @@ def recover_lost_run(run: Run) -> int:
     with heartbeating(run.pk):
         try:
             backend = get_backend(environment.backend, environment.backend_settings)
-            running = backend.running_version(environment.slug)
+            running = backend.running_version(environment.backend_key)
         except DeployError as exc:
             finish_lost_run(
                 run_id=run.pk,
@@ -283,15 +283,15 @@ DRIFT_READINGS = 3
 
 def check_drift() -> dict:
     """Scheduled: compare what each environment's backend runs with what opsweb decided, a run
-    in progress included (``record_drift``). Returns {slug: drift sentence} for the
+    in progress included (``record_drift``). Returns {backend key ("sample-dev"): drift sentence} for the
     environments with drift."""
     found = {}
-    for environment in Environment.objects.select_related("current_image"):
+    for environment in Target.objects.select_related("current_image", "application", "environment"):
         for _ in range(DRIFT_READINGS):
             seen = drift_watch(environment_id=environment.pk)
             try:
                 backend = get_backend(environment.backend, environment.backend_settings)
-                running = backend.running_images(environment.slug)
+                running = backend.running_images(environment.backend_key)
             except DeployError as exc:
                 log.warning("drift check of %s failed: %s", environment, exc)
                 break
@@ -300,7 +300,7 @@ def check_drift() -> dict:
             )
             if drift is not None:
                 if drift:
-                    found[environment.slug] = drift
+                    found[environment.backend_key] = drift
                 break
         else:
             log.info("drift check of %s skipped: it changed during each reading", environment)

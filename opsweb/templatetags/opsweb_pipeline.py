@@ -7,7 +7,7 @@ from opsweb.models import AuditEntry
 
 register = template.Library()
 
-BOARD_PERMISSIONS = ["opsweb.view_environment", "opsweb.view_run", "opsweb.view_imageversion"]
+BOARD_PERMISSIONS = ["opsweb.view_target", "opsweb.view_run", "opsweb.view_imageversion"]
 
 
 @register.inclusion_tag("admin/opsweb/board.html", takes_context=True)
@@ -16,7 +16,10 @@ def pipeline(context):
     # The board shows environments, their runs and versions: it needs the right to view each.
     if not request.user.has_perms(BOARD_PERMISSIONS):
         return {"board": None}
-    return {"board": build_board(request.user, page=request.GET.get("page", 1)), "request": request}
+    board = build_board(
+        request.user, application=request.GET.get("app"), page=request.GET.get("page", 1)
+    )
+    return {"board": board, "request": request}
 
 
 @register.inclusion_tag("admin/opsweb/my_actions.html", takes_context=True)

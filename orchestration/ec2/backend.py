@@ -244,7 +244,7 @@ class Ec2Backend(DeployBackend):
             return RunningImages(None)
         if len(by_image) == 1:
             return RunningImages(next(iter(by_image)), frozenset(by_image))
-        # Environment.drift holds 500 characters: name a few instances per image, count the rest.
+        # Target.drift holds 500 characters: name a few instances per image, count the rest.
         summary = "; ".join(
             f"{image} on {_some(ids)}" for image, ids in sorted(by_image.items())[:3]
         ) + (f"; {len(by_image) - 3} more images" if len(by_image) > 3 else "")

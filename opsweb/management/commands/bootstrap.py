@@ -1,4 +1,5 @@
-"""Create the seed's four environments, the groups that work them and the scheduled checks.
+"""Create the seed's four environments, the groups that work them, the first application
+(the sample service, deployed into all four) and the scheduled checks.
 
 Idempotent: what exists is left exactly as it is, so an operator's changes survive a rerun.
 """
@@ -11,13 +12,15 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django_q.models import Schedule
 
-from opsweb.models import ApprovalRule, Environment
+from opsweb.models import Application, ApplicationRepository, ApprovalRule, Environment, Target
 
 GROUP_PERMISSIONS = {
     "deployers": [
         "request_deploy",
         "request_promotion",
         "view_environment",
+        "view_target",
+        "view_application",
         "view_imageversion",
         "view_run",
         "view_runevent",
@@ -31,6 +34,8 @@ GROUP_PERMISSIONS = {
         "mark_bad",
         "resume_auto_deploy",
         "view_environment",
+        "view_target",
+        "view_application",
         "view_imageversion",
         "view_run",
         "view_runevent",
@@ -51,6 +56,8 @@ GROUP_PERMISSIONS = {
         "view_changewindow",
         "view_approvalrule",
         "view_environment",
+        "view_target",
+        "view_application",
         "view_imageversion",
         "view_run",
         "view_runevent",
@@ -64,6 +71,8 @@ GROUP_PERMISSIONS = {
         "override_freeze",
         "request_promotion",
         "view_environment",
+        "view_target",
+        "view_application",
         "view_imageversion",
         "view_run",
         "view_runevent",
@@ -76,6 +85,8 @@ GROUP_PERMISSIONS = {
         "request_deploy",
         "request_promotion",
         "view_environment",
+        "view_target",
+        "view_application",
         "view_imageversion",
         "view_run",
         "view_runevent",
@@ -86,7 +97,7 @@ GROUP_PERMISSIONS = {
 # (slug, name, upstream slug, approver group, approvals needed from it, fields) in flow order.
 ENVIRONMENTS = [
     ("local", "Local Development", None, "deployers", 0, {}),
-    ("dev", "AWS Dev", None, "deployers", 0, {"auto_deploy_branch": "develop"}),
+    ("dev", "AWS Dev", None, "deployers", 0, {"auto_deploy": True}),
     ("staging", "AWS Staging", "dev", "staging approvers", 1, {}),
     (
         "production",
@@ -97,6 +108,44 @@ ENVIRONMENTS = [
         {"requires_uat_signoff": True, "allow_self_approval": False},
     ),
 ]
+
+# The first application: the demo's sample service, on the local backend from port 8101 on.
+SAMPLE_APPLICATION = {
+    "slug": "sample",
+    "name": "Sample service",
+    "repository": "example/sample",
+    "auto_deploy_branch": "develop",
+}
+SAMPLE_BASE_PORT = 8101
+
+
+def create_local_application(spec: dict, environments, *, base_port: int, team=None):
+    """An application (``spec``: slug, name, repository, auto_deploy_branch) deployed into
+    ``environments`` on the local backend, the n-th on port ``base_port`` + n, its processes
+    built from the demo's repository. Returns the application."""
+    state_dir = str(settings.OPSWEB["LOCAL_STATE_DIR"])
+    application = Application.objects.create(
+        slug=spec["slug"],
+        name=spec["name"],
+        auto_deploy_branch=spec.get("auto_deploy_branch", ""),
+        team=team,
+    )
+    ApplicationRepository.objects.create(application=application, repository=spec["repository"])
+    for n, environment in enumerate(environments):
+        port = base_port + n
+        Target.objects.create(
+            application=application,
+            environment=environment,
+            backend="local",
+            backend_settings={
+                "repository": str(Path(state_dir) / "demo-app"),
+                "port": port,
+                "state_dir": state_dir,
+            },
+            health_check_url=f"http://127.0.0.1:{port}/healthz",
+        )
+    return application
+
 
 SCHEDULES = [
     ("opsweb: reconcile runs", "opsweb.tasks.reconcile", Schedule.MINUTES, 1),
@@ -125,8 +174,6 @@ class Command(BaseCommand):
                 )
                 created.append(f"group {name!r}")
 
-        state_dir = str(settings.OPSWEB["LOCAL_STATE_DIR"])
-        repository = str(Path(state_dir) / "demo-app")
         by_slug = {}
         for position, (slug, name, upstream, group, needs, fields) in enumerate(ENVIRONMENTS):
             existing = Environment.objects.filter(slug=slug).first()
@@ -139,13 +186,6 @@ class Command(BaseCommand):
                 position=position * 10,
                 upstream=by_slug.get(upstream),
                 approver_group=groups[group],
-                backend="local",
-                backend_settings={
-                    "repository": repository,
-                    "port": 8101 + position,
-                    "state_dir": state_dir,
-                },
-                health_check_url=f"http://127.0.0.1:{8101 + position}/healthz",
                 **fields,
             )
             if needs:
@@ -153,6 +193,11 @@ class Command(BaseCommand):
                     environment=by_slug[slug], group=groups[group], count=needs
                 )
             created.append(f"environment {name!r}")
+        if not Application.objects.exists():
+            create_local_application(
+                SAMPLE_APPLICATION, list(by_slug.values()), base_port=SAMPLE_BASE_PORT
+            )
+            created.append(f"application {SAMPLE_APPLICATION['name']!r}")
 
         for name, func, schedule_type, minutes in SCHEDULES:
             _, new = Schedule.objects.get_or_create(

@@ -19,10 +19,12 @@ from django.utils import timezone
 from opsweb import services, tasks
 from opsweb.management.commands.local_admin import remember_password
 from opsweb.models import (
+    Application,
+    ApplicationRepository,
     Approval,
     ApprovalRule,
     AuditEntry,
-    Environment,
+    Target,
     ImageVersion,
     Run,
     RunKind,
@@ -77,11 +79,16 @@ class Command(BaseCommand):
         if not 1024 <= base_port <= 65532:
             raise CommandError(f"--base-port {base_port} is outside 1024–65532.")
         call_command("bootstrap", verbosity=0)
-        environments = list(Environment.objects.order_by("position")[:4])
+        sample = Application.objects.get(slug="sample")
+        for repository in (REPOSITORY, HISTORY_REPOSITORY):
+            ApplicationRepository.objects.get_or_create(
+                repository=repository, defaults={"application": sample}
+            )
+        environments = Target.objects.filter(application=sample).in_flow()[:4]
         if stop:
             for env in environments:
                 if env.backend == "local":
-                    get_backend("local", env.backend_settings).stop(env.slug)
+                    get_backend("local", env.backend_settings).stop(env.backend_key)
             self.stdout.write("Stopped the demo's sample processes.")
             return
 
@@ -91,7 +98,7 @@ class Command(BaseCommand):
         self._production_rules(environments[3])
         users = self._people()
         images = self._images(shas, users["ci"])
-        fresh = not Environment.objects.filter(current_image__isnull=False).exists()
+        fresh = not Target.objects.filter(current_image__isnull=False).exists()
         if fresh and not ImageVersion.objects.filter(repository=HISTORY_REPOSITORY).exists():
             # First, so that its runs, approvals and audit entries come before today's.
             backdated_history(environments, shas["1.0.0"], users)
@@ -120,12 +127,13 @@ class Command(BaseCommand):
         """Two rules instead of bootstrap's one, unless someone changed the rules already."""
         groups = {name: Group.objects.get_or_create(name=name)[0] for name, _ in PRODUCTION_RULES}
         Group.objects.get_or_create(name="override approvers")
-        rules = list(production.approval_rules.select_related("group"))
+        shared = production.environment
+        rules = list(shared.approval_rules.select_related("group"))
         if [(r.group.name, r.count) for r in rules] != [("production approvers", 2)]:
             return
-        production.approval_rules.all().delete()
+        shared.approval_rules.all().delete()
         for name, count in PRODUCTION_RULES:
-            ApprovalRule.objects.create(environment=production, group=groups[name], count=count)
+            ApprovalRule.objects.create(environment=shared, group=groups[name], count=count)
 
     def _people(self):
         users = {}
@@ -153,6 +161,7 @@ class Command(BaseCommand):
             image = ImageVersion.objects.filter(repository=REPOSITORY, tag=release.tag).first()
             if image is None:
                 image = ImageVersion.objects.create(
+                    application=Application.objects.get(slug="sample"),
                     repository=REPOSITORY,
                     tag=release.tag,
                     digest=digest_for(sha),
@@ -197,12 +206,12 @@ class Command(BaseCommand):
             if image is None or env.backend != "local":
                 continue
             backend = get_backend("local", env.backend_settings)
-            if backend.running_version(env.slug) == image.digest:
+            if backend.running_version(env.backend_key) == image.digest:
                 continue
             try:
                 backend.deploy(
                     DeployRequest(
-                        environment=env.slug,
+                        environment=env.backend_key,
                         settings=backend.settings,
                         repository=image.repository,
                         tag=image.tag,
@@ -216,7 +225,7 @@ class Command(BaseCommand):
 
     def _print(self, environments, users):
         self.stdout.write("Demo ready. Environments (sample service):")
-        for env in Environment.objects.filter(pk__in=[e.pk for e in environments]):
+        for env in Target.objects.filter(pk__in=[e.pk for e in environments]):
             tag = env.current_image.tag if env.current_image else "nothing"
             self.stdout.write(
                 f"  {env.name:<18} {tag:<7} {env.health_check_url.removesuffix('/healthz')}/"
@@ -252,6 +261,7 @@ def backdated_history(environments, sha, users, *, weeks=HISTORY_WEEKS, seed=12)
         if moment.weekday() >= 5 or rng.random() < 0.25:
             continue  # weekends and quiet days
         image = ImageVersion.objects.create(
+            application=environments[0].application,
             repository=HISTORY_REPOSITORY,
             tag=f"0.{day}.0",
             digest="sha256:" + hashlib.sha256(f"history-{day}".encode()).hexdigest(),

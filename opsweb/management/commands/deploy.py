@@ -25,8 +25,8 @@ class Command(OpswebCommand):
         )
 
     def act(self, user, options):
-        environment = find_environment(options["environment"])
-        image = find_image(options["image"])
+        environment = find_environment(options["environment"], options["app"])
+        image = find_image(options["image"], application=options["app"])
         run = services.request_deploy(
             user=user,
             environment=environment,

@@ -3,11 +3,21 @@
 manage.py environments [--json]
 """
 
+import os
+
 from django.utils import timezone
 
 from opsweb import services
-from opsweb.cli import OpswebCommand, Outcome, image_payload, iso, require_perm, when
-from opsweb.models import Environment, Run, RunStatus
+from opsweb.cli import (
+    OpswebCommand,
+    Outcome,
+    find_application,
+    image_payload,
+    iso,
+    require_perm,
+    when,
+)
+from opsweb.models import Target, Run, RunStatus
 from opsweb.reading import notices, read_configuration
 from opsweb.reads.history import BEHIND_CAP
 from opsweb.windows import freeze_status
@@ -26,18 +36,23 @@ class Command(OpswebCommand):
 
     def act(self, user, options):
         require_perm(user, "view_environment", "view environments")
+        targets = Target.objects.all()
+        if options["app"] or os.environ.get("OPSWEB_APP"):
+            targets = targets.filter(application=find_application(options["app"]))
         with services.one_reading():
-            environments = list(Environment.objects.select_related("current_image", "upstream"))
+            environments = targets.in_flow()
             read_configuration(environments)
             rows = [environment_row(environment) for environment in environments]
-        lines = [COLUMNS] + [
-            table_cells(environment, row)
+        several = len({e.application_id for e in environments}) > 1
+        lines = [(["APPLICATION"] if several else []) + COLUMNS] + [
+            ([environment.application.slug] if several else [])
+            + table_cells(environment, row)
             for environment, row in zip(environments, rows, strict=True)
         ]
         return Outcome(table(lines), data={"environments": rows})
 
 
-def deployed_by(environment: Environment) -> Run | None:
+def deployed_by(environment: Target) -> Run | None:
     """The run that put the current version in place."""
     if environment.current_image_id is None:
         return None
@@ -50,7 +65,7 @@ def deployed_by(environment: Environment) -> Run | None:
     )
 
 
-def environment_row(environment: Environment) -> dict:
+def environment_row(environment: Target) -> dict:
     run = deployed_by(environment)
     builds = services.waiting_builds(environment)
     behind = services.builds_behind(environment)
@@ -59,6 +74,7 @@ def environment_row(environment: Environment) -> dict:
     running = next((r for r in waiting if r.status == RunStatus.RUNNING), None)
     sentence = services.behind_sentence(environment, behind)
     return {
+        "application": environment.application.slug,
         "slug": environment.slug,
         "name": environment.name,
         "upstream": environment.upstream.slug if environment.upstream else None,
@@ -93,7 +109,7 @@ def environment_row(environment: Environment) -> dict:
     }
 
 
-def table_cells(environment: Environment, row: dict) -> list[str]:
+def table_cells(environment: Target, row: dict) -> list[str]:
     image = environment.current_image
     version = f"{image.tag} {image.short_digest} {image.short_sha or '-'}" if image else "-"
     return [

@@ -28,7 +28,7 @@ from opsweb.cli import (
     refused,
 )
 from opsweb.models import (
-    Environment,
+    Target,
     Run,
     RunKind,
     validate_git_sha,
@@ -130,7 +130,9 @@ def left_behind(image, not_deployed: dict[str, str]) -> list[str]:
     return [
         slug
         for slug in not_deployed
-        if not Environment.objects.filter(slug=slug, current_image=image).exists()
+        if not Target.objects.filter(
+            application_id=image.application_id, environment__slug=slug, current_image=image
+        ).exists()
     ]
 
 
@@ -211,7 +213,11 @@ def auto_deploy_runs(image, branch: str) -> list[Run]:
         return []
     latest: dict[int, Run] = {}
     runs = (
-        Run.objects.filter(image=image, kind=RunKind.DEPLOY, environment__auto_deploy_branch=branch)
+        Run.objects.filter(
+            image=image,
+            kind=RunKind.DEPLOY,
+            environment__in=Target.objects.auto_deploying(branch),
+        )
         .select_related("environment", "image")
         .order_by("-created_at", "-id")
     )
@@ -223,7 +229,7 @@ def auto_deploy_runs(image, branch: str) -> list[Run]:
 def nothing_deployed(branch: str) -> str:
     if not branch:
         return "Nothing deployed: no --branch given."
-    if not Environment.objects.filter(auto_deploy_branch=branch).exists():
+    if not Target.objects.auto_deploying(branch).exists():
         return f"Nothing deployed: no environment auto-deploys branch {branch!r}."
     return "Nothing deployed."
 
@@ -233,7 +239,10 @@ def auto_deploy_status(image, runs: list[Run]) -> list[dict]:
     status = []
     if not image.branch:
         return status
-    for environment in Environment.objects.filter(auto_deploy_branch=image.branch):
+    targets = Target.objects.auto_deploying(image.branch).filter(
+        application_id=image.application_id
+    )
+    for environment in targets.select_related("application", "environment"):
         run = by_environment.get(environment.pk)
         skipped = ""
         if run is None and environment.auto_deploy_paused:

@@ -22,7 +22,7 @@ class Command(OpswebCommand):
         parser.add_argument("--note", default="", type=bounded_text(), help="What was seen.")
 
     def act(self, user, options):
-        environment = find_environment(options["environment"])
+        environment = find_environment(options["environment"], options["app"])
         current = environment.current_image
         run = services.roll_back(
             user=user, environment=environment, reason=options["reason"], note=options["note"]

@@ -17,8 +17,8 @@ class Command(OpswebCommand):
         parser.add_argument("--note", default="", type=bounded_text())
 
     def act(self, user, options):
-        environment = find_environment(options["environment"])
-        image = find_image(options["image"])
+        environment = find_environment(options["environment"], options["app"])
+        image = find_image(options["image"], application=options["app"])
         signoff = services.sign_off_uat(
             user=user, environment=environment, image=image, note=options["note"]
         )

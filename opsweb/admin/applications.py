@@ -1,0 +1,126 @@
+"""The organisation's environments (the shared flow and its rules) and the applications
+deployed into them (repositories, team, targets). Every change is audited."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+
+from opsweb import services
+from opsweb.admin.environments import ApprovalRuleInline, ChangeWindowInline
+from opsweb.admin.fields import BoundedFields
+from opsweb.admin.lists import OpswebAdmin
+from opsweb.models import Application, ApplicationRepository, ChangeWindow, Environment, Target
+
+
+class AuditedAdmin(OpswebAdmin):
+    """Configuration, not state: who changed it and when belongs in the audit trail."""
+
+    audit_action = "configure_environment"
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # targets, runs and rules refer to it; history must stay whole
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and not form.changed_data:
+            return
+        changed = ", ".join(f"{name}={getattr(obj, name)!r}" for name in form.changed_data)
+        what = f"{obj._meta.verbose_name} {obj}"
+        services.audit(
+            request.user,
+            self.audit_action,
+            f"{'Changed' if change else 'Created'} {what}: {changed or 'no fields'}",
+        )
+
+    def save_formset(self, request, form, formset, change):
+        instances = formset.save(commit=False)
+        for instance in instances:
+            if isinstance(instance, ChangeWindow) and instance.pk is None:
+                instance.created_by = request.user
+        deleted = [str(obj) for obj in formset.deleted_objects]
+        with services.changing_windows(user=request.user):
+            for obj in formset.deleted_objects:
+                obj.delete()
+            for instance in instances:
+                instance.save()
+        formset.save_m2m()
+        owner = form.instance
+        lines = [f"Added to {owner}: {obj}" for obj in formset.new_objects]
+        lines += [
+            f"Changed in {owner}: {obj} ({', '.join(fields)})"
+            for obj, fields in formset.changed_objects
+        ]
+        lines += [f"Removed from {owner}: {text}" for text in deleted]
+        for line in lines:
+            services.audit(request.user, self.audit_action, line)
+
+
+@admin.register(Environment)
+class EnvironmentAdmin(AuditedAdmin):
+    """A stage of the organisation's flow, shared by every application, with its rules."""
+
+    list_display = ["name", "position", "upstream", "auto_deploy", "approver_group"]
+    list_select_related = ["upstream", "approver_group"]
+    ordering = ["position"]
+    prepopulated_fields = {"slug": ["name"]}
+    inlines = [ApprovalRuleInline, ChangeWindowInline]
+    fieldsets = [
+        ("Place in the flow", {"fields": ["name", "slug", "position", "upstream", "auto_deploy"]}),
+        (
+            "The organisation's rules",
+            {
+                "description": "Approval rules below apply to every application (those with an "
+                "application set are that application's own, met as well): all must be met, "
+                "and one person's approval counts toward one rule.",
+                "fields": [
+                    "approver_group",
+                    "allow_self_approval",
+                    "forbid_author_approval",
+                    "requires_uat_signoff",
+                    "soak_seconds",
+                    "block_severity",
+                ],
+            },
+        ),
+    ]
+
+
+class RepositoryInline(BoundedFields, admin.TabularInline):
+    model = ApplicationRepository
+    extra = 0
+    fields = ["repository"]
+    verbose_name = "image repository"
+
+
+class TargetInline(BoundedFields, admin.TabularInline):
+    """Where the application is deployed: one row per environment of its flow."""
+
+    model = Target
+    extra = 0
+    fields = ["environment", "backend", "backend_settings", "health_check_url"]
+    show_change_link = True
+    verbose_name = "deployment target"
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["environment"] if obj is not None else []
+
+
+@admin.register(Application)
+class ApplicationAdmin(AuditedAdmin):
+    """A service the team releases: its repositories, its team and where it is deployed."""
+
+    audit_action = "configure_application"
+    list_display = ["name", "slug", "team", "auto_deploy_branch", "repository_list"]
+    list_filter = ["team"]
+    list_select_related = ["team"]
+    search_fields = ["name", "slug", "repositories__repository"]
+    prepopulated_fields = {"slug": ["name"]}
+    fields = ["name", "slug", "team", "auto_deploy_branch", "repository_url"]
+    inlines = [RepositoryInline, TargetInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("repositories")
+
+    @admin.display(description="Repositories")
+    def repository_list(self, app):
+        return ", ".join(r.repository for r in app.repositories.all()) or "—"
