@@ -37,14 +37,14 @@ def grow(total: int, requester, approver) -> None:
         Approval,
         ApprovalRule,
         ChangeWindow,
-        Target,
         ImageVersion,
         Run,
         RunStatus,
+        Target,
     )
 
     group = Group.objects.get(name="production approvers")
-    last = Target.objects.order_by("-position").first()
+    last = Target.objects.order_by("-environment__position").first()
     now = timezone.now()
 
     def image(tag: str) -> ImageVersion:
@@ -65,7 +65,7 @@ def grow(total: int, requester, approver) -> None:
 
     def busy(env, last, n: int) -> None:
         ChangeWindow.objects.create(
-            environment=env,
+            environment=env.environment,
             starts_at=now + timedelta(days=n),
             ends_at=now + timedelta(days=n, hours=1),
             reason="maintenance",
@@ -93,7 +93,7 @@ def grow(total: int, requester, approver) -> None:
         )
 
     if Target.objects.count() == 4 and not Run.objects.filter(status=RunStatus.PENDING):
-        production = Target.objects.get(slug="production")
+        production = Target.objects.get(environment__slug="production")
         busy(production, production.upstream, 3)
 
     while (n := Target.objects.count()) < total:
@@ -105,7 +105,7 @@ def grow(total: int, requester, approver) -> None:
             auto_deploy_branch="develop" if n % 2 else "",
             drift="task definition differs" if n % 3 == 0 else "",
         )
-        ApprovalRule.objects.create(environment=env, group=group, count=1)
+        ApprovalRule.objects.create(environment=env.environment, group=group, count=1)
         busy(env, last, n)
         last = env
 

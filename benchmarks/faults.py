@@ -287,8 +287,8 @@ class Harness:
         from opsweb.models import Target
 
         self.worker, self.postgres, self.target = worker, postgres, target
-        self.env = Target.objects.get(slug="local")
-        self.staging = Target.objects.get(slug="staging")
+        self.env = Target.objects.get(environment__slug="local")
+        self.staging = Target.objects.get(environment__slug="staging")
         self.alice, self.bob, self.carol = (
             User.objects.get(username=name) for name in ("alice", "bob", "carol")
         )
@@ -341,7 +341,7 @@ class Harness:
     def reset_bad_marks(self) -> None:
         """A harness shortcut, not something the app allows: forget "bad" marks and paused
         auto-deploy left by earlier trials, so that every trial can use the same versions."""
-        from opsweb.models import Target, ImageVersion
+        from opsweb.models import ImageVersion, Target
 
         ImageVersion.objects.filter(tag__in=[*GOOD, BROKEN]).update(is_bad=False, bad_reason="")
         Target.objects.update(auto_deploy_paused=False, paused_reason="")
@@ -393,7 +393,7 @@ class Harness:
             if run.claims > 1:
                 problems.append(f"run #{run.pk} claimed {run.claims} times")
         backend = get_backend(environment.backend, environment.backend_settings)
-        running = backend.running_version(environment.slug)
+        running = backend.running_version(environment.backend_key)
         shown = environment.current_image
         if shown is None or running != shown.digest:
             problems.append(f"backend runs {running}, opsweb shows {shown}")
@@ -492,7 +492,7 @@ class Harness:
             problems.append(f"run #{run.pk} {run.status} after a stop: {run.error}")
         self.env.refresh_from_db()
         backend = get_backend(self.env.backend, self.env.backend_settings)
-        running, shown = backend.running_version(self.env.slug), self.env.current_image
+        running, shown = backend.running_version(self.env.backend_key), self.env.current_image
         if shown is None or running != shown.digest:
             problems.append(f"after the stop the backend runs {running}, opsweb shows {shown}")
         if self.env.drift:
@@ -541,9 +541,9 @@ class Harness:
         from orchestration.base import get_backend
 
         self.moto, self.moto_url = moto, moto.start()
-        self.dev = Target.objects.get(slug="dev")
+        self.dev = Target.objects.get(environment__slug="dev")
         if self.dev.backend == "local":  # its demo process would outlive `demo --stop`
-            get_backend("local", self.dev.backend_settings).stop(self.dev.slug)
+            get_backend("local", self.dev.backend_settings).stop(self.dev.backend_key)
         ec2, ecs = self.ecs_client("ec2"), self.ecs_client()
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
@@ -648,7 +648,7 @@ class Harness:
             problems.append(f"the service is on {after_arn}, not back on {before_arn}")
         self.dev.refresh_from_db()
         backend = get_backend(self.dev.backend, self.dev.backend_settings)
-        running, shown = backend.running_version(self.dev.slug), self.dev.current_image
+        running, shown = backend.running_version(self.dev.backend_key), self.dev.current_image
         if shown != before_image:
             problems.append(f"opsweb shows {shown}, not {before_image} that ran before")
         if shown is None or running != shown.digest:

@@ -95,11 +95,11 @@ def deploy_loop(until: float, report: list) -> None:
     from django.db import connection
 
     from opsweb import services
-    from opsweb.models import Target, ImageVersion
+    from opsweb.models import ImageVersion, Target
     from opsweb.sample_app import digest_for
 
     alice = DjangoUser.objects.get(username="alice")
-    local = Target.objects.get(slug="local")
+    local = Target.objects.get(environment__slug="local")
     tags = ["1.0.0", "1.1.0", "1.2.0", "1.2.1"]
     try:
         for n in itertools.count(1):
@@ -188,7 +188,7 @@ def serve_and_load(args, scratch: Path, env: dict[str, str]) -> int:
     from django.contrib.auth.models import Group
     from django.contrib.auth.models import User as DjangoUser
 
-    from opsweb.models import ChangeWindow, Target, Run
+    from opsweb.models import ChangeWindow, Run, Target
 
     port = int(env["PORT"])
     deployers = Group.objects.get(name="deployers")
@@ -196,13 +196,13 @@ def serve_and_load(args, scratch: Path, env: dict[str, str]) -> int:
         user = DjangoUser.objects.create_user(f"load{i}", password=PASSWORD, is_staff=True)
         user.groups.add(deployers)
     run_id = Run.objects.order_by("-pk").values_list("pk", flat=True).first()
-    env_id = Target.objects.get(slug="staging").pk
-    production = Target.objects.get(slug="production")
+    env_id = Target.objects.get(environment__slug="staging").pk
+    production = Target.objects.get(environment__slug="production")
     if args.worst_window:
         # A window the form accepts (a cron may fire every minute): every page that reads
         # the freeze must stay as fast as without it.
         ChangeWindow.objects.create(
-            environment=production,
+            environment=production.environment,
             cron="* * * * *",
             duration_seconds=7 * 24 * 3600,
             reason="worst case: every minute, for 7 days each",

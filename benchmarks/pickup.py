@@ -100,7 +100,7 @@ def _setup(scratch: Path):
     from django.contrib.auth.models import Group, User
     from django.core.management import call_command
 
-    from opsweb.models import Target, ImageVersion
+    from opsweb.models import ImageVersion, Target
     from opsweb.sample_app import DEMO_RELEASES, create_repository, digest_for
 
     call_command("migrate", verbosity=0)
@@ -112,7 +112,7 @@ def _setup(scratch: Path):
         users[name].groups.set(Group.objects.filter(name__in=groups))
     flow = {}
     for slug in ("dev", "staging"):
-        env = Target.objects.get(slug=slug)
+        env = Target.objects.get(environment__slug=slug)
         port = _free_port()
         env.backend_settings = {
             "repository": str(scratch / "repo"),
@@ -178,7 +178,7 @@ def _stop_services(flow) -> None:
     from orchestration.local import LocalProcessBackend
 
     for env in flow.values():
-        LocalProcessBackend(env.backend_settings).stop(env.slug)
+        LocalProcessBackend(env.backend_settings).stop(env.backend_key)
 
 
 def _wait_ready() -> None:

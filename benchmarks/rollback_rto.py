@@ -45,12 +45,12 @@ def main() -> int:
     from django.core.management import call_command
 
     from opsweb import services, tasks
-    from opsweb.models import Target, ImageVersion
+    from opsweb.models import ImageVersion, Target
 
     call_command("migrate", verbosity=0)
     with open(os.devnull, "w") as quiet:
         call_command("demo", base_port=args.base_port, stdout=quiet)
-    local = Target.objects.get(slug="dev")
+    local = Target.objects.get(environment__slug="dev")
     alice = User.objects.get(username="alice")
     tags = ["1.2.0", "1.1.0"]
     restores, deploys = [], []

@@ -28,18 +28,17 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import IntegrityError, InterfaceError, OperationalError, close_old_connections
-
-from opsweb import services
 from django.db.models import Q
 
+from opsweb import services
 from opsweb.models import (
     TERMINAL_STATUSES,
     Application,
     Environment,
     ImageVersion,
-    Target,
     Run,
     RunStatus,
+    Target,
 )
 from opsweb.services import validation_sentence
 
@@ -392,7 +391,11 @@ def find_run(value: str) -> Run:
     run_id = _as_id(str(value).strip())
     if run_id is None:
         raise refused(f"{value!r} is not a run id; give a number such as 12.")
-    run = Run.objects.select_related("environment", "image").filter(pk=run_id).first()
+    run = (
+        Run.objects.select_related("environment__environment", "environment__application", "image")
+        .filter(pk=run_id)
+        .first()
+    )
     if run is None:
         raise refused(f"Run #{run_id} does not exist.")
     return run

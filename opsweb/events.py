@@ -23,13 +23,13 @@ from django.db import transaction
 
 from opsweb import notifications
 from opsweb.models import (
-    Target,
     ImageVersion,
     NotificationChannel,
     NotificationEvent,
     Run,
     RunKind,
     RunStatus,
+    Target,
 )
 from orchestration.base import SCANNED_BACKENDS
 
@@ -116,9 +116,13 @@ def _notify(event: str, **kwargs) -> None:
 
 def _fresh(run: Run) -> Run:
     # The caller's object may lack what the texts read; the row is what was decided.
-    return Run.objects.select_related("environment", "image", "replaces", "requested_by").get(
-        pk=run.pk
-    )
+    return Run.objects.select_related(
+        "environment__environment",
+        "environment__application",
+        "image",
+        "replaces",
+        "requested_by",
+    ).get(pk=run.pk)
 
 
 def _run_waiting(run: Run) -> None:

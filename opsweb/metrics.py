@@ -50,7 +50,7 @@ from django.db.models import (
 from django.db.models.functions import Ceil, Coalesce, Floor, RowNumber
 from django.utils import timezone
 
-from opsweb.models import Target, Run, RunKind, RunStatus
+from opsweb.models import Run, RunKind, RunStatus, Target
 
 HOUR = 3600
 DAY = 24 * HOUR

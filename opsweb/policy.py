@@ -21,7 +21,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from opsweb.errors import NotAllowed, ReleaseError
-from opsweb.models import Target, ImageVersion, Run, RunKind, RunStatus, Signoff
+from opsweb.models import ImageVersion, Run, RunKind, RunStatus, Signoff, Target
 from opsweb.reads.history import actor_name, is_older, last_success, previous_stable_version
 from opsweb.reads.memo import once
 from opsweb.reads.quorum import (
@@ -89,9 +89,7 @@ def _first(*decisions) -> Decision:
 # -- the version a request would deploy ------------------------------------------------------
 
 
-def version_refusal(
-    environment: Target, image: ImageVersion, *, branch: str | None = None
-) -> str:
+def version_refusal(environment: Target, image: ImageVersion, *, branch: str | None = None) -> str:
     """Why ``image`` cannot be asked for in ``environment`` now, or "": bad, already there,
     already on its way, or older than what runs there.
 
@@ -466,9 +464,7 @@ def freeze_applies(run_kind: str) -> bool:
     return run_kind != RunKind.ROLLBACK
 
 
-def _freeze(
-    user, environment: Target, run_kind: str, *, override: bool, now
-) -> Decision | None:
+def _freeze(user, environment: Target, run_kind: str, *, override: bool, now) -> Decision | None:
     if not freeze_applies(run_kind):
         return None
     if not override:

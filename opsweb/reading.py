@@ -24,10 +24,10 @@ from opsweb.models import (
     Approval,
     ApprovalRule,
     ChangeWindow,
-    Target,
     Run,
     RunStatus,
     Signoff,
+    Target,
 )
 from opsweb.policy import soak_ends
 from opsweb.windows import FreezeStatus, wall_text

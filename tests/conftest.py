@@ -94,14 +94,24 @@ def succeed_in(environment: Target, image: ImageVersion, **fields) -> Run:
     return run
 
 
+# The image repositories the suite registers versions from: all the sample application's.
+SAMPLE_REPOSITORIES = [
+    "example/app",
+    "sample/app",
+    "ghcr.io/team/app",
+    "123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app",
+]
+
+
 @pytest.fixture
 def flow(db):
     """The seed's four environments, groups and schedules, as `manage.py bootstrap` makes them."""
     call_command("bootstrap", verbosity=0)
     sample = Application.objects.get(slug="sample")
-    ApplicationRepository.objects.get_or_create(
-        repository="example/app", defaults={"application": sample}
-    )
+    for repository in SAMPLE_REPOSITORIES:
+        ApplicationRepository.objects.get_or_create(
+            repository=repository, defaults={"application": sample}
+        )
     return {env.slug: env for env in Target.objects.filter(application=sample).in_flow()}
 
 

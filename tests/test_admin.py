@@ -239,7 +239,7 @@ def test_changelist_query_count_does_not_grow_with_history(flow, model):
 def test_index_shows_the_pipeline_with_drift_and_waiting_runs(pending, bob):
     from opsweb.models import Target
 
-    Target.objects.filter(slug="dev").update(
+    Target.objects.filter(environment__slug="dev").update(
         drift="service runs nothing, opsweb last deployed 2.0.0"
     )
     page = login(bob).get(reverse("admin:index")).text
@@ -276,7 +276,7 @@ def test_a_malformed_object_id_is_not_a_server_error(flow):
 
 def inline_forms(env, **changes) -> dict:
     """The environment page's inline formsets as posted: its rules as they are, no windows."""
-    rules = list(env.approval_rules.order_by("id"))
+    rules = list(env.environment.approval_rules.order_by("id"))
     data = {
         "approval_rules-TOTAL_FORMS": len(rules),
         "approval_rules-INITIAL_FORMS": len(rules),
@@ -286,7 +286,7 @@ def inline_forms(env, **changes) -> dict:
     for i, rule in enumerate(rules):
         data |= {
             f"approval_rules-{i}-id": rule.pk,
-            f"approval_rules-{i}-environment": env.pk,
+            f"approval_rules-{i}-environment": env.environment_id,
             f"approval_rules-{i}-group": rule.group_id,
             f"approval_rules-{i}-count": rule.count,
         }
@@ -317,21 +317,19 @@ def test_environment_edits_are_validated_and_audited(flow):
         "health_check_window_seconds": 30,
         "auto_rollback": "on",
         "rto_seconds": 300,
-        "soak_seconds": 0,
         "bake_seconds": 0,
-        **inline_forms(env),
     }
     response = client.post(url, data)
     assert response.status_code == 200 and "start_timeout" in response.text
-    assert Target.objects.get(pk=env.pk).soak_seconds == 0
-    data["soak_seconds"] = 60
+    assert Target.objects.get(pk=env.pk).rto_seconds == 300
+    data["rto_seconds"] = 600
     data["backend_settings"] = "[1, 2]"
     assert "Give an object of settings" in client.post(url, data).text
     data["backend_settings"] = '{"port": 8104, "repository": "/r", "state_dir": "/s"}'
     assert client.post(url, data).status_code == 302
-    assert Target.objects.get(pk=env.pk).soak_seconds == 60
+    assert Target.objects.get(pk=env.pk).rto_seconds == 600
     entry = AuditEntry.objects.get(action="configure_environment")
-    assert entry.actor == root and "soak_seconds=60" in entry.message
+    assert entry.actor == root and "rto_seconds=600" in entry.message
 
 
 def test_approving_a_run_that_was_queued_meanwhile_explains_why(pending, bob):
@@ -369,11 +367,7 @@ def test_promote_page_shows_a_bad_version_and_the_missing_signoff(flow, alice, b
     image = make_image("4.0.0")
     succeed_in(flow["staging"], image)
     services.mark_bad(user=bob, image=image, reason="corrupts carts")
-    page = (
-        login(alice)
-        .get(reverse("admin:opsweb_target_promote", args=[flow["staging"].pk]))
-        .text
-    )
+    page = login(alice).get(reverse("admin:opsweb_target_promote", args=[flow["staging"].pk])).text
     # Bad versions are neither preselected nor offered; the page says why nothing can go.
     assert "Release 4.0.0" not in page.split('id="confirm-form"')[0].split("<select")[-1]
     assert "example/app:4.0.0 is marked bad; choose another version to promote." in page

@@ -21,7 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from opsweb import policy, services, tasks
-from opsweb.models import AuditEntry, Target, ImageVersion, Run, RunKind, RunStatus
+from opsweb.models import AuditEntry, ImageVersion, Run, RunKind, RunStatus, Target
 from opsweb.sample_app import Release, create_repository, digest_for
 from opsweb.services import alarms, running
 from orchestration import ecs
@@ -348,8 +348,8 @@ def pushed(aws, tag: str) -> ImageVersion:
 
 def test_scan_findings_are_read_and_refuse_promotion(aws, flow, alice, client, scans):
     dev, staging = baking_ecs(aws, flow, []), flow["staging"]
-    staging.block_severity = "CRITICAL"
-    staging.save()
+    staging.environment.block_severity = "CRITICAL"
+    staging.environment.save()
     image = pushed(aws, "1.0.0")
     succeed_in(dev, image)
     scans[image.digest] = FINDINGS
@@ -388,7 +388,8 @@ def test_scan_without_findings_in_moto_reads_as_none(aws, flow, scans):
 
 def test_vulnerable_running_version_is_marked_bad_and_rolled_back(aws, flow, scans):
     dev = baking_ecs(aws, flow, [])
-    dev.block_severity, dev.roll_back_on_vulnerability = "HIGH", True
+    dev.environment.block_severity, dev.roll_back_on_vulnerability = "HIGH", True
+    dev.environment.save()
     dev.save()
     safe, vulnerable = pushed(aws, "1.0.0"), pushed(aws, "1.1.0")
     succeed_in(dev, safe)
@@ -408,7 +409,8 @@ def test_vulnerable_running_version_is_marked_bad_and_rolled_back(aws, flow, sca
 
 def test_no_rollback_to_something_equally_vulnerable(aws, flow, alice, client, scans):
     dev = baking_ecs(aws, flow, [])
-    dev.block_severity, dev.roll_back_on_vulnerability = "CRITICAL", True
+    dev.environment.block_severity, dev.roll_back_on_vulnerability = "CRITICAL", True
+    dev.environment.save()
     dev.save()
     older, newer = pushed(aws, "1.0.0"), pushed(aws, "1.1.0")
     succeed_in(dev, older)

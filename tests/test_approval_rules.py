@@ -26,9 +26,9 @@ def two_rules(flow, bob, carol):
     qa, sre = Group.objects.create(name="qa"), Group.objects.create(name="sre")
     bob.groups.add(qa)
     carol.groups.add(qa, sre)
-    production.approval_rules.all().delete()
-    ApprovalRule.objects.create(environment=production, group=qa, count=1)
-    ApprovalRule.objects.create(environment=production, group=sre, count=1)
+    production.environment.approval_rules.all().delete()
+    ApprovalRule.objects.create(environment=production.environment, group=qa, count=1)
+    ApprovalRule.objects.create(environment=production.environment, group=sre, count=1)
     v1, v2 = make_image("1.0.0"), make_image("2.0.0")
     succeed_in(flow["staging"], v1)
     succeed_in(production, v1)
@@ -95,8 +95,8 @@ def test_the_requesters_approval_never_counts_where_self_approval_is_off(two_rul
 
 
 def test_the_commit_author_cannot_approve_where_forbidden(two_rules, alice, bob):
-    two_rules.forbid_author_approval = True
-    two_rules.save()
+    two_rules.environment.forbid_author_approval = True
+    two_rules.environment.save()
     bob.email = "Bob@example.com"
     bob.save()
     make_user("erin", "qa")  # without bob, the rules need erin (qa) and carol (sre)
@@ -113,8 +113,8 @@ def test_the_commit_author_cannot_approve_where_forbidden(two_rules, alice, bob)
 def test_a_request_only_the_commit_author_could_complete_is_refused(two_rules, alice, bob):
     # Without bob (the author) only carol is left for both rules: it can never be met, so it is
     # refused when asked instead of blocking 3.0.0 for the approval window.
-    two_rules.forbid_author_approval = True
-    two_rules.save()
+    two_rules.environment.forbid_author_approval = True
+    two_rules.environment.save()
     bob.email = "bob@example.com"
     bob.save()
     image = make_image("3.0.0", author_email="BOB@example.com")
@@ -149,8 +149,8 @@ def test_an_authors_earlier_approval_stops_counting_everywhere_when_forbidden(
     services.sign_off_uat(user=bob, environment=two_rules.upstream, image=image)
     run = services.request_promotion(user=alice, target=two_rules, image=image)
     services.approve_run(user=bob, run=run)
-    two_rules.forbid_author_approval = True
-    two_rules.save()
+    two_rules.environment.forbid_author_approval = True
+    two_rules.environment.save()
     run.refresh_from_db()
     assert services.quorum_progress(run).counted == 0
     assert services.approval_counts([run.pk]).get(run.pk, 0) == 0  # the list's count agrees
@@ -220,19 +220,15 @@ def test_rules_are_edited_on_the_environment_page_and_audited(flow, bob):
 
     root = make_user("root", is_superuser=True)
     production = flow["production"]
-    url = reverse("admin:opsweb_target_change", args=[production.pk])
+    shared = production.environment
+    url = reverse("admin:opsweb_environment_change", args=[shared.pk])
     data = {
-        "name": production.name,
-        "slug": production.slug,
-        "position": production.position,
-        "upstream": production.upstream_id,
-        "approver_group": production.approver_group_id,
+        "name": shared.name,
+        "slug": shared.slug,
+        "position": shared.position,
+        "upstream": shared.upstream_id,
+        "approver_group": shared.approver_group_id,
         "requires_uat_signoff": "on",
-        "backend": "local",
-        "backend_settings": '{"port": 8104, "repository": "/r", "state_dir": "/s"}',
-        "health_check_window_seconds": 30,
-        "auto_rollback": "on",
-        "rto_seconds": 300,
         "soak_seconds": 0,
         **inline_forms(production, **{"approval_rules-0-count": 3}),
     }

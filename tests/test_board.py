@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from opsweb import services
 from opsweb.board import build_board
-from opsweb.models import Target, Run, RunStatus
+from opsweb.models import Environment, Run, RunStatus, Target
 from tests.conftest import make_image, succeed_in
 from tests.test_admin import login
 from tests.test_tasks import another_backend  # noqa: F401, F811 (the fixture)
@@ -25,7 +25,7 @@ def test_arrows_say_what_can_move_next_or_why_not_yet(flow, alice, bob, carol):
     for env in ("dev", "staging", "production"):
         succeed_in(flow[env], v1)
     succeed_in(flow["dev"], v2)
-    Target.objects.filter(slug="dev").update(soak_seconds=3600)
+    Environment.objects.filter(slug="dev").update(soak_seconds=3600)
     arrows = {a.target.slug: a for a in build_board(bob).arrows}
     assert "Version 2.0.0 soaks in AWS Dev until" in arrows["staging"].sentence
     assert not arrows["staging"].allowed
@@ -128,9 +128,9 @@ def test_pending_runs_name_who_may_still_approve_under_several_rules(flow, alice
 
     production = flow["production"]
     qa, sre = Group.objects.create(name="qa"), Group.objects.create(name="sre")
-    ApprovalRule.objects.filter(environment=production).delete()
-    ApprovalRule.objects.create(environment=production, group=qa, count=1)
-    ApprovalRule.objects.create(environment=production, group=sre, count=1)
+    ApprovalRule.objects.filter(environment=production.environment).delete()
+    ApprovalRule.objects.create(environment=production.environment, group=qa, count=1)
+    ApprovalRule.objects.create(environment=production.environment, group=sre, count=1)
     bob.groups.add(qa)
     carol.groups.add(qa, sre)
     v1 = make_image("1.0.0")
@@ -187,8 +187,8 @@ def test_index_lists_the_viewers_own_recent_actions(flow, alice, bob):
 
 
 def test_cards_list_the_targets_of_any_backend_that_lists_them(flow, bob, another_backend):  # noqa: F811
-    Target.objects.filter(slug="dev").update(backend="another", backend_settings={})
-    another_backend.running["dev"] = "sha256:" + "c" * 64
+    Target.objects.filter(environment__slug="dev").update(backend="another", backend_settings={})
+    another_backend.running["sample-dev"] = "sha256:" + "c" * 64
     cards = {c.environment.slug: c for c in build_board(bob).cards}
     assert cards["dev"].instances == [
         {"instance_id": "box-1", "state": "running", "digest": "sha256:" + "c" * 64}
@@ -206,19 +206,23 @@ def grow_to(flow, total: int, requester, approver):
     from opsweb.models import ApprovalRule
 
     group = Group.objects.get(name="production approvers")
-    last = Target.objects.order_by("-position").first()
+    last = Target.objects.order_by("-environment__position").first()
     image = make_image(f"grow.{total}")
     while Target.objects.count() < total:
         n = Target.objects.count()
-        env = Target.objects.create(
+        shared = Environment.objects.create(
             name=f"Region {n}",
             slug=f"region-{n}",
             position=last.position + 1,
-            upstream=last,
-            auto_deploy_branch="develop" if n % 2 else "",
+            upstream=last.environment,
+            auto_deploy=bool(n % 2),
+        )
+        env = Target.objects.create(
+            application=last.application,
+            environment=shared,
             drift="task definition differs" if n % 3 == 0 else "",
         )
-        ApprovalRule.objects.create(environment=env, group=group, count=1)
+        ApprovalRule.objects.create(environment=shared, group=group, count=1)
         busy(env, image, requester, approver, n)
         last = env
 
@@ -229,7 +233,7 @@ def busy(env, image, requester, approver, n: int) -> None:
     from opsweb.models import Approval, ChangeWindow
 
     ChangeWindow.objects.create(
-        environment=env,
+        environment=env.environment,
         kind=ChangeWindow.Kind.DENY,
         starts_at=timezone.now() + timedelta(days=n),
         ends_at=timezone.now() + timedelta(days=n, hours=1),
@@ -286,7 +290,7 @@ def test_board_list_and_command_notice_the_same_things_about_an_environment(flow
 
     v1, v2 = make_image("1.0.0"), make_image("2.0.0", branch="develop")
     succeed_in(flow["dev"], v1)
-    Target.objects.filter(slug="dev").update(
+    Target.objects.filter(environment__slug="dev").update(
         auto_deploy_paused=True, drift="2 tasks run sha256:ab", security_alert="CVE-1 open"
     )
     services.set_frozen(user=bob, environment=flow["dev"], frozen=True, reason="audit")
@@ -311,9 +315,9 @@ def test_board_list_and_command_notice_the_same_things_about_an_environment(flow
     assert v2.branch == "develop"
     card = next(c for c in build_board(bob).cards if c.environment.slug == "dev")
     assert card.flags == expected
-    listing = login(bob).get("/admin/opsweb/environment/")
+    listing = login(bob).get("/admin/opsweb/target/")
     assert listing.status_code == 200 and ", ".join(expected) in listing.text
-    assert environment_row(Target.objects.get(slug="dev"))["notices"] == expected
+    assert environment_row(Target.objects.get(environment__slug="dev"))["notices"] == expected
 
 
 def test_board_reads_as_many_queries_when_the_newest_versions_have_not_run_yet(flow, bob):

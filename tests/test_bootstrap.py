@@ -49,15 +49,15 @@ def test_bootstrap_creates_the_seed_flow_in_order():
 
 def test_bootstrap_twice_changes_nothing_and_keeps_operator_changes():
     bootstrap()
-    production = Target.objects.get(slug="production")
-    production.approval_rules.update(count=3)
+    production = Target.objects.get(environment__slug="production")
+    production.environment.approval_rules.update(count=3)
     Group.objects.get(name="ci").permissions.clear()
 
     out = bootstrap()
 
     assert "Nothing to do" in out
     assert Target.objects.count() == 4
-    assert Target.objects.get(slug="production").required_approvals == 3
+    assert Target.objects.get(environment__slug="production").required_approvals == 3
     assert Group.objects.get(name="ci").permissions.count() == 0
     assert Schedule.objects.count() == 3
 

@@ -26,11 +26,11 @@ from opsweb.models import (
     Approval,
     AuditEntry,
     ChangeWindow,
-    Target,
     ImageVersion,
     Run,
     RunStatus,
     Signoff,
+    Target,
 )
 from opsweb.sample_app import digest_for
 from orchestration.base import DeployError
@@ -283,7 +283,7 @@ def test_rollback_queues_the_previous_stable_version_and_pauses_dev(world):
     assert "Rolling back AWS Dev from 1.1.0" in out and "to 1.0.0" in out
     assert "marked bad when the rollback starts" in out and "until someone resumes it" in out
     services.claim_next_run(environment_id=world.env["dev"].pk)
-    dev = Target.objects.get(slug="dev")
+    dev = Target.objects.get(environment__slug="dev")
     assert dev.auto_deploy_paused and ImageVersion.objects.get(pk=world.v2.pk).is_bad
 
 
@@ -309,7 +309,9 @@ def test_run_status_wait_times_out_with_exit_3(world):
 
 
 def test_environments_lists_versions_flags_and_pending_runs(world):
-    ChangeWindow.objects.create(environment=world.prod_run.environment, starts_at=timezone.now())
+    ChangeWindow.objects.create(
+        environment=world.prod_run.environment.environment, starts_at=timezone.now()
+    )
     code, out, _ = run_command("environments", "--as", "ci")
     assert code == 0
     header, local, dev, staging, production = out.splitlines()

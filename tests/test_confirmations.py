@@ -10,11 +10,11 @@ from opsweb.models import (
     Approval,
     ApprovalRule,
     AuditEntry,
-    Target,
     ImageVersion,
     Run,
     RunStatus,
     Signoff,
+    Target,
 )
 from opsweb.services import facts
 from tests.conftest import make_image, make_user, succeed_in

@@ -8,7 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from opsweb import services
-from opsweb.models import AuditEntry, Target, ImageVersion, Run
+from opsweb.models import AuditEntry, ImageVersion, Run, Target
 from orchestration.local import LocalProcessBackend
 from tests.conftest import get_json
 
@@ -34,7 +34,7 @@ def demo_settings(settings, tmp_path):
     settings.OPSWEB = {**settings.OPSWEB, "LOCAL_STATE_DIR": tmp_path / "local"}
     yield
     for env in Target.objects.all():
-        LocalProcessBackend(env.backend_settings).stop(env.slug)
+        LocalProcessBackend(env.backend_settings).stop(env.backend_key)
 
 
 def test_demo_refuses_to_run_with_debug_off(settings):

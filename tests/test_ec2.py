@@ -23,7 +23,7 @@ from botocore.awsrequest import AWSResponse
 from django.core.exceptions import ValidationError
 
 from opsweb import services, tasks
-from opsweb.models import Target, ImageVersion, RunStatus
+from opsweb.models import ImageVersion, RunStatus, Target
 from opsweb.services import running
 from orchestration import ec2
 from orchestration.base import DeployError, DeployRequest, SettingsError, get_backend
@@ -234,9 +234,8 @@ def failed(output: str) -> dict:
 
 def test_settings_errors_name_each_field(flow):
     environment = Target(
-        name="AWS Sandbox",
-        slug="sandbox",
-        position=99,
+        application=flow["dev"].application,
+        environment=flow["dev"].environment,
         backend="ec2",
         backend_settings={
             "region": "Ireland",
@@ -276,7 +275,7 @@ def test_settings_errors_name_each_field(flow):
     assert "batch_size: Give a whole number of instances (at least 1) or a percentage" in "".join(
         messages
     )
-    assert Target.objects.filter(slug="sandbox").count() == 0
+    assert Target.objects.filter(environment__slug="sandbox").count() == 0
 
 
 def test_settings_need_a_group_or_a_tag_and_refuse_credentials():
@@ -741,7 +740,7 @@ def test_failures_within_max_errors_finish_and_show_as_drift(aws, flow, alice, s
     )
     pinned = f"{REPOSITORY}@{image.digest}"
     assert tasks.check_drift() == {
-        "dev": (
+        "sample-dev": (
             f"service runs no opsweb:image tag on {instances[1]}; {image.digest} on "
             f"{instances[0]}, {instances[2]}, opsweb last deployed 1.0.0 ({image.digest})"
         )
@@ -814,8 +813,10 @@ def test_drift_names_the_instances_that_disagree(aws, flow, alice):
     dev.refresh_from_db()
     first, second = sorted([(image.digest, instances[:2]), (hotfix, instances[2:])])
     running = "; ".join(f"{digest} on {', '.join(ids)}" for digest, ids in (first, second))
-    assert found == {"dev": f"service runs {running}, opsweb last deployed 1.0.0 ({image.digest})"}
-    assert dev.drift == found["dev"]
+    assert found == {
+        "sample-dev": f"service runs {running}, opsweb last deployed 1.0.0 ({image.digest})"
+    }
+    assert dev.drift == found["sample-dev"]
 
 
 def test_drift_check_mid_rollout_expects_the_old_and_the_new_image(aws, flow, alice, monkeypatch):
@@ -851,7 +852,7 @@ def test_drift_of_many_instances_fits_the_environment(aws, flow, alice):
         tag = {"Key": "opsweb:image", "Value": f"{REPOSITORY}@{fake_digest(str(n))}"}
         client(aws, "ec2").create_tags(Resources=[instance], Tags=[tag])
 
-    found = tasks.check_drift()["dev"]
+    found = tasks.check_drift()["sample-dev"]
 
     dev.refresh_from_db()
     assert dev.drift == found and len(found) <= 500

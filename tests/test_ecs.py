@@ -20,12 +20,12 @@ from django.core.exceptions import ValidationError
 
 from opsweb import services, tasks
 from opsweb.models import (
-    Target,
     ImageVersion,
     NotificationChannel,
     NotificationDelivery,
     RunEvent,
     RunStatus,
+    Target,
 )
 from orchestration import ecs
 from orchestration.base import DeployError, DeployRequest, get_backend
@@ -126,9 +126,8 @@ def ecr_image(tag: str) -> ImageVersion:
 
 def test_settings_errors_name_each_field(flow):
     environment = Target(
-        name="AWS Sandbox",
-        slug="sandbox",
-        position=99,
+        application=flow["dev"].application,
+        environment=flow["dev"].environment,
         backend="ecs",
         backend_settings={"region": "Ireland", "cluster": "", "timeout": "soon", "port": 80},
     )
@@ -312,7 +311,7 @@ def test_drift_shows_a_service_changed_behind_opsweb(aws, flow, alice):
 
     dev.refresh_from_db()
     expected = f"service runs {hotfix}, opsweb last deployed 1.0.0 ({image.digest})"
-    assert found == {"dev": expected}
+    assert found == {"sample-dev": expected}
     assert dev.drift == expected
     assert dev.drift_checked_at is not None
 
@@ -353,7 +352,7 @@ def test_drift_check_during_a_rollout_expects_what_the_run_deploys(aws, flow, al
     expected = (
         f"service runs {hotfix}, while run #{run.pk} deploys 1.1.0 ({new.digest}) in place of 1.0.0"
     )
-    assert found == {"dev": expected}
+    assert found == {"sample-dev": expected}
     assert NotificationDelivery.objects.filter(event="drift_found").count() == 1
 
 

@@ -12,13 +12,15 @@ from django_q.models import OrmQ
 
 from opsweb import services
 from opsweb.models import (
+    Application,
     AuditEntry,
-    Target,
+    Environment,
     NotificationChannel,
     NotificationDelivery,
     NotificationEvent,
     Run,
     RunStatus,
+    Target,
 )
 from tests.conftest import fake_digest, make_image, make_user, succeed_in
 
@@ -30,7 +32,7 @@ def channel(*, environment=None, events=None) -> NotificationChannel:
         name="ops",
         kind="slack",
         target=HOOK,
-        environment=environment,
+        environment=environment and environment.environment,
         events=list(NotificationEvent.values) if events is None else events,
     )
     item.full_clean()
@@ -116,7 +118,9 @@ def test_mark_bad_notifies_every_channel(flow, bob):
 
 
 def test_an_auto_deploy_waiting_for_approval_notifies_the_approvers(flow, ci_user):
-    Target.objects.filter(slug="staging").update(auto_deploy_branch="release")
+    Environment.objects.filter(slug="dev").update(auto_deploy=False)
+    Environment.objects.filter(slug="staging").update(auto_deploy=True)
+    Application.objects.filter(slug="sample").update(auto_deploy_branch="release")
     channel(events=["approval_needed"])
     registration = services.register_image(
         user=ci_user,
@@ -150,7 +154,7 @@ def test_a_lost_worker_notifies_only_how_the_run_ended(flow, alice):
 def test_a_registered_version_has_its_scan_queued_once_committed(
     flow, ci_user, django_capture_on_commit_callbacks, backend, scans
 ):
-    Target.objects.exclude(slug="local").update(backend=backend)
+    Target.objects.exclude(environment__slug="local").update(backend=backend)
     with django_capture_on_commit_callbacks(execute=True):
         image = services.register_image(
             user=ci_user, repository="example/app", tag="5.0.0", digest=fake_digest("5")

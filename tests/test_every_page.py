@@ -24,10 +24,12 @@ from django.utils import timezone
 from opsweb import metrics
 from opsweb.admin.confirm import ConfirmingAdmin
 from opsweb.models import (
+    Application,
+    ApplicationRepository,
     Approval,
     AuditEntry,
     ChangeWindow,
-    Target,
+    Environment,
     ImageVersion,
     NotificationChannel,
     NotificationDelivery,
@@ -35,6 +37,7 @@ from opsweb.models import (
     RunEvent,
     RunStatus,
     Signoff,
+    Target,
 )
 from tests.conftest import make_image, make_user
 
@@ -104,7 +107,7 @@ def build_states(flow, scenario: str, user) -> dict:
         )
         # production: frozen by hand, an override waiting, a run held by the freeze.
         ChangeWindow.objects.create(
-            environment=production,
+            environment=production.environment,
             kind="deny",
             starts_at=now - timedelta(hours=1),
             reason=f"{MARKER} release freeze",
@@ -160,7 +163,7 @@ def build_states(flow, scenario: str, user) -> dict:
             auto_deploy_paused=True, paused_reason=f"{MARKER} rolled back"
         )
         ChangeWindow.objects.create(
-            environment=production,
+            environment=production.environment,
             kind="deny",
             rrule="FREQ=WEEKLY;BYDAY=FR",
             starts_at=now - timedelta(days=30),
@@ -236,7 +239,7 @@ def build_states(flow, scenario: str, user) -> dict:
         NotificationChannel.objects.create(
             name=f"{MARKER} slack",
             kind="slack",
-            environment=production,
+            environment=production.environment,
             target="https://hooks.example.com/services/T000/B000/zqmarkertoken",
         ),
         NotificationChannel.objects.create(
@@ -261,7 +264,10 @@ def build_states(flow, scenario: str, user) -> dict:
         for n, status in enumerate(NotificationDelivery.Status.values)
     ]
     return {
-        "environment": list(Target.objects.all()),
+        "target": list(Target.objects.all()),
+        "environment": list(Environment.objects.all()),
+        "application": list(Application.objects.all()),
+        "applicationrepository": list(ApplicationRepository.objects.all()),
         "imageversion": list(ImageVersion.objects.all()),
         "run": list(Run.objects.all()),
         "runevent": list(RunEvent.objects.all()),
@@ -307,7 +313,7 @@ def site_urls(objects: dict) -> list[str]:
     """The board (with its matrix pages), the app index, DORA for each environment and period,
     and /healthz."""
     urls = ["/admin/", "/admin/?page=2", "/admin/?page=x", "/admin/opsweb/", "/healthz"]
-    for env in objects["environment"]:
+    for env in objects["target"]:
         urls += [f"/admin/dora/?environment={env.slug}&days={days}" for days in metrics.PERIODS]
     return urls
 
@@ -316,7 +322,7 @@ def choice_urls(objects: dict) -> list[str]:
     """The promote and deploy pages with each version picked (``?image=<id>``)."""
     return [
         reverse(f"admin:opsweb_target_{name}", args=[env.pk]) + f"?image={image.pk}"
-        for env in objects["environment"]
+        for env in objects["target"]
         for name in ("promote", "deploy")
         for image in objects["imageversion"]
     ]
@@ -371,7 +377,7 @@ def test_environment_list_shows_a_bad_version_running(flow, root):
     build_states(flow, "a", root)
     client = Client(raise_request_exception=False)
     client.force_login(root)
-    response = client.get("/admin/opsweb/environment/")
+    response = client.get("/admin/opsweb/target/")
     assert response.status_code == 200
     assert '<span class="opsweb-bad">BAD</span>' in response.content.decode()
 
@@ -437,7 +443,7 @@ def page_text(response) -> str:
 def leaked(objects: dict, body: str) -> list[str]:
     """The names of the records' contents found in ``body``."""
     words = [MARKER, *(image.tag for image in objects["imageversion"])]
-    words += [env.name for env in objects["environment"]]
+    words += [env.name for env in objects["target"]]
     return [word for word in words if word in body]
 
 

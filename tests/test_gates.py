@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from opsweb import policy, services, tasks
-from opsweb.models import ChangeWindow, Target, ImageVersion, Run, RunKind, RunStatus
+from opsweb.models import ChangeWindow, Environment, ImageVersion, Run, RunKind, RunStatus, Target
 from opsweb.services import ReleaseError
 from tests.conftest import fake_digest, make_image, succeed_in
 from tests.test_commands import run_command
@@ -21,10 +21,10 @@ CRITICAL = {"CRITICAL": 1, "HIGH": 2}
 @pytest.fixture
 def dev(flow):
     """AWS Dev refusing HIGH findings and above, running 1.0.0."""
-    Target.objects.filter(slug="dev").update(block_severity="HIGH")
-    dev = Target.objects.get(slug="dev")
+    Environment.objects.filter(slug="dev").update(block_severity="HIGH")
+    dev = Target.objects.get(environment__slug="dev")
     succeed_in(dev, make_image("1.0.0", branch="develop"))
-    return Target.objects.select_related("current_image").get(slug="dev")
+    return Target.objects.select_related("current_image").get(environment__slug="dev")
 
 
 def vulnerable(tag="1.1.0", **fields):
@@ -45,7 +45,7 @@ def test_deploy_refuses_a_version_with_blocking_findings(dev, alice):
 
 def test_promotion_refuses_a_version_with_blocking_findings(flow, alice):
     staging = flow["staging"]
-    Target.objects.filter(pk=staging.pk).update(block_severity="CRITICAL")
+    Environment.objects.filter(pk=staging.environment_id).update(block_severity="CRITICAL")
     image = vulnerable()
     succeed_in(flow["dev"], image)
     with pytest.raises(ReleaseError, match="AWS Staging refuses CRITICAL and above"):
@@ -140,7 +140,7 @@ def test_resuming_auto_deploy_deploys_the_newest_build_left_behind(dev, ci_user,
 def test_the_reconciler_deploys_a_build_held_back_by_a_calendar_window_that_passed(dev, ci_user):
     now = timezone.now()
     ChangeWindow.objects.create(
-        environment=dev,
+        environment=dev.environment,
         kind=ChangeWindow.Kind.DENY,
         starts_at=now - timedelta(hours=3),
         ends_at=now - timedelta(hours=1),
@@ -201,9 +201,8 @@ def test_behind_counts_for_every_environment_in_one_query_match_builds_behind(fl
     tried = make_image("1.4.0", branch="develop", committed_at=now - timedelta(days=1))
     succeed_in(flow["dev"], old)
     succeed_in(flow["dev"], tried, status=RunStatus.FAILED)
-    Target.objects.filter(slug="dev").update(current_image=old)
-    Target.objects.filter(slug__in=["local", "staging"]).update(auto_deploy_branch="develop")
-    Target.objects.filter(slug="production").update(auto_deploy_branch="main")
+    Target.objects.filter(environment__slug="dev").update(current_image=old)
+    Environment.objects.filter(slug__in=["local", "staging"]).update(auto_deploy=True)
     environments = list(Target.objects.select_related("current_image"))
     with CaptureQueriesContext(connection) as captured:
         counts = behind_counts(environments)

@@ -222,7 +222,7 @@ def test_a_freeze_lifted_within_its_second_round_trips_through_the_admin(flow):
     root = make_user("root", is_superuser=True)
     production = flow["production"]
     window = ChangeWindow.objects.create(
-        environment=production,
+        environment=production.environment,
         starts_at=datetime(2026, 12, 1, 9, 30, 5, 120000, tzinfo=UTC),
         ends_at=datetime(2026, 12, 1, 9, 30, 5, 870000, tzinfo=UTC),
         reason="frozen by root",

@@ -102,7 +102,12 @@ def committed(django_capture_on_commit_callbacks, sync_tasks):
 
 def channel(kind, target, *, environment=None, events=ALL_EVENTS, secret="", name="ops"):
     item = NotificationChannel(
-        name=name, kind=kind, target=target, environment=environment, events=events, secret=secret
+        name=name,
+        kind=kind,
+        target=target,
+        environment=environment and environment.environment,
+        events=events,
+        secret=secret,
     )
     item.full_clean()
     item.save()

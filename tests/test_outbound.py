@@ -15,7 +15,7 @@ from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 
 from opsweb import notifications
-from opsweb.models import Target, NotificationChannel, NotificationDelivery, Run
+from opsweb.models import NotificationChannel, NotificationDelivery, Run, Target
 from orchestration import ecs, outbound
 from orchestration.alarms import read_http_metric
 from orchestration.base import DeployError
@@ -130,7 +130,7 @@ def delivery_to(url: str, *, kind="webhook", **channel) -> NotificationDelivery:
     )
     run = Run.objects.create(
         kind="deploy",
-        environment=Target.objects.get(slug="dev"),
+        environment=Target.objects.get(environment__slug="dev"),
         image=make_image(),
         status="failed",
     )

@@ -263,9 +263,7 @@ def test_an_environment_running_a_bad_version_is_flagged_everywhere(flow, staged
     index = login(root).get(reverse("admin:index")).text
     assert "runs a bad version" in index
     env_page = (
-        login(root)
-        .get(reverse("admin:opsweb_target_change", args=[flow["production"].pk]))
-        .text
+        login(root).get(reverse("admin:opsweb_target_change", args=[flow["production"].pk])).text
     )
     assert "runs a bad version (1.0.0: CVE-2026-1)" in env_page
     images = login(root).get(reverse("admin:opsweb_imageversion_changelist")).text

@@ -70,7 +70,7 @@ def test_a_build_held_by_a_freeze_deploys_when_its_window_is_deleted_in_the_admi
     services.set_frozen(user=admin_user, environment=dev, frozen=True, reason="release")
     code, _, _ = register(ci, "1.1.0", wait=True)
     assert code == 4 and deploys_of(dev, "1.1.0") == []
-    window = ChangeWindow.objects.get(environment=dev)
+    window = ChangeWindow.objects.get(environment=dev.environment)
     client.force_login(admin_user)
 
     response = client.post(
@@ -94,7 +94,9 @@ def test_a_window_edit_that_opens_no_gate_deploys_nothing(flow, client):
     admin_user = make_user("root", is_superuser=True)
     client.force_login(admin_user)
     window = ChangeWindow.objects.create(
-        environment=dev, kind=ChangeWindow.Kind.DENY, starts_at=timezone.now() + timedelta(days=1)
+        environment=dev.environment,
+        kind=ChangeWindow.Kind.DENY,
+        starts_at=timezone.now() + timedelta(days=1),
     )
 
     response = client.post(

@@ -10,12 +10,13 @@ from opsweb.models import (
     Approval,
     ApprovalRule,
     AuditEntry,
-    Target,
+    Environment,
     ImageVersion,
     Run,
     RunKind,
     RunStatus,
     Signoff,
+    Target,
 )
 from opsweb.services import NotAllowed, ReleaseError
 from tests.conftest import make_image, make_user, succeed_in
@@ -105,7 +106,7 @@ def test_request_promotion_of_a_bad_version_is_refused(flow, staged, alice, bob)
 
 
 def test_request_promotion_waits_for_the_soak_time(flow, staged, alice, bob):
-    Target.objects.filter(pk=flow["dev"].pk).update(soak_seconds=3600)
+    Environment.objects.filter(pk=flow["dev"].environment_id).update(soak_seconds=3600)
     with pytest.raises(ReleaseError, match="soak time 3600s"):
         services.request_promotion(user=alice, target=flow["staging"])
     Run.objects.filter(image=staged[1]).update(finished_at=timezone.now() - timedelta(hours=2))
@@ -454,7 +455,9 @@ def test_register_image_on_another_branch_deploys_nothing(flow, ci_user):
 
 
 def test_register_image_while_dev_is_paused_records_but_does_not_deploy(flow, ci_user):
-    Target.objects.filter(slug="dev").update(auto_deploy_paused=True, paused_reason="rb")
+    Target.objects.filter(environment__slug="dev").update(
+        auto_deploy_paused=True, paused_reason="rb"
+    )
     result = register(ci_user, branch="develop")
     assert result.run is None and "auto-deploy is paused" in result.message
 
@@ -514,7 +517,7 @@ def test_self_approval_given_while_allowed_stops_counting_when_turned_off(flow, 
     ApprovalRule.objects.filter(environment__slug="staging").update(count=2)
     run = services.request_promotion(user=requester, target=flow["staging"])
     services.approve_run(user=requester, run=run)
-    Target.objects.filter(slug="staging").update(allow_self_approval=False)
+    Environment.objects.filter(slug="staging").update(allow_self_approval=False)
     run = services.approve_run(user=bob, run=run)
     assert services.approvals_count(run) == 1 and run.status == RunStatus.PENDING
 
@@ -580,7 +583,7 @@ def test_roll_back_during_a_deploy_waits_for_it_and_resolves_its_target_then(flo
 
 def test_soak_needs_the_version_to_have_stayed_in_the_source(flow, alice):
     dev = flow["dev"]
-    Target.objects.filter(pk=dev.pk).update(soak_seconds=3600)
+    Environment.objects.filter(pk=dev.environment_id).update(soak_seconds=3600)
     early = timezone.now() - timedelta(hours=3)
     a, b = make_image("1.0.0"), make_image("1.1.0")
     succeed_in(dev, a)
@@ -595,7 +598,7 @@ def test_soak_needs_the_version_to_have_stayed_in_the_source(flow, alice):
 
 def test_soak_ignores_runs_that_failed_without_switching(flow, alice, bob):
     dev = flow["dev"]
-    Target.objects.filter(pk=dev.pk).update(soak_seconds=3600)
+    Environment.objects.filter(pk=dev.environment_id).update(soak_seconds=3600)
     early = timezone.now() - timedelta(hours=3)
     a = make_image("1.0.0")
     succeed_in(dev, a)

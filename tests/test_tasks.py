@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from opsweb import services, tasks
-from opsweb.models import Target, Run, RunKind, RunStatus
+from opsweb.models import Run, RunKind, RunStatus, Target
 from opsweb.services import running
 from orchestration.alarms import AlarmState
 from orchestration.base import REGISTRY, DeployBackend, DeployResult, no_progress
@@ -189,7 +189,7 @@ def test_check_drift_reports_a_process_that_died(local_flow, alice):
     found = tasks.check_drift()
     local.refresh_from_db()
     assert "service runs nothing, opsweb last deployed 1.0.0" in local.drift
-    assert local.slug in found
+    assert local.backend_key in found
 
 
 def test_check_drift_during_a_local_deploy_expects_both_versions(local_flow, alice, monkeypatch):
@@ -240,7 +240,7 @@ def test_check_drift_racing_a_run_finish_records_no_drift(local_flow, alice, mon
     local.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert local.current_image == images["1.1.0"]
-    assert local.slug not in found
+    assert local.backend_key not in found
     assert local.drift == ""
 
 
@@ -258,7 +258,7 @@ def wait_for_started_process(env: Target, tag: str, timeout: float = 30) -> None
     env.refresh_from_db()
     backend = LocalProcessBackend(env.backend_settings)
     deadline = time.monotonic() + timeout
-    while not (state := backend.read_state(env.slug)).get("pid") or state["tag"] != tag:
+    while not (state := backend.read_state(env.backend_key)).get("pid") or state["tag"] != tag:
         assert time.monotonic() < deadline, "the worker never started a process"
         time.sleep(0.05)
 
@@ -443,9 +443,7 @@ def test_a_garbled_health_answer_fails_the_run_and_rolls_back(local_flow, alice)
 
     threading.Thread(target=answer_garbage, daemon=True).start()
     url = f"http://127.0.0.1:{garbage.getsockname()[1]}/healthz"
-    Target.objects.filter(pk=dev.pk).update(
-        health_check_url=url, health_check_window_seconds=1
-    )
+    Target.objects.filter(pk=dev.pk).update(health_check_url=url, health_check_window_seconds=1)
     try:
         broken = deploy(alice, dev, images["1.1.0"])
     finally:

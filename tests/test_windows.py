@@ -34,7 +34,7 @@ def weekend_freeze(environment=None, **fields) -> ChangeWindow:
         **WEEKEND,
         **fields,
     }
-    window = ChangeWindow(environment=environment, **fields)
+    window = ChangeWindow(environment=environment and environment.environment, **fields)
     window.full_clean()
     window.save()
     return window
@@ -42,7 +42,9 @@ def weekend_freeze(environment=None, **fields) -> ChangeWindow:
 
 def freeze_now(environment, reason="release") -> ChangeWindow:
     return ChangeWindow.objects.create(
-        environment=environment, starts_at=timezone.now() - timedelta(seconds=1), reason=reason
+        environment=environment and environment.environment,
+        starts_at=timezone.now() - timedelta(seconds=1),
+        reason=reason,
     )
 
 
@@ -91,7 +93,7 @@ def test_a_window_is_described_in_plain_words_with_its_next_occurrences(flow):
 def test_outside_every_allow_window_runs_wait_for_the_next_one(flow):
     dev = flow["dev"]
     ChangeWindow.objects.create(
-        environment=dev,
+        environment=dev.environment,
         kind=ChangeWindow.Kind.ALLOW,
         rrule="FREQ=WEEKLY;BYDAY=TU,WE,TH;BYHOUR=10;BYMINUTE=0;BYSECOND=0",
         duration_seconds=6 * 3600,
@@ -154,7 +156,7 @@ def test_a_run_approved_before_the_freeze_is_held_and_starts_when_it_ends(flow, 
     run = services.approve_run(user=bob, run=run)
     assert run.status == RunStatus.QUEUED
     window = ChangeWindow.objects.create(
-        environment=staging,
+        environment=staging.environment,
         starts_at=timezone.now() - timedelta(seconds=1),
         ends_at=timezone.now() + timedelta(hours=2),
         time_zone=BERLIN,
@@ -235,7 +237,7 @@ def test_freeze_and_unfreeze_by_hand_open_and_end_a_window(flow):
     ops = make_user("ops", "production approvers")
     staging = flow["staging"]
     services.set_frozen(user=ops, environment=staging, frozen=True, reason="release")
-    window = ChangeWindow.objects.get(environment=staging)
+    window = ChangeWindow.objects.get(environment=staging.environment)
     assert staging.is_frozen and window.ends_at is None and window.created_by == ops
     services.set_frozen(user=ops, environment=staging, frozen=False)
     assert not staging.is_frozen
@@ -338,27 +340,26 @@ def test_the_environment_page_shows_the_freeze_and_edits_windows_with_an_audit(f
     production = flow["production"]
     weekend_freeze(production)
     client = login(root)
-    url = reverse("admin:opsweb_target_change", args=[production.pk])
+    # The target's page says it is frozen; the windows are edited on the environment's page.
+    target_page = client.get(reverse("admin:opsweb_target_change", args=[production.pk])).text
+    assert "AWS Production is frozen" in target_page or "frozen until" in target_page
+    shared = production.environment
+    url = reverse("admin:opsweb_environment_change", args=[shared.pk])
     page = client.get(url).text
     assert "every Friday 16:00 → Monday 08:00, Europe/Berlin; next: Fri" in page
     data = {
-        "name": production.name,
-        "slug": production.slug,
-        "position": production.position,
-        "upstream": production.upstream_id,
-        "approver_group": production.approver_group_id,
+        "name": shared.name,
+        "slug": shared.slug,
+        "position": shared.position,
+        "upstream": shared.upstream_id,
+        "approver_group": shared.approver_group_id,
         "requires_uat_signoff": "on",
-        "backend": "local",
-        "backend_settings": '{"port": 8104, "repository": "/r", "state_dir": "/s"}',
-        "health_check_window_seconds": 30,
-        "auto_rollback": "on",
-        "rto_seconds": 300,
         "soak_seconds": 0,
         **inline_forms(production),
         "change_windows-TOTAL_FORMS": 2,
         "change_windows-INITIAL_FORMS": 1,
         "change_windows-0-id": ChangeWindow.objects.get().pk,
-        "change_windows-0-environment": production.pk,
+        "change_windows-0-environment": shared.pk,
         "change_windows-0-kind": "deny",
         "change_windows-0-starts_at_0": "2026-09-01",
         "change_windows-0-starts_at_1": "00:00:00",
@@ -366,7 +367,7 @@ def test_the_environment_page_shows_the_freeze_and_edits_windows_with_an_audit(f
         "change_windows-0-duration_seconds": WEEKEND_SECONDS,
         "change_windows-0-time_zone": BERLIN,
         "change_windows-0-reason": "weekend",
-        "change_windows-1-environment": production.pk,
+        "change_windows-1-environment": shared.pk,
         "change_windows-1-kind": "deny",
         "change_windows-1-starts_at_0": "2026-12-24",
         "change_windows-1-starts_at_1": "00:00:00",
@@ -535,7 +536,7 @@ def test_a_frequent_long_deny_window_costs_the_same_as_any_other(
 ):
     production = flow["production"]
     window = ChangeWindow.objects.create(
-        environment=production,
+        environment=production.environment,
         duration_seconds=days * 86400,
         time_zone=BERLIN,
         starts_at=datetime(2024, 1, 1, tzinfo=UTC),
@@ -560,7 +561,7 @@ def test_a_frequent_long_allow_window_costs_the_same_as_any_other(
 ):
     dev = flow["dev"]
     ChangeWindow.objects.create(
-        environment=dev,
+        environment=dev.environment,
         kind=ChangeWindow.Kind.ALLOW,
         duration_seconds=7 * 86400,
         starts_at=datetime(2024, 1, 1, tzinfo=UTC),
@@ -574,7 +575,10 @@ def test_the_pages_read_a_worst_case_window_at_bounded_cost(flow, occurrences_co
     root = make_user("root", is_superuser=True)
     production = flow["production"]
     ChangeWindow.objects.create(
-        environment=production, cron="* * * * *", duration_seconds=7 * 86400, reason="worst"
+        environment=production.environment,
+        cron="* * * * *",
+        duration_seconds=7 * 86400,
+        reason="worst",
     )
     client = login(root)
     occurrences_computed["n"] = 0
@@ -608,7 +612,7 @@ def test_windows_that_never_fire_or_cost_without_bound_are_refused(flow, fields,
 def test_a_stored_window_that_never_fires_freezes_nothing(flow):
     production = flow["production"]
     window = ChangeWindow.objects.create(
-        environment=production, cron="0 0 30 2 *", duration_seconds=2147483647
+        environment=production.environment, cron="0 0 30 2 *", duration_seconds=2147483647
     )
     now = timezone.now()
     assert not freeze_status(production, now).frozen

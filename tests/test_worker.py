@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from opsweb import services
-from opsweb.models import Target, RunStatus
+from opsweb.models import RunStatus, Target
 from orchestration.local import process_alive
 from tests.conftest import get_json, start_worker, stop_worker
 from tests.test_tasks import kill_worker, service_url, wait_for_event

@@ -29,12 +29,12 @@ from opsweb.limits import TEXT_MAX
 from opsweb.models import (
     ApprovalRule,
     ChangeWindow,
-    Target,
     ImageVersion,
     RollbackReason,
     Run,
     RunStatus,
     Signoff,
+    Target,
 )
 from opsweb.reading import notices, read_configuration, running_run
 from opsweb.reads import facts

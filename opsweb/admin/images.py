@@ -12,7 +12,7 @@ from opsweb import policy, services
 from opsweb.admin.confirm import Confirmation, ConfirmForm, ConfirmingAdmin, version_line
 from opsweb.admin.records import ReadOnlyMixin
 from opsweb.limits import TEXT_MAX
-from opsweb.models import Target, ImageVersion
+from opsweb.models import ImageVersion, Target
 from opsweb.reads import facts
 
 
@@ -134,5 +134,7 @@ class ImageVersionAdmin(ReadOnlyMixin, ConfirmingAdmin):
             "runs_here": Target.objects.filter(current_image=image).select_related(
                 "application", "environment"
             ),
-            "recent_runs": image.runs.select_related("environment", "requested_by")[:20],
+            "recent_runs": image.runs.select_related(
+                "environment__environment", "environment__application", "requested_by"
+            )[:20],
         }

@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.db import connection
 
 from opsweb.admin.lists import DateRangeFilter, OpswebAdmin
-from opsweb.models import Approval, AuditEntry, Target, ImageVersion, Run, RunEvent, Signoff
+from opsweb.models import Approval, AuditEntry, ImageVersion, Run, RunEvent, Signoff, Target
 
 
 class ReadOnlyMixin:
@@ -43,7 +43,11 @@ def audit_entries_for(obj):
 class RunEventAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "run", "level", "message", "duration_seconds"]
     list_filter = ["level", "run__environment"]
-    list_select_related = ["run__environment", "run__image"]
+    list_select_related = [
+        "run__environment__environment",
+        "run__environment__application",
+        "run__image",
+    ]
     search_fields = ["message"]
 
 
@@ -52,13 +56,23 @@ class ApprovalAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "run", "user", "decision", "comment", "digest"]
     ordering = ["-created_at", "-id"]  # the newest decisions first, from their index
     list_filter = ["decision", "run__environment"]
-    list_select_related = ["run__environment", "run__image", "user"]
+    list_select_related = [
+        "run__environment__environment",
+        "run__environment__application",
+        "run__image",
+        "user",
+    ]
 
 
 @admin.register(Signoff)
 class SignoffAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "environment", "image", "user", "note"]
-    list_select_related = ["environment", "image", "user"]
+    list_select_related = [
+        "environment__environment",
+        "environment__application",
+        "image",
+        "user",
+    ]
 
 
 class ActionFilter(admin.SimpleListFilter):

@@ -227,7 +227,12 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
         "kind",
         DateRangeFilter.on("created_at", "date requested"),
     ]
-    list_select_related = ["environment", "image", "requested_by"]
+    list_select_related = [
+        "environment__environment",
+        "environment__application",
+        "image",
+        "requested_by",
+    ]
     search_fields = ["image__tag"]  # see get_search_results: through the versions' indexes
     search_help_text = "A tag, the start of a commit or digest, or #run id."
     fieldsets = [
@@ -279,6 +284,8 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
             .get_queryset(request)
             .select_related(
                 "environment__current_image",
+                "environment__environment",
+                "environment__application",
                 "image",
                 "replaces",
                 "requested_by",

@@ -184,6 +184,11 @@ class TargetQuerySet(models.QuerySet):
         return link_flow(targets)
 
 
+class TargetManager(models.Manager.from_queryset(TargetQuerySet)):
+    def get_queryset(self):
+        return super().get_queryset().select_related("application", "environment")
+
+
 class Target(models.Model):
     """One application in one environment (a deployment target): where and how it runs (backend
     and its settings, health check, alarms), what runs now and since when, drift, auto-deploy
@@ -196,9 +201,7 @@ class Target(models.Model):
     reaches the backend.
     """
 
-    application = models.ForeignKey(
-        Application, on_delete=models.PROTECT, related_name="targets"
-    )
+    application = models.ForeignKey(Application, on_delete=models.PROTECT, related_name="targets")
     environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="targets")
     backend = models.CharField(max_length=20, choices=BACKEND_CHOICES, default="local")
     backend_settings = models.JSONField(default=dict, blank=True)
@@ -245,9 +248,12 @@ class Target(models.Model):
     drift = models.CharField(max_length=500, blank=True)
     drift_checked_at = models.DateTimeField(null=True, blank=True)
 
-    objects = TargetQuerySet.as_manager()
+    # Every read of a target names its environment and application: both come in the same
+    # query (small tables), so no page pays a query per target to print one.
+    objects = TargetManager()
 
     class Meta:
+        base_manager_name = "objects"
         ordering = ["application__name", "application_id", "environment__position"]
         verbose_name = "deployment target"
         permissions = [("resume_auto_deploy", "Can resume auto-deploy")]
@@ -486,7 +492,8 @@ class RuleQuerySet(models.QuerySet):
         """The same, for the target at ``path`` of the outer query (``OuterRef``): e.g.
         ``"environment"`` from runs, ``"run__environment"`` from approvals."""
         return self.filter(environment_id=models.OuterRef(f"{path}__environment_id")).filter(
-            Q(application__isnull=True) | Q(application_id=models.OuterRef(f"{path}__application_id"))
+            Q(application__isnull=True)
+            | Q(application_id=models.OuterRef(f"{path}__application_id"))
         )
 
 
@@ -525,8 +532,7 @@ class ApprovalRule(models.Model):
                 fields=["environment", "application", "group"],
                 condition=Q(application__isnull=False),
                 name="one_rule_per_group_per_application_environment",
-                violation_error_message="This application already has a rule for that group "
-                "here.",
+                violation_error_message="This application already has a rule for that group here.",
             ),
             models.CheckConstraint(condition=Q(count__gte=1), name="approval_rule_count_positive"),
         ]

@@ -128,6 +128,16 @@ class ImageVersion(models.Model):
     def __str__(self) -> str:
         return f"{self.repository}:{self.tag}"
 
+    def save(self, *args, **kwargs):
+        if self.application_id is None:
+            # The application is the one that releases the repository (services check that
+            # one does; rows written by other means get it here).
+            from .environments import ApplicationRepository
+
+            claim = ApplicationRepository.objects.filter(repository=self.repository).first()
+            self.application_id = claim.application_id if claim else None
+        super().save(*args, **kwargs)
+
     @property
     def short_digest(self) -> str:
         return self.digest.removeprefix("sha256:")[:12]

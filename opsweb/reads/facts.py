@@ -7,7 +7,7 @@ function per kind of object, so the page and the service cannot disagree on what
 
 from __future__ import annotations
 
-from opsweb.models import Target, ImageVersion, Run, RunStatus, Signoff
+from opsweb.models import ImageVersion, Run, RunStatus, Signoff, Target
 from opsweb.reads.history import describe, previous_stable_version
 from opsweb.reads.quorum import approvals_count
 

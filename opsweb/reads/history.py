@@ -7,10 +7,10 @@ from django.db.models import Exists, F, Func, Max, Min, OuterRef, Q, Subquery
 from django.db.models.lookups import IsNull
 
 from opsweb.models import (
-    Target,
     ImageVersion,
     Run,
     RunStatus,
+    Target,
 )
 from opsweb.reads.memo import once, primed
 

@@ -17,11 +17,11 @@ from django.db.models.functions import Coalesce
 from opsweb.models import (
     Approval,
     ApprovalRule,
-    Target,
     ImageVersion,
     Run,
     RunKind,
     RunStatus,
+    Target,
 )
 from opsweb.reads.memo import once, primed
 

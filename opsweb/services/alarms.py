@@ -11,13 +11,13 @@ from django.utils import timezone
 from opsweb import policy
 from opsweb.errors import ReleaseError
 from opsweb.models import (
-    Target,
     ImageVersion,
     RollbackReason,
     Run,
     RunEvent,
     RunKind,
     RunStatus,
+    Target,
 )
 from opsweb.reads.history import previous_stable_version
 from opsweb.services.base import add_event, audit
@@ -93,7 +93,7 @@ def act_on_scans() -> list[str]:
     marked bad). An environment whose version is clean again loses its alert. Returns the
     sentences of what was decided."""
     decided = []
-    for environment in Target.objects.select_for_update().exclude(current_image=None):
+    for environment in Target.objects.select_for_update(of=("self",)).exclude(current_image=None):
         image = environment.current_image
         blocking = policy.blocking_findings(environment, image)
         if blocking:
@@ -158,9 +158,7 @@ def scan_targets() -> list[ImageVersion]:
     """Versions worth re-reading: what runs anywhere, and what could be promoted next (what
     an upstream runs is already 'what runs'), plus the previous stable version of each
     environment (a rollback target)."""
-    ids = set(
-        Target.objects.exclude(current_image=None).values_list("current_image", flat=True)
-    )
+    ids = set(Target.objects.exclude(current_image=None).values_list("current_image", flat=True))
     for environment in Target.objects.select_related("current_image", "application", "environment"):
         if environment.current_image:
             earlier = previous_stable_version(environment, exclude=environment.current_image)
@@ -179,7 +177,11 @@ def _aws_place(repository: str) -> tuple[str, str] | None:
         registry, region, _ = split_ecr_repository(repository)
     except DeployError:
         return None  # another registry: it has no ECR scan
-    aws = Target.objects.filter(backend__in=SCANNED_BACKENDS).order_by("environment__position").first()
+    aws = (
+        Target.objects.filter(backend__in=SCANNED_BACKENDS)
+        .order_by("environment__position")
+        .first()
+    )
     if aws is None:
         return None
     options = aws.backend_settings

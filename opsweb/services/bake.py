@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from opsweb.models import Target, Run, RunKind
+from opsweb.models import Run, RunKind, Target
 from opsweb.services import alarms
 from opsweb.services.execution import stop_requested
 from orchestration.alarms import AlarmState

@@ -10,12 +10,12 @@ from opsweb import policy
 from opsweb.errors import ReleaseError
 from opsweb.models import (
     Approval,
-    Target,
     ImageVersion,
     Run,
     RunEvent,
     RunStatus,
     Signoff,
+    Target,
 )
 from opsweb.reads import facts
 from opsweb.reads.history import describe
@@ -38,7 +38,12 @@ def _lock_run(run: Run) -> Run:
     # serialises writers with IMMEDIATE transactions.
     return (
         Run.objects.select_for_update(of=("self",))
-        .select_related("environment__current_image", "environment__environment__approver_group", "environment__application", "image")
+        .select_related(
+            "environment__current_image",
+            "environment__environment__approver_group",
+            "environment__application",
+            "image",
+        )
         .get(pk=run.pk)
     )
 
@@ -185,7 +190,12 @@ def stop_run(*, user, run: Run, reason: str = "", seen: Seen = None, by: Run | N
     check_lengths(reason=reason)
     run = (
         Run.objects.select_for_update(of=("self",))
-        .select_related("environment__current_image", "environment__environment__approver_group", "environment__application", "image")
+        .select_related(
+            "environment__current_image",
+            "environment__environment__approver_group",
+            "environment__application",
+            "image",
+        )
         .get(pk=run.pk)
     )
     check_seen(

@@ -19,10 +19,10 @@ from opsweb.models import (
     Application,
     ApplicationRepository,
     ChangeWindow,
-    Target,
     ImageVersion,
     Run,
     RunKind,
+    Target,
 )
 from opsweb.reads import facts
 from opsweb.reads.history import describe, waiting_builds

@@ -18,12 +18,12 @@ from django.utils import timezone
 from opsweb import events, policy
 from opsweb.errors import ReleaseError
 from opsweb.models import (
-    Target,
     RollbackReason,
     Run,
     RunEvent,
     RunKind,
     RunStatus,
+    Target,
 )
 from opsweb.reads.history import describe, waiting_builds
 from opsweb.reads.quorum import quorum_progress
@@ -67,7 +67,7 @@ def claim_next_run(*, environment_id: int) -> Run | None:
             Run.objects.filter(environment_id=environment_id, status=RunStatus.QUEUED)
             .exclude(pk__in=held)
             .order_by(*QUEUE_ORDER)
-            .select_related("environment", "image")
+            .select_related("environment__environment", "environment__application", "image")
             .first()
         )
         if head is None:
@@ -153,7 +153,9 @@ def claim_next_run(*, environment_id: int) -> Run | None:
 
 
 def _current_image(environment_id: int):
-    environment = Target.objects.select_related("current_image", "application", "environment").get(pk=environment_id)
+    environment = Target.objects.select_related("current_image", "application", "environment").get(
+        pk=environment_id
+    )
     return environment.current_image
 
 
@@ -299,7 +301,9 @@ def finish_run(
     or a version that did not start after the previous one was stopped) starts a rollback
     where auto_rollback is on, for ``rollback_reason``."""
     status = RunStatus.SUCCEEDED if succeeded else RunStatus.FAILED
-    run = Run.objects.select_related("environment", "image").get(pk=run_id)
+    run = Run.objects.select_related(
+        "environment__environment", "environment__application", "image"
+    ).get(pk=run_id)
     if run.status != RunStatus.RUNNING or not transition(run, to=status, error=error):
         run.refresh_from_db()
         return run  # already ended (e.g. the reconciler declared the worker lost)
@@ -376,7 +380,9 @@ def finish_stopped(
         return run
     if known and running == run.image.digest and not run.switched_at:
         record_switch(run_id=run.pk, backend_ref={})
-    environment = Target.objects.select_related("current_image", "application", "environment").get(pk=run.environment_id)
+    environment = Target.objects.select_related("current_image", "application", "environment").get(
+        pk=run.environment_id
+    )
     if known:
         drift = record_drift(environment=environment, running=running)
         now_runs = (
@@ -445,7 +451,9 @@ def take_over_lost_runs(*, now: datetime | None = None) -> list[Run]:
     cutoff = now - timedelta(seconds=settings.OPSWEB["HEARTBEAT_STALE_SECONDS"])
     taken = []
     stale = Run.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff)
-    for run in stale.select_related("environment", "image"):
+    for run in stale.select_related(
+        "environment__environment", "environment__application", "image"
+    ):
         with transaction.atomic():
             if not Run.objects.filter(
                 pk=run.pk, status=RunStatus.RUNNING, heartbeat_at__lt=cutoff
@@ -482,7 +490,9 @@ def record_lost_state(*, run_id: int, running: str | None) -> bool:
         switched = True
     if switched and not run.switched_at:
         record_switch(run_id=run_id, backend_ref={})
-    environment = Target.objects.select_related("current_image", "application", "environment").get(pk=run.environment_id)
+    environment = Target.objects.select_related("current_image", "application", "environment").get(
+        pk=run.environment_id
+    )
     # The run's own end is being decided here: what runs is compared with what it switched to.
     drift = record_drift(environment=environment, running=running, in_progress=False) or ""
     add_event(
@@ -625,9 +635,7 @@ class DriftWatch:
 
 def drift_watch(*, environment_id: int) -> DriftWatch:
     """The ``DriftWatch`` of an environment now; take it before reading the backend."""
-    current = Target.objects.filter(pk=environment_id).values_list(
-        "current_image_id", flat=True
-    )
+    current = Target.objects.filter(pk=environment_id).values_list("current_image_id", flat=True)
     runs = Run.objects.filter(environment_id=environment_id, status=RunStatus.RUNNING)
     return DriftWatch(current.first(), tuple(runs.order_by("pk").values_list("pk", flat=True)))
 
@@ -685,9 +693,7 @@ def record_drift(
             f"service runs {running or 'nothing'}, opsweb last deployed "
             f"{expected.tag} ({expected.digest})"
         )[:500]
-    Target.objects.filter(pk=environment.pk).update(
-        drift=drift, drift_checked_at=timezone.now()
-    )
+    Target.objects.filter(pk=environment.pk).update(drift=drift, drift_checked_at=timezone.now())
     if drift and drift != environment.drift:  # newly found, not the same one every 5 minutes
         events.drift_found(environment, drift=drift)
     return drift

@@ -12,12 +12,12 @@ from django.utils import timezone
 from opsweb import events, policy
 from opsweb.errors import ReleaseError
 from opsweb.models import (
-    Target,
     ImageVersion,
     Run,
     RunEvent,
     RunKind,
     RunStatus,
+    Target,
 )
 from opsweb.reads import facts
 from opsweb.reads.history import describe

@@ -9,13 +9,13 @@ from opsweb import events, policy
 from opsweb.errors import ReleaseError
 from opsweb.models import (
     Approval,
-    Target,
     ImageVersion,
     RollbackReason,
     Run,
     RunEvent,
     RunKind,
     RunStatus,
+    Target,
 )
 from opsweb.reads import facts
 from opsweb.reads.history import describe, previous_stable_version
@@ -216,7 +216,9 @@ def resolve_rollback(run: Run) -> tuple[str, ImageVersion | None]:
     ""; the version it takes back, for ``take_back`` at the claim: the stopped deploy's
     version, or None for whatever runs then). Writes nothing but the run's target: the claim
     that follows in the same transaction writes the consequences, or rolls all of it back."""
-    environment = Target.objects.select_related("current_image", "application", "environment").get(pk=run.environment_id)
+    environment = Target.objects.select_related("current_image", "application", "environment").get(
+        pk=run.environment_id
+    )
     current = environment.current_image
     stopped = run.triggered_by
     if stopped is not None and stopped.kind != RunKind.ROLLBACK:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from opsweb.models import Target, Run, RunKind
+from opsweb.models import Run, RunKind, Target
 from opsweb.services.bake import bake, unbaked
 from opsweb.services.execution import (
     drift_watch,

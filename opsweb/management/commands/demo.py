@@ -24,11 +24,11 @@ from opsweb.models import (
     Approval,
     ApprovalRule,
     AuditEntry,
-    Target,
     ImageVersion,
     Run,
     RunKind,
     RunStatus,
+    Target,
 )
 from opsweb.sample_app import DEMO_RELEASES, Release, create_repository, digest_for
 from orchestration.base import DeployError, DeployRequest, get_backend
@@ -397,7 +397,7 @@ def _history_approvers(environment, users) -> list:
     of them the history's requester (alice, or ci where there is no alice)."""
     requester = users.get("alice") or users["ci"]
     chosen = []
-    for rule in environment.approval_rules.select_related("group"):
+    for rule in environment.rules:
         members = rule.group.user_set.exclude(pk=requester.pk).exclude(
             pk__in=[u.pk for u in chosen]
         )

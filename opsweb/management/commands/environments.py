@@ -17,7 +17,7 @@ from opsweb.cli import (
     require_perm,
     when,
 )
-from opsweb.models import Target, Run, RunStatus
+from opsweb.models import Run, RunStatus, Target
 from opsweb.reading import notices, read_configuration
 from opsweb.reads.history import BEHIND_CAP
 from opsweb.windows import freeze_status
@@ -45,8 +45,7 @@ class Command(OpswebCommand):
             rows = [environment_row(environment) for environment in environments]
         several = len({e.application_id for e in environments}) > 1
         lines = [(["APPLICATION"] if several else []) + COLUMNS] + [
-            ([environment.application.slug] if several else [])
-            + table_cells(environment, row)
+            ([environment.application.slug] if several else []) + table_cells(environment, row)
             for environment, row in zip(environments, rows, strict=True)
         ]
         return Outcome(table(lines), data={"environments": rows})

@@ -33,7 +33,9 @@ class Command(OpswebCommand):
     def act(self, user, options):
         source = find_environment(options["source"], options["app"])
         target = find_environment(options["target"], options["app"])
-        image = find_image(options["image"], application=options["app"]) if options["image"] else None
+        image = (
+            find_image(options["image"], application=options["app"]) if options["image"] else None
+        )
         run = services.request_promotion(
             user=user,
             target=target,

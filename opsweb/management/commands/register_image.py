@@ -28,9 +28,9 @@ from opsweb.cli import (
     refused,
 )
 from opsweb.models import (
-    Target,
     Run,
     RunKind,
+    Target,
     validate_git_sha,
     validate_repository,
     validate_tag,
