@@ -251,7 +251,9 @@ def test_an_approval_page_posted_to_another_runs_url_is_refused(flow, staged, al
     succeed_in(local, v2)
     deployers = Group.objects.get(name="deployers")
     for env in (local, dev):
-        ApprovalRule.objects.update_or_create(environment=env, defaults={"group": deployers})
+        ApprovalRule.objects.update_or_create(
+            environment=env.environment, defaults={"group": deployers}
+        )
     first = services.request_deploy(user=alice, environment=local, image=v3)
     second = services.request_deploy(user=alice, environment=dev, image=v3)
     assert facts.run_facts(first) == facts.run_facts(second)

@@ -201,6 +201,7 @@ class Migration(migrations.Migration):
                 ("current_image", models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name="+", to="opsweb.imageversion")),
             ],
             options={
+                "base_manager_name": "objects",
                 "verbose_name": "deployment target",
                 "ordering": ["application__name", "application_id", "environment__position"],
                 "permissions": [("resume_auto_deploy", "Can resume auto-deploy")],
