@@ -132,7 +132,7 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
     from opsweb.models import Approval, AuditEntry, ImageVersion, Run, RunEvent, Target
 
     versions = max(runs // RUNS_PER_VERSION, 5)
-    envs = list(Target.objects.order_by("environment__position").values_list("id", "upstream_id"))
+    envs = [(t.id, t.upstream_id) for t in Target.objects.in_flow()]
     if len(envs) != 4:
         raise ValueError("Expected the four bootstrapped environments.")
     # Target by position (0 local, 1 dev, 2 staging, 3 production), as SQL CASE arms.
