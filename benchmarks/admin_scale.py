@@ -145,7 +145,7 @@ def _has_runs(name: str, runs: int) -> bool:
 def placeholders() -> dict[str, object]:
     from opsweb.models import ImageVersion, Run, Target
 
-    production = Target.objects.get(environment__slug="production")
+    production = Target.objects.get(application__slug="sample", environment__slug="production")
     # A version in the middle of the history that has runs at both sizes, so that a search
     # renders a page of results on each (an empty page is no comparison), and whose tag is the
     # start of no other tag (a tag search also matches tags that start with it: "1.2.3" finds

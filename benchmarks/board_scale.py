@@ -93,7 +93,7 @@ def grow(total: int, requester, approver) -> None:
         )
 
     if Target.objects.count() == 4 and not Run.objects.filter(status=RunStatus.PENDING):
-        production = Target.objects.get(environment__slug="production")
+        production = Target.objects.get(application__slug="sample", environment__slug="production")
         busy(production, production.upstream, 3)
 
     while (n := Target.objects.count()) < total:

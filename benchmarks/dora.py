@@ -92,7 +92,7 @@ def run(args) -> int:
 
     call_command("migrate", verbosity=0)
     call_command("bootstrap", verbosity=0)
-    production = Target.objects.get(environment__slug="production")
+    production = Target.objects.get(application__slug="sample", environment__slug="production")
     fill_images(connection)
     client = Client()
     client.force_login(User.objects.create_superuser("bench", password=None))

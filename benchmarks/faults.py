@@ -287,8 +287,8 @@ class Harness:
         from opsweb.models import Target
 
         self.worker, self.postgres, self.target = worker, postgres, target
-        self.env = Target.objects.get(environment__slug="local")
-        self.staging = Target.objects.get(environment__slug="staging")
+        self.env = Target.objects.get(application__slug="sample", environment__slug="local")
+        self.staging = Target.objects.get(application__slug="sample", environment__slug="staging")
         self.alice, self.bob, self.carol = (
             User.objects.get(username=name) for name in ("alice", "bob", "carol")
         )
@@ -537,11 +537,15 @@ class Harness:
         """Move the dev environment to the ECS backend on moto (a Fargate service with one
         task wanted) and deploy a first version there; problems as sentences."""
         from opsweb import services
-        from opsweb.models import Target
+        from opsweb.models import ApplicationRepository, Target
         from orchestration.base import get_backend
 
         self.moto, self.moto_url = moto, moto.start()
-        self.dev = Target.objects.get(environment__slug="dev")
+        self.dev = Target.objects.get(application__slug="sample", environment__slug="dev")
+        # The ECR repository the ECS service pulls from is the sample service's too.
+        ApplicationRepository.objects.get_or_create(
+            repository=ECS_REPOSITORY, defaults={"application": self.dev.application}
+        )
         if self.dev.backend == "local":  # its demo process would outlive `demo --stop`
             get_backend("local", self.dev.backend_settings).stop(self.dev.backend_key)
         ec2, ecs = self.ecs_client("ec2"), self.ecs_client()

@@ -99,7 +99,7 @@ def deploy_loop(until: float, report: list) -> None:
     from opsweb.sample_app import digest_for
 
     alice = DjangoUser.objects.get(username="alice")
-    local = Target.objects.get(environment__slug="local")
+    local = Target.objects.get(application__slug="sample", environment__slug="local")
     tags = ["1.0.0", "1.1.0", "1.2.0", "1.2.1"]
     try:
         for n in itertools.count(1):
@@ -196,8 +196,8 @@ def serve_and_load(args, scratch: Path, env: dict[str, str]) -> int:
         user = DjangoUser.objects.create_user(f"load{i}", password=PASSWORD, is_staff=True)
         user.groups.add(deployers)
     run_id = Run.objects.order_by("-pk").values_list("pk", flat=True).first()
-    env_id = Target.objects.get(environment__slug="staging").pk
-    production = Target.objects.get(environment__slug="production")
+    env_id = Target.objects.get(application__slug="sample", environment__slug="staging").pk
+    production = Target.objects.get(application__slug="sample", environment__slug="production")
     if args.worst_window:
         # A window the form accepts (a cron may fire every minute): every page that reads
         # the freeze must stay as fast as without it.

@@ -112,7 +112,7 @@ def _setup(scratch: Path):
         users[name].groups.set(Group.objects.filter(name__in=groups))
     flow = {}
     for slug in ("dev", "staging"):
-        env = Target.objects.get(environment__slug=slug)
+        env = Target.objects.get(application__slug="sample", environment__slug=slug)
         port = _free_port()
         env.backend_settings = {
             "repository": str(scratch / "repo"),

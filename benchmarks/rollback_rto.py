@@ -50,7 +50,7 @@ def main() -> int:
     call_command("migrate", verbosity=0)
     with open(os.devnull, "w") as quiet:
         call_command("demo", base_port=args.base_port, stdout=quiet)
-    local = Target.objects.get(environment__slug="dev")
+    local = Target.objects.get(application__slug="sample", environment__slug="dev")
     alice = User.objects.get(username="alice")
     tags = ["1.2.0", "1.1.0"]
     restores, deploys = [], []
