@@ -665,12 +665,12 @@ def sample_in(sample_repo, tmp_path):
             health_check_url=f"http://127.0.0.1:{port}/healthz",
             health_check_window_seconds=10,
         )
-        used.append((environment.slug, backend_settings))
+        used.append((environment.backend_key, backend_settings))
         return port
 
     yield configure, shas
-    for slug, backend_settings in used:
-        LocalProcessBackend(backend_settings).stop(slug)
+    for key, backend_settings in used:
+        LocalProcessBackend(backend_settings).stop(key)
 
 
 def sample_args(shas: dict, tag: str, *extra: str) -> list[str]:
