@@ -801,7 +801,7 @@ def run_faults(args, scratch: Path, postgres: PrivatePostgres, database_url: str
 
     call_command("migrate", verbosity=0)
     with open(os.devnull, "w") as quiet:
-        call_command("demo", base_port=args.base_port, stdout=quiet)
+        call_command("demo", base_port=args.base_port, apps="sample", stdout=quiet)
     worker = Worker(scratch, env)
     worker.start()
     moto = MotoServer()
@@ -848,7 +848,7 @@ def run_faults(args, scratch: Path, postgres: PrivatePostgres, database_url: str
         worker.stop()
         moto.stop()
         with open(os.devnull, "w") as quiet:
-            call_command("demo", base_port=args.base_port, stop=True, stdout=quiet)
+            call_command("demo", base_port=args.base_port, apps="sample", stop=True, stdout=quiet)
         from django.db import connections
 
         connections.close_all()

@@ -177,11 +177,11 @@ def run_load(args, scratch: Path, database_url: str) -> int:
     call_command("migrate", verbosity=0)
     try:
         with open(os.devnull, "w") as quiet:
-            call_command("demo", base_port=args.base_port, stdout=quiet)
+            call_command("demo", base_port=args.base_port, apps="sample", stdout=quiet)
         return serve_and_load(args, scratch, env)
     finally:
         with open(os.devnull, "w") as quiet:
-            call_command("demo", base_port=args.base_port, stop=True, stdout=quiet)
+            call_command("demo", base_port=args.base_port, apps="sample", stop=True, stdout=quiet)
 
 
 def serve_and_load(args, scratch: Path, env: dict[str, str]) -> int:

@@ -49,7 +49,7 @@ def main() -> int:
 
     call_command("migrate", verbosity=0)
     with open(os.devnull, "w") as quiet:
-        call_command("demo", base_port=args.base_port, stdout=quiet)
+        call_command("demo", base_port=args.base_port, apps="sample", stdout=quiet)
     local = Target.objects.get(application__slug="sample", environment__slug="dev")
     alice = User.objects.get(username="alice")
     tags = ["1.2.0", "1.1.0"]
@@ -78,7 +78,7 @@ def main() -> int:
             restores.append(rollback.restore_seconds)
     finally:
         with open(os.devnull, "w") as quiet:
-            call_command("demo", base_port=args.base_port, stop=True, stdout=quiet)
+            call_command("demo", base_port=args.base_port, apps="sample", stop=True, stdout=quiet)
 
     rto = local.rto_seconds
     median = statistics.median(restores)

@@ -387,7 +387,10 @@ def _as_id(value: str) -> int | None:
     return None
 
 
-def find_run(value: str) -> Run:
+def find_run(value: str, application: str | None = None) -> Run:
+    """The run with id ``value``. A run id names one run whatever the application; when an
+    application is named (``--app`` or ``$OPSWEB_APP``) the run must be one of its runs, so a
+    pipeline of one application never approves or stops another's by a mistyped id."""
     run_id = _as_id(str(value).strip())
     if run_id is None:
         raise refused(f"{value!r} is not a run id; give a number such as 12.")
@@ -398,6 +401,14 @@ def find_run(value: str) -> Run:
     )
     if run is None:
         raise refused(f"Run #{run_id} does not exist.")
+    if application or os.environ.get("OPSWEB_APP"):
+        app = find_application(application)
+        if run.environment.application_id != app.pk:
+            raise refused(
+                f"Run #{run_id} is a run of {run.environment.application.slug}, not of "
+                f"{app.slug}; give its application with --app "
+                f"{run.environment.application.slug}."
+            )
     return run
 
 

@@ -628,6 +628,16 @@ def may_mark_bad(user, image: ImageVersion) -> Decision:
     return ALLOWED
 
 
+# -- applications ----------------------------------------------------------------------------
+
+
+def may_create_application(user) -> Decision:
+    """Creating an application (its repositories and targets) needs ``add_application``."""
+    if not _has_perm(user, "add_application"):
+        return forbid(f"User {actor_name(user)} is not allowed to create applications.")
+    return ALLOWED
+
+
 # -- pieces ----------------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from opsweb import services
-from opsweb.models import AuditEntry, ImageVersion, Run, Target
+from opsweb.models import Application, AuditEntry, ImageVersion, Run, Target
 from orchestration.local import LocalProcessBackend
 from tests.conftest import get_json
 
@@ -44,24 +44,42 @@ def test_demo_refuses_to_run_with_debug_off(settings):
     assert Target.objects.count() == 0
 
 
-def test_demo_starts_four_environments_on_different_versions_and_is_idempotent(demo_settings):
-    base = free_block()
+def test_demo_starts_three_applications_on_their_own_ports_and_is_idempotent(demo_settings):
+    base = free_block(11)
     out = StringIO()
     call_command("demo", base_port=base, stdout=out)
 
-    versions = [get_json(f"http://127.0.0.1:{base + i}/")["version"] for i in range(4)]
-    assert versions == ["1.2.1", "1.2.0", "1.1.0", "1.0.0"]
-    assert [e.current_image.tag for e in Target.objects.all()] == versions
+    def versions(app):
+        return [t.current_image.tag for t in Target.objects.filter(application__slug=app)]
+
+    served = [get_json(f"http://127.0.0.1:{base + i}/")["version"] for i in range(11)]
+    assert served[:4] == versions("sample") == ["1.2.1", "1.2.0", "1.1.0", "1.0.0"]
+    assert served[4:8] == versions("web") == ["2.5.0", "2.5.0", "2.4.0", "2.4.0"]
+    # The internal tool skips AWS Staging: Local, Dev and Production on the next three ports.
+    assert served[8:] == versions("tool") == ["0.9.0", "0.9.0", "0.8.0"]
+    assert [t.slug for t in Target.objects.filter(application__slug="tool")] == [
+        "local",
+        "dev",
+        "production",
+    ]
     assert "alice" in out.getvalue() and "bob" in out.getvalue()
     counts = (ImageVersion.objects.count(), Run.objects.count())
     # The backdated history reads like a real one: its promotions had their approvals, it has
-    # an audit trail, and it comes before today's runs.
+    # an audit trail, and it comes before today's runs; each application has its own.
     history = Run.objects.filter(note="Demo history (backdated)")
     promoted = history.filter(kind="promotion", status="succeeded")
     assert promoted.exists()
     assert all(services.quorum_progress(run).met for run in promoted)
     assert AuditEntry.objects.filter(run__in=history, action="approve_run").exists()
     assert AuditEntry.objects.filter(run__in=history, action="run_succeeded").exists()
+    for app in ("sample", "web", "tool"):
+        assert history.filter(environment__application__slug=app, kind="promotion").exists()
+        assert not ImageVersion.objects.filter(
+            application__slug=app,
+            runs__environment__application__slug__in=[
+                other for other in ("sample", "web", "tool") if other != app
+            ],
+        ).exists()
     today = Run.objects.exclude(note="Demo history (backdated)").order_by("pk").first()
     assert not history.filter(pk__gt=today.pk).exists()
 
@@ -69,8 +87,19 @@ def test_demo_starts_four_environments_on_different_versions_and_is_idempotent(d
     assert (ImageVersion.objects.count(), Run.objects.count()) == counts
 
     call_command("demo", base_port=base, stop=True, stdout=StringIO())
-    with pytest.raises(OSError):
-        get_json(f"http://127.0.0.1:{base + 3}/")
+    for port in (base + 3, base + 7, base + 10):
+        with pytest.raises(OSError):
+            get_json(f"http://127.0.0.1:{port}/")
     call_command("demo", base_port=base, stdout=StringIO())  # restarts what was deployed
     assert get_json(f"http://127.0.0.1:{base + 3}/")["version"] == "1.0.0"
+    assert get_json(f"http://127.0.0.1:{base + 10}/")["version"] == "0.8.0"
     assert Run.objects.count() == counts[1]
+
+
+def test_demo_with_the_sample_alone_takes_four_ports(demo_settings):
+    base = free_block(4)
+    call_command("demo", base_port=base, apps="sample", stdout=StringIO())
+    assert list(Application.objects.values_list("slug", flat=True)) == ["sample"]
+    assert get_json(f"http://127.0.0.1:{base + 3}/")["version"] == "1.0.0"
+    with pytest.raises(CommandError, match="--apps 'billing' is not one of sample, web, tool"):
+        call_command("demo", base_port=base, apps="billing", stdout=StringIO())

@@ -46,6 +46,13 @@ from opsweb.services import (
     alarms,  # services.alarms: what opsweb decides from trigger alarms
     running,  # services.running: a worker running one claimed run
 )
+from opsweb.services.applications import (
+    ApplicationSpec,
+    application_listing,
+    build_application,
+    check_application,
+    create_application,
+)
 from opsweb.services.base import (
     actor_name,
     audit,
@@ -113,6 +120,11 @@ __all__ = [
     "Registration",
     "changing_windows",
     "actor_name",
+    "ApplicationSpec",
+    "application_listing",
+    "build_application",
+    "check_application",
+    "create_application",
     "approval_counts",
     "approvals_count",
     "approvals_text",

@@ -19,7 +19,7 @@ class Command(OpswebCommand):
 
     def act(self, user, options):
         run = services.approve_run(
-            user=user, run=find_run(options["run"]), comment=options["comment"]
+            user=user, run=find_run(options["run"], options["app"]), comment=options["comment"]
         )
         have = services.approvals_text(run)
         state = (

@@ -4,15 +4,13 @@
 Idempotent: what exists is left exactly as it is, so an operator's changes survive a rerun.
 """
 
-from pathlib import Path
-
-from django.conf import settings
 from django.contrib.auth.models import Group, Permission
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from django_q.models import Schedule
 
-from opsweb.models import Application, ApplicationRepository, ApprovalRule, Environment, Target
+from opsweb import services
+from opsweb.models import Application, ApprovalRule, Environment
 
 GROUP_PERMISSIONS = {
     "deployers": [
@@ -122,29 +120,19 @@ SAMPLE_BASE_PORT = 8101
 def create_local_application(spec: dict, environments, *, base_port: int, team=None):
     """An application (``spec``: slug, name, repository, auto_deploy_branch) deployed into
     ``environments`` on the local backend, the n-th on port ``base_port`` + n, its processes
-    built from the demo's repository. Returns the application."""
-    state_dir = str(settings.OPSWEB["LOCAL_STATE_DIR"])
-    application = Application.objects.create(
-        slug=spec["slug"],
-        name=spec["name"],
-        auto_deploy_branch=spec.get("auto_deploy_branch", ""),
-        team=team,
+    built from the demo's repository (``services.build_application``, unchecked: the seed's
+    own data). Returns the application."""
+    return services.build_application(
+        services.ApplicationSpec(
+            slug=spec["slug"],
+            name=spec["name"],
+            repositories=(spec["repository"],),
+            environments=tuple(environments),
+            team=team,
+            branch=spec.get("auto_deploy_branch", ""),
+        ),
+        base_port=base_port,
     )
-    ApplicationRepository.objects.create(application=application, repository=spec["repository"])
-    for n, environment in enumerate(environments):
-        port = base_port + n
-        Target.objects.create(
-            application=application,
-            environment=environment,
-            backend="local",
-            backend_settings={
-                "repository": str(Path(state_dir) / "demo-app"),
-                "port": port,
-                "state_dir": state_dir,
-            },
-            health_check_url=f"http://127.0.0.1:{port}/healthz",
-        )
-    return application
 
 
 SCHEDULES = [

@@ -1,12 +1,21 @@
-"""Load the demo a newcomer clicks through: a sample service, its releases, the four
-environments on the local backend, and the people who work them.
+"""Load the demo a newcomer clicks through: three applications on the shared flow — the sample
+service, a second web service and an internal tool that skips AWS Staging — each with its own
+image repository, releases and history, all on the local backend, and the people who work them.
 
-Idempotent: a second run changes nothing, except restarting a deployed sample process that is
-no longer running (after a reboot, or `demo --stop`). Refuses to run with DEBUG off.
+Ports, from ``--base-port`` B on (each application's targets in flow order):
+
+    sample  Local B,   Dev B+1, Staging B+2,  Production B+3
+    web     Local B+4, Dev B+5, Staging B+6,  Production B+7
+    tool    Local B+8, Dev B+9,               Production B+10
+
+``--apps sample`` loads the sample service alone (four ports, as benchmarks/faults.py needs).
+Idempotent: a second run changes nothing, except restarting a deployed process that is no
+longer running (after a reboot, or `demo --stop`). Refuses to run with DEBUG off.
 """
 
 import hashlib
 import random
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,6 +33,7 @@ from opsweb.models import (
     Approval,
     ApprovalRule,
     AuditEntry,
+    Environment,
     ImageVersion,
     Run,
     RunKind,
@@ -41,6 +51,85 @@ RELEASES = [
     Release("1.2.1", "Work in progress on a laptop"),
     DEMO_RELEASES[3],
 ]
+
+
+@dataclass(frozen=True)
+class DemoApp:
+    """One application of the demo: its image versions are (tag, the sample service's release
+    it is built from, message); ``walk`` is the live history, (environment, tag) in order."""
+
+    slug: str
+    name: str
+    repository: str
+    history_repository: str
+    environments: tuple[str, ...]
+    versions: tuple[tuple[str, str, str], ...]
+    walk: tuple[tuple[str, str], ...]
+    seed: int
+    local_branch_tags: frozenset[str] = field(default_factory=frozenset)
+
+
+APPS = {
+    "sample": DemoApp(
+        slug="sample",
+        name="Sample service",
+        repository=REPOSITORY,
+        history_repository=HISTORY_REPOSITORY,
+        environments=("local", "dev", "staging", "production"),
+        versions=tuple((r.tag, r.tag, r.message) for r in RELEASES),
+        walk=(
+            ("dev", "1.0.0"),
+            ("staging", "1.0.0"),
+            ("production", "1.0.0"),
+            ("dev", "1.1.0"),
+            ("staging", "1.1.0"),
+            ("dev", "1.2.0"),
+            ("local", "1.2.1"),
+        ),
+        seed=12,
+        local_branch_tags=frozenset({"1.2.1"}),
+    ),
+    "web": DemoApp(
+        slug="web",
+        name="Web front end",
+        repository="example/web",
+        history_repository="example/web-history",
+        environments=("local", "dev", "staging", "production"),
+        versions=(
+            ("2.3.0", "1.0.0", "Checkout page in the new design"),
+            ("2.4.0", "1.1.0", "Saved baskets"),
+            ("2.5.0", "1.2.0", "Faster product search"),
+            ("2.6.0", "1.3.0", "Move sessions to the new store (breaks the health check)"),
+        ),
+        walk=(
+            ("dev", "2.3.0"),
+            ("staging", "2.3.0"),
+            ("production", "2.3.0"),
+            ("dev", "2.4.0"),
+            ("staging", "2.4.0"),
+            ("production", "2.4.0"),
+            ("dev", "2.5.0"),
+            ("local", "2.5.0"),
+        ),
+        seed=23,
+    ),
+    "tool": DemoApp(
+        slug="tool",
+        name="Internal tool",
+        repository="example/tool",
+        history_repository="example/tool-history",
+        environments=("local", "dev", "production"),  # no AWS Staging
+        versions=(
+            ("0.8.0", "1.0.0", "Export to CSV"),
+            ("0.9.0", "1.1.0", "Bulk edit"),
+        ),
+        walk=(("dev", "0.8.0"), ("production", "0.8.0"), ("dev", "0.9.0"), ("local", "0.9.0")),
+        seed=34,
+    ),
+}
+# Ports each application takes from the base: four per application, in this order.
+PORTS_PER_APP = 4
+
 PEOPLE = {
     "alice": ["deployers"],
     "bob": ["staging approvers", "production approvers", "qa", "override approvers"],
@@ -55,79 +144,136 @@ SERVICE_ACCOUNTS = {"ci"}
 
 
 class Command(BaseCommand):
-    help = "Load demo data and start the sample service in all four environments (DEBUG only)."
+    help = (
+        "Load demo data and start three applications (sample, web, tool) on the local backend "
+        "(DEBUG only)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument(
             "--base-port",
             type=int,
             default=8101,
-            help="Local, Dev, Staging and Production listen on this port and the "
-            "next three (default 8101).",
+            help="The first port (default 8101): sample takes it and the next three, web the "
+            "four after, tool the three after those.",
+        )
+        parser.add_argument(
+            "--apps",
+            default=",".join(APPS),
+            metavar="SLUGS",
+            help=f"The applications to load, comma-separated (default {','.join(APPS)}); "
+            f"sample is always loaded.",
         )
         parser.add_argument(
             "--stop",
             action="store_true",
-            help="Stop the sample processes the demo started, and nothing else.",
+            help="Stop the processes the demo started, and nothing else.",
         )
 
-    def handle(self, *args, base_port, stop, **options):
+    def handle(self, *args, base_port, stop, apps, **options):
         if not settings.DEBUG:
             raise CommandError(
                 "The demo creates users with printed passwords; it runs only with DEBUG on."
             )
-        if not 1024 <= base_port <= 65532:
-            raise CommandError(f"--base-port {base_port} is outside 1024–65532.")
-        call_command("bootstrap", verbosity=0)
-        sample = Application.objects.get(slug="sample")
-        for repository in (REPOSITORY, HISTORY_REPOSITORY):
-            ApplicationRepository.objects.get_or_create(
-                repository=repository, defaults={"application": sample}
+        chosen = demo_apps(apps)
+        last_port = base_port + PORTS_PER_APP * len(chosen) - 1
+        if not base_port >= 1024 or last_port > 65535:
+            raise CommandError(
+                f"--base-port {base_port} is outside 1024–{65536 - PORTS_PER_APP * len(chosen)} "
+                f"(the demo's {len(chosen)} application(s) need ports up to {last_port})."
             )
-        environments = Target.objects.filter(application=sample).in_flow()[:4]
+        call_command("bootstrap", verbosity=0)
+        applications = {spec.slug: self._application(spec) for spec in chosen}
+        flows = {
+            slug: Target.objects.filter(application=app).in_flow()
+            for slug, app in applications.items()
+        }
         if stop:
-            for env in environments:
-                if env.backend == "local":
-                    get_backend("local", env.backend_settings).stop(env.backend_key)
-            self.stdout.write("Stopped the demo's sample processes.")
+            for targets in flows.values():
+                for target in targets:
+                    if target.backend == "local":
+                        get_backend("local", target.backend_settings).stop(target.backend_key)
+            self.stdout.write("Stopped the demo's processes.")
             return
 
         repo_dir = Path(settings.OPSWEB["LOCAL_STATE_DIR"]) / "demo-app"
         shas = create_repository(repo_dir, RELEASES)
-        self._configure(environments, repo_dir, base_port)
-        self._production_rules(environments[3])
+        for n, spec in enumerate(chosen):
+            self._configure(flows[spec.slug], repo_dir, base_port + PORTS_PER_APP * n)
+        self._production_rules()
         users = self._people()
-        images = self._images(shas, users["ci"])
-        fresh = not Target.objects.filter(current_image__isnull=False).exists()
-        if fresh and not ImageVersion.objects.filter(repository=HISTORY_REPOSITORY).exists():
-            # First, so that its runs, approvals and audit entries come before today's.
-            backdated_history(environments, shas["1.0.0"], users)
-            self.stdout.write(f"Added {HISTORY_WEEKS} weeks of backdated history (DORA page).")
-        if fresh:
-            self._history(environments, images, users)
-        else:
-            self._restart(environments)
-        self._print(environments, users)
+        fresh = {
+            spec.slug: not Target.objects.filter(
+                application=applications[spec.slug], current_image__isnull=False
+            ).exists()
+            for spec in chosen
+        }
+        for spec in chosen:
+            # Every history first, so that its runs, approvals and audit entries come before
+            # today's.
+            if (
+                fresh[spec.slug]
+                and not ImageVersion.objects.filter(repository=spec.history_repository).exists()
+            ):
+                backdated_history(
+                    flows[spec.slug],
+                    shas["1.0.0"],
+                    users,
+                    repository=spec.history_repository,
+                    seed=spec.seed,
+                )
+                self.stdout.write(
+                    f"Added {HISTORY_WEEKS} weeks of backdated history for {spec.slug} (DORA)."
+                )
+        for spec in chosen:
+            images = self._images(spec, applications[spec.slug], shas, users["ci"])
+            if fresh[spec.slug]:
+                self._history(spec, flows[spec.slug], images, users)
+            else:
+                self._restart(flows[spec.slug])
+        self._print(flows, users)
 
-    def _configure(self, environments, repo_dir, base_port):
-        for offset, env in enumerate(environments):
+    def _application(self, spec: DemoApp) -> Application:
+        """The demo's application ``spec`` (created on the shared flow if it is missing)."""
+        app = Application.objects.filter(slug=spec.slug).first()
+        if app is None:
+            app = services.build_application(
+                services.ApplicationSpec(
+                    slug=spec.slug,
+                    name=spec.name,
+                    repositories=(spec.repository,),
+                    environments=tuple(
+                        Environment.objects.filter(slug__in=spec.environments).order_by("position")
+                    ),
+                    team=None,
+                    branch="develop",
+                )
+            )
+        for repository in (spec.repository, spec.history_repository):
+            ApplicationRepository.objects.get_or_create(
+                repository=repository, defaults={"application": app}
+            )
+        return app
+
+    def _configure(self, targets, repo_dir, base_port):
+        for offset, target in enumerate(targets):
             port = base_port + offset
-            env.backend = "local"
-            env.backend_settings = {
+            target.backend = "local"
+            target.backend_settings = {
                 "repository": str(repo_dir),
                 "port": port,
                 "state_dir": str(settings.OPSWEB["LOCAL_STATE_DIR"]),
             }
-            env.health_check_url = f"http://127.0.0.1:{port}/healthz"
-            env.health_check_window_seconds = 8
-            env.full_clean()
-            env.save()
+            target.health_check_url = f"http://127.0.0.1:{port}/healthz"
+            target.health_check_window_seconds = 8
+            target.full_clean()
+            target.save()
 
-    def _production_rules(self, production):
+    def _production_rules(self):
         """Two rules instead of bootstrap's one, unless someone changed the rules already."""
         groups = {name: Group.objects.get_or_create(name=name)[0] for name, _ in PRODUCTION_RULES}
         Group.objects.get_or_create(name="override approvers")
-        shared = production.environment
+        shared = Environment.objects.get(slug="production")
         rules = list(shared.approval_rules.select_related("group"))
         if [(r.group.name, r.count) for r in rules] != [("production approvers", 2)]:
             return
@@ -154,28 +300,31 @@ class Command(BaseCommand):
             users[username] = user
         return users
 
-    def _images(self, shas, ci):
+    def _images(self, spec: DemoApp, app, shas, ci):
         images = {}
-        for release in RELEASES:
-            sha = shas[release.tag]
-            image = ImageVersion.objects.filter(repository=REPOSITORY, tag=release.tag).first()
+        for tag, release, message in spec.versions:
+            sha = shas[release]
+            image = ImageVersion.objects.filter(repository=spec.repository, tag=tag).first()
             if image is None:
                 image = ImageVersion.objects.create(
-                    application=Application.objects.get(slug="sample"),
-                    repository=REPOSITORY,
-                    tag=release.tag,
-                    digest=digest_for(sha),
+                    application=app,
+                    repository=spec.repository,
+                    tag=tag,
+                    digest=digest_for(f"{spec.repository}:{sha}")
+                    if spec.slug != "sample"
+                    else digest_for(sha),
                     git_sha=sha,
-                    branch="main" if release.tag == "1.2.1" else "develop",
-                    commit_message=release.message,
+                    branch="main" if tag in spec.local_branch_tags else "develop",
+                    commit_message=message,
                     registered_by=ci,
                 )
-            images[release.tag] = image
+            images[tag] = image
         return images
 
-    def _history(self, environments, images, users):
-        """Walk the real flow so that each environment has history to roll back to."""
-        local, dev, staging, production = environments
+    def _history(self, spec: DemoApp, targets, images, users):
+        """Walk the real flow so that each environment has history to roll back to: deploys
+        to Local and Dev, promotions approved by bob and carol, UAT sign-offs by carol."""
+        by_slug = {target.slug: target for target in targets}
         alice, bob, carol, ci = users["alice"], users["bob"], users["carol"], users["ci"]
 
         def execute(run):
@@ -183,35 +332,39 @@ class Command(BaseCommand):
             run.refresh_from_db()
             if run.status != RunStatus.SUCCEEDED:
                 raise CommandError(f"Demo run #{run.pk} {run.status}: {run.error}")
-            self.stdout.write(f"  {run.environment}: {run.image.tag}")
+            self.stdout.write(f"  {run.environment.label}: {run.image.tag}")
 
-        self.stdout.write("Deploying the sample service through the flow:")
-        for tag in ("1.0.0", "1.1.0"):
-            execute(services.request_deploy(user=ci, environment=dev, image=images[tag]))
-            run = services.request_promotion(user=alice, target=staging, image=images[tag])
-            execute(services.approve_run(user=bob, run=run, comment="Looks good in Dev"))
-            services.sign_off_uat(
-                user=carol, environment=staging, image=images[tag], note="UAT passed"
-            )
-            if tag == "1.0.0":
-                run = services.request_promotion(user=alice, target=production, image=images[tag])
-                services.approve_run(user=bob, run=run)
-                execute(services.approve_run(user=carol, run=run))
-        execute(services.request_deploy(user=ci, environment=dev, image=images["1.2.0"]))
-        execute(services.request_deploy(user=alice, environment=local, image=images["1.2.1"]))
+        self.stdout.write(f"Deploying {spec.name} through the flow:")
+        for slug, tag in spec.walk:
+            target, image = by_slug[slug], images[tag]
+            if target.accepts_direct_deploys:
+                user = ci if target.auto_deploy_branch else alice
+                execute(services.request_deploy(user=user, environment=target, image=image))
+            else:
+                run = services.request_promotion(user=alice, target=target, image=image)
+                for approver, comment in ((bob, "Looks good upstream"), (carol, "")):
+                    run.refresh_from_db()
+                    if run.status == RunStatus.PENDING:
+                        run = services.approve_run(user=approver, run=run, comment=comment)
+                execute(run)
+            downstream = target.downstream
+            if downstream is not None and downstream.requires_uat_signoff:
+                services.sign_off_uat(
+                    user=carol, environment=target, image=image, note="UAT passed"
+                )
 
-    def _restart(self, environments):
-        for env in environments:
-            image = env.current_image
-            if image is None or env.backend != "local":
+    def _restart(self, targets):
+        for target in targets:
+            image = target.current_image
+            if image is None or target.backend != "local":
                 continue
-            backend = get_backend("local", env.backend_settings)
-            if backend.running_version(env.backend_key) == image.digest:
+            backend = get_backend("local", target.backend_settings)
+            if backend.running_version(target.backend_key) == image.digest:
                 continue
             try:
                 backend.deploy(
                     DeployRequest(
-                        environment=env.backend_key,
+                        environment=target.backend_key,
                         settings=backend.settings,
                         repository=image.repository,
                         tag=image.tag,
@@ -219,17 +372,20 @@ class Command(BaseCommand):
                         git_sha=image.git_sha,
                     )
                 )
-                self.stdout.write(f"Restarted {image.tag} in {env}.")
+                self.stdout.write(f"Restarted {image.tag} in {target.label}.")
             except DeployError as exc:
-                self.stderr.write(f"Could not restart {image.tag} in {env}: {exc}")
+                self.stderr.write(f"Could not restart {image.tag} in {target.label}: {exc}")
 
-    def _print(self, environments, users):
-        self.stdout.write("Demo ready. Environments (sample service):")
-        for env in Target.objects.filter(pk__in=[e.pk for e in environments]):
-            tag = env.current_image.tag if env.current_image else "nothing"
-            self.stdout.write(
-                f"  {env.name:<18} {tag:<7} {env.health_check_url.removesuffix('/healthz')}/"
-            )
+    def _print(self, flows, users):
+        self.stdout.write("Demo ready. Applications and environments:")
+        for slug, targets in flows.items():
+            self.stdout.write(f"  {slug}:")
+            for target in Target.objects.filter(pk__in=[t.pk for t in targets]):
+                tag = target.current_image.tag if target.current_image else "nothing"
+                self.stdout.write(
+                    f"    {target.name:<18} {tag:<7} "
+                    f"{target.health_check_url.removesuffix('/healthz')}/"
+                )
         self.stdout.write("Demo users (log in at /admin/):")
         for username, groups in PEOPLE.items():
             if username in SERVICE_ACCOUNTS:
@@ -243,16 +399,35 @@ class Command(BaseCommand):
             )
 
 
-def backdated_history(environments, sha, users, *, weeks=HISTORY_WEEKS, seed=12) -> int:
+def demo_apps(value: str) -> list[DemoApp]:
+    slugs = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = [s for s in slugs if s not in APPS]
+    if unknown:
+        raise CommandError(f"--apps {unknown[0]!r} is not one of {', '.join(APPS)}.")
+    return [spec for slug, spec in APPS.items() if slug == "sample" or slug in slugs]
+
+
+def backdated_history(
+    environments,
+    sha,
+    users,
+    *,
+    weeks=HISTORY_WEEKS,
+    seed=12,
+    repository=HISTORY_REPOSITORY,
+) -> int:
     """Insert finished runs of the past ``weeks`` weeks (before the live demo's own runs) so
     that the DORA page has something to say: versions committed on working days, deployed to
-    Dev within the hour, some promoted to Staging and Production days later; a few fail and
-    a few are rolled back in minutes. History rows, not live runs: nothing is executed.
+    Dev within the hour, some promoted along the application's flow (Staging, when it has one,
+    and Production) days later; a few fail and a few are rolled back in minutes. History rows,
+    not live runs: nothing is executed.
 
-    The versions are registered under HISTORY_REPOSITORY at the 1.0.0 commit, so that a
-    rollback that reaches that far back still starts a working sample service.
+    The versions are registered under ``repository`` (one of the application's) at the 1.0.0
+    commit, so that a rollback that reaches that far back still starts a working service.
     Returns the number of runs inserted."""
-    _local, dev, staging, production = environments
+    by_slug = {target.slug: target for target in environments}
+    dev, production = by_slug["dev"], by_slug["production"]
+    promotions = [t for t in (by_slug.get("staging"), production) if t is not None]
     rng = random.Random(seed)  # noqa: S311 (the same history on every laptop, not a secret)
     start = timezone.now() - timedelta(weeks=weeks)
     runs = []
@@ -261,10 +436,10 @@ def backdated_history(environments, sha, users, *, weeks=HISTORY_WEEKS, seed=12)
         if moment.weekday() >= 5 or rng.random() < 0.25:
             continue  # weekends and quiet days
         image = ImageVersion.objects.create(
-            application=environments[0].application,
-            repository=HISTORY_REPOSITORY,
+            application=dev.application,
+            repository=repository,
             tag=f"0.{day}.0",
-            digest="sha256:" + hashlib.sha256(f"history-{day}".encode()).hexdigest(),
+            digest="sha256:" + hashlib.sha256(f"{repository}-{day}".encode()).hexdigest(),
             git_sha=sha,
             branch="develop",
             commit_message=f"Change {day} (demo history)",
@@ -274,15 +449,16 @@ def backdated_history(environments, sha, users, *, weeks=HISTORY_WEEKS, seed=12)
         )
         finished = moment + timedelta(minutes=rng.uniform(12, 60))
         runs.append(_history_run(dev, image, finished, rng, users["ci"], RunKind.DEPLOY, 0.06))
-        if runs[-1].status == RunStatus.FAILED or rng.random() < 0.4:
-            continue
-        finished += timedelta(hours=rng.uniform(3, 30))
         requester = users.get("alice") or users["ci"]
-        runs.append(_history_run(staging, image, finished, rng, requester, None, 0.04))
-        if runs[-1].status == RunStatus.FAILED or rng.random() < 0.35:
+        for target, stop_rate, hours, failure_rate in zip(
+            promotions, (0.4, 0.35), ((3, 30), (18, 96)), (0.04, 0.08), strict=False
+        ):
+            if runs[-1].status == RunStatus.FAILED or rng.random() < stop_rate:
+                break
+            finished += timedelta(hours=rng.uniform(*hours))
+            runs.append(_history_run(target, image, finished, rng, requester, None, failure_rate))
+        if runs[-1].environment != production:
             continue
-        finished += timedelta(hours=rng.uniform(18, 96))
-        runs.append(_history_run(production, image, finished, rng, requester, None, 0.08))
         previous = _last_success(runs, production, runs[-1])
         if runs[-1].status == RunStatus.SUCCEEDED and previous and rng.random() < 0.15:
             clicked = finished + timedelta(hours=rng.uniform(0.5, 6))

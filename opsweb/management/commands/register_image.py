@@ -23,11 +23,13 @@ from opsweb.cli import (
     OpswebCommand,
     Outcome,
     check_one_line,
+    find_application,
     image_payload,
     parse_iso_datetime,
     refused,
 )
 from opsweb.models import (
+    ApplicationRepository,
     Run,
     RunKind,
     Target,
@@ -76,6 +78,7 @@ class Command(OpswebCommand):
     def act(self, user, options):
         self.wait_asked = bool(options.get("wait"))
         fields = registration_fields(options)
+        check_application(fields["repository"], options["app"])
         if options["resolve"]:
             fields["digest"] = resolve(fields, options["region"])
         elif not fields["digest"]:
@@ -101,6 +104,7 @@ class Command(OpswebCommand):
         return Outcome(
             message,
             data={
+                "application": image.application.slug,
                 "created": registration.created,
                 "image": image_payload(image),
                 "deployed": bool(registration.runs),
@@ -134,6 +138,20 @@ def left_behind(image, not_deployed: dict[str, str]) -> list[str]:
             application_id=image.application_id, environment__slug=slug, current_image=image
         ).exists()
     ]
+
+
+def check_application(repository: str, app: str) -> None:
+    """With ``--app`` (or ``$OPSWEB_APP``), the repository must be that application's: a
+    pipeline never registers a version for another application by a copied setting."""
+    if not (app or os.environ.get("OPSWEB_APP")):
+        return
+    application = find_application(app)
+    owner = ApplicationRepository.objects.filter(repository=repository).first()
+    if owner is not None and owner.application_id != application.pk:
+        raise refused(
+            f"--repository {repository!r} is released by {owner.application.slug}, not by "
+            f"{application.slug}."
+        )
 
 
 def registration_fields(options) -> dict:

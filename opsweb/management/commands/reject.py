@@ -17,7 +17,7 @@ class Command(OpswebCommand):
 
     def act(self, user, options):
         run = services.reject_run(
-            user=user, run=find_run(options["run"]), comment=options["comment"]
+            user=user, run=find_run(options["run"], options["app"]), comment=options["comment"]
         )
         return Outcome(
             f"Rejected run #{run.pk}: {options['comment'].strip()}",

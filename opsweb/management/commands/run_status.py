@@ -19,7 +19,7 @@ class Command(OpswebCommand):
 
     def act(self, user, options):
         require_perm(user, "view_run", "view runs")
-        return Outcome("", runs=[find_run(options["run"])])
+        return Outcome("", runs=[find_run(options["run"], options["app"])])
 
     def exit_code_without_wait(self, runs):
         return ending([run for run in runs if run.is_terminal])

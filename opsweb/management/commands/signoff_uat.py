@@ -28,6 +28,7 @@ class Command(OpswebCommand):
             data={
                 "signoff": {
                     "id": signoff.pk,
+                    "application": environment.application.slug,
                     "environment": environment.slug,
                     "image": image.pk,
                     "user": user.get_username(),

@@ -24,7 +24,9 @@ class Command(OpswebCommand):
         parser.add_argument("--reason", default="", help="Why; shown on the run.")
 
     def act(self, user, options):
-        run = services.stop_run(user=user, run=find_run(options["run"]), reason=options["reason"])
+        run = services.stop_run(
+            user=user, run=find_run(options["run"], options["app"]), reason=options["reason"]
+        )
         return Outcome(f"Asked run #{run.pk} to stop: it stops at its next safe point.", runs=[run])
 
     def wait_for(self, runs, timeout):
