@@ -50,7 +50,7 @@ def configured() -> bool:
 
 
 def password_login() -> bool:
-    return settings.PASSWORD_LOGIN != "off"
+    return settings.PASSWORD_LOGIN != "off"  # noqa: S105 (a switch, not a password)
 
 
 class PasswordBackend(ModelBackend):
@@ -98,7 +98,9 @@ def fetch(url: str, *, what: str, method: str = "GET", body: bytes | None = None
             what=what,
         )
     except outbound.OutboundRefused as exc:
-        raise Refused(str(exc).replace("OPSWEB_OUTBOUND_ALLOW", "OPSWEB_OIDC_OUTBOUND_ALLOW"))
+        raise Refused(
+            str(exc).replace("OPSWEB_OUTBOUND_ALLOW", "OPSWEB_OIDC_OUTBOUND_ALLOW")
+        ) from None
     except (OSError, http.client.HTTPException) as exc:
         log.warning("identity provider %s: %s", what, exc)
         raise Refused(

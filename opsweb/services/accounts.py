@@ -54,10 +54,10 @@ def sign_in_with_sso(*, issuer: str, subject: str, claims: dict, groups: list[st
             identity = _create_identity(issuer, subject, claims)
         user = identity.user
         email = claims.get("email")
-        if isinstance(email, str) and email and claims.get("email_verified") is not False:
-            if user.email != email[:254]:
-                user.email = email[:254]
-                user.save(update_fields=["email"])
+        verified = isinstance(email, str) and email and claims.get("email_verified") is not False
+        if verified and user.email != email[:254]:
+            user.email = email[:254]
+            user.save(update_fields=["email"])
         _set_groups(user, wanted, mapped)
         OidcIdentity.objects.filter(pk=identity.pk).update(last_sign_in_at=timezone.now())
     return user
