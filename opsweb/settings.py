@@ -150,6 +150,7 @@ STORAGES = {
 }
 
 LOGIN_URL = "admin:login"
+LOGIN_REDIRECT_URL = "admin:index"  # where a sign-in without ?next= lands (SSO)
 
 # Login throttling (django-axes, opsweb/login_throttle.py): failures count per username and
 # client address; the address comes from X-Forwarded-For only behind OPSWEB_TRUSTED_PROXIES.
