@@ -12,8 +12,8 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 from django.contrib.auth.models import Group, User
-from django.test.utils import CaptureQueriesContext
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from opsweb import services, sso
 from opsweb.models import AuditEntry, GroupMapping, OidcIdentity, RunStatus
