@@ -311,3 +311,20 @@ def test_sso_the_provider_saying_no_is_a_sentence(client, idp, db):
     callback = urlsplit(denied.headers["Location"])
     sentence = login_page_sentence(client, client.get(f"{callback.path}?{callback.query}"))
     assert sentence.startswith("The identity provider did not sign you in")
+
+
+def test_group_mappings_are_edited_in_the_admin_and_audited(client, flow):
+    root = User.objects.create_superuser("root", password="pw-root")
+    client.force_login(root)
+    qa = Group.objects.get(name="production approvers")
+    answer = client.post(
+        "/admin/opsweb/groupmapping/add/", {"claim_value": "engineering-leads", "group": qa.pk}
+    )
+    assert answer.status_code == 302
+    assert GroupMapping.objects.get().group == qa
+    entry = AuditEntry.objects.get(action="configure_accounts")
+    assert (entry.actor, entry.message) == (
+        root,
+        "Created group mapping engineering-leads → production approvers",
+    )
+    assert "engineering-leads" in client.get("/admin/opsweb/groupmapping/").content.decode()
