@@ -173,6 +173,11 @@ def build_payload(event: str, *, text: str, run: Run | None, environment) -> dic
             "restore_seconds": run.restore_seconds,
             "rto_seconds": run.environment.rto_seconds,
         }
+        if event == NotificationEvent.APPROVAL_NEEDED:
+            from opsweb import slack
+
+            # What a Slack message with Approve / Reject buttons shows and binds them to.
+            payload["run"]["approval"] = slack.run_summary(run)
     return payload
 
 
@@ -302,7 +307,16 @@ def slack_body(payload: dict) -> bytes:
     label = f"Open run #{payload['run']['id']}" if payload.get("run") else "Open opsweb"
     title, text = slack_escape(payload["title"]), slack_escape(payload["text"])
     link = f"<{slack_escape(payload['url'])}|{slack_escape(label)}>"
-    return json.dumps({"text": f"*{title}*\n{text}\n{link}"}).encode()
+    message = {"text": f"*{title}*\n{text}\n{link}"}
+    approval = (payload.get("run") or {}).get("approval")
+    if approval and settings.SLACK_SIGNING_SECRET:
+        from opsweb import slack
+
+        # A Slack app's webhook: Approve / Reject buttons (opsweb/slack.py answers them).
+        message["blocks"] = slack.approval_blocks(
+            approval, payload["run"]["id"], payload["url"], title=payload["title"], buttons=True
+        )
+    return json.dumps(message).encode()
 
 
 # Mattermost and Rocket.Chat notify everyone for these words even without angle brackets.

@@ -89,6 +89,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "django.template.context_processors.csp",
+                "opsweb.sso.context",
             ],
         },
     },
@@ -149,12 +150,17 @@ STORAGES = {
 }
 
 LOGIN_URL = "admin:login"
+LOGIN_REDIRECT_URL = "admin:index"  # where a sign-in without ?next= lands (SSO)
 
 # Login throttling (django-axes, opsweb/login_throttle.py): failures count per username and
 # client address; the address comes from X-Forwarded-For only behind OPSWEB_TRUSTED_PROXIES.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # Django's ModelBackend, refusing passwords of all but superusers under
+    # OPSWEB_PASSWORD_LOGIN=off (opsweb/sso.py).
+    "opsweb.sso.PasswordBackend",
+    # OpenID Connect sign-in; answers nothing unless OPSWEB_OIDC_ISSUER is set.
+    "opsweb.sso.OidcBackend",
 ]
 AXES_FAILURE_LIMIT = env.int("OPSWEB_LOGIN_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = env.float("OPSWEB_LOGIN_COOLOFF_MINUTES", default=15.0) / 60  # hours
@@ -218,6 +224,72 @@ try:
     outbound.AllowList.parse(OPSWEB_OUTBOUND_ALLOW)
 except ValueError as exc:
     raise ImproperlyConfigured(f"OPSWEB_OUTBOUND_ALLOW: {exc}") from None
+
+# Single sign-on with OpenID Connect (opsweb/sso.py, mozilla-django-oidc). Off unless
+# OPSWEB_OIDC_ISSUER is set; the endpoints are discovered from the issuer's
+# /.well-known/openid-configuration when first needed. The provider is reached through
+# orchestration.outbound like every target; a provider on a private network (or loopback, in
+# the tests) is allowed for the sign-in alone by OPSWEB_OIDC_OUTBOUND_ALLOW.
+
+
+def secret_value(name: str) -> str:
+    """``name`` from the environment, or the contents of the file ``<name>_FILE`` names (a
+    secret mounted by the orchestrator or a secrets manager's agent)."""
+    path = env.str(f"{name}_FILE", default="")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(
+                f"{name}_FILE: cannot read {path} ({exc.strerror})."
+            ) from None
+    return env.str(name, default="")
+
+
+OIDC_ISSUER = env.str("OPSWEB_OIDC_ISSUER", default="").strip().rstrip("/")
+OIDC_RP_CLIENT_ID = env.str("OPSWEB_OIDC_CLIENT_ID", default="")
+OIDC_RP_CLIENT_SECRET = secret_value("OPSWEB_OIDC_CLIENT_SECRET")
+OIDC_RP_SCOPES = env.str("OPSWEB_OIDC_SCOPES", default="openid email profile")
+# Where the groups are, in the ID token or the userinfo answer: a claim name, or a dotted path
+# such as realm_access.roles (Keycloak).
+OIDC_GROUPS_CLAIM = env.str("OPSWEB_OIDC_GROUPS_CLAIM", default="groups")
+OIDC_TIMEOUT = env.float("OPSWEB_OIDC_TIMEOUT_SECONDS", default=5.0)
+OPSWEB_OIDC_OUTBOUND_ALLOW = env.list("OPSWEB_OIDC_OUTBOUND_ALLOW", default=[])
+OIDC_RP_SIGN_ALGO = env.str("OPSWEB_OIDC_SIGN_ALGO", default="RS256")
+OIDC_USE_PKCE = True
+OIDC_AUTHENTICATION_CALLBACK_URL = "oidc_authentication_callback"
+# A session that SSO opened lasts this long; then the provider is asked again (and the groups
+# set again): someone who left the company is out by then at the latest.
+OIDC_SESSION_SECONDS = env.int("OPSWEB_SSO_SESSION_SECONDS", default=8 * 3600)
+# OPSWEB_PASSWORD_LOGIN=off: only superusers (break-glass) sign in with a password.
+PASSWORD_LOGIN = env.str("OPSWEB_PASSWORD_LOGIN", default="on").strip().lower()
+if PASSWORD_LOGIN not in {"on", "off"}:
+    raise ImproperlyConfigured(f"OPSWEB_PASSWORD_LOGIN is {PASSWORD_LOGIN!r}; use on or off.")
+if OIDC_ISSUER:
+    if not (OIDC_RP_CLIENT_ID and OIDC_RP_CLIENT_SECRET):
+        raise ImproperlyConfigured(
+            "OPSWEB_OIDC_ISSUER is set but OPSWEB_OIDC_CLIENT_ID or OPSWEB_OIDC_CLIENT_SECRET is "
+            "not: set both (the secret may come from OPSWEB_OIDC_CLIENT_SECRET_FILE)."
+        )
+    try:
+        _oidc_allow = outbound.AllowList.parse(
+            [*OPSWEB_OUTBOUND_ALLOW, *OPSWEB_OIDC_OUTBOUND_ALLOW]
+        )
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"OPSWEB_OIDC_OUTBOUND_ALLOW: {exc}") from None
+    if problem := outbound.url_problem(OIDC_ISSUER, allow=_oidc_allow, what="OPSWEB_OIDC_ISSUER"):
+        raise ImproperlyConfigured(
+            problem.replace("OPSWEB_OUTBOUND_ALLOW", "OPSWEB_OIDC_OUTBOUND_ALLOW")
+        )
+
+# Approvals from Slack (opsweb/slack.py): the Slack app's signing secret checks every request
+# Slack sends to /slack/; the bot token opens the rejection dialog. Off without the secret.
+SLACK_SIGNING_SECRET = secret_value("OPSWEB_SLACK_SIGNING_SECRET")
+SLACK_BOT_TOKEN = secret_value("OPSWEB_SLACK_BOT_TOKEN")
+SLACK_API_URL = env.str("OPSWEB_SLACK_API_URL", default="https://slack.com/api/").rstrip("/") + "/"
+# A Slack click of someone who signs in with SSO counts only if the provider confirmed them and
+# their groups this recently (they signed in to opsweb since).
+SLACK_SSO_MAX_AGE_HOURS = env.float("OPSWEB_SLACK_SSO_MAX_AGE_HOURS", default=24.0)
 
 # Notifications. Mail uses Django's mailers, configured from EMAIL_URL (django-environ syntax,
 # e.g. smtp+tls://user:password@smtp.example.com:587); without it, locally, mail is printed.

@@ -2,7 +2,8 @@ from django.contrib import admin
 from django.urls import path
 from django.views.generic import RedirectView
 
-from opsweb import views
+from opsweb import slack, sso, views
+from opsweb.admin.accounts import link_slack_page
 from opsweb.dora_views import dora_page
 from opsweb.login_throttle import LoginForm
 
@@ -21,6 +22,11 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("favicon.ico", views.favicon),
     path("admin/dora/", admin.site.admin_view(dora_page), name="dora"),
+    path("admin/slack/link/", admin.site.admin_view(link_slack_page), name="slack_link"),
+    path("sso/authenticate/", sso.SignIn.as_view(), name="oidc_authentication_init"),
+    path("sso/callback/", sso.Callback.as_view(), name="oidc_authentication_callback"),
+    path("slack/interactions", slack.interactions, name="slack_interactions"),
+    path("slack/commands", slack.commands, name="slack_commands"),
     path("admin/", admin.site.urls),
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
 ]

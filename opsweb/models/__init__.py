@@ -19,6 +19,7 @@ from .environments import (
     link_flow,
     scope_problem,
 )
+from .identity import GroupMapping, OidcIdentity, SlackLink, SlackLinkCode
 from .immutable import ImmutableModel, ImmutableQuerySet
 from .notifications import NotificationChannel, NotificationDelivery, NotificationEvent
 from .records import AuditEntry, UsedSeal
@@ -49,6 +50,10 @@ from .versions import (
 )
 
 __all__ = [
+    "GroupMapping",
+    "OidcIdentity",
+    "SlackLink",
+    "SlackLinkCode",
     "ACTIVE_STATUSES",
     "ALLOWED_TRANSITIONS",
     "DIGEST_RE",

@@ -46,6 +46,13 @@ from opsweb.services import (
     alarms,  # services.alarms: what opsweb decides from trigger alarms
     running,  # services.running: a worker running one claimed run
 )
+from opsweb.services.accounts import (
+    issue_slack_link_code,
+    link_slack_user,
+    record_refused_sign_in,
+    sign_in_with_sso,
+    slack_actor,
+)
 from opsweb.services.applications import (
     ApplicationSpec,
     application_listing,
@@ -99,6 +106,11 @@ from opsweb.services.rollbacks import mark_bad, roll_back
 
 __all__ = [
     "facts",
+    "issue_slack_link_code",
+    "link_slack_user",
+    "record_refused_sign_in",
+    "sign_in_with_sso",
+    "slack_actor",
     "running",
     "OVERRIDE_GROUP",
     "approval_deadline",
