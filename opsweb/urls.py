@@ -3,6 +3,7 @@ from django.urls import path
 from django.views.generic import RedirectView
 
 from opsweb import views
+from opsweb.api import api
 from opsweb.dora_views import dora_page
 from opsweb.login_throttle import LoginForm
 
@@ -22,5 +23,6 @@ urlpatterns = [
     path("favicon.ico", views.favicon),
     path("admin/dora/", admin.site.admin_view(dora_page), name="dora"),
     path("admin/", admin.site.urls),
+    path("api/v1/", api.urls),
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
 ]
