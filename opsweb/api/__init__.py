@@ -16,7 +16,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.management.base import CommandError
 from django.db import IntegrityError
 from django.http import Http404
-from ninja import NinjaAPI
+from ninja import NinjaAPI, Status
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 
@@ -115,14 +115,17 @@ def oidc_sign_in(request, body: OidcIn):
     except (SignInRefused, ReleaseError) as exc:
         record_failure(request)
         raise ApiProblem(401, str(exc)) from None
-    return 201, {
-        "token": secret,
-        "expires_at": token.expires_at.isoformat(),
-        "user": token.user.get_username(),
-        "scopes": sorted(token.scope_set),
-        "application": token.application.slug if token.application_id else None,
-        "trust_policy": policy.name,
-    }
+    return Status(
+        201,
+        {
+            "token": secret,
+            "expires_at": token.expires_at.isoformat(),
+            "user": token.user.get_username(),
+            "scopes": sorted(token.scope_set),
+            "application": token.application.slug if token.application_id else None,
+            "trust_policy": policy.name,
+        },
+    )
 
 
 @api.exception_handler(ApiProblem)
@@ -154,8 +157,9 @@ def _invalid(request, exc):
 @api.exception_handler(IntegrityError)
 def _raced(request, exc):
     return problem_response(
-        409, "Another request changed the same thing at the same moment; nothing was written. "
-        "Send it again."
+        409,
+        "Another request changed the same thing at the same moment; nothing was written. "
+        "Send it again.",
     )
 
 

@@ -48,7 +48,9 @@ class TokenAuth(HttpBearer):
         problem = "The token is not valid." if found is None else found.problem()
         if problem:
             record_failure(request)
-            raise ApiProblem(401, problem, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise ApiProblem(
+                401, problem, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            )
         if self.scope not in found.scope_set:
             raise ApiProblem(
                 403,
@@ -76,7 +78,8 @@ def check_application(request, application: Application) -> None:
     token = request.token
     if token.application_id and token.application_id != application.pk:
         raise ApiProblem(
-            403, f"{token} is only for application {token.application.slug!r}, not {application.slug!r}."
+            403,
+            f"{token} is only for application {token.application.slug!r}, not {application.slug!r}.",
         )
 
 

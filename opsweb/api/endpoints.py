@@ -98,8 +98,7 @@ def application_for(request, value: str | None) -> Application:
             "(/api/v1/applications/{app}/…) or with ?application=SLUG.",
         )
     found = (
-        applications.filter(slug=value).first()
-        or applications.filter(name__iexact=value).first()
+        applications.filter(slug=value).first() or applications.filter(name__iexact=value).first()
     )
     if found is None:
         raise ApiProblem(404, f"No application {value!r}.")
@@ -231,9 +230,7 @@ def _environments(request, application: str | None) -> dict:
     return {"application": app.slug, "environments": rows}
 
 
-@router.get(
-    "/applications/{app}/environments", response=EnvironmentsOut, auth=READ, tags=["read"]
-)
+@router.get("/applications/{app}/environments", response=EnvironmentsOut, auth=READ, tags=["read"])
 def list_environments(request, app: Slug):
     """What runs where, since when and by whom, what waits, paused and frozen flags, drift
     (manage.py environments)."""
@@ -289,7 +286,8 @@ def register_image(request, body: RegisterIn):
             app = application_for(request, named)
             if owner is not None and owner.pk != app.pk:
                 raise ApiProblem(
-                    409, f"Repository {fields['repository']!r} is released by {owner.slug}, not {app.slug}."
+                    409,
+                    f"Repository {fields['repository']!r} is released by {owner.slug}, not {app.slug}.",
                 )
         if owner is not None:
             check_application(request, owner)
@@ -395,9 +393,7 @@ def deploy(request, app: Slug, env: Slug, body: DeployIn):
     return _deploy(request, app, env, body)
 
 
-@router.post(
-    "/environments/{env}/deploys", response={202: ActionOut}, auth=DEPLOY, tags=["runs"]
-)
+@router.post("/environments/{env}/deploys", response={202: ActionOut}, auth=DEPLOY, tags=["runs"])
 def deploy_short(request, env: Slug, body: DeployIn, application: str = ""):
     return _deploy(request, application, env, body)
 
@@ -484,9 +480,7 @@ def roll_back(request, app: Slug, env: Slug, body: RollbackIn):
     return _roll_back(request, app, env, body)
 
 
-@router.post(
-    "/environments/{env}/rollbacks", response={202: ActionOut}, auth=DEPLOY, tags=["runs"]
-)
+@router.post("/environments/{env}/rollbacks", response={202: ActionOut}, auth=DEPLOY, tags=["runs"])
 def roll_back_short(request, env: Slug, body: RollbackIn, application: str = ""):
     return _roll_back(request, application, env, body)
 
@@ -663,5 +657,3 @@ def dora_short(
     request, application: str = "", environment: str = "", days: Days = metrics.DEFAULT_DAYS
 ):
     return _dora(request, application, environment, days)
-
-

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from django.db import IntegrityError, transaction
+from ninja import Status
 
 from opsweb.api.problems import ApiProblem
 from opsweb.api.schemas import text_problem
@@ -33,14 +34,14 @@ def _replay(request, stored: IdempotentRequest, seen: str):
             "distinct request.",
         )
     request.idempotent_replay = True
-    return stored.status, stored.body
+    return Status(stored.status, stored.body)
 
 
 def idempotent(request, act):
     """Run ``act`` (returns status and body) once per Idempotency-Key of the token."""
     key = request.headers.get("Idempotency-Key", "")
     if not key:
-        return act()
+        return Status(*act())
     if len(key) > MAX_KEY_LENGTH or text_problem("Idempotency-Key", key):
         raise ApiProblem(422, f"The Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.")
     seen = fingerprint(request)
@@ -60,4 +61,4 @@ def idempotent(request, act):
         if stored is None:
             raise
         return _replay(request, stored, seen)
-    return status, body
+    return Status(status, body)

@@ -157,7 +157,9 @@ def github(request):
     if not sha:
         return {"message": f"Nothing to look up for event {event!r}.", "registered": []}
     html_url = str((payload.get("repository") or {}).get("html_url") or "").rstrip("/")
-    application = Application.objects.filter(repository_url__in=[html_url, html_url + ".git"]).first()
+    application = Application.objects.filter(
+        repository_url__in=[html_url, html_url + ".git"]
+    ).first()
     if not html_url or application is None:
         return {"message": f"No application's source repository is {html_url!r}.", "registered": []}
     repositories = list(application.repositories.values_list("repository", flat=True))

@@ -22,7 +22,7 @@ SCOPES = {
     "deploy": "deploy: register images, deploy, promote, roll back, cancel, stop, mark bad",
     "approve": "approve: approve, reject, sign off UAT",
 }
-TOKEN_PREFIX = "opsweb_"
+TOKEN_PREFIX = "opsweb_"  # noqa: S105 (the visible start of every token, not a secret)
 
 
 def secret_digest(secret: str) -> str:
@@ -113,7 +113,7 @@ def _claim_matches(expected: str, actual) -> bool:
 
 
 class TrustPolicy(models.Model):
-    """"CI tokens from ``issuer`` for ``audience`` whose claims match ``conditions`` act as
+    """ "CI tokens from ``issuer`` for ``audience`` whose claims match ``conditions`` act as
     ``user``": a CI job signs in with its own OIDC token (GitHub Actions' id-token) instead of
     a stored secret, and gets a short-lived API token. Conditions match claims exactly, or as
     a pattern when they contain ``*`` (``refs/heads/release-*``)."""
@@ -203,6 +203,9 @@ class UsedTokenId(models.Model):
             models.UniqueConstraint(fields=["issuer", "jti"], name="used_token_id_once"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.issuer} jti {self.jti}"
+
 
 class IdempotentRequest(models.Model):
     """A POST made with an ``Idempotency-Key``: the key, who sent it, what the request was and
@@ -220,6 +223,9 @@ class IdempotentRequest(models.Model):
             models.UniqueConstraint(fields=["token", "key"], name="idempotency_key_once"),
         ]
 
+    def __str__(self) -> str:
+        return f"Idempotency-Key {self.key!r}"
+
 
 class WebhookDelivery(models.Model):
     """A webhook received: duplicates (the same delivery id) are dropped."""
@@ -235,6 +241,9 @@ class WebhookDelivery(models.Model):
         ]
         verbose_name_plural = "webhook deliveries"
 
+    def __str__(self) -> str:
+        return f"{self.source} delivery {self.delivery_id}"
+
 
 class CredentialFailure(models.Model):
     """Failed API sign-ins from one address in the current window: past the limit, the address
@@ -243,3 +252,6 @@ class CredentialFailure(models.Model):
     address = models.CharField(max_length=64, unique=True)
     window_started_at = models.DateTimeField(default=timezone.now)
     count = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.count} failed sign-ins from {self.address}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from contextvars import ContextVar
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
