@@ -72,7 +72,8 @@ class OpswebAPI(NinjaAPI):
         }
         for path in schema["paths"].values():
             for method, operation in path.items():
-                responses = operation.setdefault("responses", {})
+                responses = {str(k): v for k, v in operation.get("responses", {}).items()}
+                operation["responses"] = responses
                 for status, description in ERROR_STATUSES.items():
                     responses[status] = {
                         "description": description,
