@@ -12,15 +12,15 @@ from django.core.management.base import CommandError
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from openapi_spec_validator import validate
-
-from opsweb import services
-from opsweb.management.commands.export_openapi import SNAPSHOT, openapi_text
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
+
+from opsweb import services
+from opsweb.management.commands.export_openapi import SNAPSHOT, openapi_text
 from tests.conftest import make_image, make_user, succeed_in
 
 schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", WSGIHandler())
@@ -36,7 +36,7 @@ def test_openapi_document_is_valid_openapi_3_1(client):
     validate(document)
     # Every operation says what its errors look like.
     for path, operations in document["paths"].items():
-        for method, operation in operations.items():
+        for operation in operations.values():
             assert "application/problem+json" in operation["responses"]["409"]["content"], path
 
 
