@@ -360,3 +360,33 @@ def test_api_admin_page_is_not_audited_as_the_last_token(client, ci, flow):
     assert services.acting_token.get() is None
     Group.objects.get(name="ci")  # the request's thread keeps no token
     assert Target.objects.filter(application__slug="sample").exists()
+
+
+# -- the admin -----------------------------------------------------------------------------------
+
+
+def test_api_token_admin_shows_the_secret_once_and_revokes(client, ci_user):
+    root = make_user("root", is_superuser=True)
+    client.force_login(root)
+    response = client.post(
+        "/admin/opsweb/apitoken/add/",
+        {"user": ci_user.pk, "name": "from the admin", "scope_choices": ["read"]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    page = response.content.decode()
+    secret = page.split("it is not shown again: ")[1].split("<")[0].strip()
+    token = ApiToken.objects.get(name="from the admin")
+    assert token.created_by == root and secret.startswith("opsweb_")
+    assert secret not in client.get(f"/admin/opsweb/apitoken/{token.pk}/change/").content.decode()
+    client.logout()
+    assert call(client, "get", "/runs", secret).status_code == 200
+
+    client.force_login(root)
+    client.post(
+        "/admin/opsweb/apitoken/",
+        {"action": "revoke", "_selected_action": [token.pk]},
+    )
+    client.logout()
+    assert call(client, "get", "/runs", secret).status_code == 401
+    assert AuditEntry.objects.filter(action="revoke_api_token").count() == 1

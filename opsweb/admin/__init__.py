@@ -7,6 +7,7 @@
 """
 
 from opsweb.admin import (  # noqa: F401
+    api,
     applications,
     environments,
     images,
