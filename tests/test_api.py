@@ -390,3 +390,16 @@ def test_api_token_admin_shows_the_secret_once_and_revokes(client, ci_user):
     client.logout()
     assert call(client, "get", "/runs", secret).status_code == 401
     assert AuditEntry.objects.filter(action="revoke_api_token").count() == 1
+
+
+def test_api_run_status_costs_five_queries(client, ci_user, flow, django_assert_num_queries):
+    """The endpoint CI polls: the throttle, the token, the run (with its target, application,
+    image and requester), its last events, its approvals."""
+    secret = make_token(ci_user)[1]
+    run = succeed_in(flow["dev"], make_image("1.0.0"))
+    call(client, "get", f"/runs/{run.pk}", secret)  # last_used_at written once a minute
+
+    with django_assert_num_queries(5):
+        response = call(client, "get", f"/runs/{run.pk}", secret)
+
+    assert response.status_code == 200 and response.json()["status"] == RunStatus.SUCCEEDED
