@@ -58,6 +58,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_q",
     "axes",
+    # django-ninja, listed so that /api/v1/docs serves its bundled Swagger UI files from here
+    # (without it the page would load them from a CDN).
+    "ninja",
     "opsweb",
 ]
 
@@ -72,6 +75,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    "opsweb.api.auth.ForgetTokenMiddleware",
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns lockouts into a page
 ]
 
@@ -213,6 +217,26 @@ OPSWEB = {
     "BAKE_POLL_SECONDS": env.float("OPSWEB_BAKE_POLL_SECONDS", default=5.0),
     # An emergency override of a freeze needs this many approvals from "override approvers".
     "OVERRIDE_APPROVALS": env.int("OPSWEB_OVERRIDE_APPROVALS", default=2),
+}
+
+# The HTTP API (opsweb/api/, docs/design.md "HTTP API").
+OPSWEB_API = {
+    # Failed sign-ins (bad token, bad CI token, bad webhook signature) from one address within
+    # the window; past the limit that address is answered 429 until the window ends.
+    "FAILURE_LIMIT": env.int("OPSWEB_API_FAILURE_LIMIT", default=20),
+    "FAILURE_WINDOW_SECONDS": env.int("OPSWEB_API_FAILURE_WINDOW_SECONDS", default=600),
+    # GET /runs/{id}?wait=N waits at most this long (it holds a web worker meanwhile).
+    "MAX_WAIT_SECONDS": env.int("OPSWEB_API_MAX_WAIT_SECONDS", default=30),
+    # How long a trust policy's JWKS (the issuer's public keys) is kept; an unknown key id
+    # fetches it again, at most once per JWKS_MIN_REFRESH_SECONDS.
+    "JWKS_CACHE_SECONDS": env.int("OPSWEB_JWKS_CACHE_SECONDS", default=600),
+    "JWKS_MIN_REFRESH_SECONDS": env.int("OPSWEB_JWKS_MIN_REFRESH_SECONDS", default=30),
+    "JWKS_TIMEOUT_SECONDS": env.float("OPSWEB_JWKS_TIMEOUT_SECONDS", default=5.0),
+    # Webhooks: GitHub's signing secret, and the API key EventBridge sends for ECR pushes.
+    # Empty: that webhook answers 404. What they find is registered as WEBHOOK_USER.
+    "GITHUB_WEBHOOK_SECRET": env.str("OPSWEB_GITHUB_WEBHOOK_SECRET", default=""),
+    "ECR_WEBHOOK_KEY": env.str("OPSWEB_ECR_WEBHOOK_KEY", default=""),
+    "WEBHOOK_USER": env.str("OPSWEB_WEBHOOK_USER", default="ci"),
 }
 
 # Outbound targets (orchestration/outbound.py): opsweb sends nothing to loopback, link-local

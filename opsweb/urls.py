@@ -4,6 +4,7 @@ from django.views.generic import RedirectView
 
 from opsweb import slack, sso, views
 from opsweb.admin.accounts import link_slack_page
+from opsweb.api import api
 from opsweb.dora_views import dora_page
 from opsweb.login_throttle import LoginForm
 
@@ -28,5 +29,6 @@ urlpatterns = [
     path("slack/interactions", slack.interactions, name="slack_interactions"),
     path("slack/commands", slack.commands, name="slack_commands"),
     path("admin/", admin.site.urls),
+    path("api/v1/", api.urls),
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
 ]

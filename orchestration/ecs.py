@@ -629,6 +629,56 @@ def _ecr_lookup(repository, image_id, *, region, endpoint_url, client):
         raise aws_error(exc, service="ecr") from exc
 
 
+def pushed_images(
+    repository: str,
+    *,
+    region: str,
+    digest: str | None = None,
+    endpoint_url: str | None = None,
+    client=None,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    """What ECR holds in ``repository`` (the one image ``digest``, or the newest ``limit``
+    tagged images), newest first, as ``{"digest", "tags", "pushed_at"}``. A webhook is only a
+    hint: this is the read that decides what is registered."""
+    if digest:
+        details = _ecr_lookup(
+            repository,
+            {"imageDigest": digest},
+            region=region,
+            endpoint_url=endpoint_url,
+            client=client,
+        )
+    else:
+        registry, repo_region, name = split_ecr_repository(repository)
+        region = repo_region or region
+        client = client or make_client("ecr", region=region, endpoint_url=endpoint_url)
+        params: dict[str, Any] = {"repositoryName": name, "filter": {"tagStatus": "TAGGED"}}
+        if registry:
+            params["registryId"] = registry
+        details = []
+        try:
+            for page in client.get_paginator("describe_images").paginate(**params):
+                details.extend(page["imageDetails"])
+                if len(details) >= limit:
+                    break
+        except ClientError as exc:
+            raise aws_error(exc, service="ecr") from exc
+        except BotoCoreError as exc:
+            raise aws_error(exc, service="ecr") from exc
+    images = [
+        {
+            "digest": d["imageDigest"],
+            "tags": sorted(d.get("imageTags") or []),
+            "pushed_at": d.get("imagePushedAt"),
+        }
+        for d in details
+        if d.get("imageTags")
+    ]
+    images.sort(key=lambda image: str(image["pushed_at"] or ""), reverse=True)
+    return images[:limit]
+
+
 def resolve_digest(
     *, repository: str, tag: str, region: str, endpoint_url: str | None = None, client=None
 ) -> str:

@@ -21,7 +21,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, reverse
 from django.utils import timezone
 
-from opsweb import metrics
+from opsweb import metrics, services
 from opsweb.admin.confirm import ConfirmingAdmin
 from opsweb.models import (
     Application,
@@ -38,6 +38,7 @@ from opsweb.models import (
     RunStatus,
     Signoff,
     Target,
+    TrustPolicy,
 )
 from tests.conftest import make_image, make_user
 
@@ -263,7 +264,19 @@ def build_states(flow, scenario: str, user) -> dict:
         )
         for n, status in enumerate(NotificationDelivery.Status.values)
     ]
+    token, _ = services.create_api_token(
+        user=user, owner=user, name=f"{MARKER} pipeline", scopes="read deploy"
+    )
+    policy = TrustPolicy.objects.create(
+        name=f"{MARKER} ci",
+        issuer="https://token.actions.githubusercontent.com",
+        audience="opsweb",
+        conditions={"repository": "org/app"},
+        user=user,
+    )
     return {
+        "apitoken": [token],
+        "trustpolicy": [policy],
         "target": list(Target.objects.all()),
         "environment": list(Environment.objects.all()),
         "application": list(Application.objects.all()),

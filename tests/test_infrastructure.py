@@ -428,8 +428,7 @@ def test_production_opsweb_manages_every_environment_and_the_app_registry():
 WORKFLOW = INFRA.parent / ".github" / "workflows" / "deploy.yml"
 OIDC = "token.actions.githubusercontent.com"
 # Every AWS call deploy.yml makes, and the actions it needs: log in to ECR, push the image, read
-# its digest, run opsweb's web task (which passes opsweb's roles to ECS), wait for it, print its
-# log and read its exit code.
+# its digest. It registers the image through opsweb's HTTP API, signed in with its OIDC token.
 WORKFLOW_CALLS = {
     "amazon-ecr-login": {"ecr:GetAuthorizationToken"},
     "docker push": {
@@ -441,10 +440,6 @@ WORKFLOW_CALLS = {
         "ecr:BatchGetImage",
     },
     "aws ecr describe-images": {"ecr:DescribeImages"},
-    "aws ecs run-task": {"ecs:RunTask", "iam:PassRole"},
-    "aws ecs wait tasks-stopped": {"ecs:DescribeTasks"},
-    "aws ecs describe-tasks": {"ecs:DescribeTasks"},
-    "aws logs get-log-events": {"logs:GetLogEvents"},
 }
 
 
@@ -477,6 +472,20 @@ def test_the_workflow_makes_only_the_aws_calls_the_deploy_role_is_built_for():
     code = re.sub(r"(?m)^\s*#.*$", "", text)
     calls = set(re.findall(r"\baws \w+ (?:wait )?[a-z][a-z-]*", code))
     assert calls == {c for c in WORKFLOW_CALLS if c.startswith("aws ")}, calls
+
+
+def test_the_workflow_registers_through_the_api_signed_in_with_its_oidc_token():
+    text = WORKFLOW.read_text()
+    assert "id-token: write" in text
+    assert "${ACTIONS_ID_TOKEN_REQUEST_URL}&audience=${OPSWEB_AUDIENCE}" in text
+    assert "call POST /auth/oidc" in text and "call POST /images" in text
+    assert '/runs/${run_id}?wait=30"' in text and "Idempotency-Key:" in text
+    assert "::add-mask::${OPSWEB_TOKEN}" in text  # the short-lived token never shows in logs
+    assert "run-task" not in text and "OPSWEB_CLUSTER" not in text
+    outputs = named(load(ROOTS["production"]), "output")
+    assert outputs["opsweb_api_url"]["value"] == "${module.opsweb.api_url}"
+    opsweb = named(load(MODULES["opsweb"]), "output")
+    assert opsweb["api_url"]["value"] == "https://${var.host_name}/api/v1"
 
 
 def test_github_deploy_role_trusts_only_the_develop_branch_of_the_configured_repository():
@@ -545,61 +554,11 @@ def test_github_deploy_role_may_do_only_what_the_workflow_does():
     assert not typed(config, "resource", "aws_iam_role_policy_attachment")
     ecr = github_deploy_statement("ecr:PutImage")
     assert ecr["resources"] == ["${var.repository_arn}"]
-    assert github_deploy_statement("ecs:DescribeTasks")["resources"] == ["${local.cluster_tasks}"]
-    cluster_tasks = local_values(config)["cluster_tasks"]
-    assert cluster_tasks == '${replace(var.cluster_arn, ":cluster/", ":task/")}/*'
-    logs = github_deploy_statement("logs:GetLogEvents")
-    assert logs["resources"] == ["${var.log_group_arn}:log-stream:*"]
     production = named(load(ROOTS["production"]), "module")["github_deploy"]
     assert production["source"] == "../../modules/github_deploy"
     assert production["repository_arn"] == "${module.ecr_app.repository_arn}"
-    assert production["log_group_arn"] == "${module.opsweb.log_group_arn}"
     outputs = named(load(ROOTS["production"]), "output")
     assert outputs["github_deploy_role_arn"]["value"] == "${module.github_deploy.role_arn}"
-
-
-def test_github_deploy_runs_only_opsweb_web_family_in_its_cluster():
-    config = github_deploy()
-    statement = github_deploy_statement("ecs:RunTask")
-    assert as_list(statement["actions"]) == ["ecs:RunTask"]
-    assert statement["resources"] == ["${local.web_family_arn}"]
-    family = local_values(config)["web_family_arn"]
-    assert family == "${local.ecs_arn}:task-definition/${var.task_definition_family}:*"
-    cluster = conditions(statement)["ecs:cluster"]
-    assert cluster["test"] == "ArnEquals"
-    assert cluster["values"] == ["${var.cluster_arn}"]
-    (validation,) = named(config, "variable")["task_definition_family"]["validation"]
-    pattern = regex_of(validation)
-    assert pattern.search("opsweb-web")
-    assert not any(pattern.search(bad) for bad in ("*", "opsweb-*", "opsweb-web:3", ""))
-    production = named(load(ROOTS["production"]), "module")["github_deploy"]
-    assert production["task_definition_family"] == "${module.opsweb.web_task_definition_family}"
-    assert production["cluster_arn"] == "${aws_ecs_cluster.this.arn}"
-    opsweb = named(load(MODULES["opsweb"]), "output")
-    assert opsweb["web_task_definition_family"]["value"] == "${aws_ecs_task_definition.web.family}"
-
-
-def test_github_deploy_passes_only_opsweb_roles_and_only_to_ecs_tasks():
-    config = github_deploy()
-    statement = github_deploy_statement("iam:PassRole")
-    assert as_list(statement["actions"]) == ["iam:PassRole"]
-    assert statement["resources"] == "${var.passable_role_arns}"
-    passed_to = conditions(statement)["iam:PassedToService"]
-    assert passed_to["test"] == "StringEquals"
-    assert passed_to["values"] == ["ecs-tasks.amazonaws.com"]
-    (validation,) = named(config, "variable")["passable_role_arns"]["validation"]
-    pattern = regex_of(validation)
-    assert pattern.search("arn:aws:iam::123456789012:role/opsweb-task")
-    for bad in ("*", "arn:aws:iam::123456789012:role/*", "arn:aws:iam::123456789012:role/ops*"):
-        assert not pattern.search(bad), bad
-    production = named(load(ROOTS["production"]), "module")["github_deploy"]
-    assert production["passable_role_arns"] == [
-        "${module.opsweb.task_role_arn}",
-        "${module.opsweb.execution_role_arn}",
-    ]
-    opsweb = named(load(MODULES["opsweb"]), "output")
-    assert opsweb["task_role_arn"]["value"] == "${aws_iam_role.task.arn}"
-    assert opsweb["execution_role_arn"]["value"] == "${aws_iam_role.execution.arn}"
 
 
 # ---- database and state --------------------------------------------------------------------

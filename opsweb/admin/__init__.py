@@ -8,6 +8,7 @@
 
 from opsweb.admin import (  # noqa: F401
     accounts,
+    api,
     applications,
     environments,
     images,

@@ -8,6 +8,17 @@ Run`` is the way to import them. Every model keeps the ``opsweb`` app label (Dja
 from this package), so migrations and string references (``"opsweb.Run"``) are unchanged.
 """
 
+from .api import (
+    SCOPES,
+    TOKEN_PREFIX,
+    ApiToken,
+    CredentialFailure,
+    IdempotentRequest,
+    TrustPolicy,
+    UsedTokenId,
+    WebhookDelivery,
+    secret_digest,
+)
 from .environments import (
     Application,
     ApplicationRepository,
@@ -54,6 +65,15 @@ __all__ = [
     "OidcIdentity",
     "SlackLink",
     "SlackLinkCode",
+    "SCOPES",
+    "TOKEN_PREFIX",
+    "ApiToken",
+    "CredentialFailure",
+    "IdempotentRequest",
+    "TrustPolicy",
+    "UsedTokenId",
+    "WebhookDelivery",
+    "secret_digest",
     "ACTIVE_STATUSES",
     "ALLOWED_TRANSITIONS",
     "DIGEST_RE",

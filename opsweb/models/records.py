@@ -28,6 +28,10 @@ class AuditEntry(ImmutableModel):
     )
     run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     message = models.TextField()
+    # The API token the change came through (the actor is its user), if any.
+    token = models.ForeignKey(
+        "opsweb.ApiToken", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]

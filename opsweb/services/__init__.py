@@ -61,6 +61,7 @@ from opsweb.services.applications import (
     create_application,
 )
 from opsweb.services.base import (
+    acting_token,
     actor_name,
     audit,
     check_seen,
@@ -103,8 +104,13 @@ from opsweb.services.execution import (
 )
 from opsweb.services.requests import request_deploy, request_promotion, settle
 from opsweb.services.rollbacks import mark_bad, roll_back
+from opsweb.services.tokens import create_api_token, mint_ci_token, revoke_api_token
 
 __all__ = [
+    "acting_token",
+    "create_api_token",
+    "mint_ci_token",
+    "revoke_api_token",
     "facts",
     "issue_slack_link_code",
     "link_slack_user",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -31,6 +32,10 @@ from opsweb.models import (
 from opsweb.reads.history import actor_name, describe, is_older, who_deployed
 
 log = logging.getLogger(__name__)
+
+# The API token the current request acts through (opsweb.api sets it for the request), so that
+# every audit entry of a change made through the API names it.
+acting_token: ContextVar = ContextVar("acting_token", default=None)
 
 
 def transition(run: Run, *, to: str, **fields) -> bool:
@@ -261,8 +266,13 @@ def forget_used_seals(now: datetime) -> int:
 
 
 def audit(actor, action: str, message: str, *, environment=None, image=None, run=None) -> None:
-    """An audit entry; for a run, its environment and image are recorded with it."""
+    """An audit entry; for a run, its environment and image are recorded with it, and the API
+    token the change came through (``acting_token``), named in the message too."""
+    token = acting_token.get()
+    if token is not None:
+        message = f"{message} (through {token})"
     AuditEntry.objects.create(
+        token=token,
         actor=actor if actor and actor.is_authenticated else None,
         action=action,
         message=message,

@@ -91,11 +91,7 @@ module "github_deploy" {
   github_org           = var.github_org
   github_repo          = var.github_repo
 
-  repository_arn         = module.ecr_app.repository_arn
-  cluster_arn            = aws_ecs_cluster.this.arn
-  task_definition_family = module.opsweb.web_task_definition_family
-  passable_role_arns     = [module.opsweb.task_role_arn, module.opsweb.execution_role_arn]
-  log_group_arn          = module.opsweb.log_group_arn
+  repository_arn = module.ecr_app.repository_arn
 }
 
 # ---- the application's production environment ----------------------------------------------

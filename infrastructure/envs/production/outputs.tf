@@ -13,6 +13,11 @@ output "opsweb_url" {
   value       = module.opsweb.url
 }
 
+output "opsweb_api_url" {
+  description = "opsweb's HTTP API: the repository variable OPSWEB_API_URL of deploy.yml."
+  value       = module.opsweb.api_url
+}
+
 output "opsweb_one_off_task" {
   description = "For `aws ecs run-task` with a command override (migrate, bootstrap, createsuperuser)."
   value = {

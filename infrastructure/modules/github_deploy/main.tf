@@ -3,31 +3,17 @@
 #   amazon-ecr-login             ecr:GetAuthorizationToken
 #   docker push                  layer upload and PutImage on the app repository
 #   aws ecr describe-images      ecr:DescribeImages on that repository
-#   aws ecs run-task             ecs:RunTask of opsweb's web family in its cluster, which passes
-#                                opsweb's task and execution roles to ECS
-#   aws ecs wait / describe-tasks  ecs:DescribeTasks on that cluster's tasks
-#   aws logs get-log-events      logs:GetLogEvents on opsweb's log group
+# It registers the image with opsweb's HTTP API, signed in with the job's own OIDC token (an
+# opsweb trust policy, not AWS, decides what that may do): no ECS or log access is needed.
 # Only pushes to the develop branch of one repository may assume it.
 
-data "aws_caller_identity" "current" {}
-data "aws_partition" "current" {}
-data "aws_region" "current" {}
-
 locals {
-  account_id = data.aws_caller_identity.current.account_id
-  partition  = data.aws_partition.current.partition
-  region     = data.aws_region.current.region
-  ecs_arn    = "arn:${local.partition}:ecs:${local.region}:${local.account_id}"
-
   oidc_provider_arn = var.create_oidc_provider ? aws_iam_openid_connect_provider.github[0].arn : data.aws_iam_openid_connect_provider.github[0].arn
 
   # deploy.yml runs on pushes to develop. GitHub sends this subject for a job that names no
   # GitHub environment; a job with `environment: NAME` gets "repo:ORG/REPO:environment:NAME"
   # instead, which this role refuses (infrastructure/README.md).
   github_subject = "repo:${var.github_org}/${var.github_repo}:ref:refs/heads/develop"
-
-  web_family_arn = "${local.ecs_arn}:task-definition/${var.task_definition_family}:*"
-  cluster_tasks  = "${replace(var.cluster_arn, ":cluster/", ":task/")}/*"
 }
 
 # ---- the account's GitHub OIDC provider ----------------------------------------------------
@@ -95,41 +81,6 @@ data "aws_iam_policy_document" "deploy" {
       "ecr:DescribeImages",
     ]
     resources = [var.repository_arn]
-  }
-
-  statement {
-    sid       = "RunOpswebsWebTaskInItsCluster"
-    actions   = ["ecs:RunTask"]
-    resources = [local.web_family_arn]
-    condition {
-      test     = "ArnEquals"
-      variable = "ecs:cluster"
-      values   = [var.cluster_arn]
-    }
-  }
-
-  statement {
-    sid       = "FollowTheTask"
-    actions   = ["ecs:DescribeTasks"]
-    resources = [local.cluster_tasks]
-  }
-
-  statement {
-    # The web task definition names opsweb's task and execution roles: RunTask passes them.
-    sid       = "PassOpswebsRolesToEcs"
-    actions   = ["iam:PassRole"]
-    resources = var.passable_role_arns
-    condition {
-      test     = "StringEquals"
-      variable = "iam:PassedToService"
-      values   = ["ecs-tasks.amazonaws.com"]
-    }
-  }
-
-  statement {
-    sid       = "PrintTheTasksOutput"
-    actions   = ["logs:GetLogEvents"]
-    resources = ["${var.log_group_arn}:log-stream:*"]
   }
 }
 

@@ -35,36 +35,6 @@ variable "repository_arn" {
   type        = string
 }
 
-variable "cluster_arn" {
-  description = "ECS cluster where the workflow runs opsweb's one-off task."
-  type        = string
-}
-
-variable "task_definition_family" {
-  description = "opsweb's web task definition family; the workflow may run any revision of it and nothing else."
-  type        = string
-
-  validation {
-    condition     = can(regex("^[A-Za-z0-9_-]+$", var.task_definition_family))
-    error_message = "task_definition_family must be a plain family name: no wildcard, colon or ARN."
-  }
-}
-
-variable "passable_role_arns" {
-  description = "opsweb's task and execution role ARNs: RunTask passes them to ECS."
-  type        = list(string)
-
-  validation {
-    condition     = alltrue([for arn in var.passable_role_arns : can(regex("^arn:[a-z-]+:iam::[0-9]{12}:role/[A-Za-z0-9_.+=,@/-]+$", arn))])
-    error_message = "passable_role_arns must be full role ARNs without wildcards."
-  }
-}
-
-variable "log_group_arn" {
-  description = "ARN (without the trailing \":*\") of opsweb's log group, from which the workflow prints the task's output."
-  type        = string
-}
-
 variable "tags" {
   description = "Tags for every resource."
   type        = map(string)

@@ -3,6 +3,11 @@ output "url" {
   value       = "https://${var.host_name}/admin/"
 }
 
+output "api_url" {
+  description = "The HTTP API (OpenAPI document at openapi.json, docs at docs); CI's OPSWEB_API_URL."
+  value       = "https://${var.host_name}/api/v1"
+}
+
 output "web_service_name" {
   description = "ECS service of the web role."
   value       = aws_ecs_service.web.name
