@@ -337,19 +337,22 @@ def image_option(image: ImageVersion) -> tuple[str, str]:
     return str(image.pk), f"{image.tag}  {image.short_digest}  {first}".strip()
 
 
-def version_line(image: ImageVersion | None) -> str:
+def version_line(image: ImageVersion | None, then: str = "") -> str:
+    """A version in one line (HTML: the digest shortened on screen, whole when copied),
+    followed by ``then`` (text)."""
     if image is None:
-        return "nothing"
+        return "nothing" + then
     first = image.commit_message.splitlines()[0] if image.commit_message else ""
     bad = f" — MARKED BAD ({image.bad_reason})" if image.is_bad else ""
     return format_html(
-        '{} (<code class="opsweb-digest" title="{}">{}</code>) {} {}{}',
+        '{} (<code class="opsweb-digest" title="{}">{}</code>) {} {}{}{}',
         image.tag,
         image.digest,
         image.digest,
         image.short_sha,
         first,
         bad,
+        then,
     )
 
 

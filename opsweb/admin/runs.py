@@ -35,7 +35,10 @@ def run_url(run: Run) -> str:
 def run_lines(run: Run) -> list[tuple[str, str]]:
     lines = [
         ("Run", f"#{run.pk} {run.get_kind_display()} to {run.environment}"),
-        ("From", version_line(run.from_image) + ("" if run.switched_at else " (what runs now)")),
+        (
+            "From",
+            version_line(run.from_image, then=("" if run.switched_at else " (what runs now)")),
+        ),
         ("To", version_line(run.image)),
         (
             "Requested by",
