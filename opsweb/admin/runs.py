@@ -16,7 +16,6 @@ from opsweb.admin.confirm import (
     ConfirmForm,
     ConfirmingAdmin,
     RequiredCommentForm,
-    commits_between,
     version_line,
 )
 from opsweb.admin.images import version_search
@@ -162,7 +161,7 @@ class Approve(RunConfirmation):
         return [*run_lines(run), *change_lines(user, run)]
 
     def changes(self, run, chosen):
-        return commits_between(run.from_image, run.image)
+        return change.change_of(run).versions
 
     def compare_url(self, run, chosen):
         return change.change_of(run).compare_url

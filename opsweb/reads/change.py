@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from opsweb.models import ImageVersion, Run, Signoff
+from opsweb.reads.memo import once
 
 MAX_VERSIONS = 20
 
@@ -84,7 +85,12 @@ class Change:
 
 
 def change_of(run: Run) -> Change:
-    """What ``run`` changes: three queries (versions, application, sign-off)."""
+    """What ``run`` changes: two queries (versions, sign-off), once per page
+    (``one_reading``)."""
+    return once(("change", run.pk), lambda: _change_of(run))
+
+
+def _change_of(run: Run) -> Change:
     old = run.from_image
     versions = versions_between(old, run.image)
     repository_url = run.environment.application.repository_url
@@ -96,10 +102,12 @@ def change_of(run: Run) -> Change:
         .order_by("-created_at", "-id")
         .first()
     )
+    for version in versions:
+        version.commit_link = commit_url(repository_url, version.git_sha) if repository_url else ""
     return Change(
         run,
         versions,
-        {v.pk: commit_url(repository_url, v.git_sha) for v in versions if repository_url},
+        {v.pk: v.commit_link for v in versions},
         compare_url(repository_url, old, run.image) if repository_url else "",
         signoff,
     )
