@@ -118,7 +118,7 @@ def test_a_disabled_button_says_why_and_a_bad_version_is_flagged(
     assert page.is_visible("#pipeline .opsweb-bad")
     page.screenshot(path=os.path.join(shots, "opsweb-board-bad-version.png"), full_page=True)
 
-    page.goto(f"{live_server.url}/admin/opsweb/environment/{staging.pk}/change/")
+    page.goto(f"{live_server.url}/admin/opsweb/target/{staging.pk}/change/")
     disabled = page.locator(".object-tools .opsweb-disabled", has_text="Roll back")
     assert disabled.is_visible() and disabled.get_attribute("aria-disabled") == "true"
     assert "nothing to roll back to" in disabled.get_attribute("title")
