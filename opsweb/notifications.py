@@ -44,6 +44,7 @@ from opsweb.models import (
     Run,
     RunStatus,
 )
+from opsweb.reads.change import change_of
 from opsweb.reads.quorum import run_rules
 from orchestration import outbound
 
@@ -72,10 +73,11 @@ def approval_text(run: Run) -> str:
         if run.freeze_override_reason
         else ""
     )
+    contents = "\n".join(f"{label}: {text}" for label, text in change_of(run).lines)
     return (
         f"Run #{run.pk} waits for approval: {run.get_kind_display().lower()} of {run.image.tag} "
         f"to {run.environment}, asked by {run.requested_by or 'opsweb'}. It needs "
-        f"{run.required_approvals} approval(s), {wanted}: {names}.{override}"
+        f"{run.required_approvals} approval(s), {wanted}: {names}.{override}\n{contents}"
     )
 
 

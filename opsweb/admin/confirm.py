@@ -20,6 +20,7 @@ from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.html import format_html
 from django.utils.http import urlencode
 
 from opsweb import services
@@ -27,6 +28,7 @@ from opsweb.admin.lists import OpswebAdmin
 from opsweb.limits import SEAL_MAX, TEXT_MAX
 from opsweb.models import ImageVersion
 from opsweb.policy import Decision
+from opsweb.reads import change
 from opsweb.services import NotAllowed, ReleaseError
 
 
@@ -105,8 +107,17 @@ class Confirmation(abc.ABC):
     def lines(self, obj, chosen) -> list[tuple[str, str]]:
         """The summary's (label, value) rows."""
 
+    def lines_for(self, user, obj, chosen) -> list[tuple[str, str]]:
+        """The summary as ``user`` reads it (what their own decision would do); by default
+        the same for everyone."""
+        return self.lines(obj, chosen)
+
     def changes(self, obj, chosen) -> list[ImageVersion]:
         return []
+
+    def compare_url(self, obj, chosen) -> str:
+        """The repository's page comparing what runs with what is proposed, or ""."""
+        return ""
 
     @abc.abstractmethod
     def perform(self, user, obj, chosen, data, seen) -> tuple[str, str]:
@@ -290,8 +301,9 @@ class ConfirmingAdmin(OpswebAdmin):
             "opts": self.model._meta,
             "object": obj,
             "title": confirmation.title(obj, chosen),
-            "lines": confirmation.lines(obj, chosen),
+            "lines": confirmation.lines_for(request.user, obj, chosen),
             "changes": confirmation.changes(obj, chosen),
+            "compare_url": confirmation.compare_url(obj, chosen),
             "refusal": "" if decision.allowed else decision.reason,
             "choice": choice,
             "chosen_id": chosen.pk if isinstance(chosen, ImageVersion) else None,
@@ -325,23 +337,30 @@ def image_option(image: ImageVersion) -> tuple[str, str]:
     return str(image.pk), f"{image.tag}  {image.short_digest}  {first}".strip()
 
 
-def version_line(image: ImageVersion | None) -> str:
+def version_line(image: ImageVersion | None, then: str = "") -> str:
+    """A version in one line (HTML: the digest shortened on screen, whole when copied),
+    followed by ``then`` (text)."""
     if image is None:
-        return "nothing"
+        return "nothing" + then
     first = image.commit_message.splitlines()[0] if image.commit_message else ""
     bad = f" — MARKED BAD ({image.bad_reason})" if image.is_bad else ""
-    return f"{image.tag} ({image.digest}) {image.short_sha} {first}".strip() + bad
+    return format_html(
+        '{} (<code class="opsweb-digest" title="{}">{}</code>) {} {}{}{}',
+        image.tag,
+        image.digest,
+        image.digest,
+        image.short_sha,
+        first,
+        bad,
+        then,
+    )
 
 
 def commits_between(old: ImageVersion | None, new: ImageVersion | None) -> list[ImageVersion]:
-    """The versions a promotion carries: registered after what runs now, up to the new one."""
-    if new is None:
-        return []
-    qs = ImageVersion.objects.filter(
-        repository=new.repository, registered_at__lte=new.registered_at
-    )
-    if old is not None:
-        if old.registered_at > new.registered_at:
-            return [new]  # going back in time: only the target is meaningful
-        qs = qs.filter(registered_at__gt=old.registered_at)
-    return list(qs.order_by("-registered_at")[:20])
+    """The versions a promotion carries, each with ``commit_link`` (its commit page when the
+    application names its repository's web address, else "")."""
+    versions = change.versions_between(old, new)
+    url = new.application.repository_url if new is not None and new.application_id else ""
+    for version in versions:
+        version.commit_link = change.commit_url(url, version.git_sha) if url else ""
+    return versions

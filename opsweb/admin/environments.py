@@ -198,7 +198,7 @@ class Promote(Confirmation):
         target = env.downstream
         lines = [
             ("Environment", f"{target} (promoted from {env})"),
-            ("From", version_line(target.current_image) + " (what it runs now)"),
+            ("From", version_line(target.current_image, then=" (what it runs now)")),
             ("To", version_line(chosen) if chosen else "choose a version above"),
             _approvals_line(target),
             *_freeze_lines(target),
@@ -266,7 +266,7 @@ class Deploy(Confirmation):
     def lines(self, env, chosen):
         return [
             ("Environment", str(env)),
-            ("From", version_line(env.current_image) + " (what it runs now)"),
+            ("From", version_line(env.current_image, then=" (what it runs now)")),
             ("To", version_line(chosen) if chosen else "choose a version above"),
             _approvals_line(env),
             *_freeze_lines(env),
@@ -324,7 +324,9 @@ class RollBack(Confirmation):
             ("Environment", str(env)),
             (
                 "From",
-                version_line(env.current_image) + " — will be marked bad when the rollback starts",
+                version_line(
+                    env.current_image, then=" — will be marked bad when the rollback starts"
+                ),
             ),
             ("To", version_line(target) if target else "no earlier stable version"),
             ("Approvals needed", "none: your click is the approval; it goes ahead of queued runs"),
@@ -334,7 +336,7 @@ class RollBack(Confirmation):
             # What the rollback does then is decided when it starts (services.resolve_rollback).
             lines[1:3] = [
                 ("From", f"what {seen['deploy in progress']} deploys — will be marked bad"),
-                ("To", version_line(env.current_image) + " (what ran before it)"),
+                ("To", version_line(env.current_image, then=" (what ran before it)")),
             ]
             lines.append(
                 (

@@ -16,15 +16,15 @@ from opsweb.admin.confirm import (
     ConfirmForm,
     ConfirmingAdmin,
     RequiredCommentForm,
-    commits_between,
     version_line,
 )
 from opsweb.admin.images import version_search
 from opsweb.admin.lists import CheckedChangeList, DateRangeFilter
 from opsweb.admin.records import ReadOnlyMixin
 from opsweb.limits import TEXT_MAX
+from opsweb.live import page_etag
 from opsweb.models import ImageVersion, Run
-from opsweb.reads import facts
+from opsweb.reads import change, facts
 
 
 def run_url(run: Run) -> str:
@@ -34,7 +34,10 @@ def run_url(run: Run) -> str:
 def run_lines(run: Run) -> list[tuple[str, str]]:
     lines = [
         ("Run", f"#{run.pk} {run.get_kind_display()} to {run.environment}"),
-        ("From", version_line(run.from_image) + ("" if run.switched_at else " (what runs now)")),
+        (
+            "From",
+            version_line(run.from_image, then=("" if run.switched_at else " (what runs now)")),
+        ),
         ("To", version_line(run.image)),
         (
             "Requested by",
@@ -57,6 +60,39 @@ def run_lines(run: Run) -> list[tuple[str, str]]:
                 f"({run.override_approvals} approvals from {services.OVERRIDE_GROUP})",
             )
         )
+    return lines
+
+
+def change_lines(user, run: Run) -> list[tuple[str, str]]:
+    """What is in the change besides its commits, for the person about to approve it."""
+    found = change.change_of(run)
+    image = run.image
+    fills = services.rule_filled_by(run, user)
+    lines = [
+        (
+            "Build",
+            format_html('<a href="{}" rel="noopener">{}</a>', image.build_url, image.build_url)
+            if image.build_url
+            else "not given when the image was registered",
+        ),
+        ("Requester's note", run.note or "none"),
+    ]
+    if found.signoff is not None:
+        s = found.signoff
+        lines.append(
+            (
+                "UAT sign-off",
+                f"{s.user.get_username()} at {s.created_at:%Y-%m-%d %H:%M} UTC in "
+                f"{s.environment}" + (f": {s.note}" if s.note else ""),
+            )
+        )
+    elif run.environment.environment.requires_uat_signoff:
+        lines.append(("UAT sign-off", "none recorded"))
+    if run.required_approvals:
+        lines.append(
+            ("Your approval fills", fills or "no rule: it would not count toward the quorum")
+        )
+    lines.append(("Image scan", image.scan_summary or "not read (no scanner for this registry)"))
     return lines
 
 
@@ -121,8 +157,14 @@ class Approve(RunConfirmation):
     def decide(self, user, run, chosen):
         return policy.may_approve(user, run)
 
+    def lines_for(self, user, run, chosen):
+        return [*run_lines(run), *change_lines(user, run)]
+
     def changes(self, run, chosen):
-        return commits_between(run.from_image, run.image)
+        return change.change_of(run).versions
+
+    def compare_url(self, run, chosen):
+        return change.change_of(run).compare_url
 
     def perform(self, user, run, chosen, data, seen):
         done = services.approve_run(user=user, run=run, comment=data["comment"], seen=seen)
@@ -332,6 +374,10 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
     def approvals_so_far(self, run):
         return services.approvals_text(run, getattr(run, "approvals_given", None)) or "—"
 
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        page_etag(request)  # read before the run: a change made meanwhile shows next refresh
+        return super().change_view(request, object_id, form_url, extra_context)
+
     def page_context(self, request, run):
         approvals = list(run.approvals.select_related("user"))
         may_still = []
@@ -353,6 +399,8 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
             "deadline": services.approval_deadline(run) if run.required_approvals else None,
             "events": run.events.all(),
             "live": run.status in ("queued", "running"),
+            # A pending run's page follows its approvals and its start (opsweb/live.py).
+            "live_etag": page_etag(request) if run.status == "pending" else "",
         }
 
     def get_urls(self):

@@ -288,6 +288,25 @@ def _quorum_progress(run: Run) -> QuorumProgress:
     return QuorumProgress(progress)
 
 
+def rule_filled_by(run: Run, user) -> str:
+    """Which rule ``user``'s approval of ``run`` would fill ("qa (1 of 1 needed)"), after the
+    approvals already given, as ``match_approvers`` would assign it; "" when it would fill none
+    (the rules it may count toward are full, or ``user`` may not count)."""
+    rules = run_rules(run)
+    if not rules or not user.is_active:
+        return ""
+    approvals = once(("valid_approvals", run.pk), lambda: list(_valid_approvals(run)))
+    people = [a.user_id for a in approvals if a.user_id != user.pk] + [user.pk]
+    groups = _memberships(people, [r.group_id for r in rules])
+    assigned = match_approvers(
+        _candidates(rules, people, run.requested_by_id, groups), [r.count for r in rules]
+    )
+    if user.pk not in assigned:
+        return ""
+    rule = rules[assigned[user.pk]]
+    return f"{rule.label} ({rule.count} needed)"
+
+
 def counting_approvals(run: Run):
     """Approvals that count now (those ``quorum_progress`` assigned to a rule)."""
     counted = [i for p in quorum_progress(run).rules for i in p.user_ids]

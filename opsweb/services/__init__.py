@@ -40,6 +40,7 @@ from opsweb.reads.quorum import (
     is_approver,
     quorum_progress,
     rule_count_annotation,
+    rule_filled_by,
     unreachable_quorum,
 )
 from opsweb.services import (
@@ -171,6 +172,7 @@ __all__ = [
     "previous_ref",
     "previous_stable_version",
     "quorum_progress",
+    "rule_filled_by",
     "rule_count_annotation",
     "record_configuration",
     "record_drift",

@@ -3,6 +3,7 @@ times that say "just now" rather than "0 minutes ago"."""
 
 from django import template
 from django.utils import timezone
+from django.utils.html import format_html
 from django.utils.timesince import timesince
 
 register = template.Library()
@@ -16,3 +17,11 @@ def ago(value):
     if (timezone.now() - value).total_seconds() < 60:
         return "just now"
     return f"{timesince(value, depth=1)} ago"
+
+
+@register.filter
+def digest(value):
+    """A digest shortened on screen (CSS), whole in its title and when copied."""
+    if not value:
+        return "—"
+    return format_html('<code class="opsweb-digest" title="{}">{}</code>', value, value)

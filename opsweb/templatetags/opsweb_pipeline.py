@@ -3,6 +3,7 @@
 from django import template
 
 from opsweb.board import build_board
+from opsweb.live import page_etag
 from opsweb.models import AuditEntry
 
 register = template.Library()
@@ -16,10 +17,12 @@ def pipeline(context):
     # The board shows environments, their runs and versions: it needs the right to view each.
     if not request.user.has_perms(BOARD_PERMISSIONS):
         return {"board": None}
+    # Read before the board: a change made while it is drawn shows at the next refresh.
+    etag = page_etag(request)
     board = build_board(
         request.user, application=request.GET.get("app"), page=request.GET.get("page", 1)
     )
-    return {"board": board, "request": request}
+    return {"board": board, "request": request, "live_etag": etag}
 
 
 @register.inclusion_tag("admin/opsweb/my_actions.html", takes_context=True)
