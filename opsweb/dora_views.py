@@ -1,4 +1,5 @@
-"""The DORA page at /admin/dora/: the four keys for one environment and period, with weekly
+"""The DORA page at /admin/dora/: the four keys for one environment (one application's or
+every application's) and period, with weekly
 charts drawn as server-rendered SVG. Read-only; needs the permissions to view runs and environments."""
 
 from __future__ import annotations
@@ -10,33 +11,43 @@ from django.template.response import TemplateResponse
 from opsweb import metrics
 from opsweb.charts import Point, bar_chart
 from opsweb.metrics import human_duration
-from opsweb.models import Target
+from opsweb.models import Application, Environment, Target
 
 
 def dora_page(request):
-    """GET ``environment`` (slug, default production) and ``days`` (7, 30, 90 or 365).
-    Bad values show the default with a message saying what was wrong."""
+    """GET ``environment`` (a shared environment's slug, default production), ``app`` (an
+    application's slug; empty: every application deployed there) and ``days`` (7, 30, 90 or
+    365). Bad values show the default with a message saying what was wrong."""
     # It names the environments and counts their runs.
     if not request.user.has_perms(["opsweb.view_run", "opsweb.view_environment"]):
         raise PermissionDenied
-    environments = list(Target.objects.all())
+    environments = list(Environment.objects.order_by("position", "id"))
+    applications = list(Application.objects.order_by("name", "id"))
     environment = chosen_environment(request, environments)
+    application = chosen_application(request, applications)
     days = chosen_days(request)
     context = {
         **admin.site.each_context(request),
         "title": "DORA metrics",
         "environments": environments,
+        "applications": applications,
+        "application": application,
         "periods": metrics.PERIODS,
         "environment": environment,
         "days": days,
     }
-    if environment is not None:
-        report = metrics.dora_report(environment, days=days)
+    measured = environment
+    if environment is not None and application is not None:
+        measured = Target.objects.filter(application=application, environment=environment).first()
+        if measured is None:
+            context["absent"] = f"{application} is not deployed into {environment}."
+    if measured is not None:
+        report = metrics.dora_report(measured, days=days)
         context.update(report=report, keys=key_rows(report), charts=charts(report))
     return TemplateResponse(request, "admin/opsweb/dora.html", context)
 
 
-def chosen_environment(request, environments: list[Target]) -> Target | None:
+def chosen_environment(request, environments: list[Environment]) -> Environment | None:
     slug = request.GET.get("environment", metrics.DEFAULT_ENVIRONMENT)
     by_slug = {environment.slug: environment for environment in environments}
     if slug in by_slug:
@@ -46,6 +57,20 @@ def chosen_environment(request, environments: list[Target]) -> Target | None:
             request, f"There is no environment {slug[:50]!r}; showing the default instead."
         )
     return by_slug.get(metrics.DEFAULT_ENVIRONMENT) or (environments[-1] if environments else None)
+
+
+def chosen_application(request, applications: list[Application]) -> Application | None:
+    """The application ``?app=`` names; None for every application (also when it names
+    none, with a message)."""
+    slug = request.GET.get("app", "")
+    if not slug:
+        return None
+    chosen = next((a for a in applications if a.slug == slug), None)
+    if chosen is None:
+        messages.warning(
+            request, f"There is no application {slug[:50]!r}; showing every application."
+        )
+    return chosen
 
 
 def chosen_days(request) -> int:

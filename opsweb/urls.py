@@ -5,6 +5,7 @@ from django.views.generic import RedirectView
 from opsweb import slack, sso, views
 from opsweb.admin.accounts import link_slack_page
 from opsweb.api import api
+from opsweb.board_views import board_page
 from opsweb.dora_views import dora_page
 from opsweb.login_throttle import LoginForm
 
@@ -22,6 +23,7 @@ admin.site.login_form = LoginForm
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("favicon.ico", views.favicon),
+    path("admin/board/<slug:slug>/", admin.site.admin_view(board_page), name="board"),
     path("admin/dora/", admin.site.admin_view(dora_page), name="dora"),
     path("admin/slack/link/", admin.site.admin_view(link_slack_page), name="slack_link"),
     path("sso/authenticate/", sso.SignIn.as_view(), name="oidc_authentication_init"),

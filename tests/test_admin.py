@@ -245,7 +245,7 @@ def test_index_shows_the_pipeline_with_drift_and_waiting_runs(pending, bob):
         drift="service runs nothing, opsweb last deployed 2.0.0"
     )
     page = login(bob).get(reverse("admin:index")).text
-    assert "Pipeline" in page and "AWS Production" in page
+    assert "pipeline" in page and "AWS Production" in page
     assert "drift: service runs nothing" in page
     assert f"#{pending.pk} 2.0.0</a> waits: 0 of 1; may approve: bob" in page
     waiting = page.split('id="waiting-for-you"')[1].split("</div>")[0]

@@ -61,7 +61,9 @@ def test_live_board_redraws_when_a_run_waits_for_the_viewer(flow, alice, bob):
     fresh = client.get(reverse("admin:index"), HTTP_IF_NONE_MATCH=tag, **LIVE)
     assert fresh.status_code == 200 and fresh["ETag"] != tag
     waiting = fresh.text.split('id="waiting-for-you"')[1]
-    assert f"#{run.pk}" in waiting and "Promotion of <strong>2.0.0</strong>" in waiting
+    assert (
+        f"#{run.pk}" in waiting and "Promotion of <strong>Sample service 2.0.0</strong>" in waiting
+    )
 
 
 def test_live_refresh_without_a_login_changes_nothing_and_reveals_nothing(flow):

@@ -1,27 +1,56 @@
-"""The board at the top of the admin index (``opsweb.board``)."""
+"""The overview at the top of the admin index (``opsweb.overview``) and an application's
+board (``opsweb.board``): on its own page, and under the overview of a one-application
+install."""
 
 from django import template
 
 from opsweb.board import build_board
 from opsweb.live import page_etag
-from opsweb.models import AuditEntry
+from opsweb.models import Application, AuditEntry
+from opsweb.overview import build_overview
 
 register = template.Library()
 
 BOARD_PERMISSIONS = ["opsweb.view_target", "opsweb.view_run", "opsweb.view_imageversion"]
 
 
+@register.inclusion_tag("admin/opsweb/overview.html", takes_context=True)
+def overview(context):
+    """The applications × environments overview, and under it the board when the install has
+    exactly one application (a one-application install keeps its board on the first page)."""
+    request = context["request"]
+    if not request.user.has_perms(BOARD_PERMISSIONS):
+        return {"overview": None}
+    etag = page_etag(request)
+    found = build_overview(
+        request.user,
+        team=request.GET.get("team", ""),
+        query=request.GET.get("q", ""),
+        page=request.GET.get("apps", 1),
+    )
+    only = list(Application.objects.values_list("slug", flat=True)[:2])
+    board = None
+    if len(only) == 1:
+        board = build_board(request.user, application=only[0], page=request.GET.get("page", 1))
+    return {
+        "overview": found,
+        "board": board,
+        "embedded": True,
+        "request": request,
+        "live_etag": etag,
+    }
+
+
 @register.inclusion_tag("admin/opsweb/board.html", takes_context=True)
-def pipeline(context):
+def pipeline(context, application: str | None = None):
+    """The board of ``application`` (a slug; default the first application by name)."""
     request = context["request"]
     # The board shows environments, their runs and versions: it needs the right to view each.
     if not request.user.has_perms(BOARD_PERMISSIONS):
         return {"board": None}
     # Read before the board: a change made while it is drawn shows at the next refresh.
     etag = page_etag(request)
-    board = build_board(
-        request.user, application=request.GET.get("app"), page=request.GET.get("page", 1)
-    )
+    board = build_board(request.user, application=application, page=request.GET.get("page", 1))
     return {"board": board, "request": request, "live_etag": etag}
 
 

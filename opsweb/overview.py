@@ -1,0 +1,172 @@
+"""The overview (the admin index): applications × the organisation's environments. Each cell
+is one deployment target: the version it runs, its state in words, since when, what waits
+there, whether the upstream's version can be promoted into it, and links to the bound
+confirmation pages (Promote, Approve, Roll back). Above it, "Waiting for you" across every
+application.
+
+``build_overview`` reads a constant number of queries however many applications (one page of
+``PAGE_SIZE`` rows), environments and runs there are: the page of applications, their targets
+in flow order, the runs waiting or running there and the newest pending runs of any
+application (at most ``WAITING_CAP``), what the policy asks about all of them at once
+(``opsweb.reading``), the approvers and the last finished run of each target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.contrib.auth.models import Group
+from django.db.models import Q
+from django.utils import timezone
+
+from opsweb import policy, services
+from opsweb.board import WAITING, Arrow, _approvers, _arrow, _decided_by, _last_finished, _state
+from opsweb.models import Application, Environment, Run, RunStatus, Target
+from opsweb.reading import read_environments
+from opsweb.windows import freeze_status
+
+PAGE_SIZE = 25  # applications per page
+WAITING_CAP = 50  # pending runs read for "Waiting for you", newest first
+MAX_PAGE = 10_000
+
+
+@dataclass
+class Cell:
+    """One application in one environment."""
+
+    target: Target
+    state: str
+    state_words: str
+    running: Run | None = None
+    pending: list[Run] = field(default_factory=list)
+    queued: int = 0
+    arrow: Arrow | None = None
+    yours: list[Run] = field(default_factory=list)  # pending here, the viewer may approve
+
+
+@dataclass
+class Row:
+    application: Application
+    cells: list[Cell | None]  # one per environment; None: not in this application's flow
+
+
+@dataclass
+class Overview:
+    environments: list[Environment]
+    rows: list[Row]
+    waiting_for_you: list[tuple[Run, str]]
+    teams: list[Group]
+    team: str
+    query: str
+    number: int
+    has_next: bool
+
+    @property
+    def has_previous(self) -> bool:
+        return self.number > 1
+
+
+def build_overview(
+    user,
+    *,
+    team: str = "",
+    query: str = "",
+    page: int | str = 1,
+    now: datetime | None = None,
+) -> Overview:
+    """What ``user`` sees on the overview at ``now`` (UTC; default now): applications whose
+    team is named ``team`` (a group name; "" every team) and whose name or slug contains
+    ``query`` ("" every one), page ``page`` (a number; anything else, or past the end, is the
+    first page) of ``PAGE_SIZE`` of them by name."""
+    with services.one_reading():
+        return _build(user, team=team, query=query, page=page, now=now or timezone.now())
+
+
+def _build(user, *, team: str, query: str, page, now: datetime) -> Overview:
+    environments = list(Environment.objects.order_by("position", "id"))
+    teams = list(Group.objects.filter(applications__isnull=False).distinct().order_by("name"))
+    applications = Application.objects.select_related("team").order_by("name", "id")
+    team = team[:150]
+    query = query.strip()[:100]
+    if team:
+        applications = applications.filter(team__name=team)
+    if query:
+        applications = applications.filter(Q(name__icontains=query) | Q(slug__icontains=query))
+    try:
+        number = min(max(int(page), 1), MAX_PAGE)
+    except (TypeError, ValueError):
+        number = 1
+    start = (number - 1) * PAGE_SIZE
+    shown = list(applications[start : start + PAGE_SIZE + 1])
+    if not shown and number > 1:
+        number, shown = 1, list(applications[: PAGE_SIZE + 1])
+    has_next = len(shown) > PAGE_SIZE
+    shown = shown[:PAGE_SIZE]
+
+    pending_anywhere = list(
+        Run.objects.filter(status=RunStatus.PENDING)
+        .order_by("-created_at", "-id")
+        .values_list("environment__application_id", flat=True)[:WAITING_CAP]
+    )
+    app_ids = {a.pk for a in shown} | set(pending_anywhere)
+    targets = Target.objects.filter(application_id__in=app_ids).in_flow()
+    active = list(
+        Run.objects.filter(status__in=[*WAITING, RunStatus.RUNNING], environment__in=targets)
+        .select_related(
+            "image",
+            "requested_by",
+            "environment__environment__approver_group",
+            "environment__application",
+        )
+        .annotate(given=services.counting_approvals_annotation())
+        .order_by("created_at", "id")
+    )
+    by_pk = {t.pk: t for t in targets}
+    for run in active:  # the same objects as the cells, with their upstream linked
+        run.environment = by_pk[run.environment_id]
+    read_environments(targets, runs=active, user=user)
+    decided = _decided_by(active)
+    approvers, _ = _approvers(targets)
+    last_runs = _last_finished([t for t in targets if t.application_id in {a.pk for a in shown}])
+
+    def yours(run: Run) -> bool:
+        return (
+            run.status == RunStatus.PENDING
+            and user.pk in approvers.get(run.environment_id, {})
+            and user.pk not in decided.get(run.pk, set())
+            and bool(policy.may_approve(user, run, now=now))
+        )
+
+    waiting = [run for run in active if yours(run)]
+    waiting.sort(key=lambda run: (run.created_at, run.pk))
+    cells: dict[tuple[int, int], Cell] = {}
+    shown_ids = {a.pk for a in shown}
+    for target in (t for t in targets if t.application_id in shown_ids):
+        here = [run for run in active if run.environment_id == target.pk]
+        running = next((run for run in here if run.status == RunStatus.RUNNING), None)
+        state, words = _state(target, running, last_runs.get(target.pk), freeze_status(target, now))
+        cells[(target.application_id, target.environment_id)] = Cell(
+            target,
+            state,
+            words,
+            running=running,
+            pending=[run for run in here if run.status == RunStatus.PENDING],
+            queued=sum(run.status == RunStatus.QUEUED for run in here),
+            arrow=_arrow(target) if target.upstream_id else None,
+            yours=[run for run in waiting if run.environment_id == target.pk],
+        )
+    rows = [
+        Row(application, [cells.get((application.pk, env.pk)) for env in environments])
+        for application in shown
+    ]
+    return Overview(
+        environments=environments,
+        rows=rows,
+        waiting_for_you=[(run, services.approvals_text(run)) for run in waiting],
+        teams=teams,
+        team=team,
+        query=query,
+        number=number,
+        has_next=has_next,
+    )

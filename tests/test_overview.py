@@ -1,0 +1,132 @@
+"""The overview on the admin index (opsweb.overview): applications × environments, "Waiting
+for you" across every application, filters, an application's own board page, DORA per
+application; the same number of queries however many applications there are."""
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.urls import reverse
+
+from opsweb import services
+from opsweb.models import Application, Target
+from opsweb.overview import build_overview
+from tests.conftest import make_image, succeed_in
+from tests.test_admin import login
+from tests.test_board import count_queries
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def root(flow):
+    return User.objects.create_superuser("root", password="pw-root")
+
+
+def add_app(root, slug: str, *, environments=None, team: str = "") -> Application:
+    return services.create_application(
+        user=root,
+        slug=slug,
+        name=f"App {slug}",
+        repositories=[f"example/{slug}"],
+        environments=environments,
+        team=team,
+    )
+
+
+def targets(app) -> dict[str, Target]:
+    return {t.slug: t for t in Target.objects.filter(application=app).in_flow()}
+
+
+def test_each_application_is_a_row_and_each_environment_a_column(flow, root, bob):
+    tool = add_app(root, "tool", environments=["local", "dev", "production"])
+    succeed_in(flow["production"], make_image("1.0.0"))
+    succeed_in(targets(tool)["dev"], make_image("7.0.0", repository="example/tool"))
+    page = login(bob).get(reverse("admin:index")).text
+    rows = {row.application.slug: row for row in build_overview(bob).rows}
+    assert list(rows) == ["tool", "sample"]  # by name: "App tool" before "Sample service"
+    tool_cells = [c and c.target.environment.slug for c in rows["tool"].cells]
+    assert tool_cells == ["local", "dev", None, "production"]  # it skips AWS Staging
+    assert "not in its flow" in page and "7.0.0" in page and "1.0.0" in page
+    # Two applications: the index is the overview; each board is its own page.
+    assert "Versions and where they ran" not in page
+    board = login(bob).get(reverse("board", args=["tool"]))
+    assert board.status_code == 200 and "7.0.0" in board.text and "1.0.0" not in board.text
+    assert login(bob).get(reverse("board", args=["nope"])).status_code == 404
+
+
+def test_waiting_for_you_gathers_every_application_and_names_it(flow, root, alice, bob):
+    web = add_app(root, "web")
+    succeed_in(flow["dev"], make_image("1.0.0"))
+    succeed_in(targets(web)["dev"], make_image("5.0.0", repository="example/web"))
+    mine = services.request_promotion(user=alice, target=flow["staging"])
+    theirs = services.request_promotion(user=alice, target=targets(web)["staging"])
+    waiting = [run.pk for run, _ in build_overview(bob).waiting_for_you]
+    assert waiting == [mine.pk, theirs.pk]
+    assert build_overview(alice).waiting_for_you == []  # not an approver of Staging
+    page = login(bob).get(reverse("admin:index")).text
+    assert "App web 5.0.0" in page
+    # The cell offers the bound approve page directly.
+    assert reverse("admin:opsweb_run_approve", args=[theirs.pk]) in page
+
+
+def test_a_cell_offers_promote_where_the_flow_allows_it(flow, root, bob):
+    succeed_in(flow["dev"], make_image("2.0.0"))
+    cell = next(c for c in build_overview(bob).rows[0].cells if c.target.slug == "staging")
+    assert cell.arrow.allowed
+    page = login(bob).get(reverse("admin:index")).text
+    assert reverse("admin:opsweb_target_promote", args=[flow["staging"].pk]) in page
+    assert reverse("admin:opsweb_target_rollback", args=[flow["dev"].pk]) in page
+
+
+def test_filters_by_team_and_by_name(flow, root, bob):
+    Group.objects.create(name="payments")
+    add_app(root, "billing", team="payments")
+    add_app(root, "search")
+    by_team = build_overview(bob, team="payments")
+    assert [r.application.slug for r in by_team.rows] == ["billing"]
+    assert [r.application.slug for r in build_overview(bob, query="sear").rows] == ["search"]
+    page = login(bob).get(reverse("admin:index") + "?team=payments").text
+    assert "App billing" in page and "App search" not in page
+    nothing = login(bob).get(reverse("admin:index") + "?q=zzz").text
+    assert "No application matches." in nothing
+
+
+def test_the_overview_reads_as_many_queries_at_2_and_12_applications(flow, root, alice, bob):
+    def busy(app):
+        t = targets(app)
+        repository = f"example/{app.slug}" if app.slug != "sample" else "example/app"
+        succeed_in(t["dev"], make_image(f"{app.slug}-1", repository=repository))
+        services.request_promotion(user=alice, target=t["staging"])
+
+    busy(Application.objects.get(slug="sample"))
+    busy(add_app(root, "a0"))
+    client = login(bob)
+    count_queries(client, "/admin/")  # warms Django's caches
+    few = count_queries(client, "/admin/")
+    for n in range(1, 11):
+        busy(add_app(root, f"a{n}"))
+    assert count_queries(client, "/admin/") == few
+
+
+def test_the_overview_pages_through_applications(flow, root, bob, monkeypatch):
+    monkeypatch.setattr("opsweb.overview.PAGE_SIZE", 2)
+    for slug in ("b1", "b2"):
+        add_app(root, slug)
+    first = build_overview(bob)
+    assert [r.application.slug for r in first.rows] == ["b1", "b2"] and first.has_next
+    assert [r.application.slug for r in build_overview(bob, page=2).rows] == ["sample"]
+    assert [r.application.slug for r in build_overview(bob, page="x").rows] == ["b1", "b2"]
+
+
+def test_dora_page_per_application_and_across_all(flow, root, bob):
+    web = add_app(root, "web", environments=["dev", "production"])
+    succeed_in(flow["production"], make_image("1.0.0"))
+    succeed_in(targets(web)["production"], make_image("5.0.0", repository="example/web"))
+    client = login(bob)
+    every = client.get("/admin/dora/?environment=production&days=7").text
+    assert "Every application in AWS Production" in every and "2 successful deployments" in every
+    one = client.get("/admin/dora/?environment=production&app=web&days=7").text
+    assert "App web in AWS Production" in one and "1 successful deployments" in one
+    absent = client.get("/admin/dora/?environment=staging&app=web&days=7").text
+    assert "App web is not deployed into AWS Staging." in absent
+    unknown = client.get("/admin/dora/?app=nope").text
+    assert "There is no application &#x27;nope&#x27;" in unknown
