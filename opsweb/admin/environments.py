@@ -20,6 +20,7 @@ from opsweb.admin.confirm import (
     ConfirmingAdmin,
     chosen_image,
     commits_between,
+    held_text,
     image_option,
     version_line,
 )
@@ -42,6 +43,7 @@ from opsweb.windows import (
     MAX_DURATION_SECONDS,
     describe_window,
     freeze_status,
+    hand_freezes,
     next_occurrences,
     wall_text,
 )
@@ -98,6 +100,7 @@ def _freeze_lines(env: Target) -> list[tuple[str, str]]:
         return []
     return [
         ("Freeze", status.sentence),
+        ("Without an override", f"refused; a run already asked for is {held_text(env, 'deploy')}"),
         (
             "Emergency override",
             f"tick it and say why: the run then also needs {policy.override_approvals()} "
@@ -452,7 +455,7 @@ class Freeze(Confirmation):
         return facts.environment_facts(env)
 
     def lines(self, env, chosen):
-        return [
+        lines = [
             ("Environment", str(env)),
             (
                 "After this",
@@ -461,6 +464,9 @@ class Freeze(Confirmation):
                 else "only rollbacks start here until someone unfreezes it",
             ),
         ]
+        if env.is_frozen:
+            lines.append(held_runs_line(env))
+        return lines
 
     def perform(self, user, env, chosen, data, seen):
         freeze = seen.get("frozen") != "yes"
@@ -468,6 +474,27 @@ class Freeze(Confirmation):
             user=user, environment=env, frozen=freeze, reason=data["comment"], seen=seen
         )
         return f"{env} {'frozen' if freeze else 'unfrozen'}.", env_url(env)
+
+
+def held_runs_line(env: Target) -> tuple[str, str]:
+    """What Unfreeze sets going: the queued runs the freeze holds, which start at once (in
+    queue order) unless another window still freezes ``env``."""
+    now = timezone.now()
+    queued = Run.objects.filter(environment=env, status=RunStatus.QUEUED).select_related("image")
+    held = [
+        run
+        for run in queued.order_by("queued_at", "id")
+        if policy.freeze_applies(run.kind) and not run.freeze_override_reason
+    ]
+    names = "; ".join(f"#{run.pk} {run.get_kind_display()} of {run.image.tag}" for run in held)
+    lifting = {window.pk for window in hand_freezes(env, now)}
+    after = freeze_status(env, now, lifting=lifting)
+    if after.frozen:
+        return "Held runs", f"{names or 'none'}: still held, {after.sentence}"
+    return (
+        "Held runs that start now",
+        f"{names}: they start at once, one after another" if names else "none",
+    )
 
 
 class ApprovalRuleInline(BoundedFields, admin.TabularInline):
