@@ -338,12 +338,10 @@ def _matrix(application, environments, page, *, active=(), now=None) -> tuple[li
             continue
         cell.waiting, cell.waiting_words = run, _waiting_words(run, freezes[run.environment_id])
     for cell in cells.values():
-        if cell.success is not None and cell.attempt is not None and cell.success == cell.attempt:
+        if cell.rolled_back and cell.success and cell.success.pk > cell.rolled_back.pk:
+            cell.rolled_back = None  # it succeeded there again after the rollback
+        if cell.success is not None and cell.success == cell.attempt:
             cell.success = None  # the last attempt is the last success: said once
-        if cell.rolled_back is not None:
-            last_good = cell.success or cell.attempt
-            if last_good is not None and last_good.pk > cell.rolled_back.pk:
-                cell.rolled_back = None  # deployed again after the rollback
     rows = [(image, [cells[(image.pk, env.pk)] for env in environments]) for image in images]
     return rows, page_obj
 

@@ -381,3 +381,16 @@ def test_board_reads_as_many_queries_when_the_newest_versions_have_not_run_yet(f
     for i in range(11):  # a whole page of the matrix with no runs anywhere
         make_image(f"2.0.{i}")
     assert count_queries(client, "/admin/") == ran
+
+
+def test_matrix_cell_rolled_back_until_the_version_succeeds_there_again(flow, bob):
+    v1, v2 = make_image("1.0.0"), make_image("2.0.0")
+    succeed_in(flow["staging"], v1)
+    succeed_in(flow["staging"], v2)
+    succeed_in(flow["staging"], v1, kind="rollback", replaces=v2, reason="critical_errors")
+    Run.objects.create(kind="deploy", environment=flow["staging"], image=v2, status="failed")
+    cell = matrix_cell(login(bob).get(reverse("admin:index")).text, "2.0.0", 2)
+    assert cell.startswith("Failed") and "last success" in cell and "rolled back" in cell
+    succeed_in(flow["staging"], v2)
+    cell = matrix_cell(login(bob).get(reverse("admin:index")).text, "2.0.0", 2)
+    assert cell.startswith("Succeeded") and "rolled back" not in cell
