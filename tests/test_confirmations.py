@@ -417,3 +417,18 @@ def test_unfreeze_page_lists_the_held_runs_that_start_at_once(flow, staged, bob)
     page = login(bob).get(env_action(prod, "freeze")).text
     assert f"#{held.pk} Promotion of 2.0.0: still held" in page
     assert "Held runs that start now" not in page
+
+
+def test_promote_page_during_a_freeze_says_until_when_runs_are_held(flow, staged, alice):
+    from datetime import UTC, datetime
+
+    from opsweb.models import ChangeWindow
+
+    ChangeWindow.objects.create(
+        environment=flow["staging"].environment,
+        starts_at=datetime(2020, 1, 1, tzinfo=UTC),
+        ends_at=datetime(2099, 1, 2, 3, 4, tzinfo=UTC),
+        reason="release",
+    )
+    page = login(alice).get(env_action(flow["dev"], "promote")).text
+    assert "held by the freeze until 2099-01-02 03:04 UTC" in page
