@@ -432,3 +432,24 @@ def test_promote_page_during_a_freeze_says_until_when_runs_are_held(flow, staged
     )
     page = login(alice).get(env_action(flow["dev"], "promote")).text
     assert "held by the freeze until 2099-01-02 03:04 UTC" in page
+
+
+def test_unfreeze_refused_when_a_run_was_held_since_the_page_was_shown(flow, staged, bob):
+    from django.utils import timezone
+
+    prod = flow["production"]
+    services.set_frozen(user=bob, environment=prod, frozen=True, reason="release weekend")
+
+    def hold_one():
+        Run.objects.create(
+            kind="promotion",
+            environment=prod,
+            image=staged[1],
+            status=RunStatus.QUEUED,
+            queued_at=timezone.now(),
+        )
+
+    response = post_form(login(bob), env_action(prod, "freeze"), {}, between=hold_one)
+    held = Run.objects.get(status=RunStatus.QUEUED)
+    assert refused(response, f"held runs is now #{held.pk} (you saw none)")
+    assert Target.objects.get(pk=prod.pk).is_frozen

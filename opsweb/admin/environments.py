@@ -452,7 +452,7 @@ class Freeze(Confirmation):
         return policy.may_freeze(user, env)
 
     def facts(self, env, chosen):
-        return facts.environment_facts(env)
+        return facts.freeze_facts(env)
 
     def lines(self, env, chosen):
         lines = [
@@ -480,12 +480,7 @@ def held_runs_line(env: Target) -> tuple[str, str]:
     """What Unfreeze sets going: the queued runs the freeze holds, which start at once (in
     queue order) unless another window still freezes ``env``."""
     now = timezone.now()
-    queued = Run.objects.filter(environment=env, status=RunStatus.QUEUED).select_related("image")
-    held = [
-        run
-        for run in queued.order_by("queued_at", "id")
-        if policy.freeze_applies(run.kind) and not run.freeze_override_reason
-    ]
+    held = facts.held_runs(env)
     names = "; ".join(f"#{run.pk} {run.get_kind_display()} of {run.image.tag}" for run in held)
     lifting = {window.pk for window in hand_freezes(env, now)}
     after = freeze_status(env, now, lifting=lifting)

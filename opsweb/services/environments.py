@@ -81,7 +81,7 @@ def set_frozen(
     environment = lock_environment(environment)
     check_seen(
         seen,
-        lambda: facts.environment_facts(environment),
+        lambda: facts.freeze_facts(environment),
         subject=environment,
         action="freeze" if frozen else "unfreeze",
         bound_to=environment,
