@@ -14,11 +14,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db.models import Max, OuterRef, Subquery
+from django.db.models import Max, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from opsweb import policy, services
-from opsweb.models import Application, ApprovalRule, ImageVersion, Run, RunStatus, Target
+from opsweb.models import (
+    Application,
+    ApprovalRule,
+    ImageVersion,
+    Run,
+    RunKind,
+    RunStatus,
+    Target,
+)
 from opsweb.reading import notices, read_environments
 from opsweb.windows import freeze_status
 from orchestration.base import DeployError, backend_class, get_backend
@@ -55,6 +63,23 @@ class Arrow:
 
 
 @dataclass
+class Cell:
+    """One version in one environment: its last attempt (the newest run that started or
+    ended), its last success when that is another run, the rollback that took it back there
+    (newer than its last success), and the run of it waiting there, in words ("pending: 1 of
+    2 approvals", "queued", "held until … UTC")."""
+
+    attempt: Run | None = None
+    success: Run | None = None
+    rolled_back: Run | None = None
+    waiting: Run | None = None
+    waiting_words: str = ""
+
+    def __bool__(self) -> bool:
+        return any((self.attempt, self.success, self.rolled_back, self.waiting))
+
+
+@dataclass
 class MatrixPage:
     """One page of the versions × environments matrix. Read without counting the versions (a
     count reads every one of them): ``has_next`` comes from reading one row more than shown."""
@@ -87,7 +112,7 @@ class Board:
     arrows: list[Arrow]
     waiting_for_you: list[tuple[Run, int]]
     matrix_environments: list[Target]
-    matrix: list[tuple[ImageVersion, list[Run | None]]]
+    matrix: list[tuple[ImageVersion, list[Cell]]]
     page: MatrixPage
 
 
@@ -140,7 +165,7 @@ def _build_board(user, application, applications, *, page: int | str, now: datet
         and user.pk not in decided.get(run.pk, set())
         and policy.may_approve(user, run, now=now)
     ]
-    matrix, page_obj = _matrix(application, environments, page)
+    matrix, page_obj = _matrix(application, environments, page, active=active, now=now)
     return Board(
         application, applications, cards, arrows, waiting_for_you, environments, matrix, page_obj
     )
@@ -276,9 +301,10 @@ def _arrow(target: Target) -> Arrow:
     return Arrow(source, target, decision.allowed, sentence)
 
 
-def _matrix(application, environments, page) -> tuple[list, MatrixPage]:
+def _matrix(application, environments, page, *, active=(), now=None) -> tuple[list, MatrixPage]:
     """The matrix rows of page ``page`` (a number; anything else, or a page past the end, is
-    the first page) of ``application``'s versions, and that page."""
+    the first page) of ``application``'s versions, and that page. ``active``: the board's
+    waiting and running runs (already read, with their approvals), for the waiting cells."""
     versions = ImageVersion.objects.filter(application=application).order_by(
         "-registered_at", "-id"
     )
@@ -292,17 +318,80 @@ def _matrix(application, environments, page) -> tuple[list, MatrixPage]:
         number, images = 1, list(versions[: MATRIX_PAGE_SIZE + 1])
     page_obj = MatrixPage(number, has_next=len(images) > MATRIX_PAGE_SIZE)
     images = images[:MATRIX_PAGE_SIZE]
-    latest = (
+    cells = {(image.pk, env.pk): Cell() for image in images for env in environments}
+    for run in _cell_runs(images):
+        if run.kind == RunKind.ROLLBACK and (run.replaces_id, run.environment_id) in cells:
+            cell = cells[(run.replaces_id, run.environment_id)]
+            if cell.rolled_back is None or run.pk > cell.rolled_back.pk:
+                cell.rolled_back = run
+        cell = cells.get((run.image_id, run.environment_id))
+        if cell is None or run.status in WAITING:
+            continue
+        if cell.attempt is None or run.pk > cell.attempt.pk:
+            cell.attempt = run
+        if run.status == RunStatus.SUCCEEDED and (cell.success is None or run.pk > cell.success.pk):
+            cell.success = run
+    freezes = {env.pk: freeze_status(env, now or timezone.now()) for env in environments}
+    for run in active:
+        cell = cells.get((run.image_id, run.environment_id))
+        if cell is None or run.status not in WAITING or cell.waiting is not None:
+            continue
+        cell.waiting, cell.waiting_words = run, _waiting_words(run, freezes[run.environment_id])
+    for cell in cells.values():
+        if cell.rolled_back and cell.success and cell.success.pk > cell.rolled_back.pk:
+            cell.rolled_back = None  # it succeeded there again after the rollback
+        if cell.success is not None and cell.success == cell.attempt:
+            cell.success = None  # the last attempt is the last success: said once
+    rows = [(image, [cells[(image.pk, env.pk)] for env in environments]) for image in images]
+    return rows, page_obj
+
+
+def _cell_runs(images) -> list[Run]:
+    """In one query, whatever the history: per version and environment, the newest run that
+    started or ended, the newest success, and the newest rollback that took the version back
+    (``replaces``, recorded at its switch)."""
+    ran = (
         Run.objects.filter(image__in=images)
         .exclude(status__in=[*WAITING])
         .values("image_id", "environment_id")
+    )
+    rollbacks = (
+        Run.objects.filter(kind=RunKind.ROLLBACK, replaces__in=images)
+        .values("replaces_id", "environment_id")
         .annotate(last=Max("id"))
     )
-    # One query with the ids as a subquery: a list of ids would skip the query when a page of
-    # versions has no runs yet, and the page would read one query fewer than usual.
-    runs = {
-        (run.image_id, run.environment_id): run
-        for run in Run.objects.filter(pk__in=latest.values("last"))
-    }
-    rows = [(image, [runs.get((image.pk, env.pk)) for env in environments]) for image in images]
-    return rows, page_obj
+    # Ids as subqueries: a list of ids would skip the query when a page of versions has no
+    # runs yet, and the page would read one query fewer than usual.
+    return list(
+        Run.objects.filter(
+            Q(pk__in=ran.annotate(last=Max("id")).values("last"))
+            | Q(
+                pk__in=ran.filter(status=RunStatus.SUCCEEDED)
+                .annotate(last=Max("id"))
+                .values("last")
+            )
+            | Q(pk__in=rollbacks.values("last"))
+        ).only(
+            "id",
+            "kind",
+            "status",
+            "image_id",
+            "environment_id",
+            "replaces_id",
+            "created_at",
+            "finished_at",
+            "reason",
+        )
+    )
+
+
+def _waiting_words(run: Run, freeze) -> str:
+    """How a waiting run reads in its cell: its approvals, queued, or held by a freeze."""
+    if run.status == RunStatus.PENDING:
+        # As the cards say it (read once with the board's pending runs by read_environments).
+        given = services.approvals_text(run)
+        return f"pending: {given} approvals" if given else "pending"
+    if freeze.frozen and policy.freeze_applies(run.kind) and not run.freeze_override_reason:
+        until = f"{freeze.until:%Y-%m-%d %H:%M} UTC" if freeze.until else "the freeze is lifted"
+        return f"held until {until}"
+    return "queued"

@@ -628,6 +628,48 @@ def may_mark_bad(user, image: ImageVersion) -> Decision:
     return ALLOWED
 
 
+def bad_mark_environment(image: ImageVersion) -> Target | None:
+    """The target whose approvers answer for ``image``'s bad mark: where a rollback last took
+    it back (``Run.replaces``); else the furthest along its application's flow where it
+    switched in; else its application's last environment (Production), the strictest gate.
+    None only for a version of no application."""
+    rolled_back = (
+        Run.objects.filter(kind=RunKind.ROLLBACK, replaces=image)
+        .select_related("environment")
+        .order_by("-id")
+        .first()
+    )
+    if rolled_back is not None:
+        return rolled_back.environment
+    if image.application_id is None:
+        return None
+    flow = Target.objects.filter(application_id=image.application_id).in_flow()
+    ran = set(
+        Run.objects.filter(image=image, switched_at__isnull=False).values_list(
+            "environment_id", flat=True
+        )
+    )
+    reached = [target for target in flow if target.pk in ran]
+    return (reached or flow or [None])[-1]
+
+
+def may_lift_bad_mark(user, image: ImageVersion) -> Decision:
+    """Lift a version's bad mark (say why): an approver of the environment that answers for
+    the mark (``bad_mark_environment``), as for a rollback there. Lifting resumes nothing by
+    itself: auto-deploy stays paused until someone resumes it."""
+    if not image.is_bad:
+        return not_applicable(f"Version {image} is not marked bad.")
+    environment = bad_mark_environment(image)
+    if environment is None:
+        return refuse(f"Version {image} belongs to no application; nobody answers for its mark.")
+    if not is_approver(user, environment):
+        return forbid(
+            f"User {actor_name(user)} is not in {environment.approver_group or 'an approver group'}, "
+            f"whose members lift bad marks of versions taken back in {environment}."
+        )
+    return ALLOWED
+
+
 # -- applications ----------------------------------------------------------------------------
 
 

@@ -314,16 +314,33 @@ def windows_for(environment: Target) -> list[ChangeWindow]:
     )
 
 
-def freeze_status(environment: Target, now: datetime) -> FreezeStatus:
+def hand_freezes(environment: Target, now: datetime) -> list[ChangeWindow]:
+    """The open freezes set by hand on the target ``environment`` (Freeze: a one-off deny
+    window of its application with no end), which Unfreeze ends."""
+    return [
+        window
+        for window in ChangeWindow.objects.filter(
+            environment=environment.environment_id,
+            application=environment.application_id,
+            kind=ChangeWindow.Kind.DENY,
+            ends_at=None,
+            rrule="",
+            cron="",
+        )
+        if open_until(window, now)[0]
+    ]
+
+
+def freeze_status(environment: Target, now: datetime, *, lifting=()) -> FreezeStatus:
     """Whether a run other than a rollback may start in ``environment`` at ``now`` (UTC).
 
     Frozen inside an open deny window, or outside every allow window where there are any.
     ``until`` follows back-to-back windows to the first moment runs may start (None: until
     someone lifts the freeze). The sentence names the environment, the time on the window's
     clock and the reason: "AWS Production is frozen until Mon 26 Oct 08:00 Europe/Berlin
-    (release freeze)".
+    (release freeze)". ``lifting``: ids of windows to leave out (what Unfreeze would end).
     """
-    windows = windows_for(environment)
+    windows = [w for w in windows_for(environment) if w.pk not in lifting]
     deny = [w for w in windows if w.kind == ChangeWindow.Kind.DENY]
     allow = [w for w in windows if w.kind == ChangeWindow.Kind.ALLOW]
     cause = None

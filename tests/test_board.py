@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from opsweb import services
 from opsweb.board import build_board
-from opsweb.models import Environment, Run, RunStatus, Target
+from opsweb.models import ChangeWindow, Environment, Run, RunStatus, Target
 from tests.conftest import make_image, succeed_in
 from tests.test_admin import login
 from tests.test_tasks import another_backend  # noqa: F401, F811 (the fixture)
@@ -71,8 +71,60 @@ def test_matrix_shows_which_version_ran_where(flow, alice):
     board = build_board(alice)
     slugs = [env.slug for env in board.matrix_environments]
     rows = {image.tag: dict(zip(slugs, cells, strict=True)) for image, cells in board.matrix}
-    assert rows["2.0.0"]["dev"].status == RunStatus.FAILED and rows["2.0.0"]["staging"] is None
-    assert rows["1.0.0"]["staging"].status == RunStatus.SUCCEEDED
+    assert rows["2.0.0"]["dev"].attempt.status == RunStatus.FAILED
+    assert not rows["2.0.0"]["staging"]
+    assert rows["1.0.0"]["staging"].attempt.status == RunStatus.SUCCEEDED
+
+
+def matrix_cell(html: str, tag: str, column: int) -> str:
+    """The text of one matrix cell: the row of version ``tag``, environment column ``column``
+    (0: Local)."""
+    matrix = html[html.index('id="matrix"') :]
+    row = re.search(rf"<tr><td><a [^>]*>{re.escape(tag)}</a>.*?</tr>", matrix, re.S).group(0)
+    cells = re.findall(r'<td class="opsweb-cell">(.*?)</td>', row, re.S)
+    return " ".join(re.sub(r"<[^>]+>", " ", cells[column]).split())
+
+
+def test_matrix_cells_say_last_attempt_last_success_rolled_back_and_what_waits(
+    flow, alice, bob, carol
+):
+    v1, v2, v3 = make_image("1.0.0"), make_image("2.0.0"), make_image("3.0.0")
+    for env in ("dev", "staging", "production"):
+        succeed_in(flow[env], v1)
+    succeed_in(flow["dev"], v2)
+    succeed_in(flow["staging"], v2)
+    succeed_in(flow["staging"], v1, kind="rollback", replaces=v2, reason="critical_errors")
+    succeed_in(flow["dev"], v3)
+    Run.objects.create(kind="deploy", environment=flow["dev"], image=v3, status=RunStatus.FAILED)
+    html = login(bob).get(reverse("admin:index")).text
+    # Dev: the failed redeploy is the last attempt; the success before it is still said.
+    assert matrix_cell(html, "3.0.0", 1).startswith("Failed")
+    assert "last success" in matrix_cell(html, "3.0.0", 1)
+    # Staging: 2.0.0 succeeded, then a rollback took it back.
+    assert "Succeeded" in matrix_cell(html, "2.0.0", 2)
+    assert "rolled back" in matrix_cell(html, "2.0.0", 2)
+    assert "rolled back" not in matrix_cell(html, "2.0.0", 1)
+    # Production: a promotion waiting for its approvals.
+    waiting = Run.objects.create(
+        kind="promotion",
+        environment=flow["production"],
+        image=v3,
+        status=RunStatus.PENDING,
+        required_approvals=2,
+    )
+    html = login(bob).get(reverse("admin:index")).text
+    assert f"#{waiting.pk} pending: 0 of 2 approvals" in matrix_cell(html, "3.0.0", 3)
+    # Queued in a frozen environment: held until the freeze ends, not "queued".
+    Run.objects.filter(pk=waiting.pk).update(status=RunStatus.QUEUED, queued_at=timezone.now())
+    ChangeWindow.objects.create(
+        environment=flow["production"].environment,
+        starts_at=timezone.now() - timedelta(seconds=1),
+        ends_at=timezone.now() + timedelta(days=2),
+        reason="release",
+    )
+    html = login(bob).get(reverse("admin:index")).text
+    cell = matrix_cell(html, "3.0.0", 3)
+    assert f"#{waiting.pk} held until" in cell and "UTC" in cell and "queued" not in cell
 
 
 def history(flow, runs: int, prefix: str):
@@ -329,3 +381,16 @@ def test_board_reads_as_many_queries_when_the_newest_versions_have_not_run_yet(f
     for i in range(11):  # a whole page of the matrix with no runs anywhere
         make_image(f"2.0.{i}")
     assert count_queries(client, "/admin/") == ran
+
+
+def test_matrix_cell_rolled_back_until_the_version_succeeds_there_again(flow, bob):
+    v1, v2 = make_image("1.0.0"), make_image("2.0.0")
+    succeed_in(flow["staging"], v1)
+    succeed_in(flow["staging"], v2)
+    succeed_in(flow["staging"], v1, kind="rollback", replaces=v2, reason="critical_errors")
+    Run.objects.create(kind="deploy", environment=flow["staging"], image=v2, status="failed")
+    cell = matrix_cell(login(bob).get(reverse("admin:index")).text, "2.0.0", 2)
+    assert cell.startswith("Failed") and "last success" in cell and "rolled back" in cell
+    succeed_in(flow["staging"], v2)
+    cell = matrix_cell(login(bob).get(reverse("admin:index")).text, "2.0.0", 2)
+    assert cell.startswith("Succeeded") and "rolled back" not in cell

@@ -360,3 +360,96 @@ def test_used_seals_are_forgotten_once_they_could_not_be_posted_again(flow, stag
     assert services.base.forget_used_seals(timezone.now()) == 0
     later = timezone.now() + timedelta(minutes=17)  # past the 15 minutes and the margin
     assert services.base.forget_used_seals(later) == 1
+
+
+def test_approve_during_a_freeze_says_the_run_will_be_held_until_the_freeze_ends(
+    flow, staged, alice, bob
+):
+    from datetime import UTC, datetime
+
+    from opsweb.models import ChangeWindow
+
+    run = services.request_promotion(user=alice, target=flow["staging"])
+    ChangeWindow.objects.create(
+        environment=flow["staging"].environment,
+        starts_at=datetime(2020, 1, 1, tzinfo=UTC),
+        ends_at=datetime(2099, 1, 2, 3, 4, tzinfo=UTC),
+        reason="release",
+    )
+    client = login(bob)
+    page = client.get(run_action(run, "approve")).text
+    assert "it is not started: it is held by the freeze until 2099-01-02 03:04 UTC" in page
+    response = post_form(client, run_action(run, "approve"), {"comment": ""})
+    said = " ".join(messages_of(response))
+    assert "it is held by the freeze until 2099-01-02 03:04 UTC" in said
+    assert "it is queued" not in said
+    assert Run.objects.get(pk=run.pk).status == RunStatus.QUEUED
+
+
+def test_unfreeze_page_lists_the_held_runs_that_start_at_once(flow, staged, bob):
+    from datetime import UTC, datetime
+
+    from django.utils import timezone
+
+    from opsweb.models import ChangeWindow
+
+    prod = flow["production"]
+    v2 = staged[1]
+    services.set_frozen(user=bob, environment=prod, frozen=True, reason="release weekend")
+    held = Run.objects.create(
+        kind="promotion",
+        environment=prod,
+        image=v2,
+        status=RunStatus.QUEUED,
+        queued_at=timezone.now(),
+        required_approvals=2,
+    )
+    page = login(bob).get(env_action(prod, "freeze")).text
+    assert "Held runs that start now" in page
+    assert f"#{held.pk} Promotion of 2.0.0: they start at once" in page
+    # With another window still freezing Production, Unfreeze does not start them.
+    ChangeWindow.objects.create(
+        environment=prod.environment,
+        starts_at=datetime(2020, 1, 1, tzinfo=UTC),
+        ends_at=datetime(2099, 1, 1, tzinfo=UTC),
+        reason="year end",
+    )
+    page = login(bob).get(env_action(prod, "freeze")).text
+    assert f"#{held.pk} Promotion of 2.0.0: still held" in page
+    assert "Held runs that start now" not in page
+
+
+def test_promote_page_during_a_freeze_says_until_when_runs_are_held(flow, staged, alice):
+    from datetime import UTC, datetime
+
+    from opsweb.models import ChangeWindow
+
+    ChangeWindow.objects.create(
+        environment=flow["staging"].environment,
+        starts_at=datetime(2020, 1, 1, tzinfo=UTC),
+        ends_at=datetime(2099, 1, 2, 3, 4, tzinfo=UTC),
+        reason="release",
+    )
+    page = login(alice).get(env_action(flow["dev"], "promote")).text
+    assert "held by the freeze until 2099-01-02 03:04 UTC" in page
+
+
+def test_unfreeze_refused_when_a_run_was_held_since_the_page_was_shown(flow, staged, bob):
+    from django.utils import timezone
+
+    prod = flow["production"]
+    services.set_frozen(user=bob, environment=prod, frozen=True, reason="release weekend")
+
+    def hold_one():
+        Run.objects.create(
+            kind="promotion",
+            environment=prod,
+            image=staged[1],
+            status=RunStatus.QUEUED,
+            queued_at=timezone.now(),
+        )
+
+    response = post_form(login(bob), env_action(prod, "freeze"), {}, between=hold_one)
+    held = Run.objects.get(status=RunStatus.QUEUED)
+    assert refused(response, f"held runs is now #{held.pk} (you saw none)")
+    assert Target.objects.get(pk=prod.pk).is_frozen

@@ -20,16 +20,18 @@ from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from opsweb import services
+from opsweb import policy, services
 from opsweb.admin.lists import OpswebAdmin
 from opsweb.limits import SEAL_MAX, TEXT_MAX
 from opsweb.models import ImageVersion
 from opsweb.policy import Decision
 from opsweb.reads import change
 from opsweb.services import NotAllowed, ReleaseError
+from opsweb.windows import freeze_status
 
 
 class ConfirmForm(forms.Form):
@@ -364,3 +366,19 @@ def commits_between(old: ImageVersion | None, new: ImageVersion | None) -> list[
     for version in versions:
         version.commit_link = change.commit_url(url, version.git_sha) if url else ""
     return versions
+
+
+# -- what a freeze does to the run a page asks for ----------------------------------------------
+
+
+def held_text(environment, run_kind: str, *, override: bool = False) -> str:
+    """ "held by the freeze until 2026-12-08 10:00 UTC (AWS Production is frozen until …)"
+    when a change window would keep a queued run of ``run_kind`` in ``environment`` from
+    starting now (``policy.freeze_applies``; an emergency override goes anyway), else ""."""
+    if override or not policy.freeze_applies(run_kind):
+        return ""
+    status = freeze_status(environment, timezone.now())
+    if not status.frozen:
+        return ""
+    until = f"{status.until:%Y-%m-%d %H:%M} UTC" if status.until else "someone lifts the freeze"
+    return f"held by the freeze until {until} ({status.sentence.rstrip('.')})"

@@ -20,6 +20,7 @@ from opsweb.admin.confirm import (
     ConfirmingAdmin,
     chosen_image,
     commits_between,
+    held_text,
     image_option,
     version_line,
 )
@@ -42,6 +43,7 @@ from opsweb.windows import (
     MAX_DURATION_SECONDS,
     describe_window,
     freeze_status,
+    hand_freezes,
     next_occurrences,
     wall_text,
 )
@@ -98,6 +100,7 @@ def _freeze_lines(env: Target) -> list[tuple[str, str]]:
         return []
     return [
         ("Freeze", status.sentence),
+        ("Without an override", f"refused; a run already asked for is {held_text(env, 'deploy')}"),
         (
             "Emergency override",
             f"tick it and say why: the run then also needs {policy.override_approvals()} "
@@ -449,10 +452,10 @@ class Freeze(Confirmation):
         return policy.may_freeze(user, env)
 
     def facts(self, env, chosen):
-        return facts.environment_facts(env)
+        return facts.freeze_facts(env)
 
     def lines(self, env, chosen):
-        return [
+        lines = [
             ("Environment", str(env)),
             (
                 "After this",
@@ -461,6 +464,9 @@ class Freeze(Confirmation):
                 else "only rollbacks start here until someone unfreezes it",
             ),
         ]
+        if env.is_frozen:
+            lines.append(held_runs_line(env))
+        return lines
 
     def perform(self, user, env, chosen, data, seen):
         freeze = seen.get("frozen") != "yes"
@@ -468,6 +474,22 @@ class Freeze(Confirmation):
             user=user, environment=env, frozen=freeze, reason=data["comment"], seen=seen
         )
         return f"{env} {'frozen' if freeze else 'unfrozen'}.", env_url(env)
+
+
+def held_runs_line(env: Target) -> tuple[str, str]:
+    """What Unfreeze sets going: the queued runs the freeze holds, which start at once (in
+    queue order) unless another window still freezes ``env``."""
+    now = timezone.now()
+    held = facts.held_runs(env)
+    names = "; ".join(f"#{run.pk} {run.get_kind_display()} of {run.image.tag}" for run in held)
+    lifting = {window.pk for window in hand_freezes(env, now)}
+    after = freeze_status(env, now, lifting=lifting)
+    if after.frozen:
+        return "Held runs", f"{names or 'none'}: still held, {after.sentence}"
+    return (
+        "Held runs that start now",
+        f"{names}: they start at once, one after another" if names else "none",
+    )
 
 
 class ApprovalRuleInline(BoundedFields, admin.TabularInline):

@@ -50,6 +50,56 @@ class MarkBad(Confirmation):
         return f"{image} marked bad.", reverse("admin:opsweb_imageversion_change", args=[image.pk])
 
 
+class LiftBadMarkForm(ConfirmForm):
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        max_length=TEXT_MAX,
+        help_text="Why it is no longer bad; kept in the audit trail.",
+    )
+
+
+class LiftBadMark(Confirmation):
+    name = "lift-bad-mark"
+    form_class = LiftBadMarkForm
+
+    def label(self, image):
+        return "Lift bad mark"
+
+    def title(self, image, chosen):
+        return f"Lift the bad mark of {image}"
+
+    def decide(self, user, image, chosen):
+        return policy.may_lift_bad_mark(user, image)
+
+    def facts(self, image, chosen):
+        return facts.image_facts(image)
+
+    def lines(self, image, chosen):
+        seen = facts.image_facts(image)
+        environment = policy.bad_mark_environment(image)
+        by = services.actor_name(image.marked_bad_by) if image.marked_bad_at else "opsweb"
+        when = f" at {image.marked_bad_at:%Y-%m-%d %H:%M:%S} UTC" if image.marked_bad_at else ""
+        return [
+            ("Version", version_line(image)),
+            ("Marked bad", f"by {by}{when}: {image.bad_reason or 'no reason given'}"),
+            ("Answered for by", f"approvers of {environment}" if environment else "nobody"),
+            ("Runs now in", seen["where it runs"]),
+            ("After this", "it can be deployed and promoted again"),
+            (
+                "Not changed",
+                "auto-deploy stays paused where a rollback paused it (resume it there), and no "
+                "run starts by itself",
+            ),
+        ]
+
+    def perform(self, user, image, chosen, data, seen):
+        services.lift_bad_mark(user=user, image=image, reason=data["reason"], seen=seen)
+        return (
+            f"The bad mark of {image} was lifted; auto-deploy stays as it was.",
+            reverse("admin:opsweb_imageversion_change", args=[image.pk]),
+        )
+
+
 def version_search(term: str) -> Q:
     """What a search for ``term`` matches among versions, each through an index (never a scan
     of every version): a tag that starts with it, or, for 4 or more hex digits (with or
@@ -91,7 +141,7 @@ class AutoDeployBranchFilter(admin.SimpleListFilter):
 
 @admin.register(ImageVersion)
 class ImageVersionAdmin(ReadOnlyMixin, ConfirmingAdmin):
-    confirmations = [MarkBad()]
+    confirmations = [MarkBad(), LiftBadMark()]
     list_display = [
         "tag",
         "bad",

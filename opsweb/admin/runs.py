@@ -16,6 +16,7 @@ from opsweb.admin.confirm import (
     ConfirmForm,
     ConfirmingAdmin,
     RequiredCommentForm,
+    held_text,
     version_line,
 )
 from opsweb.admin.images import version_search
@@ -158,7 +159,9 @@ class Approve(RunConfirmation):
         return policy.may_approve(user, run)
 
     def lines_for(self, user, run, chosen):
-        return [*run_lines(run), *change_lines(user, run)]
+        held = held_text(run.environment, run.kind, override=bool(run.freeze_override_reason))
+        after = [("When fully approved", f"it is not started: it is {held}")] if held else []
+        return [*run_lines(run), *after, *change_lines(user, run)]
 
     def changes(self, run, chosen):
         return change.change_of(run).versions
@@ -168,8 +171,10 @@ class Approve(RunConfirmation):
 
     def perform(self, user, run, chosen, data, seen):
         done = services.approve_run(user=user, run=run, comment=data["comment"], seen=seen)
+        held = held_text(done.environment, done.kind, override=bool(done.freeze_override_reason))
+        phrase = f"is {held}" if held and done.status == "queued" else done.status_phrase
         return (
-            f"Approved run #{run.pk}: {done.approvals_summary} approvals; it {done.status_phrase}."
+            f"Approved run #{run.pk}: {done.approvals_summary} approvals; it {phrase}."
         ), run_url(run)
 
 

@@ -344,7 +344,8 @@ def get_image(request, image_id: RunId):
     "/images/{image_id}/mark-bad", response={200: ImageMarkedOut}, auth=DEPLOY, tags=["images"]
 )
 def mark_bad(request, image_id: RunId, body: MarkBadIn):
-    """Mark a version bad: it is never deployed or promoted again, nor rolled back to."""
+    """Mark a version bad: it is not deployed or promoted again, nor rolled back to, until an
+    approver of the environment that answers for the mark lifts it (the admin's Lift bad mark)."""
 
     def act():
         image = ImageVersion.objects.select_related("application").filter(pk=image_id).first()

@@ -42,7 +42,8 @@ class ImageVersion(models.Model):
     """One built image of an application: immutable by digest, identified by tag for people.
 
     A version marked bad (bad for its application) can no longer be deployed or promoted
-    anywhere.
+    anywhere, until an approver of the environment that answers for the mark lifts it
+    (``services.lift_bad_mark``).
     """
 
     application = models.ForeignKey(

@@ -7,7 +7,7 @@ function per kind of object, so the page and the service cannot disagree on what
 
 from __future__ import annotations
 
-from opsweb.models import ImageVersion, Run, RunStatus, Signoff, Target
+from opsweb.models import ImageVersion, Run, RunKind, RunStatus, Signoff, Target
 from opsweb.reads.history import describe, previous_stable_version
 from opsweb.reads.quorum import approvals_count
 
@@ -20,6 +20,28 @@ def environment_facts(environment: Target) -> dict[str, str]:
         "auto-deploy": "paused" if environment.auto_deploy_paused else "on",
         "approvals needed": " + ".join(str(rule) for rule in environment.rules) or "none",
     }
+
+
+def held_runs(environment: Target) -> list[Run]:
+    """The queued runs a freeze holds in ``environment``, in the order they would start: all
+    but rollbacks and emergency overrides, which go during freezes (``policy.freeze_applies``)."""
+    return list(
+        Run.objects.filter(
+            environment=environment, status=RunStatus.QUEUED, freeze_override_reason=""
+        )
+        .exclude(kind=RunKind.ROLLBACK)
+        .select_related("image")
+        .order_by("queued_at", "id")
+    )
+
+
+def freeze_facts(environment: Target) -> dict[str, str]:
+    """What the Freeze / Unfreeze page shows: the environment, and the held runs that
+    Unfreeze would set going."""
+    held = (
+        ", ".join(f"#{run.pk}" for run in held_runs(environment)) if environment.is_frozen else ""
+    )
+    return {**environment_facts(environment), "held runs": held or "none"}
 
 
 def promotion_facts(target: Target, image: ImageVersion | None) -> dict[str, str]:

@@ -104,7 +104,7 @@ from opsweb.services.execution import (
     take_over_lost_runs,
 )
 from opsweb.services.requests import request_deploy, request_promotion, settle
-from opsweb.services.rollbacks import mark_bad, roll_back
+from opsweb.services.rollbacks import lift_bad_mark, mark_bad, roll_back
 from opsweb.services.tokens import create_api_token, mint_ci_token, revoke_api_token
 
 __all__ = [
@@ -168,6 +168,7 @@ __all__ = [
     "heartbeating",
     "is_approver",
     "last_success",
+    "lift_bad_mark",
     "mark_bad",
     "previous_ref",
     "previous_stable_version",

@@ -36,7 +36,7 @@ from opsweb.services.base import (
     validation_sentence,
 )
 from opsweb.services.requests import lock_environment, new_run
-from opsweb.windows import freeze_status, open_until
+from opsweb.windows import freeze_status, hand_freezes
 
 
 @transaction.atomic
@@ -81,7 +81,7 @@ def set_frozen(
     environment = lock_environment(environment)
     check_seen(
         seen,
-        lambda: facts.environment_facts(environment),
+        lambda: facts.freeze_facts(environment),
         subject=environment,
         action="freeze" if frozen else "unfreeze",
         bound_to=environment,
@@ -101,18 +101,7 @@ def set_frozen(
             created_by=user,
         )
     else:
-        by_hand = [
-            window
-            for window in ChangeWindow.objects.filter(
-                environment=environment.environment_id,
-                application=environment.application_id,
-                kind=ChangeWindow.Kind.DENY,
-                ends_at=None,
-                rrule="",
-                cron="",
-            )
-            if open_until(window, now)[0]
-        ]
+        by_hand = hand_freezes(environment, now)
         if not by_hand:
             status = freeze_status(environment, now)
             raise ReleaseError(

@@ -18,7 +18,7 @@ from opsweb.models import (
     Target,
 )
 from opsweb.reads import facts
-from opsweb.reads.history import describe, previous_stable_version
+from opsweb.reads.history import actor_name, describe, previous_stable_version
 from opsweb.reads.memo import one_reading
 from opsweb.services.base import (
     Seen,
@@ -75,6 +75,52 @@ def mark_bad(*, user, image: ImageVersion, reason: str, seen: Seen = None) -> Im
     )
     policy.may_mark_bad(user, image).enforce()
     mark_image_bad(image, user=user, reason=reason.strip())
+    return image
+
+
+@transaction.atomic
+def lift_bad_mark(*, user, image: ImageVersion, reason: str, seen: Seen = None) -> ImageVersion:
+    """Lift ``image``'s bad mark: it may be deployed and promoted again. Audited with who,
+    when, the old reason and ``reason`` (required, at most ``TEXT_MAX`` characters). Resumes
+    nothing: auto-deploy paused by the rollback stays paused, and no run is started. Raises
+    NotAllowed (``policy.may_lift_bad_mark``: not an approver of the environment that answers
+    for the mark) or ReleaseError (no reason, too long, not bad, or ``facts.image_facts``
+    changed since the page showed them); changes nothing then."""
+    check_lengths(reason=reason)
+    if not reason or not reason.strip():
+        raise ReleaseError("Say why this version is no longer bad: a reason is required.")
+    image = ImageVersion.objects.select_for_update().get(pk=image.pk)
+    check_seen(
+        seen,
+        lambda: facts.image_facts(image),
+        subject=str(image),
+        action="lifting of the bad mark",
+        bound_to=image,
+        page="lift-bad-mark",
+    )
+    policy.may_lift_bad_mark(user, image).enforce()
+    environment = policy.bad_mark_environment(image)
+    was = (
+        f"marked bad by {actor_name(image.marked_bad_by)}"
+        + (f" at {image.marked_bad_at:%Y-%m-%d %H:%M:%S} UTC" if image.marked_bad_at else "")
+        + f": {image.bad_reason or 'no reason given'}"
+    )
+    ImageVersion.objects.filter(pk=image.pk).update(
+        is_bad=False, bad_reason="", marked_bad_by=None, marked_bad_at=None
+    )
+    image.is_bad, image.bad_reason, image.marked_bad_by, image.marked_bad_at = (
+        False,
+        "",
+        None,
+        None,
+    )
+    audit(
+        user,
+        "lift_bad_mark",
+        f"Lifted the bad mark of {image} ({was}): {reason.strip()}",
+        image=image,
+        environment=environment,
+    )
     return image
 
 

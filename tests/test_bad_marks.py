@@ -1,0 +1,104 @@
+"""Lifting a bad mark (services.lift_bad_mark, policy.may_lift_bad_mark, the version page's
+"Lift bad mark"): an approver of the environment that answers for the mark, with a reason,
+audited; auto-deploy stays paused."""
+
+import pytest
+from django.urls import reverse
+
+from opsweb import services
+from opsweb.errors import NotAllowed, ReleaseError
+from opsweb.limits import TEXT_MAX
+from opsweb.models import AuditEntry, ImageVersion, Target
+from opsweb.services.rollbacks import mark_image_bad
+from tests.conftest import make_image, succeed_in
+from tests.test_admin import login, messages_of, post_form
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def rolled_back(flow):
+    """2.0.0 ran in Staging, was rolled back there to 1.0.0 and marked bad; auto-deploy of
+    Staging paused by that rollback."""
+    v1, v2 = make_image("1.0.0"), make_image("2.0.0")
+    succeed_in(flow["staging"], v1)
+    succeed_in(flow["staging"], v2)
+    succeed_in(flow["staging"], v1, kind="rollback", replaces=v2, reason="critical_errors")
+    mark_image_bad(v2, user=None, reason="Rolled back in AWS Staging: Critical errors.")
+    Target.objects.filter(pk=flow["staging"].pk).update(
+        auto_deploy_paused=True, paused_reason="Rolled back from 2.0.0"
+    )
+    return v2
+
+
+def lift_url(image):
+    return reverse("admin:opsweb_imageversion_lift_bad_mark", args=[image.pk])
+
+
+def test_lift_bad_mark_by_an_approver_of_that_environment_with_a_reason(flow, rolled_back, bob):
+    client = login(bob)
+    page = client.get(reverse("admin:opsweb_imageversion_change", args=[rolled_back.pk])).text
+    assert "Lift bad mark" in page
+    confirm = client.get(lift_url(rolled_back)).text
+    assert "approvers of AWS Staging" in confirm and "auto-deploy stays paused" in confirm
+    response = post_form(client, lift_url(rolled_back), {"reason": "the fault was in the DB"})
+    assert "The bad mark of" in " ".join(messages_of(response))
+    rolled_back.refresh_from_db()
+    assert not rolled_back.is_bad and rolled_back.bad_reason == ""
+    entry = AuditEntry.objects.get(action="lift_bad_mark")
+    assert entry.actor == bob and entry.image == rolled_back
+    assert entry.environment == flow["staging"]
+    assert "the fault was in the DB" in entry.message and "Critical errors" in entry.message
+    staging = Target.objects.get(pk=flow["staging"].pk)
+    assert staging.auto_deploy_paused  # does not resume by itself
+
+
+def test_lift_bad_mark_refused_to_people_who_do_not_answer_for_that_environment(
+    flow, rolled_back, alice, dave
+):
+    # alice deploys; dave approves Production only: the mark came from a Staging rollback.
+    for user in (alice, dave):
+        assert login(user).get(lift_url(rolled_back)).status_code == 403
+        with pytest.raises(
+            NotAllowed, match="lift bad marks of versions taken back in AWS Staging"
+        ):
+            services.lift_bad_mark(user=user, image=rolled_back, reason="fine now")
+    assert ImageVersion.objects.get(pk=rolled_back.pk).is_bad
+    assert not AuditEntry.objects.filter(action="lift_bad_mark").exists()
+
+
+@pytest.mark.parametrize(
+    ("reason", "sentence"),
+    [
+        ("", "a reason is required"),
+        ("   ", "a reason is required"),
+        ("x" * (TEXT_MAX + 1), "at most 2,000"),
+    ],
+)
+def test_lift_bad_mark_refuses_a_missing_or_overlong_reason_and_changes_nothing(
+    flow, rolled_back, bob, reason, sentence
+):
+    with pytest.raises(ReleaseError, match=sentence):
+        services.lift_bad_mark(user=bob, image=rolled_back, reason=reason)
+    assert ImageVersion.objects.get(pk=rolled_back.pk).is_bad
+    assert not AuditEntry.objects.filter(action="lift_bad_mark").exists()
+
+
+def test_lift_bad_mark_is_bound_to_what_the_page_showed(flow, rolled_back, bob, carol):
+    response = post_form(
+        login(bob),
+        lift_url(rolled_back),
+        {"reason": "fine now"},
+        between=lambda: services.lift_bad_mark(user=carol, image=rolled_back, reason="fixed"),
+    )
+    assert any("changed since you looked" in m for m in messages_of(response))
+    assert AuditEntry.objects.filter(action="lift_bad_mark").count() == 1
+
+
+def test_lift_bad_mark_not_offered_for_a_version_that_is_not_bad(flow, bob):
+    image = make_image("3.0.0")
+    succeed_in(flow["staging"], image)
+    page = login(bob).get(reverse("admin:opsweb_imageversion_change", args=[image.pk])).text
+    assert "Lift bad mark" not in page
+    with pytest.raises(ReleaseError, match="is not marked bad"):
+        services.lift_bad_mark(user=bob, image=image, reason="why not")
