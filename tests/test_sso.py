@@ -370,3 +370,11 @@ def test_sso_signing_out_takes_a_post(client, idp, mapped):
     sign_in(client, idp, "u-g")
     assert client.get("/admin/logout/").status_code == 405
     assert client.get("/admin/").status_code == 200  # a link cannot sign anyone out
+
+
+def test_a_deactivated_password_users_session_ends_too(client, flow):
+    bob = make_user("bob", "staging approvers")
+    client.force_login(bob)
+    assert client.get("/admin/").status_code == 200
+    User.objects.filter(pk=bob.pk).update(is_active=False)
+    assert client.get("/admin/").status_code == 302
