@@ -54,6 +54,15 @@ def run_stopped(run: Run) -> None:
     _safely(_run_stopped, run)
 
 
+def run_decided(run: Run) -> None:
+    """``run`` stopped waiting for approval (approved, rejected, cancelled, superseded, expired)
+    or ended: the Slack messages posted about it are rewritten with the outcome by a worker
+    once the change commits (``slack.update_messages``), wherever it was decided."""
+    from opsweb import slack
+
+    _safely(slack.update_messages_later, run)
+
+
 def rollback_started(run: Run, *, user) -> None:
     """The rollback ``run`` was asked for by ``user`` (None or anonymous: opsweb itself):
     ``rollback_started``."""
@@ -177,6 +186,7 @@ __all__ = [
     "drift_found",
     "image_registered",
     "rollback_started",
+    "run_decided",
     "run_finished",
     "run_stopped",
     "run_waiting",

@@ -288,6 +288,10 @@ def send(delivery: NotificationDelivery) -> None:
     channel = delivery.channel
     if channel.kind == NotificationChannel.Kind.EMAIL:
         send_email(delivery)
+    elif channel.slack_channel_id:
+        from opsweb import slack
+
+        slack.post_message(delivery)
     elif channel.kind == NotificationChannel.Kind.SLACK:
         post(channel.target, slack_body(delivery.payload), {})
     else:

@@ -283,6 +283,10 @@ OPSWEB_OIDC_OUTBOUND_ALLOW = env.list("OPSWEB_OIDC_OUTBOUND_ALLOW", default=[])
 OIDC_RP_SIGN_ALGO = env.str("OPSWEB_OIDC_SIGN_ALGO", default="RS256")
 OIDC_USE_PKCE = True
 OIDC_AUTHENTICATION_CALLBACK_URL = "oidc_authentication_callback"
+# Signing out of opsweb ends the provider's session too (RP-initiated logout): the ID token is
+# kept in the session for the end_session_endpoint's id_token_hint.
+OIDC_STORE_ID_TOKEN = True
+OIDC_OP_LOGOUT_URL_METHOD = "opsweb.sso.provider_logout_url"
 # A session that SSO opened lasts this long; then the provider is asked again (and the groups
 # set again): someone who left the company is out by then at the latest.
 OIDC_SESSION_SECONDS = env.int("OPSWEB_SSO_SESSION_SECONDS", default=8 * 3600)

@@ -25,12 +25,13 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.http import HttpResponse, JsonResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from slack_sdk.signature import SignatureVerifier
 
 from opsweb import policy, services
-from opsweb.models import Run, RunStatus, UsedSeal
+from opsweb.models import Approval, Run, RunStatus, SlackMessage, UsedSeal
 from orchestration import outbound
 
 log = logging.getLogger(__name__)
@@ -304,6 +305,101 @@ def open_reject_dialog(trigger_id: str, run: Run, value: str, response_url: str)
         {"trigger_id": trigger_id, "view": view},
         token=settings.SLACK_BOT_TOKEN,
     )
+
+
+# -- messages posted with the Web API, updated when the run is decided elsewhere -------------
+
+
+def post_message(delivery) -> None:
+    """Send ``delivery`` with ``chat.postMessage`` to its channel's Slack channel ID and keep
+    the message's ts, so that ``update_messages`` can rewrite it later. Raises DeliveryError
+    when Slack refuses (the notification's retries take over)."""
+    from opsweb.notifications import DeliveryError, slack_body
+
+    body = json.loads(slack_body(delivery.payload))
+    body["channel"] = delivery.channel.slack_channel_id
+    answer = post_json(f"{settings.SLACK_API_URL}chat.postMessage", body, token=bot_token())
+    if not answer.get("ok"):
+        raise DeliveryError(f"Slack answered {answer.get('error') or answer.get('status')}.")
+    if delivery.run_id and delivery.event == "approval_needed" and answer.get("ts"):
+        SlackMessage.objects.get_or_create(
+            channel=str(answer.get("channel") or body["channel"]),
+            ts=str(answer["ts"]),
+            defaults={"run_id": delivery.run_id, "delivery": delivery, "shows": RunStatus.PENDING},
+        )
+
+
+def bot_token() -> str:
+    return settings.SLACK_BOT_TOKEN
+
+
+def outcome_headline(run: Run) -> str:
+    """What became of ``run``, however it was decided (admin, API, Slack, a rule, the worker)."""
+    decided = list(run.approvals.select_related("user").order_by("pk"))
+    rejection = next((a for a in reversed(decided) if a.decision == Approval.Decision.REJECT), None)
+    if rejection is not None:
+        return f"Rejected by {rejection.user.get_username()}: {rejection.comment}"
+    said = f"Run #{run.pk} {run.status_phrase}" + (
+        f": {run.error.rstrip('.')}" if run.error else ""
+    )
+    names = [a.user.get_username() for a in decided]
+    return said + (f". Approved by {', '.join(names)}." if names else ".")
+
+
+def update_messages(run_id: int) -> str:
+    """django-q2 task: rewrite every message posted about run ``run_id`` with what became of it
+    (buttons gone once it no longer waits). A failure is recorded on the message, never raised."""
+    run = Run.objects.filter(pk=run_id).first()
+    if run is None:
+        return "no such run"
+    results = [update_message(message, run) for message in run.slack_messages.all()]
+    return "; ".join(results) or "no message"
+
+
+def update_message(message: SlackMessage, run: Run) -> str:
+    # The conditional UPDATE claims "show this status": a second task for it sends nothing.
+    claimed = (
+        SlackMessage.objects.filter(pk=message.pk, shows=message.shows)
+        .exclude(shows=run.status)
+        .update(shows=run.status, updated_at=timezone.now())
+    )
+    if not claimed:
+        return "already shown"
+    body = outcome_message(run, outcome_headline(run))
+    body.pop("replace_original")
+    body.update(channel=message.channel, ts=message.ts)
+    try:
+        answer = post_json(f"{settings.SLACK_API_URL}chat.update", body, token=bot_token())
+        error = "" if answer.get("ok") else f"Slack answered {answer.get('error') or answer}."
+    except outbound.OutboundRefused as exc:
+        error = str(exc)
+    except Exception as exc:  # the worker's, never the decision's; the detail goes to the log
+        log.warning("chat.update of %s failed", message, exc_info=True)
+        error = f"Could not reach Slack ({type(exc).__name__}); see the log."
+    if error:
+        # Shown as it was: the next change of the run tries again.
+        SlackMessage.objects.filter(pk=message.pk).update(
+            shows=message.shows, last_error=error[:500]
+        )
+        return f"not updated: {error}"
+    SlackMessage.objects.filter(pk=message.pk).update(last_error="")
+    return "updated"
+
+
+def update_messages_later(run: Run) -> None:
+    """Once the caller's transaction commits, have a worker update ``run``'s Slack messages."""
+    if not SlackMessage.objects.filter(run_id=run.pk).exists():
+        return
+
+    def enqueue():
+        from django_q.tasks import async_task
+
+        try:
+            async_task("opsweb.slack.update_messages", run.pk, task_name=f"slack-update-{run.pk}")
+        except Exception:  # the broker is down: the decision stands, the message stays as it was
+            log.exception("Slack update of run %s not queued", run.pk)
+
+    transaction.on_commit(enqueue)
 
 
 # -- deciding -------------------------------------------------------------------------------

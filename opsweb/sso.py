@@ -22,13 +22,17 @@ from urllib.parse import urlencode
 
 import jwt
 from django.conf import settings
-from django.contrib import auth, messages
+from django.contrib import messages
 from django.contrib.auth.backends import ModelBackend
 from django.core.exceptions import SuspiciousOperation
 from django.http import HttpResponseRedirect
 from django.urls import reverse
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
-from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
+from mozilla_django_oidc.views import (
+    OIDCAuthenticationCallbackView,
+    OIDCAuthenticationRequestView,
+    OIDCLogoutView,
+)
 
 from opsweb import services
 from orchestration import outbound
@@ -73,6 +77,7 @@ class Provider:
     token_endpoint: str
     userinfo_endpoint: str
     jwks_uri: str
+    end_session_endpoint: str = ""  # RP-initiated logout; "" when the provider has none
 
 
 _discovered: dict[str, tuple[float, Provider]] = {}
@@ -150,7 +155,14 @@ def provider() -> Provider:
             raise Refused(problem.replace("OPSWEB_OUTBOUND_ALLOW", "OPSWEB_OIDC_OUTBOUND_ALLOW"))
         if not isinstance(value, str) or not value.startswith(("https://", "http://")):
             raise Refused(f"The provider's discovery document has no usable {name}.")
-    found = Provider(issuer=issuer, **{name: doc[name] for name in names})
+    # Optional, and the browser's to visit (like the authorization endpoint): only its form.
+    ending = doc.get("end_session_endpoint")
+    ending = (
+        ending if isinstance(ending, str) and ending.startswith(("https://", "http://")) else ""
+    )
+    found = Provider(
+        issuer=issuer, end_session_endpoint=ending, **{name: doc[name] for name in names}
+    )
     with _lock:
         _discovered[issuer] = (now, found)
     return found
@@ -389,9 +401,42 @@ class Callback(OIDCAuthenticationCallbackView):
         return response
 
 
-def logout(request):
-    auth.logout(request)
-    return HttpResponseRedirect(reverse("admin:login"))
+class SignOut(OIDCLogoutView):
+    """The admin's "Log out" (POST): ends the opsweb session, and for someone who signed in
+    with SSO sends the browser on to the provider's end_session_endpoint so that its session
+    ends too (``provider_logout_url``, mozilla-django-oidc's OIDC_OP_LOGOUT_URL_METHOD)."""
+
+    http_method_names = ["post"]
+
+    @property
+    def redirect_url(self):
+        return reverse("admin:login")
+
+
+def provider_logout_url(request) -> str:
+    """OpenID Connect RP-initiated logout: the provider's end_session_endpoint with the ID
+    token as ``id_token_hint`` and opsweb's login page as ``post_logout_redirect_uri`` (register
+    it at the provider). opsweb's login page for a password user, or when the provider publishes
+    no end_session_endpoint or cannot be reached (the opsweb session ends either way)."""
+    login = reverse("admin:login")
+    id_token = request.session.get("oidc_id_token")
+    if not (configured() and id_token):
+        return login
+    try:
+        endpoint = provider().end_session_endpoint
+    except Refused as exc:
+        log.warning("sign-out: provider not reached: %s", exc)
+        return login
+    if not endpoint:
+        return login
+    query = urlencode(
+        {
+            "id_token_hint": id_token,
+            "post_logout_redirect_uri": f"{settings.OPSWEB_BASE_URL}{login}",
+            "client_id": settings.OIDC_RP_CLIENT_ID,
+        }
+    )
+    return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"
 
 
 def context(request) -> dict:

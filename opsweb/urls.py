@@ -30,6 +30,8 @@ urlpatterns = [
     path("sso/callback/", sso.Callback.as_view(), name="oidc_authentication_callback"),
     path("slack/interactions", slack.interactions, name="slack_interactions"),
     path("slack/commands", slack.commands, name="slack_commands"),
+    # Before the admin's own: its "Log out" button ends the provider's session too.
+    path("admin/logout/", sso.SignOut.as_view(), name="sign_out"),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),

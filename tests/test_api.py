@@ -403,3 +403,53 @@ def test_api_run_status_costs_five_queries(client, ci_user, flow, django_assert_
         response = call(client, "get", f"/runs/{run.pk}", secret)
 
     assert response.status_code == 200 and response.json()["status"] == RunStatus.SUCCEEDED
+
+
+def test_api_token_for_one_application_cannot_read_or_decide_anothers_runs(client, flow):
+    """Even a superuser's token, when it is for one application, reads and decides nothing of
+    another: each path answers 403 with the sentence, lists leave the other out, nothing moves."""
+    other = Application.objects.create(slug="other", name="Other")
+    root = make_user("root-owner", is_superuser=True)
+    secret = make_token(root, application=other)[1]
+    image = make_image("1.0.0")
+    succeed_in(flow["dev"], image)
+    waiting = Run.objects.create(
+        kind="promotion", environment=flow["staging"], image=image, status=RunStatus.PENDING
+    )
+    before = written()
+
+    reads = [
+        f"/runs/{waiting.pk}",
+        f"/runs/{waiting.pk}?wait=1",
+        "/runs?application=sample",
+        f"/images/{image.pk}",
+        "/applications/sample",
+        "/applications/sample/environments",
+        "/applications/sample/environments/staging",
+        "/environments/staging?application=sample",
+        "/applications/sample/images",
+        "/applications/sample/dora",
+    ]
+    for path in reads:
+        answer = call(client, "get", path, secret)
+        assert answer.status_code == 403, (path, answer.status_code)
+        assert "only for application 'other'" in answer.json()["detail"], path
+    assert call(client, "get", "/runs", secret).json()["items"] == []
+    assert call(client, "get", "/images", secret).json()["items"] == []
+
+    acts = {
+        f"/runs/{waiting.pk}/approve": {},
+        f"/runs/{waiting.pk}/reject": {"comment": "no"},
+        f"/runs/{waiting.pk}/cancel": {},
+        f"/runs/{waiting.pk}/stop": {"reason": "no"},
+        f"/images/{image.pk}/mark-bad": {"reason": "no"},
+        "/applications/sample/environments/staging/promotions": {"image": "1.0.0"},
+        "/applications/sample/environments/staging/rollbacks": {"reason": "critical_errors"},
+    }
+    for path, body in acts.items():
+        answer = call(client, "post", path, secret, body)
+        assert answer.status_code == 403, (path, answer.status_code, answer.content)
+    waiting.refresh_from_db()
+    assert waiting.status == RunStatus.PENDING and not waiting.approvals.exists()
+    assert not ImageVersion.objects.filter(is_bad=True).exists()
+    assert written()[:2] == before[:2]

@@ -37,6 +37,7 @@ from opsweb.models import (
     RunEvent,
     RunStatus,
     Signoff,
+    SlackMessage,
     Target,
     TrustPolicy,
 )
@@ -264,6 +265,12 @@ def build_states(flow, scenario: str, user) -> dict:
         )
         for n, status in enumerate(NotificationDelivery.Status.values)
     ]
+    slack_message = SlackMessage.objects.create(
+        run=pending,
+        channel="C0RELEASES",
+        ts=f"1700000000.00000{scenario == 'b':d}",
+        shows="pending",
+    )
     token, _ = services.create_api_token(
         user=user, owner=user, name=f"{MARKER} pipeline", scopes="read deploy"
     )
@@ -290,6 +297,7 @@ def build_states(flow, scenario: str, user) -> dict:
         "changewindow": list(ChangeWindow.objects.all()),
         "notificationchannel": channels,
         "notificationdelivery": deliveries,
+        "slackmessage": [slack_message],
     }
 
 

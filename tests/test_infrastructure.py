@@ -263,6 +263,7 @@ def test_opsweb_gets_secret_key_and_database_url_from_secrets_manager():
             assert secrets == {
                 "SECRET_KEY": "${aws_secretsmanager_secret.secret_key.arn}",
                 "DATABASE_URL": "${aws_secretsmanager_secret.database_url.arn}",
+                "OPSWEB_ECR_WEBHOOK_KEY": "${aws_secretsmanager_secret.ecr_webhook_key.arn}",
             }, name
             plain = {e["name"] for e in resolve(config, container["environment"])}
             assert not plain & {"SECRET_KEY", "DATABASE_URL"}, name
@@ -277,14 +278,28 @@ def test_application_secrets_must_be_secrets_manager_arns():
 def test_generated_secrets_stay_out_of_the_terraform_state():
     config = load(MODULES["opsweb"])
     versions = typed(config, "resource", "aws_secretsmanager_secret_version")
-    assert set(versions) == {"secret_key", "database_url"}
+    assert set(versions) == {"secret_key", "database_url", "ecr_webhook_key"}
+    # The one exception, said in ecr_push.tf: an EventBridge connection has no write-only
+    # argument, so the ECR webhook's key is in the state anyway (sensitive).
+    ecr_key = versions.pop("ecr_webhook_key")
+    assert ecr_key["secret_string"] == "${random_password.ecr_webhook_key.result}"
+    (connection,) = typed(config, "resource", "aws_cloudwatch_event_connection").values()
+    (parameters,) = connection["auth_parameters"]
+    (api_key,) = parameters["api_key"]
+    assert api_key == {
+        "key": "X-Opsweb-Api-Key",
+        "value": "${random_password.ecr_webhook_key.result}",
+    }
     for name, version in versions.items():
         assert "secret_string" not in version, name  # written only through write-only args
         assert "ephemeral.random_password." in version["secret_string_wo"], name
     (database,) = typed(config, "resource", "aws_db_instance").values()
     assert "password" not in database
     assert database["password_wo"] == "${ephemeral.random_password.db.result}"
-    assert "random_password" not in {k for item in config.get("resource", []) for k in item}
+    generated = [
+        item["random_password"] for item in config.get("resource", []) if "random_password" in item
+    ]
+    assert [set(g) for g in generated] == [{"ecr_webhook_key"}]
     for name, secret in typed(config, "resource", "aws_secretsmanager_secret").items():
         assert secret["kms_key_id"] == "${aws_kms_key.this.arn}", name
 

@@ -23,6 +23,7 @@ from opsweb.models import (
     OidcIdentity,
     RunStatus,
     SlackLink,
+    SlackMessage,
 )
 from tests.conftest import make_image, succeed_in
 
@@ -35,16 +36,23 @@ class FakeSlack:
 
     def __init__(self):
         self.posts = []
+        self.errors = {}  # Web API method → the error Slack answers it with
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                fake.posts.append((self.path, json.loads(body), dict(self.headers)))
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.posts.append((self.path, body, dict(self.headers)))
+                method = self.path.rsplit("/", 1)[-1]
+                answer = {"ok": True}
+                if method in fake.errors:
+                    answer = {"ok": False, "error": fake.errors[method]}
+                elif method == "chat.postMessage":
+                    answer.update(channel=body["channel"], ts=f"1700000000.{len(fake.posts):06d}")
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
-                self.wfile.write(b'{"ok": true}')
+                self.wfile.write(json.dumps(answer).encode())
 
             def log_message(self, *args):
                 pass
@@ -415,3 +423,92 @@ def test_slack_endpoints_are_off_without_a_signing_secret(client, db, settings):
         ).status_code
         == 404
     )
+
+
+# -- a message posted with the bot token, updated when the run is decided outside Slack -------
+
+
+@pytest.fixture
+def posted(flow, alice, bob, carol, slack, committed):
+    """A promotion to Staging waiting for one approval, posted with chat.postMessage."""
+    NotificationChannel.objects.create(
+        name="releases", kind="slack", target="C0RELEASES", events=["approval_needed"]
+    )
+    succeed_in(flow["staging"], make_image("1.0.0"))
+    image = make_image("1.1.0")
+    succeed_in(flow["dev"], image)
+    run = committed(
+        services.request_promotion, user=alice, target=flow["staging"], image=image, note="go"
+    )
+    (message,) = slack.to("/api/chat.postMessage")
+    assert message["channel"] == "C0RELEASES" and "opsweb_approve" in json.dumps(message)
+    return run
+
+
+def updates(slack) -> list[dict]:
+    return slack.to("/api/chat.update")
+
+
+def test_slack_a_posted_message_loses_its_buttons_when_the_run_is_approved_in_opsweb(
+    posted, bob, slack, committed
+):
+    committed(services.approve_run, user=bob, run=posted)
+    (update,) = updates(slack)
+    stored = SlackMessage.objects.get(run=posted)
+    assert (update["channel"], update["ts"]) == ("C0RELEASES", stored.ts)
+    assert update["text"] == f"Run #{posted.pk} is queued. Approved by bob."
+    assert "opsweb_approve" not in json.dumps(update["blocks"])
+    assert "opsweb_reject" not in json.dumps(update["blocks"])
+    assert f"Open run #{posted.pk}" in json.dumps(update["blocks"])
+    assert (stored.shows, stored.last_error) == (RunStatus.QUEUED, "")
+
+
+@pytest.mark.parametrize("how", ["reject", "cancel", "supersede"])
+def test_slack_a_posted_message_says_how_the_run_ended_elsewhere(
+    posted, alice, bob, flow, slack, committed, how
+):
+    if how == "reject":
+        committed(services.reject_run, user=bob, run=posted, comment="not during the sale")
+        said = "Rejected by bob: not during the sale"
+    elif how == "cancel":
+        committed(services.cancel_run, user=alice, run=posted)
+        said = f"Run #{posted.pk} was cancelled."
+    else:  # Staging moved past 1.1.0 before anyone decided
+        succeed_in(flow["staging"], make_image("1.2.0"))
+        committed(services.settle, posted)
+        said = f"Run #{posted.pk} was superseded"
+    posted.refresh_from_db()
+    assert posted.status != RunStatus.PENDING
+    (update,) = updates(slack)
+    assert update["text"].startswith(said)
+    assert "opsweb_approve" not in json.dumps(update["blocks"])
+
+
+def test_slack_a_posted_message_says_when_the_run_finished(posted, bob, slack, committed):
+    from opsweb.models import Run
+    from opsweb.services.execution import finish_run
+
+    committed(services.approve_run, user=bob, run=posted)
+    Run.objects.filter(pk=posted.pk).update(status=RunStatus.RUNNING, started_at=timezone.now())
+    committed(finish_run, run_id=posted.pk, succeeded=True)
+    first, last = updates(slack)
+    assert "is queued" in first["text"]
+    assert last["text"] == f"Run #{posted.pk} succeeded. Approved by bob."
+
+
+def test_slack_a_failed_update_is_recorded_and_the_decision_stands(posted, bob, slack, committed):
+    slack.errors["chat.update"] = "message_not_found"
+    run = committed(services.approve_run, user=bob, run=posted)
+    assert run.status == RunStatus.QUEUED
+    stored = SlackMessage.objects.get(run=posted)
+    assert stored.last_error == "Slack answered message_not_found."
+    assert stored.shows == RunStatus.PENDING  # the next change of the run tries again
+
+
+def test_slack_a_channel_id_needs_the_bot_token(db, settings):
+    from django.core.exceptions import ValidationError
+
+    settings.SLACK_BOT_TOKEN = ""
+    channel = NotificationChannel(name="r", kind="slack", target="C0RELEASES", events=[])
+    with pytest.raises(ValidationError, match="needs the bot token"):
+        channel.full_clean()

@@ -328,3 +328,53 @@ def test_group_mappings_are_edited_in_the_admin_and_audited(client, flow):
         "Created group mapping engineering-leads → production approvers",
     )
     assert "engineering-leads" in client.get("/admin/opsweb/groupmapping/").content.decode()
+
+
+def test_sso_signing_out_ends_the_providers_session_too(client, idp, mapped, settings):
+    from urllib.parse import parse_qs
+
+    idp.person("u-o", preferred_username="olga", groups=["sre"])
+    assert sign_in(client, idp, "u-o")["Location"] == "/admin/"
+    id_token = client.session["oidc_id_token"]
+    out = client.post("/admin/logout/")
+    assert out.status_code == 302
+    where = urlsplit(out["Location"])
+    assert f"{where.scheme}://{where.netloc}{where.path}" == f"{idp.issuer}/oauth2/end_session"
+    query = {k: v[0] for k, v in parse_qs(where.query).items()}
+    assert query["id_token_hint"] == id_token
+    assert query["post_logout_redirect_uri"] == f"{settings.OPSWEB_BASE_URL}/admin/login/"
+    assert query["client_id"] == CLIENT_ID
+    assert client.get("/admin/").status_code == 302  # opsweb's session ended at once
+    # The provider takes the hint and, once confirmed, sends the browser back to the login page.
+    form = requests.get(out["Location"], timeout=5)
+    assert form.status_code == 200 and "/admin/login/" in form.text
+    back = requests.post(
+        f"{idp.issuer}/oauth2/end_session/confirm",
+        data={"redirect_uri": query["post_logout_redirect_uri"]},
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert back.status_code == 302 and back.headers["Location"].endswith("/admin/login/")
+
+
+def test_sso_signing_out_a_password_user_goes_to_the_login_page(client, idp, flow):
+    make_user("bob", "staging approvers")
+    client.force_login(User.objects.get(username="bob"))
+    out = client.post("/admin/logout/")
+    assert out.status_code == 302 and out["Location"] == "/admin/login/"
+    assert client.get("/admin/").status_code == 302
+
+
+def test_sso_signing_out_takes_a_post(client, idp, mapped):
+    idp.person("u-g", preferred_username="gus", groups=["sre"])
+    sign_in(client, idp, "u-g")
+    assert client.get("/admin/logout/").status_code == 405
+    assert client.get("/admin/").status_code == 200  # a link cannot sign anyone out
+
+
+def test_a_deactivated_password_users_session_ends_too(client, flow):
+    bob = make_user("bob", "staging approvers")
+    client.force_login(bob)
+    assert client.get("/admin/").status_code == 200
+    User.objects.filter(pk=bob.pk).update(is_active=False)
+    assert client.get("/admin/").status_code == 302

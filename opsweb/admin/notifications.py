@@ -9,7 +9,12 @@ from django.contrib import admin
 
 from opsweb.admin.fields import bounded_formfield
 from opsweb.admin.lists import OpswebAdmin
-from opsweb.models import NotificationChannel, NotificationDelivery, NotificationEvent
+from opsweb.models import (
+    NotificationChannel,
+    NotificationDelivery,
+    NotificationEvent,
+    SlackMessage,
+)
 from opsweb.services import audit
 
 
@@ -112,6 +117,26 @@ class NotificationDeliveryAdmin(OpswebAdmin):
         "created_at",
         "updated_at",
     ]
+    fields = readonly_fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(SlackMessage)
+class SlackMessageAdmin(OpswebAdmin):
+    """Read-only: the Slack messages opsweb keeps updating, what each shows and its last error."""
+
+    list_display = ["created_at", "run", "channel", "ts", "shows", "updated_at", "last_error"]
+    list_filter = ["shows"]
+    list_select_related = ["run"]
+    readonly_fields = list_display + ["delivery"]
     fields = readonly_fields
 
     def has_add_permission(self, request):

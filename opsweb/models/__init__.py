@@ -32,7 +32,12 @@ from .environments import (
 )
 from .identity import GroupMapping, OidcIdentity, SlackLink, SlackLinkCode
 from .immutable import ImmutableModel, ImmutableQuerySet
-from .notifications import NotificationChannel, NotificationDelivery, NotificationEvent
+from .notifications import (
+    NotificationChannel,
+    NotificationDelivery,
+    NotificationEvent,
+    SlackMessage,
+)
 from .records import AuditEntry, UsedSeal
 from .runs import (
     ACTIVE_STATUSES,
@@ -65,6 +70,7 @@ __all__ = [
     "OidcIdentity",
     "SlackLink",
     "SlackLinkCode",
+    "SlackMessage",
     "SCOPES",
     "TOKEN_PREFIX",
     "ApiToken",

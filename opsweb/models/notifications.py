@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
@@ -10,6 +13,9 @@ from orchestration import outbound
 
 from .environments import Application, Environment, scope_problem
 from .runs import Run
+
+# Slack's public and private channel IDs (C…, G…); a direct message's (D…) works too.
+SLACK_CHANNEL_RE = re.compile(r"^[CGD][A-Z0-9]{8,}$")
 
 
 class NotificationEvent(models.TextChoices):
@@ -58,7 +64,9 @@ class NotificationChannel(models.Model):
     )
     kind = models.CharField(max_length=10, choices=Kind.choices)
     target = models.TextField(
-        help_text="Email: addresses separated by commas. Webhooks: the http(s) URL."
+        help_text="Email: addresses separated by commas. Webhooks: the http(s) URL. Slack: an "
+        "incoming-webhook URL, or a channel ID (C0123ABCD) to post with the bot token, so that "
+        "opsweb can update the message when the run is decided elsewhere."
     )
     secret = models.CharField(
         max_length=200, blank=True, help_text="Generic webhooks: the key of the HMAC signature."
@@ -84,10 +92,16 @@ class NotificationChannel(models.Model):
     def masked_target(self) -> str:
         """Addresses as they are; a webhook URL without its path, which often holds a token
         (Slack's incoming-webhook URLs do)."""
-        if self.kind == self.Kind.EMAIL:
+        if self.kind == self.Kind.EMAIL or self.slack_channel_id:
             return self.target
         scheme, _, rest = self.target.partition("://")
         return f"{scheme}://{rest.split('/', 1)[0]}/…{self.target[-4:] if len(rest) > 24 else ''}"
+
+    @property
+    def slack_channel_id(self) -> str:
+        """The Slack channel ID a Slack channel posts to with the Web API, or "" (a webhook)."""
+        target = self.target.strip()
+        return target if self.kind == self.Kind.SLACK and SLACK_CHANNEL_RE.match(target) else ""
 
     @property
     def emails(self) -> list[str]:
@@ -105,6 +119,12 @@ class NotificationChannel(models.Model):
                 errors["target"] = f"Not an email address: {', '.join(bad)[:200]}."
             elif problem := next(filter(None, map(_mail_domain_problem, self.emails)), None):
                 errors["target"] = problem
+        elif self.slack_channel_id:
+            if not settings.SLACK_BOT_TOKEN:
+                errors["target"] = (
+                    "Posting to a Slack channel ID needs the bot token "
+                    "(OPSWEB_SLACK_BOT_TOKEN); give an incoming-webhook URL otherwise."
+                )
         elif not self.target.strip().lower().startswith(("http://", "https://")):
             errors["target"] = "A webhook URL starts with http:// or https:// and names a host."
         elif problem := outbound.url_problem(self.target, what="The webhook URL"):
@@ -174,3 +194,35 @@ class NotificationDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_event_display()} → {self.channel}"
+
+
+class SlackMessage(models.Model):
+    """A message opsweb posted about a run through Slack's Web API (``chat.postMessage``), kept
+    so that it can be rewritten (``chat.update``) when the run is decided outside Slack or ends.
+
+    ``shows`` is the run status the message last showed (claimed with a conditional UPDATE, so a
+    second task for the same change sends nothing); ``last_error`` the last update's failure,
+    recorded here and never raised into the decision.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="slack_messages")
+    delivery = models.OneToOneField(
+        NotificationDelivery,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="slack_message",
+    )
+    channel = models.CharField(max_length=40)
+    ts = models.CharField(max_length=40)
+    shows = models.CharField(max_length=20, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["channel", "ts"], name="slack_message_once")]
+
+    def __str__(self) -> str:
+        return f"Slack message {self.ts} in {self.channel} about run #{self.run_id}"

@@ -57,6 +57,11 @@ def transition(run: Run, *, to: str, **fields) -> bool:
         for name, value in {"status": to, **fields}.items():
             setattr(run, name, value)
         run._loaded_status = to
+        if source == RunStatus.PENDING or to in TERMINAL_STATUSES:
+            # Every way a run stops waiting or ends passes here, so no caller can forget it.
+            from opsweb import events
+
+            events.run_decided(run)
     return bool(won)
 
 

@@ -62,9 +62,13 @@ data "aws_iam_policy_document" "execution" {
     resources = ["${aws_cloudwatch_log_group.this.arn}:*"]
   }
   statement {
-    sid       = "ReadOpswebsSecrets"
-    actions   = ["secretsmanager:GetSecretValue"]
-    resources = [aws_secretsmanager_secret.secret_key.arn, aws_secretsmanager_secret.database_url.arn]
+    sid     = "ReadOpswebsSecrets"
+    actions = ["secretsmanager:GetSecretValue"]
+    resources = [
+      aws_secretsmanager_secret.secret_key.arn,
+      aws_secretsmanager_secret.database_url.arn,
+      aws_secretsmanager_secret.ecr_webhook_key.arn,
+    ]
   }
   statement {
     sid       = "DecryptOpswebsSecrets"

@@ -8,6 +8,11 @@ output "api_url" {
   value       = "https://${var.host_name}/api/v1"
 }
 
+output "ecr_webhook_url" {
+  description = "Where EventBridge sends pushes to the deployable repositories (opsweb re-reads ECR)."
+  value       = aws_cloudwatch_event_api_destination.ecr_push.invocation_endpoint
+}
+
 output "web_service_name" {
   description = "ECS service of the web role."
   value       = aws_ecs_service.web.name

@@ -19,6 +19,7 @@ locals {
   secrets = [
     { name = "SECRET_KEY", valueFrom = aws_secretsmanager_secret.secret_key.arn },
     { name = "DATABASE_URL", valueFrom = aws_secretsmanager_secret.database_url.arn },
+    { name = "OPSWEB_ECR_WEBHOOK_KEY", valueFrom = aws_secretsmanager_secret.ecr_webhook_key.arn },
   ]
 
   web_container = {

@@ -165,6 +165,12 @@ variable "secret_key_version" {
   default     = 1
 }
 
+variable "ecr_webhook_key_version" {
+  description = "Increment to generate a new key for the ECR push webhook (then redeploy opsweb)."
+  type        = number
+  default     = 1
+}
+
 variable "managed_environments" {
   description = "The application environments opsweb deploys to. Its IAM permissions are limited to exactly these services, task definition families and roles, in this account and region."
   type = list(object({
