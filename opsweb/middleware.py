@@ -1,3 +1,7 @@
+import zoneinfo
+
+from django.utils import timezone
+
 from opsweb.views import healthz
 
 
@@ -15,3 +19,26 @@ class HealthCheckMiddleware:
         if request.path == "/healthz":
             return healthz(request)
         return self.get_response(request)
+
+
+class UserTimeZoneMiddleware:
+    """Show times in the signed-in user's own zone (their profile; UTC without one) for the
+    length of the request. Only what is rendered changes: stored times, notifications, Slack and
+    the API stay UTC."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        from opsweb.services.accounts import user_time_zone
+
+        user = getattr(request, "user", None)
+        # Anonymous pages cost no query; the API answers in UTC whoever asks.
+        if user is not None and user.is_authenticated and not request.path.startswith("/api/"):
+            timezone.activate(zoneinfo.ZoneInfo(user_time_zone(user)))
+        else:
+            timezone.deactivate()
+        try:
+            return self.get_response(request)
+        finally:
+            timezone.deactivate()

@@ -73,6 +73,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "opsweb.live.LivePagesMiddleware",  # a live page's idle refresh: 304 after one query
+    "opsweb.middleware.UserTimeZoneMiddleware",  # the user's zone; after the 304s, no query
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",

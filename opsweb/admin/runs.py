@@ -25,6 +25,7 @@ from opsweb.limits import TEXT_MAX
 from opsweb.live import page_etag
 from opsweb.models import ImageVersion, Run
 from opsweb.reads import change, facts
+from opsweb.templatetags.opsweb_format import moment_text
 
 
 def run_url(run: Run) -> str:
@@ -41,7 +42,7 @@ def run_lines(run: Run) -> list[tuple[str, str]]:
         ("To", version_line(run.image)),
         (
             "Requested by",
-            f"{services.actor_name(run.requested_by)} at {run.created_at:%Y-%m-%d %H:%M:%S} UTC",
+            f"{services.actor_name(run.requested_by)} at {moment_text(run.created_at)}",
         ),
     ]
     if run.required_approvals:
@@ -49,7 +50,7 @@ def run_lines(run: Run) -> list[tuple[str, str]]:
         lines.append(
             (
                 "Approval window",
-                f"until {services.approval_deadline(run):%Y-%m-%d %H:%M:%S} UTC",
+                f"until {moment_text(services.approval_deadline(run))}",
             )
         )
     if run.freeze_override_reason:
@@ -433,7 +434,7 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
                 "events": [
                     {
                         "id": e.pk,
-                        "at": f"{e.created_at:%Y-%m-%d %H:%M:%S} UTC",
+                        "at": moment_text(e.created_at),
                         "level": e.level,
                         "message": e.message,
                         "took": None

@@ -30,7 +30,7 @@ from .environments import (
     link_flow,
     scope_problem,
 )
-from .identity import GroupMapping, OidcIdentity, SlackLink, SlackLinkCode
+from .identity import GroupMapping, OidcIdentity, SlackLink, SlackLinkCode, UserProfile
 from .immutable import ImmutableModel, ImmutableQuerySet
 from .notifications import NotificationChannel, NotificationDelivery, NotificationEvent
 from .records import AuditEntry, UsedSeal
@@ -64,6 +64,7 @@ __all__ = [
     "GroupMapping",
     "OidcIdentity",
     "SlackLink",
+    "UserProfile",
     "SlackLinkCode",
     "SCOPES",
     "TOKEN_PREFIX",
