@@ -36,6 +36,7 @@ from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
+from opsweb.metrics import human_duration
 from opsweb.models import (
     NotificationChannel,
     NotificationDelivery,
@@ -104,7 +105,7 @@ def rollback_finished_text(run: Run) -> str:
     verdict = "met" if restored <= rto else "MISSED"
     return (
         f"Rollback finished in {run.environment} (run #{run.pk}): {run.image.tag} runs again. "
-        f"Restored in {restored:.0f}s; RTO target {rto}s {verdict}."
+        f"Restored in {human_duration(restored)}; RTO target {rto}s {verdict}."
     )
 
 

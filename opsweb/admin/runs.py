@@ -23,6 +23,7 @@ from opsweb.admin.lists import CheckedChangeList, DateRangeFilter
 from opsweb.admin.records import ReadOnlyMixin
 from opsweb.limits import TEXT_MAX
 from opsweb.live import page_etag
+from opsweb.metrics import human_duration
 from opsweb.models import ImageVersion, Run
 from opsweb.reads import change, facts
 from opsweb.templatetags.opsweb_format import moment_text
@@ -369,7 +370,7 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
     @admin.display(description="Took")
     def took(self, run):
         duration = run.duration
-        return f"{duration.total_seconds():.0f} s" if duration else "—"
+        return human_duration(duration.total_seconds()) if duration else "—"
 
     @admin.display(description="Approvals")
     def approvals_so_far(self, run):
@@ -439,7 +440,7 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
                         "message": e.message,
                         "took": None
                         if e.duration_seconds is None
-                        else f"{e.duration_seconds:.1f} s",
+                        else human_duration(e.duration_seconds),
                     }
                     for e in events
                 ],

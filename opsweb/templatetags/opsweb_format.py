@@ -6,6 +6,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.timesince import timesince
 
+from opsweb.metrics import human_duration
+
 register = template.Library()
 
 
@@ -42,3 +44,9 @@ def moment_text(value, *, seconds: bool = True) -> str:
 def moment(value):
     """A time with seconds and the zone named, in the reader's zone (``moment_text``)."""
     return moment_text(value)
+
+
+@register.filter
+def seconds(value):
+    """A number of seconds as people read it ("0.2s", "3m 5s"; ``metrics.human_duration``)."""
+    return "—" if value is None else human_duration(value)

@@ -1,0 +1,71 @@
+"""Smaller defects from the approver's walk (issue #24), each kept as a kind: durations read
+as people read them (never a raw float, never "0s" for 0.2 s), times with seconds, and the
+run event list newest first."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils.html import strip_tags
+
+from opsweb import notifications
+from opsweb.metrics import human_duration
+from opsweb.models import RunEvent, RunKind
+from tests.conftest import make_image, succeed_in
+from tests.test_admin import login
+
+pytestmark = pytest.mark.django_db
+START = datetime(2026, 1, 15, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [(0.010034381999503239, "under 0.1s"), (0.2, "0.2s"), (4.25, "4.2s"), (75, "1m 15s")],
+)
+def test_human_duration_keeps_tenths_under_a_minute(seconds, text):
+    assert human_duration(seconds) == text
+
+
+def test_rollback_restored_in_a_fifth_of_a_second_does_not_say_0s(flow):
+    run = succeed_in(
+        flow["dev"],
+        make_image("1.0.0"),
+        kind=RunKind.ROLLBACK,
+        created_at=START,
+        finished_at=START + timedelta(seconds=0.2),
+    )
+    text = notifications.rollback_finished_text(run)
+    assert "Restored in 0.2s" in text and "Restored in 0s" not in text
+
+
+def test_run_event_list_is_newest_first_with_readable_durations(flow, bob):
+    bob.is_superuser = True
+    bob.save()
+    run = succeed_in(flow["dev"], make_image("1.0.0"))
+    RunEvent.objects.create(run=run, message="older step", created_at=START)
+    RunEvent.objects.create(
+        run=run,
+        message="newer step",
+        created_at=START + timedelta(minutes=1),
+        duration_seconds=0.010034381999503239,
+    )
+    page = login(bob).get(reverse("admin:opsweb_runevent_changelist"))
+    text = strip_tags(page.text)
+    assert text.index("newer step") < text.index("older step")
+    assert "0.010034381999503239" not in text and "under 0.1s" in text
+
+
+def test_run_page_shows_seconds_of_a_fifth_of_a_second_run(flow, bob):
+    run = succeed_in(
+        flow["dev"],
+        make_image("1.0.0"),
+        created_at=START,
+        started_at=START + timedelta(seconds=1),
+        switched_at=START + timedelta(seconds=1.1),
+        finished_at=START + timedelta(seconds=1.2),
+    )
+    RunEvent.objects.create(run=run, message="switched", duration_seconds=0.2)
+    page = login(bob).get(reverse("admin:opsweb_run_change", args=[run.pk]))
+    text = strip_tags(page.text)
+    assert "2026-01-15 12:00:01 UTC" in text
+    assert "0.2s" in text
