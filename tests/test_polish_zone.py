@@ -69,3 +69,16 @@ def test_run_page_shows_seconds_of_a_fifth_of_a_second_run(flow, bob):
     text = strip_tags(page.text)
     assert "2026-01-15 12:00:01 UTC" in text
     assert "0.2s" in text
+
+
+def test_target_page_says_auto_deploy_paused_in_words_not_a_green_tick(flow, bob):
+    from opsweb.models import Target
+
+    Target.objects.filter(pk=flow["dev"].pk).update(
+        auto_deploy_paused=True, paused_reason="1.0.0 failed"
+    )
+    page = login(bob).get(reverse("admin:opsweb_target_change", args=[flow["dev"].pk]))
+    assert page.status_code == 200
+    row = page.text.split('class="form-row field-auto_deploy')[1].split('class="form-row')[0]
+    assert "icon-yes.svg" not in row
+    assert '<span class="opsweb-attention">Paused</span>' in row

@@ -607,7 +607,7 @@ class TargetAdmin(ConfirmingAdmin):
     readonly_fields = [
         "current_image",
         "current_since",
-        "auto_deploy_paused",
+        "auto_deploy_state",
         "paused_reason",
         "freeze",
         "drift",
@@ -624,7 +624,7 @@ class TargetAdmin(ConfirmingAdmin):
                     "drift",
                     "drift_checked_at",
                     "security_alert",
-                    "auto_deploy_paused",
+                    "auto_deploy_state",
                     "paused_reason",
                     "freeze",
                 ]
@@ -763,6 +763,13 @@ class TargetAdmin(ConfirmingAdmin):
     @admin.display(description="Approvals")
     def approvals_needed(self, env):
         return " + ".join(str(rule) for rule in services.approval_rules(env)) or "none"
+
+    @admin.display(description="Auto deploy")
+    def auto_deploy_state(self, env):
+        # Words, not Django's boolean icon: a green tick beside "paused" reads as "fine".
+        if env.auto_deploy_paused:
+            return format_html('<span class="opsweb-attention">{}</span>', "Paused")
+        return "Deploys new builds" if env.environment.auto_deploy else "Off (deploys on request)"
 
     @admin.display(description="Freeze")
     def freeze(self, env):
