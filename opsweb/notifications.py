@@ -188,7 +188,13 @@ def recipients(channel: NotificationChannel, event: str, run: Run | None) -> lis
     if channel.kind != NotificationChannel.Kind.EMAIL:
         return []
     if event == NotificationEvent.APPROVAL_NEEDED and run is not None:
-        return [user.email for user in approvers(run) if user.email]
+        # Those who may approve, and whoever the channel names too (a team list is where
+        # people look; without it the delivery was "Skipped" when nobody had an address).
+        addresses = [user.email for user in approvers(run) if user.email] + channel.emails
+        firsts = {}
+        for address in addresses:
+            firsts.setdefault(address.lower(), address)
+        return list(firsts.values())
     return channel.emails
 
 
