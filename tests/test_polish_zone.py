@@ -82,3 +82,16 @@ def test_target_page_says_auto_deploy_paused_in_words_not_a_green_tick(flow, bob
     row = page.text.split('class="form-row field-auto_deploy')[1].split('class="form-row')[0]
     assert "icon-yes.svg" not in row
     assert '<span class="opsweb-attention">Paused</span>' in row
+
+
+def test_promote_picker_does_not_offer_what_the_next_environment_runs(flow, alice):
+    old, current = make_image("1.0.0"), make_image("2.0.0")
+    for image in (old, current):
+        succeed_in(flow["dev"], image)
+    succeed_in(flow["staging"], current)
+    url = reverse("admin:opsweb_target_promote", args=[flow["dev"].pk])
+    page = login(alice).get(url).text
+    picker = page[page.index('id="choose"') : page.index("</form>", page.index('id="choose"'))]
+    assert f'value="{current.pk}"' not in picker
+    refusal = strip_tags(page[page.index('id="refusal"') :][:600])
+    assert "AWS Staging already runs" in refusal and "choose another version" in refusal

@@ -128,13 +128,16 @@ def _approvals_line(env: Target) -> tuple[str, str]:
 
 def offered(images, chosen, target) -> Choice:
     """The version picker of a promote or deploy page: the newest 50 of ``images`` that are not
-    older than what ``target`` runs (they would be refused: going back is a rollback), with a
-    note saying how many of the newest 100 were left out. ``chosen`` stays on offer even if
-    older, so that its refusal is shown."""
+    older than what ``target`` runs (they would be refused: going back is a rollback) nor what
+    it runs already, with a note saying how many of the newest 100 were left out. ``chosen``
+    stays on offer even if older, so that its refusal is shown."""
     newest = list(images[:100])
     older = services.older_than(newest, target.current_image, target)
+    older.add(target.current_image_id)  # what runs there already is not a promotion
     options = [image_option(i) for i in newest if i.pk not in older or i == chosen][:50]
-    left_out = len(older - {chosen.pk if chosen else None})
+    left_out = len(
+        older & {i.pk for i in newest} - {chosen.pk if chosen else None, target.current_image_id}
+    )
     note = ""
     if left_out:
         note = (
@@ -177,17 +180,24 @@ class Promote(Confirmation):
             return None, None
         images = self.images(env)
         chosen = chosen_image(request, "image", images)
-        if chosen is None and env.current_image and not env.current_image.is_bad:
-            chosen = env.current_image
+        current = env.current_image
+        # Not what the next environment runs already: promoting it again would be refused.
+        if chosen is None and current and not current.is_bad:
+            chosen = current if current.pk != env.downstream.current_image_id else None
         return offered(images, chosen, env.downstream), chosen
 
     def decide(self, user, env, chosen):
         target = getattr(env, "downstream", None)
         if target is None:
             return policy.not_applicable(f"Nothing comes after {env} in the flow.")
-        if chosen is None and env.current_image is not None:
+        if chosen is None and env.current_image is not None and env.current_image.is_bad:
             return policy.refuse(
                 f"Version {env.current_image} is marked bad; choose another version to promote."
+            )
+        if chosen is None and env.current_image is not None:
+            return policy.refuse(
+                f"{target} already runs {env.current_image}, what {env} runs; choose another "
+                "version to promote."
             )
         return policy.may_promote(user, target, chosen, override=True)
 
