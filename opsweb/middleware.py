@@ -21,10 +21,14 @@ class HealthCheckMiddleware:
         return self.get_response(request)
 
 
+SESSION_TIME_ZONE = "opsweb_time_zone"
+
+
 class UserTimeZoneMiddleware:
     """Show times in the signed-in user's own zone (their profile; UTC without one) for the
     length of the request. Only what is rendered changes: stored times, notifications, Slack and
-    the API stay UTC."""
+    the API stay UTC. The zone is kept in the session (read once per sign-in, set again by the
+    time zone page), so a page costs no query for it."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -35,7 +39,10 @@ class UserTimeZoneMiddleware:
         user = getattr(request, "user", None)
         # Anonymous pages cost no query; the API answers in UTC whoever asks.
         if user is not None and user.is_authenticated and not request.path.startswith("/api/"):
-            timezone.activate(zoneinfo.ZoneInfo(user_time_zone(user)))
+            zone = request.session.get(SESSION_TIME_ZONE)
+            if zone is None:
+                zone = request.session[SESSION_TIME_ZONE] = user_time_zone(user)
+            timezone.activate(zoneinfo.ZoneInfo(zone))
         else:
             timezone.deactivate()
         try:

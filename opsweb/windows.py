@@ -434,3 +434,21 @@ def _weekdays(window: ChangeWindow) -> set[int]:
 def _duration(length: timedelta) -> str:
     hours, rest = divmod(int(length.total_seconds()), 3600)
     return f"{hours}h{rest // 60:02d}" if rest else f"{hours}h"
+
+
+def hand_freezes(environment: Target, now: datetime) -> list[ChangeWindow]:
+    """The freezes set by hand on ``environment`` (Freeze: a one-off deny window of this target
+    with no end) open at ``now``: what Unfreeze ends. Other freezes are lifted by editing their
+    windows."""
+    return [
+        window
+        for window in ChangeWindow.objects.filter(
+            environment=environment.environment_id,
+            application=environment.application_id,
+            kind=ChangeWindow.Kind.DENY,
+            ends_at=None,
+            rrule="",
+            cron="",
+        )
+        if open_until(window, now)[0]
+    ]

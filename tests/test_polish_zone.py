@@ -2,6 +2,7 @@
 as people read them (never a raw float, never "0s" for 0.2 s), times with seconds, and the
 run event list newest first."""
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -95,3 +96,24 @@ def test_promote_picker_does_not_offer_what_the_next_environment_runs(flow, alic
     assert f'value="{current.pk}"' not in picker
     refusal = strip_tags(page[page.index('id="refusal"') :][:600])
     assert "AWS Staging already runs" in refusal and "choose another version" in refusal
+
+
+def test_unfreeze_button_is_disabled_with_why_where_a_window_freezes(flow, dave):
+    from django.utils import timezone
+
+    from opsweb.models import ChangeWindow
+
+    production = flow["production"]
+    ChangeWindow.objects.create(kind="deny", starts_at=timezone.now(), reason="year end")
+    page = login(dave).get(reverse("admin:opsweb_target_change", args=[production.pk])).text
+    assert "Unfreeze</a>" not in page
+    assert re.search(r'aria-disabled="true" title="[^"]*Edit its change windows to lift it', page)
+
+
+def test_unfreeze_button_is_enabled_for_a_freeze_set_by_hand(flow, dave):
+    from opsweb import services
+
+    production = flow["production"]
+    services.set_frozen(user=dave, environment=production, frozen=True, reason="incident")
+    page = login(dave).get(reverse("admin:opsweb_target_change", args=[production.pk])).text
+    assert "Unfreeze</a>" in page

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from opsweb import services
 from opsweb.admin.lists import OpswebAdmin
+from opsweb.middleware import SESSION_TIME_ZONE
 from opsweb.models import GroupMapping, OidcIdentity, SlackLink
 
 
@@ -106,12 +107,13 @@ def time_zone_page(request):
     """GET: the zone the signed-in user reads times in. POST (CSRF): set it."""
     if request.method not in ("GET", "POST"):
         return HttpResponseNotAllowed(["GET", "POST"])
-    current = services.user_time_zone(request.user)
+    current = request.session.get(SESSION_TIME_ZONE) or services.user_time_zone(request.user)
     entered = current
     if request.method == "POST":
         entered = request.POST.get("time_zone", "")
         try:
             current = services.set_time_zone(user=request.user, time_zone=entered)
+            request.session[SESSION_TIME_ZONE] = current
         except services.ReleaseError as exc:
             messages.error(request, str(exc))
         else:

@@ -36,7 +36,7 @@ from opsweb.services.base import (
     validation_sentence,
 )
 from opsweb.services.requests import lock_environment, new_run
-from opsweb.windows import freeze_status, open_until
+from opsweb.windows import freeze_status, hand_freezes
 
 
 @transaction.atomic
@@ -101,25 +101,9 @@ def set_frozen(
             created_by=user,
         )
     else:
-        by_hand = [
-            window
-            for window in ChangeWindow.objects.filter(
-                environment=environment.environment_id,
-                application=environment.application_id,
-                kind=ChangeWindow.Kind.DENY,
-                ends_at=None,
-                rrule="",
-                cron="",
-            )
-            if open_until(window, now)[0]
-        ]
-        if not by_hand:
-            status = freeze_status(environment, now)
-            raise ReleaseError(
-                f"{status.sentence} Edit its change windows to lift it."
-                if status.frozen
-                else f"{environment} is already not frozen."
-            )
+        by_hand = hand_freezes(environment, now)
+        if not by_hand:  # frozen by a window: policy.may_freeze refused above
+            raise ReleaseError(f"{environment} is already not frozen.")
         ChangeWindow.objects.filter(pk__in=[w.pk for w in by_hand]).update(ends_at=now)
     verb = "Froze" if frozen else "Unfroze"
     audit(
