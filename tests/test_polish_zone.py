@@ -117,3 +117,21 @@ def test_unfreeze_button_is_enabled_for_a_freeze_set_by_hand(flow, dave):
     services.set_frozen(user=dave, environment=production, frozen=True, reason="incident")
     page = login(dave).get(reverse("admin:opsweb_target_change", args=[production.pk])).text
     assert "Unfreeze</a>" in page
+
+
+def test_live_run_json_fills_the_fields_the_end_set(flow, bob):
+    old = make_image("1.0.0")
+    succeed_in(flow["dev"], old)
+    run = succeed_in(
+        flow["dev"],
+        make_image("2.0.0"),
+        status="failed",
+        replaces=old,
+        error="health check failed: 502 from /healthz",
+    )
+    answer = login(bob).get(reverse("admin:opsweb_run_live", args=[run.pk])).json()
+    assert answer["active"] is False
+    fields = answer["fields"]
+    assert fields["error"] == "health check failed: 502 from /healthz"
+    assert "1.0.0" in fields["replaces"]
+    assert fields["finished_at"] != "-" and fields["status"] == "Failed"
