@@ -20,7 +20,7 @@ from django.utils import timezone
 from opsweb import policy, services
 from opsweb.models import Application, ApprovalRule, ImageVersion, Run, RunStatus, Target
 from opsweb.reading import notices, read_environments
-from opsweb.windows import freeze_status
+from opsweb.windows import FreezeStatus, freeze_status
 from orchestration.base import DeployError, backend_class, get_backend
 
 MATRIX_PAGE_SIZE = 10
@@ -221,7 +221,9 @@ def _card(env, active, decided, approvers, emails, last_run, now) -> Card:
     freeze = freeze_status(env, now)
     state, words = _state(env, running, last_run, freeze)
     behind = services.behind_sentence(env)
-    flags = notices(env, freeze, behind=behind, running=running)
+    # The freeze is said once on a card: in its state words when it is what to see first, else
+    # in its own line; not again as a flag (it read three times over).
+    flags = notices(env, FreezeStatus(frozen=False), behind=behind, running=running)
     return Card(
         env,
         state,
@@ -231,7 +233,7 @@ def _card(env, active, decided, approvers, emails, last_run, now) -> Card:
         pending=pending,
         queued=queued,
         flags=flags,
-        freeze=freeze.sentence if freeze.frozen else "",
+        freeze=freeze.sentence if freeze.frozen and state != "frozen" else "",
         instances=_instances(env),
     )
 
