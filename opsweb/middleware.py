@@ -24,11 +24,19 @@ class HealthCheckMiddleware:
 SESSION_TIME_ZONE = "opsweb_time_zone"
 
 
+def remember_time_zone(sender, request, user, **kwargs):
+    """At sign-in: keep the user's zone in the session, which every page reads anyway."""
+    from opsweb.services.accounts import user_time_zone
+
+    if request is not None and hasattr(request, "session"):
+        request.session[SESSION_TIME_ZONE] = user_time_zone(user)
+
+
 class UserTimeZoneMiddleware:
     """Show times in the signed-in user's own zone (their profile; UTC without one) for the
     length of the request. Only what is rendered changes: stored times, notifications, Slack and
-    the API stay UTC. The zone is kept in the session (read once per sign-in, set again by the
-    time zone page), so a page costs no query for it."""
+    the API stay UTC. The zone is kept in the session (read at sign-in, set again by the time
+    zone page; a session older than this reads it once), so a page costs no query for it."""
 
     def __init__(self, get_response):
         self.get_response = get_response

@@ -135,3 +135,16 @@ def test_live_run_json_fills_the_fields_the_end_set(flow, bob):
     assert fields["error"] == "health check failed: 502 from /healthz"
     assert "1.0.0" in fields["replaces"]
     assert fields["finished_at"] != "-" and fields["status"] == "Failed"
+
+
+def test_target_page_now_says_health_and_links_the_service(flow, bob):
+    from opsweb.models import Target
+
+    run = succeed_in(flow["dev"], make_image("1.0.0"))
+    Target.objects.filter(pk=flow["dev"].pk).update(
+        health_check_url="http://127.0.0.1:8101/healthz"
+    )
+    page = login(bob).get(reverse("admin:opsweb_target_change", args=[flow["dev"].pk])).text
+    now = strip_tags(page.split('class="form-row field-health')[1].split("</fieldset>")[0])
+    assert f"healthy: its health check passed (run #{run.pk} succeeded" in now
+    assert 'href="http://127.0.0.1:8101/"' in page

@@ -3,6 +3,8 @@ resume auto-deploy, UAT sign-off, freeze)."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from django import forms
 from django.contrib import admin
 from django.db.models import Count, OuterRef, Subquery
@@ -38,6 +40,7 @@ from opsweb.models import (
 )
 from opsweb.reading import notices, read_configuration, running_run
 from opsweb.reads import facts
+from opsweb.templatetags.opsweb_format import moment_text
 from opsweb.windows import (
     MAX_DURATION_SECONDS,
     describe_window,
@@ -617,6 +620,8 @@ class TargetAdmin(ConfirmingAdmin):
     readonly_fields = [
         "current_image",
         "current_since",
+        "health",
+        "service",
         "auto_deploy_state",
         "paused_reason",
         "freeze",
@@ -631,6 +636,8 @@ class TargetAdmin(ConfirmingAdmin):
                 "fields": [
                     "current_image",
                     "current_since",
+                    "health",
+                    "service",
                     "drift",
                     "drift_checked_at",
                     "security_alert",
@@ -651,6 +658,8 @@ class TargetAdmin(ConfirmingAdmin):
         (
             "Deploying",
             {
+                # Configuration, read less often than "Now": folded (the page was 3,400 px).
+                "classes": ["collapse"],
                 "fields": [
                     "backend",
                     "backend_settings",
@@ -658,17 +667,18 @@ class TargetAdmin(ConfirmingAdmin):
                     "health_check_window_seconds",
                     "auto_rollback",
                     "rto_seconds",
-                ]
+                ],
             },
         ),
         (
             "Alarms and scans (docs/alarms.md)",
             {
+                "classes": ["collapse"],
                 "fields": [
                     "bake_seconds",
                     "alarms",
                     "roll_back_on_vulnerability",
-                ]
+                ],
             },
         ),
     ]
@@ -773,6 +783,31 @@ class TargetAdmin(ConfirmingAdmin):
     @admin.display(description="Approvals")
     def approvals_needed(self, env):
         return " + ".join(str(rule) for rule in services.approval_rules(env)) or "none"
+
+    @admin.display(description="Health")
+    def health(self, env):
+        """What the last finished run here says about the service (no probe from a page)."""
+        last = (
+            env.runs.exclude(finished_at=None)
+            .only("pk", "status", "finished_at", "kind")
+            .order_by("-finished_at", "-id")
+            .first()
+        )
+        if last is None:
+            return "not known yet: nothing has run here"
+        words = f"run #{last.pk} {last.status_phrase}, {moment_text(last.finished_at)}"
+        if last.status == RunStatus.SUCCEEDED:
+            return f"healthy: its health check passed ({words})"
+        return format_html('<span class="opsweb-attention">{}</span>', f"look: {words}")
+
+    @admin.display(description="Service")
+    def service(self, env):
+        # The health check URL without its path: where the service answers.
+        if not env.health_check_url:
+            return "—"
+        parts = urlsplit(env.health_check_url)
+        base = f"{parts.scheme}://{parts.netloc}/"
+        return format_html('<a href="{}" rel="noopener" target="_blank">{}</a>', base, base)
 
     @admin.display(description="Auto deploy")
     def auto_deploy_state(self, env):
