@@ -50,7 +50,10 @@ class UserTimeZoneMiddleware:
             zone = request.session.get(SESSION_TIME_ZONE)
             if zone is None:
                 zone = request.session[SESSION_TIME_ZONE] = user_time_zone(user)
-            timezone.activate(zoneinfo.ZoneInfo(zone))
+            try:
+                timezone.activate(zoneinfo.ZoneInfo(zone))
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                timezone.deactivate()  # a zone this machine's tzdata lost: UTC, not a 500
         else:
             timezone.deactivate()
         try:

@@ -63,3 +63,10 @@ def test_time_zone_page_is_linked_from_the_user_tools_and_needs_csrf(flow, bob):
     refused = client.post(reverse("time_zone"), {"time_zone": "Asia/Tokyo"})
     assert refused.status_code == 403
     assert not UserProfile.objects.filter(user=bob).exists()
+
+
+def test_time_zone_a_zone_unknown_here_reads_utc_instead_of_failing(flow, bob):
+    UserProfile.objects.create(user=bob, time_zone="Nowhere/Gone")
+    run = succeed_in(flow["dev"], make_image("1.0.0"), created_at=NOON_UTC)
+    text = run_page_text(login(bob), run)
+    assert "2026-01-15 12:00:00 UTC" in text
