@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.lock pyproject.toml | cksum | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The web server and the worker alike: notifications link to the port the console runs on.
+export PORT
 # The demo's applications listen from this port on: sample +0..+3, web +4..+7, tool +8..+10.
 DEMO_BASE_PORT ?= 8101
 

@@ -15,6 +15,11 @@ class OpswebConfig(AppConfig):
         from opsweb import login_throttle, notifications  # noqa: F401
 
         login_throttle.connect()
+        from django.contrib.auth.signals import user_logged_in
+
+        from opsweb.middleware import remember_time_zone
+
+        user_logged_in.connect(remember_time_zone, dispatch_uid="opsweb-time-zone")
         outbound.configure(outbound_allow)
 
 

@@ -28,7 +28,7 @@ from opsweb.models import (
     Target,
 )
 from opsweb.reading import notices, read_environments
-from opsweb.windows import freeze_status
+from opsweb.windows import FreezeStatus, freeze_status
 from orchestration.base import DeployError, backend_class, get_backend
 
 MATRIX_PAGE_SIZE = 10
@@ -246,7 +246,9 @@ def _card(env, active, decided, approvers, emails, last_run, now) -> Card:
     freeze = freeze_status(env, now)
     state, words = _state(env, running, last_run, freeze)
     behind = services.behind_sentence(env)
-    flags = notices(env, freeze, behind=behind, running=running)
+    # The freeze is said once on a card: in its state words when it is what to see first, else
+    # in its own line; not again as a flag (it read three times over).
+    flags = notices(env, FreezeStatus(frozen=False), behind=behind, running=running)
     return Card(
         env,
         state,
@@ -256,7 +258,7 @@ def _card(env, active, decided, approvers, emails, last_run, now) -> Card:
         pending=pending,
         queued=queued,
         flags=flags,
-        freeze=freeze.sentence if freeze.frozen else "",
+        freeze=freeze.sentence if freeze.frozen and state != "frozen" else "",
         instances=_instances(env),
     )
 

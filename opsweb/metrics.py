@@ -344,9 +344,14 @@ def week_starts(since: datetime, until: datetime) -> list[date]:
 
 
 def human_duration(seconds: float | None) -> str:
-    """Seconds as a short human duration ("3h 20m"), "-" for nothing measured."""
+    """Seconds as a short human duration ("3h 20m", "4.2s", "0.2s"), "-" for nothing measured.
+    Under a minute it keeps a tenth of a second: a 0.2 s restore is not "0s"."""
     if seconds is None:
         return "-"
+    if seconds < 0.05:
+        return "under 0.1s"
+    if seconds < 59.95:
+        return f"{seconds:.1f}s"
     seconds = round(seconds)
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
@@ -355,6 +360,4 @@ def human_duration(seconds: float | None) -> str:
         return f"{days}d {hours}h"
     if hours:
         return f"{hours}h {minutes}m"
-    if minutes:
-        return f"{minutes}m {secs}s"
-    return f"{secs}s"
+    return f"{minutes}m {secs}s"

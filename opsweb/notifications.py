@@ -36,6 +36,7 @@ from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
+from opsweb.metrics import human_duration
 from opsweb.models import (
     NotificationChannel,
     NotificationDelivery,
@@ -104,7 +105,7 @@ def rollback_finished_text(run: Run) -> str:
     verdict = "met" if restored <= rto else "MISSED"
     return (
         f"Rollback finished in {run.environment} (run #{run.pk}): {run.image.tag} runs again. "
-        f"Restored in {restored:.0f}s; RTO target {rto}s {verdict}."
+        f"Restored in {human_duration(restored)}; RTO target {rto}s {verdict}."
     )
 
 
@@ -187,7 +188,13 @@ def recipients(channel: NotificationChannel, event: str, run: Run | None) -> lis
     if channel.kind != NotificationChannel.Kind.EMAIL:
         return []
     if event == NotificationEvent.APPROVAL_NEEDED and run is not None:
-        return [user.email for user in approvers(run) if user.email]
+        # Those who may approve, and whoever the channel names too (a team list is where
+        # people look; without it the delivery was "Skipped" when nobody had an address).
+        addresses = [user.email for user in approvers(run) if user.email] + channel.emails
+        firsts = {}
+        for address in addresses:
+            firsts.setdefault(address.lower(), address)
+        return list(firsts.values())
     return channel.emails
 
 

@@ -35,7 +35,7 @@ from opsweb.reads.quorum import (
     rule_group_ids,
     user_group_ids,
 )
-from opsweb.windows import freeze_status
+from opsweb.windows import freeze_status, hand_freezes
 from orchestration.alarms import at_or_above
 
 
@@ -480,9 +480,15 @@ def _freeze(user, environment: Target, run_kind: str, *, override: bool, now) ->
 
 
 def may_freeze(user, environment: Target) -> Decision:
-    if _has_perm(user, "freeze_environment") and not team_refusal(user, environment):
-        return ALLOWED
-    return forbid(f"User {actor_name(user)} is not allowed to freeze or unfreeze environments.")
+    """Freeze, or Unfreeze a freeze set by hand; a freeze by a change window is lifted by
+    editing that window, so Unfreeze is refused (and its button disabled) there."""
+    if not _has_perm(user, "freeze_environment") or team_refusal(user, environment):
+        return forbid(f"User {actor_name(user)} is not allowed to freeze or unfreeze environments.")
+    now = timezone.now()
+    status = freeze_status(environment, now)
+    if status.frozen and not hand_freezes(environment, now):
+        return refuse(f"{status.sentence} Edit its change windows to lift it.")
+    return ALLOWED
 
 
 # -- runs ------------------------------------------------------------------------------------

@@ -73,6 +73,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "opsweb.live.LivePagesMiddleware",  # a live page's idle refresh: 304 after one query
+    "opsweb.middleware.UserTimeZoneMiddleware",  # the user's zone; after the 304s, no query
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
@@ -361,8 +362,11 @@ elif PRODUCTION:
 else:
     MAILERS = {"default": mailer("consolemail://")}
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="opsweb@localhost")
-# The console's address as people reach it: notifications link to run pages under it.
-OPSWEB_BASE_URL = env.str("OPSWEB_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+# The console's address as people reach it: notifications link to run pages under it. Unset,
+# the port the console serves on (PORT, as `make run` and gunicorn.conf.py read it), not 8000.
+OPSWEB_BASE_URL = env.str(
+    "OPSWEB_BASE_URL", default=f"http://127.0.0.1:{env.str('PORT', default='8000')}"
+).rstrip("/")
 
 LOGGING = {
     "version": 1,

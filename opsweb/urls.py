@@ -3,7 +3,7 @@ from django.urls import path
 from django.views.generic import RedirectView
 
 from opsweb import slack, sso, views
-from opsweb.admin.accounts import link_slack_page
+from opsweb.admin.accounts import link_slack_page, time_zone_page
 from opsweb.api import api
 from opsweb.board_views import board_page
 from opsweb.dora_views import dora_page
@@ -25,6 +25,7 @@ urlpatterns = [
     path("favicon.ico", views.favicon),
     path("admin/board/<slug:slug>/", admin.site.admin_view(board_page), name="board"),
     path("admin/dora/", admin.site.admin_view(dora_page), name="dora"),
+    path("admin/time-zone/", admin.site.admin_view(time_zone_page), name="time_zone"),
     path("admin/slack/link/", admin.site.admin_view(link_slack_page), name="slack_link"),
     path("sso/authenticate/", sso.SignIn.as_view(), name="oidc_authentication_init"),
     path("sso/callback/", sso.Callback.as_view(), name="oidc_authentication_callback"),

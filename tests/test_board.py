@@ -9,6 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import strip_tags
 
 from opsweb import services
 from opsweb.board import build_board
@@ -169,8 +170,20 @@ def test_a_frozen_environment_says_until_when_on_its_card(flow, bob):
     services.set_frozen(user=bob, environment=flow["production"], frozen=True, reason="audit")
     cards = {c.environment.slug: c for c in build_board(bob).cards}
     assert cards["production"].state == "frozen"
-    assert "frozen until lifted" in cards["production"].flags
-    assert "AWS Production is frozen" in cards["production"].freeze
+    assert cards["production"].state_words.startswith("frozen until someone lifts the freeze")
+    # Said once: not again as a flag nor as a line under the state.
+    assert not any("frozen" in flag for flag in cards["production"].flags)
+    assert cards["production"].freeze == ""
+
+
+def test_a_frozen_card_says_the_freeze_once(flow, bob):
+    v1 = make_image("1.0.0")
+    succeed_in(flow["production"], v1)
+    services.set_frozen(user=bob, environment=flow["production"], frozen=True, reason="audit")
+    page = login(bob).get(reverse("admin:index")).text
+    card = page[page.index("pipeline-production") :]
+    card = strip_tags(card[: card.index("</section>")])
+    assert card.count("frozen until") == 1, card
 
 
 def test_pending_runs_name_who_may_still_approve_under_several_rules(flow, alice, bob, carol):
@@ -366,7 +379,9 @@ def test_board_list_and_command_notice_the_same_things_about_an_environment(flow
     ]
     assert v2.branch == "develop"
     card = next(c for c in build_board(bob).cards if c.environment.slug == "dev")
-    assert card.flags == expected
+    # The card says the freeze once, in its own line (its state here is the stopping run).
+    assert card.flags == [flag for flag in expected if flag != "frozen until lifted"]
+    assert card.freeze.startswith("AWS Dev is frozen until someone lifts the freeze")
     listing = login(bob).get("/admin/opsweb/target/")
     assert listing.status_code == 200 and ", ".join(expected) in listing.text
     assert environment_row(Target.objects.get(environment__slug="dev"))["notices"] == expected

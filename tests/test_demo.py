@@ -103,3 +103,12 @@ def test_demo_with_the_sample_alone_takes_four_ports(demo_settings):
     assert get_json(f"http://127.0.0.1:{base + 3}/")["version"] == "1.0.0"
     with pytest.raises(CommandError, match="--apps 'billing' is not one of sample, web, tool"):
         call_command("demo", base_port=base, apps="billing", stdout=StringIO())
+
+
+@pytest.mark.django_db
+def test_demo_override_can_be_met_whichever_override_approver_asks(settings):
+    from opsweb.management.commands.demo import PEOPLE
+
+    members = [name for name, groups in PEOPLE.items() if "override approvers" in groups]
+    # The requester's own approval does not count: the others must be enough.
+    assert len(members) - 1 >= settings.OPSWEB["OVERRIDE_APPROVALS"]

@@ -122,7 +122,9 @@ def finish(run, *, succeeded=True, error=""):
     return services.finish_run(run_id=run.pk, succeeded=succeeded, error=error)
 
 
-def test_approval_needed_emails_the_approvers_but_not_the_requester(flow, smtp, committed):
+def test_approval_needed_emails_the_approvers_and_the_channel_but_not_the_requester(
+    flow, smtp, committed
+):
     bob = make_user("bob", "staging approvers", email="bob@example.com")
     make_user("carol", "staging approvers", email="carol@example.com")
     make_user("erin", "staging approvers", email="erin@example.com", is_active=False)
@@ -132,7 +134,8 @@ def test_approval_needed_emails_the_approvers_but_not_the_requester(flow, smtp, 
     succeed_in(flow["dev"], image)
     run = committed(services.request_promotion, user=bob, target=flow["staging"], image=image)
     assert run.status == RunStatus.PENDING
-    assert [m["to"] for m in smtp.messages] == [["carol@example.com"]]
+    # The channel's own list too: where the team looks (it was ignored, delivery "Skipped").
+    assert [m["to"] for m in smtp.messages] == [["carol@example.com", "team@example.com"]]
     message = smtp.messages[0]["data"]
     assert "Subject: [opsweb] A run waits for approval in AWS Staging" in message
     assert f"http://127.0.0.1:8000/admin/opsweb/run/{run.pk}/change/" in message
@@ -291,6 +294,12 @@ def test_channel_refuses_bad_targets(flow, kind, target, secret, field):
 def test_channel_refuses_unknown_events(flow):
     with pytest.raises(ValidationError, match="Unknown events: deploy_everything"):
         channel("slack", "https://example.com/hook", events=["deploy_everything"])
+
+
+def test_channel_refuses_no_event_with_a_sentence(flow):
+    with pytest.raises(ValidationError, match="Pick at least one event"):
+        channel("email", "team@example.com", events=[])
+    assert not NotificationChannel.objects.exists()
 
 
 def test_admin_never_shows_the_secret_and_keeps_it_when_left_empty(client, flow, receiver):

@@ -222,10 +222,12 @@ def test_local_backend_health_check_reaches_its_loopback_process(flow, nothing_a
 def test_allow_list_admits_named_networks_and_hosts(flow, settings):
     settings.OPSWEB_OUTBOUND_ALLOW = ["10.20.0.0/16", "hooks.internal"]
     for url in ("http://10.20.1.2/hook", "http://hooks.internal/x", "https://hooks.slack.com/T/B"):
-        NotificationChannel(name="x", kind="slack", target=url, events=[]).full_clean()
+        NotificationChannel(
+            name="x", kind="slack", target=url, events=["run_succeeded"]
+        ).full_clean()
     with pytest.raises(ValidationError, match="private"):
         NotificationChannel(
-            name="x", kind="slack", target="http://10.21.0.1/", events=[]
+            name="x", kind="slack", target="http://10.21.0.1/", events=["run_succeeded"]
         ).full_clean()
 
 
@@ -236,9 +238,13 @@ def test_email_channel_refuses_addresses_the_relay_would_deliver_internally(flow
         ("ops@example.com, root@metadata.google.internal", "cloud metadata"),
     ]:
         with pytest.raises(ValidationError) as caught:
-            NotificationChannel(name="x", kind="email", target=target, events=[]).full_clean()
+            NotificationChannel(
+                name="x", kind="email", target=target, events=["run_succeeded"]
+            ).full_clean()
         assert said in caught.value.message_dict["target"][0]
-    NotificationChannel(name="x", kind="email", target="ops@example.com", events=[]).full_clean()
+    NotificationChannel(
+        name="x", kind="email", target="ops@example.com", events=["run_succeeded"]
+    ).full_clean()
 
 
 def test_admin_refuses_a_metadata_webhook_with_a_sentence(client, flow, nothing_allowed):
@@ -300,7 +306,9 @@ def test_a_name_resolving_to_any_internal_address_is_refused_before_connecting(
     receiver = servers()
     answers(monkeypatch, {"hooks.example.test": [["93.184.216.34", "127.0.0.1"]]})
     url = f"http://hooks.example.test:{receiver.port}/hook"
-    NotificationChannel(name="x", kind="slack", target=url, events=[]).full_clean()  # no DNS
+    NotificationChannel(
+        name="x", kind="slack", target=url, events=["run_succeeded"]
+    ).full_clean()  # no DNS
     outcome = notifications.deliver(delivery_to(url, kind="slack").pk)
     assert "hooks.example.test resolves to 127.0.0.1, a loopback address" in outcome
     assert receiver.requests == []

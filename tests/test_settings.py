@@ -45,3 +45,17 @@ def test_unknown_django_env_is_refused():
     result = run_django({"DJANGO_ENV": "prod"}, "check")
     assert result.returncode != 0
     assert "DJANGO_ENV is 'prod'" in result.stderr
+
+
+def test_settings_notification_links_follow_the_port_the_console_runs_on():
+    code = "from django.conf import settings; print(settings.OPSWEB_BASE_URL)"
+    env = {k: v for k, v in os.environ.items() if k not in ("OPSWEB_BASE_URL", "DJANGO_ENV")}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=settings.BASE_DIR,
+        env={**env, "PORT": "9123"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.strip().splitlines()[-1] == "http://127.0.0.1:9123", result.stderr

@@ -3,14 +3,18 @@ identities, Slack links, and the page where a user gets a code to link their Sla
 
 from __future__ import annotations
 
+from zoneinfo import available_timezones
+
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponseNotAllowed
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.utils import timezone
 
 from opsweb import services
 from opsweb.admin.lists import OpswebAdmin
+from opsweb.middleware import SESSION_TIME_ZONE
 from opsweb.models import GroupMapping, OidcIdentity, SlackLink
 
 
@@ -97,3 +101,30 @@ def link_slack_page(request):
         "links": SlackLink.objects.filter(user=request.user),
     }
     return TemplateResponse(request, "admin/opsweb/slack_link.html", context)
+
+
+def time_zone_page(request):
+    """GET: the zone the signed-in user reads times in. POST (CSRF): set it."""
+    if request.method not in ("GET", "POST"):
+        return HttpResponseNotAllowed(["GET", "POST"])
+    current = request.session.get(SESSION_TIME_ZONE) or services.user_time_zone(request.user)
+    entered = current
+    if request.method == "POST":
+        entered = request.POST.get("time_zone", "")
+        try:
+            current = services.set_time_zone(user=request.user, time_zone=entered)
+            request.session[SESSION_TIME_ZONE] = current
+        except services.ReleaseError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, f"Times are now shown in {current}.")
+            return HttpResponseRedirect(request.path)
+    context = {
+        **admin.site.each_context(request),
+        "title": "Your time zone",
+        "current": current,
+        "entered": entered[:64],
+        "zones": sorted(available_timezones()),
+        "now": timezone.now(),
+    }
+    return TemplateResponse(request, "admin/opsweb/time_zone.html", context)

@@ -3,6 +3,8 @@ resume auto-deploy, UAT sign-off, freeze)."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from django import forms
 from django.contrib import admin
 from django.db.models import Count, OuterRef, Subquery
@@ -39,6 +41,7 @@ from opsweb.models import (
 )
 from opsweb.reading import notices, read_configuration, running_run
 from opsweb.reads import facts
+from opsweb.templatetags.opsweb_format import moment_text
 from opsweb.windows import (
     MAX_DURATION_SECONDS,
     describe_window,
@@ -131,13 +134,16 @@ def _approvals_line(env: Target) -> tuple[str, str]:
 
 def offered(images, chosen, target) -> Choice:
     """The version picker of a promote or deploy page: the newest 50 of ``images`` that are not
-    older than what ``target`` runs (they would be refused: going back is a rollback), with a
-    note saying how many of the newest 100 were left out. ``chosen`` stays on offer even if
-    older, so that its refusal is shown."""
+    older than what ``target`` runs (they would be refused: going back is a rollback) nor what
+    it runs already, with a note saying how many of the newest 100 were left out. ``chosen``
+    stays on offer even if older, so that its refusal is shown."""
     newest = list(images[:100])
     older = services.older_than(newest, target.current_image, target)
+    older.add(target.current_image_id)  # what runs there already is not a promotion
     options = [image_option(i) for i in newest if i.pk not in older or i == chosen][:50]
-    left_out = len(older - {chosen.pk if chosen else None})
+    left_out = len(
+        older & {i.pk for i in newest} - {chosen.pk if chosen else None, target.current_image_id}
+    )
     note = ""
     if left_out:
         note = (
@@ -180,17 +186,24 @@ class Promote(Confirmation):
             return None, None
         images = self.images(env)
         chosen = chosen_image(request, "image", images)
-        if chosen is None and env.current_image and not env.current_image.is_bad:
-            chosen = env.current_image
+        current = env.current_image
+        # Not what the next environment runs already: promoting it again would be refused.
+        if chosen is None and current and not current.is_bad:
+            chosen = current if current.pk != env.downstream.current_image_id else None
         return offered(images, chosen, env.downstream), chosen
 
     def decide(self, user, env, chosen):
         target = getattr(env, "downstream", None)
         if target is None:
             return policy.not_applicable(f"Nothing comes after {env} in the flow.")
-        if chosen is None and env.current_image is not None:
+        if chosen is None and env.current_image is not None and env.current_image.is_bad:
             return policy.refuse(
                 f"Version {env.current_image} is marked bad; choose another version to promote."
+            )
+        if chosen is None and env.current_image is not None:
+            return policy.refuse(
+                f"{target} already runs {env.current_image}, what {env} runs; choose another "
+                "version to promote."
             )
         return policy.may_promote(user, target, chosen, override=True)
 
@@ -629,7 +642,9 @@ class TargetAdmin(ConfirmingAdmin):
     readonly_fields = [
         "current_image",
         "current_since",
-        "auto_deploy_paused",
+        "health",
+        "service",
+        "auto_deploy_state",
         "paused_reason",
         "freeze",
         "drift",
@@ -643,10 +658,12 @@ class TargetAdmin(ConfirmingAdmin):
                 "fields": [
                     "current_image",
                     "current_since",
+                    "health",
+                    "service",
                     "drift",
                     "drift_checked_at",
                     "security_alert",
-                    "auto_deploy_paused",
+                    "auto_deploy_state",
                     "paused_reason",
                     "freeze",
                 ]
@@ -663,6 +680,8 @@ class TargetAdmin(ConfirmingAdmin):
         (
             "Deploying",
             {
+                # Configuration, read less often than "Now": folded (the page was 3,400 px).
+                "classes": ["collapse"],
                 "fields": [
                     "backend",
                     "backend_settings",
@@ -670,17 +689,18 @@ class TargetAdmin(ConfirmingAdmin):
                     "health_check_window_seconds",
                     "auto_rollback",
                     "rto_seconds",
-                ]
+                ],
             },
         ),
         (
             "Alarms and scans (docs/alarms.md)",
             {
+                "classes": ["collapse"],
                 "fields": [
                     "bake_seconds",
                     "alarms",
                     "roll_back_on_vulnerability",
-                ]
+                ],
             },
         ),
     ]
@@ -785,6 +805,38 @@ class TargetAdmin(ConfirmingAdmin):
     @admin.display(description="Approvals")
     def approvals_needed(self, env):
         return " + ".join(str(rule) for rule in services.approval_rules(env)) or "none"
+
+    @admin.display(description="Health")
+    def health(self, env):
+        """What the last finished run here says about the service (no probe from a page)."""
+        last = (
+            env.runs.exclude(finished_at=None)
+            .only("pk", "status", "finished_at", "kind")
+            .order_by("-finished_at", "-id")
+            .first()
+        )
+        if last is None:
+            return "not known yet: nothing has run here"
+        words = f"run #{last.pk} {last.status_phrase}, {moment_text(last.finished_at)}"
+        if last.status == RunStatus.SUCCEEDED:
+            return f"healthy: its health check passed ({words})"
+        return format_html('<span class="opsweb-attention">{}</span>', f"look: {words}")
+
+    @admin.display(description="Service")
+    def service(self, env):
+        # The health check URL without its path: where the service answers.
+        if not env.health_check_url:
+            return "—"
+        parts = urlsplit(env.health_check_url)
+        base = f"{parts.scheme}://{parts.netloc}/"
+        return format_html('<a href="{}" rel="noopener" target="_blank">{}</a>', base, base)
+
+    @admin.display(description="Auto deploy")
+    def auto_deploy_state(self, env):
+        # Words, not Django's boolean icon: a green tick beside "paused" reads as "fine".
+        if env.auto_deploy_paused:
+            return format_html('<span class="opsweb-attention">{}</span>', "Paused")
+        return "Deploys new builds" if env.environment.auto_deploy else "Off (deploys on request)"
 
     @admin.display(description="Freeze")
     def freeze(self, env):

@@ -7,6 +7,7 @@ from django.contrib import admin
 from django.db import connection
 
 from opsweb.admin.lists import DateRangeFilter, OpswebAdmin
+from opsweb.metrics import human_duration
 from opsweb.models import Approval, AuditEntry, ImageVersion, Run, RunEvent, Signoff, Target
 
 
@@ -41,7 +42,8 @@ def audit_entries_for(obj):
 
 @admin.register(RunEvent)
 class RunEventAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "run", "level", "message", "duration_seconds"]
+    list_display = ["created_at", "run", "level", "message", "took"]
+    ordering = ["-created_at", "-id"]  # the newest first, from runevent_newest_first
     list_filter = ["level", "run__environment"]
     list_select_related = [
         "run__environment__environment",
@@ -49,6 +51,10 @@ class RunEventAdmin(ReadOnlyAdmin):
         "run__image",
     ]
     search_fields = ["message"]
+
+    @admin.display(description="Took", ordering="duration_seconds")
+    def took(self, event):
+        return "—" if event.duration_seconds is None else human_duration(event.duration_seconds)
 
 
 @admin.register(Approval)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin
-from django.contrib.admin.utils import unquote
+from django.contrib.admin.utils import (
+    display_for_field,
+    display_for_value,
+    lookup_field,
+    unquote,
+)
 from django.http import JsonResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, strip_tags
 
 from opsweb import policy, services
 from opsweb.admin.confirm import (
@@ -24,8 +29,10 @@ from opsweb.admin.lists import CheckedChangeList, DateRangeFilter
 from opsweb.admin.records import ReadOnlyMixin
 from opsweb.limits import TEXT_MAX
 from opsweb.live import page_etag
+from opsweb.metrics import human_duration
 from opsweb.models import ImageVersion, Run
 from opsweb.reads import change, facts
+from opsweb.templatetags.opsweb_format import moment_text
 
 
 def run_url(run: Run) -> str:
@@ -42,7 +49,7 @@ def run_lines(run: Run) -> list[tuple[str, str]]:
         ("To", version_line(run.image)),
         (
             "Requested by",
-            f"{services.actor_name(run.requested_by)} at {run.created_at:%Y-%m-%d %H:%M:%S} UTC",
+            f"{services.actor_name(run.requested_by)} at {moment_text(run.created_at)}",
         ),
     ]
     if run.required_approvals:
@@ -50,7 +57,7 @@ def run_lines(run: Run) -> list[tuple[str, str]]:
         lines.append(
             (
                 "Approval window",
-                f"until {services.approval_deadline(run):%Y-%m-%d %H:%M:%S} UTC",
+                f"until {moment_text(services.approval_deadline(run))}",
             )
         )
     if run.freeze_override_reason:
@@ -373,7 +380,7 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
     @admin.display(description="Took")
     def took(self, run):
         duration = run.duration
-        return f"{duration.total_seconds():.0f} s" if duration else "—"
+        return human_duration(duration.total_seconds()) if duration else "—"
 
     @admin.display(description="Approvals")
     def approvals_so_far(self, run):
@@ -418,6 +425,21 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
             *super().get_urls(),
         ]
 
+    # The run page's fields that a run's end sets or changes (what it replaced, its error...).
+    ENDED_FIELDS = ["status", "replaces", "error", "step", "switched_at", "finished_at"]
+
+    def ended_fields(self, run) -> dict[str, str]:
+        """The text of ``ENDED_FIELDS`` as the run page draws them (read-only fields)."""
+        shown = {}
+        for name in self.ENDED_FIELDS:
+            field, _, value = lookup_field(name, run, self)
+            empty = self.get_empty_value_display()
+            text = (
+                display_for_field(value, field, empty) if field else display_for_value(value, empty)
+            )
+            shown[name] = strip_tags(str(text))
+        return shown
+
     def live_view(self, request, object_id):
         """The run's status and the events after ``?after=<event id>``, as JSON, for the run
         page to append without reloading (polled every 1.5 s while the run is queued or
@@ -429,21 +451,24 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
         after = request.GET.get("after", "0")
         after = int(after) if after.isascii() and after.isdigit() and len(after) < 19 else 0
         events = run.events.filter(pk__gt=after).order_by("id")[:500]
+        active = run.status in ("queued", "running")
         return JsonResponse(
             {
                 "status": run.status,
                 "status_display": "Stopping" if run.is_stopping else run.get_status_display(),
                 "step": run.step,
-                "active": run.status in ("queued", "running"),
+                "active": active,
+                # Once it ends, the fields the end sets, so the page does not keep "Error: -".
+                "fields": {} if active else self.ended_fields(run),
                 "events": [
                     {
                         "id": e.pk,
-                        "at": f"{e.created_at:%Y-%m-%d %H:%M:%S} UTC",
+                        "at": moment_text(e.created_at),
                         "level": e.level,
                         "message": e.message,
                         "took": None
                         if e.duration_seconds is None
-                        else f"{e.duration_seconds:.1f} s",
+                        else human_duration(e.duration_seconds),
                     }
                     for e in events
                 ],

@@ -30,7 +30,7 @@ from .environments import (
     link_flow,
     scope_problem,
 )
-from .identity import GroupMapping, OidcIdentity, SlackLink, SlackLinkCode
+from .identity import GroupMapping, OidcIdentity, SlackLink, SlackLinkCode, UserProfile
 from .immutable import ImmutableModel, ImmutableQuerySet
 from .notifications import (
     NotificationChannel,
@@ -69,6 +69,7 @@ __all__ = [
     "GroupMapping",
     "OidcIdentity",
     "SlackLink",
+    "UserProfile",
     "SlackLinkCode",
     "SlackMessage",
     "SCOPES",

@@ -87,3 +87,21 @@ class SlackLinkCode(models.Model):
 
     def __str__(self) -> str:
         return f"Slack link code for {self.user}"
+
+
+class UserProfile(models.Model):
+    """A person's own settings, one row per user, made the first time they are needed. The time
+    zone is the one every time in the console is shown in for them (notifications, Slack and the
+    API stay UTC: they are read by many people at once)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="opsweb_profile"
+    )
+    time_zone = models.CharField(
+        max_length=64,
+        default="UTC",
+        help_text="An IANA time zone, e.g. Europe/Berlin; times in the console are shown in it.",
+    )
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.time_zone})"

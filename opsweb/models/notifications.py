@@ -138,6 +138,10 @@ class NotificationChannel(models.Model):
         unknown = [e for e in self.events or [] if e not in NotificationEvent.values]
         if not isinstance(self.events, list) or unknown:
             errors["events"] = f"Unknown events: {', '.join(map(str, unknown))}."
+        elif not self.events:
+            errors["events"] = (
+                "Pick at least one event: a channel with none is never sent anything."
+            )
         if errors:
             raise ValidationError(errors)
 

@@ -51,8 +51,10 @@ from opsweb.services.accounts import (
     issue_slack_link_code,
     link_slack_user,
     record_refused_sign_in,
+    set_time_zone,
     sign_in_with_sso,
     slack_actor,
+    user_time_zone,
 )
 from opsweb.services.applications import (
     ApplicationSpec,
@@ -108,6 +110,8 @@ from opsweb.services.rollbacks import lift_bad_mark, mark_bad, roll_back
 from opsweb.services.tokens import create_api_token, mint_ci_token, revoke_api_token
 
 __all__ = [
+    "set_time_zone",
+    "user_time_zone",
     "acting_token",
     "create_api_token",
     "mint_ci_token",

@@ -7,6 +7,7 @@ import hashlib
 import re
 import secrets
 from datetime import timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -14,10 +15,11 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from opsweb.errors import NotAllowed, ReleaseError
-from opsweb.models import GroupMapping, OidcIdentity, SlackLink, SlackLinkCode
+from opsweb.models import GroupMapping, OidcIdentity, SlackLink, SlackLinkCode, UserProfile
 from opsweb.services.base import audit
 
 LINK_CODE_MINUTES = 10
+_NOT_ZONES = {"localtime", "posixrules", "Factory"}
 _USERNAME_UNSAFE = re.compile(r"[^\w.@+-]")
 
 
@@ -213,3 +215,44 @@ def slack_actor(*, team_id: str, slack_user_id: str):
                 f"with SSO, then click again. Nothing was done."
             )
     return user
+
+
+def user_time_zone(user) -> str:
+    """The IANA zone ``user`` reads times in: their profile's, else UTC (no row is made here)."""
+    if not (user and user.is_authenticated):
+        return "UTC"
+    profile = UserProfile.objects.filter(user=user).only("time_zone").first()
+    return profile.time_zone if profile else "UTC"
+
+
+def set_time_zone(*, user, time_zone: str) -> str:
+    """Set the zone ``user`` reads times in; refuses (ReleaseError) a name zoneinfo does not know,
+    changing nothing. Returns the zone set."""
+    if not (user and user.is_authenticated and user.is_active):
+        raise NotAllowed("Sign in to opsweb first.")
+    name = (time_zone or "").strip()
+    # available_timezones() rejects paths and "../" that ZoneInfo() alone would read; it lists
+    # the system's "localtime" and "posixrules" too, which are this machine's, not a zone.
+    if (
+        name not in available_timezones()
+        or name in _NOT_ZONES
+        or name.startswith(("posix/", "right/"))
+    ):
+        raise ReleaseError(
+            f"{repr(name[:64]) if name else 'An empty name'} is not a time zone opsweb knows; use an IANA "
+            "name such as Europe/Berlin, America/New_York or UTC."
+        )
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ReleaseError(f"{name!r} is not a time zone opsweb can read: {exc}.") from None
+    with transaction.atomic():
+        profile, _ = UserProfile.objects.select_for_update().get_or_create(user=user)
+        before = profile.time_zone
+        if before != name:
+            profile.time_zone = name
+            profile.save(update_fields=["time_zone"])
+            audit(
+                user, "time_zone", f"{user.get_username()} set their time zone: {before} → {name}"
+            )
+    return name

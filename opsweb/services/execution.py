@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from opsweb import events, policy
 from opsweb.errors import ReleaseError
+from opsweb.metrics import human_duration
 from opsweb.models import (
     RollbackReason,
     Run,
@@ -318,7 +319,8 @@ def finish_run(
             restored = run.restore_seconds
             met = "met" if restored <= environment.rto_seconds else "MISSED"
             add_event(
-                run, f"Restored in {restored:.0f}s; RTO target {environment.rto_seconds}s {met}"
+                run,
+                f"Restored in {human_duration(restored)}; RTO target {environment.rto_seconds}s {met}",
             )
         audit(None, "run_succeeded", f"Run #{run.pk} succeeded", run=run)
         events.run_finished(run)

@@ -134,6 +134,9 @@ PEOPLE = {
     "alice": ["deployers"],
     "bob": ["staging approvers", "production approvers", "qa", "override approvers"],
     "carol": ["staging approvers", "production approvers", "qa", "sre", "override approvers"],
+    # A third override approver: an override needs 2 approvals from people other than its
+    # requester (bob or carol), which two members alone could never give.
+    "dave": ["override approvers"],
     "ci": ["ci"],
 }
 # The demo's Production needs 1 approval from QA and 1 from SRE (carol is in both: her approval

@@ -1,6 +1,7 @@
 // The run page while a run is queued or running: append new events and update the status
 // (the badge and the Status field) without reloading (what the reader opened stays open).
-// Polls every 1.5 s; when the run ends it stops, says so, and turns the run's action buttons
+// Polls every 1.5 s; when the run ends it fills in the fields the end set (replaces, error,
+// finished at), stops, says so, and turns the run's action buttons
 // (cancel, approve…) into disabled ones that say why (reloading would close what the reader
 // opened; the server refuses an action on an ended run anyway).
 (function () {
@@ -64,6 +65,11 @@
         if (data.active) { window.setTimeout(poll, 1500); return; }
         var current = tbody.querySelector("tr.in-progress");
         if (current) { current.classList.remove("in-progress"); }
+        // The fields the end set (what it replaced, its error, when it finished): not "-".
+        Object.keys(data.fields || {}).forEach(function (name) {
+          var shown = document.querySelector(".field-" + name + " .readonly");
+          if (shown) { shown.textContent = data.fields[name]; }
+        });
         var ended = document.getElementById("run-ended");
         if (ended) { ended.hidden = false; }
         retireActions();
