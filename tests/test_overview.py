@@ -130,3 +130,33 @@ def test_dora_page_per_application_and_across_all(flow, root, bob):
     assert "App web is not deployed into AWS Staging." in absent
     unknown = client.get("/admin/dora/?app=nope").text
     assert "There is no application &#x27;nope&#x27;" in unknown
+
+
+def test_lists_filter_by_application_and_name_it_on_each_row(flow, root, alice, bob):
+    web = add_app(root, "web")
+    succeed_in(flow["dev"], make_image("1.0.0"))
+    web_image = make_image("5.0.0", repository="example/web")
+    succeed_in(targets(web)["dev"], web_image)
+    theirs = services.request_promotion(user=alice, target=targets(web)["staging"])
+    services.approve_run(user=bob, run=theirs)
+    services.mark_bad(user=bob, image=web_image, reason="crashes")
+    client = login(root)
+    for url, mine, other in [
+        ("/admin/opsweb/run/", "1.0.0", "5.0.0"),
+        ("/admin/opsweb/imageversion/", "1.0.0", "5.0.0"),
+    ]:
+        every = client.get(url).text
+        assert mine in every and other in every and "App web" in every
+        only = client.get(url + "?app=web").text
+        assert other in only and ">1.0.0<" not in only, url
+    approvals = client.get("/admin/opsweb/approval/?app=web").text
+    assert "App web" in approvals and f"#{theirs.pk}" in approvals
+    sample_only = client.get("/admin/opsweb/approval/?app=sample").text
+    assert f"/run/{theirs.pk}/change/" not in sample_only
+    audit = client.get("/admin/opsweb/auditentry/?app=web").text.split('id="result_list"')[1]
+    assert "Marked 5.0.0" in audit or "crashes" in audit  # the mark names no target: by image
+    assert "1.0.0" not in audit
+    unknown = client.get("/admin/opsweb/run/?app=nope").text
+    assert "There is no application &#x27;nope&#x27;: nothing is shown." in unknown
+    targets_named = client.get("/admin/opsweb/run/").text
+    assert "App web · AWS Dev" in targets_named  # the target filter names the application

@@ -10,6 +10,7 @@ from django.utils.html import format_html
 
 from opsweb import policy, services
 from opsweb.admin.confirm import Confirmation, ConfirmForm, ConfirmingAdmin, version_line
+from opsweb.admin.lists import ApplicationFilter
 from opsweb.admin.records import ReadOnlyMixin
 from opsweb.limits import TEXT_MAX
 from opsweb.models import ImageVersion, Target
@@ -144,6 +145,7 @@ class ImageVersionAdmin(ReadOnlyMixin, ConfirmingAdmin):
     confirmations = [MarkBad(), LiftBadMark()]
     list_display = [
         "tag",
+        "application",
         "bad",
         "short_digest",
         "short_sha",
@@ -154,8 +156,12 @@ class ImageVersionAdmin(ReadOnlyMixin, ConfirmingAdmin):
     ]
     # Not Django's all-values filters on branch and repository: each is a SELECT DISTINCT over
     # every version on every page view.
-    list_filter = ["is_bad", AutoDeployBranchFilter]
-    list_select_related = ["registered_by"]
+    list_filter = [
+        ApplicationFilter.through(applications=["application"]),
+        "is_bad",
+        AutoDeployBranchFilter,
+    ]
+    list_select_related = ["registered_by", "application"]
     search_fields = ["tag"]  # see get_search_results: through the versions' indexes
     search_help_text = "A tag or its start, or the start of a commit or digest."
 

@@ -6,6 +6,8 @@ counts that stay cheap as history grows."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from functools import reduce
+from operator import or_
 
 from django.contrib import admin, messages
 from django.contrib.admin.exceptions import DisallowedModelAdminLookup
@@ -16,12 +18,14 @@ from django.contrib.admin.widgets import url_params_from_lookup_dict
 from django.core.exceptions import EmptyResultSet, FullResultSet
 from django.core.paginator import Paginator
 from django.db import DatabaseError, connections, models
+from django.db.models import Q
 from django.http import HttpResponseBadRequest
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
 
 from opsweb.admin.fields import BoundedFields
+from opsweb.models import Application, Target
 
 # Above this many rows a list says "10,000+" instead of counting them all: an exact count of
 # a million-row filter reads a million index entries on every page view.
@@ -287,3 +291,48 @@ def filter_parameters(model_admin, request) -> set[str]:
             else:
                 names.add(f"{path}__exact")
     return names
+
+
+class ApplicationFilter(admin.SimpleListFilter):
+    """Rows of one application, ``?app=<slug>``: through ``targets`` (fields naming a
+    deployment target, matched by its ids: the rows' own target index) or ``applications``
+    (fields naming the application). Lists every application by name (one query over a short
+    table). An unknown slug shows no rows and says so."""
+
+    title = "application"
+    parameter_name = "app"
+    targets: tuple[str, ...] = ()
+    applications: tuple[str, ...] = ()
+
+    @classmethod
+    def through(cls, *, targets=(), applications=()) -> type[ApplicationFilter]:
+        name = "ApplicationFilter_" + "_".join((*targets, *applications))
+        return type(name, (cls,), {"targets": tuple(targets), "applications": tuple(applications)})
+
+    def lookups(self, request, model_admin):
+        return list(Application.objects.order_by("name", "id").values_list("slug", "name"))
+
+    def queryset(self, request, queryset):
+        slug = self.value()
+        if not slug:
+            return queryset
+        application = Application.objects.filter(slug=slug[:50]).first()
+        if application is None:
+            messages.error(request, f"There is no application {slug[:50]!r}: nothing is shown.")
+            return queryset.none()
+        ids = list(Target.objects.filter(application=application).values_list("pk", flat=True))
+        matches = [Q(**{f"{path}__in": ids}) for path in self.targets]
+        matches += [Q(**{path: application.pk}) for path in self.applications]
+        return queryset.filter(reduce(or_, matches))
+
+
+class TargetFilter(admin.RelatedFieldListFilter):
+    """Django's filter on a deployment target, each named "application · environment" (in
+    flow order by application) rather than by the environment alone, which every application
+    shares."""
+
+    def field_choices(self, field, request, model_admin):
+        targets = Target.objects.select_related("application", "environment").order_by(
+            "application__name", "application_id", "environment__position"
+        )
+        return [(t.pk, f"{t.application.name} · {t.environment.name}") for t in targets]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.db import connection
 
-from opsweb.admin.lists import DateRangeFilter, OpswebAdmin
+from opsweb.admin.lists import ApplicationFilter, DateRangeFilter, OpswebAdmin, TargetFilter
 from opsweb.metrics import human_duration
 from opsweb.models import Approval, AuditEntry, ImageVersion, Run, RunEvent, Signoff, Target
 
@@ -59,15 +59,23 @@ class RunEventAdmin(ReadOnlyAdmin):
 
 @admin.register(Approval)
 class ApprovalAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "run", "user", "decision", "comment", "digest"]
+    list_display = ["created_at", "application", "run", "user", "decision", "comment", "digest"]
     ordering = ["-created_at", "-id"]  # the newest decisions first, from their index
-    list_filter = ["decision", "run__environment"]
+    list_filter = [
+        "decision",
+        ApplicationFilter.through(targets=["run__environment"]),
+        ("run__environment", TargetFilter),
+    ]
     list_select_related = [
         "run__environment__environment",
         "run__environment__application",
         "run__image",
         "user",
     ]
+
+    @admin.display(description="Application")
+    def application(self, approval):
+        return approval.run.environment.application
 
 
 @admin.register(Signoff)
@@ -118,10 +126,21 @@ def recorded_actions() -> list[str]:
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "actor", "action_words", "message"]
-    list_filter = [ActionFilter, "environment", DateRangeFilter.on("created_at", "date")]
-    list_select_related = ["actor"]
+    list_display = ["created_at", "actor", "application", "action_words", "message"]
+    list_filter = [
+        ActionFilter,
+        ApplicationFilter.through(targets=["environment"], applications=["image__application"]),
+        ("environment", TargetFilter),
+        DateRangeFilter.on("created_at", "date"),
+    ]
+    list_select_related = ["actor", "environment__application", "image__application"]
     search_fields = ["message"]
+
+    @admin.display(description="Application")
+    def application(self, entry):
+        if entry.environment_id:
+            return entry.environment.application
+        return entry.image.application if entry.image_id else "—"
 
     @admin.display(description="Action", ordering="action")
     def action_words(self, entry):

@@ -25,7 +25,12 @@ from opsweb.admin.confirm import (
     version_line,
 )
 from opsweb.admin.images import version_search
-from opsweb.admin.lists import CheckedChangeList, DateRangeFilter
+from opsweb.admin.lists import (
+    ApplicationFilter,
+    CheckedChangeList,
+    DateRangeFilter,
+    TargetFilter,
+)
 from opsweb.admin.records import ReadOnlyMixin
 from opsweb.limits import TEXT_MAX
 from opsweb.live import page_etag
@@ -267,6 +272,7 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
     list_display = [
         "id",
         "kind",
+        "application",
         "environment",
         "image_tag",
         "status_badge",
@@ -276,7 +282,8 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
         "took",
     ]
     list_filter = [
-        "environment",
+        ApplicationFilter.through(targets=["environment"]),
+        ("environment", TargetFilter),
         "status",
         "kind",
         DateRangeFilter.on("created_at", "date requested"),
@@ -363,6 +370,10 @@ class RunAdmin(ReadOnlyMixin, ConfirmingAdmin):
         if term.startswith("#") and term[1:].isdecimal() and len(term) < 19:
             return queryset.filter(pk=int(term[1:])), False
         return queryset.filter(image__in=ImageVersion.objects.filter(version_search(term))), False
+
+    @admin.display(description="Application")
+    def application(self, run):
+        return run.environment.application
 
     @admin.display(description="Image", ordering="image__tag")
     def image_tag(self, run):
