@@ -155,10 +155,16 @@ def notify(event: str, *, text: str, run: Run | None = None, environment=None) -
 
 def build_payload(event: str, *, text: str, run: Run | None, environment) -> dict:
     base = settings.OPSWEB_BASE_URL
+    application = getattr(environment, "application", None)
+    title = NotificationEvent(event).label
     payload = {
         "event": event,
-        "title": NotificationEvent(event).label,
+        # Every channel shows the title first: it names the application (many share a channel).
+        "title": f"{title}: {application.name}" if application else title,
         "text": text,
+        "application": (
+            {"slug": application.slug, "name": application.name} if application else None
+        ),
         "environment": (
             {"slug": environment.slug, "name": environment.name} if environment else None
         ),

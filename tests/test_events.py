@@ -79,7 +79,7 @@ def test_a_stopped_run_notifies_run_stopped_with_who_and_why(flow, alice):
     services.finish_stopped(run_id=run.pk, running=None)
     (delivery,) = NotificationDelivery.objects.all()
     assert delivery.event == "run_stopped" and delivery.run_id == run.pk
-    assert delivery.payload["title"] == "A run was stopped"
+    assert delivery.payload["title"] == "A run was stopped: Sample service"
     assert f"Run #{run.pk} (1.0.0) was stopped in AWS Dev" in delivery.payload["text"]
     assert "Stopped by alice (wrong config)" in delivery.payload["text"]
     assert delivery.payload["run"]["status"] == RunStatus.STOPPED

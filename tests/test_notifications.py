@@ -137,7 +137,7 @@ def test_approval_needed_emails_the_approvers_and_the_channel_but_not_the_reques
     # The channel's own list too: where the team looks (it was ignored, delivery "Skipped").
     assert [m["to"] for m in smtp.messages] == [["carol@example.com", "team@example.com"]]
     message = smtp.messages[0]["data"]
-    assert "Subject: [opsweb] A run waits for approval in AWS Staging" in message
+    assert "Subject: [opsweb] A run waits for approval: Sample service in AWS Staging" in message
     assert f"http://127.0.0.1:8000/admin/opsweb/run/{run.pk}/change/" in message
     delivery = NotificationDelivery.objects.get()
     assert (delivery.status, delivery.attempts, delivery.run_id) == (Status.SENT, 1, run.pk)
@@ -171,7 +171,7 @@ def test_slack_message_has_the_text_and_a_link_to_the_run(flow, receiver, commit
     committed(finish, run, succeeded=False, error="health check answered 500")
     (request,) = [r for r in receiver.requests]
     text = json.loads(request["body"])["text"]
-    assert "*A run failed*" in text and "health check answered 500" in text
+    assert "*A run failed: Sample service*" in text and "health check answered 500" in text
     assert f"<http://127.0.0.1:8000/admin/opsweb/run/{run.pk}/change/|Open run #{run.pk}>" in text
 
 

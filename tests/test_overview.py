@@ -160,3 +160,27 @@ def test_lists_filter_by_application_and_name_it_on_each_row(flow, root, alice, 
     assert "There is no application &#x27;nope&#x27;: nothing is shown." in unknown
     targets_named = client.get("/admin/opsweb/run/").text
     assert "App web · AWS Dev" in targets_named  # the target filter names the application
+
+
+def test_a_channel_shared_by_applications_says_which_one_each_message_is_about(flow, root, alice):
+    from opsweb.models import NotificationDelivery
+    from tests.test_events import channel, running
+
+    web = add_app(root, "web")
+    channel()  # every environment, every application
+    dev = targets(web)["dev"]
+    run = services.request_deploy(
+        user=root, environment=dev, image=make_image("5.0.0", repository="example/web")
+    )
+    assert services.claim_next_run(environment_id=dev.pk).pk == run.pk
+    services.stop_run(user=root, run=run, reason="wrong config")
+    services.finish_stopped(run_id=run.pk, running=None)
+    other = running(alice, flow["dev"], "1.0.0")
+    services.stop_run(user=alice, run=other, reason="typo")
+    services.finish_stopped(run_id=other.pk, running=None)
+    payloads = [d.payload for d in NotificationDelivery.objects.order_by("id")]
+    assert [p["title"] for p in payloads] == [
+        "A run was stopped: App web",
+        "A run was stopped: Sample service",
+    ]
+    assert [p["application"]["slug"] for p in payloads] == ["web", "sample"]
