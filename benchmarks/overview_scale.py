@@ -1,0 +1,124 @@
+"""The overview (the admin index) and one application's board at 1, 10 and 50 applications ×
+the seed's four environments: SQL queries and median time per request.
+
+    .venv/bin/python benchmarks/overview_scale.py [--apps 1,10,50] [--rounds 5]
+
+A throwaway SQLite database (or, with DATABASE_URL, that database: its tables are flushed).
+``manage.py bootstrap``, then applications added until there are N, each on the whole flow
+with a version running in AWS Dev, Staging and Production, a newer one in Dev and its
+promotion to Staging waiting for one approval. Pages are requested in-process through
+Django's test client, DEBUG off, logged in as an approver of Staging and Production; one
+warm-up request, then --rounds. Times are the whole request (middleware, queries, template);
+the overview shows 25 applications a page, so past 25 its cost stays that of a full page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def grow(total: int, root, requester) -> None:
+    """Add applications until there are ``total``, each with a history and a waiting run."""
+    from django.utils import timezone
+
+    from opsweb import services
+    from opsweb.models import Application, ImageVersion, Run, RunStatus, Target
+
+    now = timezone.now()
+    while (n := Application.objects.count()) < total:
+        slug = f"bench-{n:03d}"
+        app = services.create_application(
+            user=root, slug=slug, name=f"Bench {n:03d}", repositories=[f"bench/{slug}"]
+        )
+        targets = {t.slug: t for t in Target.objects.filter(application=app).in_flow()}
+
+        def version(tag: str) -> ImageVersion:
+            digest = "sha256:" + f"{abs(hash((slug, tag))):x}".rjust(64, "0")[-64:]
+            return ImageVersion.objects.create(
+                application=app, repository=f"bench/{slug}", tag=tag, digest=digest
+            )
+
+        old, new = version("1.0.0"), version("1.1.0")
+        for env, image in (("production", old), ("staging", old), ("dev", new)):
+            Run.objects.create(
+                kind="deploy",
+                environment=targets[env],
+                image=image,
+                status=RunStatus.SUCCEEDED,
+                started_at=now,
+                switched_at=now,
+                finished_at=now,
+            )
+            Target.objects.filter(pk=targets[env].pk).update(current_image=image, current_since=now)
+        staging = Target.objects.get(pk=targets["staging"].pk)
+        services.request_promotion(user=requester, target=staging)
+
+
+def measure(client, url: str, rounds: int) -> tuple[int, float]:
+    """(queries, median milliseconds) of ``rounds`` requests for ``url`` after a warm-up."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    assert client.get(url).status_code == 200, url
+    times, count = [], 0
+    for _ in range(rounds):
+        with CaptureQueriesContext(connection) as captured:
+            start = time.perf_counter()
+            response = client.get(url)
+            times.append((time.perf_counter() - start) * 1000)
+        assert response.status_code == 200, url
+        count = len(captured)
+    return count, statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--apps", default="1,10,50")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.apps.split(",")]
+    scratch = tempfile.mkdtemp(prefix="opsweb-overview-")
+    os.environ.setdefault("DATABASE_URL", f"sqlite:///{scratch}/overview.sqlite3")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "opsweb.settings")
+    import django
+
+    django.setup()
+    from django.contrib.auth.models import Group, User
+    from django.core.management import call_command
+    from django.test import Client
+    from django.test.utils import setup_test_environment
+
+    setup_test_environment(debug=False)
+    call_command("migrate", verbosity=0)
+    call_command("flush", interactive=False, verbosity=0)
+    call_command("bootstrap", verbosity=0)
+    root = User.objects.create_superuser("bench_root")
+    alice = User.objects.create_user("bench_alice", is_staff=True)
+    alice.groups.add(Group.objects.get(name="deployers"))
+    bob = User.objects.create_user("bench_bob", is_staff=True)
+    bob.groups.add(*Group.objects.filter(name__endswith="approvers"))
+    client = Client()
+    client.force_login(bob)
+    pages = [("overview", "/admin/"), ("a board", "/admin/board/sample/")]
+    print(f"{'applications':>12}  " + "  ".join(f"{label:>26}" for label, _ in pages))
+    for size in sizes:
+        grow(size, root, alice)
+        cells = [measure(client, url, args.rounds) for _label, url in pages]
+        print(
+            f"{size:>12}  " + "  ".join(f"{f'{q} queries, {ms:6.1f} ms':>26}" for q, ms in cells),
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
