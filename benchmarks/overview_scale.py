@@ -31,7 +31,7 @@ def grow(total: int, root, requester) -> None:
     from django.utils import timezone
 
     from opsweb import services
-    from opsweb.models import Application, ImageVersion, Run, RunStatus, Target
+    from opsweb.models import Application, Run, RunStatus, Target
 
     now = timezone.now()
     while (n := Application.objects.count()) < total:
@@ -41,13 +41,7 @@ def grow(total: int, root, requester) -> None:
         )
         targets = {t.slug: t for t in Target.objects.filter(application=app).in_flow()}
 
-        def version(tag: str) -> ImageVersion:
-            digest = "sha256:" + f"{abs(hash((slug, tag))):x}".rjust(64, "0")[-64:]
-            return ImageVersion.objects.create(
-                application=app, repository=f"bench/{slug}", tag=tag, digest=digest
-            )
-
-        old, new = version("1.0.0"), version("1.1.0")
+        old, new = version(app, "1.0.0"), version(app, "1.1.0")
         for env, image in (("production", old), ("staging", old), ("dev", new)):
             Run.objects.create(
                 kind="deploy",
@@ -61,6 +55,16 @@ def grow(total: int, root, requester) -> None:
             Target.objects.filter(pk=targets[env].pk).update(current_image=image, current_since=now)
         staging = Target.objects.get(pk=targets["staging"].pk)
         services.request_promotion(user=requester, target=staging)
+
+
+def version(app, tag: str):
+    """A version of ``app`` registered from its repository."""
+    from opsweb.models import ImageVersion
+
+    digest = "sha256:" + f"{abs(hash((app.slug, tag))):x}".rjust(64, "0")[-64:]
+    return ImageVersion.objects.create(
+        application=app, repository=f"bench/{app.slug}", tag=tag, digest=digest
+    )
 
 
 def measure(client, url: str, rounds: int) -> tuple[int, float]:
