@@ -1,5 +1,5 @@
-"""The admin index (the board) and the environment list at 4, 20 and 120 environments: SQL
-queries and median time per request.
+"""The admin index (the overview and, for one application, its board) and the environment list
+at 4, 20 and 120 environments: SQL queries and median time per request.
 
     .venv/bin/python benchmarks/board_scale.py [--sizes 4,20,120] [--rounds 5]
 
@@ -37,6 +37,7 @@ def grow(total: int, requester, approver) -> None:
         Approval,
         ApprovalRule,
         ChangeWindow,
+        Environment,
         ImageVersion,
         Run,
         RunStatus,
@@ -49,7 +50,9 @@ def grow(total: int, requester, approver) -> None:
 
     def image(tag: str) -> ImageVersion:
         digest = "sha256:" + f"{abs(hash(tag)):x}".rjust(64, "0")[-64:]
-        return ImageVersion.objects.create(repository="example/app", tag=tag, digest=digest)
+        return ImageVersion.objects.create(
+            application=last.application, repository="example/app", tag=tag, digest=digest
+        )
 
     def succeed(env, version) -> None:
         Run.objects.create(
@@ -97,15 +100,19 @@ def grow(total: int, requester, approver) -> None:
         busy(production, production.upstream, 3)
 
     while (n := Target.objects.count()) < total:
-        env = Target.objects.create(
+        shared = Environment.objects.create(
             name=f"Region {n}",
             slug=f"region-{n}",
-            position=last.position + 1,
-            upstream=last,
-            auto_deploy_branch="develop" if n % 2 else "",
+            position=last.environment.position + 1,
+            upstream=last.environment,
+            auto_deploy=bool(n % 2),
+        )
+        env = Target.objects.create(
+            application=last.application,
+            environment=shared,
             drift="task definition differs" if n % 3 == 0 else "",
         )
-        ApprovalRule.objects.create(environment=env.environment, group=group, count=1)
+        ApprovalRule.objects.create(environment=shared, group=group, count=1)
         busy(env, last, n)
         last = env
 
