@@ -24,6 +24,7 @@ from opsweb import policy, services
 from opsweb.board import WAITING, Arrow, _approvers, _arrow, _decided_by, _last_finished, _state
 from opsweb.models import Application, Environment, Run, RunStatus, Target
 from opsweb.reading import read_environments
+from opsweb.reads.quorum import is_approver
 from opsweb.windows import freeze_status
 
 PAGE_SIZE = 25  # applications per page
@@ -43,12 +44,21 @@ class Cell:
     queued: int = 0
     arrow: Arrow | None = None
     yours: list[Run] = field(default_factory=list)  # pending here, the viewer may approve
+    # The buttons the viewer may use here (who may; the confirmation page decides the rest):
+    promote_from: Target | None = None  # Promote opens the upstream's promote page
+    may_deploy: bool = False
+    may_roll_back: bool = False
 
 
 @dataclass
 class Row:
     application: Application
     cells: list[Cell | None]  # one per environment; None: not in this application's flow
+    environments: list[Environment]
+
+    @property
+    def columns(self) -> list[tuple[Environment, Cell | None]]:
+        return list(zip(self.environments, self.cells, strict=True))
 
 
 @dataclass
@@ -140,24 +150,40 @@ def _build(user, *, team: str, query: str, page, now: datetime) -> Overview:
 
     waiting = [run for run in active if yours(run)]
     waiting.sort(key=lambda run: (run.created_at, run.pk))
+    may_promote_here = user.has_perm("opsweb.request_promotion")
+    may_deploy_here = user.has_perm("opsweb.request_deploy")
     cells: dict[tuple[int, int], Cell] = {}
     shown_ids = {a.pk for a in shown}
     for target in (t for t in targets if t.application_id in shown_ids):
         here = [run for run in active if run.environment_id == target.pk]
         running = next((run for run in here if run.status == RunStatus.RUNNING), None)
         state, words = _state(target, running, last_runs.get(target.pk), freeze_status(target, now))
+        pending = [run for run in here if run.status == RunStatus.PENDING]
+        arrow = _arrow(target) if target.upstream_id else None
+        owner = policy.team_refusal(user, target) is None
         cells[(target.application_id, target.environment_id)] = Cell(
             target,
             state,
             words,
             running=running,
-            pending=[run for run in here if run.status == RunStatus.PENDING],
+            pending=pending,
             queued=sum(run.status == RunStatus.QUEUED for run in here),
-            arrow=_arrow(target) if target.upstream_id else None,
+            arrow=arrow,
             yours=[run for run in waiting if run.environment_id == target.pk],
+            promote_from=(
+                arrow.source
+                if arrow and arrow.allowed and not pending and owner and may_promote_here
+                else None
+            ),
+            may_deploy=target.accepts_direct_deploys and owner and may_deploy_here,
+            may_roll_back=bool(target.current_image_id) and is_approver(user, target),
         )
     rows = [
-        Row(application, [cells.get((application.pk, env.pk)) for env in environments])
+        Row(
+            application,
+            [cells.get((application.pk, env.pk)) for env in environments],
+            environments,
+        )
         for application in shown
     ]
     return Overview(

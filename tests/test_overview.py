@@ -68,13 +68,27 @@ def test_waiting_for_you_gathers_every_application_and_names_it(flow, root, alic
     assert reverse("admin:opsweb_run_approve", args=[theirs.pk]) in page
 
 
-def test_a_cell_offers_promote_where_the_flow_allows_it(flow, root, bob):
+def overview_part(client) -> str:
+    return client.get(reverse("admin:index")).text.split('id="overview"')[1].split("pipeline")[0]
+
+
+def test_a_cell_offers_only_the_buttons_its_viewer_may_use(flow, root, alice, bob):
     succeed_in(flow["dev"], make_image("2.0.0"))
-    cell = next(c for c in build_overview(bob).rows[0].cells if c.target.slug == "staging")
-    assert cell.arrow.allowed
-    page = login(bob).get(reverse("admin:index")).text
-    assert reverse("admin:opsweb_target_promote", args=[flow["staging"].pk]) in page
-    assert reverse("admin:opsweb_target_rollback", args=[flow["dev"].pk]) in page
+    cell = next(c for c in build_overview(alice).rows[0].cells if c.target.slug == "staging")
+    assert cell.arrow.allowed and cell.promote_from.pk == flow["dev"].pk
+    mine = overview_part(login(alice))
+    # Promote into Staging opens Dev's promote page (it promotes from there to the next).
+    assert reverse("admin:opsweb_target_promote", args=[flow["dev"].pk]) in mine
+    assert reverse("admin:opsweb_target_promote", args=[flow["staging"].pk]) not in mine
+    assert reverse("admin:opsweb_target_deploy", args=[flow["dev"].pk]) in mine
+    # bob approves Staging and Production but deploys nowhere.
+    theirs = overview_part(login(bob))
+    assert reverse("admin:opsweb_target_deploy", args=[flow["dev"].pk]) not in theirs
+    succeed_in(flow["production"], make_image("1.0.0"))
+    succeed_in(flow["production"], make_image("1.1.0"))
+    production_rollback = reverse("admin:opsweb_target_rollback", args=[flow["production"].pk])
+    assert production_rollback in overview_part(login(bob))
+    assert production_rollback not in overview_part(login(alice))  # not a Production approver
 
 
 def test_filters_by_team_and_by_name(flow, root, bob):
@@ -184,3 +198,15 @@ def test_a_channel_shared_by_applications_says_which_one_each_message_is_about(f
         "A run was stopped: Sample service",
     ]
     assert [p["application"]["slug"] for p in payloads] == ["web", "sample"]
+
+
+def test_confirmation_pages_name_the_application(flow, root, alice, bob):
+    web = add_app(root, "web")
+    succeed_in(targets(web)["dev"], make_image("5.0.0", repository="example/web"))
+    run = services.request_promotion(user=alice, target=targets(web)["staging"])
+    approve = login(bob).get(reverse("admin:opsweb_run_approve", args=[run.pk])).text
+    assert f"<h1>App web: Approve run #{run.pk}</h1>" in approve
+    promote = login(alice).get(
+        reverse("admin:opsweb_target_promote", args=[targets(web)["dev"].pk])
+    )
+    assert "<h1>App web: Promote" in promote.text

@@ -153,6 +153,15 @@ def shown_once(view):
 NOT_VIEWABLE = "You may not view {}."
 
 
+def named(obj, title: str) -> str:
+    """``title`` led by the application ``obj`` (a target, a run, a version) belongs to: many
+    applications share the environments' names."""
+    application = getattr(obj, "application", None)
+    if application is None:
+        application = getattr(getattr(obj, "environment", None), "application", None)
+    return f"{application.name}: {title}" if application is not None else title
+
+
 class ConfirmingAdmin(OpswebAdmin):
     """A ModelAdmin whose object pages carry ``confirmations``: buttons drawn from the policy
     (enabled, or disabled with the reason) and one view serving every confirmation page."""
@@ -302,7 +311,7 @@ class ConfirmingAdmin(OpswebAdmin):
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "object": obj,
-            "title": confirmation.title(obj, chosen),
+            "title": named(obj, confirmation.title(obj, chosen)),
             "lines": confirmation.lines_for(request.user, obj, chosen),
             "changes": confirmation.changes(obj, chosen),
             "compare_url": confirmation.compare_url(obj, chosen),
