@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import connections
 
 from opsweb import services
@@ -61,8 +62,19 @@ def test_every_approver_page_fits_a_phone_and_a_laptop(
 ):
     run = pending_production
     production, staging = flow["production"], flow["staging"]
+    # A second application with a long name: the index is the overview, each board its page.
+    root = User.objects.create_superuser("root", password="pw-root")
+    services.create_application(
+        user=root,
+        slug="web",
+        name="Customer web front end",
+        repositories=["example/web"],
+        environments=["dev", "staging", "production"],
+    )
     pages = {
-        "board": "/admin/",
+        "overview": "/admin/",
+        "board": "/admin/board/sample/",
+        "dora": "/admin/dora/?app=web",
         "run-pending": f"/admin/opsweb/run/{run.pk}/change/",
         "approve": f"/admin/opsweb/run/{run.pk}/approve/",
         "target": f"/admin/opsweb/target/{production.pk}/change/",
