@@ -210,3 +210,17 @@ def test_confirmation_pages_name_the_application(flow, root, alice, bob):
         reverse("admin:opsweb_target_promote", args=[targets(web)["dev"].pk])
     )
     assert "<h1>App web: Promote" in promote.text
+
+
+def test_recent_actions_and_the_target_filter_follow_the_application(flow, root, alice):
+    web = add_app(root, "web")
+    services.request_deploy(
+        user=alice,
+        environment=targets(web)["dev"],
+        image=make_image("5.0.0", repository="example/web"),
+    )
+    index = login(alice).get(reverse("admin:index")).text
+    recent = index.split('id="recent-actions-module"')[1]
+    assert "<li><strong>App web</strong>: <a href=" in recent and "Requested run" in recent
+    runs = login(root).get("/admin/opsweb/run/?app=web").text
+    assert "App web · AWS Dev" in runs and "Sample service · AWS Dev" not in runs

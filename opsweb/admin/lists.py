@@ -335,4 +335,6 @@ class TargetFilter(admin.RelatedFieldListFilter):
         targets = Target.objects.select_related("application", "environment").order_by(
             "application__name", "application_id", "environment__position"
         )
+        if request.GET.get("app"):  # with ApplicationFilter: that application's targets only
+            targets = targets.filter(application__slug=request.GET["app"][:50])
         return [(t.pk, f"{t.application.name} · {t.environment.name}") for t in targets]

@@ -62,7 +62,7 @@ def my_actions(context, count: int = 10):
     request = context["request"]
     entries = (
         AuditEntry.objects.filter(actor=request.user)
-        .select_related("run", "image", "environment")
+        .select_related("run", "image__application", "environment__application")
         .order_by("-created_at", "-id")[:count]
     )
     return {"entries": list(entries)}
