@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.board_scale import measure  # noqa: E402 (after the path)
 
 
 def grow(total: int, root, requester) -> None:
@@ -65,23 +65,6 @@ def version(app, tag: str):
     return ImageVersion.objects.create(
         application=app, repository=f"bench/{app.slug}", tag=tag, digest=digest
     )
-
-
-def measure(client, url: str, rounds: int) -> tuple[int, float]:
-    """(queries, median milliseconds) of ``rounds`` requests for ``url`` after a warm-up."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    assert client.get(url).status_code == 200, url
-    times, count = [], 0
-    for _ in range(rounds):
-        with CaptureQueriesContext(connection) as captured:
-            start = time.perf_counter()
-            response = client.get(url)
-            times.append((time.perf_counter() - start) * 1000)
-        assert response.status_code == 200, url
-        count = len(captured)
-    return count, statistics.median(times)
 
 
 def main() -> int:

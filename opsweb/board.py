@@ -303,6 +303,21 @@ def _arrow(target: Target) -> Arrow:
     return Arrow(source, target, decision.allowed, sentence)
 
 
+def read_page(queryset, page, size: int) -> tuple[list, MatrixPage]:
+    """The rows of page ``page`` (a number, at most ``MATRIX_MAX_PAGE``; anything else, or a
+    page past the end, is the first page) of ``queryset`` in pages of ``size``, without
+    counting it: one row more than shown tells whether a next page exists."""
+    try:
+        number = min(max(int(page), 1), MATRIX_MAX_PAGE)
+    except (TypeError, ValueError):
+        number = 1
+    start = (number - 1) * size
+    rows = list(queryset[start : start + size + 1])
+    if not rows and number > 1:
+        number, rows = 1, list(queryset[: size + 1])
+    return rows[:size], MatrixPage(number, has_next=len(rows) > size)
+
+
 def _matrix(application, environments, page, *, active=(), now=None) -> tuple[list, MatrixPage]:
     """The matrix rows of page ``page`` (a number; anything else, or a page past the end, is
     the first page) of ``application``'s versions, and that page. ``active``: the board's
@@ -310,16 +325,7 @@ def _matrix(application, environments, page, *, active=(), now=None) -> tuple[li
     versions = ImageVersion.objects.filter(application=application).order_by(
         "-registered_at", "-id"
     )
-    try:
-        number = min(max(int(page), 1), MATRIX_MAX_PAGE)
-    except (TypeError, ValueError):
-        number = 1
-    start = (number - 1) * MATRIX_PAGE_SIZE
-    images = list(versions[start : start + MATRIX_PAGE_SIZE + 1])
-    if not images and number > 1:
-        number, images = 1, list(versions[: MATRIX_PAGE_SIZE + 1])
-    page_obj = MatrixPage(number, has_next=len(images) > MATRIX_PAGE_SIZE)
-    images = images[:MATRIX_PAGE_SIZE]
+    images, page_obj = read_page(versions, page, MATRIX_PAGE_SIZE)
     cells = {(image.pk, env.pk): Cell() for image in images for env in environments}
     for run in _cell_runs(images):
         if run.kind == RunKind.ROLLBACK and (run.replaces_id, run.environment_id) in cells:

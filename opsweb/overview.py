@@ -21,7 +21,16 @@ from django.db.models import Q
 from django.utils import timezone
 
 from opsweb import policy, services
-from opsweb.board import WAITING, Arrow, _approvers, _arrow, _decided_by, _last_finished, _state
+from opsweb.board import (
+    WAITING,
+    Arrow,
+    _approvers,
+    _arrow,
+    _decided_by,
+    _last_finished,
+    _state,
+    read_page,
+)
 from opsweb.models import Application, Environment, Run, RunStatus, Target
 from opsweb.reading import read_environments
 from opsweb.reads.quorum import is_approver
@@ -29,7 +38,6 @@ from opsweb.windows import freeze_status
 
 PAGE_SIZE = 25  # applications per page
 WAITING_CAP = 50  # pending runs read for "Waiting for you", newest first
-MAX_PAGE = 10_000
 
 
 @dataclass
@@ -103,16 +111,7 @@ def _build(user, *, team: str, query: str, page, now: datetime) -> Overview:
         applications = applications.filter(team__name=team)
     if query:
         applications = applications.filter(Q(name__icontains=query) | Q(slug__icontains=query))
-    try:
-        number = min(max(int(page), 1), MAX_PAGE)
-    except (TypeError, ValueError):
-        number = 1
-    start = (number - 1) * PAGE_SIZE
-    shown = list(applications[start : start + PAGE_SIZE + 1])
-    if not shown and number > 1:
-        number, shown = 1, list(applications[: PAGE_SIZE + 1])
-    has_next = len(shown) > PAGE_SIZE
-    shown = shown[:PAGE_SIZE]
+    shown, page_obj = read_page(applications, page, PAGE_SIZE)
 
     pending_anywhere = list(
         Run.objects.filter(status=RunStatus.PENDING)
@@ -193,6 +192,6 @@ def _build(user, *, team: str, query: str, page, now: datetime) -> Overview:
         teams=teams,
         team=team,
         query=query,
-        number=number,
-        has_next=has_next,
+        number=page_obj.number,
+        has_next=page_obj.has_next,
     )
