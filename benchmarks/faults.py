@@ -466,6 +466,7 @@ class Harness:
         from django.utils import timezone
 
         from opsweb import services
+        from opsweb.errors import ReleaseError
         from opsweb.models import RunStatus
         from orchestration.base import get_backend
 
@@ -478,7 +479,15 @@ class Harness:
             return [f"run #{run.pk} never reached '{prefix}' ({run.status}: {run.error})"], None
         asked_at = timezone.now()
         run.refresh_from_db()
-        services.stop_run(user=self.alice, run=run, reason=f"fault harness, stop at {step}")
+        try:
+            services.stop_run(user=self.alice, run=run, reason=f"fault harness, stop at {step}")
+        except ReleaseError:
+            # The run ended between the step's event and the click (the local backend's last
+            # steps take milliseconds): the policy refuses the stop, as it should. Judged
+            # below like any other ending; a run that ended badly is still a failure.
+            run.refresh_from_db()
+            if run.status == RunStatus.RUNNING:
+                raise
         if not self.wait_quiet(self.env):
             return ["the environment did not settle within 120 s"], None
         run.refresh_from_db()
@@ -505,7 +514,7 @@ class Harness:
         follow.refresh_from_db()
         if follow.status != "succeeded":
             problems.append(f"follow-up run #{follow.pk} {follow.status}: {follow.error}")
-        return problems, (run.finished_at - asked_at).total_seconds()
+        return problems, max(0.0, (run.finished_at - asked_at).total_seconds())
 
     def ecs_client(self, service: str = "ecs"):
         import boto3
