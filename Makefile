@@ -28,15 +28,14 @@ $(STAMP): requirements-dev.lock pyproject.toml
 venv: $(STAMP)
 
 run: venv
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py bootstrap
-	$(PY) manage.py demo --base-port $(DEMO_BASE_PORT)
-	$(PY) manage.py local_admin
+	@# migrate, bootstrap, demo and local_admin in one process (one Django start-up, not four)
+	$(PY) manage.py quickstart --base-port $(DEMO_BASE_PORT)
 	@echo "opsweb: http://$(HOST):$(PORT)/admin/  (Ctrl-C stops the web server and the worker)"
+	@# --skip-checks: quickstart's migrate has just run the system checks.
 	@# `manage.py worker`: the django-q2 cluster, shielded from Ctrl-C's group-wide signal,
 	@# stopped through its main pid after the running step; it also recovers lost runs.
 	@$(PY) manage.py worker & q=$$!; trap 'kill -TERM $$q 2>/dev/null; wait $$q' EXIT; \
-	  $(PY) manage.py runserver $(HOST):$(PORT)
+	  $(PY) manage.py runserver --skip-checks $(HOST):$(PORT)
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
