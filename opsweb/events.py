@@ -63,6 +63,14 @@ def run_decided(run: Run) -> None:
     _safely(slack.update_messages_later, run)
 
 
+def run_approvals_changed(run: Run) -> None:
+    """An approval was recorded on ``run`` and it still waits for more: its Slack messages are
+    rewritten with the new count ("1 of 2"), buttons kept, once the change commits."""
+    from opsweb import slack
+
+    _safely(slack.update_messages_later, run)
+
+
 def rollback_started(run: Run, *, user) -> None:
     """The rollback ``run`` was asked for by ``user`` (None or anonymous: opsweb itself):
     ``rollback_started``."""

@@ -277,8 +277,12 @@ def ephemeral(text: str) -> dict:
     return {"response_type": "ephemeral", "replace_original": False, "text": text}
 
 
-def open_reject_dialog(trigger_id: str, run: Run, value: str, response_url: str) -> dict:
-    metadata = json.dumps({"binding": json.loads(value), "response_url": response_url})
+def open_reject_dialog(
+    trigger_id: str, run: Run, value: str, response_url: str, *, message=("", "")
+) -> dict:
+    metadata = json.dumps(
+        {"binding": json.loads(value), "response_url": response_url, "message": list(message)}
+    )
     view = {
         "type": "modal",
         "callback_id": REJECT_DIALOG,
@@ -325,7 +329,12 @@ def post_message(delivery) -> None:
         SlackMessage.objects.get_or_create(
             channel=str(answer.get("channel") or body["channel"]),
             ts=str(answer["ts"]),
-            defaults={"run_id": delivery.run_id, "delivery": delivery, "shows": RunStatus.PENDING},
+            defaults={
+                "run_id": delivery.run_id,
+                "delivery": delivery,
+                # What the posted body shows: the run as it was requested, before any decision.
+                "shows": f"{RunStatus.PENDING}:0",
+            },
         )
 
 
@@ -356,12 +365,19 @@ def update_messages(run_id: int) -> str:
     return "; ".join(results) or "no message"
 
 
+def showing(run: Run) -> str:
+    """What a message about ``run`` shows, as ``SlackMessage.shows`` records it: the status and
+    how many decisions it counts ("pending:1" after the first of two approvals)."""
+    return f"{run.status}:{run.approvals.count()}"[:20]
+
+
 def update_message(message: SlackMessage, run: Run) -> str:
-    # The conditional UPDATE claims "show this status": a second task for it sends nothing.
+    # The conditional UPDATE claims "show this": a second task for the same change sends nothing.
+    shows = showing(run)
     claimed = (
         SlackMessage.objects.filter(pk=message.pk, shows=message.shows)
-        .exclude(shows=run.status)
-        .update(shows=run.status, updated_at=timezone.now())
+        .exclude(shows=shows)
+        .update(shows=shows, updated_at=timezone.now())
     )
     if not claimed:
         return "already shown"
@@ -436,18 +452,48 @@ def bound_run(value) -> Run:
     return run
 
 
-def decide(kind: str, *, team_id: str, slack_user_id: str, value, comment: str = ""):
-    """Approve or reject as the linked user; returns (run, headline). Raises ReleaseError."""
+def clicked_message(payload: dict) -> tuple[str, str]:
+    """The (channel ID, ts) of the message whose button was clicked; ("", "") when the payload
+    does not say (an ephemeral message, or a payload from elsewhere)."""
+    container = payload.get("container") or {}
+    channel = container.get("channel_id") or (payload.get("channel") or {}).get("id") or ""
+    ts = container.get("message_ts") or (payload.get("message") or {}).get("ts") or ""
+    return str(channel)[:40], str(ts)[:40]
+
+
+@transaction.atomic
+def decide(
+    kind: str,
+    *,
+    team_id: str,
+    slack_user_id: str,
+    value,
+    comment: str = "",
+    message: tuple[str, str] = ("", ""),
+):
+    """Approve or reject as the linked user; returns (run, headline). Raises ReleaseError.
+
+    ``message`` (channel ID, ts) is the message clicked: the click's ``response_url`` rewrites
+    it, so it is recorded as showing the decision in the same transaction, and the worker's
+    ``update_messages`` (queued on commit) leaves it alone instead of sending a second update.
+    """
     user = services.slack_actor(team_id=team_id, slack_user_id=slack_user_id)
     run = bound_run(value)
     name = user.get_username()
     if kind == APPROVE:
         run = services.approve_run(user=user, run=run, comment="via Slack")
-        return run, f"Approved by {name} from Slack."
-    run = services.reject_run(
-        user=user, run=run, comment=f"{comment.strip()} (via Slack)" if comment.strip() else ""
-    )
-    return run, f"Rejected by {name} from Slack: {comment.strip()}"
+        headline = f"Approved by {name} from Slack."
+    else:
+        run = services.reject_run(
+            user=user, run=run, comment=f"{comment.strip()} (via Slack)" if comment.strip() else ""
+        )
+        headline = f"Rejected by {name} from Slack: {comment.strip()}"
+    channel, ts = message
+    if channel and ts:
+        SlackMessage.objects.filter(run=run, channel=channel, ts=ts).update(
+            shows=showing(run), updated_at=timezone.now(), last_error=""
+        )
+    return run, headline
 
 
 def refusal(exc: services.ReleaseError, *, team_id: str, slack_user_id: str, action: str) -> None:
@@ -487,7 +533,11 @@ def interactions(request) -> HttpResponse:
             run = bound_run(action.get("value"))
             policy.may_reject(user, run).enforce()
             answer = open_reject_dialog(
-                str(payload.get("trigger_id", "")), run, action["value"], response_url
+                str(payload.get("trigger_id", "")),
+                run,
+                action["value"],
+                response_url,
+                message=clicked_message(payload),
             )
             if not answer.get("ok"):
                 log.warning("views.open: %s", answer)
@@ -500,7 +550,11 @@ def interactions(request) -> HttpResponse:
                 )
             return HttpResponse(status=200)
         run, headline = decide(
-            APPROVE, team_id=team_id, slack_user_id=slack_user_id, value=action.get("value")
+            APPROVE,
+            team_id=team_id,
+            slack_user_id=slack_user_id,
+            value=action.get("value"),
+            message=clicked_message(payload),
         )
     except services.ReleaseError as exc:
         refusal(exc, team_id=team_id, slack_user_id=slack_user_id, action="the click")
@@ -528,6 +582,14 @@ def refusal_message(exc: services.ReleaseError, value) -> dict:
     return ephemeral(f"{exc}")
 
 
+def dialog_message(metadata: dict) -> tuple[str, str]:
+    """The (channel ID, ts) the rejection dialog was opened from, as its metadata kept it."""
+    kept = metadata.get("message")
+    if isinstance(kept, list) and len(kept) == 2:
+        return str(kept[0])[:40], str(kept[1])[:40]
+    return "", ""
+
+
 def dialog_submitted(payload: dict, team_id: str, slack_user_id: str) -> HttpResponse:
     view = payload.get("view") or {}
     if view.get("callback_id") != REJECT_DIALOG:
@@ -547,6 +609,7 @@ def dialog_submitted(payload: dict, team_id: str, slack_user_id: str) -> HttpRes
             slack_user_id=slack_user_id,
             value=metadata.get("binding"),
             comment=str(comment),
+            message=dialog_message(metadata),
         )
     except services.ReleaseError as exc:
         refusal(exc, team_id=team_id, slack_user_id=slack_user_id, action="the rejection")

@@ -105,10 +105,13 @@ def interaction(payload: dict) -> bytes:
     return urlencode({"payload": json.dumps(payload)}).encode()
 
 
-def click(client, slack, run_or_value, action="opsweb_approve", user=BOB_SLACK, **kw):
+def click(client, slack, run_or_value, action="opsweb_approve", user=BOB_SLACK, message=None, **kw):
     value = run_or_value if isinstance(run_or_value, str) else button_value(run_or_value)
+    channel, ts = (message.channel, message.ts) if message else ("C0OTHER", "1600000000.000001")
     payload = {
         "type": "block_actions",
+        # The message the button was on, as Slack says it.
+        "container": {"type": "message", "channel_id": channel, "message_ts": ts},
         "team": {"id": TEAM},
         "user": {"id": user, "username": "bob"},
         "trigger_id": "trigger-1",
@@ -460,7 +463,7 @@ def test_slack_a_posted_message_loses_its_buttons_when_the_run_is_approved_in_op
     assert "opsweb_approve" not in json.dumps(update["blocks"])
     assert "opsweb_reject" not in json.dumps(update["blocks"])
     assert f"Open run #{posted.pk}" in json.dumps(update["blocks"])
-    assert (stored.shows, stored.last_error) == (RunStatus.QUEUED, "")
+    assert (stored.shows, stored.last_error) == (f"{RunStatus.QUEUED}:1", "")
 
 
 @pytest.mark.parametrize("how", ["reject", "cancel", "supersede"])
@@ -502,7 +505,7 @@ def test_slack_a_failed_update_is_recorded_and_the_decision_stands(posted, bob, 
     assert run.status == RunStatus.QUEUED
     stored = SlackMessage.objects.get(run=posted)
     assert stored.last_error == "Slack answered message_not_found."
-    assert stored.shows == RunStatus.PENDING  # the next change of the run tries again
+    assert stored.shows == f"{RunStatus.PENDING}:0"  # the next change of the run tries again
 
 
 def test_slack_a_channel_id_needs_the_bot_token(db, settings):
@@ -512,3 +515,50 @@ def test_slack_a_channel_id_needs_the_bot_token(db, settings):
     channel = NotificationChannel(name="r", kind="slack", target="C0RELEASES", events=[])
     with pytest.raises(ValidationError, match="needs the bot token"):
         channel.full_clean()
+
+
+def test_slack_a_posted_message_counts_a_partial_approval_made_in_opsweb(
+    flow, alice, bob, carol, slack, committed
+):
+    NotificationChannel.objects.create(
+        name="releases", kind="slack", target="C0RELEASES", events=["approval_needed"]
+    )
+    succeed_in(flow["production"], make_image("1.0.0"))
+    image = make_image("1.1.0")
+    succeed_in(flow["staging"], image)
+    services.sign_off_uat(user=bob, environment=flow["staging"], image=image)
+    run = committed(services.request_promotion, user=alice, target=flow["production"], image=image)
+    (posted,) = slack.to("/api/chat.postMessage")
+    assert "0 of 2" in json.dumps(posted)
+
+    committed(services.approve_run, user=bob, run=run)
+    (first,) = updates(slack)
+    assert "1 of 2" in json.dumps(first["blocks"])
+    assert "opsweb_approve" in json.dumps(first["blocks"])  # carol can still approve from it
+    assert SlackMessage.objects.get(run=run).shows == "pending:1"
+
+    committed(services.approve_run, user=carol, run=run)
+    first, last = updates(slack)
+    assert last["text"] == f"Run #{run.pk} is queued. Approved by bob, carol."
+    assert "opsweb_approve" not in json.dumps(last["blocks"])
+
+
+def test_slack_a_click_on_a_posted_message_updates_it_once(client, posted, bob, slack):
+    link(client, bob)
+    message = SlackMessage.objects.get(run=posted)
+    click(client, slack, posted, message=message)
+    posted.refresh_from_db()
+    assert posted.status == RunStatus.QUEUED
+    (answer,) = slack.to("/actions/")  # rewritten through the click's response_url ...
+    assert "opsweb_approve" not in json.dumps(answer["blocks"])
+    assert updates(slack) == []  # ... and not a second time by chat.update
+    assert SlackMessage.objects.get(pk=message.pk).shows == f"{RunStatus.QUEUED}:1"
+
+
+def test_slack_a_click_elsewhere_still_updates_the_posted_message(client, posted, bob, slack):
+    # The click came from another message about the run (a webhook's): the posted one, which
+    # no response_url rewrites, gets its chat.update.
+    link(client, bob)
+    click(client, slack, posted)
+    (update,) = updates(slack)
+    assert "opsweb_approve" not in json.dumps(update["blocks"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from opsweb import policy
+from opsweb import events, policy
 from opsweb.errors import ReleaseError
 from opsweb.models import (
     Approval,
@@ -95,6 +95,8 @@ def _approve(*, user, run: Run, comment: str, seen: Seen) -> Run:
     ):
         add_event(run, "Fully approved; queued")
         dispatch_on_commit(run)
+    elif run.status == RunStatus.PENDING:
+        events.run_approvals_changed(run)
     # transition() has set the new status on ``run``; what counts now, for the caller's message.
     run.approvals_summary = f"{progress.counted} of {progress.needed}"
     return run
