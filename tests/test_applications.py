@@ -142,28 +142,104 @@ def test_create_application_refuses_with_one_sentence_exit_2_and_writes_nothing(
     assert written() == before
 
 
-def test_the_admin_creates_an_application_and_refuses_a_claimed_repository(client, admin_user):
-    client.force_login(admin_user)
-    form = {
+def add_form(**fields) -> dict:
+    """The admin's add form for an application, as a person fills it in."""
+    environments = [env.pk for env in Environment.objects.filter(slug__in=["local", "dev"])]
+    return {
         "name": "Web front end",
         "slug": "web",
         "auto_deploy_branch": "develop",
-        "repositories-TOTAL_FORMS": "1",
+        "repository_url": "https://github.com/example/web",
+        "repositories": "example/web\nexample/web-worker",
+        "environments": environments + [Environment.objects.get(slug="production").pk],
+        **fields,
+    }
+
+
+def test_the_admin_add_form_creates_an_application_through_the_service(client, admin_user):
+    """Adding in the admin does what manage.py create_application does: targets along the
+    environments chosen (an ordered subset: no Staging here), ports after every port in use,
+    the repositories, and a create_application audit entry naming who."""
+    sample_ports = {t.backend_settings["port"] for t in Target.objects.all()}
+    client.force_login(admin_user)
+    page = client.get("/admin/opsweb/application/add/").text
+    assert 'name="repositories"' in page and 'name="environments"' in page
+    assert "targets-TOTAL_FORMS" not in page  # the service makes them
+
+    response = client.post("/admin/opsweb/application/add/", add_form())
+
+    assert response.status_code == 302, response.text
+    web = Application.objects.get(slug="web")
+    assert web.repository_url == "https://github.com/example/web"
+    assert sorted(web.repositories.values_list("repository", flat=True)) == [
+        "example/web",
+        "example/web-worker",
+    ]
+    flow = targets(web)
+    assert list(flow) == ["local", "dev", "production"]
+    assert flow["production"].upstream == flow["dev"]
+    assert all(t.backend == "local" for t in flow.values())
+    assert not {t.backend_settings["port"] for t in flow.values()} & sample_ports
+    entry = AuditEntry.objects.get(action="create_application")
+    assert entry.actor == admin_user
+    assert "web" in entry.message and "local → dev → production" in entry.message
+
+
+def test_the_admin_add_form_shows_the_services_refusal_and_writes_nothing(client, admin_user):
+    client.force_login(admin_user)
+    before = written()
+    response = client.post(
+        "/admin/opsweb/application/add/",
+        add_form(repositories="example/web\nexample/app"),  # example/app is the sample's
+    )
+    assert response.status_code == 200
+    assert (
+        "Repository &#x27;example/app&#x27; is released by sample; a repository belongs to "
+        "one application." in response.text
+    )
+    assert written() == before
+    assert not Application.objects.filter(slug="web").exists()
+
+
+def test_the_admin_add_form_says_why_when_the_service_refuses_after_the_check(
+    client, admin_user, monkeypatch
+):
+    """Another admin claims the repository between the form's check and the save: the
+    service's refusal is shown and its transaction leaves nothing behind."""
+    monkeypatch.setattr(services, "check_application", lambda **fields: None)
+    client.force_login(admin_user)
+    before = written()
+    response = client.post(
+        "/admin/opsweb/application/add/",
+        add_form(repositories="example/web\nexample/app"),
+        follow=True,
+    )
+    assert response.redirect_chain[-1][0] == "/admin/opsweb/application/add/"
+    assert "Repository &#x27;example/app&#x27; is released by sample" in response.text
+    assert written() == before
+
+
+def test_the_admin_edits_an_application_as_configuration(client, admin_user, flow):
+    sample = Application.objects.get(slug="sample")
+    client.force_login(admin_user)
+    page = client.get(f"/admin/opsweb/application/{sample.pk}/change/").text
+    assert "targets-TOTAL_FORMS" in page  # editing keeps the inlines
+    form = {
+        "name": sample.name,
+        "slug": sample.slug,
+        "auto_deploy_branch": "main",
+        "repository_url": "",
+        "repositories-TOTAL_FORMS": "0",
         "repositories-INITIAL_FORMS": "0",
-        "repositories-0-repository": "example/app",  # the sample's
         "targets-TOTAL_FORMS": "0",
         "targets-INITIAL_FORMS": "0",
     }
-    response = client.post("/admin/opsweb/application/add/", form)
-    assert response.status_code == 200
-    assert "Another application already releases this repository." in response.text
-    assert not Application.objects.filter(slug="web").exists()
-
-    form["repositories-0-repository"] = "example/web"
-    response = client.post("/admin/opsweb/application/add/", form)
-    assert response.status_code == 302
-    assert Application.objects.get(slug="web").repositories.get().repository == "example/web"
-    assert AuditEntry.objects.filter(action="configure_application", actor=admin_user).exists()
+    response = client.post(f"/admin/opsweb/application/{sample.pk}/change/", form)
+    assert response.status_code == 302, response.text
+    sample.refresh_from_db()
+    assert sample.auto_deploy_branch == "main"
+    entry = AuditEntry.objects.get(action="configure_application")
+    assert entry.actor == admin_user and "auto_deploy_branch='main'" in entry.message
 
 
 # -- listing and --app ------------------------------------------------------------------------

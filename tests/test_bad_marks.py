@@ -2,16 +2,20 @@
 "Lift bad mark"): an approver of the environment that answers for the mark, with a reason,
 audited; auto-deploy stays paused."""
 
+import json
+
 import pytest
 from django.urls import reverse
 
 from opsweb import services
 from opsweb.errors import NotAllowed, ReleaseError
 from opsweb.limits import TEXT_MAX
-from opsweb.models import AuditEntry, ImageVersion, Target
+from opsweb.models import ApiToken, Application, AuditEntry, ImageVersion, Target
 from opsweb.services.rollbacks import mark_image_bad
 from tests.conftest import make_image, succeed_in
 from tests.test_admin import login, messages_of, post_form
+from tests.test_api import call, make_token
+from tests.test_commands import run_command
 
 pytestmark = pytest.mark.django_db
 
@@ -102,3 +106,111 @@ def test_lift_bad_mark_not_offered_for_a_version_that_is_not_bad(flow, bob):
     assert "Lift bad mark" not in page
     with pytest.raises(ReleaseError, match="is not marked bad"):
         services.lift_bad_mark(user=bob, image=image, reason="why not")
+
+
+# -- on the command line (manage.py lift_bad_mark) and the API (POST /images/{id}/lift-bad-mark)
+
+
+def unchanged(image) -> bool:
+    """Nothing written: still bad, with its reason, and no lift_bad_mark in the audit trail."""
+    image = ImageVersion.objects.get(pk=image.pk)
+    return (
+        image.is_bad
+        and "Critical errors" in image.bad_reason
+        and not AuditEntry.objects.filter(action="lift_bad_mark").exists()
+    )
+
+
+def test_lift_bad_mark_command_lifts_it_audited_and_auto_deploy_stays_paused(
+    flow, rolled_back, bob
+):
+    code, out, err = run_command(
+        "lift_bad_mark", "2.0.0", "--app", "sample", "--reason", "fault was in the DB",
+        "--as", "bob", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["ok"] and data["image"]["tag"] == "2.0.0" and not data["image"]["is_bad"]
+    assert data["environment"] == "staging"
+    assert "Lifted the bad mark of" in data["message"]
+    assert "Auto-deploy stays paused" in data["message"]
+    rolled_back.refresh_from_db()
+    assert not rolled_back.is_bad
+    entry = AuditEntry.objects.get(action="lift_bad_mark")
+    assert entry.actor == bob and entry.image == rolled_back
+    assert "fault was in the DB" in entry.message
+    assert Target.objects.get(pk=flow["staging"].pk).auto_deploy_paused
+
+
+def test_lift_bad_mark_command_refused_by_the_policy_exits_2_with_its_sentence(
+    flow, rolled_back, alice
+):
+    code, out, err = run_command(
+        "lift_bad_mark", "example/app:2.0.0", "--reason", "fine now", "--as", "alice", "--json"
+    )
+    assert code == 2
+    assert "lift bad marks of versions taken back in AWS Staging" in json.loads(out)["error"]
+    assert "Traceback" not in err
+    assert unchanged(rolled_back)
+
+
+@pytest.mark.parametrize(
+    ("args", "sentence"),
+    [
+        (
+            ["2.0.0", "--app", "billing", "--reason", "fine now"],
+            "No application 'billing'; known applications: sample",
+        ),
+        (["9.9.9", "--app", "sample", "--reason", "fine now"], "No image '9.9.9'"),
+        (["2.0.0"], "the following arguments are required: --reason"),
+        (["2.0.0", "--reason", "   "], "a reason is required"),
+    ],
+    ids=["unknown app", "unknown version", "no reason", "blank reason"],
+)
+def test_lift_bad_mark_command_refuses_bad_input_with_exit_2(
+    flow, rolled_back, bob, args, sentence
+):
+    code, _, err = run_command("lift_bad_mark", *args, "--as", "bob")
+    assert code == 2 and sentence in err, err
+    assert unchanged(rolled_back)
+
+
+def lift(client, image_id, secret, body):
+    return call(client, "post", f"/images/{image_id}/lift-bad-mark", secret, body)
+
+
+def test_api_lift_bad_mark_is_200_and_audited_naming_the_token(client, flow, rolled_back, bob):
+    response = lift(client, rolled_back.pk, make_token(bob)[1], {"reason": "fault was in the DB"})
+    assert response.status_code == 200, response.content
+    data = response.json()
+    assert not data["image"]["is_bad"] and data["image"]["bad_reason"] == ""
+    assert "Lifted the bad mark of" in data["message"] and "AWS Staging" in data["message"]
+    entry = AuditEntry.objects.get(action="lift_bad_mark")
+    assert entry.actor == bob and entry.token.name == "bob token"
+    assert Target.objects.get(pk=flow["staging"].pk).auto_deploy_paused
+
+
+def test_api_lift_bad_mark_refusals_are_problem_documents_and_change_nothing(
+    client, flow, rolled_back, alice, bob
+):
+    refused = lift(client, rolled_back.pk, make_token(alice)[1], {"reason": "fine now"})
+    assert refused.status_code == 403
+    assert refused["Content-Type"] == "application/problem+json"
+    assert "lift bad marks of versions taken back in AWS Staging" in refused.json()["detail"]
+
+    secret = make_token(bob)[1]
+    missing = lift(client, 999999, secret, {"reason": "fine now"})
+    assert missing.status_code == 404 and "Image #999999 does not exist" in missing.json()["detail"]
+    no_reason = lift(client, rolled_back.pk, secret, {})
+    assert no_reason.status_code == 422 and "reason" in no_reason.json()["detail"]
+    blank = lift(client, rolled_back.pk, secret, {"reason": "  "})
+    assert blank.status_code == 409 and "a reason is required" in blank.json()["detail"]
+
+    other = Application.objects.create(slug="other", name="Other")
+    admin = ApiToken.objects.get(name="bob token").created_by
+    scoped = services.create_api_token(
+        user=admin, owner=bob, name="bob, other", scopes="deploy", application=other
+    )[1]
+    elsewhere = lift(client, rolled_back.pk, scoped, {"reason": "fine now"})
+    assert elsewhere.status_code == 403 and "only for application 'other'" in elsewhere.text
+    assert unchanged(rolled_back)

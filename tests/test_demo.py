@@ -5,9 +5,12 @@ import socket
 from io import StringIO
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
+from django.test import Client
+from django.urls import reverse
 
-from opsweb import services
+from opsweb import policy, services
 from opsweb.models import Application, AuditEntry, ImageVersion, Run, Target
 from orchestration.local import LocalProcessBackend
 from tests.conftest import get_json
@@ -94,6 +97,44 @@ def test_demo_starts_three_applications_on_their_own_ports_and_is_idempotent(dem
     assert get_json(f"http://127.0.0.1:{base + 3}/")["version"] == "1.0.0"
     assert get_json(f"http://127.0.0.1:{base + 10}/")["version"] == "0.8.0"
     assert Run.objects.count() == counts[1]
+
+
+def test_demo_teams_own_its_applications_and_the_overview_filters_by_them(demo_settings):
+    base = free_block(11)
+    out = StringIO()
+    call_command("demo", base_port=base, stdout=out)
+    assert "Web team owns sample, web; Platform owns tool" in out.getvalue()
+
+    bob = User.objects.get(username="bob")
+    client = Client()
+    client.force_login(bob)
+    overview = client.get(reverse("admin:index")).text
+    assert 'id="id_overview_team"' in overview
+    assert '<option value="Web team">' in overview and '<option value="Platform">' in overview
+
+    def matrix(team):
+        page = client.get(reverse("admin:index"), {"team": team}).text
+        return page.split("opsweb-overview-matrix")[1].split("</table>")[0]
+
+    platform = matrix("Platform")
+    assert ">Internal tool</a>" in platform
+    assert "Web front end" not in platform and "Sample service" not in platform
+    web = matrix("Web team")
+    assert ">Web front end</a>" in web and ">Sample service</a>" in web
+    assert "Internal tool" not in web
+
+    # The walkthrough's people keep their roles in every team's application: alice asks,
+    # bob approves, carol signs off (the policy's team rule refuses none of them).
+    for slug in ("web", "tool"):
+        target = Target.objects.get(application__slug=slug, environment__slug="dev")
+        for name in ("alice", "bob", "carol", "ci"):
+            user = User.objects.get(username=name)
+            assert policy.team_refusal(user, target) is None, (name, slug)
+    alice = User.objects.get(username="alice")
+    production = Target.objects.get(application__slug="tool", environment__slug="production")
+    run = services.request_promotion(user=alice, target=production)
+    run = services.approve_run(user=bob, run=run)
+    assert run.approvals.filter(user=bob).exists()
 
 
 def test_demo_with_the_sample_alone_takes_four_ports(demo_settings):

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.management.base import CommandError
 from ninja import Path, Query, Router
 
-from opsweb import metrics, services
+from opsweb import metrics, policy, services
 from opsweb.api.auth import APPROVE, DEPLOY, READ, check_application
 from opsweb.api.idempotency import idempotent
 from opsweb.api.problems import ApiProblem, lookup_problem
@@ -30,6 +30,7 @@ from opsweb.api.schemas import (
     ImageMarkedOut,
     ImageOut,
     ImagePage,
+    LiftBadMarkIn,
     MarkBadIn,
     PromoteIn,
     RegisterIn,
@@ -331,13 +332,17 @@ def list_images_short(request, application: str = "", cursor: str = "", limit: L
     return _images(request, application, cursor, limit)
 
 
-@router.get("/images/{image_id}", response=ImageOut, auth=READ, tags=["images"])
-def get_image(request, image_id: RunId):
+def image_by_id(request, image_id: int) -> ImageVersion:
     image = ImageVersion.objects.select_related("application").filter(pk=image_id).first()
     if image is None:
         raise ApiProblem(404, f"Image #{image_id} does not exist.")
     check_application(request, image.application)
-    return image_out(image)
+    return image
+
+
+@router.get("/images/{image_id}", response=ImageOut, auth=READ, tags=["images"])
+def get_image(request, image_id: RunId):
+    return image_out(image_by_id(request, image_id))
 
 
 @router.post(
@@ -345,18 +350,38 @@ def get_image(request, image_id: RunId):
 )
 def mark_bad(request, image_id: RunId, body: MarkBadIn):
     """Mark a version bad: it is not deployed or promoted again, nor rolled back to, until an
-    approver of the environment that answers for the mark lifts it (the admin's Lift bad mark)."""
+    approver of the environment that answers for the mark lifts it (POST
+    /images/{id}/lift-bad-mark, or the admin's Lift bad mark)."""
 
     def act():
-        image = ImageVersion.objects.select_related("application").filter(pk=image_id).first()
-        if image is None:
-            raise ApiProblem(404, f"Image #{image_id} does not exist.")
-        check_application(request, image.application)
+        image = image_by_id(request, image_id)
         image = services.mark_bad(user=request.auth, image=image, reason=body.reason)
         return 200, {
             "message": f"Marked {services.describe(image)} bad: {image.bad_reason}",
             "image": image_out(image),
         }
+
+    return idempotent(request, act)
+
+
+@router.post(
+    "/images/{image_id}/lift-bad-mark",
+    response={200: ImageMarkedOut},
+    auth=DEPLOY,
+    tags=["images"],
+)
+def lift_bad_mark(request, image_id: RunId, body: LiftBadMarkIn):
+    """Lift a version's bad mark, saying why (manage.py lift_bad_mark): an approver of the
+    environment that answers for the mark (where a rollback last took it back). It may be
+    deployed and promoted again; auto-deploy paused by that rollback stays paused."""
+
+    def act():
+        from opsweb.management.commands.lift_bad_mark import lifted_message
+
+        image = image_by_id(request, image_id)
+        environment = policy.bad_mark_environment(image) if image.is_bad else None
+        image = services.lift_bad_mark(user=request.auth, image=image, reason=body.reason)
+        return 200, {"message": lifted_message(image, environment), "image": image_out(image)}
 
     return idempotent(request, act)
 

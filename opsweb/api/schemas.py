@@ -238,6 +238,12 @@ class MarkBadIn(In):
     reason: str = Field(..., max_length=TEXT_MAX)
 
 
+class LiftBadMarkIn(In):
+    reason: str = Field(
+        ..., max_length=TEXT_MAX, description="Why it is no longer bad; kept in the audit trail."
+    )
+
+
 class OidcIn(In):
     token: str = Field(..., max_length=16000, description="The CI job's OIDC token (a JWT).")
 

@@ -1,6 +1,7 @@
 """Applications: create one (its repositories and its targets on an ordered subset of the
-shared flow), and list every application with what runs where. The admin's add form, the
-``create_application`` command and ``bootstrap``/``demo`` all go through here."""
+shared flow), and list every application with what runs where. The admin's add form and the
+``create_application`` command call ``create_application``; ``bootstrap`` and ``demo`` call
+``build_application`` for their seed data."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class ApplicationSpec:
     environments: tuple[Environment, ...]
     team: Group | None
     branch: str
+    repository_url: str = ""
 
 
 def flow_of(slugs: list[str] | None) -> tuple[Environment, ...]:
@@ -67,12 +69,18 @@ def check_application(
     environments: list[str] | None = None,
     team: str = "",
     branch: str = "",
+    repository_url: str = "",
 ) -> ApplicationSpec:
     """The checks every way of creating an application shares, read-only: raises
     ReleaseError with one sentence for a taken slug or name, a repository another application
     releases, an unknown environment or team, or a flow out of order."""
     slug, name = slug.strip(), name.strip()
-    candidate = Application(slug=slug, name=name or slug, auto_deploy_branch=branch.strip())
+    candidate = Application(
+        slug=slug,
+        name=name or slug,
+        auto_deploy_branch=branch.strip(),
+        repository_url=repository_url.strip(),
+    )
     try:
         candidate.full_clean(exclude=["team"], validate_unique=False, validate_constraints=False)
     except ValidationError as exc:
@@ -107,6 +115,7 @@ def check_application(
         environments=flow_of(environments),
         team=group,
         branch=candidate.auto_deploy_branch,
+        repository_url=candidate.repository_url,
     )
 
 
@@ -137,7 +146,11 @@ def build_application(
     base_port = next_free_port() if base_port is None else base_port
     state_dir = str(settings.OPSWEB["LOCAL_STATE_DIR"])
     application = Application.objects.create(
-        slug=spec.slug, name=spec.name, team=spec.team, auto_deploy_branch=spec.branch
+        slug=spec.slug,
+        name=spec.name,
+        team=spec.team,
+        auto_deploy_branch=spec.branch,
+        repository_url=spec.repository_url,
     )
     ApplicationRepository.objects.bulk_create(
         ApplicationRepository(application=application, repository=r) for r in spec.repositories
@@ -177,13 +190,15 @@ def create_application(
     environments: list[str] | None = None,
     team: str = "",
     branch: str = "",
+    repository_url: str = "",
     base_port: int | None = None,
     source: str = "",
 ) -> Application:
     """Create an application deployed into ``environments`` (slugs, an ordered subset of the
-    flow; default all), releasing ``repositories``, owned by ``team``. Raises NotAllowed
-    without ``add_application``, ReleaseError (nothing written) for what ``check_application``
-    refuses."""
+    flow; default all), releasing ``repositories``, owned by ``team``, its source at
+    ``repository_url`` (for compare links); the command and the admin's add form call it.
+    Raises NotAllowed without ``add_application``, ReleaseError (nothing written) for what
+    ``check_application`` refuses."""
     policy.may_create_application(user).enforce()
     spec = check_application(
         slug=slug,
@@ -192,6 +207,7 @@ def create_application(
         environments=environments,
         team=team,
         branch=branch,
+        repository_url=repository_url,
     )
     application = build_application(spec, base_port=base_port, source=source)
     audit(

@@ -8,6 +8,10 @@ Ports, from ``--base-port`` B on (each application's targets in flow order):
     web     Local B+4, Dev B+5, Staging B+6,  Production B+7
     tool    Local B+8, Dev B+9,               Production B+10
 
+Teams (Django groups) own them: the Web team the sample service and the web front end, Platform
+the internal tool, so the overview's team filter has something to filter. Every demo user is
+in both teams and keeps the roles the walkthrough gives them in every application.
+
 ``--apps sample`` loads the sample service alone (four ports, as benchmarks/faults.py needs).
 Idempotent: a second run changes nothing, except restarting a deployed process that is no
 longer running (after a reboot, or `demo --stop`). Refuses to run with DEBUG off.
@@ -60,6 +64,7 @@ class DemoApp:
 
     slug: str
     name: str
+    team: str
     repository: str
     history_repository: str
     environments: tuple[str, ...]
@@ -73,6 +78,7 @@ APPS = {
     "sample": DemoApp(
         slug="sample",
         name="Sample service",
+        team="Web team",
         repository=REPOSITORY,
         history_repository=HISTORY_REPOSITORY,
         environments=("local", "dev", "staging", "production"),
@@ -92,6 +98,7 @@ APPS = {
     "web": DemoApp(
         slug="web",
         name="Web front end",
+        team="Web team",
         repository="example/web",
         history_repository="example/web-history",
         environments=("local", "dev", "staging", "production"),
@@ -116,6 +123,7 @@ APPS = {
     "tool": DemoApp(
         slug="tool",
         name="Internal tool",
+        team="Platform",
         repository="example/tool",
         history_repository="example/tool-history",
         environments=("local", "dev", "production"),  # no AWS Staging
@@ -205,6 +213,7 @@ class Command(BaseCommand):
             self._configure(flows[spec.slug], repo_dir, base_port + PORTS_PER_APP * n)
         self._production_rules()
         users = self._people()
+        self._teams(chosen, users)
         fresh = {
             spec.slug: not Target.objects.filter(
                 application=applications[spec.slug], current_image__isnull=False
@@ -237,8 +246,14 @@ class Command(BaseCommand):
         self._print(flows, users)
 
     def _application(self, spec: DemoApp) -> Application:
-        """The demo's application ``spec`` (created on the shared flow if it is missing)."""
+        """The demo's application ``spec`` (created on the shared flow if it is missing), owned
+        by its team unless someone gave it another one."""
+        team = Group.objects.get_or_create(name=spec.team)[0]
         app = Application.objects.filter(slug=spec.slug).first()
+        if app is not None and app.team_id is None:
+            # A demo loaded before the teams: own it now (its people join the team below).
+            app.team = team
+            app.save(update_fields=["team"])
         if app is None:
             app = services.build_application(
                 services.ApplicationSpec(
@@ -248,7 +263,7 @@ class Command(BaseCommand):
                     environments=tuple(
                         Environment.objects.filter(slug__in=spec.environments).order_by("position")
                     ),
-                    team=None,
+                    team=team,
                     branch="develop",
                 )
             )
@@ -302,6 +317,14 @@ class Command(BaseCommand):
                 user.groups.set(Group.objects.filter(name__in=groups))
             users[username] = user
         return users
+
+    def _teams(self, chosen: list[DemoApp], users) -> None:
+        """Every demo user in every team of the demo: only a team's members request deploys,
+        promotions, freezes and resumes for its applications (``policy.team_refusal``), and
+        the walkthrough has alice, bob, carol and ci do those in each of them."""
+        teams = Group.objects.filter(name__in={spec.team for spec in chosen})
+        for user in users.values():
+            user.groups.add(*teams)
 
     def _images(self, spec: DemoApp, app, shas, ci):
         images = {}
@@ -389,6 +412,15 @@ class Command(BaseCommand):
                     f"    {target.name:<18} {tag:<7} "
                     f"{target.health_check_url.removesuffix('/healthz')}/"
                 )
+        teams: dict[str, list[str]] = {}
+        for app in (
+            Application.objects.filter(slug__in=flows).select_related("team").order_by("slug")
+        ):
+            teams.setdefault(app.team.name if app.team else "no team", []).append(app.slug)
+        self.stdout.write(
+            "Teams (every demo user is in each): "
+            + "; ".join(f"{team} owns {', '.join(slugs)}" for team, slugs in teams.items())
+        )
         self.stdout.write("Demo users (log in at /admin/):")
         for username, groups in PEOPLE.items():
             if username in SERVICE_ACCOUNTS:
