@@ -91,12 +91,15 @@ def test_create_application_makes_its_targets_along_an_ordered_subset_and_audits
         "local,dev,production",
         "--branch",
         "develop",
+        "--repository-url",
+        "https://github.com/example/tool",
         "--as",
         "root",
         "--json",
     )
     assert code == 0, err
     data = json.loads(out)
+    assert Application.objects.get(slug="tool").repository_url == "https://github.com/example/tool"
     assert data["application"]["environments"] == ["local", "dev", "production"]
     assert data["application"]["repositories"] == ["example/tool", "example/tool-worker"]
     tool = Application.objects.get(slug="tool")
@@ -120,6 +123,7 @@ def test_create_application_makes_its_targets_along_an_ordered_subset_and_audits
         (["--as", "alice"], "User alice is not allowed to create applications"),
         (["--base-port", "65534"], "port"),
         (["--slug", "Not a slug!"], "slug"),
+        (["--repository-url", "not a web address"], "URL"),
     ],
 )
 def test_create_application_refuses_with_one_sentence_exit_2_and_writes_nothing(

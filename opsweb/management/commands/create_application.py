@@ -3,7 +3,8 @@ subset of the shared flow (on the local backend; switch a target to ECS or EC2 i
 
     manage.py create_application --slug web --name "Web front end" \
         --repository example/web --environments dev,staging,production \
-        --team web --branch develop --as admin
+        --team web --branch develop --as admin \
+        --repository-url https://github.com/example/web
 
 Refused with one sentence and exit 2, nothing written: a slug or name taken, a repository
 another application releases, an unknown environment or team, a flow out of order, a user
@@ -33,6 +34,13 @@ class Command(OpswebCommand):
             metavar="SLUGS",
             help="Its flow, comma-separated in flow order, e.g. dev,production (default: all).",
         )
+        parser.add_argument(
+            "--repository-url",
+            default="",
+            metavar="URL",
+            help="Its source repository's web address (https://github.com/org/web): approve "
+            "pages link the commits between what runs and what is proposed to its compare page.",
+        )
         parser.add_argument("--team", default="", help="The group that owns it.")
         parser.add_argument(
             "--branch", default="", help="Its auto-deploy branch, e.g. develop (AWS Dev)."
@@ -51,7 +59,7 @@ class Command(OpswebCommand):
         )
 
     def act(self, user, options):
-        for name in ("slug", "name", "environments", "team", "branch", "source"):
+        for name in ("slug", "name", "environments", "team", "branch", "source", "repository_url"):
             check_one_line(f"--{name.replace('_', '-')}", options[name])
         slugs = (
             [s.strip() for s in options["environments"].split(",")]
@@ -66,6 +74,7 @@ class Command(OpswebCommand):
             environments=slugs,
             team=options["team"],
             branch=options["branch"],
+            repository_url=options["repository_url"],
             base_port=parse_port(options["base_port"]),
             source=options["source"],
         )
