@@ -214,3 +214,52 @@ def test_api_lift_bad_mark_refusals_are_problem_documents_and_change_nothing(
     elsewhere = lift(client, rolled_back.pk, scoped, {"reason": "fine now"})
     assert elsewhere.status_code == 403 and "only for application 'other'" in elsewhere.text
     assert unchanged(rolled_back)
+
+
+# -- marking from the command line (manage.py mark_bad), then lifting ------------------------
+
+
+def test_mark_bad_command_marks_it_audited_and_lift_bad_mark_undoes_it(flow, bob):
+    image = make_image("3.0.0")
+    succeed_in(flow["staging"], image)
+    code, out, err = run_command(
+        "mark_bad", "3.0.0", "--app", "sample", "--reason", "corrupts sessions", "--as", "bob",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["image"]["tag"] == "3.0.0" and data["image"]["is_bad"]
+    assert "corrupts sessions" in data["message"]
+    image.refresh_from_db()
+    assert image.is_bad and image.bad_reason == "corrupts sessions"
+    assert AuditEntry.objects.get(action="mark_bad").actor == bob
+    with pytest.raises(ReleaseError, match="bad"):
+        services.request_promotion(user=bob, target=flow["production"], image=image)
+
+    code, _, err = run_command("mark_bad", "3.0.0", "--reason", "again", "--as", "bob")
+    assert code == 2 and "already marked bad" in err, err
+    code, _, err = run_command(
+        "lift_bad_mark", "3.0.0", "--reason", "the fault was elsewhere", "--as", "bob"
+    )
+    assert code == 0, err
+    image.refresh_from_db()
+    assert not image.is_bad
+
+
+@pytest.mark.parametrize(
+    ("args", "user", "sentence"),
+    [
+        (["3.0.0", "--reason", "broken"], "alice", "not allowed to mark versions bad"),
+        (["3.0.0", "--reason", "  "], "bob", "a reason is required"),
+        (["9.9.9", "--reason", "broken"], "bob", "No image '9.9.9'"),
+    ],
+    ids=["no permission", "blank reason", "unknown version"],
+)
+def test_mark_bad_command_refuses_with_exit_2_and_marks_nothing(
+    flow, alice, bob, args, user, sentence
+):
+    image = make_image("3.0.0")
+    code, _, err = run_command("mark_bad", *args, "--as", user)
+    assert code == 2 and sentence in err, err
+    image.refresh_from_db()
+    assert not image.is_bad and not AuditEntry.objects.filter(action="mark_bad").exists()
