@@ -195,3 +195,39 @@ def _build(user, *, team: str, query: str, page, now: datetime) -> Overview:
         number=page_obj.number,
         has_next=page_obj.has_next,
     )
+
+
+@dataclass
+class NowLine:
+    """One application in one environment, for the environment's page: what runs, its state
+    in words, since when, and where the service answers."""
+
+    target: Target
+    state: str
+    state_words: str
+    running: Run | None
+
+
+def environment_now(environment: Environment, now: datetime | None = None) -> list[NowLine]:
+    """What runs in ``environment`` for each application deployed into it, by name: a few
+    queries however many runs there are (the targets, the runs in progress, the last finished
+    run of each)."""
+    now = now or timezone.now()
+    targets = list(
+        Target.objects.filter(environment=environment)
+        .select_related("application", "environment", "current_image")
+        .order_by("application__name", "application_id")
+    )
+    running = {
+        run.environment_id: run
+        for run in Run.objects.filter(
+            status=RunStatus.RUNNING, environment__in=targets
+        ).select_related("image")
+    }
+    last_runs = _last_finished(targets)
+    lines = []
+    for target in targets:
+        here = running.get(target.pk)
+        state, words = _state(target, here, last_runs.get(target.pk), freeze_status(target, now))
+        lines.append(NowLine(target, state, words, here))
+    return lines
