@@ -206,28 +206,31 @@ class NowLine:
     state: str
     state_words: str
     running: Run | None
+    waiting: list[Run] = field(default_factory=list)  # pending or queued, oldest first
 
 
 def environment_now(environment: Environment, now: datetime | None = None) -> list[NowLine]:
     """What runs in ``environment`` for each application deployed into it, by name: a few
-    queries however many runs there are (the targets, the runs in progress, the last finished
-    run of each)."""
+    queries however many runs there are (the targets, the runs in progress or waiting, the
+    last finished run of each)."""
     now = now or timezone.now()
     targets = list(
         Target.objects.filter(environment=environment)
         .select_related("application", "environment", "current_image")
         .order_by("application__name", "application_id")
     )
-    running = {
-        run.environment_id: run
-        for run in Run.objects.filter(
-            status=RunStatus.RUNNING, environment__in=targets
-        ).select_related("image")
-    }
+    active = list(
+        Run.objects.filter(status__in=[*WAITING, RunStatus.RUNNING], environment__in=targets)
+        .select_related("image")
+        .order_by("created_at", "id")
+    )
     last_runs = _last_finished(targets)
     lines = []
     for target in targets:
-        here = running.get(target.pk)
-        state, words = _state(target, here, last_runs.get(target.pk), freeze_status(target, now))
-        lines.append(NowLine(target, state, words, here))
+        here = [run for run in active if run.environment_id == target.pk]
+        running = next((run for run in here if run.status == RunStatus.RUNNING), None)
+        freeze = freeze_status(target, now)
+        state, words = _state(target, running, last_runs.get(target.pk), freeze)
+        waiting = [run for run in here if run.status != RunStatus.RUNNING]
+        lines.append(NowLine(target, state, words, running, waiting))
     return lines

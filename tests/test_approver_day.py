@@ -45,13 +45,47 @@ def shot(page, name: str) -> None:
 
 def fits(page) -> None:
     """What a phone's reader would notice first: nothing scrolls sideways."""
-    assert page.evaluate(OVERFLOW) <= 0, (page.url, page.evaluate(OVERFLOW))
+    page.wait_for_load_state()  # a click returns once the page commits, before its styles
+    assert page.evaluate(OVERFLOW) <= 0, (
+        page.url,
+        page.evaluate(OVERFLOW),
+        page.evaluate(
+            "() => Array.from(document.querySelectorAll('body *')).filter(e =>"
+            " e.getBoundingClientRect().right > window.innerWidth + 1).slice(0, 5)"
+            ".map(e => e.tagName + '.' + e.className + '#' + e.id)"
+        ),
+    )
 
 
 def readable(page) -> None:
     """Nothing scrolls sideways, and no table hides a column past its box's edge."""
     fits(page)
     assert page.evaluate(CLIPPED_TABLES, "#content table") == [], page.url
+
+
+def apart(page, selector: str) -> None:
+    """The elements ``selector`` finds do not overlap or touch (words run together)."""
+    touching = page.evaluate(
+        "(sel) => { const boxes = Array.from(document.querySelectorAll(sel)).map(e =>"
+        " e.getBoundingClientRect()); const hits = [];"
+        " boxes.forEach((a, i) => boxes.slice(i + 1).forEach((b, j) => {"
+        " if (a.left < b.right + 4 && b.left < a.right + 4 && a.top < b.bottom && b.top < a.bottom)"
+        " hits.push([i, i + 1 + j]); })); return hits; }",
+        selector,
+    )
+    assert touching == [], (page.url, selector, touching)
+
+
+def beside(page, form: str) -> None:
+    """Each label of ``form`` sits on the line of the control it names."""
+    apart_lines = page.evaluate(
+        "(sel) => Array.from(document.querySelectorAll(sel + ' label[for]')).filter(l => {"
+        " const c = document.getElementById(l.htmlFor); if (!c) return false;"
+        " const a = l.getBoundingClientRect(), b = c.getBoundingClientRect();"
+        " return a.bottom < b.top || b.bottom < a.top; }).map(l => l.htmlFor)",
+        form,
+    )
+    assert apart_lines == [], (page.url, apart_lines)
 
 
 def service_version(target: Target) -> dict:
@@ -123,6 +157,7 @@ def test_the_approvers_day_overview_waiting_approve_from_a_phone_watch_roll_back
         assert f"#{pending.pk} 1.1.0 waits for approval" in page.inner_text(cell)
         assert "2.4.0" in page.inner_text("tr[data-app=web] td[data-env=staging]")
         shot(page, "1-overview")
+        apart(page, "#overview > h2 > *")
     readable(phone)
 
     # 2. The laptop opens the waiting run: what it is, who asked, what it needs.
@@ -213,6 +248,11 @@ def test_the_approvers_day_overview_waiting_approve_from_a_phone_watch_roll_back
     )
     assert phone.evaluate("window.opswebMarker") == "phone overview"
     assert "since" in phone.inner_text(cell)
+    # The sidebar of what bob did follows too (it kept the page's first reading).
+    phone.wait_for_function(
+        "() => document.getElementById('recent-actions-module').innerText.includes('Rollback')",
+        timeout=15_000,
+    )
     readable(phone)
     shot(phone, "7-rolled-back")
     laptop.goto(f"{base}/admin/")
@@ -230,6 +270,7 @@ def test_the_approvers_day_overview_waiting_approve_from_a_phone_watch_roll_back
         now = page.inner_text("#environment-now")
         assert "Sample service" in now and "1.0.0" in now and "healthy" in now
         assert "Customer web front end" in now and "2.4.0" in now
+        assert f"#{other.pk} 2.5.0 waits for approval" in now
         assert page.locator(f"#environment-now a[href='{service_root(staging)}']").count() == 1
         assert page.evaluate(CLIPPED_TABLES, "#environment-now table") == []
         shot(page, "8-environment")
@@ -255,6 +296,7 @@ def test_dora_keys_show_their_band_on_a_phone(browser, live_server, flow, bob):
     )
     assert band.is_visible() and "DORA band" in label
     assert "- median" not in page.inner_text(".dora")  # nothing measured is "-"
+    beside(page, ".dora-filter")
     fits(page)
     shot(page, "9-dora")
     connections.close_all()
