@@ -212,6 +212,12 @@ def test_the_approvers_day_overview_waiting_approve_from_a_phone_watch_roll_back
     assert laptop.evaluate("window.opswebMarker") == "laptop"
     assert "Healthy" in laptop.inner_text("#events")
     assert "Approvals: 1 of 1" in laptop.inner_text("#approvals")
+    # Its buttons, turned into disabled ones saying why, stay in one row.
+    tops = laptop.eval_on_selector_all(
+        "#run-tools li",
+        "items => items.map(li => Math.round(li.getBoundingClientRect().top))",
+    )
+    assert len(set(tops)) == 1, (tops, laptop.inner_text("#run-tools"))
     shot(laptop, "5-deployed")
     assert service_version(staging)["version"] == "1.1.0"
 
@@ -234,7 +240,12 @@ def test_the_approvers_day_overview_waiting_approve_from_a_phone_watch_roll_back
     summary = laptop.inner_text("table.confirm-summary")
     assert "1.1.0" in summary and "will be marked bad" in summary and "1.0.0" in summary
     shot(laptop, "6-rollback")
-    rollback_page = laptop.url
+    peek = phone.context.new_page()  # the same page on the phone, in a tab of its own
+    peek.goto(laptop.url)
+    assert "will be marked bad" in peek.inner_text("table.confirm-summary")
+    readable(peek)
+    shot(peek, "6-rollback")
+    peek.close()
     laptop.select_option("#id_reason", "critical_errors")
     laptop.fill("#id_note", "Reports export times out")
     laptop.click("input[name=confirm]")
@@ -260,9 +271,6 @@ def test_the_approvers_day_overview_waiting_approve_from_a_phone_watch_roll_back
     shot(laptop, "7-rolled-back")
     body = service_version(staging)
     assert (body["version"], body["rollback"]) == ("1.0.0", True)
-    phone.goto(rollback_page)  # the same confirmation, now with 1.0.0 running, at 390 px
-    readable(phone)
-    shot(phone, "6-rollback")
 
     # 7. The environment's page starts with what runs there now, per application.
     for page in (laptop, phone):
