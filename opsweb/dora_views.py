@@ -98,8 +98,12 @@ def key_rows(report: metrics.Report) -> list[dict]:
         },
         {
             "name": "Lead time for changes",
-            "figure": f"{human_duration(report.lead_time_median)} median",
-            "detail": f"p90 {human_duration(report.lead_time_p90)}; commit → running here",
+            "figure": median_text(report.lead_time_median),
+            "detail": (
+                "commit → running here"
+                if report.lead_time_p90 is None
+                else f"p90 {human_duration(report.lead_time_p90)}; commit → running here"
+            ),
             "band": report.bands["lead_time"],
         },
         {
@@ -110,12 +114,17 @@ def key_rows(report: metrics.Report) -> list[dict]:
         },
         {
             "name": "Time to restore",
-            "figure": f"{human_duration(report.restore_median)} median",
+            "figure": median_text(report.restore_median),
             "detail": f"{report.rollbacks} rollbacks; click → previous version healthy; "
             f"RTO target {human_duration(report.rto_seconds)}",
             "band": report.bands["time_to_restore"],
         },
     ]
+
+
+def median_text(seconds: float | None) -> str:
+    # Nothing measured is "-", as for the change failure rate, not "- median".
+    return "-" if seconds is None else f"{human_duration(seconds)} median"
 
 
 def charts(report: metrics.Report) -> list[tuple[str, str]]:

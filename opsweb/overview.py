@@ -32,7 +32,7 @@ from opsweb.board import (
     read_page,
 )
 from opsweb.models import Application, Environment, Run, RunStatus, Target
-from opsweb.reading import read_environments
+from opsweb.reading import read_configuration, read_environments
 from opsweb.reads.quorum import is_approver
 from opsweb.windows import freeze_status
 
@@ -195,3 +195,45 @@ def _build(user, *, team: str, query: str, page, now: datetime) -> Overview:
         number=page_obj.number,
         has_next=page_obj.has_next,
     )
+
+
+@dataclass
+class NowLine:
+    """One application in one environment, for the environment's page: what runs, its state
+    in words, since when, and where the service answers."""
+
+    target: Target
+    state: str
+    state_words: str
+    running: Run | None
+    waiting: list[Run] = field(default_factory=list)  # pending or queued, oldest first
+
+
+def environment_now(environment: Environment, now: datetime | None = None) -> list[NowLine]:
+    """What runs in ``environment`` for each application deployed into it, by name, in the
+    same number of queries however many applications and runs there are (the targets, their
+    configuration, the runs in progress or waiting, the last finished run of each)."""
+    now = now or timezone.now()
+    targets = list(
+        Target.objects.filter(environment=environment)
+        .select_related("application", "environment", "current_image")
+        .order_by("application__name", "application_id")
+    )
+    # The change windows of every target read at once, not a few queries per target.
+    with services.one_reading():
+        read_configuration(targets)
+        active = list(
+            Run.objects.filter(status__in=[*WAITING, RunStatus.RUNNING], environment__in=targets)
+            .select_related("image")
+            .order_by("created_at", "id")
+        )
+        last_runs = _last_finished(targets)
+        lines = []
+        for target in targets:
+            here = [run for run in active if run.environment_id == target.pk]
+            running = next((run for run in here if run.status == RunStatus.RUNNING), None)
+            freeze = freeze_status(target, now)
+            state, words = _state(target, running, last_runs.get(target.pk), freeze)
+            waiting = [run for run in here if run.status != RunStatus.RUNNING]
+            lines.append(NowLine(target, state, words, running, waiting))
+    return lines

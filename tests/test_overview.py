@@ -224,3 +224,34 @@ def test_recent_actions_and_the_target_filter_follow_the_application(flow, root,
     assert "<li><strong>App web</strong>: <a href=" in recent and "Requested run" in recent
     runs = login(root).get("/admin/opsweb/run/?app=web").text
     assert "App web · AWS Dev" in runs and "Sample service · AWS Dev" not in runs
+
+
+def test_environment_page_starts_with_what_runs_there_per_application(flow, root, alice, bob):
+    web = targets(add_app(root, "web", environments=["dev", "staging", "production"]))
+    staging = flow["staging"]
+    succeed_in(staging, make_image("1.0.0"))
+    succeed_in(web["staging"], make_image("2.4.0", repository="example/web"))
+    succeed_in(web["dev"], make_image("2.5.0", repository="example/web"))
+    waiting = services.request_promotion(user=alice, target=web["staging"])
+    url = reverse("admin:opsweb_environment_change", args=[staging.environment_id])
+
+    page = login(bob).get(url).text
+    now = page[page.index('id="environment-now"') : page.index("Place in the flow")]
+    assert "Now in AWS Staging" in now
+    assert "App web" in now and "2.4.0" in now and "Sample service" in now and "1.0.0" in now
+    assert f"#{waiting.pk} 2.5.0</a> waits for approval" in now
+    assert "healthy" in now
+    if web["staging"].service_url:
+        assert f'href="{web["staging"].service_url}"' in now
+    # The configuration stays below it, the organisation's rules folded.
+    assert page.index("Now in AWS Staging") < page.index("The organisation")
+
+
+def test_environment_page_reads_as_many_queries_at_2_and_12_applications(flow, root, bob):
+    url = reverse("admin:opsweb_environment_change", args=[flow["staging"].environment_id])
+    client = login(bob)
+    add_app(root, "a1")
+    few = count_queries(client, url)
+    for n in range(2, 12):
+        add_app(root, f"a{n}")
+    assert count_queries(client, url) == few

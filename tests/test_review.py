@@ -128,7 +128,7 @@ def test_rollback_during_a_switched_deploy_names_what_ran_before_not_the_deploy(
     assert first == f"alice asked to roll back to 1.0.0 ({old.short_digest}) in AWS Dev"
     client.force_login(alice)
     page = client.get(reverse("admin:opsweb_run_change", args=[rollback.pk])).text
-    assert "Rollback of <strong>1.0.0</strong>" in page
+    assert "Rollback of <strong>Sample service 1.0.0</strong>" in page
 
 
 # -- a local alarm answering an absurd number is unreadable, not a crash --------------------

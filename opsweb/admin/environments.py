@@ -3,8 +3,6 @@ resume auto-deploy, UAT sign-off, freeze)."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from django import forms
 from django.contrib import admin
 from django.db.models import Count, OuterRef, Subquery
@@ -824,12 +822,11 @@ class TargetAdmin(ConfirmingAdmin):
 
     @admin.display(description="Service")
     def service(self, env):
-        # The health check URL without its path: where the service answers.
-        if not env.health_check_url:
+        if not env.service_url:
             return "—"
-        parts = urlsplit(env.health_check_url)
-        base = f"{parts.scheme}://{parts.netloc}/"
-        return format_html('<a href="{}" rel="noopener" target="_blank">{}</a>', base, base)
+        return format_html(
+            '<a href="{}" rel="noopener" target="_blank">{}</a>', env.service_url, env.service_url
+        )
 
     @admin.display(description="Auto deploy")
     def auto_deploy_state(self, env):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
@@ -279,6 +281,14 @@ class Target(models.Model):
     def label(self) -> str:
         """'Sample service in AWS Production': the target named with its application."""
         return f"{self.application.name} in {self.environment.name}"
+
+    @property
+    def service_url(self) -> str:
+        """Where the service answers: its health check URL without the path ("" without one)."""
+        if not self.health_check_url:
+            return ""
+        parts = urlsplit(self.health_check_url)
+        return f"{parts.scheme}://{parts.netloc}/"
 
     def clean(self):
         try:

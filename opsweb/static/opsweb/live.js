@@ -13,6 +13,7 @@
   var busy = false;
   function schedule() {
     window.clearTimeout(timer);
+    if (!regions.length) { return; }
     if (document.visibilityState !== "hidden") { timer = window.setTimeout(poll, every); }
   }
   function swap(html) {
@@ -22,11 +23,12 @@
       if (!next || old.contains(document.activeElement)) { return; }
       old.replaceWith(next);
     });
+    // A page that is no longer live (a run that left "pending") has no regions: stop asking.
     regions = document.querySelectorAll("[data-live-region][id]");
     document.dispatchEvent(new CustomEvent("opsweb:live-updated"));
   }
   function poll() {
-    if (busy || document.visibilityState === "hidden") { return; }
+    if (busy || !regions.length || document.visibilityState === "hidden") { return; }
     busy = true;
     var headers = { "X-Opsweb-Live": "1" };
     if (etag) { headers["If-None-Match"] = etag; }
