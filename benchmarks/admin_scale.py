@@ -1,12 +1,12 @@
 """Admin pages at 100 runs against N runs (default a million): medians, spread, queries, ratio.
 
-    .venv/bin/python benchmarks/admin_scale.py [--runs 1000000] [--apps 1] [--rounds 3]
-        [--refill] [--only "run list"] [--server postgres://postgres@127.0.0.1:5432]
+    .venv/bin/python benchmarks/admin_scale.py [--runs 1000000] [--apps 1] [--small-runs 100]
+        [--rounds 3] [--refill] [--only "run list"] [--server postgres://postgres@127.0.0.1:5432]
 
 It builds two PostgreSQL databases with ``benchmarks/fill.py``, ``opsweb_bench_small`` (100
-runs) and ``opsweb_bench_large`` (--runs), both with the runs of --apps applications, and
-keeps them between invocations (a million runs take a few minutes to fill); --refill rebuilds
-both, and so does a database whose runs or applications differ from what is asked. Pages are
+runs, or --small-runs) and ``opsweb_bench_large`` (--runs), both with the runs of --apps
+applications, and keeps them between invocations (a million runs take a few minutes to fill);
+--refill rebuilds both, and so does a database whose runs or applications differ. Pages are
 requested in-process through Django's test client, DEBUG off, logged in as the superuser
 ``bench_admin``: one warm-up pass, then --rounds rounds, each timing every page on both
 databases (the order of the two sizes alternates per round). Each figure is the whole request
@@ -69,6 +69,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1_000_000, help="runs in the large database")
     parser.add_argument("--apps", type=int, default=1, help="applications sharing the runs")
+    parser.add_argument(
+        "--small-runs",
+        type=int,
+        default=SMALL_RUNS,
+        help="runs in the small database (100 runs over 50 applications leave half of them "
+        "without runs and none with an approval: 5000 gives each a page of every list)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--refill", action="store_true", help="rebuild both databases")
     parser.add_argument("--only", default="", help="time only pages whose label contains this")
@@ -80,7 +87,7 @@ def main() -> int:
     parser.add_argument("--prefix", default="opsweb_bench", help="database name prefix")
     args = parser.parse_args()
 
-    sizes = {"small": SMALL_RUNS, "large": args.runs}
+    sizes = {"small": args.small_runs, "large": args.runs}
     names = {size: f"{args.prefix}_{size}" for size in sizes}
     os.environ["DATABASE_URL"] = f"{args.server.rstrip('/')}/{names['small']}"
     import fill
