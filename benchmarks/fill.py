@@ -215,8 +215,9 @@ def _statements(
     )
     event_cols, event_vals = _defaults(RunEvent, "run created_at level message duration_seconds")
     approval_cols, approval_vals = _defaults(
-        Approval, "run user decision comment digest created_at"
+        Approval, "run user decision comment digest created_at application"
     )
+    target = Target._meta.db_table
     audit = AuditEntry._meta.db_table
     # A fixed pseudo-random number 0..99 per run, the same on every fill, thrown from the run's
     # number within its application (g itself with one), so that each application's history
@@ -311,13 +312,16 @@ def _statements(
         (
             "approvals",
             f"""
-            INSERT INTO {approval} (run_id, user_id, decision, comment, digest, created_at{approval_cols})
+            INSERT INTO {approval} (run_id, user_id, decision, comment, digest, created_at,
+                application_id{approval_cols})
             SELECT r.id, CASE WHEN n = 1 THEN {bob} ELSE {carol} END,
                 CASE WHEN r.status = 'rejected' THEN 'reject' ELSE 'approve' END,
                 CASE WHEN r.status = 'rejected' THEN 'error rate up in staging' ELSE '' END,
-                i.digest, r.created_at + make_interval(secs => 20 + n * 5){approval_vals}
+                i.digest, r.created_at + make_interval(secs => 20 + n * 5),
+                t.application_id{approval_vals}
             FROM {run} AS r
             JOIN {iv} AS i ON i.id = r.image_id
+            JOIN {target} AS t ON t.id = r.environment_id
             CROSS JOIN generate_series(1, 2) AS n
             WHERE r.kind = 'promotion' AND r.status NOT IN ('pending', 'expired', 'cancelled')
               AND n <= CASE WHEN r.status = 'rejected' THEN 1 ELSE r.required_approvals END""",
@@ -326,27 +330,29 @@ def _statements(
             "audit entries",
             f"""
             INSERT INTO {audit} (created_at, actor_id, action, environment_id, image_id, run_id,
-                message)
+                message, application_id)
             SELECT r.created_at, r.requested_by_id,
                 CASE r.kind WHEN 'deploy' THEN 'request_deploy'
                      WHEN 'promotion' THEN 'request_promotion' ELSE 'roll_back' END,
-                r.environment_id, r.image_id, r.id, 'Requested run #' || r.id
-            FROM {run} AS r
+                r.environment_id, r.image_id, r.id, 'Requested run #' || r.id, t.application_id
+            FROM {run} AS r JOIN {target} AS t ON t.id = r.environment_id
             UNION ALL
             SELECT a.created_at, a.user_id,
                 CASE a.decision WHEN 'approve' THEN 'approve_run' ELSE 'reject_run' END,
-                r.environment_id, r.image_id, r.id, 'Decided on run #' || r.id
+                r.environment_id, r.image_id, r.id, 'Decided on run #' || r.id, a.application_id
             FROM {approval} AS a JOIN {run} AS r ON r.id = a.run_id
             UNION ALL
             SELECT r.finished_at, NULL,
                 CASE r.status WHEN 'succeeded' THEN 'run_succeeded' ELSE 'run_failed' END,
-                r.environment_id, r.image_id, r.id, 'Run #' || r.id || ' ' || r.status
-            FROM {run} AS r WHERE r.status IN ('succeeded', 'failed')""",
+                r.environment_id, r.image_id, r.id, 'Run #' || r.id || ' ' || r.status,
+                t.application_id
+            FROM {run} AS r JOIN {target} AS t ON t.id = r.environment_id
+            WHERE r.status IN ('succeeded', 'failed')""",
         ),
         (
             "environments' current versions",
             f"""
-            UPDATE {Target._meta.db_table} AS e
+            UPDATE {target} AS e
             SET current_image_id = last.image_id, current_since = last.finished_at
             FROM (
                 SELECT DISTINCT ON (environment_id) environment_id, image_id, finished_at

@@ -521,6 +521,7 @@ def _decisions_and_audit(runs, users) -> None:
                 run=run,
                 environment=run.environment,
                 image=run.image,
+                application_id=run.environment.application_id,
                 message=f"Requested run #{run.pk}: {run.get_kind_display().lower()} of "
                 f"{run.image.tag} to {run.environment} (demo history)",
             )
@@ -530,6 +531,7 @@ def _decisions_and_audit(runs, users) -> None:
             approvals.append(
                 Approval(
                     run=run,
+                    application_id=run.environment.application_id,
                     user=user,
                     decision=Approval.Decision.APPROVE,
                     digest=run.image.digest,
@@ -544,6 +546,7 @@ def _decisions_and_audit(runs, users) -> None:
                     run=run,
                     environment=run.environment,
                     image=run.image,
+                    application_id=run.environment.application_id,
                     message=f"Approved run #{run.pk} (demo history)",
                 )
             )
@@ -554,6 +557,7 @@ def _decisions_and_audit(runs, users) -> None:
                 run=run,
                 environment=run.environment,
                 image=run.image,
+                application_id=run.environment.application_id,
                 message=f"Run #{run.pk} {run.status} (demo history)",
             )
         )
@@ -564,6 +568,7 @@ def _decisions_and_audit(runs, users) -> None:
                     actor=run.requested_by,
                     action="mark_bad",
                     image=run.replaces,
+                    application_id=run.replaces.application_id,
                     message=f"Marked {run.replaces.tag} bad: {run.replaces.bad_reason}",
                 )
             )
