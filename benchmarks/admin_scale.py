@@ -15,7 +15,8 @@ application filter filtered by one application, the overview (the admin index) a
 application's board.
 
 It prints per page the median and spread (min–max) at each size, the number of SQL queries
-at each size, the rows of the list each rendered and the ratio of the medians large/small.
+at each size, the rows of the list each rendered and the ratio large/small of the medians and
+of the fastest rounds (on a shared machine the fastest is the least disturbed).
 Exit code 1 if a page does not answer 200. The PAGES table below is the one place to change
 which URLs are timed.
 """
@@ -237,20 +238,24 @@ def _report(pages, sizes, times, queries, rows) -> None:
     small, large = sizes
     print(
         f"\n{'page':28} {small + ' median':>13} {large + ' median':>13} "
-        f"{large + ' spread':>19} {'queries':>9} {'rows':>9} {'ratio':>8}"
+        f"{large + ' spread':>19} {'queries':>9} {'rows':>9} {'ratio':>8} {'fastest':>8}"
     )
     for i, (label, _) in enumerate(pages):
         s, big = statistics.median(times[small][i]), statistics.median(times[large][i])
         spread = f"{min(times[large][i]) * 1000:.0f}–{max(times[large][i]) * 1000:.0f} ms"
+        fastest = min(times[large][i]) / min(times[small][i])
         print(
             f"{label:28} {s * 1000:10.1f} ms {big * 1000:10.1f} ms {spread:>19} "
             f"{queries[small][i]:>4}/{queries[large][i]:<4} "
-            f"{_shown(rows[small][i]):>4}/{_shown(rows[large][i]):<4} {big / s:7.1f}×"
+            f"{_shown(rows[small][i]):>4}/{_shown(rows[large][i]):<4} {big / s:7.1f}× "
+            f"{fastest:7.2f}×"
         )
     print(
         f"\n{sizes[small]:,} vs {sizes[large]:,} runs; median of {len(times[small][0])} "
         f"interleaved rounds; queries = SQL statements per request at each size; rows = rows "
-        f"of the list rendered at each size (- for a page that is not a list)."
+        f"of the list rendered at each size (- for a page that is not a list); ratio = of the "
+        f"medians, fastest = of the fastest rounds (what is left of a page when the machine "
+        f"is busy with other work)."
     )
 
 
