@@ -1,17 +1,22 @@
 """Admin pages at 100 runs against N runs (default a million): medians, spread, queries, ratio.
 
-    .venv/bin/python benchmarks/admin_scale.py [--runs 1000000] [--rounds 3] [--refill]
-        [--only "run list"] [--server postgres://postgres@127.0.0.1:5432]
+    .venv/bin/python benchmarks/admin_scale.py [--runs 1000000] [--apps 1] [--small-runs 100]
+        [--rounds 3] [--refill] [--only "run list"] [--server postgres://postgres@127.0.0.1:5432]
 
 It builds two PostgreSQL databases with ``benchmarks/fill.py``, ``opsweb_bench_small`` (100
-runs) and ``opsweb_bench_large`` (--runs), and keeps them between invocations (a million runs
-take a few minutes to fill); --refill rebuilds both. Pages are requested in-process through
-Django's test client, DEBUG off, logged in as the superuser ``bench_admin``: one warm-up pass,
-then --rounds rounds, each timing every page on both databases (the order of the two sizes
-alternates per round). Each figure is the whole request (middleware, queries, template).
+runs, or --small-runs) and ``opsweb_bench_large`` (--runs), both with the runs of --apps
+applications, and keeps them between invocations (a million runs take a few minutes to fill);
+--refill rebuilds both, and so does a database whose runs or applications differ. Pages are
+requested in-process through Django's test client, DEBUG off, logged in as the superuser
+``bench_admin``: one warm-up pass, then --rounds rounds, each timing every page on both
+databases (the order of the two sizes alternates per round). Each figure is the whole request
+(middleware, queries, template). Besides every list, the pages include each list that has an
+application filter filtered by one application, the overview (the admin index) and that
+application's board.
 
 It prints per page the median and spread (min–max) at each size, the number of SQL queries
-at each size, the rows of the list each rendered and the ratio of the medians large/small.
+at each size, the rows of the list each rendered and the ratio large/small of the medians and
+of the fastest rounds (on a shared machine the fastest is the least disturbed).
 Exit code 1 if a page does not answer 200. The PAGES table below is the one place to change
 which URLs are timed.
 """
@@ -29,9 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 # (label, URL). Placeholders are filled per database from its own rows by `placeholders()`:
-# {production} the AWS Production environment's id, {run} its newest succeeded run, {tag},
-# {digest} (the 12 hex characters the admin shows) and {commit} (40 hex) of a version in the
-# middle of the history.
+# {app} one application's slug (the seventh, or the sample's with one), {production} its AWS
+# Production target's id, {production_env} the shared AWS Production environment's id, {run}
+# the newest succeeded run in AWS Production, {tag}, {digest} (the 12 hex characters the admin
+# shows) and {commit} (40 hex) of a version in the middle of the history.
 PAGES = [
     ("run list", "/admin/opsweb/run/"),
     ("run list, status", "/admin/opsweb/run/?status__exact=succeeded"),
@@ -42,7 +48,7 @@ PAGES = [
     ("admin index", "/admin/"),
     ("environment list", "/admin/opsweb/environment/"),
     ("run page", "/admin/opsweb/run/{run}/change/"),
-    ("environment page", "/admin/opsweb/environment/{production}/change/"),
+    ("environment page", "/admin/opsweb/environment/{production_env}/change/"),
     ("image list", "/admin/opsweb/imageversion/"),
     ("image search, tag start", "/admin/opsweb/imageversion/?q={tag_start}"),
     ("approval list", "/admin/opsweb/approval/"),
@@ -51,6 +57,11 @@ PAGES = [
     ("audit search, run", "/admin/opsweb/auditentry/?q=run+%23{run}"),
     ("run event search, no match", "/admin/opsweb/runevent/?q=nowhere"),
     ("run list, a day", "/admin/opsweb/run/?created_at_from={day}&created_at_to={day}"),
+    ("run list, application", "/admin/opsweb/run/?app={app}"),
+    ("image list, application", "/admin/opsweb/imageversion/?app={app}"),
+    ("approval list, application", "/admin/opsweb/approval/?app={app}"),
+    ("audit list, application", "/admin/opsweb/auditentry/?app={app}"),
+    ("board", "/admin/board/{app}/"),
 ]
 SMALL_RUNS = 100
 
@@ -58,6 +69,14 @@ SMALL_RUNS = 100
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1_000_000, help="runs in the large database")
+    parser.add_argument("--apps", type=int, default=1, help="applications sharing the runs")
+    parser.add_argument(
+        "--small-runs",
+        type=int,
+        default=SMALL_RUNS,
+        help="runs in the small database (100 runs over 50 applications leave half of them "
+        "without runs and none with an approval: 5000 gives each a page of every list)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--refill", action="store_true", help="rebuild both databases")
     parser.add_argument("--only", default="", help="time only pages whose label contains this")
@@ -69,7 +88,7 @@ def main() -> int:
     parser.add_argument("--prefix", default="opsweb_bench", help="database name prefix")
     args = parser.parse_args()
 
-    sizes = {"small": SMALL_RUNS, "large": args.runs}
+    sizes = {"small": args.small_runs, "large": args.runs}
     names = {size: f"{args.prefix}_{size}" for size in sizes}
     os.environ["DATABASE_URL"] = f"{args.server.rstrip('/')}/{names['small']}"
     import fill
@@ -81,11 +100,14 @@ def main() -> int:
 
     setup_test_environment(debug=False)
     for size, runs in sizes.items():
-        if args.refill or not _has_runs(names[size], runs):
-            print(f"filling {names[size]} with {runs:,} runs …", flush=True)
+        if args.refill or not _has_runs(names[size], runs, args.apps):
+            print(
+                f"filling {names[size]} with {runs:,} runs of {args.apps} applications …",
+                flush=True,
+            )
             fill.recreate_database(names[size])
             _use(names[size])
-            fill.fill(runs)
+            fill.fill(runs, args.apps)
 
     pages = [(label, url) for label, url in PAGES if args.only in label]
     clients, urls = {}, {}
@@ -128,7 +150,7 @@ def _use(name: str) -> None:
     connection.ensure_connection()
 
 
-def _has_runs(name: str, runs: int) -> bool:
+def _has_runs(name: str, runs: int, apps: int) -> bool:
     import psycopg
     from django.db import connection
 
@@ -137,15 +159,21 @@ def _has_runs(name: str, runs: int) -> bool:
         params.pop(key, None)
     try:
         with psycopg.connect(**{**params, "dbname": name}) as conn:
-            return conn.execute("SELECT count(*) FROM opsweb_run").fetchone()[0] == runs
+            counts = conn.execute(
+                "SELECT (SELECT count(*) FROM opsweb_run), "
+                "(SELECT count(*) FROM opsweb_application)"
+            ).fetchone()
+            return counts == (runs, apps)
     except psycopg.Error:
         return False
 
 
 def placeholders() -> dict[str, object]:
-    from opsweb.models import ImageVersion, Run, Target
+    from opsweb.models import Application, ImageVersion, Run, Target
 
-    production = Target.objects.get(application__slug="sample", environment__slug="production")
+    slugs = list(Application.objects.order_by("slug").values_list("slug", flat=True))
+    app = slugs[min(6, len(slugs) - 1)]
+    production = Target.objects.get(application__slug=app, environment__slug="production")
     # A version in the middle of the history that has runs at both sizes, so that a search
     # renders a page of results on each (an empty page is no comparison), and whose tag is the
     # start of no other tag (a tag search also matches tags that start with it: "1.2.3" finds
@@ -157,11 +185,10 @@ def placeholders() -> dict[str, object]:
             middle = later
             break
     return {
+        "app": app,
         "production": production.pk,
-        "run": Run.objects.filter(environment=production, status="succeeded")
-        .order_by("-created_at")
-        .values_list("pk", flat=True)
-        .first(),
+        "production_env": production.environment_id,
+        "run": newest_succeeded_run(),
         "tag": middle.tag,
         "digest": middle.short_digest,
         "commit": middle.git_sha,
@@ -172,6 +199,17 @@ def placeholders() -> dict[str, object]:
         .date()
         .isoformat(),
     }
+
+
+def newest_succeeded_run() -> int:
+    """The newest succeeded run in AWS Production (any application's), or anywhere where there
+    is none: with 100 runs over 50 applications each one's only Production run is its newest,
+    which is pending."""
+    from opsweb.models import Run
+
+    succeeded = Run.objects.filter(status="succeeded").order_by("-created_at")
+    production = succeeded.filter(environment__environment__slug="production")
+    return (production.first() or succeeded.first()).pk
 
 
 def _time(client, url: str) -> tuple[float, int, int, int | None]:
@@ -200,20 +238,24 @@ def _report(pages, sizes, times, queries, rows) -> None:
     small, large = sizes
     print(
         f"\n{'page':28} {small + ' median':>13} {large + ' median':>13} "
-        f"{large + ' spread':>19} {'queries':>9} {'rows':>9} {'ratio':>8}"
+        f"{large + ' spread':>19} {'queries':>9} {'rows':>9} {'ratio':>8} {'fastest':>8}"
     )
     for i, (label, _) in enumerate(pages):
         s, big = statistics.median(times[small][i]), statistics.median(times[large][i])
         spread = f"{min(times[large][i]) * 1000:.0f}–{max(times[large][i]) * 1000:.0f} ms"
+        fastest = min(times[large][i]) / min(times[small][i])
         print(
             f"{label:28} {s * 1000:10.1f} ms {big * 1000:10.1f} ms {spread:>19} "
             f"{queries[small][i]:>4}/{queries[large][i]:<4} "
-            f"{_shown(rows[small][i]):>4}/{_shown(rows[large][i]):<4} {big / s:7.1f}×"
+            f"{_shown(rows[small][i]):>4}/{_shown(rows[large][i]):<4} {big / s:7.1f}× "
+            f"{fastest:7.2f}×"
         )
     print(
         f"\n{sizes[small]:,} vs {sizes[large]:,} runs; median of {len(times[small][0])} "
         f"interleaved rounds; queries = SQL statements per request at each size; rows = rows "
-        f"of the list rendered at each size (- for a page that is not a list)."
+        f"of the list rendered at each size (- for a page that is not a list); ratio = of the "
+        f"medians, fastest = of the fastest rounds (what is left of a page when the machine "
+        f"is busy with other work)."
     )
 
 

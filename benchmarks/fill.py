@@ -1,7 +1,7 @@
 """Fill a PostgreSQL database with N runs of realistic shape, in minutes (SQL set operations).
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/opsweb_bench \\
-        .venv/bin/python benchmarks/fill.py --runs 1000000 [--recreate]
+        .venv/bin/python benchmarks/fill.py --runs 1000000 [--apps 50] [--recreate]
 
 The shape is a team that auto-deploys every merge: runs spread evenly over the four
 bootstrapped environments (Local and Dev deploys, Staging and Production promotions, about 2%
@@ -13,11 +13,20 @@ four environments), an audit entry per request, decision and finished run (about
 run). Users: ``bench_admin`` (superuser), ``bench_alice`` (deployer), ``bench_bob`` and
 ``bench_carol`` (approvers).
 
+With ``--apps N`` (default 1) the history is that of N applications: for N > 1 the seed's
+sample application (which has no runs) gives way to ``app01`` … created by
+``services.create_application``, each releasing its own repository (``example/app01``) into
+the four shared environments. Builds take turns between them (build b belongs to application
+b mod N, and so do its version and its four runs), so each application has 1/N of the runs,
+versions, approvals, events and audit entries, and its newest Staging and Production runs are
+pending. With one application the versions are the bootstrapped sample's, from
+``example/app``.
+
 PostgreSQL only: it uses ``generate_series`` and ``sha256()``, and a million-run SQLite file
 says little about the production database. It refuses a database that already has runs
 unless ``--recreate`` (drop and create the database named in DATABASE_URL first).
 
-``fill(runs)`` is the same thing for scripts that already called ``django.setup()`` (see
+``fill(runs, apps=1)`` is the same thing for scripts that already called ``django.setup()`` (see
 ``benchmarks/admin_scale.py``); ``recreate_database(name)`` drops and creates a database.
 """
 
@@ -67,9 +76,10 @@ def recreate_database(name: str) -> None:
         admin.execute(f'CREATE DATABASE "{name}"')
 
 
-def fill(runs: int, *, say=print) -> dict[str, int]:
-    """Migrate, bootstrap and insert ``runs`` runs (with events, approvals and versions) into
-    the default database, which must be PostgreSQL and hold no runs yet.
+def fill(runs: int, apps: int = 1, *, say=print) -> dict[str, int]:
+    """Migrate, bootstrap and insert ``runs`` runs (with events, approvals and versions) of
+    ``apps`` applications into the default database, which must be PostgreSQL and hold no runs
+    yet.
 
     Returns the row counts per table. Raises ``ValueError`` for SQLite, a non-positive count
     or a database that already has runs.
@@ -81,8 +91,8 @@ def fill(runs: int, *, say=print) -> dict[str, int]:
 
     if connection.vendor != "postgresql":
         raise ValueError("fill.py builds PostgreSQL databases only; set DATABASE_URL=postgres://…")
-    if runs < 1:
-        raise ValueError("Give a positive number of runs.")
+    if runs < 1 or apps < 1:
+        raise ValueError("Give a positive number of runs and of applications.")
     t0 = time.monotonic()
     call_command("migrate", verbosity=0)
     call_command("bootstrap", verbosity=0)
@@ -92,9 +102,10 @@ def fill(runs: int, *, say=print) -> dict[str, int]:
             f"database."
         )
     users = _users()
+    applications = _applications(apps, users["bench_admin"])
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL synchronous_commit = off")
-        for label, sql in _statements(runs, users):
+        for label, sql in _statements(runs, users, applications):
             t = time.monotonic()
             cursor.execute(sql)
             say(f"  {label}: {cursor.rowcount:,} rows in {time.monotonic() - t:.1f}s")
@@ -128,19 +139,60 @@ def _users() -> dict[str, int]:
     return made
 
 
-def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
+def _applications(apps: int, admin_id: int) -> list[tuple[int, str]]:
+    """(id, repository) of the applications the history belongs to, in turn order: the
+    bootstrapped sample releasing ``example/app`` for one; for more, ``app01`` … created
+    through the services (the sample, without runs, deleted so that there are ``apps``)."""
+    from django.contrib.auth.models import User
+
+    from opsweb import services
+    from opsweb.models import Application, ApplicationRepository, Target
+
+    if apps == 1:
+        sample = Application.objects.get(slug="sample")
+        ApplicationRepository.objects.get_or_create(
+            repository="example/app", defaults={"application": sample}
+        )
+        return [(sample.pk, "example/app")]
+    Target.objects.filter(application__slug="sample").delete()
+    Application.objects.filter(slug="sample").delete()
+    admin = User.objects.get(pk=admin_id)
+    made = []
+    for n in range(1, apps + 1):
+        slug = f"app{n:02d}"
+        app = services.create_application(
+            user=admin, slug=slug, name=f"App {n:02d}", repositories=[f"example/{slug}"]
+        )
+        made.append((app.pk, f"example/{slug}"))
+    return made
+
+
+def _statements(
+    runs: int, users: dict[str, int], applications: list[tuple[int, str]]
+) -> list[tuple[str, str]]:
     from opsweb.models import Approval, AuditEntry, ImageVersion, Run, RunEvent, Target
 
+    apps = len(applications)
     versions = max(runs // RUNS_PER_VERSION, 5)
-    envs = [(t.id, t.upstream_id) for t in Target.objects.in_flow()]
-    if len(envs) != 4:
-        raise ValueError("Expected the four bootstrapped environments.")
-    # Target by position (0 local, 1 dev, 2 staging, 3 production), as SQL CASE arms.
-    env_id = "CASE g % 4 " + " ".join(f"WHEN {i} THEN {e[0]}" for i, e in enumerate(envs)) + " END"
-    upstream = "CASE g % 4 " + " ".join(
-        f"WHEN {i} THEN {e[1] if e[1] else 'NULL'}" for i, e in enumerate(envs)
+    targets = {}
+    for t in Target.objects.in_flow():
+        targets.setdefault(t.application_id, []).append((t.id, t.upstream_id))
+    if any(len(targets.get(app_id, [])) != 4 for app_id, _ in applications):
+        raise ValueError("Expected each application in the four bootstrapped environments.")
+    # Build b (run g's is (g - 1) / 4, version g's is g - 1) belongs to application b % apps;
+    # run g goes to that application's target at position g % 4 (0 local, 1 dev, 2 staging,
+    # 3 production). Arrays indexed from SQL, 1-based.
+    app_of_run = f"((g - 1) / {RUNS_PER_VERSION} % {apps})"
+    flat = [target for app_id, _ in applications for target in targets[app_id]]
+    env_id = f"(ARRAY[{', '.join(str(e) for e, _ in flat)}]::bigint[])"
+    env_id += f"[1 + {app_of_run} * 4 + g % 4]"
+    upstream = f"(ARRAY[{', '.join(str(u) if u else 'NULL' for _, u in flat)}]::bigint[])"
+    upstream += f"[1 + {app_of_run} * 4 + g % 4]"
+    app_of_version = f"(ARRAY[{', '.join(str(a) for a, _ in applications)}]::bigint[])"
+    app_of_version += f"[1 + (g - 1) % {apps}]"
+    repository_of_version = (
+        f"(ARRAY[{', '.join(repr(r) for _, r in applications)}]::text[])[1 + (g - 1) % {apps}]"
     )
-    upstream += " END"
     iv, run, event, approval = (
         ImageVersion._meta.db_table,
         Run._meta.db_table,
@@ -152,8 +204,8 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
     # later (NOT NULL, default in Python only) does not break the fill.
     iv_cols, iv_vals = _defaults(
         ImageVersion,
-        "repository tag digest git_sha branch commit_message committed_at build_url "
-        "registered_by registered_at is_bad bad_reason",
+        "application repository tag digest git_sha branch commit_message committed_at "
+        "build_url registered_by registered_at is_bad bad_reason",
     )
     run_cols, run_vals = _defaults(
         Run,
@@ -163,30 +215,40 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
     )
     event_cols, event_vals = _defaults(RunEvent, "run created_at level message duration_seconds")
     approval_cols, approval_vals = _defaults(
-        Approval, "run user decision comment digest created_at"
+        Approval, "run user decision comment digest created_at application"
     )
+    target = Target._meta.db_table
     audit = AuditEntry._meta.db_table
-    # A fixed pseudo-random number 0..99 per run, the same on every fill.
-    dice = "((g::bigint * 7919) % 100)"
-    # Status: the newest Staging and Production runs are pending; otherwise by the dice.
+    # A fixed pseudo-random number 0..99 per run, the same on every fill, thrown from the run's
+    # number within its application (g itself with one), so that each application's history
+    # has the one-application shape (g would give each of 50 applications' targets one number:
+    # their turns come round every 200 runs).
+    own = f"((g - 1) / {4 * apps} * 4 + (g - 1) % 4 + 1)"
+    dice = f"(({own})::bigint * 7919 % 100)"
+    # Status: each application's newest Staging and Production runs are pending (the last
+    # build of each); otherwise by the dice.
     status = f"""CASE
-        WHEN g > {runs} - 4 AND g % 4 IN (2, 3) THEN 'pending'
+        WHEN g > {runs} - {4 * apps} AND g % 4 IN (2, 3) THEN 'pending'
         WHEN {dice} < 90 THEN 'succeeded'
         WHEN {dice} < 95 THEN 'failed'
         WHEN {dice} < 97 AND g % 4 IN (2, 3) THEN 'rejected'
         WHEN {dice} < 98 THEN 'cancelled'
         WHEN {dice} < 99 AND g % 4 IN (2, 3) THEN 'expired'
         ELSE 'succeeded' END"""
-    kind = f"""CASE WHEN {dice} = 99 AND g > 4 THEN 'rollback'
+    # A rollback goes back to its application's previous build (``apps`` versions earlier), so
+    # only from its second build on.
+    rolls_back = f"{dice} = 99 AND {own} > 4"
+    kind = f"""CASE WHEN {rolls_back} THEN 'rollback'
         WHEN g % 4 IN (2, 3) THEN 'promotion' ELSE 'deploy' END"""
-    first_version = f"(SELECT min(id) FROM {iv} WHERE repository = 'example/app')"
+    first_version = f"(SELECT min(id) FROM {iv})"  # the versions below; the table was empty
     return [
         (
             "image versions",
             f"""
-            INSERT INTO {iv} (repository, tag, digest, git_sha, branch, commit_message,
-                committed_at, build_url, registered_by_id, registered_at, is_bad, bad_reason{iv_cols})
-            SELECT 'example/app',
+            INSERT INTO {iv} (application_id, repository, tag, digest, git_sha, branch,
+                commit_message, committed_at, build_url, registered_by_id, registered_at,
+                is_bad, bad_reason{iv_cols})
+            SELECT {app_of_version}, {repository_of_version},
                 format('%s.%s.%s', 1 + g / 10000, (g / 100) % 100, g % 100),
                 'sha256:' || encode(sha256(('image ' || g)::bytea), 'hex'),
                 substr(encode(sha256(('commit ' || g)::bytea), 'hex'), 1, 40),
@@ -206,7 +268,8 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
                 created_at, queued_at, started_at, finished_at, heartbeat_at, switched_at,
                 task_id, backend_ref, error{run_cols})
             SELECT k, e, CASE WHEN k = 'promotion' THEN u END, img,
-                CASE WHEN k = 'rollback' AND img > {first_version} THEN img + 1 END,
+                CASE WHEN k = 'rollback' AND img >= {first_version} + {apps}
+                     THEN img + {apps} END,
                 CASE WHEN g % 4 < 2 THEN {alice} ELSE {bob} END,
                 CASE WHEN k = 'rollback' THEN 'critical_errors' ELSE '' END,
                 CASE WHEN k = 'rollback' THEN 'error rate up after deploy' ELSE '' END,
@@ -228,7 +291,7 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
                     now() - make_interval(secs => ({runs} - g) * {SPACING_SECONDS}) AS t,
                     {first_version} + GREATEST(
                         LEAST((g - 1) / {RUNS_PER_VERSION}, {versions} - 1)
-                        - CASE WHEN {dice} = 99 AND g > 4 THEN 1 ELSE 0 END, 0) AS img
+                        - CASE WHEN {rolls_back} THEN {apps} ELSE 0 END, 0) AS img
                 FROM generate_series(1, {runs}) AS g
             ) AS shaped""",
         ),
@@ -249,13 +312,16 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
         (
             "approvals",
             f"""
-            INSERT INTO {approval} (run_id, user_id, decision, comment, digest, created_at{approval_cols})
+            INSERT INTO {approval} (run_id, user_id, decision, comment, digest, created_at,
+                application_id{approval_cols})
             SELECT r.id, CASE WHEN n = 1 THEN {bob} ELSE {carol} END,
                 CASE WHEN r.status = 'rejected' THEN 'reject' ELSE 'approve' END,
                 CASE WHEN r.status = 'rejected' THEN 'error rate up in staging' ELSE '' END,
-                i.digest, r.created_at + make_interval(secs => 20 + n * 5){approval_vals}
+                i.digest, r.created_at + make_interval(secs => 20 + n * 5),
+                t.application_id{approval_vals}
             FROM {run} AS r
             JOIN {iv} AS i ON i.id = r.image_id
+            JOIN {target} AS t ON t.id = r.environment_id
             CROSS JOIN generate_series(1, 2) AS n
             WHERE r.kind = 'promotion' AND r.status NOT IN ('pending', 'expired', 'cancelled')
               AND n <= CASE WHEN r.status = 'rejected' THEN 1 ELSE r.required_approvals END""",
@@ -264,27 +330,29 @@ def _statements(runs: int, users: dict[str, int]) -> list[tuple[str, str]]:
             "audit entries",
             f"""
             INSERT INTO {audit} (created_at, actor_id, action, environment_id, image_id, run_id,
-                message)
+                message, application_id)
             SELECT r.created_at, r.requested_by_id,
                 CASE r.kind WHEN 'deploy' THEN 'request_deploy'
                      WHEN 'promotion' THEN 'request_promotion' ELSE 'roll_back' END,
-                r.environment_id, r.image_id, r.id, 'Requested run #' || r.id
-            FROM {run} AS r
+                r.environment_id, r.image_id, r.id, 'Requested run #' || r.id, t.application_id
+            FROM {run} AS r JOIN {target} AS t ON t.id = r.environment_id
             UNION ALL
             SELECT a.created_at, a.user_id,
                 CASE a.decision WHEN 'approve' THEN 'approve_run' ELSE 'reject_run' END,
-                r.environment_id, r.image_id, r.id, 'Decided on run #' || r.id
+                r.environment_id, r.image_id, r.id, 'Decided on run #' || r.id, a.application_id
             FROM {approval} AS a JOIN {run} AS r ON r.id = a.run_id
             UNION ALL
             SELECT r.finished_at, NULL,
                 CASE r.status WHEN 'succeeded' THEN 'run_succeeded' ELSE 'run_failed' END,
-                r.environment_id, r.image_id, r.id, 'Run #' || r.id || ' ' || r.status
-            FROM {run} AS r WHERE r.status IN ('succeeded', 'failed')""",
+                r.environment_id, r.image_id, r.id, 'Run #' || r.id || ' ' || r.status,
+                t.application_id
+            FROM {run} AS r JOIN {target} AS t ON t.id = r.environment_id
+            WHERE r.status IN ('succeeded', 'failed')""",
         ),
         (
             "environments' current versions",
             f"""
-            UPDATE {Target._meta.db_table} AS e
+            UPDATE {target} AS e
             SET current_image_id = last.image_id, current_since = last.finished_at
             FROM (
                 SELECT DISTINCT ON (environment_id) environment_id, image_id, finished_at
@@ -331,6 +399,7 @@ def _counts() -> dict[str, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1_000_000)
+    parser.add_argument("--apps", type=int, default=1, help="applications sharing the runs")
     parser.add_argument(
         "--recreate",
         action="store_true",
@@ -347,7 +416,7 @@ def main() -> int:
         recreate_database(connection.settings_dict["NAME"])
         connection.close()
     try:
-        fill(args.runs)
+        fill(args.runs, args.apps)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db.models import Max, OuterRef, Q, Subquery
+from django.db.models import Max, OuterRef, Subquery
 from django.utils import timezone
 
 from opsweb import policy, services
@@ -369,17 +369,20 @@ def _cell_runs(images) -> list[Run]:
         .annotate(last=Max("id"))
     )
     # Ids as subqueries: a list of ids would skip the query when a page of versions has no
-    # runs yet, and the page would read one query fewer than usual.
+    # runs yet, and the page would read one query fewer than usual. One subquery, a UNION:
+    # PostgreSQL cannot look up "id IN (a) OR id IN (b)" by the primary key and filtered the
+    # whole history instead (700 ms at a million runs).
+    ids = (
+        ran.annotate(last=Max("id"))
+        .values("last")
+        .union(
+            ran.filter(status=RunStatus.SUCCEEDED).annotate(last=Max("id")).values("last"),
+            rollbacks.values("last"),
+            all=True,
+        )
+    )
     return list(
-        Run.objects.filter(
-            Q(pk__in=ran.annotate(last=Max("id")).values("last"))
-            | Q(
-                pk__in=ran.filter(status=RunStatus.SUCCEEDED)
-                .annotate(last=Max("id"))
-                .values("last")
-            )
-            | Q(pk__in=rollbacks.values("last"))
-        ).only(
+        Run.objects.filter(pk__in=ids).only(
             "id",
             "kind",
             "status",

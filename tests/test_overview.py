@@ -7,7 +7,7 @@ from django.contrib.auth.models import Group, User
 from django.urls import reverse
 
 from opsweb import services
-from opsweb.models import Application, Target
+from opsweb.models import Application, Approval, AuditEntry, Target
 from opsweb.overview import build_overview
 from tests.conftest import make_image, succeed_in
 from tests.test_admin import login
@@ -174,6 +174,19 @@ def test_lists_filter_by_application_and_name_it_on_each_row(flow, root, alice, 
     assert "There is no application &#x27;nope&#x27;: nothing is shown." in unknown
     targets_named = client.get("/admin/opsweb/run/").text
     assert "App web · AWS Dev" in targets_named  # the target filter names the application
+
+
+def test_audit_entries_and_approvals_record_their_application(flow, root, alice, bob):
+    web = add_app(root, "web")
+    web_image = make_image("5.0.0", repository="example/web")
+    succeed_in(targets(web)["dev"], web_image)
+    run = services.request_promotion(user=alice, target=targets(web)["staging"])
+    services.approve_run(user=bob, run=run)
+    services.mark_bad(user=bob, image=web_image, reason="crashes")  # names no target
+    assert Approval.objects.get(run=run).application == web
+    entries = AuditEntry.objects.filter(image=web_image)
+    assert {e.action for e in entries} >= {"request_promotion", "approve_run", "mark_bad"}
+    assert {e.application for e in entries} == {web}
 
 
 def test_a_channel_shared_by_applications_says_which_one_each_message_is_about(flow, root, alice):

@@ -58,6 +58,10 @@ def count_queries(client, url):
         "/admin/opsweb/imageversion/",
         "/admin/opsweb/environment/",
         "/admin/opsweb/auditentry/",
+        "/admin/opsweb/run/?app=sample",
+        "/admin/opsweb/imageversion/?app=sample",
+        "/admin/opsweb/approval/?app=sample",
+        "/admin/opsweb/auditentry/?app=sample",
     ],
 )
 def test_lists_read_the_same_number_of_queries_at_any_size(flow, root, url):

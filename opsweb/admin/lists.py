@@ -58,7 +58,10 @@ def capped_count(queryset) -> tuple[int, int | None]:
     one query whatever the size: on PostgreSQL an unfiltered list reads ``pg_class.reltuples``
     in the same statement as its capped count."""
     connection = connections[queryset.db]
-    capped = queryset[: COUNT_CAP + 1]
+    # Without the list's order: any COUNT_CAP + 1 rows do, and PostgreSQL may then stop at
+    # them instead of sorting every match first (a filter through a join has no index in the
+    # list's order: one application's approvals, 650 → 70 ms at a million runs).
+    capped = queryset.order_by()[: COUNT_CAP + 1]
     if connection.vendor != "postgresql" or queryset.query.where:
         return capped.count(), None
     sql, params = capped.values("pk").query.sql_with_params()
@@ -320,9 +323,10 @@ class ApplicationFilter(admin.SimpleListFilter):
         if application is None:
             messages.error(request, f"There is no application {slug[:50]!r}: nothing is shown.")
             return queryset.none()
-        ids = list(Target.objects.filter(application=application).values_list("pk", flat=True))
-        matches = [Q(**{f"{path}__in": ids}) for path in self.targets]
-        matches += [Q(**{path: application.pk}) for path in self.applications]
+        matches = [Q(**{path: application.pk}) for path in self.applications]
+        if self.targets:
+            ids = list(Target.objects.filter(application=application).values_list("pk", flat=True))
+            matches += [Q(**{f"{path}__in": ids}) for path in self.targets]
         return queryset.filter(reduce(or_, matches))
 
 

@@ -59,11 +59,19 @@ class RunEventAdmin(ReadOnlyAdmin):
 
 @admin.register(Approval)
 class ApprovalAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "application", "run", "user", "decision", "comment", "digest"]
+    list_display = [
+        "created_at",
+        "application_name",
+        "run",
+        "user",
+        "decision",
+        "comment",
+        "digest",
+    ]
     ordering = ["-created_at", "-id"]  # the newest decisions first, from their index
     list_filter = [
         "decision",
-        ApplicationFilter.through(targets=["run__environment"]),
+        ApplicationFilter.through(applications=["application"]),
         ("run__environment", TargetFilter),
     ]
     list_select_related = [
@@ -71,11 +79,12 @@ class ApprovalAdmin(ReadOnlyAdmin):
         "run__environment__application",
         "run__image",
         "user",
+        "application",
     ]
 
     @admin.display(description="Application")
-    def application(self, approval):
-        return approval.run.environment.application
+    def application_name(self, approval):
+        return approval.application or approval.run.environment.application
 
 
 @admin.register(Signoff)
@@ -126,21 +135,19 @@ def recorded_actions() -> list[str]:
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "actor", "application", "action_words", "message"]
+    list_display = ["created_at", "actor", "application_name", "action_words", "message"]
     list_filter = [
         ActionFilter,
-        ApplicationFilter.through(targets=["environment"], applications=["image__application"]),
+        ApplicationFilter.through(applications=["application"]),
         ("environment", TargetFilter),
         DateRangeFilter.on("created_at", "date"),
     ]
-    list_select_related = ["actor", "environment__application", "image__application"]
+    list_select_related = ["actor", "application"]
     search_fields = ["message"]
 
     @admin.display(description="Application")
-    def application(self, entry):
-        if entry.environment_id:
-            return entry.environment.application
-        return entry.image.application if entry.image_id else "—"
+    def application_name(self, entry):
+        return entry.application or "—"
 
     @admin.display(description="Action", ordering="action")
     def action_words(self, entry):

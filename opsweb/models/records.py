@@ -27,6 +27,16 @@ class AuditEntry(ImmutableModel):
         ImageVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # The application of the target or version the entry names (``services.audit``): the
+    # audit list filtered by application reads it from its own index, not through a join.
+    application = models.ForeignKey(
+        "opsweb.Application",
+        null=True,
+        blank=True,
+        db_index=False,  # audit_application_newest leads with it
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
     message = models.TextField()
     # The API token the change came through (the actor is its user), if any.
     token = models.ForeignKey(
@@ -45,6 +55,9 @@ class AuditEntry(ImmutableModel):
             models.Index(fields=["environment", "-created_at"], name="audit_environment_newest"),
             models.Index(fields=["image", "-created_at"], name="audit_image_newest"),
             models.Index(fields=["run", "-created_at"], name="audit_run_newest"),
+            models.Index(
+                fields=["application", "-created_at", "-id"], name="audit_application_newest"
+            ),
         ]
 
     def __str__(self) -> str:

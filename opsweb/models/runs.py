@@ -338,12 +338,25 @@ class Approval(ImmutableModel):
     comment = models.TextField(blank=True)
     digest = models.CharField(max_length=71, validators=[validate_digest])
     created_at = models.DateTimeField(default=timezone.now)
+    # The run's application, copied when the decision is recorded: the approval list filtered
+    # by application reads it from its own index, not through the runs.
+    application = models.ForeignKey(
+        "Application",
+        null=True,
+        blank=True,
+        db_index=False,  # approval_application_newest leads with it
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
 
     class Meta:
         ordering = ["created_at", "id"]
         indexes = [
             # The approval list, newest first (ApprovalAdmin.ordering).
             models.Index(fields=["-created_at", "-id"], name="approval_newest_first"),
+            models.Index(
+                fields=["application", "-created_at", "-id"], name="approval_application_newest"
+            ),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -355,6 +368,11 @@ class Approval(ImmutableModel):
 
     def __str__(self) -> str:
         return f"{self.user} {self.get_decision_display().lower()} run #{self.run_id}"
+
+    def save(self, *args, **kwargs):
+        if self.application_id is None:
+            self.application_id = self.run.environment.application_id
+        super().save(*args, **kwargs)
 
 
 class Signoff(ImmutableModel):

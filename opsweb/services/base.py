@@ -284,8 +284,18 @@ def audit(actor, action: str, message: str, *, environment=None, image=None, run
         environment_id=environment.pk if environment else run and run.environment_id,
         image_id=image.pk if image else run and run.image_id,
         run=run,
+        application_id=_application_id(environment, image, run),
     )
     log.info("%s: %s", action, message)
+
+
+def _application_id(environment, image, run) -> int | None:
+    """The application an audit entry names: its target's, else its version's."""
+    if environment is not None:
+        return environment.application_id
+    if run is not None:
+        return run.environment.application_id
+    return image.application_id if image is not None else None
 
 
 def add_event(run: Run, message: str, *, level=RunEvent.Level.INFO, seconds=None) -> None:

@@ -553,6 +553,7 @@ def _decisions_and_audit(runs, users) -> None:
                 run=run,
                 environment=run.environment,
                 image=run.image,
+                application_id=run.environment.application_id,
                 message=f"Requested run #{run.pk}: {run.get_kind_display().lower()} of "
                 f"{run.image.tag} to {run.environment} (demo history)",
             )
@@ -562,6 +563,7 @@ def _decisions_and_audit(runs, users) -> None:
             approvals.append(
                 Approval(
                     run=run,
+                    application_id=run.environment.application_id,
                     user=user,
                     decision=Approval.Decision.APPROVE,
                     digest=run.image.digest,
@@ -576,6 +578,7 @@ def _decisions_and_audit(runs, users) -> None:
                     run=run,
                     environment=run.environment,
                     image=run.image,
+                    application_id=run.environment.application_id,
                     message=f"Approved run #{run.pk} (demo history)",
                 )
             )
@@ -586,6 +589,7 @@ def _decisions_and_audit(runs, users) -> None:
                 run=run,
                 environment=run.environment,
                 image=run.image,
+                application_id=run.environment.application_id,
                 message=f"Run #{run.pk} {run.status} (demo history)",
             )
         )
@@ -596,6 +600,7 @@ def _decisions_and_audit(runs, users) -> None:
                     actor=run.requested_by,
                     action="mark_bad",
                     image=run.replaces,
+                    application_id=run.replaces.application_id,
                     message=f"Marked {run.replaces.tag} bad: {run.replaces.bad_reason}",
                 )
             )
