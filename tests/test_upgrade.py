@@ -172,6 +172,14 @@ def test_an_install_upgrades_to_one_application_keeping_every_record(repositorie
         set(AuditEntry.objects.values_list("pk", "environment_id", "run_id")) == (before["audit"])
     )
     assert set(ImageVersion.objects.values_list("application__slug", flat=True)) == {slug}
+    # 0024 gave every approval and every audit entry naming a target or a version its
+    # application, so the lists filtered by application (?app=) show the old history too.
+    assert set(Approval.objects.values_list("application__slug", flat=True)) == {slug}
+    assert set(
+        AuditEntry.objects.exclude(environment=None, image=None).values_list(
+            "application__slug", flat=True
+        )
+    ) == {slug}
     # Whoever could view environments can view their targets and the application.
     from django.contrib.auth.models import Group
 

@@ -1,9 +1,33 @@
 """The application on each audit entry and approval (their lists filter by it), filled from
-the target each names, or for an entry naming only a version, from that version."""
+the target each names, or for an entry naming only a version, from that version.
+
+Online on PostgreSQL: the columns are nullable (no table rewrite), and the backfill walks the
+tables by primary-key ranges of ``BATCH`` rows, each range its own short transaction (the
+migration is not atomic), so writers wait at most one range's UPDATE, never the whole fill.
+Rows written meanwhile by the new code carry their application already (``save``); the last
+pass picks up what older processes wrote while it ran.
+"""
 
 import django.db.models.deletion
-from django.db import migrations, models
-from django.db.models import OuterRef, Subquery
+from django.db import migrations, models, transaction
+from django.db.models import Max, Min, OuterRef, Subquery
+
+BATCH = 20_000
+
+
+def in_ranges(model, fill) -> None:
+    """Call ``fill(queryset)`` on ``model``'s rows without an application, one primary-key
+    range of BATCH ids at a time, each in its own transaction."""
+    bounds = model.objects.aggregate(low=Min("id"), high=Max("id"))
+    if bounds["low"] is None:
+        return
+    start = bounds["low"]
+    while start <= bounds["high"]:
+        with transaction.atomic():
+            fill(
+                model.objects.filter(id__gte=start, id__lt=start + BATCH, application__isnull=True)
+            )
+        start += BATCH
 
 
 def forwards(apps, schema_editor):
@@ -16,17 +40,22 @@ def forwards(apps, schema_editor):
     def application_of(model, ref):
         return Subquery(model.objects.filter(pk=OuterRef(ref)).values("application_id")[:1])
 
-    AuditEntry.objects.filter(environment__isnull=False).update(
-        application=application_of(Target, "environment_id")
-    )
-    AuditEntry.objects.filter(environment__isnull=True, image__isnull=False).update(
-        application=application_of(ImageVersion, "image_id")
-    )
+    def audit(rows):
+        rows.filter(environment__isnull=False).update(
+            application=application_of(Target, "environment_id")
+        )
+        rows.filter(environment__isnull=True, image__isnull=False).update(
+            application=application_of(ImageVersion, "image_id")
+        )
+
     runs = Run.objects.filter(pk=OuterRef("run_id")).values("environment__application_id")[:1]
-    Approval.objects.update(application=Subquery(runs))
+    in_ranges(AuditEntry, audit)
+    in_ranges(Approval, lambda rows: rows.update(application=Subquery(runs)))
 
 
 class Migration(migrations.Migration):
+    atomic = False
+
     dependencies = [
         ("opsweb", "0023_zone_user_profile"),
     ]
