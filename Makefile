@@ -16,12 +16,17 @@ $(STAMP): requirements-dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 12))' || \
 	  { echo "opsweb needs Python 3.12 or newer; '$(PYTHON)' is $$($(PYTHON) --version 2>&1). Set PYTHON=/path/to/python3.12."; exit 1; }
 	@echo "opsweb: installing Python packages into $(VENV)"
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@# uv (from the package index, into the venv) resolves and installs the lock file in parallel,
-	@# in seconds where pip takes minutes; pip does it alone when uv cannot be had or fails.
-	$(PY) -m pip install --quiet --disable-pip-version-check uv && \
+	@# The venv is made without pip (ensurepip alone takes 4 s): the interpreter's own pip puts
+	@# uv (from the package index) into it, or, where that pip is missing or older than 22.3,
+	@# the venv gets a pip that does. uv resolves and installs the lock file in parallel, in
+	@# seconds where pip takes minutes; pip does it alone when uv cannot be had or fails.
+	test -x $(PY) || $(PYTHON) -m venv --without-pip $(VENV)
+	{ $(PYTHON) -m pip --python $(PY) install --quiet --disable-pip-version-check uv 2>/dev/null || \
+	  { $(PY) -m ensurepip --default-pip >/dev/null && \
+	    $(PY) -m pip install --quiet --disable-pip-version-check uv; }; } && \
 	  $(PY) -m uv pip install --python $(PY) -r requirements-dev.lock || \
-	  { $(PY) -m pip install --upgrade pip && $(PY) -m pip install -r requirements-dev.lock; }
+	  { $(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip --default-pip >/dev/null; \
+	    $(PY) -m pip install --upgrade pip && $(PY) -m pip install -r requirements-dev.lock; }
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
