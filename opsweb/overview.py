@@ -153,8 +153,14 @@ def _build(user, *, team: str, query: str, page, now: datetime) -> Overview:
     may_deploy_here = user.has_perm("opsweb.request_deploy")
     cells: dict[tuple[int, int], Cell] = {}
     shown_ids = {a.pk for a in shown}
+    active_at: dict[int, list[Run]] = {}
+    for run in active:  # each list in the order read, as before
+        active_at.setdefault(run.environment_id, []).append(run)
+    yours_at: dict[int, list[Run]] = {}
+    for run in waiting:
+        yours_at.setdefault(run.environment_id, []).append(run)
     for target in (t for t in targets if t.application_id in shown_ids):
-        here = [run for run in active if run.environment_id == target.pk]
+        here = active_at.get(target.pk, [])
         running = next((run for run in here if run.status == RunStatus.RUNNING), None)
         state, words = _state(target, running, last_runs.get(target.pk), freeze_status(target, now))
         pending = [run for run in here if run.status == RunStatus.PENDING]
@@ -168,7 +174,7 @@ def _build(user, *, team: str, query: str, page, now: datetime) -> Overview:
             pending=pending,
             queued=sum(run.status == RunStatus.QUEUED for run in here),
             arrow=arrow,
-            yours=[run for run in waiting if run.environment_id == target.pk],
+            yours=yours_at.get(target.pk, []),
             promote_from=(
                 arrow.source
                 if arrow and arrow.allowed and not pending and owner and may_promote_here
