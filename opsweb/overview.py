@@ -32,6 +32,7 @@ from opsweb.board import (
     read_page,
 )
 from opsweb.models import Application, Environment, Run, RunStatus, Target
+from opsweb.models.environments import link_flow
 from opsweb.reading import read_configuration, read_environments
 from opsweb.reads.quorum import is_approver
 from opsweb.windows import freeze_status
@@ -118,8 +119,20 @@ def _build(user, *, team: str, query: str, page, now: datetime) -> Overview:
         .order_by("-created_at", "-id")
         .values_list("environment__application_id", flat=True)[:WAITING_CAP]
     )
-    app_ids = {a.pk for a in shown} | set(pending_anywhere)
-    targets = Target.objects.filter(application_id__in=app_ids).in_flow()
+    shown_ids = {a.pk for a in shown}
+    # The shown applications' whole flows (their cells); of the other applications with a run
+    # waiting, only the targets where one waits ("Waiting for you"), left unlinked: nothing
+    # reads their upstream.
+    elsewhere = set(pending_anywhere) - shown_ids
+    waiting_at = Run.objects.filter(status=RunStatus.PENDING).values("environment_id")
+    targets = list(
+        Target.objects.filter(
+            Q(application_id__in=shown_ids) | Q(application_id__in=elsewhere, pk__in=waiting_at)
+        )
+        .select_related("application", "environment", "current_image")
+        .order_by("application__name", "application_id", "environment__position")
+    )
+    flow = link_flow([t for t in targets if t.application_id in shown_ids])
     active = list(
         Run.objects.filter(status__in=[*WAITING, RunStatus.RUNNING], environment__in=targets)
         .select_related(
@@ -134,10 +147,10 @@ def _build(user, *, team: str, query: str, page, now: datetime) -> Overview:
     by_pk = {t.pk: t for t in targets}
     for run in active:  # the same objects as the cells, with their upstream linked
         run.environment = by_pk[run.environment_id]
-    read_environments(targets, runs=active, user=user)
+    read_environments(targets, runs=active, user=user, flow=flow)
     decided = _decided_by(active)
     approvers, _ = _approvers(targets)
-    last_runs = _last_finished([t for t in targets if t.application_id in {a.pk for a in shown}])
+    last_runs = _last_finished(flow)
 
     def yours(run: Run) -> bool:
         return (
@@ -152,14 +165,13 @@ def _build(user, *, team: str, query: str, page, now: datetime) -> Overview:
     may_promote_here = user.has_perm("opsweb.request_promotion")
     may_deploy_here = user.has_perm("opsweb.request_deploy")
     cells: dict[tuple[int, int], Cell] = {}
-    shown_ids = {a.pk for a in shown}
     active_at: dict[int, list[Run]] = {}
     for run in active:  # each list in the order read, as before
         active_at.setdefault(run.environment_id, []).append(run)
     yours_at: dict[int, list[Run]] = {}
     for run in waiting:
         yours_at.setdefault(run.environment_id, []).append(run)
-    for target in (t for t in targets if t.application_id in shown_ids):
+    for target in flow:
         here = active_at.get(target.pk, [])
         running = next((run for run in here if run.status == RunStatus.RUNNING), None)
         state, words = _state(target, running, last_runs.get(target.pk), freeze_status(target, now))

@@ -35,13 +35,18 @@ from opsweb.windows import FreezeStatus, wall_text
 ACTIVE = [RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING]
 
 
-def read_environments(environments: list[Target], *, runs=(), user=None) -> None:
+def read_environments(environments: list[Target], *, runs=(), user=None, flow=None) -> None:
     """Prime the current ``one_reading`` with what the rules ask about ``environments`` (with
     ``upstream__current_image`` and ``current_image`` loaded), the active ``runs`` among them
     (with ``environment`` and ``image`` loaded) and the ``user`` looking. About a dozen
-    queries, however many environments and runs; nothing outside ``one_reading``."""
+    queries, however many environments and runs; nothing outside ``one_reading``.
+
+    ``flow``: the environments among them whose builds behind and promotion facts are read
+    (default all; linked by ``link_flow``); the others only need what deciding on their runs
+    asks (the overview's "Waiting for you" for applications not on its page)."""
+    flow = environments if flow is None else flow
     _windows(environments)
-    _behind(environments)
+    _behind(flow)
     groups = _rules(environments)
     if user is not None:
         reads.prime({("groups", user.pk): set(user.groups.values_list("pk", flat=True))})
@@ -50,7 +55,7 @@ def read_environments(environments: list[Target], *, runs=(), user=None) -> None
     pending = [run for run in runs if run.status == RunStatus.PENDING]
     _approvals(pending)
     _people(pending, set().union(*members.values()) if members else set())
-    _promotions(environments, runs)
+    _promotions(flow, runs)
 
 
 def read_configuration(environments: list[Target]) -> None:
