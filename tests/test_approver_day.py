@@ -200,6 +200,8 @@ def test_the_approvers_day_overview_waiting_approve_from_a_phone_watch_roll_back
     assert "Healthy" in phone.inner_text("#events")
     assert phone.inner_text(".field-status .readonly") == "Succeeded"
     assert phone.inner_text(".field-replaces .readonly") != "-"
+    # "…; it is queued", true when the click answered, is gone now that the run has ended.
+    assert phone.locator("ul.messagelist").count() == 0
     readable(phone)
     shot(phone, "5-deployed")
     # The laptop's page, opened while the run was pending, followed it to the end as well:

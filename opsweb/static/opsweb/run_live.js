@@ -85,6 +85,8 @@
         });
         var ended = byId("run-ended");
         if (ended) { ended.hidden = false; }
+        // What the last click said ("…; it is queued") was true then, not now that it ended.
+        document.querySelectorAll("ul.messagelist").forEach(function (list) { list.remove(); });
         if (sawActive) { retireActions(); }
       })
       .catch(function () { window.setTimeout(poll, 5000); });
