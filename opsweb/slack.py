@@ -461,7 +461,6 @@ def clicked_message(payload: dict) -> tuple[str, str]:
     return str(channel)[:40], str(ts)[:40]
 
 
-@transaction.atomic
 def decide(
     kind: str,
     *,
@@ -479,20 +478,26 @@ def decide(
     """
     user = services.slack_actor(team_id=team_id, slack_user_id=slack_user_id)
     run = bound_run(value)
+    # The clock's rules first, committed on their own (``settle``): a run past its approval
+    # window stays expired, audited, when the decision below is refused because of it.
+    services.settle(run)
     name = user.get_username()
-    if kind == APPROVE:
-        run = services.approve_run(user=user, run=run, comment="via Slack")
-        headline = f"Approved by {name} from Slack."
-    else:
-        run = services.reject_run(
-            user=user, run=run, comment=f"{comment.strip()} (via Slack)" if comment.strip() else ""
-        )
-        headline = f"Rejected by {name} from Slack: {comment.strip()}"
-    channel, ts = message
-    if channel and ts:
-        SlackMessage.objects.filter(run=run, channel=channel, ts=ts).update(
-            shows=showing(run), updated_at=timezone.now(), last_error=""
-        )
+    with transaction.atomic():
+        if kind == APPROVE:
+            run = services.approve_run(user=user, run=run, comment="via Slack")
+            headline = f"Approved by {name} from Slack."
+        else:
+            run = services.reject_run(
+                user=user,
+                run=run,
+                comment=f"{comment.strip()} (via Slack)" if comment.strip() else "",
+            )
+            headline = f"Rejected by {name} from Slack: {comment.strip()}"
+        channel, ts = message
+        if channel and ts:
+            SlackMessage.objects.filter(run=run, channel=channel, ts=ts).update(
+                shows=showing(run), updated_at=timezone.now(), last_error=""
+            )
     return run, headline
 
 

@@ -124,6 +124,8 @@ def test_create_application_makes_its_targets_along_an_ordered_subset_and_audits
         (["--base-port", "65534"], "port"),
         (["--slug", "Not a slug!"], "slug"),
         (["--repository-url", "not a web address"], "URL"),
+        # Longer than its column holds: refused with a sentence, not a database error.
+        (["--repository", "example/" + "w" * 300], "at most 255 characters"),
     ],
 )
 def test_create_application_refuses_with_one_sentence_exit_2_and_writes_nothing(
@@ -548,3 +550,11 @@ def test_users_keep_their_roles_in_a_team_owned_application(flow, admin_user, al
         user=member, environment=targets(web)["dev"], image=make_image(repository="example/web")
     )
     assert run.environment.application == web
+
+
+def test_a_targets_service_link_never_shows_credentials_from_its_health_check_url(flow):
+    target = flow["staging"]
+    target.health_check_url = "https://deploy:s3cret@app.example.com:8443/healthz"
+    assert target.service_url == "https://app.example.com:8443/"
+    target.health_check_url = "http://[::1]:9000/healthz"
+    assert target.service_url == "http://[::1]:9000/"

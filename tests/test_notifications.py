@@ -330,6 +330,38 @@ def test_admin_never_shows_the_secret_and_keeps_it_when_left_empty(client, flow,
     assert AuditEntry.objects.filter(action="configure_notifications", actor=admin_user).exists()
 
 
+def test_admin_changes_and_deletes_a_channel_of_one_environment_audited(client, flow, receiver):
+    # A channel's environment is a shared environment, not a deployment target: saving or
+    # deleting one answered HTTP 500 while the audit entry took it for a target.
+    from opsweb.models import AuditEntry
+
+    admin_user = make_user("root", is_superuser=True)
+    item = channel("webhook", receiver.url, environment=flow["production"], secret=SECRET)
+    client.force_login(admin_user)
+    form = {
+        "name": "prod hooks",
+        "kind": "webhook",
+        "target": receiver.url,
+        "secret": "",
+        "environment": str(item.environment_id),
+        "events": ["run_failed"],
+        "enabled": "on",
+    }
+    response = client.post(f"/admin/opsweb/notificationchannel/{item.pk}/change/", form)
+    assert response.status_code == 302
+    item.refresh_from_db()
+    assert item.name == "prod hooks"
+    response = client.post(f"/admin/opsweb/notificationchannel/{item.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not NotificationChannel.objects.filter(pk=item.pk).exists()
+    said = list(
+        AuditEntry.objects.filter(action="configure_notifications").values_list(
+            "message", flat=True
+        )
+    )
+    assert len(said) == 2 and all("for AWS Production, every application" in m for m in said)
+
+
 def test_admin_refuses_a_bad_webhook_url_with_a_sentence(client, flow):
     client.force_login(make_user("root", is_superuser=True))
     response = client.post(

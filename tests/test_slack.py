@@ -21,6 +21,7 @@ from opsweb.models import (
     AuditEntry,
     NotificationChannel,
     OidcIdentity,
+    Run,
     RunStatus,
     SlackLink,
     SlackMessage,
@@ -562,3 +563,17 @@ def test_slack_a_click_elsewhere_still_updates_the_posted_message(client, posted
     click(client, slack, posted)
     (update,) = updates(slack)
     assert "opsweb_approve" not in json.dumps(update["blocks"])
+
+
+def test_slack_a_click_past_the_approval_window_leaves_the_run_expired(client, waiting, bob, slack):
+    # The reconciler has not run yet: the click is the first to see the window closed. The
+    # refusal must not take the expiry back with it.
+    link(client, bob)
+    Run.objects.filter(pk=waiting.pk).update(created_at=timezone.now() - timedelta(days=30))
+    click(client, slack, waiting)
+    waiting.refresh_from_db()
+    assert waiting.status == RunStatus.EXPIRED
+    assert AuditEntry.objects.filter(action="expire_run", run=waiting).exists()
+    assert not Approval.objects.filter(run=waiting).exists()
+    (answer,) = slack.to("/actions/")
+    assert "opsweb_approve" not in json.dumps(answer)

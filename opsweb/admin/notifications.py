@@ -82,19 +82,19 @@ class NotificationChannelAdmin(OpswebAdmin):
         super().save_model(request, obj, form, change)
         verb = "Changed" if change else "Added"
         changed = ", ".join(form.changed_data) or "nothing"
+        # The channel's scope is a shared environment, not a deployment target: named in the
+        # message (an audit entry's environment is a target).
         audit(
             request.user,
             "configure_notifications",
-            f"{verb} notification channel {obj.name!r} ({changed})",
-            environment=obj.environment,
+            f"{verb} notification channel {obj.name!r} ({changed}) {scope(obj)}",
         )
 
     def delete_model(self, request, obj):
         audit(
             request.user,
             "configure_notifications",
-            f"Deleted notification channel {obj.name!r}",
-            environment=obj.environment,
+            f"Deleted notification channel {obj.name!r} {scope(obj)}",
         )
         super().delete_model(request, obj)
 
@@ -147,3 +147,10 @@ class SlackMessageAdmin(OpswebAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+def scope(channel) -> str:
+    """Where ``channel`` listens, for its audit entries: "for AWS Production, every application"."""
+    where = channel.environment.name if channel.environment_id else "every environment"
+    which = channel.application.name if channel.application_id else "every application"
+    return f"for {where}, {which}"

@@ -1,61 +1,15 @@
-"""The application on each audit entry and approval (their lists filter by it), filled from
-the target each names, or for an entry naming only a version, from that version.
+"""The application on each audit entry and approval (their lists filter by it): the columns,
+nullable (no table rewrite on PostgreSQL). 0025 fills them; 0026 indexes them concurrently.
 
-Online on PostgreSQL: the columns are nullable (no table rewrite), and the backfill walks the
-tables by primary-key ranges of ``BATCH`` rows, each range its own short transaction (the
-migration is not atomic), so writers wait at most one range's UPDATE, never the whole fill.
-Rows written meanwhile by the new code carry their application already (``save``); the last
-pass picks up what older processes wrote while it ran.
+Its own migration, atomic: a fill interrupted half-way (a deploy job's timeout) is resumed by
+running ``migrate`` again, and never finds these columns added but the migration unrecorded.
 """
 
 import django.db.models.deletion
-from django.db import migrations, models, transaction
-from django.db.models import Max, Min, OuterRef, Subquery
-
-BATCH = 20_000
-
-
-def in_ranges(model, fill) -> None:
-    """Call ``fill(queryset)`` on ``model``'s rows without an application, one primary-key
-    range of BATCH ids at a time, each in its own transaction."""
-    bounds = model.objects.aggregate(low=Min("id"), high=Max("id"))
-    if bounds["low"] is None:
-        return
-    start = bounds["low"]
-    while start <= bounds["high"]:
-        with transaction.atomic():
-            fill(
-                model.objects.filter(id__gte=start, id__lt=start + BATCH, application__isnull=True)
-            )
-        start += BATCH
-
-
-def forwards(apps, schema_editor):
-    AuditEntry = apps.get_model("opsweb", "AuditEntry")
-    Approval = apps.get_model("opsweb", "Approval")
-    ImageVersion = apps.get_model("opsweb", "ImageVersion")
-    Run = apps.get_model("opsweb", "Run")
-    Target = apps.get_model("opsweb", "Target")
-
-    def application_of(model, ref):
-        return Subquery(model.objects.filter(pk=OuterRef(ref)).values("application_id")[:1])
-
-    def audit(rows):
-        rows.filter(environment__isnull=False).update(
-            application=application_of(Target, "environment_id")
-        )
-        rows.filter(environment__isnull=True, image__isnull=False).update(
-            application=application_of(ImageVersion, "image_id")
-        )
-
-    runs = Run.objects.filter(pk=OuterRef("run_id")).values("environment__application_id")[:1]
-    in_ranges(AuditEntry, audit)
-    in_ranges(Approval, lambda rows: rows.update(application=Subquery(runs)))
+from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    atomic = False
-
     dependencies = [
         ("opsweb", "0023_zone_user_profile"),
     ]
@@ -85,5 +39,4 @@ class Migration(migrations.Migration):
                 to="opsweb.application",
             ),
         ),
-        migrations.RunPython(forwards, migrations.RunPython.noop),
     ]

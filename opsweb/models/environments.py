@@ -288,7 +288,13 @@ class Target(models.Model):
         if not self.health_check_url:
             return ""
         parts = urlsplit(self.health_check_url)
-        return f"{parts.scheme}://{parts.netloc}/"
+        # Host and port only: credentials in the URL (user:secret@) are never shown.
+        host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+        try:
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:  # a port out of range: no link rather than a broken page
+            return ""
+        return f"{parts.scheme}://{host}{port}/" if host else ""
 
     def clean(self):
         try:

@@ -94,7 +94,9 @@ def check_application(
         raise ReleaseError("Give the image repository CI registers its versions from.")
     for repository in repositories:
         try:
-            ApplicationRepository(repository=repository).clean()
+            candidate_repository = ApplicationRepository(repository=repository)
+            candidate_repository.clean_fields(exclude=["application"])  # its length, too
+            candidate_repository.clean()
         except ValidationError as exc:
             raise ReleaseError(f"Repository {repository!r}: {' '.join(exc.messages)}") from None
         owner = ApplicationRepository.objects.filter(repository=repository).first()

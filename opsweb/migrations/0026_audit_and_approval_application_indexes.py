@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ("opsweb", "0024_audit_and_approval_application"),
+        ("opsweb", "0025_fill_audit_and_approval_application"),
     ]
 
     operations = [
