@@ -20,6 +20,8 @@ $(STAMP): requirements-dev.lock pyproject.toml
 	@# uv (from the package index) into it, or, where that pip is missing or older than 22.3,
 	@# the venv gets a pip that does. uv resolves and installs the lock file in parallel, in
 	@# seconds where pip takes minutes; pip does it alone when uv cannot be had or fails.
+	@$(PYTHON) -m pip --version >/dev/null 2>&1 || $(PYTHON) -c 'import ensurepip' 2>/dev/null || \
+	  { echo "opsweb: '$(PYTHON)' has neither pip nor ensurepip; on Debian or Ubuntu: apt-get install python3.12-venv"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv --without-pip $(VENV)
 	{ $(PYTHON) -m pip --python $(PY) install --quiet --disable-pip-version-check uv 2>/dev/null || \
 	  { $(PY) -m ensurepip --default-pip >/dev/null && \
