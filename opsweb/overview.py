@@ -27,7 +27,7 @@ from opsweb.board import (
     _approvers,
     _arrow,
     _decided_by,
-    _last_finished,
+    _last_outcomes,
     _state,
     read_page,
 )
@@ -39,6 +39,7 @@ from opsweb.windows import freeze_status
 
 PAGE_SIZE = 25  # applications per page
 WAITING_CAP = 50  # pending runs read for "Waiting for you", newest first
+WAITING_SHOWN = 20  # of them, shown unless asked for all: the longest waiting first
 
 
 @dataclass
@@ -74,7 +75,8 @@ class Row:
 class Overview:
     environments: list[Environment]
     rows: list[Row]
-    waiting_for_you: list[tuple[Run, str]]
+    waiting_for_you: list[tuple[Run, str]]  # the longest waiting first, WAITING_SHOWN of them
+    waiting_more: int  # how many more wait for the viewer than are listed
     teams: list[Group]
     team: str
     query: str
@@ -92,17 +94,28 @@ def build_overview(
     team: str = "",
     query: str = "",
     page: int | str = 1,
+    all_waiting: bool = False,
     now: datetime | None = None,
 ) -> Overview:
     """What ``user`` sees on the overview at ``now`` (UTC; default now): applications whose
     team is named ``team`` (a group name; "" every team) and whose name or slug contains
     ``query`` ("" every one), page ``page`` (a number; anything else, or past the end, is the
-    first page) of ``PAGE_SIZE`` of them by name."""
+    first page) of ``PAGE_SIZE`` of them by name. "Waiting for you" lists the ``WAITING_SHOWN``
+    runs that have waited longest, or with ``all_waiting`` every one read."""
     with services.one_reading():
-        return _build(user, team=team, query=query, page=page, now=now or timezone.now())
+        return _build(
+            user,
+            team=team,
+            query=query,
+            page=page,
+            shown_waiting=None if all_waiting else WAITING_SHOWN,
+            now=now or timezone.now(),
+        )
 
 
-def _build(user, *, team: str, query: str, page, now: datetime) -> Overview:
+def _build(
+    user, *, team: str, query: str, page, shown_waiting: int | None, now: datetime
+) -> Overview:
     environments = list(Environment.objects.order_by("position", "id"))
     teams = list(Group.objects.filter(applications__isnull=False).distinct().order_by("name"))
     applications = Application.objects.select_related("team").order_by("name", "id")
@@ -129,19 +142,19 @@ def _build(user, *, team: str, query: str, page, now: datetime) -> Overview:
         Target.objects.filter(
             Q(application_id__in=shown_ids) | Q(application_id__in=elsewhere, pk__in=waiting_at)
         )
-        .select_related("application", "environment", "current_image")
+        .select_related(None)
+        .select_related("current_image", "application")
         .order_by("application__name", "application_id", "environment__position")
     )
+    # One instance per environment, not one per target and per run (a page of 25 applications
+    # builds a few hundred model instances fewer); the environments are read above.
+    environments_by_pk = {env.pk: env for env in environments}
+    for target in targets:
+        target.environment = environments_by_pk[target.environment_id]
     flow = link_flow([t for t in targets if t.application_id in shown_ids])
     active = list(
         Run.objects.filter(status__in=[*WAITING, RunStatus.RUNNING], environment__in=targets)
-        .select_related(
-            "image",
-            "requested_by",
-            "environment__environment__approver_group",
-            "environment__application",
-        )
-        .annotate(given=services.counting_approvals_annotation())
+        .select_related("image", "requested_by")
         .order_by("created_at", "id")
     )
     by_pk = {t.pk: t for t in targets}
@@ -150,7 +163,7 @@ def _build(user, *, team: str, query: str, page, now: datetime) -> Overview:
     read_environments(targets, runs=active, user=user, flow=flow)
     decided = _decided_by(active)
     approvers, _ = _approvers(targets)
-    last_runs = _last_finished(flow)
+    last_runs = _last_outcomes(flow)
 
     def yours(run: Run) -> bool:
         return (
@@ -206,7 +219,8 @@ def _build(user, *, team: str, query: str, page, now: datetime) -> Overview:
     return Overview(
         environments=environments,
         rows=rows,
-        waiting_for_you=[(run, services.approvals_text(run)) for run in waiting],
+        waiting_for_you=[(run, services.approvals_text(run)) for run in waiting[:shown_waiting]],
+        waiting_more=len(waiting[shown_waiting:]) if shown_waiting is not None else 0,
         teams=teams,
         team=team,
         query=query,
@@ -245,7 +259,7 @@ def environment_now(environment: Environment, now: datetime | None = None) -> li
             .select_related("image")
             .order_by("created_at", "id")
         )
-        last_runs = _last_finished(targets)
+        last_runs = _last_outcomes(targets)
         lines = []
         for target in targets:
             here = [run for run in active if run.environment_id == target.pk]

@@ -36,6 +36,26 @@ def targets(app) -> dict[str, Target]:
     return {t.slug: t for t in Target.objects.filter(application=app).in_flow()}
 
 
+def test_waiting_for_you_lists_the_longest_waiting_and_says_how_many_more(
+    flow, root, alice, bob, monkeypatch
+):
+    monkeypatch.setattr("opsweb.overview.WAITING_SHOWN", 2)
+    runs = []
+    for slug in ["web", "api", "jobs"]:
+        app = add_app(root, slug)
+        succeed_in(targets(app)["dev"], make_image("5.0.0", repository=f"example/{slug}"))
+        runs.append(services.request_promotion(user=alice, target=targets(app)["staging"]))
+    shown = build_overview(bob)
+    assert [run.pk for run, _ in shown.waiting_for_you] == [runs[0].pk, runs[1].pk]
+    assert shown.waiting_more == 1
+    page = login(bob).get(reverse("admin:index")).text
+    assert "1 more waits for you." in page and "waiting=all" in page
+    assert reverse("admin:opsweb_run_approve", args=[runs[2].pk]) in page  # its cell's button
+    every = login(bob).get(reverse("admin:index") + "?waiting=all").text
+    assert "more wait" not in every
+    assert every.count(">Review</a>") == 3
+
+
 def test_each_application_is_a_row_and_each_environment_a_column(flow, root, bob):
     tool = add_app(root, "tool", environments=["local", "dev", "production"])
     succeed_in(flow["production"], make_image("1.0.0"))

@@ -45,6 +45,7 @@ def overview(context):
         team=request.GET.get("team", ""),
         query=request.GET.get("q", ""),
         page=request.GET.get("apps", 1),
+        all_waiting=request.GET.get("waiting") == "all",
     )
     only = list(Application.objects.values_list("slug", flat=True)[:2])
     board = None
