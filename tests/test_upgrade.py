@@ -3,6 +3,7 @@ applications) migrated to the latest schema keeps every run, approval, sign-off 
 entry, each pointing at a target of the application the install became — on SQLite and, with
 DATABASE_URL, on PostgreSQL (where 0019 builds its index concurrently)."""
 
+import io
 from datetime import timedelta
 
 import pytest
@@ -190,3 +191,41 @@ def test_an_install_upgrades_to_one_application_keeping_every_record(repositorie
         application=Application.objects.create(slug="web", name="Web"),
         environment=Environment.objects.get(slug="dev"),
     ).pk > max(before["environments"].values())
+
+
+@pytest.mark.django_db
+def test_fill_applications_fills_what_old_processes_wrote_after_the_migration(flow, alice, bob):
+    from django.core.management import call_command
+
+    from opsweb import services
+    from tests.conftest import make_image, succeed_in
+
+    succeed_in(flow["dev"], make_image("1.0.0"))
+    run = services.request_promotion(user=alice, target=flow["staging"])
+    services.approve_run(user=bob, run=run)
+    # A web server still on the code from before applications writes them without one.
+    entries = list(AuditEntry.objects.filter(run=run).values_list("pk", "action", "actor_id"))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE opsweb_auditentry SET application_id = NULL WHERE run_id = %s", [run.pk]
+        )
+        cursor.execute(
+            "UPDATE opsweb_approval SET application_id = NULL WHERE run_id = %s", [run.pk]
+        )
+    sample = run.environment.application
+    assert not AuditEntry.objects.filter(run=run, application=sample).exists()
+
+    out = io.StringIO()
+    call_command("fill_applications", stdout=out)
+    assert out.getvalue().strip() == (
+        f"Filled the application of {len(entries)} audit entries and 1 approval."
+    )
+    assert AuditEntry.objects.filter(run=run, application=sample).count() == len(entries)
+    assert Approval.objects.get(run=run).application == sample
+    # Nothing else about the records changed, and a second run finds nothing to fill.
+    assert list(AuditEntry.objects.filter(run=run).values_list("pk", "action", "actor_id")) == (
+        entries
+    )
+    again = io.StringIO()
+    call_command("fill_applications", stdout=again)
+    assert again.getvalue().strip() == "Filled the application of 0 audit entries and 0 approvals."
