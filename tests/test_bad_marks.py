@@ -208,8 +208,11 @@ def test_api_lift_bad_mark_refusals_are_problem_documents_and_change_nothing(
 
     other = Application.objects.create(slug="other", name="Other")
     admin = ApiToken.objects.get(name="bob token").created_by
+    deploying = services.create_api_token(user=admin, owner=bob, name="bob, CI", scopes="deploy")[1]
+    refused = lift(client, rolled_back.pk, deploying, {"reason": "fine now"})
+    assert refused.status_code == 403 and "does not have the 'approve' scope" in refused.text
     scoped = services.create_api_token(
-        user=admin, owner=bob, name="bob, other", scopes="deploy", application=other
+        user=admin, owner=bob, name="bob, other", scopes="approve", application=other
     )[1]
     elsewhere = lift(client, rolled_back.pk, scoped, {"reason": "fine now"})
     assert elsewhere.status_code == 403 and "only for application 'other'" in elsewhere.text

@@ -367,13 +367,15 @@ def mark_bad(request, image_id: RunId, body: MarkBadIn):
 @router.post(
     "/images/{image_id}/lift-bad-mark",
     response={200: ImageMarkedOut},
-    auth=DEPLOY,
+    auth=APPROVE,
     tags=["images"],
 )
 def lift_bad_mark(request, image_id: RunId, body: LiftBadMarkIn):
     """Lift a version's bad mark, saying why (manage.py lift_bad_mark): an approver of the
-    environment that answers for the mark (where a rollback last took it back). It may be
-    deployed and promoted again; auto-deploy paused by that rollback stays paused."""
+    environment that answers for the mark (where a rollback last took it back), with a token
+    of the ``approve`` scope (an approver's decision: a CI token that deploys cannot undo the
+    stop a rollback put on a version). It may be deployed and promoted again; auto-deploy
+    paused by that rollback stays paused."""
 
     def act():
         from opsweb.management.commands.lift_bad_mark import lifted_message

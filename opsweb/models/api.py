@@ -19,9 +19,8 @@ from .environments import Application
 # What a token may do. "deploy" also registers images; "approve" also rejects and signs off.
 SCOPES = {
     "read": "read: applications, environments, runs, images, DORA",
-    "deploy": "deploy: register images, deploy, promote, roll back, cancel, stop, mark bad, lift "
-    "a bad mark",
-    "approve": "approve: approve, reject, sign off UAT",
+    "deploy": "deploy: register images, deploy, promote, roll back, cancel, stop, mark bad",
+    "approve": "approve: approve, reject, sign off UAT, lift a bad mark",
 }
 TOKEN_PREFIX = "opsweb_"  # noqa: S105 (the visible start of every token, not a secret)
 
