@@ -38,7 +38,7 @@ from opsweb.reads.quorum import is_approver
 from opsweb.windows import freeze_status
 
 PAGE_SIZE = 25  # applications per page
-WAITING_CAP = 50  # pending runs read for "Waiting for you", newest first
+WAITING_CAP = 50  # pending runs read for "Waiting for you", the longest waiting first
 WAITING_SHOWN = 20  # of them, shown unless asked for all: the longest waiting first
 
 
@@ -77,6 +77,7 @@ class Overview:
     rows: list[Row]
     waiting_for_you: list[tuple[Run, str]]  # the longest waiting first, WAITING_SHOWN of them
     waiting_more: int  # how many more wait for the viewer than are listed
+    waiting_capped: bool  # more runs wait than were read (WAITING_CAP): "at least" that many
     teams: list[Group]
     team: str
     query: str
@@ -129,7 +130,7 @@ def _build(
 
     pending_anywhere = list(
         Run.objects.filter(status=RunStatus.PENDING)
-        .order_by("-created_at", "-id")
+        .order_by("created_at", "id")
         .values_list("environment__application_id", flat=True)[:WAITING_CAP]
     )
     shown_ids = {a.pk for a in shown}
@@ -150,7 +151,8 @@ def _build(
     # builds a few hundred model instances fewer); the environments are read above.
     environments_by_pk = {env.pk: env for env in environments}
     for target in targets:
-        target.environment = environments_by_pk[target.environment_id]
+        if target.environment_id in environments_by_pk:  # else added since: read by itself
+            target.environment = environments_by_pk[target.environment_id]
     flow = link_flow([t for t in targets if t.application_id in shown_ids])
     active = list(
         Run.objects.filter(status__in=[*WAITING, RunStatus.RUNNING], environment__in=targets)
@@ -221,6 +223,7 @@ def _build(
         rows=rows,
         waiting_for_you=[(run, services.approvals_text(run)) for run in waiting[:shown_waiting]],
         waiting_more=len(waiting[shown_waiting:]) if shown_waiting is not None else 0,
+        waiting_capped=len(pending_anywhere) == WAITING_CAP,
         teams=teams,
         team=team,
         query=query,

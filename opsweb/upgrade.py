@@ -58,9 +58,9 @@ def fill_applications(get_model) -> tuple[int, int]:
         named = rows.filter(environment__isnull=False).update(
             application=application_of(Target, "environment_id")
         )
-        return named + rows.filter(environment__isnull=True, image__isnull=False).update(
-            application=application_of(ImageVersion, "image_id")
-        )
+        return named + rows.filter(
+            environment__isnull=True, image__application__isnull=False
+        ).update(application=application_of(ImageVersion, "image_id"))
 
     runs = (
         models.QuerySet(Run).filter(pk=OuterRef("run_id")).values("environment__application_id")[:1]

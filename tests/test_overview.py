@@ -50,10 +50,31 @@ def test_waiting_for_you_lists_the_longest_waiting_and_says_how_many_more(
     assert shown.waiting_more == 1
     page = login(bob).get(reverse("admin:index")).text
     assert "1 more waits for you." in page and "waiting=all" in page
+    assert page.count(">Review</a>") == 2
     assert reverse("admin:opsweb_run_approve", args=[runs[2].pk]) in page  # its cell's button
     every = login(bob).get(reverse("admin:index") + "?waiting=all").text
     assert "more wait" not in every
     assert every.count(">Review</a>") == 3
+
+
+def test_waiting_for_you_reads_the_longest_waiting_first_when_more_wait_than_it_reads(
+    flow, root, alice, bob, monkeypatch
+):
+    # One application a page, two pending runs read: the longest waiting, off the page,
+    # is listed rather than the newest, and the count says it may be more.
+    monkeypatch.setattr("opsweb.overview.PAGE_SIZE", 1)
+    monkeypatch.setattr("opsweb.overview.WAITING_CAP", 2)
+    monkeypatch.setattr("opsweb.overview.WAITING_SHOWN", 1)
+    runs = []
+    for slug in ["b", "c", "d"]:
+        app = add_app(root, slug)
+        succeed_in(targets(app)["dev"], make_image("5.0.0", repository=f"example/{slug}"))
+        runs.append(services.request_promotion(user=alice, target=targets(app)["staging"]))
+    shown = build_overview(bob)
+    assert [run.pk for run, _ in shown.waiting_for_you] == [runs[0].pk]
+    assert shown.waiting_more == 1 and shown.waiting_capped
+    page = login(bob).get(reverse("admin:index")).text
+    assert "At least 1 more waits for you." in page
 
 
 def test_each_application_is_a_row_and_each_environment_a_column(flow, root, bob):
@@ -284,6 +305,7 @@ def test_environment_page_reads_as_many_queries_at_2_and_12_applications(flow, r
     url = reverse("admin:opsweb_environment_change", args=[flow["staging"].environment_id])
     client = login(bob)
     add_app(root, "a1")
+    count_queries(client, url)  # warms Django's caches (content types, on its own 1 query more)
     few = count_queries(client, url)
     for n in range(2, 12):
         add_app(root, f"a{n}")

@@ -7,7 +7,8 @@ code from before it (a rolling deploy's old web servers and workers) keep writin
 without one, which an application's filter (``?app=``) then misses. Run this once those
 processes have stopped; it is safe to run again at any time (it only fills the empty column
 from the target, version or run each row already names, by ranges of 20,000 rows, each its
-own short transaction). Exit 0, printing how many rows it filled.
+own short transaction; it walks the whole table, a few minutes at millions of rows). Exit 0,
+printing how many rows it filled.
 """
 
 from django.apps import apps
@@ -19,7 +20,7 @@ from opsweb.upgrade import fill_applications
 class Command(BaseCommand):
     help = (
         "Fill the application of audit entries and approvals written without one (by "
-        "processes on the code from before applications); safe to run again."
+        "processes on code from before migration 0024); safe to run again."
     )
 
     def handle(self, *args, **options):
