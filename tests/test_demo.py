@@ -2,15 +2,19 @@
 
 import random
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from io import StringIO
 
 import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher, check_password
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
 
 from opsweb import policy, services
+from opsweb.management.commands import local_admin
+from opsweb.management.commands.local_admin import remember_password
 from opsweb.models import Application, AuditEntry, ImageVersion, Run, Target
 from orchestration.local import LocalProcessBackend
 from tests.conftest import get_json
@@ -153,3 +157,32 @@ def test_demo_override_can_be_met_whichever_override_approver_asks(settings):
     members = [name for name, groups in PEOPLE.items() if "override approvers" in groups]
     # The requester's own approval does not count: the others must be enough.
     assert len(members) - 1 >= settings.OPSWEB["OVERRIDE_APPROVALS"]
+
+
+def test_demo_people_log_in_with_their_printed_passwords(demo_settings):
+    """Hashed together in threads (``hash_passwords``), stored as ``set_password`` would."""
+    out = StringIO()
+    call_command("demo", base_port=free_block(4), apps="sample", stdout=out)
+    for username in ("alice", "bob", "carol", "dave"):
+        password = remember_password(username)
+        assert f"{username:<6} {password}" in out.getvalue()
+        assert User.objects.get(username=username).check_password(password), username
+    assert not User.objects.get(username="ci").has_usable_password()
+
+
+def test_hash_passwords_takes_what_prehash_started_and_hashes_the_rest(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        local_admin.prehash(pool, ["first secret"])
+        ahead = local_admin._PREHASHED["first secret"].result()
+        hashed = local_admin.hash_passwords(["first secret", "second secret", "first secret"])
+    assert hashed["first secret"] == ahead  # taken, not hashed again
+    assert set(hashed) == {"first secret", "second secret"}
+    for password, encoded in hashed.items():
+        assert check_password(password, encoded)
+        assert encoded.startswith(f"pbkdf2_sha256${PBKDF2PasswordHasher.iterations}$")
+    assert local_admin._PREHASHED == {}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        local_admin.prehash(pool, ["third secret"])
+        local_admin.forget_prehashed()
+    assert local_admin._PREHASHED == {}
