@@ -186,3 +186,38 @@ def test_hash_passwords_takes_what_prehash_started_and_hashes_the_rest(settings)
         local_admin.prehash(pool, ["third secret"])
         local_admin.forget_prehashed()
     assert local_admin._PREHASHED == {}
+
+
+def test_demo_walks_its_applications_at_once_and_prints_each_walk_whole(demo_settings):
+    """The three live histories run side by side (each its own runs in order, on its own
+    ports), and what they print stays grouped per application, in the applications' order;
+    every version the demo shows as running answers on its port."""
+    base = free_block(11)
+    out = StringIO()
+    call_command("demo", base_port=base, stdout=out)
+
+    live = Run.objects.exclude(note="Demo history (backdated)")
+    spans = {
+        app: (
+            min(r.started_at for r in live.filter(environment__application__slug=app)),
+            max(r.finished_at for r in live.filter(environment__application__slug=app)),
+        )
+        for app in ("sample", "web", "tool")
+    }
+    assert spans["web"][0] < spans["sample"][1] and spans["tool"][0] < spans["sample"][1]
+    for app in ("sample", "web", "tool"):
+        runs = list(live.filter(environment__application__slug=app).order_by("pk"))
+        assert all(r.status == "succeeded" for r in runs)
+        assert all(a.finished_at <= b.started_at for a, b in zip(runs, runs[1:], strict=False))
+    text = out.getvalue()
+    starts = [text.index(f"Deploying {name} through the flow:") for name in APP_NAMES]
+    assert starts == sorted(starts)
+    sample_walk = text[starts[0] : starts[1]]
+    assert sample_walk.count("\n") == 1 + 7  # its heading and its seven runs, nothing else
+    assert "Sample service in Local Development: 1.2.1" in sample_walk
+    for target in Target.objects.select_related("current_image"):
+        port = target.backend_settings["port"]
+        assert get_json(f"http://127.0.0.1:{port}/")["version"] == target.current_image.tag
+
+
+APP_NAMES = ("Sample service", "Web front end", "Internal tool")
