@@ -3,7 +3,8 @@
 Runs ``migrate``, ``bootstrap``, ``demo`` and ``local_admin`` in turn, in this one Python
 process, so a first start pays Django's start-up once instead of four times (each
 ``manage.py`` call imports Django, the project and its libraries again: 2–3 s apiece on a
-busy 2-core machine). DEBUG only, like the demo it loads.
+busy 2-core machine). On a new database the people's passwords (the demo's and the admin's)
+are hashed on a second thread while it migrates. DEBUG only, like the demo it loads.
 """
 
 from concurrent.futures import ThreadPoolExecutor
