@@ -2,15 +2,19 @@
 
 import random
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from io import StringIO
 
 import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher, check_password
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
 
 from opsweb import policy, services
+from opsweb.management.commands import local_admin
+from opsweb.management.commands.local_admin import remember_password
 from opsweb.models import Application, AuditEntry, ImageVersion, Run, Target
 from orchestration.local import LocalProcessBackend
 from tests.conftest import get_json
@@ -153,3 +157,67 @@ def test_demo_override_can_be_met_whichever_override_approver_asks(settings):
     members = [name for name, groups in PEOPLE.items() if "override approvers" in groups]
     # The requester's own approval does not count: the others must be enough.
     assert len(members) - 1 >= settings.OPSWEB["OVERRIDE_APPROVALS"]
+
+
+def test_demo_people_log_in_with_their_printed_passwords(demo_settings):
+    """Hashed together in threads (``hash_passwords``), stored as ``set_password`` would."""
+    out = StringIO()
+    call_command("demo", base_port=free_block(4), apps="sample", stdout=out)
+    for username in ("alice", "bob", "carol", "dave"):
+        password = remember_password(username)
+        assert f"{username:<6} {password}" in out.getvalue()
+        assert User.objects.get(username=username).check_password(password), username
+    assert not User.objects.get(username="ci").has_usable_password()
+
+
+def test_hash_passwords_takes_what_prehash_started_and_hashes_the_rest(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        local_admin.prehash(pool, ["first secret"])
+        ahead = local_admin._PREHASHED["first secret"].result()
+        hashed = local_admin.hash_passwords(["first secret", "second secret", "first secret"])
+    assert hashed["first secret"] == ahead  # taken, not hashed again
+    assert set(hashed) == {"first secret", "second secret"}
+    for password, encoded in hashed.items():
+        assert check_password(password, encoded)
+        assert encoded.startswith(f"pbkdf2_sha256${PBKDF2PasswordHasher.iterations}$")
+    assert local_admin._PREHASHED == {}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        local_admin.prehash(pool, ["third secret"])
+        local_admin.forget_prehashed()
+    assert local_admin._PREHASHED == {}
+
+
+def test_demo_walks_its_applications_at_once_and_prints_each_walk_whole(demo_settings):
+    """The three live histories run side by side (each its own runs in order, on its own
+    ports), and what they print stays grouped per application, in the applications' order;
+    every version the demo shows as running answers on its port."""
+    base = free_block(11)
+    out = StringIO()
+    call_command("demo", base_port=base, stdout=out)
+
+    live = Run.objects.exclude(note="Demo history (backdated)")
+    spans = {
+        app: (
+            min(r.started_at for r in live.filter(environment__application__slug=app)),
+            max(r.finished_at for r in live.filter(environment__application__slug=app)),
+        )
+        for app in ("sample", "web", "tool")
+    }
+    assert spans["web"][0] < spans["sample"][1] and spans["tool"][0] < spans["sample"][1]
+    for app in ("sample", "web", "tool"):
+        runs = list(live.filter(environment__application__slug=app).order_by("pk"))
+        assert all(r.status == "succeeded" for r in runs)
+        assert all(a.finished_at <= b.started_at for a, b in zip(runs, runs[1:], strict=False))
+    text = out.getvalue()
+    starts = [text.index(f"Deploying {name} through the flow:") for name in APP_NAMES]
+    assert starts == sorted(starts)
+    sample_walk = text[starts[0] : starts[1]]
+    assert sample_walk.count("\n") == 1 + 7  # its heading and its seven runs, nothing else
+    assert "Sample service in Local Development: 1.2.1" in sample_walk
+    for target in Target.objects.select_related("current_image"):
+        port = target.backend_settings["port"]
+        assert get_json(f"http://127.0.0.1:{port}/")["version"] == target.current_image.tag
+
+
+APP_NAMES = ("Sample service", "Web front end", "Internal tool")

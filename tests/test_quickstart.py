@@ -1,12 +1,15 @@
 """`manage.py quickstart`: what `make run` prepares before the server starts, in one process."""
 
+import threading
 from io import StringIO
 
 import pytest
+from django.conf import global_settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.core.management import CommandError, call_command
 
-from opsweb.management.commands import local_admin
+from opsweb.management.commands import local_admin, quickstart
 from opsweb.models import Application, Environment, Run, Target
 from orchestration.local import LocalProcessBackend
 from tests.test_demo import free_block
@@ -51,3 +54,40 @@ def test_quickstart_refuses_with_debug_off_and_writes_nothing(settings):
         call_command("quickstart")
     assert not Environment.objects.exists()
     assert not get_user_model().objects.filter(username="admin").exists()
+
+
+def test_quickstart_hashes_the_passwords_at_full_strength_beside_the_migrations(
+    local, settings, monkeypatch
+):
+    """Django's default hasher at its default strength, as in `make run`; each password is
+    hashed once, off the thread that migrates (quickstart starts them before migrating), and
+    every person logs in with the password printed for them."""
+    settings.PASSWORD_HASHERS = global_settings.PASSWORD_HASHERS
+    threads = []
+    encode = PBKDF2PasswordHasher.encode
+
+    def counting(self, password, salt, iterations=None):
+        threads.append(threading.current_thread())
+        return encode(self, password, salt, iterations)
+
+    monkeypatch.setattr(PBKDF2PasswordHasher, "encode", counting)
+    # A database without the auth tables, as on a fresh clone (the test database has them).
+    monkeypatch.setattr(quickstart, "new_database", lambda: True)
+
+    call_command("quickstart", base_port=free_block(11), stdout=StringIO())
+    hashed_by = list(threads)
+
+    remembered = dict(
+        line.split(" ", 1) for line in (local / "credentials.txt").read_text().splitlines()
+    )
+    people = ["alice", "bob", "carol", "dave", "admin"]
+    assert sorted(remembered) == sorted(people)
+    for username in people:
+        user = get_user_model().objects.get(username=username)
+        assert user.check_password(remembered[username]), username
+        algorithm, iterations, _salt, _hash = user.password.split("$")
+        assert algorithm == "pbkdf2_sha256"
+        assert int(iterations) == PBKDF2PasswordHasher.iterations
+    assert not get_user_model().objects.get(username="ci").has_usable_password()
+    assert len(hashed_by) == len(people)  # one hash each
+    assert threading.main_thread() not in hashed_by

@@ -19,18 +19,22 @@ longer running (after a reboot, or `demo --stop`). Refuses to run with DEBUG off
 
 import hashlib
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
+from io import StringIO
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib.auth.hashers import make_password
 from django.contrib.auth.models import Group, User
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection, connections
 from django.utils import timezone
 
 from opsweb import services, tasks
-from opsweb.management.commands.local_admin import remember_password
+from opsweb.management.commands.local_admin import hash_passwords, remember_password
 from opsweb.models import (
     Application,
     ApplicationRepository,
@@ -237,13 +241,40 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"Added {HISTORY_WEEKS} weeks of backdated history for {spec.slug} (DORA)."
                 )
+        walks = []
         for spec in chosen:
             images = self._images(spec, applications[spec.slug], shas, users["ci"])
             if fresh[spec.slug]:
-                self._history(spec, flows[spec.slug], images, users)
+                walks.append((spec, flows[spec.slug], images))
             else:
                 self._restart(flows[spec.slug])
+        self._walk(walks, users)
         self._print(flows, users)
+
+    def _walk(self, walks, users):
+        """Each fresh application's live history (``_history``), the applications at once, one
+        thread each: an application's runs follow one another, but another application's, on
+        ports of their own, need not wait for them; most of a run is its new process starting
+        (~0.1 s until it listens), on the other core. Each walk's lines are printed together,
+        in the applications' order. Inside a transaction (a test's) other connections could
+        not see its rows: one after the other, in it."""
+        if len(walks) < 2 or connection.in_atomic_block:
+            for spec, targets, images in walks:
+                self._history(spec, targets, images, users, self.stdout)
+            return
+
+        def walk(spec, targets, images) -> str:
+            out = StringIO()
+            try:
+                self._history(spec, targets, images, users, out)
+            finally:
+                connections.close_all()  # this thread's
+            return out.getvalue()
+
+        with ThreadPoolExecutor(max_workers=len(walks), thread_name_prefix="demo-walk") as pool:
+            futures = [pool.submit(walk, *w) for w in walks]
+        for future in futures:
+            self.stdout.write(future.result(), ending="")
 
     def _application(self, spec: DemoApp) -> Application:
         """The demo's application ``spec`` (created on the shared flow if it is missing), owned
@@ -301,6 +332,14 @@ class Command(BaseCommand):
 
     def _people(self):
         users = {}
+        # The people the demo creates now: their passwords hashed together, in threads (or
+        # ahead, by quickstart), not one after the other in the loop below.
+        missing = (
+            set(PEOPLE)
+            - SERVICE_ACCOUNTS
+            - set(User.objects.filter(username__in=PEOPLE).values_list("username", flat=True))
+        )
+        hashed = hash_passwords(remember_password(username) for username in sorted(missing))
         for username, groups in PEOPLE.items():
             service = username in SERVICE_ACCOUNTS
             user, created = User.objects.get_or_create(
@@ -312,7 +351,8 @@ class Command(BaseCommand):
                 user.save()
             if created:
                 if not service:
-                    user.set_password(remember_password(username))
+                    password = remember_password(username)
+                    user.password = hashed.get(password) or make_password(password)
                 user.save()
                 user.groups.set(Group.objects.filter(name__in=groups))
             users[username] = user
@@ -347,7 +387,7 @@ class Command(BaseCommand):
             images[tag] = image
         return images
 
-    def _history(self, spec: DemoApp, targets, images, users):
+    def _history(self, spec: DemoApp, targets, images, users, out):
         """Walk the real flow so that each environment has history to roll back to: deploys
         to Local and Dev, promotions approved by bob and carol, UAT sign-offs by carol."""
         by_slug = {target.slug: target for target in targets}
@@ -358,9 +398,9 @@ class Command(BaseCommand):
             run.refresh_from_db()
             if run.status != RunStatus.SUCCEEDED:
                 raise CommandError(f"Demo run #{run.pk} {run.status}: {run.error}")
-            self.stdout.write(f"  {run.environment.label}: {run.image.tag}")
+            out.write(f"  {run.environment.label}: {run.image.tag}\n")
 
-        self.stdout.write(f"Deploying {spec.name} through the flow:")
+        out.write(f"Deploying {spec.name} through the flow:\n")
         for slug, tag in spec.walk:
             target, image = by_slug[slug], images[tag]
             if target.accepts_direct_deploys:
