@@ -202,6 +202,30 @@ def test_records_cannot_be_added_changed_or_deleted_by_a_superuser(pending, bob,
     assert model.objects.filter(pk=obj.pk).exists()
 
 
+def test_audit_search_for_run_n_lists_that_runs_entries_and_those_naming_it(flow, alice, bob):
+    succeed_in(flow["dev"], make_image("1.0.0"))
+    run = services.request_promotion(user=alice, target=flow["staging"])
+    services.approve_run(user=bob, run=run)
+    other = make_image("0.9.0")
+    services.audit(bob, "mark_bad", f"Marked 0.9.0 bad: broke what #{run.pk} fixed", image=other)
+    services.audit(bob, "mark_bad", "Marked 0.8.0 bad: slow", image=other)
+    root = make_user("root", is_superuser=True)
+    url = reverse("admin:opsweb_auditentry_changelist")
+    expected = {
+        *AuditEntry.objects.filter(run=run).values_list("message", flat=True),
+        f"Marked 0.9.0 bad: broke what #{run.pk} fixed",
+    }
+    assert len(expected) == 3
+    for term in [f"run #{run.pk}", f"Run #{run.pk}", f"#{run.pk}", f"  run#{run.pk} "]:
+        page = login(root).get(url, {"q": term})
+        assert page.status_code == 200
+        listed = {m.message for m in AuditEntry.objects.all() if m.message in page.content.decode()}
+        assert listed == expected, term
+    # Anything else is searched as words, as before.
+    words = login(root).get(url, {"q": "slow"}).content.decode()
+    assert "Marked 0.8.0 bad: slow" in words and "broke what" not in words
+
+
 def test_image_search_finds_a_digest_prefix_without_sha256(flow):
     image = make_image("7.7.7")
     root = make_user("root", is_superuser=True)

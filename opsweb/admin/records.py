@@ -3,8 +3,11 @@ deletes them here, superusers included."""
 
 from __future__ import annotations
 
+import re
+
 from django.contrib import admin
 from django.db import connection
+from django.db.models import Q
 
 from opsweb.admin.lists import ApplicationFilter, DateRangeFilter, OpswebAdmin, TargetFilter
 from opsweb.metrics import human_duration
@@ -133,6 +136,9 @@ def recorded_actions() -> list[str]:
         return [row[0] for row in cursor.fetchall()]
 
 
+RUN_REFERENCE = re.compile(r"(?:run\s*)?#(?P<number>[0-9]{1,18})", re.IGNORECASE)
+
+
 @admin.register(AuditEntry)
 class AuditEntryAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "actor", "application_name", "action_words", "message"]
@@ -143,11 +149,23 @@ class AuditEntryAdmin(ReadOnlyAdmin):
         DateRangeFilter.on("created_at", "date"),
     ]
     list_select_related = ["actor", "application"]
-    search_fields = ["message"]
+    search_fields = ["message"]  # see get_search_results: "run #N" finds that run's entries
 
     @admin.display(description="Application")
     def application_name(self, entry):
         return entry.application or "—"
+
+    def get_search_results(self, request, queryset, search_term):
+        """ "run #42" or "#42" finds the entries of run 42 and those naming "#42" in their
+        message. As words ("run" and "#42", both in the message) the search matched what it
+        should, but "run" is in nearly every entry: PostgreSQL intersected a trigram bitmap of
+        the whole trail with the number's (194 ms at 2.7 million entries against 71 ms at
+        13,000); the run's index and the number's trigrams alone stay small."""
+        reference = RUN_REFERENCE.fullmatch(search_term.strip())
+        if reference is None:
+            return super().get_search_results(request, queryset, search_term)
+        number = reference["number"]
+        return queryset.filter(Q(run_id=int(number)) | Q(message__icontains=f"#{number}")), False
 
     @admin.display(description="Action", ordering="action")
     def action_words(self, entry):
