@@ -207,19 +207,26 @@ def _approvers(environments) -> tuple[dict[int, dict[int, str]], dict[int, str]]
     return by_environment, emails
 
 
-def _last_finished(environments) -> dict[int, Run]:
-    """The newest finished run per environment: ids from a correlated subquery per
-    environment (an index scan each), then the runs themselves."""
+def _newest_finished_ids(targets) -> list[int]:
+    """The id of the newest finished run of each of ``targets`` that has one: a correlated
+    subquery per target (an index scan each), in one query."""
     newest = (
         Run.objects.filter(environment=OuterRef("pk"), finished_at__isnull=False)
         .order_by("-finished_at", "-id")
         .values("id")[:1]
     )
-    ids = Target.objects.filter(pk__in=[env.pk for env in environments]).annotate(
-        last=Subquery(newest)
+    ids = (
+        Target.objects.filter(pk__in=[target.pk for target in targets])
+        .annotate(last=Subquery(newest))
+        .order_by()
+        .values_list("last", flat=True)
     )
-    run_ids = [row for row in ids.values_list("last", flat=True) if row]
-    runs = Run.objects.filter(pk__in=run_ids).select_related("image")
+    return [pk for pk in ids if pk]
+
+
+def _last_finished(environments) -> dict[int, Run]:
+    """The newest finished run per environment, with its version (two queries)."""
+    runs = Run.objects.filter(pk__in=_newest_finished_ids(environments)).select_related("image")
     return {run.environment_id: run for run in runs}
 
 
@@ -233,21 +240,9 @@ class LastRun:
 
 def _last_outcomes(targets) -> dict[int, LastRun]:
     """The newest finished run of each of ``targets`` (by id): its id and status, in two
-    queries (the ids by one correlated subquery, an index scan per target; then their
-    statuses) without building the runs (``_state`` asks no more; the overview shows
+    queries, without building the runs (``_state`` asks no more; the overview shows
     hundreds)."""
-    newest = (
-        Run.objects.filter(environment=OuterRef("pk"), finished_at__isnull=False)
-        .order_by("-finished_at", "-id")
-        .values("id")[:1]
-    )
-    ids = (
-        Target.objects.filter(pk__in=[target.pk for target in targets])
-        .annotate(last=Subquery(newest))
-        .order_by()
-        .values_list("last", flat=True)
-    )
-    rows = Run.objects.filter(pk__in=[pk for pk in ids if pk]).values_list(
+    rows = Run.objects.filter(pk__in=_newest_finished_ids(targets)).values_list(
         "environment_id", "pk", "status"
     )
     return {target: LastRun(pk, status) for target, pk, status in rows}

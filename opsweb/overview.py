@@ -222,7 +222,7 @@ def _build(
         environments=environments,
         rows=rows,
         waiting_for_you=[(run, services.approvals_text(run)) for run in waiting[:shown_waiting]],
-        waiting_more=len(waiting[shown_waiting:]) if shown_waiting is not None else 0,
+        waiting_more=max(len(waiting) - shown_waiting, 0) if shown_waiting is not None else 0,
         waiting_capped=len(pending_anywhere) == WAITING_CAP,
         teams=teams,
         team=team,

@@ -36,15 +36,22 @@ def targets(app) -> dict[str, Target]:
     return {t.slug: t for t in Target.objects.filter(application=app).in_flow()}
 
 
+def promotions_waiting(root, requester, slugs: list[str]) -> list:
+    """An application per slug, each with 5.0.0 in AWS Dev and its promotion to AWS Staging
+    requested by ``requester``, in that order (the first waits longest)."""
+    runs = []
+    for slug in slugs:
+        app = add_app(root, slug)
+        succeed_in(targets(app)["dev"], make_image("5.0.0", repository=f"example/{slug}"))
+        runs.append(services.request_promotion(user=requester, target=targets(app)["staging"]))
+    return runs
+
+
 def test_waiting_for_you_lists_the_longest_waiting_and_says_how_many_more(
     flow, root, alice, bob, monkeypatch
 ):
     monkeypatch.setattr("opsweb.overview.WAITING_SHOWN", 2)
-    runs = []
-    for slug in ["web", "api", "jobs"]:
-        app = add_app(root, slug)
-        succeed_in(targets(app)["dev"], make_image("5.0.0", repository=f"example/{slug}"))
-        runs.append(services.request_promotion(user=alice, target=targets(app)["staging"]))
+    runs = promotions_waiting(root, alice, ["web", "api", "jobs"])
     shown = build_overview(bob)
     assert [run.pk for run, _ in shown.waiting_for_you] == [runs[0].pk, runs[1].pk]
     assert shown.waiting_more == 1
@@ -65,11 +72,7 @@ def test_waiting_for_you_reads_the_longest_waiting_first_when_more_wait_than_it_
     monkeypatch.setattr("opsweb.overview.PAGE_SIZE", 1)
     monkeypatch.setattr("opsweb.overview.WAITING_CAP", 2)
     monkeypatch.setattr("opsweb.overview.WAITING_SHOWN", 1)
-    runs = []
-    for slug in ["b", "c", "d"]:
-        app = add_app(root, slug)
-        succeed_in(targets(app)["dev"], make_image("5.0.0", repository=f"example/{slug}"))
-        runs.append(services.request_promotion(user=alice, target=targets(app)["staging"]))
+    runs = promotions_waiting(root, alice, ["b", "c", "d"])
     shown = build_overview(bob)
     assert [run.pk for run, _ in shown.waiting_for_you] == [runs[0].pk]
     assert shown.waiting_more == 1 and shown.waiting_capped
