@@ -209,6 +209,7 @@ def test_audit_search_for_run_n_lists_that_runs_entries_and_those_naming_it(flow
     other = make_image("0.9.0")
     services.audit(bob, "mark_bad", f"Marked 0.9.0 bad: broke what #{run.pk} fixed", image=other)
     services.audit(bob, "mark_bad", "Marked 0.8.0 bad: slow", image=other)
+    services.audit(bob, "mark_bad", f"Marked 0.7.0 bad: see #{run.pk}0", image=other)
     root = make_user("root", is_superuser=True)
     url = reverse("admin:opsweb_auditentry_changelist")
     expected = {
